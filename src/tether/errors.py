@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI prints their message and exits with status 2, no traceback."""
+
+
+class TetherError(Exception):
+    """Base for every error caused by the user's input (config, data, paths)."""
+
+
+class ConfigError(TetherError):
+    """A config value is unknown, mistyped or invalid. The message names the field and what is allowed."""
+
+
+class DataError(TetherError):
+    """An input file is malformed. The message reads `file:line: field: problem`."""
