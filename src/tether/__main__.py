@@ -1,0 +1,6 @@
+"""`python -m tether` runs the same command as the `tether` console script."""
+
+from tether.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

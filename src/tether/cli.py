@@ -1,0 +1,166 @@
+"""The `tether` command: `tether STAGE [--config FILE.yaml] [--resume] [key=value ...]`.
+
+Thin on purpose: find the stage, load its config (defaults < YAML < overrides, then `validate()`),
+call `run(cfg)`. Stage modules are imported only when their stage is asked for, so `tether --help`
+is fast (no torch import) and still works while a stage module is missing or broken.
+A `TetherError` (bad config, bad data, bad command line) prints `error: <message>` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, NoReturn
+
+from tether import __version__
+from tether.config import config_help, load_config
+from tether.errors import TetherError
+
+__all__ = ["STAGES", "Stage", "UsageError", "main"]
+
+
+class Stage(NamedTuple):
+    """Where a stage lives; nothing is imported until the stage runs or shows its help."""
+
+    module: str
+    """Dotted module path, e.g. "tether.stages.sft"."""
+    config: str
+    """Name of the config dataclass in that module."""
+    function: str
+    """Name of the function called as `fn(cfg)`."""
+    summary: str
+    """One line for `tether --help`."""
+
+
+STAGES: dict[str, Stage] = {
+    "world": Stage("tether.world.build", "WorldConfig", "run", "Write the tiny assistant world (corpus, SFT demos, eval prompts) to a folder."),
+    "tokenizer": Stage("tether.tokenizer", "TokenizerConfig", "run", "Train a byte-level BPE tokenizer with a chat template."),
+    "pretrain": Stage("tether.stages.pretrain", "PretrainConfig", "run", "Causal-LM pretraining on a text/chat corpus."),
+    "sft": Stage("tether.stages.sft", "SFTConfig", "run", "Supervised fine-tuning on conversations, loss on assistant tokens only."),
+    "evaluate": Stage("tether.stages.evaluate", "EvalConfig", "run", "Evaluate a policy on the world's held-out prompts with the gold reward."),
+    "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
+}  # fmt: skip
+
+USAGE = "tether STAGE [--config FILE.yaml] [--resume] [key=value ...]"
+
+
+class UsageError(TetherError):
+    """The command line itself is wrong: unknown stage or option, unavailable stage module."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tether` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except TetherError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: list[str]) -> int:
+    if not args:
+        print(top_help(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        print(top_help())
+        return 0
+    if args[0] == "--version":
+        print(f"tether {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    stage = _find_stage(name)
+    options = _parse_stage_args(name, rest)
+    config_cls, fn = _import_stage(name, stage)
+    if options.help:
+        print(stage_help(name, stage, config_cls))
+        return 0
+    overrides = list(options.overrides)
+    if options.resume:
+        if "resume" not in {f.name for f in dataclasses.fields(config_cls)}:
+            raise UsageError(f"stage {name!r} does not support --resume ({config_cls.__name__} has no 'resume' field)")
+        overrides.append("resume=true")  # last, so it wins over a resume=false override
+    cfg = load_config(config_cls, options.config, overrides)
+    fn(cfg)
+    return 0
+
+
+def _find_stage(name: str) -> Stage:
+    if name in STAGES:
+        return STAGES[name]
+    if name.startswith("-"):
+        raise UsageError(f"expected a stage first, got option {name!r}; usage: {USAGE}")
+    close = difflib.get_close_matches(name, list(STAGES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"unknown stage {name!r}{hint}; stages: {', '.join(STAGES)}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing its own message and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}; usage: {self.prog} [--config FILE.yaml] [--resume] [key=value ...]")
+
+
+def _parse_stage_args(name: str, rest: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog=f"tether {name}", add_help=False, allow_abbrev=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--config", metavar="FILE.yaml")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    # intermixed: `tether sft lr=1 --config a.yaml epochs=2` keeps both overrides
+    return parser.parse_intermixed_args(rest)
+
+
+def _import_stage(name: str, stage: Stage) -> tuple[type, Callable[[Any], Any]]:
+    try:
+        module = importlib.import_module(stage.module)
+    except ModuleNotFoundError as err:
+        # Only the stage's own module being absent is a usage problem; a missing dependency
+        # deeper down is a bug or a broken install and keeps its traceback.
+        if err.name and (stage.module == err.name or stage.module.startswith(err.name + ".")):
+            raise UsageError(f"stage {name!r} is not available: module {stage.module} not found") from None
+        raise
+    missing = [attr for attr in (stage.config, stage.function) if not hasattr(module, attr)]
+    if missing:
+        raise UsageError(f"stage {name!r} is not available: {stage.module} has no {', '.join(missing)}")
+    return getattr(module, stage.config), getattr(module, stage.function)
+
+
+def top_help() -> str:
+    """`tether --help`: usage and the stage list; imports no stage module."""
+    width = max(len(name) for name in STAGES)
+    lines = [f"usage: {USAGE}", "", "stages:"]
+    lines += [f"  {name:<{width}}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += [
+        "",
+        "options:",
+        "  --config FILE.yaml  read settings from a YAML mapping",
+        "  --resume            continue the run in the config's run folder (stages with a 'resume' field)",
+        "  key=value           override one setting; nested settings are dotted: optim.lr=3e-4",
+        "",
+        "Settings apply in order: defaults, then --config, then key=value overrides.",
+        "Run 'tether STAGE --help' to list a stage's settings.",
+    ]
+    return "\n".join(lines)
+
+
+def stage_help(name: str, stage: Stage, config_cls: type) -> str:
+    """`tether STAGE --help`: the summary and every setting with its type, default and docstring."""
+    return "\n".join(
+        [
+            f"usage: tether {name} [--config FILE.yaml] [--resume] [key=value ...]",
+            "",
+            stage.summary,
+            "",
+            f"settings ({config_cls.__name__}; YAML keys or key=value overrides):",
+            config_help(config_cls),
+        ]
+    )

@@ -1,0 +1,139 @@
+"""Build, save and load the Hugging Face causal LMs tether trains.
+
+Everything on disk is a plain `transformers` folder with safetensors weights: `AutoModelForCausalLM` and
+`AutoTokenizer` load it with no tether code. Loading refuses pickle checkpoints (`*.bin`), which can run
+arbitrary code when unpickled.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from tether.errors import ConfigError, TetherError
+
+# LlamaConfig kwargs. Parameter counts are for a 2048-token vocabulary with tied embeddings.
+PRESETS: dict[str, dict] = {
+    # ~86k parameters: for unit and smoke tests.
+    "test": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True,
+    ),
+    # ~1.6M parameters: the default tiny assistant world, trainable on a laptop CPU in minutes.
+    "demo": dict(
+        hidden_size=160, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=448, max_position_embeddings=256, tie_word_embeddings=True,
+    ),
+    # ~4.7M parameters.
+    "small": dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=1024, max_position_embeddings=512, tie_word_embeddings=True,
+    ),
+}
+
+
+def build_model(preset: str, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised fp32 Llama sized by `PRESETS[preset]`, its vocabulary taken from `tokenizer`.
+
+    The init runs under a forked RNG, so the same seed gives the same weights and the caller's RNG stream
+    is left untouched.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **PRESETS[preset],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(torch.float32)
+
+
+def _check_local_folder(path: str, what: str) -> None:
+    """Raise TetherError unless `path` holds safetensors weights (`what` names the folder's role)."""
+    if not os.path.isdir(path):
+        raise TetherError(f"{what}: folder not found: {path}")
+    files = os.listdir(path)
+    if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+        pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        hint = f" (found {', '.join(sorted(pickles))}; pickle checkpoints are refused)" if pickles else ""
+        raise TetherError(f"{what}: no safetensors weights in {path}{hint}")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """True for "name" or "org/name" not written as a path; "runs/sft" is a path when ./runs exists."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/":
+        return False
+    return "/" not in name or not os.path.isdir(name.split("/")[0])
+
+
+def load_policy(path_or_name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a causal LM from a local folder or a Hugging Face hub id, safetensors weights only.
+
+    `trust_remote_code` stays False unless the user asks: it runs Python shipped with the checkpoint.
+    """
+    path_or_name = str(path_or_name)
+    # Check local folders ourselves: a clearer message than HF's, and a mistyped path never reaches the hub.
+    if os.path.exists(path_or_name) or not _looks_like_hub_id(path_or_name):
+        _check_local_folder(path_or_name, "model")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path_or_name, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:  # raised for missing repos, missing files and offline misses alike
+        raise TetherError(f"model: cannot load {path_or_name}: {e}") from None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """Load the tokenizer saved beside a model (`AutoTokenizer`), with a clear error when it is missing."""
+    path = str(path)
+    if os.path.exists(path) or not _looks_like_hub_id(path):
+        if not os.path.isdir(path):
+            raise TetherError(f"tokenizer: folder not found: {path}")
+        if not any(f in os.listdir(path) for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise TetherError(f"tokenizer: no tokenizer.json or tokenizer_config.json in {path}")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # ValueError: folder exists but holds no tokenizer files
+        raise TetherError(f"tokenizer: cannot load {path}: {e}") from None
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
+    """Write model (safetensors) and tokenizer to `path`, loadable by plain `transformers`."""
+    os.makedirs(path, exist_ok=True)
+    # transformers 5 always writes safetensors and dropped the flag; 4.x needs it spelled out.
+    kwargs = {}
+    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+        kwargs["safe_serialization"] = True
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (a tied embedding/lm_head matrix counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B (Chowdhery et al. 2022):
+
+        flops = 6 * N + 12 * L * H * T
+
+    N: parameters that take part in matmuls (an untied input embedding is a lookup, so it is left out; a
+    tied one is counted once, as the lm_head), L: layers, H: attention width (heads * head_dim, the hidden
+    size for every preset), T: `seq_len`. 6N covers the weight matmuls (2 forward + 4 backward per
+    parameter); 12LHT covers the QK^T and attention-times-V products, which grow with context length.
+    """
+    cfg = model.config
+    n = count_parameters(model)
+    embed = model.get_input_embeddings().weight
+    if embed is not model.get_output_embeddings().weight:
+        n -= embed.numel()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return float(6 * n + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len)

@@ -1,0 +1,30 @@
+"""Optimiser and learning-rate schedule shared by every training stage."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `total_steps`.
+
+        lr(s) = peak * (s + 1) / warmup                                   for s < warmup
+        lr(s) = peak * (m + (1 - m) * 0.5 * (1 + cos(pi * p)))           otherwise,
+        p = (s - warmup) / max(1, total - warmup), clipped to [0, 1], m = min_ratio.
+
+    A pure function of the step (no scheduler object), so resuming needs only the step number.
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: decaying norms' gains and biases only hurts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)

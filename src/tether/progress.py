@@ -1,0 +1,43 @@
+"""Progress bars for long work (rich), with live figures such as the loss beside the bar."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task):
+        self.progress, self.task = progress, task
+
+    def update(self, advance: int = 1, **figures: float) -> None:
+        if self.progress is None:
+            return
+        info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        self.progress.update(self.task, advance=advance, info=info)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[_Bar]:
+    """A bar on stderr; silent when TETHER_QUIET is set (tests) so logs stay readable."""
+    quiet_transformers()
+    if os.environ.get("TETHER_QUIET"):
+        yield _Bar(None, None)
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed, info="")
+        yield _Bar(progress, task)
+
+
+def quiet_transformers() -> None:
+    """tether draws its own bars; transformers' per-file bars (weights loading, shard writing) only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

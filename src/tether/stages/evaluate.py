@@ -1,0 +1,141 @@
+"""`tether evaluate`: a policy on the world's held-out prompts, judged by the gold reward.
+
+Reports, per category, the rates of each behaviour (correct, sycophantic, refused, over-refused,
+hedged, padded, flattering, hallucinated) and the mean gold reward. Greedy decoding measures what
+the policy does; temperature 1 measures what its distribution *can* do (for the base model: which
+bad styles RL could later find and exploit).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from tether.config import check
+from tether.models import load_policy, load_tokenizer
+from tether.progress import progress_bar
+from tether.tokenizer import encode_prompt
+from tether.world import CATEGORIES, World
+from tether.world.build import load_world
+
+FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")
+SHORT = {"sycophantic": "syco", "over_refused": "over-ref", "flattering": "flatter", "hallucinated": "halluc",
+         "false_premise": "false-premise"}
+console = Console(stderr=True)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a policy on the world's held-out prompts with the gold reward."""
+
+    model: str = "runs/sft/model"
+    """Hugging Face model folder of the policy (tokenizer in the same folder)."""
+    world: str = "runs/world"
+    """World folder (from `tether world`)."""
+    out: str = "runs/eval"
+    """Folder for samples.jsonl and summary.json."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt (use > 1 with temperature > 0)."""
+    max_new_tokens: int = 48
+    """Longest response in tokens."""
+    batch_size: int = 64
+    """Prompts generated together."""
+    seed: int = 0
+    """Sampling seed."""
+
+    def validate(self) -> None:
+        check(self.temperature >= 0, "temperature", "must be >= 0")
+        check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+def _mask(rows: list[list[int]], width: int) -> torch.Tensor:
+    return torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
+             batch_size: int, seed: int, label: str = "generate") -> list[str]:
+    """One response per prompt (single-turn chats), in the order given."""
+    model.eval()
+    torch.manual_seed(seed)
+    encoded = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths, less padding
+    out: list[str] = [""] * len(prompts)
+    with progress_bar(label, total=len(prompts)) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            rows = [encoded[i] for i in idx]
+            ids = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id)  # (B, T)
+            ids_mask = _mask(rows, ids.size(1))
+            for r, row in enumerate(rows):
+                ids[r, ids.size(1) - len(row):] = torch.tensor(row)
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
+                if temperature > 0 else {"do_sample": False}
+            gen = model.generate(input_ids=ids, attention_mask=ids_mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling)
+            texts = tokenizer.batch_decode(gen[:, ids.size(1):], skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                out[i] = text.strip()
+            bar.update(len(idx))
+    return out
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per category (and "all"): n, the rate of each behaviour flag, and the mean gold reward."""
+    summary = {}
+    for category in (*CATEGORIES, "all"):
+        mine = [r for r in rows if category in ("all", r["category"])]
+        if not mine:
+            continue
+        stats = {"n": len(mine), "gold": sum(r["gold"] for r in mine) / len(mine)}
+        stats.update({flag: sum(r[flag] for r in mine) / len(mine) for flag in FLAGS})
+        summary[category] = stats
+    return summary
+
+
+def evaluate_policy(model, tokenizer, world: World, cfg: EvalConfig, label: str = "evaluate") -> tuple[list, dict]:
+    """Generate on the held-out prompts, judge every response with the gold reward, summarise."""
+    queries = [q for q in world.eval_queries() for _ in range(cfg.samples_per_prompt)]
+    responses = generate(model, tokenizer, [q.text for q in queries], cfg.max_new_tokens, cfg.temperature,
+                         cfg.batch_size, cfg.seed, label)
+    rows = []
+    for q, response in zip(queries, responses):
+        j = world.judge(q.text, response)
+        rows.append({"category": q.category, "prompt": q.text, "response": response, "gold": j.reward,
+                     "components": j.components, **{flag: bool(getattr(j, flag)) for flag in FLAGS}})
+    return rows, summarize(rows)
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("category", "n", *FLAGS, "gold"):
+        table.add_column(SHORT.get(col, col), justify="left" if col == "category" else "right")
+    for category, s in summary.items():
+        table.add_row(SHORT.get(category, category), str(s["n"]), *(f"{s[f]:.0%}" for f in FLAGS), f"{s['gold']:+.2f}")
+    return table
+
+
+def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{name}_samples.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    (out / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def run(cfg: EvalConfig) -> dict:
+    world = load_world(cfg.world)
+    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    rows, summary = evaluate_policy(model, tokenizer, world, cfg)
+    write_results(Path(cfg.out), rows, summary)
+    Console(width=120).print(summary_table(summary, f"{cfg.model} (temperature {cfg.temperature})"))
+    return summary

@@ -1,0 +1,254 @@
+"""The causal-LM training loop shared by `tether pretrain` and `tether sft`.
+
+Both stages train next-token prediction on examples `(input_ids, loss_mask)`; they differ only in
+which tokens count (every token for pretraining, assistant tokens for SFT), which the mask carries.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tether.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from tether.config import check, save_config
+from tether.losses import shift_labels, token_nll_sum
+from tether.optim import adamw, lr_at
+from tether.progress import progress_bar
+
+
+@dataclass
+class Example:
+    """One training sequence: token ids and a 0/1 mask of the tokens whose prediction is trained."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the causal-LM stages (each stage's config extends this)."""
+
+    out: str = "runs/train"
+    """Run folder: metrics.jsonl, config.yaml, checkpoints/, model/ (the final HF folder)."""
+    seed: int = 0
+    """Seed of initialisation, data order and sampling."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to run; None: derived from epochs."""
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass; batch_size / micro_batch_size is the gradient accumulation."""
+    max_length: int = 256
+    """Longest sequence in tokens; longer ones are truncated, counted and reported."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine decay, as a fraction of lr."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on weight matrices."""
+    adam_beta2: float = 0.99
+    """AdamW beta2 (beta1 is 0.9)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    eval_fraction: float = 0.02
+    """Share of the data held out for the eval loss."""
+    eval_every: int = 100
+    """Steps between eval-loss measurements (0: only at the end)."""
+    save_every: int = 200
+    """Steps between checkpoints (0: only the final model)."""
+    log_every: int = 10
+    """Steps between metric lines in metrics.jsonl."""
+    bucket_size: int = 16
+    """Batches sorted together by length, so each batch holds sequences of similar length."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out`."""
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    def validate(self) -> None:
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(0 < self.micro_batch_size <= self.batch_size and self.batch_size % self.micro_batch_size == 0,
+              "micro_batch_size", f"must divide batch_size ({self.batch_size})")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.epochs > 0, "epochs", "must be > 0")
+        check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
+        check(self.max_length > 1, "max_length", "must be > 1")
+        check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check(self.bucket_size >= 1, "bucket_size", "must be >= 1")
+
+
+def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded (train, eval) split."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    k = int(len(examples) * fraction)
+    return [examples[i] for i in order[k:]], [examples[i] for i in order[:k]]
+
+
+def epoch_batches(lengths: list[int], batch_size: int, bucket_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed batches of example indices for one epoch, a pure function of (seed, epoch).
+
+    Shuffle, sort each window of `batch_size * bucket_size` examples by length, cut into batches,
+    shuffle the batches. Padding waste stays small and resuming only needs the step number.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size]  # equal-size steps keep the loss scale fixed
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch. Right padding never changes a causal model's earlier positions."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        attention[row, :n] = 1
+        mask[row, :n] = torch.tensor(e.loss_mask)
+    return {"input_ids": ids, "attention_mask": attention, "labels": shift_labels(ids, mask)}
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL, counted tokens) of one micro-batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    return token_nll_sum(logits, batch["labels"])
+
+
+def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_id: int, lr: float) -> dict:
+    """One optimizer step over `examples`, split into micro-batches with gradient accumulation.
+
+    Every micro-batch's summed loss is divided by the token count of the *whole* step, so the
+    gradient equals that of one big batch whatever the split.
+    """
+    micro = [examples[i:i + cfg.micro_batch_size] for i in range(0, len(examples), cfg.micro_batch_size)]
+    batches = [collate(m, pad_id) for m in micro]
+    n_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        nll, _ = batch_loss(model, batch)
+        (nll / max(n_tokens, 1)).backward()
+        total += float(nll.detach())
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    seq_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {"loss": total / max(n_tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": seq_tokens}
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32) -> float:
+    model.eval()
+    nll, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        s, n = batch_loss(model, collate(examples[i:i + batch_size], pad_id))
+        nll, count = nll + float(s), count + int(n)
+    model.train()
+    return nll / max(count, 1)
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, int(cfg.epochs * (n_examples // cfg.batch_size)))
+
+
+class MetricsLog:
+    """metrics.jsonl; on resume, lines past the resumed step are dropped so nothing is counted twice."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        kept = []
+        if resume_step > 0 and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _resume(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
+    """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is None:
+        return 0
+    from safetensors.torch import load_file
+    state = load_trainer_state(ckpt)
+    weights = load_file(str(ckpt / "model.safetensors"))
+    model.load_state_dict(weights, strict=False)  # tied embeddings are stored once
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str) -> Path:
+    """Train `model` on `examples`; returns the folder of the final model (`out/model`)."""
+    # 1. Run folder, seeds, held-out split, data order.
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    train, held_out = split_eval(examples, cfg.eval_fraction, cfg.seed)
+    check(len(train) >= cfg.batch_size, "batch_size", f"larger than the {len(train)} training examples")
+    lengths = [len(e.input_ids) for e in train]
+    steps = total_steps(cfg, len(train))
+    per_epoch = len(train) // cfg.batch_size
+    # 2. Optimizer; resume restores weights, optimizer moments and RNG.
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    start = _resume(cfg, run_dir, model, optimizer)
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    model.train()
+    pad_id = tokenizer.pad_token_id
+    epoch, batches = -1, []
+    started, tokens_seen = time.perf_counter(), 0
+    with progress_bar(f"{stage}", total=steps, completed=start) as bar:
+        for step in range(start, steps):
+            # 3. The step's batch is a pure function of (seed, step): nothing else to restore.
+            if step // per_epoch != epoch:
+                epoch = step // per_epoch
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
+            batch = [train[i] for i in batches[step % per_epoch]]
+            # 4. Forward, backward (accumulated), clip, step at the scheduled learning rate.
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            tokens_seen += row["tokens"]
+            row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
+            # 5. Eval loss, metrics, checkpoints.
+            last = step + 1 == steps
+            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+                row["eval_loss"] = eval_loss(model, held_out, pad_id, cfg.micro_batch_size)
+            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+                log.write(row)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
+                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+            bar.update(1, loss=row["loss"])
+    # 6. The final model as a plain Hugging Face folder.
+    final = run_dir / "model"
+    model.save_pretrained(final, safe_serialization=True)
+    tokenizer.save_pretrained(final)
+    return final

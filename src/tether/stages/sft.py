@@ -1,0 +1,61 @@
+"""`tether sft`: supervised fine-tuning on conversations, loss on assistant tokens only."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from tether.config import check
+from tether.data.sft_data import read_conversations
+from tether.models import load_policy, load_tokenizer
+from tether.stages.lm import Example, TrainConfig, train_lm
+from tether.tokenizer import encode_chats
+
+console = Console(stderr=True)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning of a causal LM on JSONL conversations (`messages` or `prompt`/`completion`)."""
+
+    data: str = "runs/world/sft.jsonl"
+    """JSONL of conversations: {"messages": [...]} or {"prompt": ..., "completion": ...} rows."""
+    model: str = "runs/pretrain/model"
+    """Hugging Face model folder to fine-tune (its tokenizer must be in the same folder)."""
+    trust_remote_code: bool = False
+    """Allow the model folder's own Python code to run (only for models you trust)."""
+    out: str = "runs/sft"
+    """Run folder: metrics.jsonl, config.yaml, checkpoints/, model/ (the final HF folder)."""
+    epochs: float = 2.0
+    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    lr: float = 5e-4
+    """Peak learning rate of AdamW."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.data), "data", "is required")
+        check(bool(self.model), "model", "is required")
+
+
+def encode_conversations(tokenizer, conversations: list, max_length: int) -> tuple[list[Example], dict]:
+    """Examples masked to assistant tokens, and a report of truncation (never dropped silently)."""
+    encoded = encode_chats(tokenizer, conversations, max_length)
+    examples = [Example(e.input_ids, e.loss_mask) for e in encoded]
+    report = {"conversations": len(encoded), "truncated": sum(e.truncated for e in encoded),
+              "no_assistant_tokens_left": sum(1 for e in encoded if not any(e.loss_mask)),
+              "assistant_tokens": sum(sum(e.loss_mask) for e in encoded), "max_length": max_length}
+    return examples, report
+
+
+def run(cfg: SFTConfig) -> Path:
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    examples, report = encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
+    console.print(f"sft: {report['conversations']} conversations, {report['assistant_tokens']} assistant tokens, "
+                  f"{report['truncated']} truncated to max_length={cfg.max_length} "
+                  f"({report['no_assistant_tokens_left']} of them with no assistant token left)")
+    return train_lm(cfg, model, tokenizer, examples, "sft")
