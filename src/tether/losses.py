@@ -28,6 +28,8 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     gives exactly the same loss and gradients (the classic accumulation bug is averaging per
     micro-batch). Shapes: logits (B, T, V), labels (B, T) -> (scalar, scalar int).
     """
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+    # At least fp32 (bf16 logits would lose precision in the sum), float64 kept for gradcheck.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
                           ignore_index=IGNORE_INDEX, reduction="sum")
     return nll, (labels != IGNORE_INDEX).sum()

@@ -1,0 +1,299 @@
+"""Benchmark: tether's SFT training speed against TRL's SFTTrainer, measured in one run, ratio printed.
+
+    .venv/bin/python benchmarks/bench_sft.py [--steps 30] [--warmup 10] [--size 5m|30m|demo]
+
+1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
+2. Build the shared inputs once in a temp folder: the tiny world's SFT demos as JSONL, a BPE tokenizer
+   trained on the world's pretraining corpus, and a freshly initialised Llama saved as a HF folder.
+3. Measure the fp32 matmul peak (2048x2048, best of a few) for model FLOP utilisation (MFU).
+4. Run tether's SFT stage in a subprocess, then TRL's SFTTrainer in the peer venv (benchmarks/peer_sft.py),
+   on the same model folder, tokenizer and conversations: batch 16, max length 256, loss on assistant
+   tokens only, fp32, no eval, no checkpoints.
+5. Throughput over the steps after `--warmup`, from per-step wall times; print a table and the ratio,
+   and write benchmarks/results/sft-<size>.json.
+
+Tokens are non-pad tokens (prompt and response); "padded" counts the (B, T) tensor the model ran on.
+Absolute figures drift on a shared machine: compare only the ratio measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / ".peer"
+PEER_PYTHON = PEER / "bin" / "python"
+RESULTS = ROOT / "benchmarks" / "results"
+BATCH, MAX_LENGTH, SEED = 16, 256, 0
+# --size -> tether preset. "bench-30m" is not a tether preset; it is added to PRESETS in this process only.
+SIZES = {"demo": "demo", "5m": "small", "30m": "bench-30m"}
+EXTRA_PRESETS = {
+    # ~34M parameters with a 2k vocabulary (tied embeddings).
+    "bench-30m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                      intermediate_size=2048, max_position_embeddings=512, tie_word_embeddings=True),
+}
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run `cmd`, echo it, and on failure show the tail of its output before exiting."""
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        sys.stderr.write((proc.stdout + proc.stderr)[-6000:])
+        sys.exit(f"failed ({proc.returncode}): {' '.join(str(c) for c in cmd)}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-3. Peer venv, shared inputs, matmul peak
+
+
+def ensure_peer() -> None:
+    """Create `.peer` with TRL if it is missing; torch first, from the local CPU wheel (else pip pulls CUDA)."""
+    probe = [str(PEER_PYTHON), "-c", "import trl, datasets, accelerate, transformers"]
+    if PEER_PYTHON.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return
+    print(f"peer venv {PEER} missing or incomplete; creating it")
+    if not PEER_PYTHON.exists():
+        sh(["python3", "-m", "venv", PEER])
+    sh([PEER / "bin" / "pip", "install", "torch==2.13.0"])
+    sh([PEER / "bin" / "pip", "install", "trl", "transformers", "datasets", "accelerate"])
+
+
+def corpus_texts(rows: list[dict]):
+    for row in rows:
+        if "text" in row:
+            yield row["text"]
+        else:
+            yield from (m["content"] for m in row["messages"])
+
+
+def prepare(folder: Path, size: str):
+    """Write sft.jsonl and model/ (weights + tokenizer) under `folder`; return the built model."""
+    from tether.data.sft_data import write_conversations
+    from tether.models import PRESETS, build_model, save_pretrained
+    from tether.tokenizer import train_tokenizer
+    from tether.world.world import World, WorldConfig
+
+    world = World(WorldConfig())
+    write_conversations(folder / "sft.jsonl", world.sft_demos())
+    tokenizer = train_tokenizer(corpus_texts(world.pretraining_corpus()))
+    for name, kwargs in EXTRA_PRESETS.items():
+        PRESETS.setdefault(name, kwargs)
+    model = build_model(SIZES[size], tokenizer, seed=SEED)
+    save_pretrained(model, tokenizer, str(folder / "model"))
+    return model
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up: thread pool, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The tether side (this file re-run as a worker, so its RSS is its own)
+
+
+def tether_worker(folder: Path, steps: int, out: Path) -> None:
+    """Run `tether.stages.sft.run`, then rebuild each step's batch to count padded and loss tokens."""
+    os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
+    import torch
+    from tether.config import load_config
+    from tether.data.sft_data import read_conversations
+    from tether.models import load_tokenizer
+    from tether.stages import sft
+    from tether.stages.lm import epoch_batches, split_eval
+
+    overrides = [f"data={folder / 'sft.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
+                 f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
+                 "save_every=0", "eval_fraction=0", "log_every=1", f"seed={SEED}"]
+    cfg = load_config(sft.SFTConfig, None, overrides)
+    sft.run(cfg)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = [json.loads(ln) for ln in (folder / "tether-run" / "metrics.jsonl").read_text().splitlines() if ln]
+    # The batches are a pure function of (seed, epoch) in tether: rebuild them with its own functions.
+    tokenizer = load_tokenizer(cfg.model)
+    examples, report = sft.encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
+    train, _ = split_eval(examples, cfg.eval_fraction, cfg.seed)
+    per_epoch = len(train) // cfg.batch_size
+    seen, records = 0, []
+    for row in rows:
+        s = row["step"] - 1
+        batch = [train[i] for i in epoch_batches([len(e.input_ids) for e in train], cfg.batch_size,
+                                                 cfg.bucket_size, cfg.seed, s // per_epoch)[s % per_epoch]]
+        tokens = sum(len(e.input_ids) for e in batch)
+        assert tokens == row["tokens"], "rebuilt batch differs from the one tether trained on"
+        seen += tokens
+        records.append({"step": row["step"], "time": seen / row["tokens_per_s"], "sequences": len(batch),
+                        "tokens": tokens, "padded_tokens": len(batch) * max(len(e.input_ids) for e in batch),
+                        "loss_tokens": sum(sum(e.loss_mask[1:]) for e in batch)})
+    data = {"sequences": report["conversations"], "tokens": sum(len(e.input_ids) for e in examples),
+            "loss_tokens": report["assistant_tokens"]}
+    result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW foreach",
+              "sampler": f"length-bucketed (bucket_size={cfg.bucket_size})",
+              "threads": torch.get_num_threads(), "peak_rss_mb": rss}
+    out.write_text(json.dumps(result))
+
+
+def run_side(side: str, folder: Path, args) -> dict:
+    """One timed run of `side` in its own process; its result JSON, with the load average around it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = folder / f"{side}.json"
+    shutil.rmtree(folder / f"{side}-run", ignore_errors=True)
+    before = os.getloadavg()[0]
+    if side == "tether":
+        sh([sys.executable, __file__, "--steps", args.steps, "--tether-worker", folder, out], env=env)
+    else:
+        sh([PEER_PYTHON, ROOT / "benchmarks" / "peer_sft.py", "--model", folder / "model", "--data",
+            folder / "sft.jsonl", "--out", out, "--workdir", folder / "trl-run", "--steps", args.steps,
+            "--batch-size", BATCH, "--max-length", MAX_LENGTH, "--sampler", args.trl_sampler], env=env)
+    return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Summary
+
+
+def summarise(result: dict, warmup: int, model, peak: float) -> dict:
+    """Throughput over steps (warmup, last]: tokens, sequences and padded tokens per second, and MFU."""
+    from tether.models import model_flops_per_token
+
+    steps = result["steps"]
+    timed = steps[warmup:]
+    seconds = timed[-1]["time"] - steps[warmup - 1]["time"] if warmup else timed[-1]["time"]
+    tokens = sum(s["tokens"] for s in timed)
+    sequences = sum(s["sequences"] for s in timed)
+    mean_len = tokens / sequences
+    tokens_per_s = tokens / seconds
+    flops_per_token = model_flops_per_token(model, round(mean_len))
+    return {
+        "side": result["side"], "timed_steps": len(timed), "seconds": seconds,
+        "tokens_per_s": tokens_per_s, "steps_per_s": len(timed) / seconds,
+        "padded_tokens_per_s": sum(s["padded_tokens"] for s in timed) / seconds,
+        "padding_fraction": 1 - tokens / sum(s["padded_tokens"] for s in timed),
+        "loss_tokens_per_step": sum(s["loss_tokens"] for s in timed) / len(timed),
+        "mean_seq_len": mean_len, "flops_per_token": flops_per_token,
+        "mfu": tokens_per_s * flops_per_token / peak, "peak_rss_mb": result["peak_rss_mb"],
+        "sampler": result["sampler"], "optimizer": result["optimizer"], "threads": result["threads"],
+    }
+
+
+def print_table(rows: list[dict], peak: float) -> None:
+    print(f"\n{'side':<8}{'tokens/s':>10}{'steps/s':>9}{'padded tok/s':>14}{'pad %':>7}"
+          f"{'mean len':>10}{'peak RSS MB':>13}{'MFU':>8}")
+    for r in rows:
+        print(f"{r['side']:<8}{r['tokens_per_s']:>10.0f}{r['steps_per_s']:>9.2f}{r['padded_tokens_per_s']:>14.0f}"
+              f"{100 * r['padding_fraction']:>7.1f}{r['mean_seq_len']:>10.1f}{r['peak_rss_mb']:>13.0f}"
+              f"{100 * r['mfu']:>7.2f}%")
+    t, p = rows
+    print(f"\nratio tether/TRL: tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
+          f"steps/s {t['steps_per_s'] / p['steps_per_s']:.2f}x, "
+          f"padded tokens/s {t['padded_tokens_per_s'] / p['padded_tokens_per_s']:.2f}x")
+    print(f"fp32 matmul peak (2048x2048): {peak / 1e9:.1f} GFLOP/s")
+
+
+def differences(tether: dict, trl: dict, s_tether: dict, s_trl: dict) -> list[str]:
+    """What is not the same on both sides, in words."""
+    notes = []
+    if tether["data"] != trl["data"]:
+        notes.append(f"tokenised datasets differ: tether {tether['data']} vs TRL {trl['data']}")
+    notes.append(f"batch order: tether {tether['sampler']}, TRL {trl['sampler']} sampler: padding "
+                 f"{100 * s_tether['padding_fraction']:.0f}% vs {100 * s_trl['padding_fraction']:.0f}% "
+                 "(tokens/s counts non-pad tokens only)")
+    notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}")
+    notes.append("loss: tether full logits + cross_entropy; TRL a chunked fused LM head that also computes "
+                 "entropy and top-1 accuracy for its logs")
+    notes.append("different data order, so the timed steps hold different sequences "
+                 f"(mean length {s_tether['mean_seq_len']:.1f} vs {s_trl['mean_seq_len']:.1f})")
+    return notes
+
+
+def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
+    """Print the table, ratio and differences of the fastest run per side; write the results JSON."""
+    from tether.models import count_parameters
+
+    summaries = {side: [summarise(r, args.warmup, model, peak) for r in rs] for side, rs in runs.items()}
+    best = {side: max(range(args.rounds), key=lambda i: ss[i]["tokens_per_s"]) for side, ss in summaries.items()}
+    tether, trl = runs["tether"][best["tether"]], runs["trl"][best["trl"]]
+    rows = [summaries["tether"][best["tether"]], summaries["trl"][best["trl"]]]
+    print(f"\nSFT, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch {BATCH}, "
+          f"max length {MAX_LENGTH}, {args.steps} steps, timed over the last {args.steps - args.warmup}, "
+          f"best of {args.rounds} round(s) per side; TRL {trl['versions']['trl']}, "
+          f"transformers {trl['versions']['transformers']}")
+    print_table(rows, peak)
+    notes = differences(tether, trl, *rows)
+    loads = [r["load"] for rs in runs.values() for r in rs]
+    if max(max(x) for x in loads) > (os.cpu_count() or 1):
+        notes.append(f"machine busy: 1-min load average up to {max(max(x) for x in loads):.1f} on "
+                     f"{os.cpu_count()} cores during the runs; figures are noisy")
+    for side, ss in summaries.items():
+        print(f"{side} tokens/s per round: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in ss))
+    print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"sft-{args.size}.json"
+    out.write_text(json.dumps({"size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH,
+                               "max_length": MAX_LENGTH, "parameters": count_parameters(model), "peak_flops": peak,
+                               "tether": rows[0], "trl": rows[1], "rounds": summaries,
+                               "ratio_tokens_per_s": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"],
+                               "versions": trl["versions"], "differences": notes,
+                               "raw": runs}, indent=1))
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="tether SFT vs TRL SFTTrainer throughput (CPU, fp32)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per side")
+    p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
+    p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
+    p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
+                   help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs per side, alternating which goes first; the fastest run of each side is reported")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
+    p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.tether_worker:
+        return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]))
+    if not 0 <= args.warmup < args.steps:
+        sys.exit("--warmup must be in [0, steps)")
+
+    ensure_peer()
+    folder = Path(tempfile.mkdtemp(prefix="tether-bench-sft-"))
+    try:
+        print(f"inputs in {folder}", flush=True)
+        model = prepare(folder, args.size)
+        peak = matmul_peak()
+        runs = {"tether": [], "trl": []}
+        for r in range(args.rounds):  # alternate the order: load from other processes hits both sides alike
+            for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
+                runs[side].append(run_side(side, folder, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    peak = max(peak, matmul_peak())  # other processes only ever lower it: keep the best
+    report(args, runs, model, peak)
+
+
+if __name__ == "__main__":
+    main()
