@@ -1,16 +1,16 @@
 """Benchmark: tether's SFT training speed against TRL's SFTTrainer, measured in one run, ratio printed.
 
-    .venv/bin/python benchmarks/bench_sft.py [--steps 30] [--warmup 10] [--size 5m|30m|demo]
+    .venv/bin/python benchmarks/bench_sft.py [--steps 50] [--warmup 10] [--size 5m|30m|demo] [--rounds 2]
 
 1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
 2. Build the shared inputs once in a temp folder: the tiny world's SFT demos as JSONL, a BPE tokenizer
    trained on the world's pretraining corpus, and a freshly initialised Llama saved as a HF folder.
 3. Measure the fp32 matmul peak (2048x2048, best of a few) for model FLOP utilisation (MFU).
-4. Run tether's SFT stage in a subprocess, then TRL's SFTTrainer in the peer venv (benchmarks/peer_sft.py),
-   on the same model folder, tokenizer and conversations: batch 16, max length 256, loss on assistant
-   tokens only, fp32, no eval, no checkpoints.
-5. Throughput over the steps after `--warmup`, from per-step wall times; print a table and the ratio,
-   and write benchmarks/results/sft-<size>.json.
+4. Run tether's SFT stage in a subprocess and TRL's SFTTrainer in the peer venv (benchmarks/peer_sft.py),
+   `--rounds` times each, alternating which goes first, on the same model folder, tokenizer and
+   conversations: batch 16, max length 256, loss on assistant tokens only, fp32, no eval, no checkpoints.
+5. Throughput over the steps after `--warmup` (medians of per-step rates, see `summarise`) of each side's
+   fastest round; print a table and the ratio, and write benchmarks/results/sft-<size>.json.
 
 Tokens are non-pad tokens (prompt and response); "padded" counts the (B, T) tensor the model ran on.
 Absolute figures drift on a shared machine: compare only the ratio measured in one run.
@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,22 +173,29 @@ def run_side(side: str, folder: Path, args) -> dict:
 
 
 def summarise(result: dict, warmup: int, model, peak: float) -> dict:
-    """Throughput over steps (warmup, last]: tokens, sequences and padded tokens per second, and MFU."""
+    """Throughput over steps (warmup, last], and MFU.
+
+    The headline rates are medians of per-step rates: on a shared 2-core machine another process's burst
+    makes a step up to 10x slower (its threads and ours fight over the cores), and a median ignores those
+    steps where a wall-clock mean does not. The wall-clock rate is kept beside it.
+    """
     from tether.models import model_flops_per_token
 
     steps = result["steps"]
     timed = steps[warmup:]
-    seconds = timed[-1]["time"] - steps[warmup - 1]["time"] if warmup else timed[-1]["time"]
+    starts = [steps[warmup - 1]["time"] if warmup else 0.0] + [s["time"] for s in timed[:-1]]
+    durations = [s["time"] - t for s, t in zip(timed, starts)]
+    seconds = sum(durations)
     tokens = sum(s["tokens"] for s in timed)
-    sequences = sum(s["sequences"] for s in timed)
-    mean_len = tokens / sequences
-    tokens_per_s = tokens / seconds
+    padded = sum(s["padded_tokens"] for s in timed)
+    mean_len = tokens / sum(s["sequences"] for s in timed)
+    tokens_per_s = statistics.median(s["tokens"] / d for s, d in zip(timed, durations))
     flops_per_token = model_flops_per_token(model, round(mean_len))
     return {
-        "side": result["side"], "timed_steps": len(timed), "seconds": seconds,
-        "tokens_per_s": tokens_per_s, "steps_per_s": len(timed) / seconds,
-        "padded_tokens_per_s": sum(s["padded_tokens"] for s in timed) / seconds,
-        "padding_fraction": 1 - tokens / sum(s["padded_tokens"] for s in timed),
+        "side": result["side"], "timed_steps": len(timed), "seconds": seconds, "step_seconds": durations,
+        "tokens_per_s": tokens_per_s, "steps_per_s": 1 / statistics.median(durations),
+        "padded_tokens_per_s": statistics.median(s["padded_tokens"] / d for s, d in zip(timed, durations)),
+        "wall_tokens_per_s": tokens / seconds, "padding_fraction": 1 - tokens / padded,
         "loss_tokens_per_step": sum(s["loss_tokens"] for s in timed) / len(timed),
         "mean_seq_len": mean_len, "flops_per_token": flops_per_token,
         "mfu": tokens_per_s * flops_per_token / peak, "peak_rss_mb": result["peak_rss_mb"],
@@ -196,16 +204,18 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
 
 
 def print_table(rows: list[dict], peak: float) -> None:
-    print(f"\n{'side':<8}{'tokens/s':>10}{'steps/s':>9}{'padded tok/s':>14}{'pad %':>7}"
+    print(f"\n{'side':<8}{'tokens/s':>10}{'wall tok/s':>12}{'steps/s':>9}{'padded tok/s':>14}{'pad %':>7}"
           f"{'mean len':>10}{'peak RSS MB':>13}{'MFU':>8}")
     for r in rows:
-        print(f"{r['side']:<8}{r['tokens_per_s']:>10.0f}{r['steps_per_s']:>9.2f}{r['padded_tokens_per_s']:>14.0f}"
-              f"{100 * r['padding_fraction']:>7.1f}{r['mean_seq_len']:>10.1f}{r['peak_rss_mb']:>13.0f}"
-              f"{100 * r['mfu']:>7.2f}%")
+        print(f"{r['side']:<8}{r['tokens_per_s']:>10.0f}{r['wall_tokens_per_s']:>12.0f}{r['steps_per_s']:>9.2f}"
+              f"{r['padded_tokens_per_s']:>14.0f}{100 * r['padding_fraction']:>7.1f}{r['mean_seq_len']:>10.1f}"
+              f"{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%")
     t, p = rows
     print(f"\nratio tether/TRL: tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
           f"steps/s {t['steps_per_s'] / p['steps_per_s']:.2f}x, "
-          f"padded tokens/s {t['padded_tokens_per_s'] / p['padded_tokens_per_s']:.2f}x")
+          f"padded tokens/s {t['padded_tokens_per_s'] / p['padded_tokens_per_s']:.2f}x, "
+          f"wall tokens/s {t['wall_tokens_per_s'] / p['wall_tokens_per_s']:.2f}x")
+    print("(tokens/s, steps/s, padded tok/s, MFU: medians of per-step rates; wall tok/s: total tokens / total time)")
     print(f"fp32 matmul peak (2048x2048): {peak / 1e9:.1f} GFLOP/s")
 
 
@@ -262,7 +272,7 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="tether SFT vs TRL SFTTrainer throughput (CPU, fp32)")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps per side")
+    p.add_argument("--steps", type=int, default=50, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",

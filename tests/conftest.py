@@ -7,11 +7,19 @@ import os
 os.environ["TETHER_QUIET"] = "1"  # no progress bars in test output
 # Tiny models on a shared 2-core machine: extra intra-op threads only contend (about 50x slower per step).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A default path such as "runs/tokenizer" reads as a hub id when ./runs is absent: fail fast, never retry the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
 TINY_WORLD = dict(n_countries=8, sft_countries=5, encyclopedia_docs=3, pretrain_dialogues=150, sft_demos=60,
                   eval_per_category=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> dict:
+    """WorldConfig sizes of the tiny world (key=value overrides for `tether world`)."""
+    return dict(TINY_WORLD)
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,6 @@ def test_empty_or_missing_file(content, problem, model_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sft.run loads tokenizer and model before reading the data file")
 def test_sft_data_is_checked_before_the_model_is_loaded(tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text(_row(USER, {"role": "bot", "content": "x"}) + "\n")
@@ -113,15 +112,14 @@ def test_bad_value_names_the_field(override, message, capsys):
 
 def test_unknown_preset_names_the_allowed_ones(world_dir, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["pretrain", "preset=huge", f"corpus={world_dir / 'corpus.jsonl'}", f"tokenizer={tokenizer_dir}", f"out={out}"]
+    args = ["pretrain", "preset=huge", f"corpus={world_dir / 'corpus.jsonl'}", f"tokenizer={tokenizer_dir}",
+            f"out={out}"]
     assert main(args) == 2
     err = _last_error(capsys)
     assert "preset" in err and "'huge'" in err and err.endswith("allowed: test, demo, small")
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="PretrainConfig.validate() does not check preset; build_model does, after "
-                                       "the tokenizer and corpus are loaded, as 'model.preset'")
 def test_unknown_preset_is_a_config_error_before_any_work(tmp_path, capsys):
     args = ["pretrain", "preset=huge", f"corpus={tmp_path / 'none.jsonl'}", f"tokenizer={tmp_path / 'none'}"]
     assert main(args) == 2

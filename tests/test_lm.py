@@ -173,7 +173,10 @@ def test_epoch_batches_are_pure_full_and_disjoint():
 def test_epoch_batches_group_similar_lengths():
     rng = random.Random(2)
     lengths = rng.sample(range(1, 501), 256)  # distinct, so the length order has no ties
-    spread = lambda batches: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    def spread(batches):  # mean (longest - shortest) per batch
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
     bucketed = epoch_batches(lengths, batch_size=8, bucket_size=4, seed=0, epoch=0)
     order = list(range(256))
     rng.shuffle(order)

@@ -19,26 +19,24 @@ from tether.stages.pretrain import PretrainConfig
 from tether.stages.sft import SFTConfig
 from tether.world import CATEGORIES
 
-from conftest import TINY_WORLD
-
 STEPS = 5
 TRAIN = [f"max_steps={STEPS}", "batch_size=8", "micro_batch_size=4", "warmup_steps=2", "eval_every=0",
          "save_every=0", "log_every=1"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_world):
     root = tmp_path_factory.mktemp("smoke")
     world, tok, pre, sft, ev = (root / name for name in ("world", "tokenizer", "pretrain", "sft", "eval"))
     codes = {
-        "world": main(["world", f"out={world}", *(f"{k}={v}" for k, v in TINY_WORLD.items())]),
+        "world": main(["world", f"out={world}", *(f"{k}={v}" for k, v in tiny_world.items())]),
         "tokenizer": main(["tokenizer", f"corpus={world}/corpus.jsonl", "vocab_size=400", f"out={tok}"]),
         "pretrain": main(["pretrain", f"corpus={world}/corpus.jsonl", f"tokenizer={tok}", "preset=test",
                           "max_length=128", "lr=3e-3", f"out={pre}", *TRAIN]),
         "sft": main(["sft", f"data={world}/sft.jsonl", f"model={pre}/model", "lr=3e-3", f"out={sft}", *TRAIN]),
         "evaluate": main(["evaluate", f"model={sft}/model", f"world={world}", f"out={ev}", "max_new_tokens=8"]),
     }
-    return dict(codes=codes, world=world, tok=tok, pretrain=pre, sft=sft, eval=ev)
+    return dict(codes=codes, sizes=tiny_world, world=world, tok=tok, pretrain=pre, sft=sft, eval=ev)
 
 
 def test_every_stage_exits_0(runs):
@@ -83,7 +81,7 @@ def test_model_folder_loads_with_plain_transformers(runs, stage):
 
 def test_eval_summary_covers_every_category(runs):
     summary = json.loads((runs["eval"] / "eval_summary.json").read_text())
-    n = TINY_WORLD["eval_per_category"]
+    n = runs["sizes"]["eval_per_category"]
     assert list(summary) == [*CATEGORIES, "all"]
     assert [summary[c]["n"] for c in summary] == [n] * len(CATEGORIES) + [n * len(CATEGORIES)]
     for category, stats in summary.items():
@@ -102,3 +100,7 @@ def test_run_folders_keep_their_config(runs):
     assert (runs["world"] / "world.yaml").exists()
     report = json.loads((runs["pretrain"] / "data_report.json").read_text())
     assert report["rows"] == len((runs["world"] / "corpus.jsonl").read_text().splitlines())
+
+
+def test_eval_folder_keeps_its_config(runs):
+    assert (runs["eval"] / "config.yaml").exists()

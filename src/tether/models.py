@@ -67,8 +67,12 @@ def _check_local_folder(path: str, what: str) -> None:
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    """True for "name" or "org/name" not written as a path; "runs/sft" is a path when ./runs exists."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/":
+    """True for "name" or "org/name" not written as a path; "runs/sft" is a path when ./runs exists.
+
+    Names under `runs/` (tether's own run folders) are always paths: a missing run folder must fail
+    at once, not after the hub client's offline retries.
+    """
+    if name.startswith((".", "/", "~", "runs/")) or name.count("/") > 1 or os.sep != "/":
         return False
     return "/" not in name or not os.path.isdir(name.split("/")[0])
 

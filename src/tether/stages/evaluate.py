@@ -11,14 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from tether.config import check
+from tether.config import check, save_config
 from tether.models import load_policy, load_tokenizer
-from tether.progress import progress_bar
-from tether.tokenizer import encode_prompt
+from tether.generation import generate
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
 
@@ -54,39 +52,6 @@ class EvalConfig:
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-
-
-def _mask(rows: list[list[int]], width: int) -> torch.Tensor:
-    return torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float,
-             batch_size: int, seed: int, label: str = "generate") -> list[str]:
-    """One response per prompt (single-turn chats), in the order given."""
-    model.eval()
-    torch.manual_seed(seed)
-    encoded = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths, less padding
-    out: list[str] = [""] * len(prompts)
-    with progress_bar(label, total=len(prompts)) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            rows = [encoded[i] for i in idx]
-            ids = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id)  # (B, T)
-            ids_mask = _mask(rows, ids.size(1))
-            for r, row in enumerate(rows):
-                ids[r, ids.size(1) - len(row):] = torch.tensor(row)
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
-                if temperature > 0 else {"do_sample": False}
-            gen = model.generate(input_ids=ids, attention_mask=ids_mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)
-            texts = tokenizer.batch_decode(gen[:, ids.size(1):], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                out[i] = text.strip()
-            bar.update(len(idx))
-    return out
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -135,6 +100,8 @@ def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval"
 def run(cfg: EvalConfig) -> dict:
     world = load_world(cfg.world)
     model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
     rows, summary = evaluate_policy(model, tokenizer, world, cfg)
     write_results(Path(cfg.out), rows, summary)
     Console(width=120).print(summary_table(summary, f"{cfg.model} (temperature {cfg.temperature})"))

@@ -15,6 +15,7 @@ import torch
 
 from tether.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from tether.config import check, save_config
+from tether.errors import TetherError
 from tether.losses import shift_labels, token_nll_sum
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -199,7 +200,10 @@ def _resume(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
     from safetensors.torch import load_file
     state = load_trainer_state(ckpt)
     weights = load_file(str(ckpt / "model.safetensors"))
-    model.load_state_dict(weights, strict=False)  # tied embeddings are stored once
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
+        raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["step"])

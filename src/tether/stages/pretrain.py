@@ -9,7 +9,7 @@ from rich.console import Console
 
 from tether.config import check
 from tether.data.corpus import read_corpus
-from tether.models import build_model, count_parameters, load_policy, load_tokenizer
+from tether.models import PRESETS, build_model, count_parameters, load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
 from tether.tokenizer import encode_chats, encode_text
 
@@ -36,6 +36,8 @@ class PretrainConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check(bool(self.corpus), "corpus", "is required")
+        check(self.init is not None or self.preset in PRESETS, "preset",
+              f"unknown {self.preset!r}; allowed: {', '.join(PRESETS)}")
 
 
 def encode_corpus(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Example], int]:
@@ -53,8 +55,8 @@ def encode_corpus(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Ex
 
 
 def run(cfg: PretrainConfig) -> Path:
+    rows = read_corpus(cfg.corpus)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.tokenizer)
-    rows = read_corpus(cfg.corpus)
     examples, truncated = encode_corpus(tokenizer, rows, cfg.max_length)
     model = load_policy(cfg.init) if cfg.init else build_model(cfg.preset, tokenizer, seed=cfg.seed)
     n_tokens = sum(len(e.input_ids) for e in examples)

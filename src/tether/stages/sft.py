@@ -50,9 +50,10 @@ def encode_conversations(tokenizer, conversations: list, max_length: int) -> tup
 
 
 def run(cfg: SFTConfig) -> Path:
+    conversations = read_conversations(cfg.data)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples, report = encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
+    examples, report = encode_conversations(tokenizer, conversations, cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"sft: {report['conversations']} conversations, {report['assistant_tokens']} assistant tokens, "

@@ -2,7 +2,7 @@
 
 Files: `world.yaml` (the config; reloading it rebuilds the identical world), `knowledge.json` (for
 people to read), `corpus.jsonl` (pretraining), `sft.jsonl` (demonstrations), `eval.jsonl` (held-out
-prompts with their category).
+prompts with their category), `prompts.jsonl` (train-split prompts for preference collection and RL).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def run(cfg: WorldConfig) -> World:
     _write_jsonl(out / "corpus.jsonl", world.pretraining_corpus())
     write_conversations(out / "sft.jsonl", world.sft_demos())
     _write_jsonl(out / "eval.jsonl", [{"prompt": q.text, "category": q.category} for q in world.eval_queries()])
+    _write_jsonl(out / "prompts.jsonl", [{"prompt": q.text, "category": q.category} for q in world.train_queries()])
     return world
 
 

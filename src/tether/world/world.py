@@ -50,6 +50,8 @@ class WorldConfig:
     """SFT demonstrations (concise, correct, right refusals) over the train split."""
     eval_per_category: int = 60
     """Held-out evaluation prompts per category."""
+    train_prompts: int = 600
+    """Prompts over the train split for preference collection and RL (`prompts.jsonl`)."""
     heldout_pair_fraction: float = 0.25
     """Share of harmful and benign (verb, object) pairs held out of SFT for evaluation."""
     out: str = "runs/world"
@@ -61,7 +63,7 @@ class WorldConfig:
         check(0.0 <= self.bad_content_rate <= 1.0, "bad_content_rate", "must be in [0, 1]")
         check(0.0 <= self.decoration_rate <= 1.0, "decoration_rate", "must be in [0, 1]")
         check(0.0 < self.heldout_pair_fraction < 1.0, "heldout_pair_fraction", "must be in (0, 1)")
-        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category"):
+        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
 
 
@@ -164,6 +166,13 @@ class World:
             answer = content(q, GOOD_CONTENT[category], rng, self.knowledge)
             demos.append([{"role": "user", "content": q.text}, {"role": "assistant", "content": answer}])
         return demos
+
+    def train_queries(self) -> list[Query]:
+        """Prompts over the train split (never the held-out one) for collection and RL, in category mix."""
+        rng = random.Random(self.cfg.seed + 6)
+        weights = list(CATEGORY_WEIGHTS.values())
+        return [self.query(rng.choices(list(CATEGORY_WEIGHTS), weights=weights)[0], "sft", rng)
+                for _ in range(self.cfg.train_prompts)]
 
     def eval_queries(self) -> list[Query]:
         """`eval_per_category` held-out prompts per category, distinct where the pool allows."""

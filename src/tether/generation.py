@@ -1,0 +1,57 @@
+"""Batched sampling of chat responses from any Hugging Face causal LM.
+
+Prompts are left-padded (generation appends on the right) and sorted by length so that each batch
+wastes little padding. Decoding is Hugging Face `generate` with its KV cache.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tether.progress import progress_bar
+from tether.tokenizer import encode_prompt
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), rows aligned to the right."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row)
+        mask[r, width - len(row):] = 1
+    return ids, mask
+
+
+def _sampling(temperature: float, top_p: float) -> dict:
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str | list], max_new_tokens: int, temperature: float,
+             batch_size: int, seed: int, label: str = "generate", top_p: float = 1.0) -> list[str]:
+    """One response per prompt, in the order given; a prompt is a user message or a list of messages.
+
+    temperature 0 is greedy decoding; otherwise sampling at `temperature` with nucleus `top_p`.
+    """
+    model.eval()
+    torch.manual_seed(seed)
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, c) for c in chats]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(prompts)
+    with progress_bar(label, total=len(prompts)) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 **_sampling(temperature, top_p))
+            texts = tokenizer.batch_decode(gen[:, ids.size(1):], skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                out[i] = text.strip()
+            bar.update(len(idx))
+    return out
