@@ -41,6 +41,9 @@ STAGES: dict[str, Stage] = {
     "tokenizer": Stage("tether.tokenizer", "TokenizerConfig", "run", "Train a byte-level BPE tokenizer with a chat template."),
     "pretrain": Stage("tether.stages.pretrain", "PretrainConfig", "run", "Causal-LM pretraining on a text/chat corpus."),
     "sft": Stage("tether.stages.sft", "SFTConfig", "run", "Supervised fine-tuning on conversations, loss on assistant tokens only."),
+    "collect": Stage("tether.stages.collect", "CollectConfig", "run", "Sample responses from policies and pair them into a comparison queue."),
+    "label": Stage("tether.stages.label", "LabelConfig", "run", "Label a comparison queue with the world's simulated raters."),
+    "rm": Stage("tether.stages.rm", "RMConfig", "run", "Train a Bradley-Terry reward model on preference comparisons."),
     "evaluate": Stage("tether.stages.evaluate", "EvalConfig", "run", "Evaluate a policy on the world's held-out prompts with the gold reward."),
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
 }  # fmt: skip

@@ -33,3 +33,26 @@ def read_corpus(path: str | Path) -> list[dict]:
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+def read_prompts(path: str | Path) -> list:
+    """Prompts from JSONL rows `{"prompt": str or messages, ...}` (other keys ignored)."""
+    prompts = []
+    for lineno, line in enumerate(_read_bytes(path).split(b"\n"), start=1):
+        try:
+            row = _decode_row(line, lineno)
+            if row is None:
+                continue
+            if "prompt" not in row:
+                raise _Bad("prompt", "missing")
+            value = row["prompt"]
+            if isinstance(value, list):
+                value = _messages(value, "prompt")
+            else:
+                _text(value, "prompt")
+            prompts.append(value)
+        except _Bad as bad:
+            raise DataError(f"{path}:{lineno}: {bad}") from None
+    if not prompts:
+        raise DataError(f"{path}: no rows")
+    return prompts

@@ -1,16 +1,45 @@
 """Preference records: one comparison of two responses to one prompt, with the provenance of its label.
 
 A comparison without a `choice` is a queue item waiting for a rater (human or simulated).
+
+Three file formats, each read strictly (errors read `file:line: field: problem`, as in `sft_data`):
+
+    tether JSONL   the `Comparison` fields as keys; ties and unlabelled queue items are kept
+    TRL            {"prompt": str, "chosen": str, "rejected": str}                          plain
+                   {"prompt": [msgs], "chosen": [assistant msg], "rejected": [assistant msg]} conversational
+    HH-RLHF        {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}: two whole dialogues
+                   sharing everything before the final assistant reply (Bai et al. 2022)
+
+TRL and HH rows hold only a winner and a loser: they read as choice "A" with response_a the chosen one,
+and a tie cannot be written to them (the writers skip ties and return how many).
+Files may be gzip-compressed. This module imports no torch: the rater web app uses it.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, overload
+
+from tether.data.sft_data import _Bad, _decode_row, _kind, _messages, _read_bytes, _text
+from tether.errors import DataError
+
+__all__ = [
+    "CHOICES", "Comparison", "from_trl_row", "length_stats", "pair_id", "read_comparisons", "read_hh",
+    "read_trl", "to_hh_row", "to_trl_row", "truncation_report", "validate_comparison", "whitespace_words",
+    "write_comparisons", "write_trl",
+]
 
 Choice = Literal["A", "B", "tie"]
+CHOICES = ("A", "B", "tie")
 Prompt = Union[str, list]  # a plain user prompt, or a conversation prefix (messages) ending with a user turn
+Skipped = list[tuple[int, str]]  # (line, "field: problem") of each row a lenient reader left out
 
 
 @dataclass
@@ -46,6 +75,16 @@ class Comparison:
             return self.prompt
         return next(m["content"] for m in reversed(self.prompt) if m["role"] == "user")
 
+    @property
+    def chosen(self) -> str | None:
+        """The preferred response; None for a tie or an unlabelled item."""
+        return {"A": self.response_a, "B": self.response_b}.get(self.choice)
+
+    @property
+    def rejected(self) -> str | None:
+        """The dispreferred response; None for a tie or an unlabelled item."""
+        return {"A": self.response_b, "B": self.response_a}.get(self.choice)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -54,3 +93,420 @@ def pair_id(prompt: Prompt, a: str, b: str) -> str:
     """A stable id of the unordered pair: the same two responses in either order get the same id."""
     key = json.dumps([prompt, sorted([a, b])], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- tether JSONL
+
+FIELDS = tuple(f.name for f in fields(Comparison))
+_OPTIONAL_STRINGS = ("rater", "guideline_version", "source_a", "source_b", "timestamp")
+
+
+def read_comparisons(path: str | Path) -> list[Comparison]:
+    """All comparisons in tether's JSONL at `path`; raises DataError at the first bad row.
+
+    Required: prompt, response_a, response_b. Unknown keys are errors (free provenance goes in `meta`),
+    so a misspelt `stength` is caught rather than dropped.
+    """
+    comparisons, _ = _read_rows(path, lambda row, lineno: _parse_comparison(row))
+    return comparisons
+
+
+def write_comparisons(path: str | Path, comparisons: Iterable[Comparison]) -> None:
+    """Write tether JSONL, each comparison checked by the rules `read_comparisons` applies.
+
+    A bad comparison raises DataError as `path:N: field: problem`, N being the line it would have had.
+    """
+    lines = []
+    for n, c in enumerate(comparisons, start=1):
+        try:
+            lines.append(_dumps(_parse_comparison(c.to_dict()).to_dict(), "meta"))
+        except _Bad as bad:
+            raise DataError(f"{path}:{n}: {bad}") from None
+    _write_lines(path, lines, "comparisons")
+
+
+def validate_comparison(c: Comparison) -> None:
+    """Raise DataError(`field: problem`) if `c` breaks a rule of tether's format (for records built in code)."""
+    try:
+        _parse_comparison(c.to_dict())
+    except _Bad as bad:
+        raise DataError(str(bad)) from None
+
+
+def _parse_comparison(row: dict[str, Any]) -> Comparison:
+    unknown = [key for key in row if key not in FIELDS]
+    if unknown:
+        raise _Bad(unknown[0], f"unknown field (allowed: {', '.join(FIELDS)})")
+    for name in ("prompt", "response_a", "response_b"):
+        if name not in row:
+            raise _Bad(name, "missing")
+    prompt = _prompt(row["prompt"], "prompt")
+    a, b = row["response_a"], row["response_b"]
+    _text(a, "response_a")
+    _text(b, "response_b")
+    if a.strip() == b.strip():
+        raise _Bad("response_b", "identical to response_a")
+    choice = row.get("choice")
+    if choice is not None and (not isinstance(choice, str) or choice not in CHOICES):
+        raise _Bad("choice", f'expected "A", "B", "tie" or null, got {json.dumps(choice)}')
+    strength = row.get("strength")
+    if strength is not None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise _Bad("strength", f"expected a number in (0, 1] or null, got {_kind(strength)}")
+        if not 0 < strength <= 1:  # also rejects NaN
+            raise _Bad("strength", f"{strength} is outside (0, 1]")
+        if choice is None:
+            raise _Bad("strength", "given for an unlabelled comparison (choice is null)")
+    for name in _OPTIONAL_STRINGS + ("id",):
+        if row.get(name) is not None and not isinstance(row[name], str):
+            raise _Bad(name, f"expected a string or null, got {_kind(row[name])}")
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise _Bad("meta", f"expected an object, got {_kind(meta)}")
+    return Comparison(prompt, a, b, choice, strength, id=row.get("id") or "", meta=dict(meta),
+                      **{name: row.get(name) for name in _OPTIONAL_STRINGS})
+
+
+def _prompt(value: Any, field: str) -> Prompt:
+    """A non-blank string, or a message list (validated copies) ending with a user turn."""
+    if isinstance(value, str):
+        _text(value, field)
+        return value
+    if not isinstance(value, list):
+        raise _Bad(field, f"expected a string or a list of messages, got {_kind(value)}")
+    messages = _messages(value, field)
+    if messages[-1]["role"] != "user":
+        raise _Bad(f"{field}[{len(messages) - 1}].role", "a prompt must end with a user message")
+    return messages
+
+
+# ------------------------------------------------------------------------------------------------------- TRL
+
+
+def read_trl(path: str | Path) -> list[Comparison]:
+    """TRL preference rows (all plain or all conversational) as comparisons with choice "A".
+
+    Keys other than prompt/chosen/rejected are ignored. A row whose kind differs from the first row's
+    is an error at that row: a file mixing the two would tokenise half its rows with the chat template.
+    """
+    first: list[tuple[str, int]] = []
+
+    def parse(row: dict, lineno: int) -> Comparison:
+        c, kind = _trl_row(row)
+        if not first:
+            first.append((kind, lineno))
+        elif kind != first[0][0]:
+            kind0, line0 = first[0]
+            raise _Bad("prompt", f"a {kind} row in a file whose first row (line {line0}) is {kind0}")
+        return c
+
+    comparisons, _ = _read_rows(path, parse)
+    return comparisons
+
+
+def write_trl(path: str | Path, comparisons: Iterable[Comparison], conversational: bool = False) -> tuple[int, int]:
+    """Write TRL rows; returns (n_written, n_skipped_ties), since a tie has no chosen response.
+
+    Each comparison is first checked by tether's rules; an unlabelled one is an error. Errors read
+    `path:N: field: problem`, N counting the comparisons given (from 1), ties included.
+    """
+    lines, ties = [], 0
+    for n, c in enumerate(comparisons, start=1):
+        try:
+            c = _parse_comparison(c.to_dict())
+            if c.choice == "tie":
+                ties += 1
+                continue
+            lines.append(_dumps(_trl_out(c, conversational)))
+        except _Bad as bad:
+            raise DataError(f"{path}:{n}: {bad}") from None
+    _write_lines(path, lines, f"labelled comparisons ({ties} ties skipped)")
+    return len(lines), ties
+
+
+def from_trl_row(row: dict) -> Comparison:
+    """One TRL row (plain or conversational) as a comparison; DataError(`field: problem`) if malformed."""
+    try:
+        return _trl_row(row)[0]
+    except _Bad as bad:
+        raise DataError(str(bad)) from None
+
+
+def to_trl_row(c: Comparison, conversational: bool = False) -> dict:
+    """The TRL row of a labelled comparison (chosen = the preferred response).
+
+    Conversational wraps a string prompt as one user message. A conversation prompt cannot be written plain.
+    """
+    try:
+        return _trl_out(c, conversational)
+    except _Bad as bad:
+        raise DataError(str(bad)) from None
+
+
+def _trl_row(row: dict) -> tuple[Comparison, str]:
+    """(comparison, "plain" | "conversational") of one row."""
+    if not isinstance(row, dict):
+        raise _Bad("<row>", f"expected a JSON object, got {_kind(row)}")
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in row:
+            hint = " (TRL's implicit-prompt rows, without 'prompt', are not supported)" if name == "prompt" else ""
+            raise _Bad(name, "missing" + hint)
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        kind, read = "plain", _plain_response
+    elif isinstance(prompt, list):
+        kind, read = "conversational", _conversational_response
+    else:
+        raise _Bad("prompt", f"expected a string (plain) or a list of messages (conversational), got {_kind(prompt)}")
+    prompt = _prompt(prompt, "prompt")
+    chosen, rejected = read(row["chosen"], "chosen"), read(row["rejected"], "rejected")
+    if chosen.strip() == rejected.strip():
+        raise _Bad("rejected", "identical to chosen")
+    return Comparison(prompt, chosen, rejected, choice="A"), kind
+
+
+def _plain_response(value: Any, field: str) -> str:
+    if isinstance(value, list):
+        raise _Bad(field, "a list of messages in a plain row (its prompt is a string)")
+    _text(value, field)
+    return value
+
+
+def _conversational_response(value: Any, field: str) -> str:
+    if not isinstance(value, list):
+        raise _Bad(field, f"expected a list with one assistant message (the prompt is a list), got {_kind(value)}")
+    messages = _messages(value, field, system_allowed=False)
+    if len(messages) != 1:
+        raise _Bad(field, f"expected one assistant message, got {len(messages)}")
+    if messages[0]["role"] != "assistant":
+        raise _Bad(f"{field}[0].role", f"expected 'assistant', got {messages[0]['role']!r}")
+    return messages[0]["content"]
+
+
+def _trl_out(c: Comparison, conversational: bool) -> dict:
+    chosen, rejected = _winner_loser(c, "a TRL row")
+    if conversational:
+        prompt = [{"role": "user", "content": c.prompt}] if isinstance(c.prompt, str) else [dict(m) for m in c.prompt]
+        return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}
+    if not isinstance(c.prompt, str):
+        raise _Bad("prompt", "a conversation cannot be written as a plain TRL row (use conversational=True)")
+    return {"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _winner_loser(c: Comparison, target: str) -> tuple[str, str]:
+    if c.choice in ("A", "B"):
+        return c.chosen, c.rejected
+    what = "a tie" if c.choice == "tie" else "an unlabelled comparison (null)"
+    raise _Bad("choice", f"{what} cannot be written as {target}, which needs a chosen response")
+
+
+# --------------------------------------------------------------------------------------------------- HH-RLHF
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+_TURN = re.compile(r"(\n\nHuman:|\n\nAssistant:)")
+
+
+@overload
+def read_hh(path: str | Path, strict: Literal[True] = ...) -> list[Comparison]: ...
+@overload
+def read_hh(path: str | Path, strict: Literal[False]) -> tuple[list[Comparison], Skipped]: ...
+
+
+def read_hh(path, strict=True):
+    """Anthropic HH-RLHF rows (.jsonl or .jsonl.gz) as comparisons with choice "A" (response_a = chosen).
+
+    The prompt is the dialogue up to the final "\\n\\nAssistant:" (after the last "\\n\\nHuman:"), which
+    both dialogues must share, as messages (Human -> user, Assistant -> assistant, one space after the
+    colon dropped); each reply is the rest. A reply may itself contain "Assistant:" (the data has model
+    continuations); it stays part of the reply. On every well-formed row this equals TRL's common-prefix
+    split, but a pair that diverges earlier is reported instead of silently moving turns into the replies.
+
+    strict=True raises DataError at the first bad row; strict=False returns (comparisons, skipped) with
+    skipped = [(line, "field: problem"), ...]: real HH data has a few rows our rules refuse (empty replies).
+    """
+    comparisons, skipped = _read_rows(path, _hh_row, strict=strict)
+    return comparisons if strict else (comparisons, skipped)
+
+
+def to_hh_row(c: Comparison) -> dict:
+    """The HH-RLHF row of a labelled comparison; `read_hh` gives back its prompt and responses."""
+    try:
+        chosen, rejected = _winner_loser(c, "an HH-RLHF row")
+        turns = [{"role": "user", "content": c.prompt}] if isinstance(c.prompt, str) else c.prompt
+        prefix = ""
+        for i, m in enumerate(turns):
+            if m["role"] == "system":
+                raise _Bad(f"prompt[{i}].role", "HH-RLHF has no system turns")
+            if _TURN.search(m["content"]):
+                raise _Bad(f"prompt[{i}].content", "contains a '\\n\\nHuman:' or '\\n\\nAssistant:' marker")
+            prefix += f"{HUMAN if m['role'] == 'user' else ASSISTANT} {m['content']}"
+        for name, reply in (("chosen", chosen), ("rejected", rejected)):
+            if HUMAN in reply:  # would read back as a later user turn, moving the prompt's end
+                raise _Bad(name, "contains a '\\n\\nHuman:' marker")
+    except _Bad as bad:
+        raise DataError(str(bad)) from None
+    return {"chosen": f"{prefix}{ASSISTANT} {chosen}", "rejected": f"{prefix}{ASSISTANT} {rejected}"}
+
+
+def _hh_row(row: dict, lineno: int) -> Comparison:
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise _Bad(name, "missing")
+        if not isinstance(row[name], str):
+            raise _Bad(name, f"expected a string, got {_kind(row[name])}")
+    prefix, chosen = _hh_split(row["chosen"], "chosen")
+    other, rejected = _hh_split(row["rejected"], "rejected")
+    if other != prefix:
+        raise _Bad("rejected", "differs from chosen before the final assistant turn (no shared prompt)")
+    prompt = _hh_turns(prefix)
+    for name, reply in (("chosen", chosen), ("rejected", rejected)):
+        if not reply.strip():
+            raise _Bad(name, "empty final assistant reply")
+    if chosen.strip() == rejected.strip():
+        raise _Bad("rejected", "final assistant reply identical to chosen's")
+    return Comparison(prompt, chosen, rejected, choice="A", source_a="hh-rlhf", source_b="hh-rlhf",
+                      meta={"source": "hh-rlhf", "line": lineno})
+
+
+def _hh_split(dialogue: str, field: str) -> tuple[str, str]:
+    """(text before the final assistant marker, the final reply)."""
+    last_human = dialogue.rfind(HUMAN)
+    if last_human < 0:
+        raise _Bad(field, "no '\\n\\nHuman:' turn")
+    cut = dialogue.find(ASSISTANT, last_human)
+    if cut < 0:
+        raise _Bad(field, "no '\\n\\nAssistant:' turn after the last '\\n\\nHuman:' turn")
+    return dialogue[:cut], dialogue[cut + len(ASSISTANT):].removeprefix(" ")
+
+
+def _hh_turns(prefix: str) -> list[dict]:
+    parts = _TURN.split(prefix)  # ["", marker, text, marker, text, ...]; ends with a Human turn
+    if parts[0]:
+        raise _Bad("chosen", "text before the first '\\n\\nHuman:' turn")
+    messages = []
+    for marker, text in zip(parts[1::2], parts[2::2]):
+        content = text.removeprefix(" ")
+        if not content.strip():
+            raise _Bad("chosen", f"turn {len(messages) + 1} ({marker.strip()}) is empty")
+        messages.append({"role": "user" if marker == HUMAN else "assistant", "content": content})
+    return messages
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def whitespace_words(text: str) -> int:
+    """The default length: whitespace-separated words (no tokenizer needed)."""
+    return len(text.split())
+
+
+def length_stats(comparisons: Iterable[Comparison], count_tokens: Callable[[str], int] = whitespace_words) -> dict:
+    """Lengths under `count_tokens`: {"n", "prompt", "response", "pair": {min, mean, p50, p95, max},
+    "chosen_longer"}.
+
+    "response" pools both responses of every pair; "pair" is prompt + the longer response (what a
+    max_length must hold). A conversation prompt counts the sum of its contents (no chat-template
+    tokens). "chosen_longer" is the fraction of A/B-labelled pairs whose chosen response is strictly
+    longer (None without any): far above 0.5, a reward model can win by length alone.
+    Percentiles interpolate linearly between ranks, as numpy.percentile's default.
+    """
+    lengths = _lengths(comparisons, count_tokens)
+    if not lengths:
+        raise ValueError("length_stats: no comparisons")
+    prompts = [p for _, p, _, _ in lengths]
+    responses = [r for _, _, a, b in lengths for r in (a, b)]
+    labelled = [(a, b) if c.choice == "A" else (b, a) for c, _, a, b in lengths if c.choice in ("A", "B")]
+    return {
+        "n": len(lengths),
+        "prompt": _summary(prompts),
+        "response": _summary(responses),
+        "pair": _summary([p + max(a, b) for _, p, a, b in lengths]),
+        "chosen_longer": sum(w > l for w, l in labelled) / len(labelled) if labelled else None,
+    }
+
+
+def truncation_report(comparisons: Iterable[Comparison], count_tokens: Callable[[str], int], max_length: int) -> dict:
+    """How many pairs `max_length` would cut: {"n", "max_length", "truncated", "fraction", "prompt_too_long"}.
+
+    A pair is truncated when prompt + its longer response > max_length; "prompt_too_long" counts prompts
+    of max_length or more, which leave no room for any response token (the pair then teaches nothing).
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length: expected a positive integer, got {max_length!r}")
+    lengths = _lengths(comparisons, count_tokens)
+    if not lengths:
+        raise ValueError("truncation_report: no comparisons")
+    truncated = sum(p + max(a, b) > max_length for _, p, a, b in lengths)
+    return {
+        "n": len(lengths),
+        "max_length": max_length,
+        "truncated": truncated,
+        "fraction": truncated / len(lengths),
+        "prompt_too_long": sum(p >= max_length for _, p, _, _ in lengths),
+    }
+
+
+def _lengths(comparisons: Iterable[Comparison], count: Callable[[str], int]) -> list[tuple[Comparison, int, int, int]]:
+    """(comparison, prompt length, response_a length, response_b length) of each comparison."""
+    out = []
+    for c in comparisons:
+        texts = [c.prompt] if isinstance(c.prompt, str) else [m["content"] for m in c.prompt]
+        out.append((c, sum(count(t) for t in texts), count(c.response_a), count(c.response_b)))
+    return out
+
+
+def _summary(values: list[int]) -> dict:
+    s = sorted(values)
+    return {"min": s[0], "mean": sum(s) / len(s), "p50": _percentile(s, 50), "p95": _percentile(s, 95), "max": s[-1]}
+
+
+def _percentile(sorted_values: list[int], q: float) -> float:
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+# ------------------------------------------------------------------------------------------------ file I/O
+
+
+def _read_rows(path: str | Path, parse: Callable[[dict, int], Comparison], strict: bool = True
+               ) -> tuple[list[Comparison], Skipped]:
+    """Parse each non-blank line of a (possibly gzipped) JSONL file; raise or collect `file:line` errors."""
+    raw = _read_bytes(path)
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path}: not a readable gzip file ({err})") from None
+    comparisons, skipped = [], []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            row = _decode_row(line, lineno)
+            if row is not None:
+                comparisons.append(parse(row, lineno))
+        except _Bad as bad:
+            if strict:
+                raise DataError(f"{path}:{lineno}: {bad}") from None
+            skipped.append((lineno, str(bad)))
+    if not comparisons and not skipped:
+        raise DataError(f"{path}: no rows")
+    return comparisons, skipped
+
+
+def _dumps(row: dict, meta_field: str | None = None) -> str:
+    try:
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise _Bad(meta_field or "<row>", f"not JSON-serialisable ({err})") from None
+    # U+2028/2029 are line breaks to str.splitlines and some editors; escaped, a row stays one line
+    return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _write_lines(path: str | Path, lines: list[str], what: str) -> None:
+    if not lines:
+        raise DataError(f"{path}: no {what} to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

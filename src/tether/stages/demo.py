@@ -27,7 +27,7 @@ console = Console(width=120)
 
 
 def _pretrain_defaults() -> pretrain.PretrainConfig:
-    return pretrain.PretrainConfig(max_steps=1200, lr=3e-3, warmup_steps=30, eval_every=200, save_every=400)
+    return pretrain.PretrainConfig(max_steps=800, lr=3e-3, warmup_steps=30, eval_every=200, save_every=400)
 
 
 def _sft_defaults() -> sft.SFTConfig:

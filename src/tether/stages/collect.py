@@ -1,0 +1,120 @@
+"""`tether collect`: sample responses from one or more policies and pair them into a comparison queue.
+
+The queue (`queue.jsonl`, tether's preference format with no choice yet) is what raters label: the
+rater app for people, `tether label` for the world's simulated raters. Each comparison records which
+policy wrote each response (InstructGPT sampled from several policies; mixing the SFT policy with
+the base model lets the raters see the base distribution's styles too).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+
+from tether.config import check, save_config
+from tether.data.corpus import read_prompts
+from tether.data.preferences import Comparison, write_comparisons
+from tether.generation import generate
+from tether.models import load_policy, load_tokenizer
+
+console = Console(stderr=True)
+
+
+@dataclass
+class CollectConfig:
+    """Sample K responses per prompt and form comparison pairs with provenance."""
+
+    policies: list[str] = field(default_factory=lambda: ["runs/sft/model"])
+    """Policy model folders; the K responses of a prompt are shared round-robin among them."""
+    prompts: str = "runs/world/prompts.jsonl"
+    """JSONL of {"prompt": str or messages} rows."""
+    n_prompts: int | None = None
+    """Use only the first n prompts (None: all)."""
+    responses_per_prompt: int = 4
+    """K responses sampled per prompt (duplicates and empty responses are dropped and counted)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 48
+    """Longest response in tokens."""
+    pairs: Literal["all", "sampled"] = "all"
+    """Pair every two distinct responses of a prompt, or sample pairs_per_prompt of them."""
+    pairs_per_prompt: int = 2
+    """Pairs per prompt when pairs=sampled."""
+    batch_size: int = 64
+    """Prompts generated together."""
+    seed: int = 0
+    """Sampling and pairing seed."""
+    out: str = "runs/collect"
+    """Folder for queue.jsonl, report.json and config.yaml."""
+
+    def validate(self) -> None:
+        check(len(self.policies) >= 1, "policies", "needs at least one model folder")
+        check(self.responses_per_prompt >= 2, "responses_per_prompt", "must be >= 2 to form pairs")
+        check(self.temperature > 0, "temperature", "must be > 0 (greedy decoding gives identical responses)")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
+        check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
+
+
+def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
+    """Per prompt, the (response, policy) samples, K in all shared round-robin among the policies."""
+    samples: list[list[tuple[str, str]]] = [[] for _ in prompts]
+    for p, policy in enumerate(cfg.policies):
+        k = len(range(p, cfg.responses_per_prompt, len(cfg.policies)))
+        if k == 0:
+            continue
+        model, tokenizer = load_policy(policy), load_tokenizer(policy)
+        repeated = [i for i in range(len(prompts)) for _ in range(k)]
+        texts = generate(model, tokenizer, [prompts[i] for i in repeated], cfg.max_new_tokens, cfg.temperature,
+                         cfg.batch_size, cfg.seed + p, f"collect {Path(policy).parent.name or policy}", cfg.top_p)
+        for i, text in zip(repeated, texts):
+            samples[i].append((text, policy))
+    return samples
+
+
+def make_pairs(prompt, samples: list[tuple[str, str]], cfg: CollectConfig, rng: random.Random,
+               report: dict) -> list[Comparison]:
+    """Distinct non-empty responses of one prompt, paired (order randomised, so A is not always policy 1)."""
+    seen: dict[str, str] = {}
+    for text, policy in samples:
+        if not text.strip():
+            report["empty_responses"] += 1
+        elif text in seen:
+            report["duplicate_responses"] += 1
+        else:
+            seen[text] = policy
+    pairs = list(itertools.combinations(seen.items(), 2))
+    if cfg.pairs == "sampled":
+        pairs = rng.sample(pairs, min(cfg.pairs_per_prompt, len(pairs)))
+    out = []
+    for a, b in pairs:
+        a, b = (a, b) if rng.random() < 0.5 else (b, a)
+        out.append(Comparison(prompt, a[0], b[0], source_a=a[1], source_b=b[1],
+                              meta={"temperature": cfg.temperature, "top_p": cfg.top_p}))
+    return out
+
+
+def run(cfg: CollectConfig) -> Path:
+    prompts = read_prompts(cfg.prompts)[:cfg.n_prompts]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    rng = random.Random(cfg.seed)
+    report = {"prompts": len(prompts), "responses": 0, "empty_responses": 0, "duplicate_responses": 0}
+    queue = []
+    for prompt, samples in zip(prompts, _sample(cfg, prompts)):
+        report["responses"] += len(samples)
+        queue += make_pairs(prompt, samples, cfg, rng, report)
+    report["pairs"] = len(queue)
+    write_comparisons(out / "queue.jsonl", queue)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    console.print(f"collect: {report['pairs']} pairs from {len(prompts)} prompts "
+                  f"({report['duplicate_responses']} duplicate and {report['empty_responses']} empty responses dropped)")
+    return out / "queue.jsonl"

@@ -1,0 +1,60 @@
+"""`tether label`: the world's simulated raters label a comparison queue (one row per rating).
+
+The stand-in for human raters when running on the tiny world: each pair goes to `overlap` distinct
+raters of a seeded pool whose biases are documented in `tether.world.raters`. Inter-rater agreement
+is measured with the same library functions the rater app reports.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from tether.agreement import agreement_report
+from tether.config import save_config
+from tether.data.preferences import Comparison, read_comparisons, write_comparisons
+from tether.world.build import load_world
+from tether.world.raters import RaterPoolConfig, label
+
+console = Console(stderr=True)
+
+
+@dataclass
+class LabelConfig:
+    """Label a comparison queue with the world's simulated raters."""
+
+    queue: str = "runs/collect/queue.jsonl"
+    """Comparison queue from `tether collect`."""
+    world: str = "runs/world"
+    """World folder (from `tether world`)."""
+    raters: RaterPoolConfig = field(default_factory=RaterPoolConfig)
+    """The simulated rater pool."""
+    out: str = "runs/label"
+    """Folder for comparisons.jsonl (one row per rating), agreement.json and config.yaml."""
+
+
+def labels_by_item(ratings: list[Comparison]) -> dict[str, dict[str, str]]:
+    """{pair id: {rater: choice}}, the shape the agreement metrics take."""
+    table: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in ratings:
+        table[r.id][r.rater] = r.choice
+    return dict(table)
+
+
+def run(cfg: LabelConfig) -> Path:
+    queue = read_comparisons(cfg.queue)
+    world = load_world(cfg.world)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    ratings = label(queue, world.knowledge, cfg.raters)
+    write_comparisons(out / "comparisons.jsonl", ratings)
+    report = agreement_report(labels_by_item(ratings))
+    report["ties"] = sum(r.choice == "tie" for r in ratings) / max(1, len(ratings))
+    (out / "agreement.json").write_text(json.dumps(report, indent=1, default=str))
+    console.print(f"label: {len(ratings)} ratings of {len(queue)} pairs by {cfg.raters.n_raters} simulated raters "
+                  f"(overlap {cfg.raters.overlap}); agreement {report.get('percent_agreement', float('nan')):.1%}")
+    return out / "comparisons.jsonl"
