@@ -84,7 +84,8 @@ def make_pairs(prompt, samples: list[tuple[str, str]], cfg: CollectConfig, rng: 
     """Distinct non-empty responses of one prompt, paired (order randomised, so A is not always policy 1)."""
     seen: dict[str, str] = {}
     for text, policy in samples:
-        if not text.strip():
+        text = text.strip()  # responses equal up to surrounding whitespace are the same response
+        if not text:
             report["empty_responses"] += 1
         elif text in seen:
             report["duplicate_responses"] += 1

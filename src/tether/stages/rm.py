@@ -1,0 +1,381 @@
+"""`tether rm`: train a reward model on pairwise preferences with the Bradley-Terry loss.
+
+Comparisons of one prompt always share a batch (and a micro-batch), and each distinct (prompt, response)
+in a step is encoded and scored once, however many pairs it appears in. InstructGPT (Ouyang et al. 2022
+§3.5) does both: scoring the K responses of a prompt once for all K-choose-2 pairs is cheaper, and
+spreading one prompt's correlated pairs over many steps overfits. The world's gold reward is never read
+here: the reward model learns from preference labels only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.console import Console
+
+from tether.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from tether.config import check, save_config
+from tether.data.preferences import Comparison, read_comparisons
+from tether.losses import bradley_terry_loss
+from tether.optim import adamw, lr_at
+from tether.progress import progress_bar
+from tether.reward import RewardModel, collate, encode_pair
+from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
+from tether.stages.lm import MetricsLog, TrainConfig
+
+console = Console(stderr=True)
+TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Reward-model training on tether preference JSONL (Bradley-Terry loss, head on an HF backbone)."""
+
+    data: str = "runs/collect/preferences.jsonl"
+    """tether preference JSONL (prompt, response_a, response_b, choice, strength, ...); unlabelled rows are skipped."""
+    eval_data: str | None = None
+    """Held-out preference JSONL; None: hold out `eval_fraction` of the prompts of `data` (split by prompt)."""
+    backbone: str = "runs/sft/model"
+    """Hugging Face folder the reward model starts from (e.g. the SFT model), with its tokenizer."""
+    pool: Literal["last", "cls", "mean"] = "last"
+    """Where the head reads the backbone: last non-pad token, first token (encoders), or the masked mean."""
+    margin: bool = False
+    """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
+    label_smoothing: float = 0.0
+    """Take each label as flipped with this probability (conservative targets, in [0, 0.5))."""
+    max_length: int = 256
+    """Longest (prompt + response) in tokens; longer ones keep their first max_length tokens, counted."""
+    trust_remote_code: bool = False
+    """Allow the backbone folder's own Python code to run (only for models you trust)."""
+    normalise_on: Literal["train", "eval"] = "train"
+    """Responses on which the final rewards are normalised to mean 0, std 1."""
+    out: str = "runs/rm"
+    """Run folder: metrics.jsonl, eval.json, data_report.json, config.yaml, checkpoints/, model/."""
+    batch_size: int = 32
+    """Comparisons per optimizer step, rounded up to whole prompt groups (a bigger group is a batch alone)."""
+    micro_batch_size: int = 32
+    """Comparisons per forward pass, rounded up to whole prompt groups; the step's gradient is unchanged."""
+    epochs: float = 1.0
+    """Passes over the training comparisons; InstructGPT trains one, the RM overfits after that."""
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    eval_fraction: float = 0.1
+    """Share of the prompts held out when eval_data is None (at least one prompt when > 0)."""
+    eval_every: int = 50
+    """Steps between held-out evaluations (0: only at the end)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.data), "data", "is required")
+        check(bool(self.backbone), "backbone", "is required")
+        check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
+              "'eval' needs eval_data or eval_fraction > 0")
+
+
+@dataclass
+class Pair:
+    """One labelled comparison, encoded for the reward model."""
+
+    prompt_key: str
+    """The prompt as canonical JSON: comparisons with the same key form one prompt group."""
+    ids_a: list[int]
+    """Token ids of (prompt, response A) as `encode_pair` gives them, length <= max_length."""
+    ids_b: list[int]
+    """Token ids of (prompt, response B)."""
+    target: float
+    """P(A preferred): 1.0 for "A", 0.0 for "B", 0.5 for "tie"."""
+    margin: float
+    """Bradley-Terry margin m >= 0 (0 unless `margin` is on and the rater gave a strength)."""
+    length_a: int
+    """Tokens of response A alone (for the reward-length correlation)."""
+    length_b: int
+    """Tokens of response B alone."""
+
+
+@dataclass
+class PairBatch:
+    """Pairs of whole prompt groups, each distinct sequence once. U sequences, P pairs, T tokens."""
+
+    input_ids: torch.Tensor
+    """(U, T) right-padded distinct sequences."""
+    attention_mask: torch.Tensor
+    """(U, T) 1 on tokens, 0 on padding."""
+    index_a: torch.Tensor
+    """(P,) row of each pair's response A in input_ids."""
+    index_b: torch.Tensor
+    """(P,) row of each pair's response B."""
+    target: torch.Tensor
+    """(P,) P(A preferred)."""
+    margin: torch.Tensor
+    """(P,) margins."""
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int, device=None) -> PairBatch:
+    """Deduplicate the pairs' sequences (the K-choose-2 trick) and pad them into one PairBatch."""
+    rows: dict[tuple[int, ...], int] = {}
+    for p in pairs:
+        for ids in (p.ids_a, p.ids_b):
+            rows.setdefault(tuple(ids), len(rows))
+    padded = collate(list(rows), pad_id, device)
+    as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
+    return PairBatch(padded["input_ids"], padded["attention_mask"],
+                     as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
+                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
+                     as_tensor([p.target for p in pairs], torch.float32),
+                     as_tensor([p.margin for p in pairs], torch.float32))
+
+
+def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences."""
+    r = model(batch.input_ids, batch.attention_mask)  # (U,)
+    return r[batch.index_a], r[batch.index_b], r
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: read, encode, split by prompt, batch by prompt
+
+
+def prompt_key(prompt: str | list) -> str:
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig) -> tuple[list[Pair], dict]:
+    """Labelled comparisons as Pairs, and counts of what was skipped or truncated."""
+    labelled = [c for c in comparisons if c.choice is not None]
+    responses = sorted({r for c in labelled for r in (c.response_a, c.response_b)})
+    lengths = dict(zip(responses, map(len, tokenizer(responses, add_special_tokens=False)["input_ids"]))) \
+        if responses else {}
+    pairs, truncated = [], 0
+    for c in labelled:
+        (ids_a, cut_a), (ids_b, cut_b) = (encode_pair(tokenizer, c.prompt, r, cfg.max_length)
+                                          for r in (c.response_a, c.response_b))
+        truncated += cut_a + cut_b
+        m = c.strength if cfg.margin and c.strength is not None and c.choice != "tie" else 0.0
+        pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, TARGETS[c.choice], float(m),
+                          lengths[c.response_a], lengths[c.response_b]))
+    report = {"comparisons": len(comparisons), "unlabelled_skipped": len(comparisons) - len(labelled),
+              "ties": sum(c.choice == "tie" for c in labelled), "truncated_sequences": truncated,
+              "max_length": cfg.max_length}
+    return pairs, report
+
+
+def split_by_prompt(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded (train, held-out) split in which no prompt is on both sides."""
+    keys = sorted({p.prompt_key for p in pairs})
+    random.Random(seed).shuffle(keys)
+    k = max(1, int(len(keys) * fraction)) if fraction > 0 and len(keys) > 1 else 0
+    held = set(keys[:k])
+    return [p for p in pairs if p.prompt_key not in held], [p for p in pairs if p.prompt_key in held]
+
+
+def group_by_prompt(pairs: list[Pair]) -> list[list[int]]:
+    """Indices of `pairs` grouped by prompt, groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.prompt_key, []).append(i)
+    return list(groups.values())
+
+
+def pack_groups(groups: list[list[int]], size: int) -> list[list[int]]:
+    """Consecutive groups packed into chunks of >= `size` items (the last chunk may be smaller)."""
+    chunks, current = [], []
+    for g in groups:
+        current = current + g
+        if len(current) >= size:
+            chunks.append(current)
+            current = []
+    return chunks + ([current] if current else [])
+
+
+def schedule(groups: list[list[int]], batch_size: int, seed: int, steps: int) -> list[tuple[int, list[int]]]:
+    """(epoch, pair indices) of every step: each epoch shuffles the prompt groups and packs them into
+    batches of about `batch_size` pairs. A pure function of the seed, so resuming needs only the step."""
+    plan: list[tuple[int, list[int]]] = []
+    epoch = 0
+    while len(plan) < steps:
+        order = list(groups)
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        plan += [(epoch, batch) for batch in pack_groups(order, batch_size)]
+        epoch += 1
+    return plan[:steps]
+
+
+def micro_batches(pairs: list[Pair], size: int) -> list[list[Pair]]:
+    """Split a batch (whole prompt groups) into micro-batches of whole groups of about `size` pairs."""
+    return [[pairs[i] for i in chunk] for chunk in pack_groups(group_by_prompt(pairs), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One optimizer step, and the held-out evaluation
+
+
+def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, lr: float) -> dict:
+    """One optimizer step over `pairs` with gradient accumulation over micro-batches of whole groups.
+
+    Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the
+    gradient equals that of one batch however the step is split (a per-micro-batch mean would weight
+    a small micro-batch's pairs more).
+    """
+    total, loss_sum, correct, decided, margins, scores, sequences = len(pairs), 0.0, 0.0, 0, 0.0, 0.0, 0
+    for micro in micro_batches(pairs, cfg.micro_batch_size):
+        batch = collate_pairs(micro, model.pad_id, model.device)
+        r_a, r_b, r = pair_rewards(model, batch)
+        losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
+        (losses.sum() / total).backward()
+        loss_sum += float(losses.detach().sum())
+        won, gap = _decided(r_a.detach(), r_b.detach(), batch.target)
+        correct, decided, margins = correct + float(won.sum()), decided + len(won), margins + float(gap.sum())
+        scores, sequences = scores + float(r.detach().sum()), sequences + len(r)
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_sum / total, "accuracy": correct / max(decided, 1), "margin": margins / max(decided, 1),
+            "score": scores / sequences, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": sequences}
+
+
+def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over the non-tie pairs (D of P): whether the chosen response scored higher (1, 0.5 if equal, 0),
+    and r_chosen - r_rejected. Shapes: (P,), (P,), (P,) -> (D,), (D,)."""
+    keep = target != 0.5
+    chosen_minus_rejected = ((2 * target - 1) * (r_a - r_b))[keep]  # (D,)  sign +1 when A was chosen
+    return (torch.sign(chosen_minus_rejected) + 1) / 2, chosen_minus_rejected
+
+
+@torch.no_grad()
+def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
+    """Held-out metrics from raw rewards (the Bradley-Terry scale the loss trained).
+
+    loss: the training objective (same margin and smoothing). accuracy: share of non-tie pairs whose
+    chosen response scored higher (ties are excluded and counted). ece: expected calibration error of
+    σ(r_a - r_b) against the non-tie labels, 10 bins. length_corr: Pearson correlation between reward
+    and response length in tokens over the distinct responses (a reward that counts tokens is hackable).
+    """
+    was_training = model.training
+    model.eval()
+    ordered, r_a, r_b, by_sequence = [], [], [], {}  # by_sequence: ids -> (reward, response length)
+    for micro in micro_batches(pairs, cfg.micro_batch_size):
+        a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device))
+        ordered += micro
+        r_a += a.tolist()
+        r_b += b.tolist()
+        for p, ra, rb in zip(micro, a.tolist(), b.tolist()):
+            by_sequence[tuple(p.ids_a)], by_sequence[tuple(p.ids_b)] = (ra, p.length_a), (rb, p.length_b)
+    model.train(was_training)
+    r_a, r_b = torch.tensor(r_a), torch.tensor(r_b)  # (P,) in the order of `ordered`
+    target, margin = torch.tensor([p.target for p in ordered]), torch.tensor([p.margin for p in ordered])
+    won, _ = _decided(r_a, r_b, target)
+    keep = target != 0.5
+    rewards, lengths = zip(*by_sequence.values())
+    corr = float(pearson(torch.tensor(rewards), torch.tensor(lengths, dtype=torch.float64)))
+    return {"loss": float(bradley_terry_loss(r_a, r_b, target, margin, cfg.label_smoothing).mean()),
+            "accuracy": float(won.mean()) if len(won) else None,
+            "ece": float(expected_calibration_error(torch.sigmoid(r_a - r_b)[keep], target[keep])),
+            "length_corr": None if math.isnan(corr) else corr,
+            "pairs": len(pairs), "ties": int((~keep).sum())}
+
+
+def normalise(model: RewardModel, pairs: list[Pair], batch_size: int) -> dict:
+    """Fit (gain, bias) so the distinct responses of `pairs` score mean 0, std 1; return what was fit."""
+    sequences = list({tuple(ids): None for p in pairs for ids in (p.ids_a, p.ids_b)})
+    raw = model.raw_scores(sequences, batch_size)  # (U,)
+    gain, bias = normalising_affine(raw)
+    model.set_normalisation(gain, bias)
+    return {"gain": gain, "bias": bias, "raw_mean": float(raw.mean()), "raw_std": float(raw.std(correction=0)),
+            "sequences": len(sequences)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def load_pairs(cfg: RMConfig, tokenizer) -> tuple[list[Pair], list[Pair], dict]:
+    """(train, held-out, report): held-out from eval_data, else a split by prompt of data."""
+    pairs, report = encode_comparisons(tokenizer, read_comparisons(cfg.data), cfg)
+    if cfg.eval_data:
+        train, (held_out, eval_report) = pairs, encode_comparisons(tokenizer, read_comparisons(cfg.eval_data), cfg)
+        report["eval_file"] = eval_report
+    else:
+        train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    train_prompts, eval_prompts = {p.prompt_key for p in train}, {p.prompt_key for p in held_out}
+    report.update(train_pairs=len(train), eval_pairs=len(held_out), train_prompts=len(train_prompts),
+                  eval_prompts=len(eval_prompts), eval_prompts_in_train=len(train_prompts & eval_prompts))
+    check(len(train) > 0, "data", f"no labelled comparisons in {cfg.data}")
+    check(cfg.normalise_on == "train" or held_out, "normalise_on", "'eval' but the held-out set is empty")
+    return train, held_out, report
+
+
+def total_steps(cfg: RMConfig, n_pairs: int) -> int:
+    return cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * n_pairs / cfg.batch_size))
+
+
+def run(cfg: RMConfig) -> Path:
+    """Train, evaluate, normalise and save a reward model; returns the model folder `out/model`."""
+    # 1. Run folder, seed, tokenizer, comparisons encoded and split by prompt.
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    model = RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length)
+    train, held_out, report = load_pairs(cfg, model.tokenizer)
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if report["eval_prompts_in_train"]:
+        console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
+    # 2. Optimizer; resume restores weights, optimizer moments and RNG. The step plan is a pure function.
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    start = _resume(cfg, run_dir, model, optimizer)
+    steps = total_steps(cfg, len(train))
+    plan = schedule(group_by_prompt(train), cfg.batch_size, cfg.seed, steps)
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    model.train()
+    with progress_bar("rm", total=steps, completed=start) as bar:
+        for step in range(start, steps):
+            # 3. The step's batch: whole prompt groups, about batch_size comparisons.
+            epoch, indices = plan[step]
+            batch = [train[i] for i in indices]
+            # 4. Score each distinct sequence once, Bradley-Terry loss per pair, accumulate, clip, step.
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+            row = {"step": step + 1, "epoch": epoch, **train_step(model, optimizer, batch, cfg, lr)}
+            # 5. Held-out metrics, metric lines, checkpoints.
+            last = step + 1 == steps
+            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+                row.update({f"eval_{k}": v for k, v in evaluate(model, held_out, cfg).items()})
+            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+                log.write(row)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
+                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+                save_checkpoint(run_dir, step + 1, model, model.tokenizer, state)
+            bar.update(1, loss=row["loss"], acc=row["accuracy"])
+    # 6. Normalise on the reference responses, save the model and the eval summary.
+    norm = normalise(model, train if cfg.normalise_on == "train" else held_out, cfg.micro_batch_size)
+    final = run_dir / "model"
+    model.save_pretrained(final)
+    summary = {"eval": evaluate(model, held_out, cfg) if held_out else None, "steps": steps,
+               "normalisation": {"on": cfg.normalise_on, **norm}, "data": report}
+    (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    if summary["eval"]:
+        e = summary["eval"]
+        console.print(f"rm: held-out accuracy {e['accuracy']}, loss {e['loss']:.4f}, ece {e['ece']:.3f}, "
+                      f"length corr {e['length_corr']}")
+    return final
+
+
+def _resume(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
+    """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is None:
+        return 0
+    saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
+    model.load_state_dict(saved.state_dict())
+    state = load_trainer_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
