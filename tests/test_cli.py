@@ -12,6 +12,7 @@ from typing import Literal
 import pytest
 
 from tether import cli
+from tether.config import config_help
 from tether.cli import STAGES, Stage, main
 from tether.config import check
 from tether.errors import DataError
@@ -168,7 +169,13 @@ def test_version(capsys):
 
 
 def test_registry_points_at_the_stage_modules():
-    assert set(STAGES) == {"world", "tokenizer", "pretrain", "sft", "evaluate", "demo"}
+    import importlib
+
+    assert {"world", "tokenizer", "pretrain", "sft", "collect", "label", "rm", "evaluate", "demo"} <= set(STAGES)
+    for name, stage in STAGES.items():  # every entry resolves: module, config dataclass, function
+        module = importlib.import_module(stage.module)
+        assert callable(getattr(module, stage.function)), name
+        assert "(" in config_help(getattr(module, stage.config)), name
     assert STAGES["sft"] == Stage(
         "tether.stages.sft", "SFTConfig", "run",
         "Supervised fine-tuning on conversations, loss on assistant tokens only.",

@@ -15,15 +15,17 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForSequenceCla
 
 import tether.stages.rm as rm
 from tether.data.preferences import Comparison, write_comparisons
+from tether.losses import bradley_terry_loss
 from tether.models import PRESETS, build_model, save_pretrained
 from tether.optim import adamw
 from tether.reward import RewardModel, collate, encode_pair, pool_cls, pool_last, pool_mean
 from tether.stages.rm import (RMConfig, collate_pairs, encode_comparisons, group_by_prompt, micro_batches,
-                              normalise, schedule, split_by_prompt, train_step)
+                              normalise, pair_rewards, schedule, split_by_prompt, train_step)
 from tether.tokenizer import train_tokenizer
 
 WORDS = "the river city market bridge north old green quiet tall stone road small harbour hill bright".split()
-TOPICS = "rivers cities markets bridges mountains forests islands deserts lakes castles ports valleys roads towers".split()
+TOPICS = ("rivers cities markets bridges mountains forests islands deserts lakes castles ports valleys roads "
+          "towers").split()
 MARKER = "splendid"
 
 
@@ -175,6 +177,15 @@ def test_micro_batches_give_the_same_loss_and_gradients(tok):
             assert out[key] == pytest.approx(ref[key], abs=TOL), key
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, atol=TOL, rtol=0)
+    # Control: the classic bug (a mean per micro-batch, averaged) is far off on these unequal groups.
+    model = new_rm(tok)
+    with torch.no_grad():
+        means = []
+        for micro in micro_batches(pairs, 3):
+            r_a, r_b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id))
+            batch = collate_pairs(micro, model.pad_id)
+            means.append(float(bradley_terry_loss(r_a, r_b, batch.target, batch.margin, 0.1).mean()))
+    assert abs(sum(means) / len(means) - ref["loss"]) > 100 * TOL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +225,10 @@ def _roundtrip(model: RewardModel, folder: Path) -> RewardModel:
 def test_save_load_gives_identical_scores_causal(tok, tmp_path):
     loaded = _roundtrip(new_rm(tok, pool="mean", seed=2), tmp_path / "rm")
     assert loaded.kind == "causal" and loaded.max_length == 64
-    assert json.loads((tmp_path / "rm" / "reward_config.json").read_text())["normalisation"]["gain"] == pytest.approx(1.7)
-    assert set(load_file(str(tmp_path / "rm" / "reward_head.safetensors"))) == {"head.weight", "head.bias", "gain", "bias"}
+    config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
+    assert config["normalisation"]["gain"] == pytest.approx(1.7)
+    head = load_file(str(tmp_path / "rm" / "reward_head.safetensors"))
+    assert set(head) == {"head.weight", "head.bias", "gain", "bias"}
 
 
 def test_from_backbone_reads_the_causal_lm_body(backbone_dir):
@@ -266,8 +279,8 @@ class Killed(Exception):
 
 
 def _cfg(data, backbone, out, **kw) -> RMConfig:
-    return RMConfig(data=str(data), backbone=str(backbone), out=str(out), max_steps=30, batch_size=8,
-                    micro_batch_size=4, lr=3e-3, warmup_steps=3, eval_every=10, save_every=10, log_every=1,
+    return RMConfig(data=str(data), backbone=str(backbone), out=str(out), max_steps=40, batch_size=8,
+                    micro_batch_size=4, lr=1e-2, warmup_steps=3, eval_every=10, save_every=10, log_every=1,
                     eval_fraction=0.25, max_length=64, seed=0, **kw)
 
 
@@ -277,7 +290,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def smoke(backbone_dir, tmp_path_factory):
-    """Run A straight through 30 steps; run B killed right after its step-10 checkpoint, then resumed."""
+    """Run A straight through 40 steps; run B killed right after its step-10 checkpoint, then resumed."""
     root = tmp_path_factory.mktemp("rm")
     data = root / "prefs.jsonl"
     write_comparisons(data, synthetic_comparisons())
@@ -300,7 +313,7 @@ def smoke(backbone_dir, tmp_path_factory):
 
 def test_smoke_learns_the_marker(smoke):
     rows = _metrics(smoke["a"])
-    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert [r["step"] for r in rows] == list(range(1, 41))
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
     assert last < first - 0.1, (first, last)
     summary = json.loads((smoke["a"] / "eval.json").read_text())
@@ -318,7 +331,7 @@ def test_smoke_learns_the_marker(smoke):
 def test_resumed_run_equals_an_uninterrupted_one(smoke):
     assert [r["step"] for r in smoke["partial"]] == list(range(1, 11))
     a, b = _metrics(smoke["a"]), _metrics(smoke["b"])
-    assert len(a) == len(b) == 30
+    assert len(a) == len(b) == 40
     for row_a, row_b in zip(a, b):
         assert row_a.keys() == row_b.keys()
         for key in row_a:

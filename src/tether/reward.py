@@ -117,7 +117,8 @@ def backbone_kind(model_or_config) -> str:
         return "seqcls"
     if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
         return "causal"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    causal_only = config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES  # BERT is in both mappings
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and causal_only:
         return "causal"
     return "encoder"
 

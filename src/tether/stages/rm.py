@@ -36,7 +36,7 @@ TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
 class RMConfig(TrainConfig):
     """Reward-model training on tether preference JSONL (Bradley-Terry loss, head on an HF backbone)."""
 
-    data: str = "runs/collect/preferences.jsonl"
+    data: str = "runs/label/comparisons.jsonl"
     """tether preference JSONL (prompt, response_a, response_b, choice, strength, ...); unlabelled rows are skipped."""
     eval_data: str | None = None
     """Held-out preference JSONL; None: hold out `eval_fraction` of the prompts of `data` (split by prompt)."""
