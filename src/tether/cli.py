@@ -44,6 +44,7 @@ STAGES: dict[str, Stage] = {
     "collect": Stage("tether.stages.collect", "CollectConfig", "run", "Sample responses from policies and pair them into a comparison queue."),
     "label": Stage("tether.stages.label", "LabelConfig", "run", "Label a comparison queue with the world's simulated raters."),
     "rm": Stage("tether.stages.rm", "RMConfig", "run", "Train a Bradley-Terry reward model on preference comparisons."),
+    "dpo": Stage("tether.stages.dpo", "DPOConfig", "run", "Direct preference optimisation (DPO, IPO, cDPO, robust DPO, SimPO) on comparisons."),
     "evaluate": Stage("tether.stages.evaluate", "EvalConfig", "run", "Evaluate a policy on the world's held-out prompts with the gold reward."),
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
 }  # fmt: skip

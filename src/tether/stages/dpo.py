@@ -1,0 +1,464 @@
+"""`tether dpo`: direct preference optimisation of a policy on labelled comparisons, with no reward model.
+
+DPO (Rafailov et al. 2023) and its family (`tether.dpo_losses.DPO_LOSSES`: sigmoid, ipo, cdpo, robust,
+simpo) train the policy directly on pairs (x, y_chosen, y_rejected) against a frozen reference π_ref.
+
+Data. tether preference JSONL, one row per rating. Unlabelled rows (choice null) are an error naming their
+line. Ties are dropped and counted, except for IPO, which has a target for them (`TIE_AWARE`). Each pair is
+encoded as prompt + chosen and prompt + rejected with the chat template; only the final response's tokens
+and its `<eos>` count. Truncation to max_length is counted; a pair left with no response token is dropped.
+
+Reference. π_ref's log-probs of every sequence are computed once, before training, in one no-grad pass,
+and cached in `out/ref_logps.safetensors` under a sha256 of the reference weights and of every scored
+token sequence: a changed dataset, tokenizer, max_length or reference recomputes it; resuming reuses it.
+Reference-free losses (SimPO) skip the pass.
+
+Training. Each micro-batch puts its pairs' chosen and rejected sequences in ONE forward pass (2M rows);
+the summed per-pair losses are divided by the pairs of the whole step (exact gradient accumulation).
+Batches are length-bucketed (`lm.epoch_batches`), a pure function of (seed, step), so resuming needs only
+the step. The policy stays in eval mode: dropout would make policy and reference log-probs differ on
+identical weights (TRL disables dropout for the same reason); gradients flow as usual.
+
+Metrics, under TRL's names: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies
+(implicit rewards β(log π - log π_ref), per token for length-normalised losses; accuracy = share of pairs
+whose chosen reward is higher, ties excluded), logps/chosen, logps/rejected (summed log-probs: a falling
+chosen log-prob while the margin grows is a known DPO failure). At eval time the same on held-out prompts,
+prefixed `eval_`, plus:
+- eval_logratio/chosen: mean over tokens of log π - log π_ref on the held-out *chosen responses*. It shows
+  how far the policy moved on the data, but it is NOT a KL: the responses are not samples from π, and it
+  can be negative.
+- eval_kl/k1, eval_kl/k3 (when kl_eval_prompts > 0): per-token estimates of KL(π || π_ref) (Schulman's
+  k1, k3, `tether.kl`) on responses *sampled from π* at temperature 1 for that many held-out prompts, scored
+  by a plain forward of policy and reference. Only these are on-policy. Caveats: the samples are decoded
+  and re-encoded, so the scored tokens can differ slightly from the sampled ones, and the closing <eos> is
+  scored even when a sample was cut at kl_eval_max_new_tokens; k1 is noisy and can be negative on few tokens.
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.console import Console
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tether.checkpoint import rng_state, save_checkpoint
+from tether.config import check, save_config
+from tether.data.preferences import Comparison, read_comparisons
+from tether.dpo_losses import DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, TIE_AWARE, implicit_rewards, \
+    sequence_logps, token_logps
+from tether.errors import DataError
+from tether.generation import generate
+from tether.kl import kl_k1, kl_k3
+from tether.losses import IGNORE_INDEX
+from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.optim import adamw, lr_at
+from tether.progress import progress_bar
+from tether.stages.lm import Example, MetricsLog, TrainConfig, _resume, collate, epoch_batches, total_steps
+from tether.stages.rm import prompt_key, split_by_prompt
+from tether.tokenizer import encode_chats
+
+console = Console(stderr=True)
+CACHE = "ref_logps.safetensors"
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """Direct preference optimisation of a causal LM on tether preference JSONL, against a frozen reference."""
+
+    data: str = "runs/collect/preferences.jsonl"
+    """tether preference JSONL, every row labelled ("A", "B" or "tie"; null is an error). One row per rating:
+    several ratings of one pair are separate rows and each counts."""
+    model: str = "runs/sft/model"
+    """HF folder of the policy's initial weights, with its tokenizer; also the reference unless ref_model is set."""
+    ref_model: str | None = None
+    """Another HF folder as the frozen reference π_ref (same tokenizer as model); None: the initial policy."""
+    loss: Literal["sigmoid", "ipo", "cdpo", "robust", "simpo"] = "sigmoid"
+    """A key of tether.dpo_losses.DPO_LOSSES: sigmoid (DPO), ipo, cdpo, robust (rDPO) or simpo."""
+    beta: float = 0.1
+    """β: how tightly the policy is tethered to the reference (IPO's τ); SimPO's reward scale (use ~2)."""
+    label_smoothing: float = 0.0
+    """ε, the assumed rate of flipped labels, for cdpo and robust; in [0, 0.5)."""
+    simpo_gamma: float = 0.5
+    """SimPO's target margin γ on β x (mean log-prob of chosen - of rejected)."""
+    max_length: int = 256
+    """Longest prompt + response in tokens; longer ones keep their first max_length tokens (counted), and a
+    pair with no response token left is dropped (counted)."""
+    trust_remote_code: bool = False
+    """Allow the model folders' own Python code to run (only for models you trust)."""
+    out: str = "runs/dpo"
+    """Run folder: metrics.jsonl, config.yaml, data_report.json, ref_logps.safetensors, checkpoints/, model/."""
+    batch_size: int = 32
+    """Pairs per optimizer step (each is two sequences)."""
+    micro_batch_size: int = 32
+    """Pairs per forward pass (2 x this many sequences); batch_size / micro_batch_size is the accumulation."""
+    lr: float = 1e-4
+    """Peak learning rate of AdamW (DPO wants far less than SFT)."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    eval_fraction: float = 0.1
+    """Share of the prompts held out, split by prompt: no prompt is on both sides."""
+    eval_every: int = 50
+    """Steps between held-out evaluations (0: only at the end)."""
+    kl_eval_prompts: int = 0
+    """Held-out prompts sampled from the policy at each evaluation for the KL(π || π_ref) estimate (0: off)."""
+    kl_eval_max_new_tokens: int = 64
+    """Longest sampled response of the KL estimate, in tokens."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.data), "data", "is required")
+        check(bool(self.model), "model", "is required")
+        check(self.loss in DPO_LOSSES, "loss", f"must be one of {', '.join(DPO_LOSSES)}")
+        check(self.beta > 0, "beta", "must be > 0")
+        check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        check(self.kl_eval_prompts >= 0, "kl_eval_prompts", "must be >= 0")
+        check(self.kl_eval_prompts == 0 or self.eval_fraction > 0, "kl_eval_prompts",
+              "needs held-out prompts (eval_fraction > 0)")
+        check(self.kl_eval_max_new_tokens > 0, "kl_eval_max_new_tokens", "must be > 0")
+
+
+@dataclass
+class Pair:
+    """One comparison encoded for DPO."""
+
+    prompt: str | list
+    """The prompt as in the data (a user message or a conversation ending with a user turn)."""
+    prompt_key: str
+    """The prompt as canonical JSON: the unit of the held-out split."""
+    chosen: Example
+    """prompt + chosen response; loss_mask is 1 on the response's tokens and its <eos> only."""
+    rejected: Example
+    """prompt + rejected response, masked the same way."""
+    tie: bool
+    """A tie (kept only for TIE_AWARE losses); chosen and rejected are then responses A and B."""
+    ref_chosen: float = 0.0
+    """log π_ref(chosen | prompt), summed over the response tokens (0 for reference-free losses)."""
+    ref_rejected: float = 0.0
+    """log π_ref(rejected | prompt)."""
+
+
+@dataclass
+class PairBatch:
+    """What the losses and metrics read for M pairs. Log-probs are summed over response tokens."""
+
+    policy_chosen: torch.Tensor
+    """(M,) log π(chosen), with grad when the forward had it."""
+    policy_rejected: torch.Tensor
+    """(M,) log π(rejected)."""
+    ref_chosen: torch.Tensor
+    """(M,) log π_ref(chosen), from the pairs' cached values."""
+    ref_rejected: torch.Tensor
+    """(M,) log π_ref(rejected)."""
+    chosen_len: torch.Tensor
+    """(M,) float, response tokens counted in policy_chosen (content and <eos>)."""
+    rejected_len: torch.Tensor
+    """(M,) float, response tokens counted in policy_rejected."""
+    tie: torch.Tensor
+    """(M,) bool."""
+    tokens: int
+    """Non-padding tokens in the forward pass (prompts included)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: read, validate, encode
+
+
+def read_labelled(path: str | Path) -> list[Comparison]:
+    """`read_comparisons`, and a DataError `file:line: choice: ...` at the first unlabelled row."""
+    comparisons = read_comparisons(path)
+    unlabelled = [i for i, c in enumerate(comparisons) if c.choice is None]
+    if unlabelled:
+        line = _row_lines(path)[unlabelled[0]]
+        raise DataError(f"{path}:{line}: choice: null (an unrated queue item; {len(unlabelled)} in the file): "
+                        "DPO trains on labelled rows only; rate them (`tether label`) or remove them")
+    return comparisons
+
+
+def _row_lines(path: str | Path) -> list[int]:
+    """The line number of each row, as `read_comparisons` counts them (gzip read, blank lines skipped)."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    lines = enumerate(raw.split(b"\n"), start=1)
+    return [n for n, line in lines if line.decode("utf-8").removeprefix("\ufeff").strip()]
+
+
+def encode_responses(tokenizer, prompts: list, responses: list[str], max_length: int) -> list[tuple[Example, bool]]:
+    """(prompt + response, truncated?) of each row. The mask covers the response's tokens and its <eos> only:
+    the assistant turns inside a conversation prompt are context, not targets."""
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    starts = [len(e.input_ids) + 1 for e in encode_chats(tokenizer, chats)]  # + the <|assistant|> marker
+    full = encode_chats(tokenizer, [c + [{"role": "assistant", "content": r}] for c, r in zip(chats, responses)],
+                        max_length)
+    return [(Example(e.input_ids, [m if t >= s else 0 for t, m in enumerate(e.loss_mask)]), e.truncated)
+            for e, s in zip(full, starts)]
+
+
+def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: DPOConfig) -> tuple[list[Pair], dict]:
+    """Pairs in data order, and a report of what was dropped or truncated."""
+    ties = sum(c.choice == "tie" for c in comparisons)
+    kept = [c for c in comparisons if c.choice != "tie" or cfg.loss in TIE_AWARE]
+    first = [c.chosen if c.choice != "tie" else c.response_a for c in kept]
+    second = [c.rejected if c.choice != "tie" else c.response_b for c in kept]
+    encoded = encode_responses(tokenizer, [c.prompt for c in kept] * 2, first + second, cfg.max_length)
+    pairs, truncated, empty = [], 0, 0
+    for c, (chosen, cut_c), (rejected, cut_r) in zip(kept, encoded[:len(kept)], encoded[len(kept):]):
+        truncated += cut_c or cut_r
+        if not any(chosen.loss_mask) or not any(rejected.loss_mask):
+            empty += 1
+            continue
+        pairs.append(Pair(c.prompt, prompt_key(c.prompt), chosen, rejected, c.choice == "tie"))
+    report = {"rows": len(comparisons), "ties": ties, "ties_dropped": len(comparisons) - len(kept),
+              "truncated_pairs": truncated, "dropped_no_response_tokens": empty, "pairs": len(pairs),
+              "max_length": cfg.max_length}
+    return pairs, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs, losses, metrics
+
+
+def forward_pairs(model, pairs: list[Pair], pad_id: int) -> PairBatch:
+    """Chosen and rejected of every pair in ONE forward pass: rows 0..M-1 chosen, M..2M-1 rejected."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)  # each (2M, T)
+    device = model.device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    logps, counts = sequence_logps(logits, batch["labels"].to(device))  # (2M,), (2M,)
+    m = len(pairs)
+    floats = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
+    return PairBatch(logps[:m], logps[m:], floats([p.ref_chosen for p in pairs]),
+                     floats([p.ref_rejected for p in pairs]), counts[:m].float(), counts[m:].float(),
+                     torch.tensor([p.tie for p in pairs], device=device), int(batch["attention_mask"].sum()))
+
+
+def pair_losses(b: PairBatch, cfg: DPOConfig) -> torch.Tensor:
+    """The per-pair losses (M,) of cfg.loss; every loss gets every keyword and reads what it needs."""
+    return DPO_LOSSES[cfg.loss](b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=cfg.beta,
+                                label_smoothing=cfg.label_smoothing, gamma=cfg.simpo_gamma,
+                                chosen_len=b.chosen_len, rejected_len=b.rejected_len, tie=b.tie)
+
+
+def pair_sums(b: PairBatch, losses: torch.Tensor, cfg: DPOConfig) -> dict[str, float]:
+    """Sums of the logged quantities over a micro-batch (rewards and log-probs over its non-tie pairs)."""
+    per_token = cfg.loss in LENGTH_NORMALISED
+    pc, pr = b.policy_chosen.detach(), b.policy_rejected.detach()
+    r_c = implicit_rewards(pc, b.ref_chosen, cfg.beta, b.chosen_len if per_token else None)  # (M,)
+    r_r = implicit_rewards(pr, b.ref_rejected, cfg.beta, b.rejected_len if per_token else None)  # (M,)
+    d = ~b.tie
+    return {"loss": float(losses.detach().sum()), "rewards/chosen": float(r_c[d].sum()),
+            "rewards/rejected": float(r_r[d].sum()), "rewards/margins": float((r_c - r_r)[d].sum()),
+            "rewards/accuracies": float((r_c > r_r)[d].sum()), "logps/chosen": float(pc[d].sum()),
+            "logps/rejected": float(pr[d].sum()), "logratio/chosen": float((pc - b.ref_chosen).sum()),
+            "chosen_tokens": float(b.chosen_len.sum()), "pairs": len(d), "decided": int(d.sum()), "tokens": b.tokens}
+
+
+def add_sums(total: dict, sums: dict) -> None:
+    for key, value in sums.items():
+        total[key] = total.get(key, 0) + value
+
+
+def means(s: dict) -> dict:
+    """Per-pair means of the sums (rewards and log-probs per non-tie pair)."""
+    decided = max(s["decided"], 1)
+    out = {"loss": s["loss"] / s["pairs"]}
+    out.update({k: s[k] / decided for k in ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                                             "rewards/accuracies", "logps/chosen", "logps/rejected")})
+    return out
+
+
+def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int, lr: float) -> dict:
+    """One optimizer step over `pairs`, split into micro-batches of micro_batch_size pairs.
+
+    Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the gradient
+    equals that of one big batch however the step is split.
+    """
+    total: dict = {}
+    for i in range(0, len(pairs), cfg.micro_batch_size):
+        b = forward_pairs(model, pairs[i:i + cfg.micro_batch_size], pad_id)
+        losses = pair_losses(b, cfg)  # (M,)
+        (losses.sum() / len(pairs)).backward()
+        add_sums(total, pair_sums(b, losses, cfg))
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**means(total), "grad_norm": grad_norm, "lr": lr, "pairs": len(pairs), "tokens": total["tokens"]}
+
+
+@torch.no_grad()
+def evaluate(model, pairs: list[Pair], cfg: DPOConfig, pad_id: int) -> dict:
+    """Held-out loss, rewards and log-probs (as in training), and the mean per-token log-ratio log π - log π_ref
+    on the chosen responses (not a KL: see the module docstring)."""
+    total: dict = {}
+    for i in range(0, len(pairs), cfg.micro_batch_size):
+        b = forward_pairs(model, pairs[i:i + cfg.micro_batch_size], pad_id)
+        add_sums(total, pair_sums(b, pair_losses(b, cfg), cfg))
+    out = {f"eval_{k}": v for k, v in means(total).items()}
+    if cfg.loss not in REFERENCE_FREE:
+        out["eval_logratio/chosen"] = total["logratio/chosen"] / total["chosen_tokens"]
+    return out
+
+
+@torch.no_grad()
+def sampled_kl(model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, seed: int) -> dict:
+    """Per-token k1 and k3 estimates of KL(π || π_ref) on responses sampled from π at temperature 1."""
+    with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (resume equality)
+        texts = generate(model, tokenizer, prompts, cfg.kl_eval_max_new_tokens, 1.0, cfg.micro_batch_size, seed,
+                         label="dpo kl")
+    samples = [e for e, _ in encode_responses(tokenizer, prompts, texts, cfg.max_length)]
+    k1, k3, n = 0.0, 0.0, 0
+    for i in range(0, len(samples), cfg.micro_batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
+                                                           tokenizer.pad_token_id).items()}
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logp = token_logps(model(**inputs).logits, batch["labels"])  # (B, T)
+        ref_logp = token_logps(ref_model(**inputs).logits, batch["labels"])  # (B, T)
+        counted = batch["labels"] != IGNORE_INDEX  # (B, T)
+        k1 += float(kl_k1(logp, ref_logp)[counted].sum())
+        k3 += float(kl_k3(logp, ref_logp)[counted].sum())
+        n += int(counted.sum())
+    return {"eval_kl/k1": k1 / n, "eval_kl/k3": k3 / n, "eval_kl/tokens": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference log-probs, computed once and cached
+
+
+def reference_key(ref_model, pairs: list[Pair]) -> str:
+    """sha256 of the reference's weights and of every scored sequence (so of data, tokenizer, max_length, order)."""
+    h = hashlib.sha256(b"tether-dpo-reference-v1")
+    for name, tensor in sorted(ref_model.state_dict().items()):
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for p in pairs:
+        h.update(json.dumps([p.chosen.input_ids, p.chosen.loss_mask, p.rejected.input_ids,
+                             p.rejected.loss_mask]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, cache: Path) -> bool:
+    """Fill each pair's ref_chosen / ref_rejected: from `cache` when its key matches, else by one no-grad pass
+    over all pairs (longest first, batch_size pairs at a time), then saved to `cache`. True on a cache hit."""
+    key = reference_key(ref_model, pairs)
+    hit = False
+    if cache.exists():
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                chosen, rejected, hit = f.get_tensor("chosen"), f.get_tensor("rejected"), True
+    if not hit:
+        chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))  # (P,), (P,)
+        order = sorted(range(len(pairs)), key=lambda i: -max(len(pairs[i].chosen.input_ids),
+                                                               len(pairs[i].rejected.input_ids)))
+        was_training = ref_model.training
+        ref_model.eval()
+        with progress_bar("dpo reference", total=len(pairs)) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                b = forward_pairs(ref_model, [pairs[i] for i in idx], pad_id)
+                chosen[idx], rejected[idx] = b.policy_chosen.float().cpu(), b.policy_rejected.float().cpu()
+                bar.update(len(idx))
+        ref_model.train(was_training)
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({"chosen": chosen, "rejected": rejected}, str(tmp), metadata={"key": key})
+        os.replace(tmp, cache)  # a run killed mid-write leaves no cache that looks whole
+    for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist()):
+        p.ref_chosen, p.ref_rejected = c, r
+    return hit
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def load_pairs(cfg: DPOConfig, tokenizer, comparisons: list[Comparison]
+               ) -> tuple[list[Pair], list[Pair], list[Pair], dict]:
+    """(all pairs, train, held-out, report): the comparisons encoded, held-out prompts split off."""
+    pairs, report = encode_comparisons(tokenizer, comparisons, cfg)
+    train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    report.update(train_pairs=len(train), eval_pairs=len(held_out),
+                  train_prompts=len({p.prompt_key for p in train}), eval_prompts=len({p.prompt_key for p in held_out}))
+    check(len(train) >= cfg.batch_size, "batch_size", f"larger than the {len(train)} training pairs")
+    return pairs, train, held_out, report
+
+
+def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, pad_id: int):
+    """Fill the pairs' reference log-probs (cached) while `model` still holds its initial weights; return the
+    frozen reference the sampled KL needs (None when kl_eval_prompts is 0)."""
+    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    if cfg.loss not in REFERENCE_FREE:
+        hit = reference_logps(ref_model, pairs, pad_id, cfg.micro_batch_size, run_dir / CACHE)
+        console.print(f"dpo: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
+    if not cfg.kl_eval_prompts:
+        return None  # a separate reference model is freed here
+    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+
+
+def run(cfg: DPOConfig) -> Path:
+    """Train the policy with cfg.loss; returns the folder of the final model (`out/model`)."""
+    # 1. Data read and validated before any model work, encoded, split by prompt.
+    comparisons = read_labelled(cfg.data)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    pairs, train, held_out, report = load_pairs(cfg, tokenizer, comparisons)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    console.print(f"dpo: {report['pairs']} pairs ({report['train_pairs']} train, {report['eval_pairs']} held out); "
+                  f"{report['ties_dropped']} ties dropped, {report['truncated_pairs']} pairs truncated to "
+                  f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no response left)")
+    # 2. Policy and reference. π_ref's log-probs are computed once (or read from the cache) before training
+    #    and before resuming, while `model` still holds the initial weights.
+    torch.manual_seed(cfg.seed)
+    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model.eval()  # no dropout: see the module docstring
+    pad_id = tokenizer.pad_token_id
+    kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)
+    kl_prompts = list({p.prompt_key: p.prompt for p in held_out}.values())[:cfg.kl_eval_prompts]
+    # 3. Optimizer; resume restores weights, optimizer moments and RNG.
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    start = _resume(cfg, run_dir, model, optimizer)
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
+    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
+    epoch, batches = -1, []
+    started, tokens_seen = time.perf_counter(), 0
+    with progress_bar("dpo", total=steps, completed=start) as bar:
+        for step in range(start, steps):
+            # 4. The step's pairs are a pure function of (seed, step): nothing else to restore.
+            if step // per_epoch != epoch:
+                epoch = step // per_epoch
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
+            batch = [train[i] for i in batches[step % per_epoch]]
+            # 5. Chosen + rejected in one forward per micro-batch, pair losses, accumulate, clip, step.
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            tokens_seen += row["tokens"]
+            row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
+            # 6. Held-out metrics (and the sampled KL), metric lines, checkpoints.
+            last = step + 1 == steps
+            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+                row.update(evaluate(model, held_out, cfg, pad_id))
+                if kl_ref is not None:
+                    row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
+            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+                log.write(row)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
+                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+            bar.update(1, loss=row["loss"], acc=row["rewards/accuracies"])
+    # 7. The final model as a plain Hugging Face folder.
+    final = run_dir / "model"
+    save_pretrained(model, tokenizer, str(final))
+    return final
