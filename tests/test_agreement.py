@@ -5,8 +5,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.agreement import (agreement_report, cohen_kappa, fleiss_kappa, krippendorff_alpha,
-                              majority_agreement, percent_agreement)
+from tether.agreement import (
+    agreement_report,
+    cohen_kappa,
+    fleiss_kappa,
+    krippendorff_alpha,
+    majority_agreement,
+    percent_agreement,
+)
 
 
 def from_rows(rows: dict[str, list]) -> dict:

@@ -12,9 +12,8 @@ from typing import Literal
 import pytest
 
 from tether import cli
-from tether.config import config_help
 from tether.cli import STAGES, Stage, main
-from tether.config import check
+from tether.config import check, config_help
 from tether.errors import DataError
 
 CALLS: list = []

@@ -14,8 +14,17 @@ from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
 from tether.optim import adamw
-from tether.stages.dpo import CACHE, DPOConfig, Pair, encode_comparisons, encode_responses, forward_pairs, \
-    read_labelled, reference_logps, train_step
+from tether.stages.dpo import (
+    CACHE,
+    DPOConfig,
+    Pair,
+    encode_comparisons,
+    encode_responses,
+    forward_pairs,
+    read_labelled,
+    reference_logps,
+    train_step,
+)
 
 
 def _rows(n: int = 24) -> list[dict]:

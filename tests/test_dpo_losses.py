@@ -8,8 +8,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.dpo_losses import (DPO_LOSSES, cdpo, dpo_sigmoid, implicit_margin, implicit_rewards, ipo, kto,
-                               kto_reference_point, robust_dpo, sequence_logps, simpo, token_logps)
+from tether.dpo_losses import (
+    DPO_LOSSES,
+    cdpo,
+    dpo_sigmoid,
+    implicit_margin,
+    implicit_rewards,
+    ipo,
+    kto,
+    kto_reference_point,
+    robust_dpo,
+    sequence_logps,
+    simpo,
+    token_logps,
+)
 from tether.losses import IGNORE_INDEX
 
 LN2 = math.log(2)  # 0.693147

@@ -12,11 +12,24 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tether.stages.lm as lm
-from tether.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint, load_trainer_state
+from tether.checkpoint import (
+    COMPLETE,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_trainer_state,
+)
 from tether.data.sft_data import read_conversations
 from tether.losses import IGNORE_INDEX
 from tether.optim import adamw
-from tether.stages.lm import Example, TrainConfig, batch_loss, collate, epoch_batches, train_lm, train_step
+from tether.stages.lm import (
+    Example,
+    TrainConfig,
+    batch_loss,
+    collate,
+    epoch_batches,
+    train_lm,
+    train_step,
+)
 from tether.tokenizer import encode_chat, encode_chats
 
 CONVERSATION = [

@@ -11,16 +11,38 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
 
 import tether.stages.rm as rm
 from tether.data.preferences import Comparison, write_comparisons
 from tether.losses import bradley_terry_loss
 from tether.models import PRESETS, build_model, save_pretrained
 from tether.optim import adamw
-from tether.reward import RewardModel, collate, encode_pair, pool_cls, pool_last, pool_mean
-from tether.stages.rm import (RMConfig, collate_pairs, encode_comparisons, group_by_prompt, micro_batches,
-                              normalise, pair_rewards, schedule, split_by_prompt, train_step)
+from tether.reward import (
+    RewardModel,
+    collate,
+    encode_pair,
+    pool_cls,
+    pool_last,
+    pool_mean,
+)
+from tether.stages.rm import (
+    RMConfig,
+    collate_pairs,
+    encode_comparisons,
+    group_by_prompt,
+    micro_batches,
+    normalise,
+    pair_rewards,
+    schedule,
+    split_by_prompt,
+    train_step,
+)
 from tether.tokenizer import train_tokenizer
 
 WORDS = "the river city market bridge north old green quiet tall stone road small harbour hill bright".split()

@@ -17,8 +17,15 @@ from tether.data.sft_data import read_conversations
 from tether.errors import ConfigError, TetherError
 from tether.world import World, WorldConfig, gold_reward, parse_prompt
 from tether.world.build import load_world, run
-from tether.world.prompts import (DUAL_USE, FACT_TEMPLATES, HARM_ONLY_VERBS, PEOPLE, PREMISE_TEMPLATES,
-                                  REQUEST_TEMPLATES, Query)
+from tether.world.prompts import (
+    DUAL_USE,
+    FACT_TEMPLATES,
+    HARM_ONLY_VERBS,
+    PEOPLE,
+    PREMISE_TEMPLATES,
+    REQUEST_TEMPLATES,
+    Query,
+)
 from tether.world.styles import BAD_CONTENT, GOOD_CONTENT, content, decorate
 
 FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")

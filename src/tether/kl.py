@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-
 # -- per-token estimators of KL(π || π_ref) ------------------------------------------------------------
 # All three take log-probs of tokens *sampled from π*: logp = log π(x_t), ref_logp = log π_ref(x_t), both
 # (B, T), and return (B, T). Each is a single-sample estimate; average it over valid tokens (or sum it over a

@@ -34,10 +34,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from tether.errors import ConfigError, TetherError
-from tether.models import _check_local_folder, _looks_like_hub_id, load_tokenizer, save_pretrained
+from tether.models import (
+    _check_local_folder,
+    _looks_like_hub_id,
+    load_tokenizer,
+    save_pretrained,
+)
 from tether.progress import quiet_transformers
 from tether.tokenizer import CHAT_TEMPLATE, encode_chat
 

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import json
 import math
+import random
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -69,6 +70,10 @@ class Comparison:
             self.id = pair_id(self.prompt, self.response_a, self.response_b)
 
     @property
+    def prompt_key(self) -> str:
+        return prompt_key(self.prompt)
+
+    @property
     def prompt_text(self) -> str:
         """The prompt as one string (the last user turn's content for a conversation)."""
         if isinstance(self.prompt, str):
@@ -87,6 +92,23 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A canonical string of a prompt (plain or conversation), to group and split comparisons by prompt."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def split_by_prompt(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded (train, held-out) split of items with a `.prompt_key` in which no prompt is on both sides.
+
+    At least one prompt is held out when fraction > 0 and there are two or more prompts.
+    """
+    keys = sorted({item.prompt_key for item in items})
+    random.Random(seed).shuffle(keys)
+    k = max(1, int(len(keys) * fraction)) if fraction > 0 and len(keys) > 1 else 0
+    held = set(keys[:k])
+    return [x for x in items if x.prompt_key not in held], [x for x in items if x.prompt_key in held]
 
 
 def pair_id(prompt: Prompt, a: str, b: str) -> str:

@@ -16,7 +16,12 @@ from rich.console import Console
 from tether.config import check, save_config
 from tether.models import load_policy, load_tokenizer
 from tether.stages import pretrain, sft
-from tether.stages.evaluate import EvalConfig, evaluate_policy, summary_table, write_results
+from tether.stages.evaluate import (
+    EvalConfig,
+    evaluate_policy,
+    summary_table,
+    write_results,
+)
 from tether.tokenizer import TokenizerConfig
 from tether.tokenizer import run as train_tokenizer_stage
 from tether.world.build import load_world

@@ -52,9 +52,21 @@ from safetensors.torch import save_file
 
 from tether.checkpoint import rng_state, save_checkpoint
 from tether.config import check, save_config
-from tether.data.preferences import Comparison, read_comparisons
-from tether.dpo_losses import DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, TIE_AWARE, implicit_rewards, \
-    sequence_logps, token_logps
+from tether.data.preferences import (
+    Comparison,
+    prompt_key,
+    read_comparisons,
+    split_by_prompt,
+)
+from tether.dpo_losses import (
+    DPO_LOSSES,
+    LENGTH_NORMALISED,
+    REFERENCE_FREE,
+    TIE_AWARE,
+    implicit_rewards,
+    sequence_logps,
+    token_logps,
+)
 from tether.errors import DataError
 from tether.generation import generate
 from tether.kl import kl_k1, kl_k3
@@ -62,8 +74,15 @@ from tether.losses import IGNORE_INDEX
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
-from tether.stages.lm import Example, MetricsLog, TrainConfig, _resume, collate, epoch_batches, total_steps
-from tether.stages.rm import prompt_key, split_by_prompt
+from tether.stages.lm import (
+    Example,
+    MetricsLog,
+    TrainConfig,
+    _resume,
+    collate,
+    epoch_batches,
+    total_steps,
+)
 from tether.tokenizer import encode_chats
 
 console = Console(stderr=True)

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.config import check, save_config
-from tether.models import load_policy, load_tokenizer
 from tether.generation import generate
+from tether.models import load_policy, load_tokenizer
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from tether.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from tether.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tether.config import check, save_config
 from tether.errors import TetherError
 from tether.losses import shift_labels, token_nll_sum

@@ -9,7 +9,13 @@ from rich.console import Console
 
 from tether.config import check
 from tether.data.corpus import read_corpus
-from tether.models import PRESETS, build_model, count_parameters, load_policy, load_tokenizer
+from tether.models import (
+    PRESETS,
+    build_model,
+    count_parameters,
+    load_policy,
+    load_tokenizer,
+)
 from tether.stages.lm import Example, TrainConfig, train_lm
 from tether.tokenizer import encode_chats, encode_text
 

@@ -18,9 +18,20 @@ from typing import Literal
 import torch
 from rich.console import Console
 
-from tether.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from tether.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tether.config import check, save_config
-from tether.data.preferences import Comparison, read_comparisons
+from tether.data.preferences import (
+    Comparison,
+    prompt_key,
+    read_comparisons,
+    split_by_prompt,
+)
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -141,10 +152,6 @@ def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, to
 # Data: read, encode, split by prompt, batch by prompt
 
 
-def prompt_key(prompt: str | list) -> str:
-    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
-
-
 def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig) -> tuple[list[Pair], dict]:
     """Labelled comparisons as Pairs, and counts of what was skipped or truncated."""
     labelled = [c for c in comparisons if c.choice is not None]
@@ -163,15 +170,6 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig) 
               "ties": sum(c.choice == "tie" for c in labelled), "truncated_sequences": truncated,
               "max_length": cfg.max_length}
     return pairs, report
-
-
-def split_by_prompt(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """A seeded (train, held-out) split in which no prompt is on both sides."""
-    keys = sorted({p.prompt_key for p in pairs})
-    random.Random(seed).shuffle(keys)
-    k = max(1, int(len(keys) * fraction)) if fraction > 0 and len(keys) > 1 else 0
-    held = set(keys[:k])
-    return [p for p in pairs if p.prompt_key not in held], [p for p in pairs if p.prompt_key in held]
 
 
 def group_by_prompt(pairs: list[Pair]) -> list[list[int]]:

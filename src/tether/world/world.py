@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from tether.config import check
 from tether.world.gold import Judgement, judge
 from tether.world.knowledge import ATTRIBUTES, Country, Knowledge, build_knowledge
-from tether.world.prompts import (CATEGORIES, FACT_TEMPLATES, PREMISE_TEMPLATES, REQUEST_TEMPLATES, Query,
-                                  parse_prompt, request_pairs)
+from tether.world.prompts import (
+    CATEGORIES,
+    FACT_TEMPLATES,
+    PREMISE_TEMPLATES,
+    REQUEST_TEMPLATES,
+    Query,
+    parse_prompt,
+    request_pairs,
+)
 from tether.world.styles import BAD_CONTENT, GOOD_CONTENT, content, decorate
 
 ENCYCLOPEDIA = [

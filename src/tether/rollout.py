@@ -1,0 +1,210 @@
+"""Fast batched rollouts for RLHF: sample responses with a KV cache, and recompute their log-probs.
+
+`sample` drives the Hugging Face model's own forward pass token by token, with HF's own KV cache. It beats
+`generate` by doing less around that forward, not by changing the model:
+
+- sampling by inverse CDF, one uniform draw per row, where `torch.multinomial` draws one exponential per
+  vocabulary entry (about a quarter of `generate`'s step on the "demo" model at batch 64, CPU);
+- no logits processors, stopping criteria or per-step Python over the batch; outputs and the attention mask
+  are preallocated and written one column per step.
+
+What is left is the model's forward: on CPU with tether's tiny models, the fp32 matmuls, SDPA's attention
+kernel and HF's per-layer Python. `cache="static"` (HF's StaticCache: in-place writes, no per-step `cat`)
+measured no faster than the default DynamicCache on CPU, because attention then runs over the full
+prompt + max_new_tokens length every step; see benchmarks/bench_rollout.py.
+
+Log-probs. `Rollout.logprobs` are the log-probs of the sampled tokens under softmax(logits / temperature),
+the full tempered distribution, never renormalised after top-k/top-p truncation. PPO's old log-probs must be
+what a plain forward pass recomputes (`logprobs_of`), and both references recompute them that way:
+lm-human-preferences (`Policy.analyze_responses`: `logits /= self.temperature`) and the N+ implementation
+details paper (Huang et al. 2024, arXiv:2403.17031; its code and TRL's PPO: `logits /= temperature + 1e-7`,
+then log_softmax). Neither truncates during PPO rollouts (top_k=0, top_p=1). lm-human-preferences' own
+sampler, when asked to truncate, took log-probs from the truncated logits, which no forward pass reproduces.
+With top-k/top-p here, tokens come from the truncated distribution while log-probs stay those of the
+tempered one: such rollouts are slightly off-policy, so keep top_k=0 and top_p=1 for PPO.
+
+Greedy decoding (temperature 0) reports the log-probs of softmax(logits), i.e. temperature 1, and
+`logprobs_of` treats temperature <= 0 the same way.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from tether.generation import left_pad
+
+
+@dataclass
+class Rollout:
+    """A batch of B sampled responses; R is the number of decoding steps run (<= max_new_tokens).
+
+    Decoding stops as soon as every row has produced EOS, so R can be shorter than max_new_tokens.
+    """
+
+    prompt_ids: torch.Tensor
+    """(B, P) long: prompts left-padded with pad_token_id."""
+    prompt_mask: torch.Tensor
+    """(B, P) long: 1 on prompt tokens, 0 on left padding."""
+    response_ids: torch.Tensor
+    """(B, R) long: sampled tokens, then pad_token_id after the row's EOS."""
+    response_mask: torch.Tensor
+    """(B, R) long: 1 on sampled tokens up to and including the EOS, 0 after it."""
+    logprobs: torch.Tensor
+    """(B, R) float32: log-prob of each sampled token under softmax(logits / temperature); 0 where masked."""
+    has_eos: torch.Tensor
+    """(B,) bool: the row produced EOS within R tokens."""
+    lengths: torch.Tensor
+    """(B,) long: generated tokens per row, EOS included (= response_mask.sum(1))."""
+
+
+def _scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature in float32; temperature <= 0 (greedy) counts as 1."""
+    logits = logits.float()
+    return logits / temperature if temperature > 0 and temperature != 1.0 else logits
+
+
+def _token_logprobs(scaled: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(scaled)[tokens]: (..., V), (...) -> (...), without materialising the log-softmax."""
+    return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(-1)
+
+
+def filter_logits(scaled: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(B, V) -> (B, V) with the tokens outside top-k and outside the top-p nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches top_p (Holtzman et al.
+    2020); the most likely token always stays. top_k=0 and top_p=1 leave the logits as they are.
+    """
+    if top_k > 0 and top_k < scaled.size(-1):
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens above it already reach top_p; the first one is never dropped.
+        drop = (probs.cumsum(-1) - probs) >= top_p  # (B, V)
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return scaled
+
+
+def _draw(scaled: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from softmax(scaled) by inverse CDF: (B, V) -> (B,).
+
+    One uniform per row instead of multinomial's one exponential per vocabulary entry. Tokens at -inf have
+    zero mass, so the CDF does not rise at them and `searchsorted(right=True)` never lands on them.
+    """
+    probs = (scaled - scaled.amax(-1, keepdim=True)).exp_()  # (B, V), unnormalised
+    cdf = probs.cumsum_(-1)  # (B, V)
+    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max_(cdf.size(-1) - 1)  # (B,)
+
+
+def _new_cache(model, length: int, kind: str) -> dict:
+    """The forward kwarg holding a fresh HF cache of up to `length` tokens: "static" or "dynamic".
+
+    transformers renamed `past_key_values` to `cache` during 5.x (the old name warns until 5.40).
+    """
+    if kind == "static":
+        kv = StaticCache(config=model.config, max_cache_len=length)
+    elif kind == "dynamic":
+        kv = DynamicCache(config=model.config)
+    else:
+        raise ValueError(f"cache: {kind!r} is not 'static' or 'dynamic'")
+    params = inspect.signature(model.forward).parameters
+    name = "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
+    return {name: kv, "use_cache": True}
+
+
+@torch.inference_mode()
+def sample(
+    model,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    cache: str = "dynamic",
+) -> Rollout:
+    """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
+
+    Rows that have produced EOS keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
+    max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
+    `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
+    if not prompt_ids or min(map(len, prompt_ids)) == 0:
+        raise ValueError("prompt_ids: need at least one prompt, and no empty prompt")
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
+    B, P = ids.shape
+    R = max_new_tokens
+    kv = _new_cache(model, P + R, cache)
+    attn = torch.zeros(B, P + R, dtype=torch.long, device=device)  # (B, P + R): grows by one column a step
+    attn[:, :P] = mask
+    response = torch.full((B, R), pad_token_id, dtype=torch.long, device=device)  # (B, R)
+    logprobs = torch.zeros(B, R, dtype=torch.float32, device=device)  # (B, R)
+    alive = torch.ones(B, R, dtype=torch.bool, device=device)  # (B, R): row still decoding at step t
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+
+    # 1. Prefill the prompt once. Positions count real tokens only, so left padding does not shift them
+    #    (as `generate` does: cumsum of the mask - 1, pads at 0).
+    position = (mask.cumsum(-1) - 1).clamp_min_(0)  # (B, P)
+    out = model(input_ids=ids, attention_mask=attn[:, :P], position_ids=position, logits_to_keep=1, **kv)
+    position = position[:, -1:] + 1  # (B, 1)
+    steps = R
+    for t in range(R):
+        # 2. Pick the next token from the last logits.
+        scaled = _scale(out.logits[:, -1, :], temperature)  # (B, V)
+        if temperature <= 0:
+            token = scaled.argmax(-1)  # (B,)
+        else:
+            token = _draw(filter_logits(scaled, top_k, top_p), generator)  # (B,)
+        # 3. Record it; finished rows get pad, mask 0 and log-prob 0.
+        alive[:, t] = ~done
+        token.masked_fill_(done, pad_token_id)
+        response[:, t] = token
+        logprobs[:, t] = _token_logprobs(scaled, token).masked_fill_(done, 0.0)
+        done |= token == eos_token_id
+        if t == R - 1 or bool(done.all()):
+            steps = t + 1
+            break
+        # 4. Feed it back: one new cache column per step, the prompt is never recomputed.
+        attn[:, P + t] = 1
+        out = model(input_ids=token[:, None], attention_mask=attn[:, : P + t + 1], position_ids=position, **kv)
+        position += 1
+    response_mask = alive[:, :steps].long()  # (B, R)
+    lengths = response_mask.sum(1)  # (B,)
+    return Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=response[:, :steps].contiguous(),
+                   response_mask=response_mask, logprobs=logprobs[:, :steps].contiguous(), has_eos=done,
+                   lengths=lengths)
+
+
+def logprobs_of(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """(B, R) log-probs of `response_ids` under softmax(logits / temperature), 0 where response_mask is 0.
+
+    One plain forward pass over [prompt; response] (B, P + R), the way PPO recomputes old and reference
+    log-probs; it runs under the caller's grad mode. prompt_*: (B, P) left-padded; response_*: (B, R).
+    Token t of the response is predicted by the logits at position P - 1 + t.
+    """
+    R = response_ids.size(1)
+    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P + R)
+    mask = torch.cat([prompt_mask, response_mask], dim=1).long()  # (B, P + R)
+    position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
+    # Only the last R + 1 positions feed the lm_head; the last one predicts past the response.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1).logits
+    scaled = _scale(logits[:, :-1, :], temperature)  # (B, R, V)
+    return _token_logprobs(scaled, response_ids) * response_mask  # (B, R)
