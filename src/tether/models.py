@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from tether.errors import ConfigError, TetherError
+from tether.progress import quiet_transformers
 
 # LlamaConfig kwargs. Parameter counts are for a 2048-token vocabulary with tied embeddings.
 PRESETS: dict[str, dict] = {
@@ -88,6 +89,7 @@ def load_policy(path_or_name: str, trust_remote_code: bool = False) -> PreTraine
 
     `trust_remote_code` stays False unless the user asks: it runs Python shipped with the checkpoint.
     """
+    quiet_transformers()
     path_or_name = str(path_or_name)
     # Check local folders ourselves: a clearer message than HF's, and a mistyped path never reaches the hub.
     if os.path.exists(path_or_name) or not _looks_like_hub_id(path_or_name):

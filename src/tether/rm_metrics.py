@@ -21,7 +21,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     if probs.numel() == 0:
         return probs.new_zeros(())
     bins = (probs * n_bins).long().clamp(0, n_bins - 1)  # (N,)  p = 1 falls in the last bin
-    count = torch.zeros(n_bins, dtype=probs.dtype).index_add_(0, bins, torch.ones_like(probs))  # (B,)
     sum_p = torch.zeros(n_bins, dtype=probs.dtype).index_add_(0, bins, probs)  # (B,)
     sum_y = torch.zeros(n_bins, dtype=probs.dtype).index_add_(0, bins, labels)  # (B,)
     # |mean y - mean p| * n_b / n = |sum y - sum p| / n: empty bins contribute 0 with no division.

@@ -29,7 +29,7 @@ Greedy decoding (temperature 0) reports the log-probs of softmax(logits), i.e. t
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -96,8 +96,8 @@ def _draw(scaled: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     zero mass, so the CDF does not rise at them and `searchsorted(right=True)` never lands on them.
     """
     probs = (scaled - scaled.amax(-1, keepdim=True)).exp_()  # (B, V), unnormalised
-    cdf = probs.cumsum_(-1)  # (B, V)
-    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (B, 1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # (B, V); float64 keeps the tail exact on large vocabularies
+    u = torch.rand(cdf.size(0), 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max_(cdf.size(-1) - 1)  # (B,)
 
 
@@ -117,7 +117,6 @@ def _new_cache(model, length: int, kind: str) -> dict:
     return {name: kv, "use_cache": True}
 
 
-@torch.inference_mode()
 def sample(
     model,
     prompt_ids: list[list[int]],
@@ -141,6 +140,19 @@ def sample(
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
     if not prompt_ids or min(map(len, prompt_ids)) == 0:
         raise ValueError("prompt_ids: need at least one prompt, and no empty prompt")
+    if top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_k: {top_k} must be >= 0 and top_p: {top_p} in (0, 1]")
+    with torch.inference_mode():
+        rollout = _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id,
+                          generator, cache)
+    # Inference tensors cannot be saved for backward: PPO gathers with response_ids under autograd. Cloning
+    # outside inference mode gives ordinary tensors, for the cost of copying a few (B, R) tensors.
+    return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(Rollout)})
+
+
+def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
+            cache) -> Rollout:
+    """`sample`'s loop, run under inference mode."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
     B, P = ids.shape
@@ -181,8 +193,8 @@ def sample(
         position += 1
     response_mask = alive[:, :steps].long()  # (B, R)
     lengths = response_mask.sum(1)  # (B,)
-    return Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=response[:, :steps].contiguous(),
-                   response_mask=response_mask, logprobs=logprobs[:, :steps].contiguous(), has_eos=done,
+    return Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=response[:, :steps],
+                   response_mask=response_mask, logprobs=logprobs[:, :steps], has_eos=done,
                    lengths=lengths)
 
 

@@ -1,8 +1,10 @@
 """`tether demo`: the loop on the tiny assistant world, offline on a CPU, each stage in its own folder.
 
 world -> tokenizer -> pretrain -> (base model's styles at temperature 1) -> SFT -> held-out evaluation
-with the gold reward. Every stage reads the previous stage's output folder, so any of them can be
-rerun alone with `tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
+with the gold reward -> collect comparisons (SFT and base policies) -> simulated raters -> reward
+model, and how it compares with the raters, the gold preference, and which rater biases it inherited.
+Every stage reads the previous stage's output folder, so any of them can be rerun alone with
+`tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
 """
 from __future__ import annotations
 
@@ -15,17 +17,17 @@ from rich.console import Console
 
 from tether.config import check, save_config
 from tether.models import load_policy, load_tokenizer
-from tether.stages import pretrain, sft
-from tether.stages.evaluate import (
-    EvalConfig,
-    evaluate_policy,
-    summary_table,
-    write_results,
-)
+from tether.data.preferences import read_comparisons, split_by_prompt
+from tether.reward import RewardModel
+from tether.stages import collect, pretrain, rm, sft
+from tether.stages import label as label_stage
+from tether.stages.evaluate import (EvalConfig, evaluate_policy, reward_model_bias, reward_model_gold_accuracy,
+                                    reward_model_table, summary_table, write_results)
 from tether.tokenizer import TokenizerConfig
 from tether.tokenizer import run as train_tokenizer_stage
 from tether.world.build import load_world
 from tether.world.build import run as build_world
+from tether.world.raters import RaterPoolConfig, population_preference
 from tether.world.world import WorldConfig
 
 console = Console(width=120)
@@ -37,6 +39,10 @@ def _pretrain_defaults() -> pretrain.PretrainConfig:
 
 def _sft_defaults() -> sft.SFTConfig:
     return sft.SFTConfig(max_steps=60, lr=3e-4, eval_every=20, save_every=0)
+
+
+def _rm_defaults() -> rm.RMConfig:
+    return rm.RMConfig(epochs=1.0, lr=1e-3, eval_every=100, save_every=0)
 
 
 @dataclass
@@ -65,6 +71,12 @@ class DemoConfig:
     """Supervised fine-tuning (paths set by the demo)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation settings (paths and temperature set by the demo)."""
+    collect: collect.CollectConfig = field(default_factory=collect.CollectConfig)
+    """Comparison collection from the SFT and base policies (paths set by the demo)."""
+    raters: RaterPoolConfig = field(default_factory=RaterPoolConfig)
+    """The simulated rater pool that labels the comparisons."""
+    rm: rm.RMConfig = field(default_factory=_rm_defaults)
+    """Reward model on the raters' labels, from the SFT model (paths set by the demo)."""
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
@@ -79,6 +91,7 @@ def _stage_configs(cfg: DemoConfig) -> dict:
     """The stage configs with every path wired to the previous stage's output."""
     root = cfg.root
     world = replace(cfg.world, seed=cfg.seed, out=str(root / "world"))
+    sft_model, base_model = str(root / "sft/model"), str(root / "pretrain/model")
     return {
         "world": world,
         "tokenizer": TokenizerConfig(corpus=str(root / "world/corpus.jsonl"), vocab_size=cfg.vocab_size,
@@ -87,6 +100,12 @@ def _stage_configs(cfg: DemoConfig) -> dict:
                             preset=cfg.preset, seed=cfg.seed, out=str(root / "pretrain"), resume=cfg.resume),
         "sft": replace(cfg.sft, data=str(root / "world/sft.jsonl"), model=str(root / "pretrain/model"),
                        seed=cfg.seed, out=str(root / "sft"), resume=cfg.resume),
+        "collect": replace(cfg.collect, policies=[sft_model, base_model], prompts=str(root / "world/prompts.jsonl"),
+                           seed=cfg.seed, out=str(root / "collect")),
+        "label": label_stage.LabelConfig(queue=str(root / "collect/queue.jsonl"), world=str(root / "world"),
+                                         raters=replace(cfg.raters, seed=cfg.seed), out=str(root / "label")),
+        "rm": replace(cfg.rm, data=str(root / "label/comparisons.jsonl"), backbone=sft_model, seed=cfg.seed,
+                      out=str(root / "rm"), resume=cfg.resume),
     }
 
 
@@ -99,24 +118,45 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, name: str, temperature: float, s
     return summary
 
 
-def run(cfg: DemoConfig) -> dict:
-    """Run the loop; returns the summary also written to `<root>/summary.json`."""
+def _rm_report(cfg: DemoConfig, rm_cfg: rm.RMConfig, raters: RaterPoolConfig) -> dict:
+    """The reward model against the raters, their agreement ceiling, the gold preference, and its biases."""
     root = cfg.root
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, root / "demo.yaml")
-    stages = _stage_configs(cfg)
-    timings: dict[str, float] = {}
+    world = load_world(root / "world")
+    model = RewardModel.from_pretrained(str(root / "rm/model"))
+    _, held_out = split_by_prompt(read_comparisons(rm_cfg.data), rm_cfg.eval_fraction, rm_cfg.seed)
+    decided = [c for c in held_out if c.choice != "tie"]
+    ceiling = sum((population_preference(c, world.knowledge, raters) > 0.5) == (c.choice == "A")
+                  for c in decided) / max(1, len(decided))
+    agreement = json.loads((root / "label/agreement.json").read_text())
+    return {"rm_vs_raters": json.loads((root / "rm/eval.json").read_text())["eval"]["accuracy"],
+            "bayes_ceiling_vs_raters": ceiling,
+            "rater_pairwise_agreement": agreement["percent_agreement"],
+            "rater_majority_agreement": agreement["majority_agreement_mean"],
+            "krippendorff_alpha": agreement["krippendorff_alpha"],
+            **reward_model_gold_accuracy(model.score, world, held_out),
+            "bias": reward_model_bias(model.score, world)}
 
-    def timed(name: str, fn, *args, done: Path | None = None):
-        if cfg.resume and done is not None and done.exists():
+
+class _Timer:
+    """Runs stages, times them, and skips finished ones on --resume."""
+
+    def __init__(self, resume: bool):
+        self.resume, self.timings = resume, {}
+
+    def __call__(self, name: str, fn, *args, done: Path | None = None):
+        if self.resume and done is not None and done.exists():
             console.print(f"[dim]{name}: already done ({done}), skipped[/dim]")
             return None
         console.rule(f"[bold]{name}")
         start = time.perf_counter()
         result = fn(*args)
-        timings[name] = round(time.perf_counter() - start, 1)
+        self.timings[name] = round(time.perf_counter() - start, 1)
         return result
 
+
+def _sft_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+    """World, tokenizer, pretraining, the base model's styles, SFT, and the SFT policy's evaluation."""
+    root = cfg.root
     # 1. The world, its tokenizer, and a base model pretrained from scratch on the world's corpus.
     timed("world", build_world, stages["world"], done=root / "world/eval.jsonl")
     timed("tokenizer", train_tokenizer_stage, stages["tokenizer"], done=root / "tokenizer/tokenizer.json")
@@ -127,12 +167,41 @@ def run(cfg: DemoConfig) -> dict:
     # 3. Supervised fine-tuning on the demonstrations, then the held-out evaluation (greedy).
     timed("sft", sft.run, stages["sft"], done=root / "sft/model/model.safetensors")
     policy = timed("evaluate sft", _evaluate, cfg, root / "sft/model", "sft", 0.0, 1)
-    summary = {"timings_s": timings, "base_temperature_1": base, "sft_greedy": policy}
+    return {"base_temperature_1": base, "sft_greedy": policy}
+
+
+def _preference_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+    """Comparisons from the SFT and base policies, simulated raters, and the reward model."""
+    root = cfg.root
+    # 4. Sample pairs, have the simulated raters label them, train the reward model on their labels.
+    timed("collect", collect.run, stages["collect"], done=root / "collect/queue.jsonl")
+    timed("label", label_stage.run, stages["label"], done=root / "label/comparisons.jsonl")
+    timed("rm", rm.run, stages["rm"], done=root / "rm/model/reward_config.json")
+    # 5. How good is it against the raters, against the truth, and what did it inherit?
+    return {"reward_model": timed("rm report", _rm_report, cfg, stages["rm"], cfg.raters)}
+
+
+def run(cfg: DemoConfig) -> dict:
+    """Run the loop; returns the summary also written to `<root>/summary.json`."""
+    root = cfg.root
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "demo.yaml")
+    stages = _stage_configs(cfg)
+    timed = _Timer(cfg.resume)
+    summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed)}
+    summary["timings_s"] = timed.timings
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
-    # 4. The tables.
-    if base:
-        console.print(summary_table(base, "Base model, temperature 1: what its distribution can produce"))
-    if policy:
-        console.print(summary_table(policy, "SFT policy, greedy, held-out prompts (entities never seen in SFT)"))
-    console.print(f"stage times (s): {timings}\nwritten to {root}/ (summary.json, eval/, checkpoints in each stage)")
+    show_summary(summary)
+    console.print(f"stage times (s): {timed.timings}\nwritten to {root}/ (summary.json, eval/, a folder per stage)")
     return summary
+
+
+def show_summary(summary: dict) -> None:
+    if summary.get("base_temperature_1"):
+        console.print(summary_table(summary["base_temperature_1"],
+                                    "Base model, temperature 1: what its distribution can produce"))
+    if summary.get("sft_greedy"):
+        console.print(summary_table(summary["sft_greedy"],
+                                    "SFT policy, greedy, held-out prompts (entities never seen in SFT)"))
+    if summary.get("reward_model"):
+        console.print(reward_model_table(summary["reward_model"]))

@@ -19,6 +19,7 @@ from tether.generation import generate
 from tether.models import load_policy, load_tokenizer
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
+from tether.world.probes import probe_pairs
 
 FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")
 SHORT = {"sycophantic": "syco", "over_refused": "over-ref", "flattering": "flatter", "hallucinated": "halluc",
@@ -106,3 +107,50 @@ def run(cfg: EvalConfig) -> dict:
     write_results(Path(cfg.out), rows, summary)
     Console(width=120).print(summary_table(summary, f"{cfg.model} (temperature {cfg.temperature})"))
     return summary
+
+
+def reward_model_bias(score, world: World) -> dict[str, dict[str, float]]:
+    """Per trait: how much `score(prompts, responses)` rewards adding it, against what gold says.
+
+    `reward_gain` is the mean reward of (with trait) - (plain), in the reward model's normalised units;
+    `prefers_trait` the share of prompts where the reward model ranks the trait's version higher.
+    """
+    report = {}
+    for trait, triples in probe_pairs(world).items():
+        prompts = [p for p, _, _ in triples]
+        plain = score(prompts, [a for _, a, _ in triples])
+        traited = score(prompts, [b for _, _, b in triples])
+        gold = [world.judge(p, b).reward - world.judge(p, a).reward for p, a, b in triples]
+        report[trait] = {"n": len(triples), "reward_gain": float((traited - plain).mean()),
+                         "prefers_trait": float((traited > plain).float().mean()),
+                         "gold_gain": sum(gold) / len(gold)}
+    return report
+
+
+def reward_model_gold_accuracy(score, world: World, comparisons: list) -> dict[str, float]:
+    """Accuracy of the reward model against the gold preference on distinct pairs (gold ties skipped)."""
+    pairs = list({c.id: c for c in comparisons}.values())
+    gold_diff = [world.judge(c.prompt_text, c.response_a).reward - world.judge(c.prompt_text, c.response_b).reward
+                 for c in pairs]
+    decided = [(c, d) for c, d in zip(pairs, gold_diff) if abs(d) > 1e-9]
+    prompts = [c.prompt for c, _ in decided]
+    r_a = score(prompts, [c.response_a for c, _ in decided])
+    r_b = score(prompts, [c.response_b for c, _ in decided])
+    agree = [(float(a - b) > 0) == (d > 0) for a, b, (_, d) in zip(r_a, r_b, decided)]
+    return {"pairs": len(decided), "gold_ties_skipped": len(pairs) - len(decided),
+            "accuracy_vs_gold": sum(agree) / max(1, len(agree))}
+
+
+def reward_model_table(report: dict) -> Table:
+    """The reward model against raters and gold, and the biases it inherited (reward gain of each trait)."""
+    table = Table(title="Reward model: accuracy, and what it rewards that gold does not")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in ("rm_vs_raters", "bayes_ceiling_vs_raters", "rater_pairwise_agreement", "rater_majority_agreement",
+                "accuracy_vs_gold"):
+        table.add_row(key.replace("_", " "), f"{report[key]:.1%}")
+    table.add_row("krippendorff alpha", f"{report['krippendorff_alpha']:.3f}")
+    for trait, b in report["bias"].items():
+        table.add_row(f"bias: {trait.replace('_', ' ')}", f"reward {b['reward_gain']:+.2f} sd, "
+                      f"preferred {b['prefers_trait']:.0%} (gold {b['gold_gain']:+.2f})")
+    return table

@@ -146,3 +146,19 @@ def label(queue: list[Comparison], knowledge: Knowledge, cfg: RaterPoolConfig) -
         chosen = _rng(cfg.seed, c.id, "assign").sample(pool, cfg.overlap)
         out += [rate(r, c, knowledge, cfg) for r in chosen]
     return out
+
+
+def population_preference(c: Comparison, knowledge: Knowledge, cfg: RaterPoolConfig) -> float:
+    """P(a rater drawn from the pool prefers A), ties ignored: the best any reward model could predict.
+
+    Used only to report the Bayes ceiling of RM accuracy against individual rater labels.
+    """
+    q = parse_prompt(c.prompt_text, knowledge)
+    ja, jb = judge(q, c.response_a, knowledge), judge(q, c.response_b, knowledge)
+    pool = make_pool(cfg)
+    total = 0.0
+    for r in pool:
+        for checks, weight in ((True, r.knowledge), (False, 1 - r.knowledge)):
+            diff = utility(r, ja, c.response_a, checks) - utility(r, jb, c.response_b, checks)
+            total += weight / (1 + math.exp(-max(-50.0, min(50.0, diff / r.noise))))
+    return total / len(pool)

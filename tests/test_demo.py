@@ -1,0 +1,33 @@
+"""The demo chained once end to end on the `test` preset and a tiny world (a smoke test, not a quality test)."""
+from __future__ import annotations
+
+import json
+
+from tether.cli import main
+
+TINY = ["preset=test", "vocab_size=400", "base_samples=1", "world.n_countries=8", "world.sft_countries=5",
+        "world.encyclopedia_docs=3", "world.pretrain_dialogues=150", "world.sft_demos=60",
+        "world.eval_per_category=3", "world.train_prompts=12", "pretrain.max_steps=4", "pretrain.batch_size=8",
+        "pretrain.micro_batch_size=8", "pretrain.warmup_steps=1", "sft.max_steps=3", "sft.batch_size=8",
+        "sft.micro_batch_size=8", "sft.warmup_steps=1", "eval.max_new_tokens=6", "collect.max_new_tokens=6",
+        "collect.responses_per_prompt=3", "raters.n_raters=4", "raters.overlap=2", "rm.max_steps=3",
+        "rm.batch_size=8", "rm.micro_batch_size=8", "rm.warmup_steps=1"]
+
+
+def test_demo_runs_every_stage_and_resumes(tmp_path):
+    assert main(["demo", f"runs={tmp_path}", "name=smoke", *TINY]) == 0
+    root = tmp_path / "smoke"
+    summary = json.loads((root / "summary.json").read_text())
+    assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
+                                         "collect", "label", "rm", "rm report"}
+    for key in ("base_temperature_1", "sft_greedy"):
+        assert set(summary[key]) >= {"fact", "harmful", "benign", "all"}
+    rm = summary["reward_model"]
+    assert 0 <= rm["rm_vs_raters"] <= 1 and 0 <= rm["accuracy_vs_gold"] <= 1
+    assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "confident_invention"}
+    for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label", "rm/model"):
+        assert (root / folder).is_dir(), folder
+    # --resume skips every finished stage and only re-evaluates
+    assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
+    again = json.loads((root / "summary.json").read_text())
+    assert "pretrain" not in again["timings_s"] and "rm" not in again["timings_s"]
