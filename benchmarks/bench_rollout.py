@@ -1,0 +1,264 @@
+"""Benchmark: rollout speed of `tether.rollout.sample` against Hugging Face `generate`, ratio printed.
+
+    .venv/bin/python benchmarks/bench_rollout.py [--sizes demo,5m] [--batch 64] [--new-tokens 48] [--rounds 7]
+
+1. Build the shared inputs once: a BPE tokenizer trained on the tiny world's pretraining corpus (saved to a
+   temp folder) and `--batch` chat prompts from the world's train queries (`encode_prompt`, 9 to 17 tokens).
+2. Speed, one process per size: the same untrained model (seed 0, fp32) and prompts for every side:
+   `generate` (do_sample, temperature 1, top_k 0, top_p 1, HF's DynamicCache) and `sample` with a dynamic
+   and with a static cache. One warm-up rollout per side, then `--rounds` rounds of one rollout per side,
+   the order rotating. Sides alternate within seconds because the load from other processes on a shared
+   machine drifts by 1.5x over minutes: separate processes per side measured the drift, not the code.
+3. Tokens are generated non-pad tokens, EOS included: an untrained model rarely emits EOS, so both sides run
+   close to the full length. A side's tokens/s is the median over rounds; its ratio to `generate`, the median
+   of same-round ratios.
+4. Peak RSS, one process per side (RSS does not drift with load): after setup and after two rollouts.
+5. The "GEMM floor": the model's linear layers alone (lm_head included) at batch B and one token per step,
+   the best a decoder running these fp32 matmuls one token at a time could do. `--profile` adds where one
+   rollout's time goes, by kind of op.
+
+Absolute figures drift on a shared machine: compare only ratios measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = {"demo": "demo", "5m": "small"}  # --sizes name -> tether preset
+SIDES = ("generate", "sample-dynamic", "sample-static")
+SEED = 0
+# aten op -> kind of work in the --profile breakdown; any other aten op is "other ops".
+CATEGORIES = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "attention",
+              "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::_softmax": "attention",
+              "aten::cat": "kv cache", "aten::index_copy_": "kv cache",
+              "aten::multinomial": "sampling", "aten::exponential_": "sampling", "aten::searchsorted": "sampling",
+              "aten::cumsum": "sampling", "aten::logsumexp": "sampling"}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Shared inputs
+
+
+def prepare(folder: Path, batch: int) -> None:
+    """Write tokenizer/ and prompts.json (token ids) under `folder`."""
+    from tether.tokenizer import encode_prompt, train_tokenizer
+    from tether.world.world import World, WorldConfig
+
+    world = World(WorldConfig())
+    texts = (t for row in world.pretraining_corpus()
+             for t in ([row["text"]] if "text" in row else [m["content"] for m in row["messages"]]))
+    tokenizer = train_tokenizer(texts)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    queries = world.train_queries()[:batch]
+    if len(queries) < batch:
+        sys.exit(f"--batch {batch}: the world has only {len(queries)} train prompts")
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q.text}]) for q in queries]
+    (folder / "prompts.json").write_text(json.dumps(prompts))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-5. Workers
+
+
+def load(folder: Path, preset: str, new_tokens: int):
+    """The model, the prompt count, and `rollout(side, seed) -> generated non-pad tokens`."""
+    import torch
+
+    from tether.generation import left_pad
+    from tether.models import build_model, load_tokenizer
+    from tether.rollout import sample
+
+    tokenizer = load_tokenizer(str(folder / "tokenizer"))
+    prompts = json.loads((folder / "prompts.json").read_text())
+    model = build_model(preset, tokenizer, seed=SEED).eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids, mask = left_pad(prompts, pad)
+
+    def rollout(side: str, seed: int) -> int:
+        if side == "generate":
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
+                                     temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad)
+            return int((out[:, ids.size(1):] != pad).sum())
+        r = sample(model, prompts, max_new_tokens=new_tokens, temperature=1.0, eos_token_id=eos, pad_token_id=pad,
+                   generator=torch.Generator().manual_seed(seed), cache=side.removeprefix("sample-"))
+        return int(r.lengths.sum())
+
+    return model, len(prompts), rollout
+
+
+def gemm_floor(model, batch: int, repeats: int = 50) -> float:
+    """Seconds per decoding step spent in the model's nn.Linear layers alone (median over `repeats`)."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, m.in_features) for m in layers]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for m, x in zip(layers, inputs):
+                torch.nn.functional.linear(x, m.weight)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def breakdown(fn) -> dict:
+    """Seconds of one call of `fn` by kind of aten op (self CPU time), plus the rest ("python").
+
+    "python" is the wall time under the profiler left over by the ops: interpreter, module calls, dispatch.
+    The profiler slows small ops a little, so read the shares, not the absolute figures. The first profiled
+    call of a process inflates allocation-heavy ops (a DynamicCache's `cat` 6x), so the second is kept.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.key.startswith("aten::"):
+            key = CATEGORIES.get(e.key, "other ops")
+            out[key] = out.get(key, 0.0) + e.self_cpu_time_total / 1e6
+    out["python"] = max(0.0, wall - sum(out.values()))
+    out["wall"] = wall
+    return out
+
+
+def speed_worker(folder: Path, preset: str, args) -> dict:
+    """Rounds of one rollout per side, order rotating; per side its rates, tokens and optional breakdown."""
+    import torch
+
+    from tether.models import count_parameters
+
+    model, batch, rollout = load(folder, preset, args.new_tokens)
+    for side in SIDES:
+        rollout(side, SEED)  # warm-up: allocator, thread pool, lazy HF init
+    result = {side: {"rates": [], "tokens": []} for side in SIDES}
+    for r in range(args.rounds):
+        for side in SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]:
+            t = time.perf_counter()
+            n = rollout(side, SEED + 1 + r)
+            result[side]["rates"].append(n / (time.perf_counter() - t))
+            result[side]["tokens"].append(n)
+    if args.profile:
+        for side in SIDES:
+            result[side]["breakdown"] = breakdown(lambda: rollout(side, SEED))  # noqa: B023 (called at once)
+    return {"sides": result, "parameters": count_parameters(model), "threads": torch.get_num_threads(),
+            "gemm_floor_tokens_per_s": batch / gemm_floor(model, batch), "load": os.getloadavg()[0]}
+
+
+def rss_worker(folder: Path, preset: str, side: str, args) -> dict:
+    _, _, rollout = load(folder, preset, args.new_tokens)
+    setup = rss_mb()
+    rollout(side, SEED)
+    rollout(side, SEED + 1)
+    return {"rss_setup_mb": setup, "peak_rss_mb": rss_mb()}
+
+
+def run_worker(folder: Path, size: str, args, side: str | None = None) -> dict:
+    """Run this file as a speed worker (side None) or an RSS worker for `side`, in its own process."""
+    out = folder / f"{size}-{side or 'speed'}.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TETHER_QUIET": "1",
+           "OMP_NUM_THREADS": str(args.threads)}
+    cmd = [sys.executable, __file__, "--worker", str(folder), SIZES[size], side or "speed", str(out),
+           "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *(["--profile"] * args.profile)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write((proc.stdout + proc.stderr)[-4000:])
+        sys.exit(f"worker failed: {' '.join(cmd)}")
+    return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(size: str, speed: dict, rss: dict, args) -> dict:
+    """Print one size's table, ratios and optional breakdown; return its summary."""
+    sides, base = speed["sides"], speed["sides"]["generate"]["rates"]
+    rows = {side: {"tokens_per_s": statistics.median(s["rates"]),
+                   "vs_generate": statistics.median(r / g for r, g in zip(s["rates"], base)),
+                   "tokens": statistics.mean(s["tokens"]), **rss[side]} for side, s in sides.items()}
+    floor = speed["gemm_floor_tokens_per_s"]
+    print(f"\n{size} preset ({speed['parameters'] / 1e6:.2f}M parameters), batch {args.batch}, {args.new_tokens} "
+          f"new tokens, {speed['threads']} thread(s), {args.rounds} rounds")
+    print(f"{'side':<16}{'tokens/s':>10}{'vs generate':>13}{'tokens/rollout':>16}{'RSS setup MB':>14}"
+          f"{'peak RSS MB':>13}")
+    for side, r in rows.items():
+        print(f"{side:<16}{r['tokens_per_s']:>10.0f}{r['vs_generate']:>12.2f}x{r['tokens']:>16.0f}"
+              f"{r['rss_setup_mb']:>14.0f}{r['peak_rss_mb']:>13.0f}")
+    print(f"{'GEMM floor':<16}{floor:>10.0f}{floor / rows['generate']['tokens_per_s']:>12.2f}x   "
+          "(the linear layers alone, one token per step)")
+    print("tokens/s: median over rounds; vs generate: median of same-round ratios")
+    if args.profile:
+        print_breakdown({side: s["breakdown"] for side, s in sides.items()}, args.new_tokens)
+    if speed["load"] > (os.cpu_count() or 1):
+        print(f"machine busy: 1-min load average {speed['load']:.1f} on {os.cpu_count()} cores; figures are noisy")
+    return {"size": size, "parameters": speed["parameters"], "sides": rows, "gemm_floor_tokens_per_s": floor,
+            "raw": speed}
+
+
+def print_breakdown(splits: dict[str, dict], new_tokens: int) -> None:
+    """Per side, one profiled rollout split by kind of op: ms per decoding step and share of its wall time."""
+    keys = sorted({k for s in splits.values() for k in s} - {"wall"}, key=lambda k: -splits["generate"].get(k, 0))
+    print(f"\nwhere the time goes: one profiled rollout, ms per step (wall / {new_tokens}) and share of its wall")
+    print(f"{'':<16}" + "".join(f"{k:>16}" for k in keys) + f"{'wall':>10}")
+    for side, split in splits.items():
+        cells = [f"{1e3 * split.get(k, 0) / new_tokens:.2f} ({100 * split.get(k, 0) / split['wall']:.0f}%)"
+                 for k in keys]
+        print(f"{side:<16}" + "".join(f"{c:>16}" for c in cells) + f"{1e3 * split['wall'] / new_tokens:>10.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="tether.rollout.sample vs HF generate throughput (CPU, fp32)")
+    p.add_argument("--sizes", default="demo,5m", help=f"comma-separated, from {', '.join(SIZES)}")
+    p.add_argument("--batch", type=int, default=64, help="prompts per rollout")
+    p.add_argument("--new-tokens", type=int, default=48, help="max_new_tokens on every side")
+    p.add_argument("--rounds", type=int, default=7, help="timed rollouts per side, interleaved")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the workers")
+    p.add_argument("--profile", action="store_true", help="also print where one rollout's time goes")
+    p.add_argument("--out", help="also write the results as JSON to this path")
+    p.add_argument("--worker", nargs=4, metavar=("FOLDER", "PRESET", "KIND", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        folder, preset, kind, out = args.worker
+        result = (speed_worker(Path(folder), preset, args) if kind == "speed"
+                  else rss_worker(Path(folder), preset, kind, args))
+        Path(out).write_text(json.dumps(result))
+        return
+    sizes = args.sizes.split(",")
+    if any(s not in SIZES for s in sizes):
+        sys.exit(f"--sizes: choose from {', '.join(SIZES)}")
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tether-bench-rollout-") as tmp:
+        folder = Path(tmp)
+        prepare(folder, args.batch)
+        for size in sizes:
+            speed = run_worker(folder, size, args)
+            rss = {side: run_worker(folder, size, args, side) for side in SIDES}
+            results.append(report(size, speed, rss, args))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
