@@ -4,7 +4,7 @@
 `generate` by doing less around that forward, not by changing the model:
 
 - sampling by inverse CDF, one uniform draw per row, where `torch.multinomial` draws one exponential per
-  vocabulary entry (about a quarter of `generate`'s step on the "demo" model at batch 64, CPU);
+  vocabulary entry (a fifth of `generate`'s step on the "demo" model at batch 64, CPU);
 - no logits processors, stopping criteria or per-step Python over the batch; outputs and the attention mask
   are preallocated and written one column per step.
 
@@ -60,13 +60,13 @@ class Rollout:
     """(B,) long: generated tokens per row, EOS included (= response_mask.sum(1))."""
 
 
-def _scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / temperature in float32; temperature <= 0 (greedy) counts as 1."""
     logits = logits.float()
     return logits / temperature if temperature > 0 and temperature != 1.0 else logits
 
 
-def _token_logprobs(scaled: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def token_logprobs(scaled: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(scaled)[tokens]: (..., V), (...) -> (...), without materialising the log-softmax."""
     return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(-1)
 
@@ -173,7 +173,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
     steps = R
     for t in range(R):
         # 2. Pick the next token from the last logits.
-        scaled = _scale(out.logits[:, -1, :], temperature)  # (B, V)
+        scaled = scale_logits(out.logits[:, -1, :], temperature)  # (B, V)
         if temperature <= 0:
             token = scaled.argmax(-1)  # (B,)
         else:
@@ -182,7 +182,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         alive[:, t] = ~done
         token.masked_fill_(done, pad_token_id)
         response[:, t] = token
-        logprobs[:, t] = _token_logprobs(scaled, token).masked_fill_(done, 0.0)
+        logprobs[:, t] = token_logprobs(scaled, token).masked_fill_(done, 0.0)
         done |= token == eos_token_id
         if t == R - 1 or bool(done.all()):
             steps = t + 1
@@ -218,5 +218,5 @@ def logprobs_of(
     position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
     # Only the last R + 1 positions feed the lm_head; the last one predicts past the response.
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1).logits
-    scaled = _scale(logits[:, :-1, :], temperature)  # (B, R, V)
-    return _token_logprobs(scaled, response_ids) * response_mask  # (B, R)
+    scaled = scale_logits(logits[:, :-1, :], temperature)  # (B, R, V)
+    return token_logprobs(scaled, response_ids) * response_mask  # (B, R)

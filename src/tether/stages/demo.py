@@ -16,13 +16,20 @@ from pathlib import Path
 from rich.console import Console
 
 from tether.config import check, save_config
-from tether.models import load_policy, load_tokenizer
 from tether.data.preferences import read_comparisons, split_by_prompt
+from tether.models import load_policy, load_tokenizer
 from tether.reward import RewardModel
 from tether.stages import collect, pretrain, rm, sft
 from tether.stages import label as label_stage
-from tether.stages.evaluate import (EvalConfig, evaluate_policy, reward_model_bias, reward_model_gold_accuracy,
-                                    reward_model_table, summary_table, write_results)
+from tether.stages.evaluate import (
+    EvalConfig,
+    evaluate_policy,
+    reward_model_bias,
+    reward_model_gold_accuracy,
+    reward_model_table,
+    summary_table,
+    write_results,
+)
 from tether.tokenizer import TokenizerConfig
 from tether.tokenizer import run as train_tokenizer_stage
 from tether.world.build import load_world

@@ -78,9 +78,9 @@ from tether.stages.lm import (
     Example,
     MetricsLog,
     TrainConfig,
-    _resume,
     collate,
     epoch_batches,
+    resume_training,
     total_steps,
 )
 from tether.tokenizer import encode_chats
@@ -447,7 +447,7 @@ def run(cfg: DPOConfig) -> Path:
     kl_prompts = list({p.prompt_key: p.prompt for p in held_out}.values())[:cfg.kl_eval_prompts]
     # 3. Optimizer; resume restores weights, optimizer moments and RNG.
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
-    start = _resume(cfg, run_dir, model, optimizer)
+    start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
     lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]

@@ -198,7 +198,7 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
 
 
-def _resume(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
+def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
     """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
@@ -229,7 +229,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     per_epoch = len(train) // cfg.batch_size
     # 2. Optimizer; resume restores weights, optimizer moments and RNG.
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
-    start = _resume(cfg, run_dir, model, optimizer)
+    start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
     model.train()
     pad_id = tokenizer.pad_token_id

@@ -329,7 +329,7 @@ def run(cfg: RMConfig) -> Path:
         console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
     # 2. Optimizer; resume restores weights, optimizer moments and RNG. The step plan is a pure function.
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
-    start = _resume(cfg, run_dir, model, optimizer)
+    start = resume_training(cfg, run_dir, model, optimizer)
     steps = total_steps(cfg, len(train))
     plan = schedule(group_by_prompt(train), cfg.batch_size, cfg.seed, steps)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
@@ -366,7 +366,7 @@ def run(cfg: RMConfig) -> Path:
     return final
 
 
-def _resume(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
+def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
     """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:

@@ -1,0 +1,662 @@
+"""Online RL against a reward, tethered to the SFT policy by a KL penalty: PPO, GRPO and RLOO in one loop.
+
+Each step samples responses from the policy, scores them, and improves the policy on them:
+
+- PPO (Ziegler et al. 2019; Stiennon et al. 2020; the details of Huang et al. 2024, arXiv:2403.17031): the
+  reward is the score at the response's last token minus β·KL(π || π_ref) at every token (estimator
+  `kl_estimator`, k1 by default), advantages by GAE against a learned value function, clipped policy and
+  value losses over `ppo_epochs` passes of shuffled minibatches.
+- GRPO (Shao et al. 2024, DeepSeekMath): `group_size` samples per prompt, advantages = scores normalised
+  within the group, no critic; the KL (k3) sits in the loss with weight β.
+- RLOO (Ahmadian et al. 2024): `group_size` samples per prompt, reward = score - β·(sequence KL), advantage =
+  reward minus the mean reward of the other samples of its group, no critic.
+
+The math lives in tether.advantages, tether.kl and tether.policy_losses; rollouts in tether.rollout; rewards in
+tether.rewards_source. This module is the orchestration only: `train_online` is one loop with numbered steps.
+
+The policy stays in eval mode throughout (no dropout), so old, reference and current log-probs agree on
+identical weights, as in TRL. Gradient accumulation is exact: every micro-batch loss is divided by the count
+of the whole minibatch (`denom`), so the update does not depend on micro_batch_size.
+
+Gold. With a world folder, steps log `gold` (mean gold reward of their samples) and evaluations `eval/gold`
+(greedy, the world's held-out prompts), both computed from the decoded text after the update: evaluation only.
+Gold trains the policy only when the config says `reward=gold`.
+
+Metrics (metrics.jsonl, a line per step; FIXED_METRICS always present, null where they do not apply):
+score (reward source, before the EOS penalty; a reward model's raw scale) and score_normalised (a reward model's
+normalised score, what trains); non_score_reward (the KL part, -β Σ_t kl_t, mean per response; for GRPO the
+k3 term of its loss) and rlhf_reward (trained score + non_score_reward); kl/k1, kl/k3 (KL(π_old || π_ref) per
+response); entropy, approxkl, clipfrac, ratio, policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means
+over the step's optimizer steps); explained_variance (old values vs returns, PPO); response_length, eos_rate,
+lr, kl_coef (the β used), gold.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from tether.advantages import (
+    explained_variance,
+    gae,
+    grpo_advantages,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    rloo_advantages,
+)
+from tether.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
+from tether.config import check, save_config
+from tether.data.corpus import read_prompts
+from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
+from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.optim import adamw, lr_at
+from tether.policy_losses import (
+    LOSS_AGGREGATIONS,
+    eos_penalty,
+    grpo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_entropy,
+)
+from tether.progress import progress_bar
+from tether.rewards_source import make_reward_source, prompt_text
+from tether.rollout import logprobs_of, sample, scale_logits, token_logprobs
+from tether.stages.lm import MetricsLog, resume_training
+from tether.tokenizer import encode_prompt
+from tether.value import VALUE_MODELS
+
+VALUE_FILE = "value_model.safetensors"
+FIXED_METRICS = (
+    "step", "score", "score_normalised", "non_score_reward", "rlhf_reward", "kl/k1", "kl/k3", "entropy",
+    "approxkl", "clipfrac", "vf_clipfrac", "value_loss", "policy_loss", "loss", "grad_norm", "explained_variance",
+    "response_length", "eos_rate", "lr", "kl_coef", "gold",
+)  # fmt: skip
+
+
+@dataclass
+class OnlineConfig:
+    """Online RL of a policy against a reward with a KL tether to the initial policy (PPO, GRPO or RLOO)."""
+
+    policy: str = "runs/sft/model"
+    """HF folder of the initial policy (with its tokenizer); its frozen copy is the reference π_ref."""
+    prompts: str = "runs/world/prompts.jsonl"
+    """JSONL of training prompts, rows {"prompt": str or messages}; visited in a seeded shuffle per epoch."""
+    reward: Literal["rm", "gold", "callable"] = "rm"
+    """Reward source (tether.rewards_source): a reward model, the world's gold reward, or a Python callable."""
+    reward_model: str | None = "runs/rm/model"
+    """Reward-model folder (`tether rm`): the reward for reward=rm, the critic's start for value_model=separate."""
+    reward_fn: str | None = None
+    """"module:function" taking (prompts, responses) and returning N floats, for reward=callable."""
+    world: str | None = None
+    """World folder: the reward for reward=gold; otherwise gold is logged for evaluation only, never trained on."""
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    """ppo (GAE with a critic, KL in the reward), grpo (group-normalised, KL in the loss) or rloo (leave-one-out)."""
+    rollout_batch: int = 32
+    """Prompts per step; the step samples rollout_batch x group_size responses."""
+    group_size: int = 1
+    """Responses sampled per prompt, side by side; >= 2 for grpo and rloo (their baseline is the group)."""
+    max_new_tokens: int = 48
+    """Longest response in tokens; a response cut here has no EOS (see missing_eos_penalty)."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs are those of softmax(logits / temperature) everywhere."""
+    missing_eos_penalty: float | None = None
+    """Score given to a response without EOS instead of its reward (e.g. -1; Huang et al. 2024); null: off."""
+    kl_coef: float = 0.05
+    """β, the initial weight of the KL to π_ref (in the reward for ppo and rloo, in the loss for grpo)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the reward of ppo and rloo (tether.kl); grpo's loss always uses k3."""
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """fixed β, or adaptive β steered to kl_target (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Target KL per response in nats (k1 summed over the response) for the adaptive controller."""
+    kl_horizon: float = 10000.0
+    """Adaptive controller horizon, in samples."""
+    gamma: float = 1.0
+    """Discount of GAE (ppo)."""
+    lam: float = 0.95
+    """λ of GAE (ppo)."""
+    whiten_rewards: bool = False
+    """Scale the per-token rewards to unit variance over the batch, mean kept (ppo)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the batch: over valid tokens (ppo) or over responses (grpo, rloo)."""
+    cliprange: float = 0.2
+    """ε of the clipped policy ratio."""
+    cliprange_value: float = 0.2
+    """Clip range of the value update around the old values (ppo)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (ppo)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (0: entropy only logged)."""
+    value_model: Literal["head", "separate"] = "head"
+    """Critic of ppo: "head", a zero-initialised linear head on the policy's last hidden state; "separate", a
+    model initialised from the reward model (backbone and head, per-token values)."""
+    ppo_epochs: int = 4
+    """Passes over each step's samples."""
+    minibatch_size: int = 16
+    """Samples per optimizer step; divides rollout_batch x group_size."""
+    micro_batch_size: int = 8
+    """Samples per forward pass; divides minibatch_size (exact gradient accumulation)."""
+    lr: float = 1e-5
+    """Peak learning rate of AdamW (policy and critic)."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    min_lr_ratio: float = 1.0
+    """Final learning rate of the cosine decay as a fraction of lr (1: constant after warmup)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on weight matrices."""
+    adam_beta2: float = 0.999
+    """AdamW beta2 (beta1 is 0.9)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (policy and critic together) to this value (0: no clipping)."""
+    max_steps: int = 200
+    """Steps to run (each: one rollout batch, then ppo_epochs x minibatches optimizer steps)."""
+    seed: int = 0
+    """Seed of prompt order, sampling and minibatch order."""
+    sample_every: int = 10
+    """Steps between writing samples (prompt, response, score, gold, KL) to samples.jsonl (0: never)."""
+    n_samples: int = 4
+    """Samples written each time (one per prompt)."""
+    eval_every: int = 50
+    """Steps between greedy evaluations on the world's held-out prompts (needs world; 0: start and end only)."""
+    eval_prompts: int = 60
+    """Held-out world prompts in each evaluation, spread over the categories (0: no evaluation)."""
+    save_every: int = 50
+    """Steps between checkpoints (0: only the final model)."""
+    trust_remote_code: bool = False
+    """Allow model folders' own Python code to run (only for models you trust)."""
+    out: str = "runs/ppo"
+    """Run folder: metrics.jsonl, samples.jsonl, config.yaml, checkpoints/, model/, value_model.safetensors."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in `out`."""
+
+    @property
+    def batch_size(self) -> int:
+        """N, responses per step."""
+        return self.rollout_batch * self.group_size
+
+    def validate(self) -> None:
+        check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+        check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
+        check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
+        check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
+              "must be 'module:function' when reward=callable")
+        check(self.rollout_batch > 0, "rollout_batch", "must be > 0")
+        check(self.group_size >= (1 if self.algorithm == "ppo" else 2), "group_size",
+              f"must be >= {1 if self.algorithm == 'ppo' else 2} for {self.algorithm}")
+        check(0 < self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
+              "minibatch_size", f"must divide rollout_batch x group_size ({self.batch_size})")
+        check(0 < self.micro_batch_size <= self.minibatch_size and self.minibatch_size % self.micro_batch_size == 0,
+              "micro_batch_size", f"must divide minibatch_size ({self.minibatch_size})")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.temperature > 0, "temperature", "must be > 0 (RL samples)")
+        check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
+        check(self.kl_controller in KL_CONTROLLERS, "kl_controller", f"must be one of {', '.join(KL_CONTROLLERS)}")
+        check(self.kl_target > 0 and self.kl_horizon > 0, "kl_target", "and kl_horizon must be > 0")
+        check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "and lam must be in [0, 1]")
+        check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange", "and cliprange_value must be > 0")
+        check(self.value_model in VALUE_MODELS, "value_model", f"must be one of {', '.join(VALUE_MODELS)}")
+        check(self.value_model != "separate" or bool(self.reward_model), "reward_model",
+              "is required when value_model=separate")
+        check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.max_steps >= 1, "max_steps", "must be >= 1")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "warmup_steps"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class Experience:
+    """One step's N = rollout_batch x group_size samples, each group's samples contiguous; R response steps.
+
+    Filled in order: the rollout (ids, masks), scores (step 3), log-probs and values (step 4), advantages and
+    returns (step 5). `select` takes rows, e.g. a minibatch.
+    """
+
+    prompt_ids: torch.Tensor
+    """(N, P) long, left-padded prompts."""
+    prompt_mask: torch.Tensor
+    """(N, P) long, 1 on prompt tokens."""
+    response_ids: torch.Tensor
+    """(N, R) long, sampled tokens then pad after EOS."""
+    response_mask: torch.Tensor
+    """(N, R) long, 1 on sampled tokens up to and including EOS."""
+    has_eos: torch.Tensor
+    """(N,) bool, the response ended with EOS within max_new_tokens."""
+    scores: torch.Tensor
+    """(N,) float, the score trained on: the source's score, or missing_eos_penalty for rows without EOS."""
+    logprobs: torch.Tensor | None = None
+    """(N, R) log π_old of the sampled tokens (temperature-scaled), 0 where masked."""
+    ref_logprobs: torch.Tensor | None = None
+    """(N, R) log π_ref of the sampled tokens, 0 where masked."""
+    values: torch.Tensor | None = None
+    """(N, R) old values V(state before token t) (ppo); None without a critic."""
+    advantages: torch.Tensor | None = None
+    """(N, R) per token (ppo) or (N,) per response (grpo, rloo)."""
+    returns: torch.Tensor | None = None
+    """(N, R) value targets (ppo); None without a critic."""
+
+    def select(self, rows) -> Experience:
+        """The rows `rows` (a slice, or a (n,) long tensor) of every field."""
+        return Experience(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                             for f in fields(self)})
+
+
+@dataclass
+class PolicyOutput:
+    """One forward of the policy (and critic) over [prompt; response] rows."""
+
+    logprobs: torch.Tensor
+    """(B, R) log-probs of the response tokens under softmax(logits / temperature), 0 where masked."""
+    logits: torch.Tensor
+    """(B, R, V) temperature-scaled logits predicting each response token."""
+    values: torch.Tensor | None
+    """(B, R) V(state before token t), or None without a critic."""
+
+
+def policy_forward(policy, critic: nn.Module | None, rows: Experience, temperature: float) -> PolicyOutput:
+    """Log-probs, scaled logits and (with a critic) values of `rows` in one policy pass, under the caller's grad
+    mode. The log-probs equal `rollout.logprobs_of` (a test checks it); this pass also returns hidden states."""
+    P, R = rows.prompt_ids.size(1), rows.response_ids.size(1)
+    ids = torch.cat([rows.prompt_ids, rows.response_ids], dim=1)  # (B, P + R)
+    mask = torch.cat([rows.prompt_mask, rows.response_mask], dim=1).long()  # (B, P + R)
+    position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
+    wants_hidden = critic is not None and critic.reads_policy
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1,
+                 output_hidden_states=wants_hidden)
+    scaled = scale_logits(out.logits[:, :-1, :], temperature)  # (B, R, V): position P - 1 + t predicts token t
+    logprobs = token_logprobs(scaled, rows.response_ids) * rows.response_mask  # (B, R)
+    values = None
+    if critic is not None:
+        hidden = out.hidden_states[-1] if wants_hidden else None  # (B, P + R, H), after the final norm
+        values = critic(hidden, ids, mask, position)[:, P - 1:-1]  # (B, R)
+    return PolicyOutput(logprobs, scaled, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages and losses per algorithm
+
+
+def _seq_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t over the valid tokens of each response: (N, R) -> (N,)."""
+    return torch.where(mask.bool(), per_token, 0).sum(1)
+
+
+def _whiten_rows(adv: torch.Tensor, cfg: OnlineConfig) -> torch.Tensor:
+    """(N,) advantages whitened over the batch when cfg.whiten_advantages."""
+    return masked_whiten(adv, torch.ones_like(adv, dtype=torch.bool)) if cfg.whiten_advantages else adv
+
+
+def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """r_t = score·[t = last] - β kl_t (advantages.per_token_rewards), optional reward whitening, GAE."""
+    mask = exp.response_mask
+    kl = KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs)  # (N, R)
+    rewards = per_token_rewards(exp.scores, kl, mask, kl_coef)  # (N, R)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)  # (N, R), (N, R)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns, -kl_coef * _seq_sum(kl, mask)
+
+
+def grpo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """Â_i = (s_i - mean_g) / std_g; the KL is in the loss, so the non-score part is only reported."""
+    non_score = -kl_coef * _seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    return _whiten_rows(grpo_advantages(exp.scores, cfg.group_size), cfg), None, non_score
+
+
+def rloo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """Â_i = r_i - mean_{j≠i} r_j with r = score - β Σ_t kl_t (Ahmadian et al. 2024)."""
+    kl = _seq_sum(KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    return _whiten_rows(rloo_advantages(exp.scores - kl_coef * kl, cfg.group_size), cfg), None, -kl_coef * kl
+
+
+def ppo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    pg, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                "token", denom)
+    vf, vf_stats = ppo_value_loss(out.values, mb.values, mb.returns, mb.response_mask, cfg.cliprange_value,
+                                  "token", denom)
+    return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **stats, **vf_stats}
+
+
+def grpo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    loss, stats = grpo_loss(out.logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.response_mask,
+                            cfg.cliprange, kl_coef, "sequence", denom)
+    stats["loss_kl"] = stats.pop("kl")  # mean per-token k3 of the current policy, the loss's KL term
+    return loss, {"policy_loss": loss.detach(), **stats}
+
+
+def rloo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    loss, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                  "token", denom)
+    return loss, {"policy_loss": loss.detach(), **stats}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    advantages: Callable
+    """(exp, cfg, kl_coef) -> (advantages (N, R) or (N,), returns (N, R) or None, non_score_reward (N,))."""
+    loss: Callable
+    """(out, minibatch rows, cfg, kl_coef, denom) -> (loss, stats); loss parts named *_loss, the rest token means."""
+    norm: str
+    """How per-token losses aggregate (policy_losses.LOSS_AGGREGATIONS), which sets what `denom` counts."""
+    critic: bool
+    """Needs a value model."""
+
+
+ALGORITHMS = {
+    "ppo": Algorithm(ppo_advantages, ppo_losses, "token", critic=True),
+    "grpo": Algorithm(grpo_group_advantages, grpo_losses, "sequence", critic=False),
+    "rloo": Algorithm(rloo_group_advantages, rloo_losses, "token", critic=False),
+}
+SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's denom: micro-batch parts add up
+
+
+def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coef: float, lr: float,
+           generator: torch.Generator) -> dict[str, float]:
+    """ppo_epochs passes over shuffled minibatches, each one optimizer step accumulated over micro-batches.
+
+    Every micro-batch loss is divided by the whole minibatch's count (`denom`), so loss, gradients and the
+    token-weighted stats do not depend on micro_batch_size. Returns stats averaged over the optimizer steps.
+    """
+    algo = ALGORITHMS[cfg.algorithm]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums, n_steps = defaultdict(float), 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.batch_size, generator=generator, device=generator.device)  # (N,)
+        for start in range(0, cfg.batch_size, cfg.minibatch_size):
+            mb = exp.select(order[start:start + cfg.minibatch_size].to(exp.scores.device))
+            tokens = mb.response_mask.sum()
+            denom = tokens if algo.norm == "token" else cfg.minibatch_size
+            for i in range(0, cfg.minibatch_size, cfg.micro_batch_size):
+                micro = mb.select(slice(i, i + cfg.micro_batch_size))
+                out = policy_forward(policy, critic if algo.critic else None, micro, cfg.temperature)
+                loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
+                entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
+                loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
+                loss.backward()
+                share = float(micro.response_mask.sum() / tokens)
+                stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)
+                for name, value in stats.items():
+                    sums[name] += float(value) * (1.0 if name in SUMMED else share)
+                sums["loss"] += float(loss.detach())
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_steps += 1
+    return {name: value / n_steps for name, value in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts, experience, metrics, evaluation
+
+
+def encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
+    """Generation prompts (chat template + `<|assistant|>`) of user messages or message lists."""
+    return [encode_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
+            for p in prompts]
+
+
+def prompt_batch(n_prompts: int, cursor: int, k: int, seed: int) -> list[int]:
+    """Indices of the k prompts after `cursor` (prompts taken so far) in a seeded shuffle per epoch."""
+    out = []
+    while len(out) < k:
+        epoch, pos = divmod(cursor, n_prompts)
+        order = list(range(n_prompts))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        take = min(k - len(out), n_prompts - pos)
+        out, cursor = out + order[pos:pos + take], cursor + take
+    return out
+
+
+def decode(tokenizer, response_ids: torch.Tensor) -> list[str]:
+    return [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def make_experience(policy, ref, critic, rollout, scores: torch.Tensor, cfg: OnlineConfig) -> Experience:
+    """The rollout and scores with old log-probs and values (policy pass) and reference log-probs
+    (`rollout.logprobs_of`), computed micro_batch_size rows at a time."""
+    exp = Experience(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
+                     rollout.has_eos, scores.to(rollout.response_ids.device))
+    logprobs, ref_logprobs, values = [], [], []
+    for i in range(0, cfg.batch_size, cfg.micro_batch_size):
+        rows = exp.select(slice(i, i + cfg.micro_batch_size))
+        out = policy_forward(policy, critic, rows, cfg.temperature)
+        logprobs.append(out.logprobs)
+        ref_logprobs.append(logprobs_of(ref, rows.prompt_ids, rows.prompt_mask, rows.response_ids,
+                                        rows.response_mask, cfg.temperature))
+        values.append(out.values)
+    exp.logprobs, exp.ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)  # (N, R), (N, R)
+    exp.values = torch.cat(values) if critic is not None else None  # (N, R)
+    return exp
+
+
+def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
+    """score (the source's own scale) and score_normalised (when the source has a raw scale of its own)."""
+    raw = getattr(source, "raw", None)
+    return {f"{prefix}score": float((raw(scores) if raw else scores).mean()),
+            f"{prefix}score_normalised": float(scores.mean()) if raw else None}
+
+
+def gold_rewards(world, prompts: list, responses: list[str]) -> list[float | None]:
+    """Gold reward per response, None for prompts the world does not know (evaluation only)."""
+    return [world.judge(prompt_text(p), r).reward if world.parse(prompt_text(p)) else None
+            for p, r in zip(prompts, responses)]
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
+    """KL, reward and length signals of the step's samples (before the update)."""
+    mask = exp.response_mask
+    ev = float(explained_variance(exp.values, exp.returns, mask)) if exp.values is not None else math.nan
+    return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((exp.scores + non_score).mean()),
+            "kl/k1": float(_seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask).mean()),
+            "kl/k3": float(_seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask).mean()),
+            "explained_variance": ev if math.isfinite(ev) else None,  # undefined when the returns do not vary
+            "response_length": float(mask.sum(1).float().mean()), "eos_rate": float(exp.has_eos.float().mean())}
+
+
+def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, gold, cfg: OnlineConfig) -> list:
+    """A few samples (one per prompt) with their scores, gold and KL, for samples.jsonl."""
+    kl = _seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    rows = range(0, cfg.batch_size, cfg.group_size)
+    return [{"step": step, "prompt": prompts[i], "response": responses[i], "score": float(source_scores[i]),
+             "reward": float(exp.scores[i]), "eos": bool(exp.has_eos[i]), "gold": gold[i], "kl/k1": float(kl[i])}
+            for i in list(rows)[:cfg.n_samples]]
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig) -> dict:
+    """Greedy responses to held-out world prompts: mean gold, proxy score, length and EOS rate (eval/...)."""
+    encoded = encode_prompts(tokenizer, prompts)
+    responses, lengths, eos = [], [], []
+    for i in range(0, len(prompts), cfg.batch_size):
+        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        responses += decode(tokenizer, r.response_ids)
+        lengths += r.lengths.tolist()
+        eos += r.has_eos.tolist()
+    return {"eval/gold": _mean(gold_rewards(world, prompts, responses)),
+            **score_metrics(source, source(prompts, responses), "eval/"),
+            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+
+
+def eval_prompt_texts(world, n: int) -> list[str]:
+    """n of the world's held-out prompts, taken at an even stride so every category is represented."""
+    queries = world.eval_queries()
+    stride = max(1, len(queries) // n) if n else 1
+    return [q.text for q in queries[::stride][:n]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup, checkpoints
+
+
+@dataclass
+class Session:
+    """Everything the loop reads or updates, built by `setup` (and restored from a checkpoint on resume)."""
+
+    policy: nn.Module
+    ref: nn.Module
+    critic: nn.Module | None
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    controller: object
+    source: Callable
+    world: object | None
+    prompts: list
+    encoded: list[list[int]]
+    eval_prompts: list[str]
+    generator: torch.Generator
+    """Draws the samples and the minibatch order; its state is checkpointed."""
+    start: int = 0
+    """Steps already done (from the checkpoint)."""
+    cursor: int = 0
+    """Prompts taken so far (the position in the shuffled prompt stream)."""
+
+
+def setup(cfg: OnlineConfig) -> Session:
+    """Read prompts, load world, reward source, policy, reference and critic; build the optimizer; resume."""
+    prompts = read_prompts(cfg.prompts)  # bad data fails before any model work
+    world = None
+    if cfg.world:
+        from tether.world.build import load_world
+
+        world = load_world(cfg.world)
+    source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_fn=cfg.reward_fn, world=world,
+                                trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    policy = load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code).eval()
+    ref = copy.deepcopy(policy).requires_grad_(False)  # π_ref: the initial weights, before any resume
+    critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
+    if critic is not None:
+        critic.to(policy.device).eval()
+    torch.manual_seed(cfg.seed)
+    trained = nn.ModuleDict({"policy": policy, **({"critic": critic} if critic is not None else {})})
+    optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    controller = KL_CONTROLLERS[cfg.kl_controller](value=cfg.kl_coef, **(
+        {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
+    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+    s = Session(policy, ref, critic, tokenizer, optimizer, controller, source, world, prompts,
+                encode_prompts(tokenizer, prompts), eval_prompt_texts(world, cfg.eval_prompts) if world else [],
+                generator)
+    s.start = resume_training(cfg, Path(cfg.out), policy, optimizer)  # weights, optimizer, global RNG
+    if s.start:
+        state = load_trainer_state(latest_checkpoint(Path(cfg.out)))
+        s.generator.set_state(state["generator"])
+        s.cursor = int(state["cursor"])
+        s.controller.load_state_dict(state["kl_controller"])
+        if critic is not None:
+            critic.load_state_dict(state["value"])
+    return s
+
+
+def save(s: Session, cfg: OnlineConfig, step: int) -> None:
+    """A checkpoint at `step`: the policy as an HF folder; optimizer, critic, KL controller, prompt cursor and
+    RNG states in trainer_state.pt (written atomically with it)."""
+    state = {"step": step, "optimizer": s.optimizer.state_dict(), "rng": rng_state(),
+             "generator": s.generator.get_state(), "cursor": s.cursor, "kl_controller": s.controller.state_dict(),
+             "value": s.critic.state_dict() if s.critic is not None else {}}
+    save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state)
+
+
+def save_final(s: Session, cfg: OnlineConfig) -> Path:
+    """out/model (a plain HF folder) and, with a critic, out/value_model.safetensors."""
+    final = Path(cfg.out) / "model"
+    save_pretrained(s.policy, s.tokenizer, str(final))
+    if s.critic is not None:
+        weights = {k: v.detach().contiguous() for k, v in s.critic.state_dict().items()}
+        save_file(weights, str(Path(cfg.out) / VALUE_FILE), metadata={"value_model": cfg.value_model})
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_online(cfg: OnlineConfig) -> Path:
+    """Train the policy with cfg.algorithm; returns the folder of the final model (`out/model`)."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    s = setup(cfg)
+    metrics, samples = MetricsLog(run_dir / "metrics.jsonl", s.start), MetricsLog(run_dir / "samples.jsonl", s.start)
+    evaluating = s.world is not None and cfg.eval_prompts > 0
+    if evaluating and s.start == 0:  # the baseline: the initial policy
+        metrics.write({"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg)})
+    tok = s.tokenizer
+    with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
+        for step in range(s.start, cfg.max_steps):
+            started = time.perf_counter()
+            # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times.
+            idx = [i for i in prompt_batch(len(s.prompts), s.cursor, cfg.rollout_batch, cfg.seed)
+                   for _ in range(cfg.group_size)]  # (N,)
+            s.cursor += cfg.rollout_batch
+            prompts = [s.prompts[i] for i in idx]
+            # 2. Rollout: sample with the KV cache from the current policy (eval mode, seeded generator).
+            rollout = sample(s.policy, [s.encoded[i] for i in idx], max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id, generator=s.generator)
+            responses = decode(tok, rollout.response_ids)
+            # 3. Score with the reward source; responses without EOS get missing_eos_penalty instead.
+            source_scores = s.source(prompts, responses)  # (N,)
+            scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
+                source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (N,)
+            # 4. Old log-probs and values (policy), reference log-probs (frozen initial policy).
+            exp = make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
+            # 5. Rewards with the KL tether, and advantages, per algorithm.
+            kl_coef = s.controller.value
+            exp.advantages, exp.returns, non_score = ALGORITHMS[cfg.algorithm].advantages(exp, cfg, kl_coef)
+            # 6. ppo_epochs passes of clipped updates over shuffled minibatches.
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+            train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator)
+            # 7. The KL controller sees the measured KL per response (k1 summed, as lm-human-preferences).
+            row = rollout_metrics(exp, non_score)
+            s.controller.update(row["kl/k1"], cfg.batch_size)
+            # 8. Metrics under fixed names; gold (evaluation only, from the decoded text); samples; evaluation.
+            gold = gold_rewards(s.world, prompts, responses) if s.world is not None else [None] * len(prompts)
+            row = {"step": step + 1, **score_metrics(s.source, source_scores), **row, **train_stats, "lr": lr,
+                   "kl_coef": kl_coef, "gold": _mean(gold)}
+            row.update({name: None for name in FIXED_METRICS if name not in row})  # e.g. value metrics (no critic)
+            row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
+            last = step + 1 == cfg.max_steps
+            if evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+                row.update(evaluate(s.policy, tok, s.source, s.world, s.eval_prompts, cfg))
+            metrics.write(row)
+            if cfg.sample_every and cfg.n_samples and ((step + 1) % cfg.sample_every == 0 or last):
+                for r in sample_rows(step + 1, prompts, responses, source_scores, exp, gold, cfg):
+                    samples.write(r)
+            # 9. Checkpoint: policy, critic, optimizer, KL controller, prompt cursor, RNG states.
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
+                save(s, cfg, step + 1)
+            bar.update(1, score=row["score"], kl=row["kl/k1"])
+    return save_final(s, cfg)

@@ -1,0 +1,272 @@
+"""tether.stages.online (PPO, GRPO, RLOO) and tether.rewards_source: smoke runs of each algorithm, exact
+micro-batch accumulation, resume equality, gold kept out of training, the EOS penalty, config errors.
+
+Tiny runs on the "test" preset and the tiny world: 2-3 steps, a few short responses each.
+"""
+import copy
+import dataclasses
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tether.config import load_config
+from tether.errors import ConfigError
+from tether.optim import adamw
+from tether.rewards_source import REWARD_SOURCES, make_reward_source
+from tether.rollout import logprobs_of, sample
+from tether.stages import online
+from tether.stages.online import ALGORITHMS, FIXED_METRICS
+from tether.stages.ppo import GRPOConfig, PPOConfig, RLOOConfig, run
+from tether.world import World
+
+REWARDS = "tether_test_online_rewards"  # a module registered in sys.modules, for reward_fn="module:function"
+CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
+
+
+def letters(prompts, responses):
+    """Rewards the letter "e": 0.25 per occurrence."""
+    return [0.25 * r.count("e") for r in responses]
+
+
+@pytest.fixture(autouse=True)
+def reward_module(monkeypatch):
+    module = types.ModuleType(REWARDS)
+    module.letters = letters
+    monkeypatch.setitem(sys.modules, REWARDS, module)
+
+
+@pytest.fixture(scope="module")
+def rm_dir(model_dir, tmp_path_factory):
+    """An untrained causal reward model on the test-preset backbone (same tokenizer as the policy)."""
+    from tether.reward import RewardModel
+
+    out = tmp_path_factory.mktemp("rm")
+    torch.manual_seed(0)
+    rm = RewardModel.from_backbone(str(model_dir))
+    rm.set_normalisation(2.0, 0.5)
+    rm.save_pretrained(out)
+    return out
+
+
+def make_cfg(algorithm, out, world_dir, model_dir, **kw):
+    cls = CONFIGS[algorithm]
+    settings = dict(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
+                    reward_fn=f"{REWARDS}:letters", world=str(world_dir), max_new_tokens=6, minibatch_size=4,
+                    micro_batch_size=2, ppo_epochs=2, max_steps=2, lr=3e-3, eval_every=0, eval_prompts=0,
+                    sample_every=1, save_every=0, out=str(out))
+    settings["rollout_batch"] = 4 if algorithm == "ppo" else 2  # N = 4 (ppo) or 2 prompts x 4 samples
+    settings.update(kw)
+    return cls(**settings)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights_changed(model_dir, out) -> bool:
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# -- smoke: every algorithm, with a callable reward and with gold -------------------------------------------
+@pytest.mark.parametrize("reward", ["callable", "gold"])
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo"])
+def test_each_algorithm_trains_and_logs_every_fixed_metric(algorithm, reward, tmp_path, world_dir, model_dir):
+    # gold: evaluation at start and end; responses long enough for gold's brevity term to tell them apart
+    extra = {"eval_prompts": 5, "max_new_tokens": 96} if reward == "gold" else {}
+    cfg = make_cfg(algorithm, tmp_path, world_dir, model_dir, reward=reward, **extra)
+    final = run(cfg)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    steps = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2]
+    for row in steps:
+        assert set(FIXED_METRICS) <= set(row)
+        assert all(v is None or math.isfinite(v) for v in row.values()), row
+        has_critic = algorithm == "ppo"
+        for name in ("value_loss", "vf_clipfrac"):
+            assert (row[name] is not None) == has_critic, name
+        assert row["explained_variance"] is None or has_critic  # None also when the returns do not vary
+        assert row["gold"] is not None and row["kl_coef"] == cfg.kl_coef and row["score_normalised"] is None
+    if reward == "gold":  # gold trains: the score is the gold reward of the same samples
+        assert [r["score"] for r in steps] == pytest.approx([r["gold"] for r in steps])
+        assert rows[0]["step"] == 0 and "eval/gold" in rows[0] and "eval/gold" in rows[-1]
+    assert weights_changed(model_dir, tmp_path) and (final / "config.json").exists()
+    assert (tmp_path / online.VALUE_FILE).exists() == (algorithm == "ppo")
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert {s["step"] for s in samples} == {1, 2} and all("kl/k1" in s and "gold" in s for s in samples)
+
+
+def test_reward_model_source_and_separate_value_model(tmp_path, world_dir, model_dir, rm_dir):
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+                   value_model="separate", max_steps=1)
+    run(cfg)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    # normalised = 2 raw + 0.5, the reward model's normalisation
+    assert row["score_normalised"] == pytest.approx(2 * row["score"] + 0.5, abs=1e-5)
+    assert all(v is None or math.isfinite(v) for v in row.values())
+    value = load_file(str(tmp_path / online.VALUE_FILE))
+    assert "head.weight" in value and any(k.startswith("backbone.") for k in value)
+
+
+def test_separate_value_model_starts_at_the_normalised_reward(world_dir, model_dir, rm_dir, tokenizer):
+    """The critic's head is the reward model's, rescaled: at the last token its value is the normalised score."""
+    cfg = make_cfg("ppo", "unused", world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+                   value_model="separate")
+    critic = online.VALUE_MODELS["separate"](None, tokenizer, cfg)
+    rm = make_reward_source("rm", reward_model=str(rm_dir))
+    from tether.reward import encode_pair
+
+    ids, _ = encode_pair(tokenizer, "Hi", "Hello there")
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        values = critic(None, x, torch.ones_like(x), torch.arange(x.size(1))[None])  # (1, T)
+    assert float(values[0, -1]) == pytest.approx(float(rm(["Hi"], ["Hello there"])[0]), abs=1e-5)
+
+
+# -- the policy pass ------------------------------------------------------------------------------------------
+def test_policy_forward_log_probs_equal_logprobs_of(world_dir, model_dir, tokenizer):
+    cfg = make_cfg("ppo", "unused", world_dir, model_dir, temperature=0.7)
+    s = online.setup(cfg)
+    rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+    exp = online.make_experience(s.policy, s.ref, s.critic, rollout, torch.zeros(4), cfg)
+    want = logprobs_of(s.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                       rollout.response_mask, 0.7)
+    torch.testing.assert_close(exp.logprobs, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exp.ref_logprobs, want, atol=1e-5, rtol=0)  # no update yet: π = π_ref
+    assert torch.equal(exp.values, torch.zeros_like(exp.values))  # the value head starts at zero
+
+
+# -- exact gradient accumulation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tokenizer):
+    cfg = make_cfg(algorithm, "unused", world_dir, model_dir, minibatch_size=4, micro_batch_size=4, ppo_epochs=2,
+                   entropy_coef=0.01, lr=1e-3)
+    s = online.setup(cfg)
+    rollout = sample(s.policy, [s.encoded[i] for i in range(cfg.batch_size)], max_new_tokens=6, temperature=1.0,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     generator=torch.Generator().manual_seed(1))
+    scores = torch.arange(cfg.batch_size, dtype=torch.float32)  # (N,)
+    exp = online.make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
+    exp.advantages, exp.returns, _ = ALGORITHMS[algorithm].advantages(exp, cfg, 0.05)
+    results = []
+    for micro in (2, 4):
+        policy, critic = copy.deepcopy(s.policy), copy.deepcopy(s.critic)
+        modules = nn.ModuleDict({"policy": policy, **({"critic": critic} if critic is not None else {})})
+        optimizer = adamw(modules, cfg.lr, 0.0, (0.9, 0.999))
+        stats = online.update(policy, critic, optimizer, exp, dataclasses.replace(cfg, micro_batch_size=micro),
+                              0.05, cfg.lr, torch.Generator().manual_seed(0))
+        results.append((stats, torch.cat([p.detach().reshape(-1) for p in modules.parameters()])))
+    (a, params_a), (b, params_b) = results
+    assert set(a) == set(b)
+    for name in a:
+        assert a[name] == pytest.approx(b[name], abs=1e-5), name
+    assert not torch.equal(params_a, torch.cat([p.detach().reshape(-1) for p in s.policy.parameters()] + (
+        [p.detach().reshape(-1) for p in s.critic.parameters()] if s.critic is not None else [])))
+    torch.testing.assert_close(params_a, params_b, atol=1e-5, rtol=0)
+
+
+# -- resume -----------------------------------------------------------------------------------------------------
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, world_dir, model_dir, monkeypatch):
+    kw = dict(max_steps=3, save_every=1, kl_controller="adaptive", kl_target=0.01, kl_horizon=8)
+    run(make_cfg("ppo", tmp_path / "a", world_dir, model_dir, **kw))
+
+    real_save = online.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        real_save(run_dir, step, *args, **kwargs)
+        if step == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(online, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(make_cfg("ppo", tmp_path / "b", world_dir, model_dir, **kw))
+    monkeypatch.setattr(online, "save_checkpoint", real_save)
+    run(make_cfg("ppo", tmp_path / "b", world_dir, model_dir, resume=True, **kw))
+
+    def lines(folder, name):
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_jsonl(folder / name)]
+
+    a, b = lines(tmp_path / "a", "metrics.jsonl"), lines(tmp_path / "b", "metrics.jsonl")
+    assert a == b and [r["step"] for r in b] == [1, 2, 3]
+    assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved β every step
+    assert lines(tmp_path / "a", "samples.jsonl") == lines(tmp_path / "b", "samples.jsonl")
+    wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# -- gold stays out of training ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reward", ["callable", "rm"])
+def test_gold_is_only_logged_never_trained_on(reward, tmp_path, world_dir, model_dir, rm_dir, monkeypatch):
+    judged, sourced, trained = [], [], []
+    real_judge, real_source, real_experience = World.judge, online.make_reward_source, online.make_experience
+
+    def judge(self, prompt, response):  # gold = 100: unmistakable if it ever reached the update
+        judged.append(prompt)
+        return dataclasses.replace(real_judge(self, prompt, response), components={"fake": 100.0})
+
+    def recording_source(*args, **kwargs):
+        source = real_source(*args, **kwargs)
+        return lambda prompts, responses: sourced.append(source(prompts, responses)) or sourced[-1]
+
+    def recording_experience(policy, ref, critic, rollout, scores, cfg):
+        trained.append(scores.clone())
+        return real_experience(policy, ref, critic, rollout, scores, cfg)
+
+    monkeypatch.setattr(World, "judge", judge)
+    monkeypatch.setattr(online, "make_reward_source", recording_source)
+    monkeypatch.setattr(online, "make_experience", recording_experience)
+    cfg = make_cfg("rloo", tmp_path, world_dir, model_dir, reward=reward, reward_model=str(rm_dir), max_steps=1)
+    run(cfg)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(judged) == cfg.batch_size and row["gold"] == pytest.approx(100.0)  # judged once each, for the log
+    assert len(sourced) == len(trained) == 1
+    torch.testing.assert_close(trained[0], sourced[0])  # the update trains on the source's scores
+    assert float(trained[0].abs().max()) < 50
+
+
+# -- the EOS penalty ------------------------------------------------------------------------------------------------
+def test_missing_eos_penalty_replaces_the_score_of_rows_without_eos(tmp_path, world_dir, model_dir):
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, max_new_tokens=3, missing_eos_penalty=-3.0,
+                   max_steps=1, n_samples=4)
+    run(cfg)
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert any(not s["eos"] for s in samples)  # an untrained model rarely ends within 3 tokens
+    for s in samples:
+        assert s["reward"] == (s["score"] if s["eos"] else -3.0)
+        assert s["score"] == pytest.approx(letters(None, [s["response"]])[0])
+
+
+# -- prompts and config ------------------------------------------------------------------------------------------------
+def test_prompt_stream_is_a_seeded_shuffle_that_wraps_epochs():
+    first = online.prompt_batch(5, 0, 3, seed=0) + online.prompt_batch(5, 3, 3, seed=0)
+    assert sorted(first[:5]) == [0, 1, 2, 3, 4]  # epoch 0 visits every prompt once
+    assert online.prompt_batch(5, 3, 3, seed=0) == first[3:]  # a pure function of the cursor
+    assert online.prompt_batch(5, 0, 12, seed=0)[:6] == first
+
+
+@pytest.mark.parametrize("cls, override, message", [
+    (GRPOConfig, "group_size=1", "GRPOConfig.group_size: must be >= 2 for grpo"),
+    (PPOConfig, "minibatch_size=5", "PPOConfig.minibatch_size: must divide rollout_batch x group_size (32)"),
+    (PPOConfig, "reward=callable", "PPOConfig.reward_fn: must be 'module:function' when reward=callable"),
+    (RLOOConfig, "reward=gold", "RLOOConfig.world: is required when reward=gold"),
+])
+def test_config_errors_name_the_field(cls, override, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(cls, overrides=[override])
+
+
+def test_reward_sources():
+    assert set(REWARD_SOURCES) == {"rm", "gold", "callable"}
+    score = make_reward_source("callable", reward_fn=f"{REWARDS}:letters")
+    torch.testing.assert_close(score(["p", "q"], ["eee", "x"]), torch.tensor([0.75, 0.0]))
+    with pytest.raises(ConfigError, match="reward_fn: cannot import module"):
+        make_reward_source("callable", reward_fn="no_such_module_xyz:f")
+    with pytest.raises(Exception, match="returned 1 scores for 2 responses"):
+        make_reward_source("callable", reward_fn=lambda p, r: [1.0])(["a", "b"], ["c", "d"])
