@@ -16,19 +16,18 @@ Files may be gzip-compressed. This module imports no torch: the rater web app us
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import random
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, overload
 
-from tether.data.sft_data import _Bad, _decode_row, _kind, _messages, _read_bytes, _text
+from tether.data.jsonl import RowError, Skipped, json_kind, read_rows
+from tether.data.sft_data import _messages, _text
 from tether.errors import DataError
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
 Choice = Literal["A", "B", "tie"]
 CHOICES = ("A", "B", "tie")
 Prompt = Union[str, list]  # a plain user prompt, or a conversation prefix (messages) ending with a user turn
-Skipped = list[tuple[int, str]]  # (line, "field: problem") of each row a lenient reader left out
 
 
 @dataclass
@@ -129,7 +127,7 @@ def read_comparisons(path: str | Path) -> list[Comparison]:
     Required: prompt, response_a, response_b. Unknown keys are errors (free provenance goes in `meta`),
     so a misspelt `stength` is caught rather than dropped.
     """
-    comparisons, _ = _read_rows(path, lambda row, lineno: _parse_comparison(row))
+    comparisons, _ = read_rows(path, lambda row, lineno: _parse_comparison(row))
     return comparisons
 
 
@@ -142,7 +140,7 @@ def write_comparisons(path: str | Path, comparisons: Iterable[Comparison]) -> No
     for n, c in enumerate(comparisons, start=1):
         try:
             lines.append(_dumps(_parse_comparison(c.to_dict()).to_dict(), "meta"))
-        except _Bad as bad:
+        except RowError as bad:
             raise DataError(f"{path}:{n}: {bad}") from None
     _write_lines(path, lines, "comparisons")
 
@@ -151,40 +149,40 @@ def validate_comparison(c: Comparison) -> None:
     """Raise DataError(`field: problem`) if `c` breaks a rule of tether's format (for records built in code)."""
     try:
         _parse_comparison(c.to_dict())
-    except _Bad as bad:
+    except RowError as bad:
         raise DataError(str(bad)) from None
 
 
 def _parse_comparison(row: dict[str, Any]) -> Comparison:
     unknown = [key for key in row if key not in FIELDS]
     if unknown:
-        raise _Bad(unknown[0], f"unknown field (allowed: {', '.join(FIELDS)})")
+        raise RowError(unknown[0], f"unknown field (allowed: {', '.join(FIELDS)})")
     for name in ("prompt", "response_a", "response_b"):
         if name not in row:
-            raise _Bad(name, "missing")
+            raise RowError(name, "missing")
     prompt = _prompt(row["prompt"], "prompt")
     a, b = row["response_a"], row["response_b"]
     _text(a, "response_a")
     _text(b, "response_b")
     if a.strip() == b.strip():
-        raise _Bad("response_b", "identical to response_a")
+        raise RowError("response_b", "identical to response_a")
     choice = row.get("choice")
     if choice is not None and (not isinstance(choice, str) or choice not in CHOICES):
-        raise _Bad("choice", f'expected "A", "B", "tie" or null, got {json.dumps(choice)}')
+        raise RowError("choice", f'expected "A", "B", "tie" or null, got {json.dumps(choice)}')
     strength = row.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise _Bad("strength", f"expected a number in (0, 1] or null, got {_kind(strength)}")
+            raise RowError("strength", f"expected a number in (0, 1] or null, got {json_kind(strength)}")
         if not 0 < strength <= 1:  # also rejects NaN
-            raise _Bad("strength", f"{strength} is outside (0, 1]")
+            raise RowError("strength", f"{strength} is outside (0, 1]")
         if choice is None:
-            raise _Bad("strength", "given for an unlabelled comparison (choice is null)")
+            raise RowError("strength", "given for an unlabelled comparison (choice is null)")
     for name in _OPTIONAL_STRINGS + ("id",):
         if row.get(name) is not None and not isinstance(row[name], str):
-            raise _Bad(name, f"expected a string or null, got {_kind(row[name])}")
+            raise RowError(name, f"expected a string or null, got {json_kind(row[name])}")
     meta = row.get("meta") or {}
     if not isinstance(meta, dict):
-        raise _Bad("meta", f"expected an object, got {_kind(meta)}")
+        raise RowError("meta", f"expected an object, got {json_kind(meta)}")
     return Comparison(prompt, a, b, choice, strength, id=row.get("id") or "", meta=dict(meta),
                       **{name: row.get(name) for name in _OPTIONAL_STRINGS})
 
@@ -195,10 +193,10 @@ def _prompt(value: Any, field: str) -> Prompt:
         _text(value, field)
         return value
     if not isinstance(value, list):
-        raise _Bad(field, f"expected a string or a list of messages, got {_kind(value)}")
+        raise RowError(field, f"expected a string or a list of messages, got {json_kind(value)}")
     messages = _messages(value, field)
     if messages[-1]["role"] != "user":
-        raise _Bad(f"{field}[{len(messages) - 1}].role", "a prompt must end with a user message")
+        raise RowError(f"{field}[{len(messages) - 1}].role", "a prompt must end with a user message")
     return messages
 
 
@@ -219,10 +217,10 @@ def read_trl(path: str | Path) -> list[Comparison]:
             first.append((kind, lineno))
         elif kind != first[0][0]:
             kind0, line0 = first[0]
-            raise _Bad("prompt", f"a {kind} row in a file whose first row (line {line0}) is {kind0}")
+            raise RowError("prompt", f"a {kind} row in a file whose first row (line {line0}) is {kind0}")
         return c
 
-    comparisons, _ = _read_rows(path, parse)
+    comparisons, _ = read_rows(path, parse)
     return comparisons
 
 
@@ -240,7 +238,7 @@ def write_trl(path: str | Path, comparisons: Iterable[Comparison], conversationa
                 ties += 1
                 continue
             lines.append(_dumps(_trl_out(c, conversational)))
-        except _Bad as bad:
+        except RowError as bad:
             raise DataError(f"{path}:{n}: {bad}") from None
     _write_lines(path, lines, f"labelled comparisons ({ties} ties skipped)")
     return len(lines), ties
@@ -250,7 +248,7 @@ def from_trl_row(row: dict) -> Comparison:
     """One TRL row (plain or conversational) as a comparison; DataError(`field: problem`) if malformed."""
     try:
         return _trl_row(row)[0]
-    except _Bad as bad:
+    except RowError as bad:
         raise DataError(str(bad)) from None
 
 
@@ -261,47 +259,47 @@ def to_trl_row(c: Comparison, conversational: bool = False) -> dict:
     """
     try:
         return _trl_out(c, conversational)
-    except _Bad as bad:
+    except RowError as bad:
         raise DataError(str(bad)) from None
 
 
 def _trl_row(row: dict) -> tuple[Comparison, str]:
     """(comparison, "plain" | "conversational") of one row."""
     if not isinstance(row, dict):
-        raise _Bad("<row>", f"expected a JSON object, got {_kind(row)}")
+        raise RowError("<row>", f"expected a JSON object, got {json_kind(row)}")
     for name in ("prompt", "chosen", "rejected"):
         if name not in row:
             hint = " (TRL's implicit-prompt rows, without 'prompt', are not supported)" if name == "prompt" else ""
-            raise _Bad(name, "missing" + hint)
+            raise RowError(name, "missing" + hint)
     prompt = row["prompt"]
     if isinstance(prompt, str):
         kind, read = "plain", _plain_response
     elif isinstance(prompt, list):
         kind, read = "conversational", _conversational_response
     else:
-        raise _Bad("prompt", f"expected a string (plain) or a list of messages (conversational), got {_kind(prompt)}")
+        raise RowError("prompt", f"expected a string (plain) or a list of messages (conversational), got {json_kind(prompt)}")
     prompt = _prompt(prompt, "prompt")
     chosen, rejected = read(row["chosen"], "chosen"), read(row["rejected"], "rejected")
     if chosen.strip() == rejected.strip():
-        raise _Bad("rejected", "identical to chosen")
+        raise RowError("rejected", "identical to chosen")
     return Comparison(prompt, chosen, rejected, choice="A"), kind
 
 
 def _plain_response(value: Any, field: str) -> str:
     if isinstance(value, list):
-        raise _Bad(field, "a list of messages in a plain row (its prompt is a string)")
+        raise RowError(field, "a list of messages in a plain row (its prompt is a string)")
     _text(value, field)
     return value
 
 
 def _conversational_response(value: Any, field: str) -> str:
     if not isinstance(value, list):
-        raise _Bad(field, f"expected a list with one assistant message (the prompt is a list), got {_kind(value)}")
+        raise RowError(field, f"expected a list with one assistant message (the prompt is a list), got {json_kind(value)}")
     messages = _messages(value, field, system_allowed=False)
     if len(messages) != 1:
-        raise _Bad(field, f"expected one assistant message, got {len(messages)}")
+        raise RowError(field, f"expected one assistant message, got {len(messages)}")
     if messages[0]["role"] != "assistant":
-        raise _Bad(f"{field}[0].role", f"expected 'assistant', got {messages[0]['role']!r}")
+        raise RowError(f"{field}[0].role", f"expected 'assistant', got {messages[0]['role']!r}")
     return messages[0]["content"]
 
 
@@ -312,7 +310,7 @@ def _trl_out(c: Comparison, conversational: bool) -> dict:
         return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}]}
     if not isinstance(c.prompt, str):
-        raise _Bad("prompt", "a conversation cannot be written as a plain TRL row (use conversational=True)")
+        raise RowError("prompt", "a conversation cannot be written as a plain TRL row (use conversational=True)")
     return {"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -320,7 +318,7 @@ def _winner_loser(c: Comparison, target: str) -> tuple[str, str]:
     if c.choice in ("A", "B"):
         return c.chosen, c.rejected
     what = "a tie" if c.choice == "tie" else "an unlabelled comparison (null)"
-    raise _Bad("choice", f"{what} cannot be written as {target}, which needs a chosen response")
+    raise RowError("choice", f"{what} cannot be written as {target}, which needs a chosen response")
 
 
 # --------------------------------------------------------------------------------------------------- HH-RLHF
@@ -347,7 +345,7 @@ def read_hh(path, strict=True):
     strict=True raises DataError at the first bad row; strict=False returns (comparisons, skipped) with
     skipped = [(line, "field: problem"), ...]: real HH data has a few rows our rules refuse (empty replies).
     """
-    comparisons, skipped = _read_rows(path, _hh_row, strict=strict)
+    comparisons, skipped = read_rows(path, _hh_row, strict=strict)
     return comparisons if strict else (comparisons, skipped)
 
 
@@ -359,14 +357,14 @@ def to_hh_row(c: Comparison) -> dict:
         prefix = ""
         for i, m in enumerate(turns):
             if m["role"] == "system":
-                raise _Bad(f"prompt[{i}].role", "HH-RLHF has no system turns")
+                raise RowError(f"prompt[{i}].role", "HH-RLHF has no system turns")
             if _TURN.search(m["content"]):
-                raise _Bad(f"prompt[{i}].content", "contains a '\\n\\nHuman:' or '\\n\\nAssistant:' marker")
+                raise RowError(f"prompt[{i}].content", "contains a '\\n\\nHuman:' or '\\n\\nAssistant:' marker")
             prefix += f"{HUMAN if m['role'] == 'user' else ASSISTANT} {m['content']}"
         for name, reply in (("chosen", chosen), ("rejected", rejected)):
             if HUMAN in reply:  # would read back as a later user turn, moving the prompt's end
-                raise _Bad(name, "contains a '\\n\\nHuman:' marker")
-    except _Bad as bad:
+                raise RowError(name, "contains a '\\n\\nHuman:' marker")
+    except RowError as bad:
         raise DataError(str(bad)) from None
     return {"chosen": f"{prefix}{ASSISTANT} {chosen}", "rejected": f"{prefix}{ASSISTANT} {rejected}"}
 
@@ -374,19 +372,19 @@ def to_hh_row(c: Comparison) -> dict:
 def _hh_row(row: dict, lineno: int) -> Comparison:
     for name in ("chosen", "rejected"):
         if name not in row:
-            raise _Bad(name, "missing")
+            raise RowError(name, "missing")
         if not isinstance(row[name], str):
-            raise _Bad(name, f"expected a string, got {_kind(row[name])}")
+            raise RowError(name, f"expected a string, got {json_kind(row[name])}")
     prefix, chosen = _hh_split(row["chosen"], "chosen")
     other, rejected = _hh_split(row["rejected"], "rejected")
     if other != prefix:
-        raise _Bad("rejected", "differs from chosen before the final assistant turn (no shared prompt)")
+        raise RowError("rejected", "differs from chosen before the final assistant turn (no shared prompt)")
     prompt = _hh_turns(prefix)
     for name, reply in (("chosen", chosen), ("rejected", rejected)):
         if not reply.strip():
-            raise _Bad(name, "empty final assistant reply")
+            raise RowError(name, "empty final assistant reply")
     if chosen.strip() == rejected.strip():
-        raise _Bad("rejected", "final assistant reply identical to chosen's")
+        raise RowError("rejected", "final assistant reply identical to chosen's")
     return Comparison(prompt, chosen, rejected, choice="A", source_a="hh-rlhf", source_b="hh-rlhf",
                       meta={"source": "hh-rlhf", "line": lineno})
 
@@ -395,22 +393,22 @@ def _hh_split(dialogue: str, field: str) -> tuple[str, str]:
     """(text before the final assistant marker, the final reply)."""
     last_human = dialogue.rfind(HUMAN)
     if last_human < 0:
-        raise _Bad(field, "no '\\n\\nHuman:' turn")
+        raise RowError(field, "no '\\n\\nHuman:' turn")
     cut = dialogue.find(ASSISTANT, last_human)
     if cut < 0:
-        raise _Bad(field, "no '\\n\\nAssistant:' turn after the last '\\n\\nHuman:' turn")
+        raise RowError(field, "no '\\n\\nAssistant:' turn after the last '\\n\\nHuman:' turn")
     return dialogue[:cut], dialogue[cut + len(ASSISTANT):].removeprefix(" ")
 
 
 def _hh_turns(prefix: str) -> list[dict]:
     parts = _TURN.split(prefix)  # ["", marker, text, marker, text, ...]; ends with a Human turn
     if parts[0]:
-        raise _Bad("chosen", "text before the first '\\n\\nHuman:' turn")
+        raise RowError("chosen", "text before the first '\\n\\nHuman:' turn")
     messages = []
     for marker, text in zip(parts[1::2], parts[2::2]):
         content = text.removeprefix(" ")
         if not content.strip():
-            raise _Bad("chosen", f"turn {len(messages) + 1} ({marker.strip()}) is empty")
+            raise RowError("chosen", f"turn {len(messages) + 1} ({marker.strip()}) is empty")
         messages.append({"role": "user" if marker == HUMAN else "assistant", "content": content})
     return messages
 
@@ -493,35 +491,11 @@ def _percentile(sorted_values: list[int], q: float) -> float:
 # ------------------------------------------------------------------------------------------------ file I/O
 
 
-def _read_rows(path: str | Path, parse: Callable[[dict, int], Comparison], strict: bool = True
-               ) -> tuple[list[Comparison], Skipped]:
-    """Parse each non-blank line of a (possibly gzipped) JSONL file; raise or collect `file:line` errors."""
-    raw = _read_bytes(path)
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path}: not a readable gzip file ({err})") from None
-    comparisons, skipped = [], []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            row = _decode_row(line, lineno)
-            if row is not None:
-                comparisons.append(parse(row, lineno))
-        except _Bad as bad:
-            if strict:
-                raise DataError(f"{path}:{lineno}: {bad}") from None
-            skipped.append((lineno, str(bad)))
-    if not comparisons and not skipped:
-        raise DataError(f"{path}: no rows")
-    return comparisons, skipped
-
-
 def _dumps(row: dict, meta_field: str | None = None) -> str:
     try:
         line = json.dumps(row, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise _Bad(meta_field or "<row>", f"not JSON-serialisable ({err})") from None
+        raise RowError(meta_field or "<row>", f"not JSON-serialisable ({err})") from None
     # U+2028/2029 are line breaks to str.splitlines and some editors; escaped, a row stays one line
     return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 

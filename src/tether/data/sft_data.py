@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tether.data.jsonl import RowError, json_kind, read_rows
 from tether.errors import DataError
 
 __all__ = ["ROLES", "Conversation", "Message", "read_conversations", "write_conversations"]
@@ -30,12 +31,6 @@ Message = dict[str, str]
 Conversation = list[Message]
 
 
-class _Bad(Exception):
-    """A problem with one row, before the file name and line number are known."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-
 
 def read_conversations(path: str | Path) -> list[Conversation]:
     """All conversations in the JSONL file at `path`; raises DataError at the first bad row.
@@ -43,18 +38,7 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     Lines are decoded one by one as strict UTF-8, so a bad byte is reported with its line
     (`<utf-8>: invalid UTF-8 at byte N`, N counted from 1 within the line).
     """
-    raw = _read_bytes(path)
-    conversations = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            row = _decode_row(line, lineno)
-            if row is not None:
-                conversations.append(_parse_row(row))
-        except _Bad as bad:
-            raise DataError(f"{path}:{lineno}: {bad}") from None
-    if not conversations:
-        raise DataError(f"{path}: no rows")
-    return conversations
+    return read_rows(path, lambda row, lineno: _parse_row(row))[0]
 
 
 def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> None:
@@ -68,7 +52,7 @@ def write_conversations(path: str | Path, conversations: Iterable[Conversation])
         try:
             messages = _messages(conversation, "messages")
             _require_assistant(messages, "messages")
-        except _Bad as bad:
+        except RowError as bad:
             raise DataError(f"{path}:{lineno}: {bad}") from None
         line = json.dumps({"messages": messages}, ensure_ascii=False)
         # U+2028/2029 are line breaks to str.splitlines and some editors; escaped, a row stays one line
@@ -80,51 +64,21 @@ def write_conversations(path: str | Path, conversations: Iterable[Conversation])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _read_bytes(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a JSONL file") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-
-
-def _decode_row(line: bytes, lineno: int) -> dict | None:
-    """The JSON object on one line, or None for a blank line."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _Bad("<utf-8>", f"invalid UTF-8 at byte {err.start + 1}") from None
-    if lineno == 1:
-        text = text.removeprefix("\ufeff")  # a byte-order mark, as some Windows editors write
-    if not text.strip():
-        return None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _Bad("<json>", f"not valid JSON ({err.msg}, column {err.colno})") from None
-    if not isinstance(row, dict):
-        raise _Bad("<row>", f"expected a JSON object, got {_kind(row)}")
-    return row
-
-
 def _parse_row(row: dict[str, Any]) -> Conversation:
     has_messages = "messages" in row
     has_pair = "prompt" in row or "completion" in row
     if has_messages and has_pair:
-        raise _Bad("messages", "give either 'messages' or 'prompt'+'completion', not both")
+        raise RowError("messages", "give either 'messages' or 'prompt'+'completion', not both")
     if has_messages:
         messages = _messages(row["messages"], "messages")
         _require_assistant(messages, "messages")
         return messages
     if not has_pair:
-        raise _Bad("messages", "missing (expected 'messages' or 'prompt'+'completion')")
+        raise RowError("messages", "missing (expected 'messages' or 'prompt'+'completion')")
     if "completion" not in row:
-        raise _Bad("completion", "missing (a row with 'prompt' needs 'completion')")
+        raise RowError("completion", "missing (a row with 'prompt' needs 'completion')")
     if "prompt" not in row:
-        raise _Bad("prompt", "missing (a row with 'completion' needs 'prompt')")
+        raise RowError("prompt", "missing (a row with 'completion' needs 'prompt')")
     prompt = _turns(row["prompt"], "prompt", "user")
     completion = _turns(row["completion"], "completion", "assistant")
     _require_assistant(completion, "completion")
@@ -139,30 +93,30 @@ def _turns(value: Any, field: str, role: str) -> Conversation:
     if isinstance(value, list):
         # a system message belongs at the start of the prompt, never inside the completion
         return _messages(value, field, system_allowed=field == "prompt")
-    raise _Bad(field, f"expected a string or a list of messages, got {_kind(value)}")
+    raise RowError(field, f"expected a string or a list of messages, got {json_kind(value)}")
 
 
 def _messages(value: Any, field: str, system_allowed: bool = True) -> Conversation:
     """Validated copies `{"role", "content"}` of a message list; extra keys are dropped."""
     if not isinstance(value, list):
-        raise _Bad(field, f"expected a list of messages, got {_kind(value)}")
+        raise RowError(field, f"expected a list of messages, got {json_kind(value)}")
     if not value:
-        raise _Bad(field, "empty list")
+        raise RowError(field, "empty list")
     out = []
     for i, message in enumerate(value):
         at = f"{field}[{i}]"
         if not isinstance(message, dict):
-            raise _Bad(at, f"expected an object with 'role' and 'content', got {_kind(message)}")
+            raise RowError(at, f"expected an object with 'role' and 'content', got {json_kind(message)}")
         if "role" not in message:
-            raise _Bad(f"{at}.role", "missing")
+            raise RowError(f"{at}.role", "missing")
         role = message["role"]
         if role not in ROLES:
-            raise _Bad(f"{at}.role", f"unknown role {role!r} (allowed: {', '.join(ROLES)})")
+            raise RowError(f"{at}.role", f"unknown role {role!r} (allowed: {', '.join(ROLES)})")
         if role == "system" and (i > 0 or not system_allowed):
             # chat templates put the system prompt first; one mid-conversation is a data bug
-            raise _Bad(f"{at}.role", "'system' is only allowed as the first message")
+            raise RowError(f"{at}.role", "'system' is only allowed as the first message")
         if "content" not in message:
-            raise _Bad(f"{at}.content", "missing")
+            raise RowError(f"{at}.content", "missing")
         _text(message["content"], f"{at}.content")
         out.append({"role": role, "content": message["content"]})
     return out
@@ -170,22 +124,11 @@ def _messages(value: Any, field: str, system_allowed: bool = True) -> Conversati
 
 def _text(value: Any, field: str) -> None:
     if not isinstance(value, str):
-        raise _Bad(field, f"expected a string, got {_kind(value)}")
+        raise RowError(field, f"expected a string, got {json_kind(value)}")
     if not value.strip():
-        raise _Bad(field, "empty or whitespace-only")
+        raise RowError(field, "empty or whitespace-only")
 
 
 def _require_assistant(messages: Conversation, field: str) -> None:
     if not any(m["role"] == "assistant" for m in messages):
-        raise _Bad(field, "no assistant message")
-
-
-def _kind(value: Any) -> str:
-    """The JSON name of a parsed value's type."""
-    if value is None:
-        return "null"
-    kinds = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
-    for tp, name in kinds.items():
-        if isinstance(value, tp):
-            return name
-    return type(value).__name__
+        raise RowError(field, "no assistant message")
