@@ -1,6 +1,7 @@
 """Benchmark: tether's SFT training speed against TRL's SFTTrainer, measured in one run, ratio printed.
 
     .venv/bin/python benchmarks/bench_sft.py [--steps 50] [--warmup 10] [--size 5m|30m|demo] [--rounds 2]
+                                             [--threads 1] [--trl-sampler random|group_by_length]
 
 1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
 2. Build the shared inputs once in a temp folder: the tiny world's SFT demos as JSONL, a BPE tokenizer
@@ -94,7 +95,7 @@ def prepare(folder: Path, size: str):
     return model
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
     """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads."""
     import torch
 
@@ -134,11 +135,13 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     examples, report = sft.encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
     train, _ = split_eval(examples, cfg.eval_fraction, cfg.seed)
     per_epoch = len(train) // cfg.batch_size
-    seen, records = 0, []
+    lengths = [len(e.input_ids) for e in train]
+    seen, records, epochs = 0, [], {}
     for row in rows:
         s = row["step"] - 1
-        batch = [train[i] for i in epoch_batches([len(e.input_ids) for e in train], cfg.batch_size,
-                                                 cfg.bucket_size, cfg.seed, s // per_epoch)[s % per_epoch]]
+        if s // per_epoch not in epochs:
+            epochs[s // per_epoch] = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, s // per_epoch)
+        batch = [train[i] for i in epochs[s // per_epoch][s % per_epoch]]
         tokens = sum(len(e.input_ids) for e in batch)
         assert tokens == row["tokens"], "rebuilt batch differs from the one tether trained on"
         seen += tokens
@@ -156,6 +159,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 def run_side(side: str, folder: Path, args) -> dict:
     """One timed run of `side` in its own process; its result JSON, with the load average around it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     out = folder / f"{side}.json"
     shutil.rmtree(folder / f"{side}-run", ignore_errors=True)
     before = os.getloadavg()[0]
@@ -221,15 +226,21 @@ def print_table(rows: list[dict], peak: float) -> None:
 
 def differences(tether: dict, trl: dict, s_tether: dict, s_trl: dict) -> list[str]:
     """What is not the same on both sides, in words."""
-    notes = []
     if tether["data"] != trl["data"]:
-        notes.append(f"tokenised datasets differ: tether {tether['data']} vs TRL {trl['data']}")
+        notes = [f"TOKENISED DATASETS DIFFER: tether {tether['data']} vs TRL {trl['data']}"]
+    else:
+        d = tether["data"]
+        notes = [f"same tokenised dataset on both sides ({d['sequences']} conversations, {d['tokens']} tokens, "
+                 f"{d['loss_tokens']} assistant loss tokens)"]
     notes.append(f"batch order: tether {tether['sampler']}, TRL {trl['sampler']} sampler: padding "
                  f"{100 * s_tether['padding_fraction']:.0f}% vs {100 * s_trl['padding_fraction']:.0f}% "
                  "(tokens/s counts non-pad tokens only)")
     notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}")
     notes.append("loss: tether full logits + cross_entropy; TRL a chunked fused LM head that also computes "
                  "entropy and top-1 accuracy for its logs")
+    notes.append("TRL's SFTConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "
+                 "as in tether (fp32, no recompute)")
+    notes.append("learning-rate schedule and weight decay differ (no effect on speed)")
     notes.append("different data order, so the timed steps hold different sequences "
                  f"(mean length {s_tether['mean_seq_len']:.1f} vs {s_trl['mean_seq_len']:.1f})")
     return notes
@@ -245,8 +256,8 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     rows = [summaries["tether"][best["tether"]], summaries["trl"][best["trl"]]]
     print(f"\nSFT, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch {BATCH}, "
           f"max length {MAX_LENGTH}, {args.steps} steps, timed over the last {args.steps - args.warmup}, "
-          f"best of {args.rounds} round(s) per side; TRL {trl['versions']['trl']}, "
-          f"transformers {trl['versions']['transformers']}")
+          f"best of {args.rounds} round(s) per side, torch threads {rows[0]['threads']} (tether) / "
+          f"{rows[1]['threads']} (TRL); TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}")
     print_table(rows, peak)
     notes = differences(tether, trl, *rows)
     loads = [r["load"] for rs in runs.values() for r in rs]
@@ -279,14 +290,22 @@ def main() -> None:
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads on both sides and for the peak (0: torch's default, one per core). "
+                        "1 by default: with one thread per core, any other busy process stalls every op "
+                        "(steps 5-10x slower at random), while single-threaded runs repeat within a few percent")
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:
         return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]))
-    if not 0 <= args.warmup < args.steps:
-        sys.exit("--warmup must be in [0, steps)")
+    if not 0 <= args.warmup < args.steps or args.rounds < 1:
+        sys.exit("need 0 <= --warmup < --steps and --rounds >= 1")
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # for the matmul peak; the sides get OMP_NUM_THREADS
     ensure_peer()
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-sft-"))
     try:

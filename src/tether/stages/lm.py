@@ -73,8 +73,8 @@ class TrainConfig:
     """Steps between checkpoints (0: only the final model)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
-    bucket_size: int = 16
-    """Batches sorted together by length, so each batch holds sequences of similar length."""
+    bucket_size: int = 64
+    """Batches sorted together by length, so each batch holds sequences of similar length (less padding)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
 
