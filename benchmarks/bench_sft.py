@@ -150,7 +150,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
                         "loss_tokens": sum(sum(e.loss_mask[1:]) for e in batch)})
     data = {"sequences": report["conversations"], "tokens": sum(len(e.input_ids) for e in examples),
             "loss_tokens": report["assistant_tokens"]}
-    result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW foreach",
+    result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW fused",
               "sampler": f"length-bucketed (bucket_size={cfg.bucket_size})",
               "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
