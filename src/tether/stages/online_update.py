@@ -1,0 +1,224 @@
+"""The update half of online RL: the experience record, one policy (and critic) forward, and per algorithm
+(PPO, GRPO, RLOO) how advantages are made and which loss trains on them. `tether.stages.online` runs the loop.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from tether.advantages import (
+    gae,
+    grpo_advantages,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    rloo_advantages,
+)
+from tether.kl import KL_ESTIMATORS, kl_k3
+from tether.policy_losses import (
+    LOSS_AGGREGATIONS,
+    grpo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_entropy,
+)
+from tether.rollout import scale_logits, token_logprobs
+
+if TYPE_CHECKING:
+    from tether.stages.online import OnlineConfig
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class Experience:
+    """One step's N = rollout_batch x group_size samples, each group's samples contiguous; R response steps.
+
+    Filled in order: the rollout (ids, masks), scores (step 3), log-probs and values (step 4), advantages and
+    returns (step 5). `select` takes rows, e.g. a minibatch.
+    """
+
+    prompt_ids: torch.Tensor
+    """(N, P) long, left-padded prompts."""
+    prompt_mask: torch.Tensor
+    """(N, P) long, 1 on prompt tokens."""
+    response_ids: torch.Tensor
+    """(N, R) long, sampled tokens then pad after EOS."""
+    response_mask: torch.Tensor
+    """(N, R) long, 1 on sampled tokens up to and including EOS."""
+    has_eos: torch.Tensor
+    """(N,) bool, the response ended with EOS within max_new_tokens."""
+    scores: torch.Tensor
+    """(N,) float, the score trained on: the source's score, or missing_eos_penalty for rows without EOS."""
+    logprobs: torch.Tensor | None = None
+    """(N, R) log π_old of the sampled tokens (temperature-scaled), 0 where masked."""
+    ref_logprobs: torch.Tensor | None = None
+    """(N, R) log π_ref of the sampled tokens, 0 where masked."""
+    values: torch.Tensor | None = None
+    """(N, R) old values V(state before token t) (ppo); None without a critic."""
+    advantages: torch.Tensor | None = None
+    """(N, R) per token (ppo) or (N,) per response (grpo, rloo)."""
+    returns: torch.Tensor | None = None
+    """(N, R) value targets (ppo); None without a critic."""
+
+    def select(self, rows) -> Experience:
+        """The rows `rows` (a slice, or a (n,) long tensor) of every field."""
+        return Experience(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                             for f in fields(self)})
+
+
+@dataclass
+class PolicyOutput:
+    """One forward of the policy (and critic) over [prompt; response] rows."""
+
+    logprobs: torch.Tensor
+    """(B, R) log-probs of the response tokens under softmax(logits / temperature), 0 where masked."""
+    logits: torch.Tensor
+    """(B, R, V) temperature-scaled logits predicting each response token."""
+    values: torch.Tensor | None
+    """(B, R) V(state before token t), or None without a critic."""
+
+
+def policy_forward(policy, critic: nn.Module | None, rows: Experience, temperature: float) -> PolicyOutput:
+    """Log-probs, scaled logits and (with a critic) values of `rows` in one policy pass, under the caller's grad
+    mode. The log-probs equal `rollout.logprobs_of` (a test checks it); this pass also returns hidden states."""
+    P, R = rows.prompt_ids.size(1), rows.response_ids.size(1)
+    ids = torch.cat([rows.prompt_ids, rows.response_ids], dim=1)  # (B, P + R)
+    mask = torch.cat([rows.prompt_mask, rows.response_mask], dim=1).long()  # (B, P + R)
+    position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
+    wants_hidden = critic is not None and critic.reads_policy
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1,
+                 output_hidden_states=wants_hidden)
+    scaled = scale_logits(out.logits[:, :-1, :], temperature)  # (B, R, V): position P - 1 + t predicts token t
+    logprobs = token_logprobs(scaled, rows.response_ids) * rows.response_mask  # (B, R)
+    values = None
+    if critic is not None:
+        hidden = out.hidden_states[-1] if wants_hidden else None  # (B, P + R, H), after the final norm
+        values = critic(hidden, ids, mask, position)[:, P - 1:-1]  # (B, R)
+    return PolicyOutput(logprobs, scaled, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages and losses per algorithm
+
+
+def seq_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t over the valid tokens of each response: (N, R) -> (N,)."""
+    return torch.where(mask.bool(), per_token, 0).sum(1)
+
+
+def _whiten_rows(adv: torch.Tensor, cfg: OnlineConfig) -> torch.Tensor:
+    """(N,) advantages whitened over the batch when cfg.whiten_advantages."""
+    return masked_whiten(adv, torch.ones_like(adv, dtype=torch.bool)) if cfg.whiten_advantages else adv
+
+
+def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """r_t = score·[t = last] - β kl_t (advantages.per_token_rewards), optional reward whitening, GAE."""
+    mask = exp.response_mask
+    kl = KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs)  # (N, R)
+    rewards = per_token_rewards(exp.scores, kl, mask, kl_coef)  # (N, R)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)  # (N, R), (N, R)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns, -kl_coef * seq_sum(kl, mask)
+
+
+def grpo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """Â_i = (s_i - mean_g) / std_g; the KL is in the loss, so the non-score part is only reported."""
+    non_score = -kl_coef * seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    return _whiten_rows(grpo_advantages(exp.scores, cfg.group_size), cfg), None, non_score
+
+
+def rloo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
+    """Â_i = r_i - mean_{j≠i} r_j with r = score - β Σ_t kl_t (Ahmadian et al. 2024)."""
+    kl = seq_sum(KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    return _whiten_rows(rloo_advantages(exp.scores - kl_coef * kl, cfg.group_size), cfg), None, -kl_coef * kl
+
+
+def ppo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    pg, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                "token", denom)
+    vf, vf_stats = ppo_value_loss(out.values, mb.values, mb.returns, mb.response_mask, cfg.cliprange_value,
+                                  "token", denom)
+    return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **stats, **vf_stats}
+
+
+def grpo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    loss, stats = grpo_loss(out.logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.response_mask,
+                            cfg.cliprange, kl_coef, "sequence", denom)
+    stats["loss_kl"] = stats.pop("kl")  # mean per-token k3 of the current policy, the loss's KL term
+    return loss, {"policy_loss": loss.detach(), **stats}
+
+
+def rloo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
+    loss, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                  "token", denom)
+    return loss, {"policy_loss": loss.detach(), **stats}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    advantages: Callable
+    """(exp, cfg, kl_coef) -> (advantages (N, R) or (N,), returns (N, R) or None, non_score_reward (N,))."""
+    loss: Callable
+    """(out, minibatch rows, cfg, kl_coef, denom) -> (loss, stats); loss parts named *_loss, the rest token means."""
+    norm: str
+    """How per-token losses aggregate (policy_losses.LOSS_AGGREGATIONS), which sets what `denom` counts."""
+    critic: bool
+    """Needs a value model."""
+
+
+ALGORITHMS = {
+    "ppo": Algorithm(ppo_advantages, ppo_losses, "token", critic=True),
+    "grpo": Algorithm(grpo_group_advantages, grpo_losses, "sequence", critic=False),
+    "rloo": Algorithm(rloo_group_advantages, rloo_losses, "token", critic=False),
+}
+SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's denom: micro-batch parts add up
+
+
+def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coef: float, lr: float,
+           generator: torch.Generator) -> dict[str, float]:
+    """ppo_epochs passes over shuffled minibatches, each one optimizer step accumulated over micro-batches.
+
+    Every micro-batch loss is divided by the whole minibatch's count (`denom`), so loss, gradients and the
+    token-weighted stats do not depend on micro_batch_size. Returns stats averaged over the optimizer steps.
+    """
+    algo = ALGORITHMS[cfg.algorithm]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums, n_steps = defaultdict(float), 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.batch_size, generator=generator, device=generator.device)  # (N,)
+        for start in range(0, cfg.batch_size, cfg.minibatch_size):
+            mb = exp.select(order[start:start + cfg.minibatch_size].to(exp.scores.device))
+            tokens = mb.response_mask.sum()
+            denom = tokens if algo.norm == "token" else cfg.minibatch_size
+            for i in range(0, cfg.minibatch_size, cfg.micro_batch_size):
+                micro = mb.select(slice(i, i + cfg.micro_batch_size))
+                out = policy_forward(policy, critic if algo.critic else None, micro, cfg.temperature)
+                loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
+                entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
+                loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
+                loss.backward()
+                share = float(micro.response_mask.sum() / tokens)
+                stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)
+                for name, value in stats.items():
+                    sums[name] += float(value) * (1.0 if name in SUMMED else share)
+                sums["loss"] += float(loss.detach())
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_steps += 1
+    return {name: value / n_steps for name, value in sums.items()}
+
+
