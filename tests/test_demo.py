@@ -11,7 +11,9 @@ TINY = ["preset=test", "vocab_size=400", "base_samples=1", "world.n_countries=8"
         "pretrain.micro_batch_size=8", "pretrain.warmup_steps=1", "sft.max_steps=3", "sft.batch_size=8",
         "sft.micro_batch_size=8", "sft.warmup_steps=1", "eval.max_new_tokens=6", "collect.max_new_tokens=6",
         "collect.responses_per_prompt=3", "raters.n_raters=4", "raters.overlap=2", "rm.max_steps=3",
-        "rm.batch_size=8", "rm.micro_batch_size=8", "rm.warmup_steps=1"]
+        "rm.batch_size=8", "rm.micro_batch_size=8", "rm.warmup_steps=1", "ppo.max_steps=2", "ppo.rollout_batch=4",
+        "ppo.minibatch_size=4", "ppo.micro_batch_size=4", "ppo.max_new_tokens=6", "ppo.eval_every=1",
+        "ppo.eval_prompts=5", "ppo.save_every=0"]
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -19,15 +21,17 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     root = tmp_path / "smoke"
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
-                                         "collect", "label", "rm", "rm report"}
+                                         "collect", "label", "rm", "rm report", "ppo"}
     for key in ("base_temperature_1", "sft_greedy"):
         assert set(summary[key]) >= {"fact", "harmful", "benign", "all"}
     rm = summary["reward_model"]
     assert 0 <= rm["rm_vs_raters"] <= 1 and 0 <= rm["accuracy_vs_gold"] <= 1
     assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "confident_invention"}
-    for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label", "rm/model"):
+    assert [p["step"] for p in summary["ppo"]] == [0, 1, 2]  # held-out proxy and gold at each evaluation
+    assert all(p["sqrt_kl"] >= 0 and p["gold"] is not None for p in summary["ppo"])
+    for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label", "rm/model", "ppo/model"):
         assert (root / folder).is_dir(), folder
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
-    assert "pretrain" not in again["timings_s"] and "rm" not in again["timings_s"]
+    assert "pretrain" not in again["timings_s"] and "rm" not in again["timings_s"] and "ppo" not in again["timings_s"]

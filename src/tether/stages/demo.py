@@ -2,7 +2,8 @@
 
 world -> tokenizer -> pretrain -> (base model's styles at temperature 1) -> SFT -> held-out evaluation
 with the gold reward -> collect comparisons (SFT and base policies) -> simulated raters -> reward
-model, and how it compares with the raters, the gold preference, and which rater biases it inherited.
+model, and how it compares with the raters, the gold preference, and which rater biases it inherited ->
+PPO against that reward model, with the gold reward logged beside the proxy on held-out prompts.
 Every stage reads the previous stage's output folder, so any of them can be rerun alone with
 `tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
 """
@@ -19,10 +20,11 @@ from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
 from tether.reward import RewardModel
-from tether.stages import collect, pretrain, rm, sft
+from tether.stages import collect, ppo, pretrain, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
     EvalConfig,
+    curve_table,
     evaluate_policy,
     reward_model_bias,
     reward_model_gold_accuracy,
@@ -50,6 +52,11 @@ def _sft_defaults() -> sft.SFTConfig:
 
 def _rm_defaults() -> rm.RMConfig:
     return rm.RMConfig(epochs=1.0, lr=1e-3, eval_every=100, save_every=0)
+
+
+def _ppo_defaults() -> ppo.PPOConfig:
+    # A small KL coefficient on purpose: the demo is there to show over-optimisation of the proxy.
+    return ppo.PPOConfig(max_steps=60, lr=1e-4, kl_coef=0.02, eval_every=10, save_every=20, eval_prompts=60)
 
 
 @dataclass
@@ -84,6 +91,8 @@ class DemoConfig:
     """The simulated rater pool that labels the comparisons."""
     rm: rm.RMConfig = field(default_factory=_rm_defaults)
     """Reward model on the raters' labels, from the SFT model (paths set by the demo)."""
+    ppo: ppo.PPOConfig = field(default_factory=_ppo_defaults)
+    """PPO from the SFT policy against the reward model; gold is logged, never trained on (paths set by the demo)."""
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
@@ -113,6 +122,9 @@ def _stage_configs(cfg: DemoConfig) -> dict:
                                          raters=replace(cfg.raters, seed=cfg.seed), out=str(root / "label")),
         "rm": replace(cfg.rm, data=str(root / "label/comparisons.jsonl"), backbone=sft_model, seed=cfg.seed,
                       out=str(root / "rm"), resume=cfg.resume),
+        "ppo": replace(cfg.ppo, policy=sft_model, prompts=str(root / "world/prompts.jsonl"), reward="rm",
+                       reward_model=str(root / "rm/model"), world=str(root / "world"), seed=cfg.seed,
+                       out=str(root / "ppo"), resume=cfg.resume),
     }
 
 
@@ -188,6 +200,23 @@ def _preference_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
     return {"reward_model": timed("rm report", _rm_report, cfg, stages["rm"], cfg.raters)}
 
 
+def proxy_gold_curve(metrics_path: Path) -> list[dict]:
+    """The held-out evaluations of an RL run: step, sqrt(KL), proxy score and gold (Gao et al. 2022 plot)."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    kl = {r["step"]: r.get("kl/k1") for r in rows if r.get("kl/k1") is not None}
+    return [{"step": r["step"], "sqrt_kl": max(0.0, kl.get(r["step"], 0.0)) ** 0.5, "proxy": r["eval/score"],
+             "gold": r["eval/gold"], "length": r["eval/response_length"]}
+            for r in rows if r.get("eval/gold") is not None]
+
+
+def _rl_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+    """PPO from the SFT policy against the learned reward model, watching gold on held-out prompts."""
+    root = cfg.root
+    # 6. Optimise the proxy with a KL tether; the world's gold reward is only logged, to show what happens.
+    timed("ppo", ppo.run, stages["ppo"], done=root / "ppo/model/model.safetensors")
+    return {"ppo": proxy_gold_curve(root / "ppo/metrics.jsonl")}
+
+
 def run(cfg: DemoConfig) -> dict:
     """Run the loop; returns the summary also written to `<root>/summary.json`."""
     root = cfg.root
@@ -195,7 +224,8 @@ def run(cfg: DemoConfig) -> dict:
     save_config(cfg, root / "demo.yaml")
     stages = _stage_configs(cfg)
     timed = _Timer(cfg.resume)
-    summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed)}
+    summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed),
+               **_rl_phase(cfg, stages, timed)}
     summary["timings_s"] = timed.timings
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     show_summary(summary)
@@ -212,3 +242,5 @@ def show_summary(summary: dict) -> None:
                                     "SFT policy, greedy, held-out prompts (entities never seen in SFT)"))
     if summary.get("reward_model"):
         console.print(reward_model_table(summary["reward_model"]))
+    if summary.get("ppo"):
+        console.print(curve_table(summary["ppo"], "PPO against the reward model: proxy and gold on held-out prompts"))

@@ -154,3 +154,14 @@ def reward_model_table(report: dict) -> Table:
         table.add_row(f"bias: {trait.replace('_', ' ')}", f"reward {b['reward_gain']:+.2f} sd, "
                       f"preferred {b['prefers_trait']:.0%} (gold {b['gold_gain']:+.2f})")
     return table
+
+
+def curve_table(curve: list[dict], title: str) -> Table:
+    """Proxy and gold reward against sqrt(KL) over an RL run (the shape of Gao et al. 2022, Fig. 1)."""
+    table = Table(title=title)
+    for col in ("step", "sqrt KL", "proxy (RM)", "gold", "length"):
+        table.add_column(col, justify="right")
+    for p in curve:
+        table.add_row(str(p["step"]), f"{p['sqrt_kl']:.2f}", f"{p['proxy']:+.2f}", f"{p['gold']:+.2f}",
+                      f"{p['length']:.1f}")
+    return table
