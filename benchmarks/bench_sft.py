@@ -21,19 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PEER = ROOT / ".peer"
-PEER_PYTHON = PEER / "bin" / "python"
-RESULTS = ROOT / "benchmarks" / "results"
+from common import (
+    PEER_PYTHON,
+    RESULTS,
+    ROOT,
+    THREADS_HELP,
+    alternate,
+    busy_note,
+    corpus_texts,  # noqa: F401  (re-exported: bench_dpo.py imports it from here)
+    ensure_peer,
+    matmul_peak,
+    rss_mb,
+    sh,
+    side_env,
+    timed_steps,
+    world_model,
+)
+
 BATCH, MAX_LENGTH, SEED = 16, 256, 0
 # --size -> tether preset. "bench-30m" is not a tether preset; it is added to PRESETS in this process only.
 SIZES = {"demo": "demo", "5m": "small", "30m": "bench-30m"}
@@ -44,69 +54,17 @@ EXTRA_PRESETS = {
 }
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    """Run `cmd`, echo it, and on failure show the tail of its output before exiting."""
-    print("$", " ".join(str(c) for c in cmd), flush=True)
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        sys.stderr.write((proc.stdout + proc.stderr)[-6000:])
-        sys.exit(f"failed ({proc.returncode}): {' '.join(str(c) for c in cmd)}")
-    return proc
-
-
 # ---------------------------------------------------------------------------------------------
-# 1-3. Peer venv, shared inputs, matmul peak
-
-
-def ensure_peer() -> None:
-    """Create `.peer` with TRL if it is missing; torch first, from the local CPU wheel (else pip pulls CUDA)."""
-    probe = [str(PEER_PYTHON), "-c", "import trl, datasets, accelerate, transformers"]
-    if PEER_PYTHON.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return
-    print(f"peer venv {PEER} missing or incomplete; creating it")
-    if not PEER_PYTHON.exists():
-        sh(["python3", "-m", "venv", PEER])
-    sh([PEER / "bin" / "pip", "install", "torch==2.13.0"])
-    sh([PEER / "bin" / "pip", "install", "trl", "transformers", "datasets", "accelerate"])
-
-
-def corpus_texts(rows: list[dict]):
-    for row in rows:
-        if "text" in row:
-            yield row["text"]
-        else:
-            yield from (m["content"] for m in row["messages"])
+# 2. Shared inputs (1. the peer venv and 3. the matmul peak are in common.py)
 
 
 def prepare(folder: Path, size: str):
     """Write sft.jsonl and model/ (weights + tokenizer) under `folder`; return the built model."""
     from tether.data.sft_data import write_conversations
-    from tether.models import PRESETS, build_model, save_pretrained
-    from tether.tokenizer import train_tokenizer
     from tether.world.world import World, WorldConfig
 
-    world = World(WorldConfig())
-    write_conversations(folder / "sft.jsonl", world.sft_demos())
-    tokenizer = train_tokenizer(corpus_texts(world.pretraining_corpus()))
-    for name, kwargs in EXTRA_PRESETS.items():
-        PRESETS.setdefault(name, kwargs)
-    model = build_model(SIZES[size], tokenizer, seed=SEED)
-    save_pretrained(model, tokenizer, str(folder / "model"))
-    return model
-
-
-def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
-    """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up: thread pool, allocator
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    write_conversations(folder / "sft.jsonl", World(WorldConfig()).sft_demos())
+    return world_model(folder / "model", SIZES[size], SEED, EXTRA_PRESETS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +75,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     """Run `tether.stages.sft.run`, then rebuild each step's batch to count padded and loss tokens."""
     os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
     import torch
+
     from tether.config import load_config
     from tether.data.sft_data import read_conversations
     from tether.models import load_tokenizer
@@ -128,7 +87,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
                  "save_every=0", "eval_fraction=0", "log_every=1", f"seed={SEED}"]
     cfg = load_config(sft.SFTConfig, None, overrides)
     sft.run(cfg)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = rss_mb()
     rows = [json.loads(ln) for ln in (folder / "tether-run" / "metrics.jsonl").read_text().splitlines() if ln]
     # The batches are a pure function of (seed, epoch) in tether: rebuild them with its own functions.
     tokenizer = load_tokenizer(cfg.model)
@@ -158,9 +117,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
 def run_side(side: str, folder: Path, args) -> dict:
     """One timed run of `side` in its own process; its result JSON, with the load average around it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    env = side_env(args.threads)
     out = folder / f"{side}.json"
     shutil.rmtree(folder / f"{side}-run", ignore_errors=True)
     before = os.getloadavg()[0]
@@ -186,10 +143,7 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
     """
     from tether.models import model_flops_per_token
 
-    steps = result["steps"]
-    timed = steps[warmup:]
-    starts = [steps[warmup - 1]["time"] if warmup else 0.0] + [s["time"] for s in timed[:-1]]
-    durations = [s["time"] - t for s, t in zip(timed, starts)]
+    timed, durations = timed_steps(result["steps"], warmup)
     seconds = sum(durations)
     tokens = sum(s["tokens"] for s in timed)
     padded = sum(s["padded_tokens"] for s in timed)
@@ -260,10 +214,9 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
           f"{rows[1]['threads']} (TRL); TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}")
     print_table(rows, peak)
     notes = differences(tether, trl, *rows)
-    loads = [r["load"] for rs in runs.values() for r in rs]
-    if max(max(x) for x in loads) > (os.cpu_count() or 1):
-        notes.append(f"machine busy: 1-min load average up to {max(max(x) for x in loads):.1f} on "
-                     f"{os.cpu_count()} cores during the runs; figures are noisy")
+    busy = busy_note([r["load"] for rs in runs.values() for r in rs])
+    if busy:
+        notes.append(busy)
     for side, ss in summaries.items():
         print(f"{side} tokens/s per round: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
@@ -290,10 +243,7 @@ def main() -> None:
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads on both sides and for the peak (0: torch's default, one per core). "
-                        "1 by default: with one thread per core, any other busy process stalls every op "
-                        "(steps 5-10x slower at random), while single-threaded runs repeat within a few percent")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (also for the matmul peak)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -312,10 +262,7 @@ def main() -> None:
         print(f"inputs in {folder}", flush=True)
         model = prepare(folder, args.size)
         peak = matmul_peak()
-        runs = {"tether": [], "trl": []}
-        for r in range(args.rounds):  # alternate the order: load from other processes hits both sides alike
-            for side in (("tether", "trl") if r % 2 == 0 else ("trl", "tether")):
-                runs[side].append(run_side(side, folder, args))
+        runs = alternate(args.rounds, ("tether", "trl"), lambda side: run_side(side, folder, args))
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,133 @@
+"""Helpers shared by the benchmarks that run tether beside TRL (bench_sft.py, bench_rm.py, bench_rm_hh.py).
+
+Only the standard library is imported at module level; tether and torch are imported inside the
+functions that need them, so a worker process pays for what it uses.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / ".peer"
+PEER_PYTHON = PEER / "bin" / "python"
+RESULTS = ROOT / "benchmarks" / "results"
+THREADS_HELP = ("torch threads on both sides (0: torch's default, one per core). 1 by default: with one thread "
+                "per core, any other busy process stalls every op (steps 5-10x slower at random), while "
+                "single-threaded runs repeat within a few percent")
+
+
+def sh(cmd: list, **kw) -> subprocess.CompletedProcess:
+    """Run `cmd`, echo it, and on failure show the tail of its output before exiting."""
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    proc = subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        sys.stderr.write((proc.stdout + proc.stderr)[-6000:])
+        sys.exit(f"failed ({proc.returncode}): {' '.join(str(c) for c in cmd)}")
+    return proc
+
+
+def ensure_peer() -> None:
+    """Create `.peer` with TRL if it is missing; torch first, from the local CPU wheel (else pip pulls CUDA)."""
+    probe = [str(PEER_PYTHON), "-c", "import trl, datasets, accelerate, transformers"]
+    if PEER_PYTHON.exists() and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+        return
+    print(f"peer venv {PEER} missing or incomplete; creating it")
+    if not PEER_PYTHON.exists():
+        sh(["python3", "-m", "venv", PEER])
+    sh([PEER / "bin" / "pip", "install", "torch==2.13.0"])
+    sh([PEER / "bin" / "pip", "install", "trl", "transformers", "datasets", "accelerate"])
+
+
+def side_env(threads: int) -> dict[str, str]:
+    """Environment of a timed side: offline, no tokenizer threads, `threads` torch threads (0: default)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs
+
+
+def corpus_texts(rows: list[dict]):
+    for row in rows:
+        if "text" in row:
+            yield row["text"]
+        else:
+            yield from (m["content"] for m in row["messages"])
+
+
+def world_model(folder: Path, preset: str, seed: int, extra_presets: dict | None = None):
+    """A fresh tether model of `preset` with a BPE tokenizer trained on the tiny world's pretraining corpus,
+    saved as a HF folder (weights + tokenizer with tether's chat template) in `folder`; returns the model."""
+    from tether.models import PRESETS, build_model, save_pretrained
+    from tether.tokenizer import train_tokenizer
+    from tether.world.world import World, WorldConfig
+
+    tokenizer = train_tokenizer(corpus_texts(World(WorldConfig()).pretraining_corpus()))
+    for name, kwargs in (extra_presets or {}).items():
+        PRESETS.setdefault(name, kwargs)
+    model = build_model(preset, tokenizer, seed=seed)
+    save_pretrained(model, tokenizer, str(folder))
+    return model
+
+
+def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
+    """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up: thread pool, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounds and timings
+
+
+def alternate(rounds: int, sides: tuple[str, str], run: Callable[[str], dict]) -> dict[str, list[dict]]:
+    """`run(side)` `rounds` times per side, alternating which goes first, so that load from other
+    processes on a shared machine hits both sides alike."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for r in range(rounds):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            runs[side].append(run(side))
+    return runs
+
+
+def timed_steps(steps: list[dict], warmup: int) -> tuple[list[dict], list[float]]:
+    """The step records after `warmup`, and each one's duration in seconds.
+
+    `steps[i]["time"]` is the wall time at the end of optimizer step i + 1, from the start of training;
+    a step's duration runs from the end of the step before (everything the trainer does between steps
+    counts).
+    """
+    timed = steps[warmup:]
+    starts = [steps[warmup - 1]["time"] if warmup else 0.0] + [s["time"] for s in timed[:-1]]
+    return timed, [s["time"] - t for s, t in zip(timed, starts)]
+
+
+def busy_note(loads: list[list[float]]) -> str | None:
+    """A warning when the 1-minute load average exceeded the core count around any run."""
+    worst = max(max(x) for x in loads)
+    if worst > (os.cpu_count() or 1):
+        return (f"machine busy: 1-min load average up to {worst:.1f} on {os.cpu_count()} cores during the runs; "
+                "figures are noisy")
+    return None
