@@ -22,8 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Side by side with TRL (a separate .peer environment is created on first use); ratios printed.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py
+	$(BIN)/python benchmarks/bench_rm.py
+	$(BIN)/python benchmarks/bench_dpo.py --trl-precompute
+	$(BIN)/python benchmarks/bench_rollout.py
 
 clean:
 	rm -rf $(VENV) runs

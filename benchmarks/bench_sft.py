@@ -34,7 +34,6 @@ from common import (
     THREADS_HELP,
     alternate,
     busy_note,
-    corpus_texts,  # noqa: F401  (re-exported: bench_dpo.py imports it from here)
     ensure_peer,
     matmul_peak,
     rss_mb,
