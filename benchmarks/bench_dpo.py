@@ -37,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: E402
 from common import (
-    PEER_PYTHON,
     RESULTS,
     ROOT,
     THREADS_HELP,
@@ -47,8 +47,6 @@ from common import (
     ensure_peer,
     matmul_peak,
     rss_mb,
-    sh,
-    side_env,
     timed_steps,
     world_model,
 )
@@ -167,20 +165,13 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
 
 def run_side(side: str, folder: Path, args) -> dict:
-    """One timed run of `side` in its own process; its result JSON, with the load average around it."""
-    env = side_env(args.threads)
-    out = folder / f"{side}.json"
-    for run_dir in ("tether-run", "trl-run"):  # a fresh run: tether must not find its reference cache
-        shutil.rmtree(folder / run_dir, ignore_errors=True)
-    before = os.getloadavg()[0]
-    if side == "tether":
-        sh([sys.executable, __file__, "--steps", args.steps, "--tether-worker", folder, out], env=env)
-    else:
-        sh([PEER_PYTHON, ROOT / "benchmarks" / "peer_dpo.py", "--model", folder / "model", "--data",
-            folder / "trl.jsonl", "--out", out, "--workdir", folder / "trl-run", "--steps", args.steps,
-            "--batch-size", BATCH, "--max-length", MAX_LENGTH, "--beta", BETA, "--sampler", args.trl_sampler,
-            *(["--precompute"] if side == "trl-precompute" else [])], env=env)
-    return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
+    """One timed run of `side` in its own process (a fresh run: tether must not find its reference cache)."""
+    precompute = ["--precompute"] if side == "trl-precompute" else []
+    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
+                           "peer_dpo.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
+                                           folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
+                                           "--max-length", MAX_LENGTH, "--beta", BETA, "--sampler",
+                                           args.trl_sampler, *precompute])
 
 
 # ---------------------------------------------------------------------------------------------

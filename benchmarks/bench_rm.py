@@ -41,8 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: E402
 from common import (
-    PEER_PYTHON,
     RESULTS,
     ROOT,
     THREADS_HELP,
@@ -160,18 +160,11 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
 
 def run_side(side: str, folder: Path, args) -> dict:
-    """One timed run of `side` in its own process; its result JSON, with the load average around it."""
-    env = side_env(args.threads)
-    out = folder / f"{side}.json"
-    shutil.rmtree(folder / f"{side}-run", ignore_errors=True)
-    before = os.getloadavg()[0]
-    if side == "tether":
-        sh([sys.executable, __file__, "--steps", args.steps, "--tether-worker", folder, out], env=env)
-    else:
-        sh([PEER_PYTHON, ROOT / "benchmarks" / "peer_rm.py", "--model", folder / "model", "--data",
-            folder / "trl.jsonl", "--out", out, "--workdir", folder / "trl-run", "--steps", args.steps,
-            "--batch-size", BATCH, "--max-length", MAX_LENGTH, "--lr", LR], env=env)
-    return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
+    """One timed run of `side` in its own process."""
+    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
+                           "peer_rm.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
+                                          folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
+                                          "--max-length", MAX_LENGTH, "--lr", LR])
 
 
 # ---------------------------------------------------------------------------------------------

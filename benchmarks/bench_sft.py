@@ -27,8 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import common  # noqa: E402
 from common import (
-    PEER_PYTHON,
     RESULTS,
     ROOT,
     THREADS_HELP,
@@ -37,8 +37,6 @@ from common import (
     ensure_peer,
     matmul_peak,
     rss_mb,
-    sh,
-    side_env,
     timed_steps,
     world_model,
 )
@@ -115,18 +113,11 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
 
 def run_side(side: str, folder: Path, args) -> dict:
-    """One timed run of `side` in its own process; its result JSON, with the load average around it."""
-    env = side_env(args.threads)
-    out = folder / f"{side}.json"
-    shutil.rmtree(folder / f"{side}-run", ignore_errors=True)
-    before = os.getloadavg()[0]
-    if side == "tether":
-        sh([sys.executable, __file__, "--steps", args.steps, "--tether-worker", folder, out], env=env)
-    else:
-        sh([PEER_PYTHON, ROOT / "benchmarks" / "peer_sft.py", "--model", folder / "model", "--data",
-            folder / "sft.jsonl", "--out", out, "--workdir", folder / "trl-run", "--steps", args.steps,
-            "--batch-size", BATCH, "--max-length", MAX_LENGTH, "--sampler", args.trl_sampler], env=env)
-    return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
+    """One timed run of `side` in its own process."""
+    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
+                           "peer_sft.py", ["--model", folder / "model", "--data", folder / "sft.jsonl", "--workdir",
+                                           folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
+                                           "--max-length", MAX_LENGTH, "--sampler", args.trl_sampler])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ functions that need them, so a worker process pays for what it uses.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import resource
 import subprocess
 import sys
@@ -131,3 +133,19 @@ def busy_note(loads: list[list[float]]) -> str | None:
         return (f"machine busy: 1-min load average up to {worst:.1f} on {os.cpu_count()} cores during the runs; "
                 "figures are noisy")
     return None
+
+
+def run_side(side: str, folder: Path, threads: int, tether_cmd: list, peer_script: str, peer_args: list,
+             fresh: tuple[str, ...] = ("tether-run", "trl-run")) -> dict:
+    """One timed run of `side` in its own process: tether (`tether_cmd`, run with this Python) or the peer
+    (`benchmarks/<peer_script>` in the .peer environment, given --out and `peer_args`); its result JSON with the
+    load average around it. The `fresh` run folders are removed first (no cache carried between rounds)."""
+    out = folder / f"{side}.json"
+    for run_dir in fresh:
+        shutil.rmtree(folder / run_dir, ignore_errors=True)
+    before = os.getloadavg()[0]
+    if side == "tether":
+        sh([sys.executable, *tether_cmd, out], env=side_env(threads))
+    else:
+        sh([PEER_PYTHON, ROOT / "benchmarks" / peer_script, "--out", out, *peer_args], env=side_env(threads))
+    return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
