@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,16 +181,13 @@ def test_registry_points_at_the_stage_modules():
     assert all(stage.summary.endswith(".") and stage.function == "run" for stage in STAGES.values())
 
 
-def test_console_script_help_is_fast_and_imports_no_torch():
+def test_console_script_help_imports_no_torch():
     exe = Path(sys.executable).with_name("tether")
-    start = time.perf_counter()
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: tether STAGE")
     for name in ("world", "tokenizer", "pretrain", "sft", "evaluate", "demo"):
         assert f"\n  {name} " in proc.stdout
-    assert elapsed < 10, elapsed
     probe = "import sys; from tether.cli import main; main(['--help']); print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert proc.stdout.splitlines()[-1] == "False"
