@@ -23,7 +23,7 @@ import torch
 import transformers
 import trl
 from datasets import Dataset
-from peer_sft import StepClock
+from peer_common import StepClock
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 

@@ -15,27 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 
 import torch
 import transformers
 import trl
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from peer_common import StepClock
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
-
-
-class StepClock(TrainerCallback):
-    """Wall time at train start and at the end of every optimizer step (after `optimizer.step()`)."""
-
-    def __init__(self):
-        self.start, self.ends = None, []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
 
 
 class CountingSFTTrainer(SFTTrainer):

@@ -365,3 +365,18 @@ def test_resumed_run_equals_an_uninterrupted_one(smoke):
     ev_a = json.loads((smoke["a"] / "eval.json").read_text())["eval"]
     ev_b = json.loads((smoke["b"] / "eval.json").read_text())["eval"]
     assert ev_b == pytest.approx(ev_a, abs=1e-6)
+
+
+def test_ece_does_not_depend_on_which_response_is_called_a():
+    """A calibrated model (P(A wins) = σ(d)) keeps a small ECE when every pair is written chosen-first,
+    as HH and TRL files are; one-sided binning would report 1 - mean confidence instead."""
+    from tether.rm_metrics import expected_calibration_error
+    from tether.stages.rm import _symmetric_ece
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(20000, generator=g, dtype=torch.float64) * 2
+    a_wins = torch.rand(20000, generator=g, dtype=torch.float64) < torch.sigmoid(d)
+    p_chosen_first = torch.where(a_wins, torch.sigmoid(d), torch.sigmoid(-d))  # the chosen response moved to A
+    labels = torch.ones_like(p_chosen_first)
+    assert float(_symmetric_ece(p_chosen_first, labels)) < 0.02
+    assert float(expected_calibration_error(p_chosen_first, labels)) > 0.2  # the old, orientation-bound value

@@ -142,7 +142,12 @@ def _rm_report(cfg: DemoConfig, rm_cfg: rm.RMConfig, raters: RaterPoolConfig) ->
     root = cfg.root
     world = load_world(root / "world")
     model = RewardModel.from_pretrained(str(root / "rm/model"))
-    _, held_out = split_by_prompt(read_comparisons(rm_cfg.data), rm_cfg.eval_fraction, rm_cfg.seed)
+    # The same held-out pairs as `tether rm`: labelled rows only, its eval file or its split by prompt.
+    if rm_cfg.eval_data:
+        held_out = [c for c in read_comparisons(rm_cfg.eval_data) if c.choice is not None]
+    else:
+        labelled = [c for c in read_comparisons(rm_cfg.data) if c.choice is not None]
+        _, held_out = split_by_prompt(labelled, rm_cfg.eval_fraction, rm_cfg.seed)
     decided = [c for c in held_out if c.choice != "tie"]
     ceiling = sum((population_preference(c, world.knowledge, raters) > 0.5) == (c.choice == "A")
                   for c in decided) / max(1, len(decided))

@@ -276,9 +276,15 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     corr = float(pearson(torch.tensor(rewards), torch.tensor(lengths, dtype=torch.float64)))
     return {"loss": float(bradley_terry_loss(r_a, r_b, target, margin, cfg.label_smoothing).mean()),
             "accuracy": float(won.mean()) if len(won) else None,
-            "ece": float(expected_calibration_error(torch.sigmoid(r_a - r_b)[keep], target[keep])),
+            "ece": float(_symmetric_ece(torch.sigmoid(r_a - r_b)[keep], target[keep])),
             "length_corr": None if math.isnan(corr) else corr,
             "pairs": len(pairs), "ties": int((~keep).sum())}
+
+
+def _symmetric_ece(p_a: torch.Tensor, y_a: torch.Tensor) -> torch.Tensor:
+    """ECE over both orientations of every pair, so it does not depend on which response is called A
+    (HH and TRL files always put the chosen one in A: all labels 1 would turn ECE into 1 - mean confidence)."""
+    return expected_calibration_error(torch.cat([p_a, 1 - p_a]), torch.cat([y_a, 1 - y_a]))
 
 
 def normalise(model: RewardModel, pairs: list[Pair], batch_size: int) -> dict:

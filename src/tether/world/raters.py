@@ -132,7 +132,8 @@ def rate(rater: Rater, c: Comparison, knowledge: Knowledge, cfg: RaterPoolConfig
     else:
         p_a = 1 / (1 + math.exp(-max(-50.0, min(50.0, diff / rater.noise))))
         choice = "A" if rng.random() < p_a else "B"
-    strength = 1.0 if abs(diff) > 1.0 else 0.5
+    # "much better" only when the rater picked the side it values more; a noise-flipped choice is a slight one
+    strength = 1.0 if abs(diff) > 1.0 and (diff > 0) == (choice == "A") else 0.5
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Comparison(c.prompt, c.response_a, c.response_b, choice, strength, rater.id, GUIDELINE_VERSION,
                       c.source_a, c.source_b, stamp, c.id, dict(c.meta))
