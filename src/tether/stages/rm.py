@@ -317,8 +317,12 @@ def load_pairs(cfg: RMConfig, tokenizer) -> tuple[list[Pair], list[Pair], dict]:
     return train, held_out, report
 
 
-def total_steps(cfg: RMConfig, n_pairs: int) -> int:
-    return cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * n_pairs / cfg.batch_size))
+def total_steps(cfg: RMConfig, groups: list[list[int]]) -> int:
+    """max_steps, or `epochs` times the batches of one epoch. Batches round up to whole prompt groups, so an
+    epoch has fewer than n_pairs / batch_size of them; counting the packing keeps epochs=1 one pass."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * len(pack_groups(groups, cfg.batch_size))))
 
 
 def run(cfg: RMConfig) -> Path:
@@ -336,8 +340,9 @@ def run(cfg: RMConfig) -> Path:
     # 2. Optimizer; resume restores weights, optimizer moments and RNG. The step plan is a pure function.
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
-    steps = total_steps(cfg, len(train))
-    plan = schedule(group_by_prompt(train), cfg.batch_size, cfg.seed, steps)
+    groups = group_by_prompt(train)
+    steps = total_steps(cfg, groups)
+    plan = schedule(groups, cfg.batch_size, cfg.seed, steps)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
     model.train()
     with progress_bar("rm", total=steps, completed=start) as bar:
