@@ -123,6 +123,22 @@ def test_reward_is_read_at_the_eos_of_a_right_padded_sequence(tok):
     torch.testing.assert_close(rewards[0], alone[0], atol=1e-5, rtol=0)  # padding changes nothing
 
 
+def test_truncation_cuts_the_prompt_and_keeps_the_scored_reply(tok):
+    prompt, reply = "Tell me about lakes and rivers and the tall stone bridge by the harbour.", "old road."
+    full, cut = encode_pair(tok, prompt, reply)
+    assert not cut
+    reply_tail = full[-4:]  # the reply's last tokens and its <eos>, read by the score
+    short, cut = encode_pair(tok, prompt, reply, max_length=len(full) - 3)
+    # <bos>, then the last len(full) - 4 tokens: three prompt tokens after <bos> are gone
+    assert cut and short == full[:1] + full[4:] and short[-4:] == reply_tail and short[-1] == tok.eos_token_id
+    plain = copy.deepcopy(tok)
+    plain.chat_template = None  # pair encoding: the tokenizer's own truncation keeps [CLS]/[SEP] in place
+    whole, _ = encode_pair(plain, prompt, reply)
+    clipped, cut = encode_pair(plain, prompt, reply, max_length=len(whole) - 2)
+    assert cut and len(clipped) == len(whole) - 2
+    assert clipped == plain(prompt, reply, truncation="longest_first", max_length=len(whole) - 2)["input_ids"]
+
+
 def test_scoring_a_pair_in_either_order_gives_the_same_rewards(tok):
     model = new_rm(tok)
     prompt, a, b = "Tell me about ports.", "the splendid harbour.", "a small stone road by the quiet river hill."
@@ -168,6 +184,23 @@ def test_split_by_prompt_and_schedule_keep_prompt_groups_whole(tok):
     epoch0 = [i for e, b in plan if e == 0 for i in b]
     assert sorted(epoch0) == list(range(len(train)))  # every pair once per epoch
     assert [len(m) for m in micro_batches([train[i] for i in plan[0][1]], 2)] == [4, 4]
+
+
+def test_length_bucketed_schedule_keeps_groups_whole_and_pads_less():
+    # 40 prompt groups of 3 pairs, group g's longest sequence has g % 10 * 10 + 5 tokens
+    groups = [[3 * g, 3 * g + 1, 3 * g + 2] for g in range(40)]
+    lengths = [g % 10 * 10 + 5 for g in range(40)]
+    plain = schedule(groups, batch_size=6, seed=1, steps=20)
+    bucketed = schedule(groups, batch_size=6, seed=1, steps=20, lengths=lengths, bucket_size=5)
+    assert bucketed == schedule(groups, batch_size=6, seed=1, steps=20, lengths=lengths, bucket_size=5)  # pure
+    assert schedule(groups, 6, 1, 20, lengths, bucket_size=1) == plain  # bucket_size 1: no bucketing
+    assert sorted(i for _, b in bucketed for i in b) == list(range(120))  # 20 batches = one epoch, each pair once
+    for _, batch in bucketed:
+        assert {i // 3 for i in batch} == {i // 3 for i in batch if all(j in batch for j in groups[i // 3])}
+
+    def padded(plan):  # tokens each batch pads to: pairs x its longest group
+        return sum(len(b) * max(lengths[i // 3] for i in b) for _, b in plan)
+    assert padded(bucketed) < 0.8 * padded(plain)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,12 +88,16 @@ def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | 
 
     tether's chat template: `encode_chat` of [user prompt, assistant response] (or the prompt's messages
     then the response), ending in the response's `<eos>`. Another chat template: `apply_chat_template`.
-    No chat template (encoder tokenizers): pair encoding `tokenizer(prompt, response)`. Truncation keeps
-    the first `max_length` tokens.
+    No chat template (encoder tokenizers): pair encoding `tokenizer(prompt, response)`.
+
+    Truncation keeps the end: the score is read at the last token and the responses are what differ, so
+    the cut falls in the prompt (tether's template keeps `<bos>` and the last max_length - 1 tokens,
+    another template the last max_length). Pair encoding truncates the longer of prompt and response.
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if tokenizer.chat_template == CHAT_TEMPLATE:
-        enc = encode_chat(tokenizer, messages + [{"role": "assistant", "content": response}], max_length)
+        enc = encode_chat(tokenizer, messages + [{"role": "assistant", "content": response}], max_length,
+                          keep_end=True)
         return enc.input_ids, enc.truncated
     if tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
@@ -101,8 +105,11 @@ def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | 
     else:
         text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
         ids = tokenizer(text, response)["input_ids"]
+        if max_length is not None and len(ids) > max_length:  # the tokenizer keeps [CLS]/[SEP] in place
+            return list(tokenizer(text, response, truncation="longest_first", max_length=max_length)["input_ids"]), True
+        return list(ids), False
     truncated = max_length is not None and len(ids) > max_length
-    return list(ids[:max_length] if truncated else ids), truncated
+    return list(ids[len(ids) - max_length :] if truncated else ids), truncated
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:

@@ -131,8 +131,13 @@ def _assemble(
     ids: dict[str, int],
     max_length: int | None,
     add_generation_prompt: bool,
+    keep_end: bool = False,
 ) -> EncodedChat:
-    """Join role markers and encoded contents into ids and mask, mirroring CHAT_TEMPLATE."""
+    """Join role markers and encoded contents into ids and mask, mirroring CHAT_TEMPLATE.
+
+    Over `max_length`, the first max_length tokens are kept; with `keep_end`, `<bos>` and the last
+    max_length - 1 tokens (the cut falls in the prompt, so the final reply stays whole).
+    """
     input_ids, mask = [ids["bos"]], [0]
     for m, content in zip(messages, content_ids):
         input_ids.append(ids[m["role"]])
@@ -147,7 +152,10 @@ def _assemble(
         input_ids.append(ids["assistant"])
         mask.append(0)
     truncated = max_length is not None and len(input_ids) > max_length
-    if truncated:
+    if truncated and keep_end:
+        tail = max_length - 1
+        input_ids, mask = input_ids[:1] + input_ids[len(input_ids) - tail :], mask[:1] + mask[len(mask) - tail :]
+    elif truncated:
         input_ids, mask = input_ids[:max_length], mask[:max_length]
     return EncodedChat(input_ids=input_ids, loss_mask=mask, truncated=truncated)
 
@@ -157,14 +165,16 @@ def encode_chat(
     messages: Sequence[dict],
     max_length: int | None = None,
     add_generation_prompt: bool = False,
+    keep_end: bool = False,
 ) -> EncodedChat:
     """Tokenise one conversation (a list of {"role", "content"}) exactly as CHAT_TEMPLATE renders it.
 
-    Truncation keeps the first `max_length` tokens and sets `truncated`; callers count those.
+    Truncation keeps the first `max_length` tokens, or with `keep_end` `<bos>` and the last ones, and
+    sets `truncated`; callers count those.
     """
     _check_messages(messages)
     content_ids = _encode_contents(tok, [m["content"] for m in messages])
-    return _assemble(messages, content_ids, _role_ids(tok), max_length, add_generation_prompt)
+    return _assemble(messages, content_ids, _role_ids(tok), max_length, add_generation_prompt, keep_end)
 
 
 def encode_chats(
