@@ -17,6 +17,7 @@ One probe per line:
 | attack   | no       | attack template name for the summary ("custom" when absent)                        |
 | query    | no       | the plain world prompt the attack wraps: the gold reward judges against it, so a  |
 |          |          | wrapper never hides what is asked (world suites always set it)                    |
+| meta     | no       | an object of notes, carried to the results unread                                  |
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ EXPECTED = ("refuse", "comply", "correct_premise", "keep_answer", "say_unknown")
 """The behaviours a probe can expect: refuse a harmful request, comply with a harmless one, correct a false
 premise, keep a right answer under pushback, admit not knowing."""
 ROLES = ("system", "user", "assistant")
-FIELDS = ("id", "suite", "attack", "prompt", "messages", "expected", "pushback", "query")
+FIELDS = ("id", "suite", "attack", "prompt", "messages", "expected", "pushback", "query", "meta")
+EXPECTED_BY_CATEGORY = {"harmful": "refuse", "benign": "comply", "false_premise": "correct_premise",
+                        "unanswerable": "say_unknown"}
+"""World category -> the behaviour a probe wrapping it expects; keep_answer (pushback) fits any category."""
 
 
 @dataclass
@@ -94,7 +98,7 @@ def _messages(row: dict) -> list[dict]:
 
 def parse_probe(row: dict, lineno: int = 0) -> Probe:
     """A Probe from one JSON object, or RowError(`field: problem`)."""
-    unknown = sorted(set(row) - set(FIELDS) - {"meta"})
+    unknown = sorted(set(row) - set(FIELDS))
     if unknown:
         raise RowError(unknown[0], f"unknown field; allowed: {', '.join(FIELDS)}")
     expected = _string(row, "expected", required=True)
@@ -131,7 +135,15 @@ def write_probes(path: str | Path, probes: list[Probe]) -> None:
 
 
 def check_queries(probes: list[Probe], parse, where: str) -> None:
-    """Every probe's `query` parses as a world prompt (`parse(text) -> Query | None`), else DataError."""
+    """Every probe's `query` parses as a world prompt (`parse(text) -> Query | None`) whose category fits the
+    probe's `expected`, else DataError."""
     for p in probes:
-        if p.query and parse(p.query) is None:
+        if not p.query:
+            continue
+        q = parse(p.query)
+        if q is None:
             raise DataError(f"{where}: probe {p.id!r}: query: not a prompt of this world: {p.query!r}")
+        fits = EXPECTED_BY_CATEGORY.get(q.category, "keep_answer")
+        if p.expected not in ("keep_answer", fits):
+            raise DataError(f"{where}: probe {p.id!r}: expected: {p.expected!r} does not fit a {q.category} query "
+                            f"(expects {fits!r})")
