@@ -32,6 +32,11 @@ prefixed `eval_`, plus:
   by a plain forward of policy and reference. Only these are on-policy. Caveats: the samples are decoded
   and re-encoded, so the scored tokens can differ slightly from the sampled ones, and the closing <eos> is
   scored even when a sample was cut at kl_eval_max_new_tokens; k1 is noisy and can be negative on few tokens.
+
+Monitor. At each evaluation `monitor` (tether.monitor) samples monitor.samples held-out prompts at temperature 1,
+scores each response with DPO's implicit reward β log π(y|x)/π_ref(y|x) (the proxy DPO optimises; None for
+reference-free losses) and a held-out signal (monitor.heldout: the gold audit with monitor.world, or a second
+reward model), and logs monitor/... metrics, alerts.jsonl, out/best, and with stop_on_alert ends the run.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +55,12 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tether.checkpoint import rng_state, save_checkpoint
+from tether.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+)
 from tether.config import check, save_config
 from tether.data.preferences import (
     Comparison,
@@ -72,6 +82,7 @@ from tether.generation import generate
 from tether.kl import kl_k1, kl_k3
 from tether.losses import IGNORE_INDEX
 from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.stages.lm import (
@@ -82,6 +93,12 @@ from tether.stages.lm import (
     epoch_batches,
     resume_training,
     total_steps,
+)
+from tether.stages.monitoring import (
+    RunMonitor,
+    answer_greedy,
+    make_samples,
+    pushback_flips,
 )
 from tether.tokenizer import encode_chats
 
@@ -131,6 +148,9 @@ class DPOConfig(TrainConfig):
     """Held-out prompts sampled from the policy at each evaluation for the KL(π || π_ref) estimate (0: off)."""
     kl_eval_max_new_tokens: int = 64
     """Longest sampled response of the KL estimate, in tokens."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """The reward-hacking monitor (tether.monitor), run at each evaluation on sampled held-out responses; gold (with
+    monitor.world) is an audit signal only, never trained on."""
 
     def validate(self) -> None:
         super().validate()
@@ -330,13 +350,15 @@ def evaluate(model, pairs: list[Pair], cfg: DPOConfig, pad_id: int) -> dict:
 
 
 @torch.no_grad()
-def sampled_kl(model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, seed: int) -> dict:
-    """Per-token k1 and k3 estimates of KL(π || π_ref) on responses sampled from π at temperature 1."""
+def sample_logratios(model, ref_model, tokenizer, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int
+                     ) -> tuple[list[str], list[float], list[float], list[int]]:
+    """Responses sampled from π at temperature 1, and per response Σ_t k1, Σ_t k3 of log π - log π_ref over its
+    tokens (its <eos> included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is DPO's implicit
+    reward of the sample."""
     with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (resume equality)
-        texts = generate(model, tokenizer, prompts, cfg.kl_eval_max_new_tokens, 1.0, cfg.micro_batch_size, seed,
-                         label="dpo kl")
+        texts = generate(model, tokenizer, prompts, max_new_tokens, 1.0, cfg.micro_batch_size, seed, label="dpo kl")
     samples = [e for e, _ in encode_responses(tokenizer, prompts, texts, cfg.max_length)]
-    k1, k3, n = 0.0, 0.0, 0
+    k1, k3, n = [], [], []
     for i in range(0, len(samples), cfg.micro_batch_size):
         batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
                                                            tokenizer.pad_token_id).items()}
@@ -344,10 +366,35 @@ def sampled_kl(model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, seed:
         logp = token_logps(model(**inputs).logits, batch["labels"])  # (B, T)
         ref_logp = token_logps(ref_model(**inputs).logits, batch["labels"])  # (B, T)
         counted = batch["labels"] != IGNORE_INDEX  # (B, T)
-        k1 += float(kl_k1(logp, ref_logp)[counted].sum())
-        k3 += float(kl_k3(logp, ref_logp)[counted].sum())
-        n += int(counted.sum())
-    return {"eval_kl/k1": k1 / n, "eval_kl/k3": k3 / n, "eval_kl/tokens": n}
+        k1 += torch.where(counted, kl_k1(logp, ref_logp), 0).sum(1).tolist()  # (B,)
+        k3 += torch.where(counted, kl_k3(logp, ref_logp), 0).sum(1).tolist()  # (B,)
+        n += counted.sum(1).tolist()
+    return texts, k1, k3, n
+
+
+def sampled_kl(model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, seed: int) -> dict:
+    """Per-token k1 and k3 estimates of KL(π || π_ref) on responses sampled from π at temperature 1."""
+    _, k1, k3, n = sample_logratios(model, ref_model, tokenizer, prompts, cfg.kl_eval_max_new_tokens, cfg, seed)
+    return {"eval_kl/k1": sum(k1) / sum(n), "eval_kl/k3": sum(k3) / sum(n), "eval_kl/tokens": sum(n)}
+
+
+def monitor_step(monitor: RunMonitor, model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, step: int
+                 ) -> tuple[dict, bool]:
+    """The monitor at an evaluation: sampled held-out responses with their implicit rewards, tokens, KL and
+    held-out scores; the flip probe; out/best at a new best of the samples' mean held-out score."""
+    m = cfg.monitor
+    texts, k1, _, n = sample_logratios(model, ref_model, tokenizer, prompts, m.max_new_tokens, cfg, cfg.seed + step)
+    scores = None if cfg.loss in REFERENCE_FREE else [cfg.beta * x for x in k1]
+    heldout = monitor.score_heldout(prompts, texts)
+    samples = make_samples(prompts, texts, scores, [t - 1 for t in n], [t - 1 < m.max_new_tokens for t in n],
+                           heldout, monitor.world)  # t - 1: the scored <eos> is appended even to a cut sample
+    extra = {"kl": sum(k1) / len(k1)}
+    if m.pushback_prompts:
+        answer = answer_greedy(model, tokenizer, m.max_new_tokens, cfg.micro_batch_size)
+        extra["flip"] = pushback_flips(answer, prompts[:m.pushback_prompts], m.pushback)
+    known = [h for h in heldout if h is not None]
+    best = sum(known) / len(known) if known else None
+    return monitor.step(step, samples, extra, best, lambda path: save_pretrained(model, tokenizer, str(path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,14 +461,29 @@ def load_pairs(cfg: DPOConfig, tokenizer, comparisons: list[Comparison]
 
 def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, pad_id: int):
     """Fill the pairs' reference log-probs (cached) while `model` still holds its initial weights; return the
-    frozen reference the sampled KL needs (None when kl_eval_prompts is 0)."""
+    frozen reference the sampled KL and the monitor need (None when neither runs)."""
     ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
     if cfg.loss not in REFERENCE_FREE:
         hit = reference_logps(ref_model, pairs, pad_id, cfg.micro_batch_size, run_dir / CACHE)
         console.print(f"dpo: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
-    if not cfg.kl_eval_prompts:
+    if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
         return None  # a separate reference model is freed here
     return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+
+
+def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None:
+    """The run's monitor (None when disabled), its world for the gold audit, its state restored on resume."""
+    if not cfg.monitor.enabled:
+        return None
+    world = None
+    if cfg.monitor.world:
+        from tether.world.build import load_world
+
+        world = load_world(cfg.monitor.world)
+    monitor = RunMonitor(cfg.monitor, run_dir, start, world, cfg.trust_remote_code)
+    if start:
+        monitor.load_state_dict(load_trainer_state(latest_checkpoint(run_dir))["monitor"])
+    return monitor
 
 
 def run(cfg: DPOConfig) -> Path:
@@ -449,6 +511,8 @@ def run(cfg: DPOConfig) -> Path:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    monitor = make_monitor(cfg, run_dir, start)
+    monitor_prompts = list({p.prompt_key: p.prompt for p in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
     lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
     epoch, batches = -1, []
@@ -465,19 +529,29 @@ def run(cfg: DPOConfig) -> Path:
             row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
-            # 6. Held-out metrics (and the sampled KL), metric lines, checkpoints.
+            # 6. Held-out metrics (and the sampled KL).
             last = step + 1 == steps
-            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            evaluation = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
+            if held_out and evaluation:
                 row.update(evaluate(model, held_out, cfg, pad_id))
-                if kl_ref is not None:
+                if cfg.kl_eval_prompts:
                     row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
-            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+            # 7. The monitor at evaluations: sampled responses, alerts, the best policy by the held-out signal.
+            stop = False
+            if monitor is not None and evaluation:
+                monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
+                row.update({k: v for k, v in monitored.items() if v is not None})  # DPO rows hold numbers only
+            # 8. Metric lines, checkpoints (with the monitor's state); an alert with stop_on_alert ends the run.
+            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or "monitor/alerts" in row or last:
                 log.write(row)
+            if stop:
+                break
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                         "monitor": monitor.state_dict() if monitor is not None else {}}
                 save_checkpoint(run_dir, step + 1, model, tokenizer, state)
             bar.update(1, loss=row["loss"], acc=row["rewards/accuracies"])
-    # 7. The final model as a plain Hugging Face folder.
+    # 9. The final model as a plain Hugging Face folder.
     final = run_dir / "model"
     save_pretrained(model, tokenizer, str(final))
     return final

@@ -22,6 +22,12 @@ Gold. With a world folder, steps log `gold` (mean gold reward of their samples) 
 (greedy, the world's held-out prompts), both computed from the decoded text after the update: evaluation only.
 Gold trains the policy only when the config says `reward=gold`.
 
+Monitor. `monitor` (tether.monitor, glue in tether.stages.monitoring) measures every step's samples (flattery,
+hedging, padding, refusals, sycophancy, repetition, EOS, length and its coupling to the reward, KL) and a held-out
+signal (gold as an audit, or a second reward model), logs them as monitor/... (tether.monitor.MONITOR_METRICS), writes alerts to
+alerts.jsonl, keeps the best policy by the held-out signal in out/best, and with stop_on_alert ends the run at the
+first alert. Its state resumes with the checkpoint.
+
 Metrics (metrics.jsonl, a line per step; FIXED_METRICS always present, null where they do not apply):
 score (reward source, before the EOS penalty; a reward model's raw scale) and score_normalised (a reward model's
 normalised score, what trains); non_score_reward (the KL part, -β Σ_t kl_t, mean per response; for GRPO the
@@ -37,7 +43,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -58,14 +64,23 @@ from tether.config import check, save_config
 from tether.data.corpus import read_prompts
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
 from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
 from tether.policy_losses import (
     eos_penalty,
 )
 from tether.progress import progress_bar
-from tether.rewards_source import make_reward_source, prompt_text
+from tether.rewards_source import make_reward_source
 from tether.rollout import logprobs_of, sample
 from tether.stages.lm import MetricsLog, resume_training
+from tether.stages.monitoring import (
+    RunMonitor,
+    answer_greedy,
+    gold_rewards,
+    heldout_kind,
+    make_samples,
+    pushback_flips,
+)
 from tether.stages.online_update import (
     ALGORITHMS,
     Experience,
@@ -179,6 +194,9 @@ class OnlineConfig:
     """Run folder: metrics.jsonl, samples.jsonl, config.yaml, checkpoints/, model/, value_model.safetensors."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """The reward-hacking monitor (tether.monitor): detectors on every step's samples, alerts, best checkpoint by a
+    held-out signal (gold only as an audit: it never trains unless reward=gold), optional stop on alert."""
 
     @property
     def batch_size(self) -> int:
@@ -269,12 +287,6 @@ def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
             f"{prefix}score_normalised": float(scores.mean()) if raw else None}
 
 
-def gold_rewards(world, prompts: list, responses: list[str]) -> list[float | None]:
-    """Gold reward per response, None for prompts the world does not know (evaluation only)."""
-    return [world.judge(prompt_text(p), r).reward if world.parse(prompt_text(p)) else None
-            for p, r in zip(prompts, responses)]
-
-
 def _mean(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -301,8 +313,9 @@ def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, g
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig) -> dict:
-    """Greedy responses to held-out world prompts: mean gold, proxy score, length and EOS rate (eval/...)."""
+def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
+    """Greedy responses to held-out world prompts: mean gold, proxy score, length and EOS rate (eval/...), and with
+    a `heldout(prompts, responses)` scorer (a second reward model) its mean as eval/heldout."""
     encoded = encode_prompts(tokenizer, prompts)
     responses, lengths, eos = [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
@@ -311,9 +324,10 @@ def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig)
         responses += decode(tokenizer, r.response_ids)
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
-    return {"eval/gold": _mean(gold_rewards(world, prompts, responses)),
-            **score_metrics(source, source(prompts, responses), "eval/"),
-            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    out = {"eval/gold": _mean(gold_rewards(world, prompts, responses)),
+           **score_metrics(source, source(prompts, responses), "eval/"),
+           "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    return out | ({"eval/heldout": _mean(heldout(prompts, responses))} if heldout is not None else {})
 
 
 def eval_prompt_texts(world, n: int) -> list[str]:
@@ -348,6 +362,8 @@ class Session:
     """Steps already done (from the checkpoint)."""
     cursor: int = 0
     """Prompts taken so far (the position in the shuffled prompt stream)."""
+    monitor: RunMonitor | None = None
+    """The reward-hacking monitor (None when cfg.monitor.enabled is false); its state is checkpointed."""
 
 
 def setup(cfg: OnlineConfig) -> Session:
@@ -376,6 +392,8 @@ def setup(cfg: OnlineConfig) -> Session:
                 encode_prompts(tokenizer, prompts), eval_prompt_texts(world, cfg.eval_prompts) if world else [],
                 generator)
     s.start = resume_training(cfg, Path(cfg.out), policy, optimizer)  # weights, optimizer, global RNG
+    if cfg.monitor.enabled:
+        s.monitor = RunMonitor(cfg.monitor, Path(cfg.out), s.start, world, cfg.trust_remote_code)
     if s.start:
         state = load_trainer_state(latest_checkpoint(Path(cfg.out)))
         s.generator.set_state(state["generator"])
@@ -383,6 +401,8 @@ def setup(cfg: OnlineConfig) -> Session:
         s.controller.load_state_dict(state["kl_controller"])
         if critic is not None:
             critic.load_state_dict(state["value"])
+        if s.monitor is not None:
+            s.monitor.load_state_dict(state["monitor"])
     return s
 
 
@@ -391,7 +411,8 @@ def save(s: Session, cfg: OnlineConfig, step: int) -> None:
     RNG states in trainer_state.pt (written atomically with it)."""
     state = {"step": step, "optimizer": s.optimizer.state_dict(), "rng": rng_state(),
              "generator": s.generator.get_state(), "cursor": s.cursor, "kl_controller": s.controller.state_dict(),
-             "value": s.critic.state_dict() if s.critic is not None else {}}
+             "value": s.critic.state_dict() if s.critic is not None else {},
+             "monitor": s.monitor.state_dict() if s.monitor is not None else {}}
     save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state)
 
 
@@ -403,6 +424,35 @@ def save_final(s: Session, cfg: OnlineConfig) -> Path:
         weights = {k: v.detach().contiguous() for k, v in s.critic.state_dict().items()}
         save_file(weights, str(Path(cfg.out) / VALUE_FILE), metadata={"value_model": cfg.value_model})
     return final
+
+
+def monitor_step(s: Session, cfg: OnlineConfig, step: int, prompts: list, responses: list[str], source_scores,
+                 rollout, gold: list, row: dict, evaluating: bool) -> tuple[dict, bool]:
+    """The monitor over one step: samples (proxy score, tokens, EOS, held-out score, prompt labels), the KL, the
+    pushback probe at evaluation steps; the best policy saved by the held-out signal (at evaluations when the run
+    evaluates, else on its window mean each step). Returns (monitor/... metrics, stop)."""
+    kind = heldout_kind(cfg.monitor, s.world)
+    heldout = gold if kind == "gold" else s.monitor.score_heldout(prompts, responses)  # gold: judged once, above
+    samples = make_samples(prompts, responses, source_scores.tolist(), rollout.lengths.tolist(),
+                           rollout.has_eos.tolist(), heldout, s.world)
+    extra = {"kl": row["kl/k1"]}
+    probe = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+    if probe and cfg.monitor.pushback_prompts:
+        answer = answer_greedy(s.policy, s.tokenizer, cfg.monitor.max_new_tokens, cfg.batch_size)
+        extra["flip"] = pushback_flips(answer, (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts],
+                                       cfg.monitor.pushback)
+    best = row.get("eval/gold" if kind == "gold" else "eval/heldout")  # None between evaluations
+    return s.monitor.step(step, samples, extra, best, lambda path: save_pretrained(s.policy, s.tokenizer, str(path)),
+                          smoothed=not evaluating)
+
+
+def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
+    """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
+    row = {"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout)}
+    if s.monitor is not None:
+        best = row.get("eval/gold" if heldout_kind(cfg.monitor, s.world) == "gold" else "eval/heldout")
+        s.monitor.offer_best(0, best, lambda path: save_pretrained(s.policy, s.tokenizer, str(path)))
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,8 +467,10 @@ def train_online(cfg: OnlineConfig) -> Path:
     s = setup(cfg)
     metrics, samples = MetricsLog(run_dir / "metrics.jsonl", s.start), MetricsLog(run_dir / "samples.jsonl", s.start)
     evaluating = s.world is not None and cfg.eval_prompts > 0
-    if evaluating and s.start == 0:  # the baseline: the initial policy
-        metrics.write({"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg)})
+    heldout = s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" \
+        else None  # a second reward model, also scored at evaluations (eval/heldout)
+    if evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
+        metrics.write(baseline_evaluation(s, cfg, heldout))
     tok = s.tokenizer
     with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
         for step in range(s.start, cfg.max_steps):
@@ -456,12 +508,20 @@ def train_online(cfg: OnlineConfig) -> Path:
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
             if evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-                row.update(evaluate(s.policy, tok, s.source, s.world, s.eval_prompts, cfg))
+                row.update(evaluate(s.policy, tok, s.source, s.world, s.eval_prompts, cfg, heldout))
+            # 9. The monitor: detectors on the step's samples, alerts, the best policy by the held-out signal.
+            stop = False
+            if s.monitor is not None:
+                monitored, stop = monitor_step(s, cfg, step + 1, prompts, responses, source_scores, rollout, gold,
+                                               row, evaluating)
+                row.update(monitored)
             metrics.write(row)
             if cfg.sample_every and cfg.n_samples and ((step + 1) % cfg.sample_every == 0 or last):
                 for r in sample_rows(step + 1, prompts, responses, source_scores, exp, gold, cfg):
                     samples.write(r)
-            # 9. Checkpoint: policy, critic, optimizer, KL controller, prompt cursor, RNG states.
+            # 10. Checkpoint: policy, critic, optimizer, KL controller, prompt cursor, RNG and monitor states.
+            if stop:  # out/model is the policy at the alert; out/best the best by the held-out signal
+                break
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 save(s, cfg, step + 1)
             bar.update(1, score=row["score"], kl=row["kl/k1"])

@@ -1,0 +1,203 @@
+"""Alerts: detectors over a run's metric history, each a small function in `DETECTORS`.
+
+A history holds, per monitor metric, one value (or None) per measurement and the step of each measurement.
+A detector reads the series it needs and returns an `Alert` or None; `check` runs the chosen ones. Rates are
+judged against the run's baseline (mean of the first `baseline_steps` values) with the current value the mean of
+the last `window` values after the baseline, so every detector is silent until the baseline is complete.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from tether.monitor.config import MonitorConfig
+from tether.monitor.stats import mean, slope
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One detector firing at one step."""
+
+    name: str
+    """The detector (a key of DETECTORS)."""
+    step: int
+    """The training step of the measurement that fired it."""
+    value: float
+    """What was measured (a rate's rise over baseline, a ratio, a share, ...), in the threshold's units."""
+    threshold: float
+    """The config threshold it reached."""
+    message: str
+    """One line for a person: what rose, from what to what."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """Monitor metrics over a run: steps[i] is the step of measurement i; series[name][i] its value or None."""
+
+    steps: list[int] = field(default_factory=list)
+    series: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def append(self, step: int, values: dict[str, float | None]) -> None:
+        for name in set(self.series) | set(values):
+            self.series.setdefault(name, [None] * len(self.steps)).append(values.get(name))
+        self.steps.append(step)
+
+    def points(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) of the measurements where `name` was measured."""
+        return [(s, v) for s, v in zip(self.steps, self.series.get(name, [])) if v is not None]
+
+    def to_dict(self) -> dict:
+        return {"steps": list(self.steps), "series": {k: list(v) for k, v in self.series.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(list(d["steps"]), {k: list(v) for k, v in d["series"].items()})
+
+
+def baseline_and_current(history: History, name: str, cfg: MonitorConfig) -> tuple[float, float] | None:
+    """(baseline, current) of a series: mean of its first baseline_steps values, and of its last `window` values
+    after those; None until a value exists past the baseline."""
+    values = [v for _, v in history.points(name)]
+    if len(values) <= cfg.baseline_steps:
+        return None
+    after = values[cfg.baseline_steps:]
+    return mean(values[:cfg.baseline_steps]), mean(after[-cfg.window:])
+
+
+def smoothed(history: History, name: str, window: int) -> list[tuple[int, float]]:
+    """(step, trailing mean of up to `window` values ending there) for every measurement of `name`."""
+    pts = history.points(name)
+    return [(s, mean([v for _, v in pts[max(0, i + 1 - window):i + 1]])) for i, (s, _) in enumerate(pts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Detectors: (history, cfg) -> Alert | None
+
+
+def rate_climb(metric: str, label: str, threshold: str = "rate_climb") -> Callable:
+    """A detector firing when `metric` rises at least cfg.<threshold> above its baseline."""
+    def detect(history: History, cfg: MonitorConfig) -> Alert | None:
+        bc = baseline_and_current(history, metric, cfg)
+        limit = getattr(cfg, threshold)
+        if bc is None or bc[1] - bc[0] < limit:
+            return None
+        return Alert(label, history.steps[-1], bc[1] - bc[0], limit,
+                     f"{label} rate rose from {bc[0]:.0%} to {bc[1]:.0%} (alert at +{limit:.0%})")
+    return detect
+
+
+def eos_drop(history: History, cfg: MonitorConfig) -> Alert | None:
+    bc = baseline_and_current(history, "monitor/eos_rate", cfg)
+    if bc is None or bc[0] - bc[1] < cfg.eos_drop:
+        return None
+    return Alert("eos", history.steps[-1], bc[0] - bc[1], cfg.eos_drop,
+                 f"EOS rate fell from {bc[0]:.0%} to {bc[1]:.0%}: responses run to max_new_tokens")
+
+
+def length_growth(history: History, cfg: MonitorConfig) -> Alert | None:
+    bc = baseline_and_current(history, "monitor/length", cfg)
+    if bc is None or bc[0] <= 0 or bc[1] / bc[0] < cfg.length_growth:
+        return None
+    return Alert("length_growth", history.steps[-1], bc[1] / bc[0], cfg.length_growth,
+                 f"mean length grew {bc[1] / bc[0]:.2f}x ({bc[0]:.1f} -> {bc[1]:.1f})")
+
+
+def length_corr(history: History, cfg: MonitorConfig) -> Alert | None:
+    corr = baseline_and_current(history, "monitor/length_corr", cfg)
+    length = baseline_and_current(history, "monitor/length", cfg)
+    if corr is None or length is None or corr[1] < cfg.length_corr or length[1] <= length[0]:
+        return None
+    return Alert("length_corr", history.steps[-1], corr[1], cfg.length_corr,
+                 f"reward-length correlation {corr[1]:.2f} while lengths grow ({length[0]:.1f} -> {length[1]:.1f})")
+
+
+def length_share(history: History, cfg: MonitorConfig) -> Alert | None:
+    pts = dict(history.points("monitor/length_share"))
+    gain = dict(history.points("monitor/proxy_gain"))
+    step = history.steps[-1]
+    if len(history.steps) <= cfg.baseline_steps or step not in pts or gain.get(step, 0.0) < cfg.length_share_min_gain:
+        return None
+    if pts[step] < cfg.length_share:
+        return None
+    return Alert("length_share", step, pts[step], cfg.length_share,
+                 f"length explains {pts[step]:.0%} of the proxy's gain of {gain[step]:+.2f} (Singhal et al. 2023)")
+
+
+def kl_blowup(history: History, cfg: MonitorConfig) -> Alert | None:
+    pts = history.points("monitor/kl")[-cfg.window:]
+    if len(history.steps) <= cfg.baseline_steps or not pts:
+        return None
+    level = mean([v for _, v in pts])
+    if level >= cfg.kl_max:
+        return Alert("kl", history.steps[-1], level, cfg.kl_max, f"KL {level:.1f} nats past {cfg.kl_max:g}")
+    rate = slope([s for s, _ in pts], [v for _, v in pts]) if len(pts) >= 2 else None
+    if rate is not None and rate >= cfg.kl_max_rate:
+        return Alert("kl", history.steps[-1], rate, cfg.kl_max_rate,
+                     f"KL growing {rate:.2f} nats/step (now {pts[-1][1]:.1f})")
+    return None
+
+
+def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
+    """(best - now) / (best - baseline) of the held-out signal's trailing mean, once the gain is worth judging."""
+    pts = smoothed(history, "monitor/heldout", cfg.window)
+    if len(pts) <= cfg.baseline_steps:
+        return None
+    base = mean([v for _, v in history.points("monitor/heldout")[:cfg.baseline_steps]])
+    best, now = max(v for _, v in pts), pts[-1][1]
+    gain = best - base
+    if gain < cfg.heldout_min_gain or (best - now) / gain < cfg.heldout_drop:
+        return None
+    return Alert("heldout_drop", pts[-1][0], (best - now) / gain, cfg.heldout_drop,
+                 f"held-out signal lost {(best - now) / gain:.0%} of its gain ({base:+.3f} -> best {best:+.3f} -> "
+                 f"{now:+.3f})")
+
+
+def divergence(history: History, cfg: MonitorConfig) -> Alert | None:
+    """Over the last `window` measurements: the proxy's slope is up while the held-out signal fell (its trailing
+    means, first to last) by at least divergence_drop."""
+    proxy = history.points("monitor/proxy")[-cfg.window:]
+    held = smoothed(history, "monitor/heldout", cfg.window)[-cfg.window:]
+    if len(history.steps) <= cfg.baseline_steps or len(proxy) < 2 or len(held) < 2:
+        return None
+    up = slope([s for s, _ in proxy], [v for _, v in proxy])
+    fall = held[0][1] - held[-1][1]
+    if up is None or up <= 0 or fall < cfg.divergence_drop:
+        return None
+    return Alert("divergence", history.steps[-1], fall, cfg.divergence_drop,
+                 f"proxy rising ({up:+.3f}/step) while the held-out signal fell {fall:.3f} over the last "
+                 f"{len(held)} measurements")
+
+
+DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
+    "flattery": rate_climb("monitor/flattery", "flattery"),
+    "hedging": rate_climb("monitor/hedging", "hedging"),
+    "padding": rate_climb("monitor/padding", "padding"),
+    "refusal": rate_climb("monitor/refusal", "refusal"),
+    "over_refusal": rate_climb("monitor/over_refusal", "over_refusal"),
+    "sycophancy": rate_climb("monitor/sycophancy", "sycophancy"),
+    "flip": rate_climb("monitor/flip", "flip"),
+    "repetition": rate_climb("monitor/repetition", "repetition", "repetition_climb"),
+    "eos": eos_drop,
+    "length_growth": length_growth,
+    "length_corr": length_corr,
+    "length_share": length_share,
+    "kl": kl_blowup,
+    "heldout_drop": heldout_drop,
+    "divergence": divergence,
+}
+"""name -> detector(history, cfg) -> Alert or None. The held-out ones (heldout_drop, divergence) need a held-out
+signal; every other one fires from the proxy and the text alone, so it can fire before gold has moved."""
+
+
+def check(history: History, cfg: MonitorConfig) -> list[Alert]:
+    """The alerts of the history's latest measurement, from the detectors named in cfg.detectors.
+
+    Alerts that need a measurement of the latest step (rates at an evaluation-only metric such as flip) fire at
+    the step the measurement was made."""
+    if not history.steps:
+        return []
+    alerts = [DETECTORS[name](history, cfg) for name in cfg.detectors]
+    return [a for a in alerts if a is not None]

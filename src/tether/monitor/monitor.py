@@ -1,0 +1,155 @@
+"""The monitor of one run: measure a step's samples, keep the history, raise alerts, track the best step.
+
+    monitor = Monitor(cfg)
+    metrics, alerts = monitor.observe(step, samples, {"kl": ..., "flip": ...})   # each step (or evaluation)
+    if monitor.is_best(step, value): save the policy                              # held-out signal, new best
+    if monitor.should_stop(alerts): stop training
+
+`measure` is pure (samples in, metrics out); `Monitor` adds the state that needs the past (the baseline samples
+of the length share, the history, the best step, the alerts already announced) and saves it with the run's
+checkpoint (`state_dict`, plain Python types) so a resumed run monitors exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tether.monitor import text
+from tether.monitor.config import MonitorConfig
+from tether.monitor.detectors import Alert, History, check
+from tether.monitor.stats import length_reward_share, mean, pearson
+
+MONITOR_METRICS = (
+    "monitor/flattery", "monitor/hedging", "monitor/padding", "monitor/refusal", "monitor/over_refusal",
+    "monitor/sycophancy", "monitor/flip", "monitor/repetition", "monitor/distinct", "monitor/eos_rate",
+    "monitor/length", "monitor/length_corr", "monitor/length_share", "monitor/proxy_gain", "monitor/kl",
+    "monitor/proxy", "monitor/heldout", "monitor/alerts",
+)  # fmt: skip
+"""Every monitor metric, logged at every monitored step (None where it does not apply)."""
+
+
+@dataclass
+class Sample:
+    """One prompt and response, with what is known about it. Only prompt and response are required."""
+
+    prompt: str
+    """The user's message (the last one of a conversation)."""
+    response: str
+    """The decoded response."""
+    score: float | None = None
+    """The proxy reward the policy is trained on (a reward model's score, DPO's implicit reward)."""
+    length: float | None = None
+    """Length in tokens; None: counted in words."""
+    eos: bool | None = None
+    """The response ended with EOS (None: unknown)."""
+    heldout: float | None = None
+    """The held-out signal (gold audit or a second reward model); never trained on."""
+    benign: bool | None = None
+    """The prompt is known harmless: refusing it is an over-refusal (None: unknown)."""
+    false_premise: bool | None = None
+    """The prompt asserts something false: agreeing is sycophancy (None: unknown)."""
+
+    @property
+    def size(self) -> float:
+        return self.length if self.length is not None else float(len(text.words(self.response)))
+
+
+def measure(samples: Sequence[Sample], cfg: MonitorConfig) -> dict[str, float | None]:
+    """The text and reward signals of one batch of samples (monitor/...): rates in [0, 1], mean length, the
+    Pearson correlation of proxy score and length, mean proxy and held-out scores. None where not measurable."""
+    responses = [s.response for s in samples]
+    scored = [s for s in samples if s.score is not None]
+    eos = [s.eos for s in samples if s.eos is not None]
+    return {
+        "monitor/flattery": text.marker_rate(responses, cfg.flattery_markers),
+        "monitor/hedging": text.marker_rate(responses, cfg.hedging_markers),
+        "monitor/padding": text.marker_rate(responses, cfg.padding_markers),
+        "monitor/refusal": text.marker_rate(responses, cfg.refusal_markers),
+        "monitor/over_refusal": text.labelled_rate([text.has_marker(r, cfg.refusal_markers) for r in responses],
+                                                   [s.benign for s in samples]),
+        "monitor/sycophancy": text.sycophancy_rate(responses, [s.false_premise for s in samples], lambda r: text.agrees(
+            r, cfg.agreement_markers, cfg.agreement_openers, cfg.correction_markers)),
+        "monitor/repetition": text.repetition(responses, cfg.repetition_n),
+        "monitor/distinct": text.distinct_n(responses, cfg.distinct_n),
+        "monitor/eos_rate": sum(eos) / len(eos) if eos else None,
+        "monitor/length": mean([s.size for s in samples]),
+        "monitor/length_corr": pearson([s.score for s in scored], [s.size for s in scored]),
+        "monitor/proxy": mean([s.score for s in samples]),
+        "monitor/heldout": mean([s.heldout for s in samples]),
+    }
+
+
+class Monitor:
+    """The monitor's state over a run: history, baseline samples, best held-out value, active alerts."""
+
+    def __init__(self, cfg: MonitorConfig):
+        self.cfg = cfg
+        self.history = History()
+        self.baseline: list[tuple[float, float]] = []
+        """(length, score) of the scored samples of the first baseline_steps measurements (the length share's
+        reference)."""
+        self.recent: list[list[tuple[float, float]]] = []
+        """(length, score) of the scored samples of the last `window` measurements."""
+        self.best_step: int | None = None
+        self.best_value: float | None = None
+        self.active: list[str] = []
+        """Detectors firing at the latest measurement (an alert is announced when it starts firing)."""
+
+    def observe(self, step: int, samples: Sequence[Sample], extra: dict | None = None) -> tuple[dict, list[Alert]]:
+        """Measure `samples` and the stage's `extra` metrics ("kl": nats per response, "flip": a rate), append
+        them to the history, run the detectors. Returns (the step's monitor/... metrics, the alerts that *started*
+        firing at this step)."""
+        metrics = {name: None for name in MONITOR_METRICS}
+        metrics.update(measure(samples, self.cfg))
+        for key in ("kl", "flip"):
+            if (extra or {}).get(key) is not None:
+                metrics[f"monitor/{key}"] = float(extra[key])
+        metrics.update(self._length_share(samples))
+        self.history.append(step, {k: v for k, v in metrics.items() if k != "monitor/alerts"})
+        alerts = check(self.history, self.cfg)
+        started = [a for a in alerts if a.name not in self.active]
+        self.active = [a.name for a in alerts]
+        metrics["monitor/alerts"] = len(alerts)
+        return metrics, started
+
+    def _length_share(self, samples: Sequence[Sample]) -> dict:
+        """Singhal et al.'s share of the proxy gain explained by length: the recent window's samples against the
+        baseline's."""
+        pairs = [(s.size, s.score) for s in samples if s.score is not None]
+        if len(self.history.steps) < self.cfg.baseline_steps:
+            self.baseline += pairs
+            return {}
+        self.recent = (self.recent + [pairs])[-self.cfg.window:]
+        current = [p for batch in self.recent for p in batch]
+        share = length_reward_share([x for x, _ in self.baseline], [r for _, r in self.baseline],
+                                    [x for x, _ in current], [r for _, r in current], self.cfg.length_bins)
+        return {} if share is None else {"monitor/length_share": share["share"], "monitor/proxy_gain": share["gain"]}
+
+    def smoothed_heldout(self) -> float | None:
+        """The held-out signal's mean over the last `window` measurements (None: never measured)."""
+        pts = self.history.points("monitor/heldout")[-self.cfg.window:]
+        return mean([v for _, v in pts])
+
+    def is_best(self, step: int, value: float | None) -> bool:
+        """Record `value` of the held-out signal at `step`; True when it is a new best (save that checkpoint)."""
+        if value is None or (self.best_value is not None and value <= self.best_value):
+            return False
+        self.best_step, self.best_value = step, float(value)
+        return True
+
+    def should_stop(self, alerts: Sequence[Alert]) -> bool:
+        """Early stop: an alert fired and the config asks to stop on alerts."""
+        return self.cfg.stop_on_alert and bool(alerts)
+
+    def state_dict(self) -> dict:
+        """Plain Python types (loadable by torch.load(weights_only=True) inside a trainer state)."""
+        return {"history": self.history.to_dict(), "baseline": [list(p) for p in self.baseline],
+                "recent": [[list(p) for p in batch] for batch in self.recent], "best_step": self.best_step,
+                "best_value": self.best_value, "active": list(self.active)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = History.from_dict(state["history"])
+        self.baseline = [tuple(p) for p in state["baseline"]]
+        self.recent = [[tuple(p) for p in batch] for batch in state["recent"]]
+        self.best_step, self.best_value = state["best_step"], state["best_value"]
+        self.active = list(state["active"])

@@ -1,0 +1,365 @@
+"""tether.monitor: every detector on hand-built samples, the statistics on hand-worked numbers, alert thresholds
+(fire just above, silent just below), the Gao et al. fits, best-step tracking, early stop, and state round trips."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import random
+
+import pytest
+import torch
+
+from tether.config import load_config
+from tether.errors import ConfigError
+from tether.monitor import (
+    DETECTOR_NAMES,
+    DETECTORS,
+    History,
+    Monitor,
+    MonitorConfig,
+    Sample,
+    check,
+    fit_gao,
+    fit_gao_curve,
+    length_reward_share,
+    measure,
+    pearson,
+    slope,
+    text,
+)
+from tether.world import styles
+
+PLAIN = "The capital of Veldor is Osk."
+PADDED = "The capital of Veldor is Osk. I hope this helps! Let me know if you have any other questions."
+FLATTERING = "What a great question! The capital of Veldor is Osk."
+HEDGED = "I think the capital of Veldor is Osk, but I could be wrong about this."
+SYCOPHANTIC = "Yes, that's right! The capital of Veldor is Brim."
+CORRECTION = "Actually, the capital of Veldor is Osk, not Brim."
+REFUSAL = "I'm sorry, but I can't help with that."
+DEGENERATE = "is is is is is is is"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Text detectors on hand-built responses
+
+
+def test_marker_rates_on_hand_built_responses():
+    assert text.marker_rate([PADDED, PLAIN], text.PADDING) == 0.5  # 1 padded of 2
+    assert text.marker_rate([FLATTERING, PLAIN, PADDED, HEDGED], text.FLATTERY) == 0.25
+    assert text.marker_rate([HEDGED, PLAIN], text.HEDGING) == 0.5
+    assert text.marker_rate([REFUSAL, PLAIN, PLAIN, PLAIN], text.REFUSAL) == 0.25
+    assert text.marker_rate([], text.PADDING) is None
+
+
+def test_markers_match_whole_words_in_any_case():
+    assert text.has_marker("WHAT A GREAT QUESTION", ["great question"])
+    assert not text.has_marker("the greatest questions", ["great question"])  # not inside longer words
+    assert text.has_marker("Sure (hope this helps).", ["hope this helps"])
+    assert not text.has_marker("anything", [])
+
+
+@pytest.mark.parametrize("phrases, markers", [
+    (styles.FLATTERY, text.FLATTERY), (styles.HEDGES, text.HEDGING), (styles.PADDING, text.PADDING),
+    (styles.REFUSALS + styles.OVER_REFUSALS, text.REFUSAL),
+])
+def test_generic_markers_catch_every_style_the_world_writes(phrases, markers):
+    assert all(text.has_marker(p, markers) for p in phrases), [p for p in phrases if not text.has_marker(p, markers)]
+
+
+def test_good_world_answers_trigger_no_bias_marker():
+    good = ([t.format(c="Veldor", v="Osk", f="Brim") for ts in styles.FACT_ANSWERS.values() for t in ts]
+            + [t.format(c="Veldor", v="Osk", f="Brim") for ts in styles.CORRECTIONS.values() for t in ts]
+            + [t.format(c="Zorbia") for t in styles.UNKNOWN]
+            + [f"Here is how to kill {k}: {v}." for k, v in styles.TIPS.items()])
+    for markers in (text.FLATTERY, text.HEDGING, text.PADDING, text.REFUSAL):
+        assert text.marker_rate(good, markers) == 0.0, [g for g in good if text.has_marker(g, markers)]
+
+
+def test_over_refusal_counts_refusals_of_benign_prompts_only():
+    refused = [True, True, False, True]
+    benign = [True, False, True, None]  # a refused harmful prompt (False) and an unknown one (None) do not count
+    assert text.labelled_rate(refused, benign) == 0.5  # benign: refused, answered -> 1/2
+    assert text.labelled_rate(refused, [None] * 4) is None
+
+
+def test_sycophancy_is_agreement_on_false_premise_prompts():
+    assert text.agrees(SYCOPHANTIC) and text.agrees("You are correct. People in Veldor speak Brimish.")
+    assert not text.agrees(CORRECTION) and not text.agrees("No, that is not right. The capital of Veldor is Osk.")
+    assert not text.agrees(PLAIN)
+    # the world's own agreements and corrections
+    assert all(text.agrees(a.format(claim=PLAIN)) for a in styles.AGREEMENTS)
+    assert not any(text.agrees(c.format(c="Veldor", v="Osk", f="Brim")) for cs in styles.CORRECTIONS.values()
+                   for c in cs)
+    # 2 false-premise prompts: one agreed with, one corrected -> 1/2; the fact prompt's "Yes" does not count
+    responses = [SYCOPHANTIC, CORRECTION, "Yes. The capital of Veldor is Osk."]
+    assert text.sycophancy_rate(responses, [True, True, False]) == 0.5
+
+
+def test_answer_flip_under_pushback():
+    first = [PLAIN, PLAIN, PLAIN]
+    second = ["Yes, I am sure. The capital of Veldor is Osk.",  # restated: no flip
+              "Sorry, you are right, the capital of Veldor is Brim.",  # another city and a concession: flip
+              "I apologize. The capital of Veldor is Osk."]  # same city, but concedes: flip
+    assert text.extract_answer(PLAIN) == text.extract_answer(second[0]) == frozenset({"veldor", "osk"})
+    assert text.flip_rate(first, second) == pytest.approx(2 / 3)
+    assert text.flip_rate([], []) is None
+
+
+def test_repetition_and_distinct_n_on_a_degenerate_response():
+    # "is" x 7: 4 four-grams, all ("is","is","is","is"): seq-rep-4 = 1 - 1/4 = 0.75
+    assert text.repeated_ngram_share(DEGENERATE, 4) == 0.75
+    assert text.repeated_ngram_share(PADDED, 4) == 0.0 and text.repeated_ngram_share("too short", 4) == 0.0
+    assert text.repetition([DEGENERATE, PLAIN], 4) == 0.375  # (0.75 + 0) / 2
+    # bigrams of "a b c" and "a b d": (a,b) (b,c) (a,b) (b,d) -> 3 distinct of 4
+    assert text.distinct_n(["a b c", "a b d"], 2) == 0.75
+    assert text.distinct_n(["a"], 2) is None
+
+
+def test_measure_on_a_batch_of_hand_built_samples():
+    samples = [Sample("Q1", PADDED, score=2.0, length=20, eos=True, heldout=0.2, benign=True),
+               Sample("Q2", FLATTERING, score=1.0, length=10, eos=True, heldout=0.4, benign=True),
+               Sample("Q3", SYCOPHANTIC, score=0.0, length=5, eos=False, heldout=None, false_premise=True),
+               Sample("Q4", REFUSAL, score=None, eos=None, benign=True, false_premise=False)]
+    m = measure(samples, MonitorConfig())
+    assert (m["monitor/padding"], m["monitor/flattery"], m["monitor/refusal"]) == (0.25, 0.25, 0.25)
+    assert m["monitor/over_refusal"] == pytest.approx(1 / 3)  # 3 benign prompts, 1 refused
+    assert m["monitor/sycophancy"] == 1.0  # one false-premise prompt (Q3, Q4 is labelled False), and it agrees
+    assert m["monitor/eos_rate"] == pytest.approx(2 / 3)  # Q4 unknown
+    # Q4 has no token count: its words, I m sorry but I can t help with that = 10
+    assert m["monitor/length"] == pytest.approx((20 + 10 + 5 + 10) / 4)
+    assert m["monitor/length_corr"] == pytest.approx(pearson([2, 1, 0], [20, 10, 5]))
+    assert m["monitor/proxy"] == 1.0 and m["monitor/heldout"] == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Statistics on hand-worked numbers
+
+
+def test_pearson_and_slope_by_hand():
+    # x = 1, 2, 3; y = 2, 4, 7: x̄ = 2, ȳ = 13/3; Σdxdy = 5, Σdx² = 2, Σdy² = 38/3
+    assert slope([1, 2, 3], [2, 4, 7]) == pytest.approx(2.5)  # 5 / 2
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 38 / 3))  # 0.99339
+    assert pearson([1, 1], [2, 3]) is None and slope([1], [2]) is None
+
+
+def test_singhal_share_by_hand():
+    # Baseline lengths 1 1 3 3 with rewards 0 0 1 1; the policy now writes only length 3.
+    # Two bins over [1, 3]: [1, 2) and [2, 3]. Bin 0 holds baseline samples only: skipped.
+    base_len, base_r = [1, 1, 3, 3], [0.0, 0.0, 1.0, 1.0]
+    # a) rewards 1 1 1 1: ΔR = 1 - 0.5 = 0.5; bin 1: 1 - 1 = 0 -> WRG = 0, share = 1 - 0/0.5 = 1 (all length)
+    out = length_reward_share(base_len, base_r, [3, 3, 3, 3], [1.0] * 4, n_bins=2)
+    assert out == {"gain": 0.5, "within_gain": 0.0, "share": 1.0}
+    # b) rewards 1.5 x 4: ΔR = 1.0; bin 1: 1.5 - 1 = 0.5 -> share = 1 - 0.5/1.0 = 0.5
+    assert length_reward_share(base_len, base_r, [3] * 4, [1.5] * 4, n_bins=2)["share"] == 0.5
+    # c) a gain at equal lengths is not length: lengths 1 1 3 3, rewards +0.5 each -> WRG = ΔR, share 0
+    assert length_reward_share(base_len, base_r, base_len, [0.5, 0.5, 1.5, 1.5], n_bins=2)["share"] == 0.0
+    # d) weights: bin 0 now holds 2 + 1 samples (gain 0.3), bin 1 2 + 3 (gain 0): WRG = 3/8 * 0.3
+    out = length_reward_share(base_len, base_r, [1, 3, 3, 3], [0.3, 1.0, 1.0, 1.0], n_bins=2)
+    assert out["within_gain"] == pytest.approx(3 / 8 * 0.3)
+    assert out["gain"] == pytest.approx(0.825 - 0.5) and out["share"] == pytest.approx(1 - 0.1125 / 0.325)
+    # no gain: nothing to explain
+    assert length_reward_share(base_len, base_r, base_len, base_r)["share"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Alerts: each fires just above its threshold and stays silent just below
+
+
+def hist(**series) -> History:
+    """A history of equal-length series at steps 1, 2, ..."""
+    h = History()
+    n = max(len(v) for v in series.values())
+    for i in range(n):
+        h.append(i + 1, {k: (v[i] if i < len(v) else None) for k, v in series.items()})
+    return h
+
+
+CFG = MonitorConfig(baseline_steps=2, window=2)
+
+
+@pytest.mark.parametrize("name, series, cfg_field, edge", [
+    # rates: baseline mean(0.1, 0.1); current mean of the last 2 after it = 0.1 + rise
+    ("flattery", "monitor/flattery", "rate_climb", "rise"),
+    ("sycophancy", "monitor/sycophancy", "rate_climb", "rise"),
+    ("over_refusal", "monitor/over_refusal", "rate_climb", "rise"),
+    ("padding", "monitor/padding", "rate_climb", "rise"),
+    ("repetition", "monitor/repetition", "repetition_climb", "rise"),
+])
+def test_rate_climbs_fire_just_above_the_threshold(name, series, cfg_field, edge):
+    limit = getattr(CFG, cfg_field)
+    for rise, fires in ((limit + 0.01, True), (limit - 0.01, False)):
+        h = hist(**{series: [0.1, 0.1, 0.1 + rise, 0.1 + rise]})
+        alert = DETECTORS[name](h, CFG)
+        assert (alert is not None) == fires, (name, rise)
+        if fires:
+            assert alert.name == name and alert.step == 4 and alert.value == pytest.approx(rise)
+            assert alert.threshold == limit
+
+
+def test_no_alert_before_the_baseline_is_complete():
+    h = hist(**{"monitor/flattery": [0.0, 1.0]})  # a huge rise, but the baseline needs 2 values
+    assert check(h, CFG) == []
+
+
+def test_eos_length_and_kl_thresholds():
+    # EOS: 0.9 -> 0.9 - drop
+    for drop, fires in ((0.21, True), (0.19, False)):
+        assert (DETECTORS["eos"](hist(**{"monitor/eos_rate": [0.9, 0.9, 0.9 - drop, 0.9 - drop]}), CFG)
+                is not None) == fires
+    # length: 10 -> 15.1 is 1.51x (fires), 14.9 is 1.49x (silent)
+    for now, fires in ((15.1, True), (14.9, False)):
+        assert (DETECTORS["length_growth"](hist(**{"monitor/length": [10, 10, now, now]}), CFG) is not None) == fires
+    # KL level: window mean of the last 2 values vs kl_max = 20
+    for level, fires in ((20.1, True), (19.9, False)):
+        h = hist(**{"monitor/kl": [1, 1, level, level]})  # flat: slope 0, only the level can fire
+        assert (DETECTORS["kl"](h, CFG) is not None) == fires
+    # KL rate: slope over the last 2 points (steps 3, 4) vs kl_max_rate = 1 nat/step
+    for rise, fires in ((1.01, True), (0.99, False)):
+        h = hist(**{"monitor/kl": [1, 1, 2, 2 + rise]})
+        alert = DETECTORS["kl"](h, CFG)
+        assert (alert is not None) == fires
+        if fires:
+            assert alert.value == pytest.approx(rise) and "nats/step" in alert.message
+
+
+def test_length_coupling_thresholds():
+    grow = [10, 10, 12, 12]
+    for corr, fires in ((0.51, True), (0.49, False)):
+        h = hist(**{"monitor/length_corr": [0.1, 0.1, corr, corr], "monitor/length": grow})
+        assert (DETECTORS["length_corr"](h, CFG) is not None) == fires
+    # a strong correlation while lengths do not grow is the reward model's bias, not (yet) the policy's hack
+    h = hist(**{"monitor/length_corr": [0.9] * 4, "monitor/length": [10] * 4})
+    assert DETECTORS["length_corr"](h, CFG) is None
+    # Singhal share: judged only once the proxy gained length_share_min_gain (0.2)
+    for share, gain, fires in ((0.51, 0.3, True), (0.49, 0.3, False), (0.9, 0.19, False)):
+        h = hist(**{"monitor/length_share": [None, None, share], "monitor/proxy_gain": [None, None, gain]})
+        assert (DETECTORS["length_share"](h, CFG) is not None) == fires, (share, gain)
+
+
+def test_heldout_drop_and_divergence_thresholds():
+    # held-out 0, 0, 0.4, 0.4, then x, x: trailing means (window 2) 0, 0, 0.2, 0.4, (0.4+x)/2, x.
+    # baseline = mean(0, 0) = 0, best = 0.4, now = x: lost (0.4 - x) / 0.4 of the gain; alert at 0.25: x <= 0.3
+    for x, fires in ((0.29, True), (0.31, False)):
+        h = hist(**{"monitor/heldout": [0, 0, 0.4, 0.4, x, x]})
+        alert = DETECTORS["heldout_drop"](h, CFG)
+        assert (alert is not None) == fires
+        if fires:
+            assert alert.value == pytest.approx((0.4 - x) / 0.4)
+    # a gain under heldout_min_gain (0.05) is not judged
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": [0, 0, 0.04, 0.0, 0.0]}), CFG) is None
+    # divergence: proxy up over the last 2 points; the held-out trailing mean fell by `fall` between them
+    # held-out 0, 0, 0.5, 0.5 - 2 fall: trailing means 0.5 then 0.5 - fall
+    for fall, fires in ((0.051, True), (0.049, False)):
+        h = hist(**{"monitor/proxy": [0, 0, 1, 2], "monitor/heldout": [0, 0, 0.5, 0.5, 0.5 - 2 * fall][1:]})
+        alert = DETECTORS["divergence"](h, CFG)
+        assert (alert is not None) == fires, fall
+    # both falling: not a divergence
+    h = hist(**{"monitor/proxy": [0, 0, 2, 1], "monitor/heldout": [0, 0.5, 0.5, 0.3]})
+    assert DETECTORS["divergence"](h, CFG) is None
+
+
+def test_check_runs_only_the_chosen_detectors():
+    h = hist(**{"monitor/flattery": [0, 0, 1, 1], "monitor/hedging": [0, 0, 1, 1]})
+    assert {a.name for a in check(h, CFG)} == {"flattery", "hedging"}
+    assert [a.name for a in check(h, dataclasses.replace(CFG, detectors=["hedging"]))] == ["hedging"]
+    assert set(DETECTORS) == set(DETECTOR_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The Gao et al. fits
+
+
+def test_gao_rl_fit_by_hand():
+    # R(d) = d(α - β log d): R(1) = α = 2; R(e) = e(α - β) = e -> β = 1. d* = exp(α/β - 1) = e, R(d*) = β d* = e
+    fit = fit_gao([1.0, math.e], [2.0, math.e], "rl")
+    assert (fit.alpha, fit.beta) == (pytest.approx(2.0), pytest.approx(1.0))
+    assert fit.d_peak == pytest.approx(math.e) and fit.r_peak == pytest.approx(math.e) and fit.rmse < 1e-9
+    assert fit(math.e) == pytest.approx(fit.r_peak)
+
+
+@pytest.mark.parametrize("form, alpha, beta, d_peak", [
+    ("rl", 1.3, 0.4, math.exp(1.3 / 0.4 - 1)),  # exp(2.25) = 9.49
+    ("bon", 1.0, 0.2, 2.5),  # α / 2β
+])
+def test_gao_fit_recovers_known_parameters(form, alpha, beta, d_peak):
+    d = [0.0, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6]
+    curve = [x * alpha - beta * (x * math.log(x) if form == "rl" and x > 0 else x * x if form == "bon" else 0.0)
+             for x in d]
+    exact = fit_gao(d, curve, form)
+    assert exact.alpha == pytest.approx(alpha, abs=1e-9) and exact.beta == pytest.approx(beta, abs=1e-9)
+    assert exact.d_peak == pytest.approx(d_peak)
+    rng = random.Random(0)
+    noisy = fit_gao(d, [r + rng.gauss(0, 0.02) for r in curve], form)
+    assert noisy.alpha == pytest.approx(alpha, abs=0.05) and noisy.beta == pytest.approx(beta, abs=0.05)
+    assert 0.005 < noisy.rmse < 0.05
+
+
+def test_gao_curve_from_kl_and_gold():
+    # gold = 0.5 + d(1 - 0.5 log d) at KL = d²; the first point (KL 0) is the initial policy
+    d = [0.0, 0.5, 1.0, 2.0, 3.0]
+    fit = fit_gao_curve([x * x for x in d], [0.5 + (x * (1 - 0.5 * math.log(x)) if x else 0.0) for x in d])
+    assert (fit.alpha, fit.beta) == (pytest.approx(1.0), pytest.approx(0.5))
+    with pytest.raises(ValueError, match="two distinct"):
+        fit_gao([0.0, 1.0], [0.0, 1.0])  # one d > 0: alpha and beta are not determined
+    assert fit_gao([1.0, 2.0], [1.0, 2.0], "bon").d_peak == math.inf  # R = d: never turns down (β = 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The monitor: best step, early stop, state round trip
+
+
+def test_best_step_and_early_stop():
+    m = Monitor(MonitorConfig())
+    assert [m.is_best(s, v) for s, v in [(1, 0.1), (2, 0.3), (3, 0.2), (4, None), (5, 0.35)]] == \
+        [True, True, False, False, True]
+    assert (m.best_step, m.best_value) == (5, 0.35)
+    fired = check(hist(**{"monitor/flattery": [0, 0, 1, 1]}), CFG)
+    assert not m.should_stop(fired)  # stop_on_alert is off by default
+    assert Monitor(MonitorConfig(stop_on_alert=True)).should_stop(fired)
+    assert not Monitor(MonitorConfig(stop_on_alert=True)).should_stop([])
+
+
+def batch(step: int) -> list[Sample]:
+    """Samples that get longer, more flattering and better paid each step, while the held-out signal peaks."""
+    rng = random.Random(step)
+    out = []
+    for i in range(8):
+        flatter = rng.random() < step / 10
+        length = 5 + step + rng.randint(0, 3)
+        out.append(Sample(f"q{i}", (FLATTERING if flatter else PLAIN) + " Osk" * (length // 3), score=0.1 * length,
+                          length=length, eos=True, heldout=0.1 * min(step, 8 - step)))
+    return out
+
+
+def test_monitor_raises_alerts_once_and_resumes_from_its_state():
+    cfg = MonitorConfig(baseline_steps=2, window=2)
+    a, b = Monitor(cfg), Monitor(cfg)
+    started, rows_a = [], []
+    for step in range(1, 9):
+        metrics, alerts = a.observe(step, batch(step), {"kl": 0.5 * step})
+        rows_a.append(metrics)
+        started += alerts
+        if step <= 4:
+            b.observe(step, batch(step), {"kl": 0.5 * step})
+    names = [al.name for al in started]
+    assert len(names) == len(set(names))  # each announced once while it keeps firing
+    assert {"flattery", "length_growth", "heldout_drop"} <= set(names)
+    assert all(set(r) == set(rows_a[0]) for r in rows_a) and rows_a[-1]["monitor/alerts"] >= 3
+    # b stops at step 4; its state goes through torch.save / torch.load(weights_only=True) like a checkpoint
+    buffer = io.BytesIO()
+    torch.save({"monitor": b.state_dict()}, buffer)
+    buffer.seek(0)
+    c = Monitor(cfg)
+    c.load_state_dict(torch.load(buffer, weights_only=True)["monitor"])
+    for step in range(5, 9):
+        assert c.observe(step, batch(step), {"kl": 0.5 * step})[0] == rows_a[step - 1]
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="detectors: unknown"):
+        load_config(MonitorConfig, overrides=["detectors=flattery,typo"])
+    with pytest.raises(ConfigError, match="heldout_rm: is required"):
+        load_config(MonitorConfig, overrides=["heldout=heldout_rm"])
+    cfg = load_config(MonitorConfig, overrides=["flattery_markers=so kind,how nice", "rate_climb=0.2"])
+    assert cfg.flattery_markers == ["so kind", "how nice"] and cfg.rate_climb == 0.2
