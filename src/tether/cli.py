@@ -20,7 +20,7 @@ from tether import __version__
 from tether.config import config_help, load_config
 from tether.errors import TetherError
 
-__all__ = ["STAGES", "Stage", "UsageError", "main"]
+__all__ = ["COMMANDS", "STAGES", "Stage", "UsageError", "main"]
 
 
 class Stage(NamedTuple):
@@ -53,6 +53,11 @@ STAGES: dict[str, Stage] = {
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
 }  # fmt: skip
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "raters": ("tether.raters.cli", "The rater web app: init | add-rater | import | export | serve ('tether raters --help')."),
+}
+"""Commands with their own sub-commands and options: name -> (module with `main(argv) -> int`, summary)."""
+
 USAGE = "tether STAGE [--config FILE.yaml] [--resume] [key=value ...]"
 
 
@@ -84,6 +89,8 @@ def _dispatch(args: list[str]) -> int:
         print(f"tether {__version__}")
         return 0
     name, rest = args[0], args[1:]
+    if name in COMMANDS:
+        return importlib.import_module(COMMANDS[name][0]).main(rest)
     stage = _find_stage(name)
     options = _parse_stage_args(name, rest)
     config_cls, fn = _import_stage(name, stage)
@@ -105,7 +112,7 @@ def _find_stage(name: str) -> Stage:
         return STAGES[name]
     if name.startswith("-"):
         raise UsageError(f"expected a stage first, got option {name!r}; usage: {USAGE}")
-    close = difflib.get_close_matches(name, list(STAGES), n=1)
+    close = difflib.get_close_matches(name, list(STAGES) + list(COMMANDS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UsageError(f"unknown stage {name!r}{hint}; stages: {', '.join(STAGES)}")
 
@@ -144,9 +151,11 @@ def _import_stage(name: str, stage: Stage) -> tuple[type, Callable[[Any], Any]]:
 
 def top_help() -> str:
     """`tether --help`: usage and the stage list; imports no stage module."""
-    width = max(len(name) for name in STAGES)
+    width = max(len(name) for name in list(STAGES) + list(COMMANDS))
     lines = [f"usage: {USAGE}", "", "stages:"]
     lines += [f"  {name:<{width}}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += [
         "",
         "options:",

@@ -1,0 +1,191 @@
+"""Users, invites, sessions and the login rate limit.
+
+No default credentials and no open sign-up: a user exists only because an admin (or `tether raters
+init`) created it, and gets a password only through a one-time invite link (or `--password-file`).
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from tether.raters.db import Database, Invite, LoginAttempt, LoginSession, User, utcnow
+from tether.raters.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from tether.raters.security import Passwords, new_token, password_problem, token_hash
+
+ROLES = ("admin", "rater")
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+INVITE_TTL = timedelta(days=7)
+SESSION_TTL = timedelta(hours=12)
+LOGIN_WINDOW = timedelta(minutes=15)
+LOGIN_FAILURES = 5
+"""Failed logins allowed per (username, client address) within LOGIN_WINDOW; the next one gets 429."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The signed-in user of a request."""
+
+    user_id: int
+    username: str
+    role: str
+    csrf_token: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """A new session: the cookie token (shown once, stored hashed) and its CSRF token."""
+
+    token: str
+    csrf_token: str
+    principal: Principal
+
+
+def check_username(username: str) -> str:
+    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+        raise Invalid("username: 1-64 characters: letters, digits and _ . @ - (starting with a letter or digit)")
+    return username
+
+
+class Accounts:
+    """Account operations on one database; `secret` keys the token HMACs (see `security`)."""
+
+    def __init__(self, db: Database, secret: bytes, passwords: Passwords | None = None):
+        self.db = db
+        self.secret = secret
+        self.passwords = passwords or Passwords()
+
+    # -- users and invites ------------------------------------------------------------------------------
+
+    def add_user(self, username: str, role: str = "rater") -> int:
+        """The id of user `username`, created without a password if new (it cannot sign in until invited).
+
+        For scripted raters that work through the service layer, such as the demo's simulated raters.
+        """
+        check_username(username)
+        if role not in ROLES:
+            raise Invalid(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+        with self.db.write() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
+                user = User(username=username, role=role, active=True)
+                s.add(user)
+                s.flush()
+            elif user.role != role:
+                raise Conflict(f"username: {username!r} exists with role {user.role}")
+            return user.id
+
+    def invite(self, username: str, role: str = "rater") -> str:
+        """A one-time invite token for `username`, creating the user (without a password) if new.
+
+        Inviting an existing user again makes a fresh link (e.g. a lost one, or a password reset);
+        their role cannot change this way.
+        """
+        user_id = self.add_user(username, role)
+        token = new_token()
+        with self.db.write() as s:
+            s.add(Invite(token_hash=token_hash(self.secret, token), user_id=user_id, expires_at=utcnow() + INVITE_TTL))
+        return token
+
+    def invited_username(self, token: str) -> str:
+        """The username an unused, unexpired invite is for; NotFound otherwise."""
+        with self.db.read() as s:
+            return self._open_invite(s, token)[1].username
+
+    def accept_invite(self, token: str, password: str) -> str:
+        """Set the invited user's password and use up the invite; returns the username."""
+        problem = password_problem(password)
+        if problem:
+            raise Invalid(f"password: {problem}")
+        hashed = self.passwords.hash(password)
+        with self.db.write() as s:
+            invite, user = self._open_invite(s, token)
+            invite.used_at = utcnow()
+            user.password_hash = hashed
+            s.execute(delete(LoginSession).where(LoginSession.user_id == user.id))  # a reset signs out everywhere
+            return user.username
+
+    def set_password(self, username: str, password: str, role: str = "admin") -> None:
+        """Create or update a user with a password directly (for `init --password-file`)."""
+        check_username(username)
+        problem = password_problem(password)
+        if problem:
+            raise Invalid(f"password: {problem}")
+        hashed = self.passwords.hash(password)
+        with self.db.write() as s:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
+                s.add(User(username=username, role=role, active=True, password_hash=hashed))
+            else:
+                user.password_hash = hashed
+
+    def users(self) -> list[User]:
+        with self.db.read() as s:
+            return list(s.scalars(select(User).order_by(User.id)))
+
+    def _open_invite(self, s: Session, token: str) -> tuple[Invite, User]:
+        row = s.execute(select(Invite, User).join(User, Invite.user_id == User.id)
+                        .where(Invite.token_hash == token_hash(self.secret, token))).first()
+        if row is None or row[0].used_at is not None or row[0].expires_at < utcnow() or not row[1].active:
+            raise NotFound("invite: this link is unknown, used or expired; ask your admin for a new one")
+        return row[0], row[1]
+
+    # -- sessions -----------------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str, address: str) -> SignIn:
+        """A new session for correct credentials. Raises RateLimited after LOGIN_FAILURES recent failures
+        for this username from this address (checked before the password, so guessing stops), else
+        Unauthorized on a wrong username or password (the same message for both)."""
+        if not isinstance(username, str) or not USERNAME.fullmatch(username):
+            raise Unauthorized("wrong username or password")  # no such user can exist; nothing to count
+        now = utcnow()
+        with self.db.read() as s:
+            failures = s.scalar(select(func.count()).select_from(LoginAttempt).where(
+                LoginAttempt.username == username, LoginAttempt.address == address,
+                LoginAttempt.at > now - LOGIN_WINDOW))
+            user = s.scalar(select(User).where(User.username == username, User.active.is_(True)))
+        if failures >= LOGIN_FAILURES:
+            raise RateLimited("too many failed logins; wait 15 minutes and try again")
+        if not self.passwords.verify(user.password_hash if user else None, password):
+            with self.db.write() as s:
+                s.execute(delete(LoginAttempt).where(LoginAttempt.at < now - LOGIN_WINDOW))
+                s.add(LoginAttempt(username=username, address=address[:64], at=now))
+            raise Unauthorized("wrong username or password")
+        token, csrf = new_token(), secrets.token_urlsafe(24)
+        with self.db.write() as s:
+            s.add(LoginSession(token_hash=token_hash(self.secret, token), user_id=user.id, csrf_token=csrf,
+                               created_at=now, expires_at=now + SESSION_TTL))
+        return SignIn(token, csrf, Principal(user.id, user.username, user.role, csrf))
+
+    def principal(self, token: str | None) -> Principal | None:
+        """The user of a live session token, or None (no such session, expired, or user deactivated)."""
+        if not token or len(token) > 200:
+            return None
+        with self.db.read() as s:
+            row = s.execute(select(LoginSession.csrf_token, User).join(User, LoginSession.user_id == User.id)
+                            .where(LoginSession.token_hash == token_hash(self.secret, token),
+                                   LoginSession.expires_at > utcnow(), User.active.is_(True))).first()
+        if row is None:
+            return None
+        csrf, user = row
+        return Principal(user.id, user.username, user.role, csrf)
+
+    def logout(self, token: str | None) -> None:
+        if token and len(token) <= 200:
+            with self.db.write() as s:
+                s.execute(delete(LoginSession).where(LoginSession.token_hash == token_hash(self.secret, token)))
+
+    def set_active(self, username: str, active: bool) -> None:
+        """Deactivate (or reactivate) a user; a deactivated user's sessions stop working at once."""
+        with self.db.write() as s:
+            done = s.execute(update(User).where(User.username == username).values(active=active))
+            if done.rowcount == 0:
+                raise NotFound(f"username: no user {username!r}")

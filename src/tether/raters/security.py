@@ -1,0 +1,97 @@
+"""Secrets: the per-install key, token hashing, passwords (argon2id), constant-time comparison.
+
+Tokens (sessions, invites) are random (`secrets.token_urlsafe`) and only their HMAC under the install's
+secret key is stored, so a copy of the database alone lets nobody sign in. Passwords are hashed with
+argon2id through argon2-cffi, the algorithm OWASP recommends first.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from tether.errors import ConfigError
+
+SECRET_FILE = "secret.key"
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1000  # argon2 hashes anything, but a megabyte "password" is a cheap way to burn CPU
+
+
+def load_or_create_secret(project_dir: str | Path) -> bytes:
+    """The install's secret key from `<project>/secret.key`, created (mode 0600) on first use.
+
+    An existing key readable by group or others is refused rather than silently trusted, as ssh does.
+    """
+    path = Path(project_dir) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"{path}: readable by others (mode {mode:04o}); run: chmod 600 {path}") from None
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < 64:
+            raise ConfigError(f"{path}: too short to be a secret key (delete it to make a new one)")
+        return key.encode("ascii")
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        key = secrets.token_hex(32)
+        f.write(key + "\n")
+    return key.encode("ascii")
+
+
+def new_token() -> str:
+    """A URL-safe random token with 256 bits of entropy."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(secret: bytes, token: str) -> str:
+    """HMAC-SHA256 of a token: what the database stores in place of the token."""
+    return hmac.new(secret, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def same(a: str | None, b: str | None) -> bool:
+    """Constant-time string equality (for CSRF tokens); False when either is missing."""
+    if not a or not b:
+        return False
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+class Passwords:
+    """argon2id hashing with the library's defaults (RFC 9106 low-memory profile) unless told otherwise.
+
+    Tests pass a cheaper PasswordHasher; `verify` never raises on a wrong password or a damaged hash.
+    """
+
+    def __init__(self, hasher: PasswordHasher | None = None):
+        self.hasher = hasher or PasswordHasher()
+        self._dummy = self.hasher.hash(secrets.token_hex(16))
+
+    def hash(self, password: str) -> str:
+        return self.hasher.hash(password)
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        """True if `password` matches; an unknown user costs the same time (checked against a dummy hash)."""
+        try:
+            return self.hasher.verify(stored or self._dummy, password) and stored is not None
+        except (VerificationError, InvalidHashError, UnicodeEncodeError):
+            return False
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused, or None if it is acceptable."""
+    if len(password) < MIN_PASSWORD:
+        return f"at least {MIN_PASSWORD} characters"
+    if len(password) > MAX_PASSWORD:
+        return f"at most {MAX_PASSWORD} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode (a lone surrogate)"
+    return None

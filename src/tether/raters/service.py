@@ -1,0 +1,491 @@
+"""The rater app's logic, without HTTP: the queue, assignment, guidelines, ratings and exports.
+
+Assignment (`next_assignment`), in order:
+1. The rater must have acknowledged the current guideline version (else NeedsAcknowledgement).
+2. A rater's own open assignment comes back first, so a reload never takes a second pair.
+3. Gold pairs (known answers, attention checks) come at the project's rate: in every block of
+   m = round(1 / gold_rate) pairs a rater is served, one position, drawn per rater and block, is a
+   gold pair they have not seen. The rate is exact per block, yet a rater cannot predict the position.
+4. Otherwise the first unseen pair with a free slot (0..k-1), pairs already started first so that
+   completed pairs (k ratings, for agreement) accumulate early; a random one of the first few, so that
+   concurrent raters rarely race for the same slot. The UNIQUE(pair, slot) and UNIQUE(pair, rater)
+   constraints settle any race that does happen: the loser retries with fresh counts.
+
+Choices arrive as the rater saw them (left, right, tie, skip) and are stored as A/B: a client never
+learns which side is A, and position bias (share of non-tie choices for the left side) is measurable.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from tether.data.jsonl import read_rows
+from tether.data.preferences import (
+    Comparison,
+    read_comparisons,
+    write_comparisons,
+    write_trl,
+)
+from tether.errors import DataError
+from tether.raters.db import (
+    Acknowledgement,
+    Assignment,
+    Database,
+    Guideline,
+    Pair,
+    Project,
+    Rating,
+    User,
+    utcnow,
+)
+from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
+
+VOTES = ("left", "right", "tie", "skip")
+EXPORT_FORMATS = ("tether", "trl")
+EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ASSIGNMENT_TTL = timedelta(hours=1)
+"""An open assignment older than this gives its slot back (the rater left); checked once a minute."""
+CANDIDATES = 8
+"""Pairs drawn among when several raters take pairs at once (fewer slot races)."""
+MAX_TRIES = 20
+
+
+@dataclass(frozen=True)
+class Task:
+    """A pair as its rater sees it: no A/B labels, no gold flag."""
+
+    assignment_id: int
+    prompt: str | list
+    left: str
+    right: str
+    guideline_version: str
+    state: str
+    shown_at: datetime
+
+
+@dataclass(frozen=True)
+class Submitted:
+    rating_id: int
+    created: bool
+    """False when an earlier submit with the same submission id made the row (a retry)."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    added: int
+    skipped: int
+    """Pairs already in the database (same id), left as they were."""
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds") + "+00:00"
+
+
+class RaterService:
+    """Queue, assignment, guidelines, ratings and exports of one project (database + folder)."""
+
+    def __init__(self, db: Database, project_dir: str | Path, rng: random.Random | None = None):
+        """`rng` draws display orders and candidate pairs; a seeded one makes a single-threaded run
+        (the demo's simulated raters) reproducible."""
+        self.db = db
+        self.project_dir = Path(project_dir)
+        self.rng = rng or random.SystemRandom()
+        self._last_release = 0.0
+
+    # -- project settings ---------------------------------------------------------------------------------
+
+    def create_project(self, name: str, overlap: int, gold_rate: float) -> None:
+        _check_settings(overlap, gold_rate)
+        with self.db.write() as s:
+            if s.get(Project, 1) is not None:
+                raise Conflict(f"project: this database already holds project {s.get(Project, 1).name!r}")
+            s.add(Project(id=1, name=name, overlap=overlap, gold_rate=gold_rate))
+
+    def has_project(self) -> bool:
+        with self.db.read() as s:
+            return s.get(Project, 1) is not None
+
+    def project(self) -> Project:
+        with self.db.read() as s:
+            return _project(s)
+
+    def configure(self, overlap: int | None = None, gold_rate: float | None = None) -> Project:
+        """Change k or the gold rate; k is fixed once any regular pair has been served."""
+        with self.db.write() as s:
+            project = _project(s)
+            _check_settings(project.overlap if overlap is None else overlap, project.gold_rate if gold_rate is None else gold_rate)
+            if overlap is not None and overlap != project.overlap:
+                served = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.slot.is_not(None)))
+                if served or s.scalar(select(func.count()).select_from(Rating)):
+                    raise Conflict(f"overlap: fixed at {project.overlap} once rating has started")
+                project.overlap = overlap
+            if gold_rate is not None:
+                project.gold_rate = gold_rate
+            return project
+
+    # -- guidelines -----------------------------------------------------------------------------------------
+
+    def add_guideline(self, version: str, markdown: str) -> None:
+        """A new current guideline version; every rater must acknowledge it before rating again."""
+        if not isinstance(version, str) or not VERSION.fullmatch(version):
+            raise Invalid("version: 1-64 characters: letters, digits and . _ - (e.g. 2 or 2024-06-v3)")
+        if not isinstance(markdown, str) or not storable(markdown, "markdown").strip():
+            raise Invalid("markdown: the guidelines are empty")
+        if len(markdown) > 200_000:
+            raise Invalid("markdown: longer than 200,000 characters")
+        with self.db.write() as s:
+            if s.scalar(select(Guideline).where(Guideline.version == version)):
+                raise Conflict(f"version: {version!r} exists; versions are never overwritten")
+            s.add(Guideline(version=version, markdown=markdown))
+
+    def current_guideline(self) -> Guideline | None:
+        with self.db.read() as s:
+            return _current_guideline(s)
+
+    def has_acknowledged(self, user_id: int) -> bool:
+        with self.db.read() as s:
+            g = _current_guideline(s)
+            return g is not None and _acked(s, user_id, g)
+
+    def acknowledge(self, user_id: int, version: str) -> None:
+        """Record that the user accepted `version`, which must be the current one (not a stale page)."""
+        with self.db.write() as s:
+            g = _current_guideline(s)
+            if g is None:
+                raise Conflict("guidelines: none uploaded yet")
+            if version != g.version:
+                raise Conflict(f"version: {version!r} is not the current guideline version ({g.version})")
+            if not _acked(s, user_id, g):
+                s.add(Acknowledgement(user_id=user_id, guideline_id=g.id))
+
+    # -- the queue ------------------------------------------------------------------------------------------
+
+    def import_queue(self, path: str | Path, gold: bool = False) -> Imported:
+        """Import a comparison queue (tether JSONL) in one transaction; all rows are checked first.
+
+        A queue row must be unlabelled; a gold row (`gold=True`) must carry its answer in `choice`.
+        Errors read `file:line: field: problem` and leave the database unchanged. Pairs already
+        imported (same id) are skipped and counted.
+        """
+        comparisons = read_comparisons(path)
+        lines, _ = read_rows(path, lambda row, lineno: lineno)
+        first_line: dict[str, int] = {}
+        for c, line in zip(comparisons, lines):
+            problem = _queue_problem(c, gold, first_line.get(c.id))
+            if problem:
+                raise DataError(f"{path}:{line}: {problem}")
+            first_line[c.id] = line
+        return self.add_pairs(comparisons, gold)
+
+    def add_pairs(self, comparisons: Iterable[Comparison], gold: bool = False) -> Imported:
+        """Add validated comparisons as pairs (gold pairs keep `choice` as their answer), one transaction."""
+        comparisons = list(comparisons)
+        added = 0
+        with self.db.write() as s:
+            known = dict(s.execute(select(Pair.key, Pair.is_gold).where(Pair.key.in_([c.id for c in comparisons]))).all())
+            for c in comparisons:
+                if c.id in known:
+                    if known[c.id] != gold:
+                        kind = "a gold" if known[c.id] else "a regular"
+                        raise Conflict(f"id: {c.id} was imported as {kind} pair")
+                    continue
+                s.add(Pair(key=c.id, prompt=c.prompt, response_a=c.response_a, response_b=c.response_b,
+                           source_a=c.source_a, source_b=c.source_b, meta=dict(c.meta), is_gold=gold,
+                           gold_choice=c.choice if gold else None))
+                known[c.id] = gold
+                added += 1
+        return Imported(added, len(comparisons) - added)
+
+    def add_gold_pairs(self, path: str | Path) -> Imported:
+        return self.import_queue(path, gold=True)
+
+    # -- rating ---------------------------------------------------------------------------------------------
+
+    def next_assignment(self, user_id: int) -> Task | None:
+        """The pair this rater should rate now, or None when nothing is left for them (see module doc)."""
+        self.release_stale()
+        for _ in range(MAX_TRIES):
+            try:
+                with self.db.write() as s:
+                    guideline = _require_ack(s, user_id)
+                    mine = s.scalar(select(Assignment).where(Assignment.rater_id == user_id, Assignment.state == "open")
+                                    .order_by(Assignment.id).limit(1))
+                    if mine is not None:
+                        mine.guideline_id = guideline.id  # rated under what the rater has now accepted
+                        return _task(mine, s.get(Pair, mine.pair_id), guideline)
+                    pair, slot = self._pick(s, user_id, _project(s))
+                    if pair is None:
+                        return None
+                    a = Assignment(pair_id=pair.id, rater_id=user_id, slot=slot, state="open",
+                                   left_is_a=self.rng.random() < 0.5, guideline_id=guideline.id, shown_at=utcnow())
+                    s.add(a)
+                    s.flush()
+                    return _task(a, pair, guideline)
+            except (IntegrityError, _SlotTaken):
+                continue  # another rater took that slot first (PostgreSQL): count again
+        raise Conflict("busy: too many raters took pairs at once; try again")
+
+    def task(self, user_id: int, assignment_id: int) -> Task:
+        """One of the rater's own assignments; another rater's id reads as NotFound (no IDOR oracle)."""
+        with self.db.read() as s:
+            a = s.get(Assignment, assignment_id) if _is_id(assignment_id) else None
+            if a is None or a.rater_id != user_id:
+                raise NotFound(f"assignment: no assignment {assignment_id} of yours")
+            return _task(a, s.get(Pair, a.pair_id), s.get(Guideline, a.guideline_id))
+
+    def submit_rating(self, user_id: int, assignment_id: int, choice: str, strength: float | None = None,
+                      rationale: str | None = None, submission_id: str = "") -> Submitted:
+        """Store a rating; idempotent by `submission_id` (a retry returns the row the first try made).
+
+        `choice` is what the rater saw: left, right, tie or skip. A skip gives the pair's slot back to
+        the queue. The rating records the guideline version its assignment was shown under.
+        """
+        strength, rationale = _check_vote(choice, strength, rationale, submission_id)
+        if not _is_id(assignment_id):
+            raise NotFound(f"assignment: no assignment {assignment_id} of yours")
+        try:
+            with self.db.write() as s:
+                prior = s.scalar(select(Rating).where(Rating.submission_id == submission_id))
+                if prior is not None:
+                    return _replay(s, prior, user_id, assignment_id)
+                a = s.get(Assignment, assignment_id)
+                if a is None or a.rater_id != user_id:
+                    raise NotFound(f"assignment: no assignment {assignment_id} of yours")
+                if a.state != "open":
+                    raise Conflict(f"assignment: already {'rated' if a.state in ('done', 'skipped') else a.state}")
+                left, right = ("A", "B") if a.left_is_a else ("B", "A")
+                stored = {"left": left, "right": right}.get(choice, choice)
+                rating = Rating(assignment_id=a.id, choice=stored, strength=strength, rationale=rationale,
+                                guideline_version=s.get(Guideline, a.guideline_id).version,
+                                submitted_at=utcnow(), submission_id=submission_id)
+                s.add(rating)
+                a.state = "skipped" if choice == "skip" else "done"
+                if choice == "skip":
+                    a.slot = None
+                s.flush()
+                return Submitted(rating.id, True)
+        except IntegrityError:  # the same submission raced itself; the winner's row is the answer
+            with self.db.read() as s:
+                prior = s.scalar(select(Rating).where(Rating.submission_id == submission_id))
+                if prior is None:
+                    raise
+                return _replay(s, prior, user_id, assignment_id)
+
+    def release_stale(self, ttl: timedelta = ASSIGNMENT_TTL, force: bool = False) -> int:
+        """Expire open assignments older than `ttl`, giving their slots back; at most once a minute."""
+        if not force and time.monotonic() - self._last_release < 60:
+            return 0
+        self._last_release = time.monotonic()
+        try:
+            with self.db.write() as s:
+                done = s.execute(update(Assignment).where(Assignment.state == "open", Assignment.shown_at < utcnow() - ttl)
+                                 .values(state="expired", slot=None))
+                return done.rowcount
+        except DBAPIError:  # e.g. a deadlock with a concurrent release: the next call tries again
+            return 0
+
+    def _pick(self, s: Session, user_id: int, project: Project) -> tuple[Pair | None, int | None]:
+        """(pair, slot) for a new assignment: a gold pair (slot None) on the rater's gold turn, else a free slot."""
+        seen = select(Assignment.pair_id).where(Assignment.rater_id == user_id)
+        served = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == user_id))
+        if _gold_turn(project, user_id, served):
+            gold = s.scalar(select(Pair).where(Pair.is_gold.is_(True), Pair.id.not_in(seen)).order_by(Pair.id).limit(1))
+            if gold is not None:
+                return gold, None
+        held = (select(func.count()).select_from(Assignment)
+                .where(Assignment.pair_id == Pair.id, Assignment.slot.is_not(None)).scalar_subquery())
+        rows = s.execute(select(Pair, held).where(Pair.is_gold.is_(False), Pair.id.not_in(seen), held < project.overlap)
+                         .order_by(held.desc(), Pair.id).limit(CANDIDATES)).all()
+        if not rows:
+            return None, None
+        top = [r for r in rows if r[1] == rows[0][1]]  # the most advanced pairs first
+        pair = self.rng.choice(top)[0]
+        used = set(s.scalars(select(Assignment.slot).where(Assignment.pair_id == pair.id, Assignment.slot.is_not(None))))
+        free = set(range(project.overlap)) - used
+        if not free:  # filled since the count above (PostgreSQL reads committed rows per statement)
+            raise _SlotTaken
+        return pair, min(free)
+
+    # -- exports --------------------------------------------------------------------------------------------
+
+    def labelled(self) -> list[Comparison]:
+        """Every rating of a regular pair as a labelled comparison (skips and gold pairs left out).
+
+        `rater` is the username, `timestamp` the submit time; `meta` adds shown_at, which side was shown
+        on the left and the rationale (if any) to the pair's own meta.
+        """
+        q = (select(Rating, Assignment, Pair, User.username).join(Assignment, Rating.assignment_id == Assignment.id)
+             .join(Pair, Assignment.pair_id == Pair.id).join(User, Assignment.rater_id == User.id)
+             .where(Pair.is_gold.is_(False), Rating.choice != "skip").order_by(Rating.id))
+        out = []
+        with self.db.read() as s:
+            for r, a, p, username in s.execute(q):
+                meta = {**p.meta, "shown_at": iso(a.shown_at), "left_shown": "A" if a.left_is_a else "B"}
+                if r.rationale:
+                    meta["rationale"] = r.rationale
+                out.append(Comparison(p.prompt, p.response_a, p.response_b, r.choice, r.strength, username,
+                                      r.guideline_version, p.source_a, p.source_b, iso(r.submitted_at), p.key, meta))
+        return out
+
+    def export_path(self, name: str) -> Path:
+        """`<project>/exports/<name>`; a name with a separator, a leading dot or `..` is refused."""
+        if not isinstance(name, str) or not EXPORT_NAME.fullmatch(name) or ".." in name:
+            raise Invalid(f"name: {name!r} is not a plain file name (letters, digits, . _ -; no folders)")
+        folder = (self.project_dir / "exports").resolve()
+        path = folder / name
+        if path.resolve().parent != folder or path.is_symlink():
+            raise Invalid(f"name: {name!r} points outside the exports folder")
+        return path
+
+    def export(self, name: str, fmt: str = "tether") -> tuple[Path, int]:
+        """Write the ratings to `<project>/exports/<name>` as tether JSONL or TRL rows; (path, rows written).
+
+        TRL rows hold a winner and a loser, so ties are left out of them; conversational prompts make
+        the TRL file conversational.
+        """
+        if fmt not in EXPORT_FORMATS:
+            raise Invalid(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+        path = self.export_path(name)
+        comparisons = self.labelled()
+        if not comparisons:
+            raise Conflict("export: no ratings yet")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "tether":
+            write_comparisons(path, comparisons)
+            return path, len(comparisons)
+        decided = [c for c in comparisons if c.choice != "tie"]
+        if not decided:
+            raise Conflict("export: every rating is a tie; TRL rows need a chosen response")
+        n, _ = write_trl(path, decided, conversational=any(isinstance(c.prompt, list) for c in decided))
+        return path, n
+
+
+class _SlotTaken(Exception):
+    """A concurrent rater filled the chosen pair between two reads; pick again."""
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _project(s: Session) -> Project:
+    project = s.get(Project, 1)
+    if project is None:
+        raise Conflict("project: the database has no project; run `tether raters init` first")
+    return project
+
+
+def _check_settings(overlap: Any, gold_rate: Any) -> None:
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap <= 100:
+        raise Invalid(f"overlap: expected an integer in 1..100, got {overlap!r}")
+    if isinstance(gold_rate, bool) or not isinstance(gold_rate, (int, float)) or not 0 <= gold_rate <= 0.5:
+        raise Invalid(f"gold_rate: expected a number in [0, 0.5], got {gold_rate!r}")
+
+
+def _current_guideline(s: Session) -> Guideline | None:
+    return s.scalar(select(Guideline).order_by(Guideline.id.desc()).limit(1))
+
+
+def _acked(s: Session, user_id: int, g: Guideline) -> bool:
+    return s.scalar(select(Acknowledgement.id).where(Acknowledgement.user_id == user_id,
+                                                     Acknowledgement.guideline_id == g.id)) is not None
+
+
+def _require_ack(s: Session, user_id: int) -> Guideline:
+    g = _current_guideline(s)
+    if g is None:
+        raise Conflict("guidelines: none uploaded yet; an admin must add them before rating starts")
+    if not _acked(s, user_id, g):
+        raise NeedsAcknowledgement(g.version)
+    return g
+
+
+def _gold_turn(project: Project, user_id: int, served: int) -> bool:
+    """Whether the rater's next pair (their `served`-th, from 0) is their gold pair of this block."""
+    if project.gold_rate <= 0:
+        return False
+    block = max(1, round(1 / project.gold_rate))
+    digest = hashlib.sha256(f"{project.created_at.isoformat()}/{user_id}/{served // block}".encode()).digest()
+    return served % block == int.from_bytes(digest[:8], "big") % block
+
+
+def _task(a: Assignment, pair: Pair, g: Guideline) -> Task:
+    left, right = (pair.response_a, pair.response_b) if a.left_is_a else (pair.response_b, pair.response_a)
+    return Task(a.id, pair.prompt, left, right, g.version, a.state, a.shown_at)
+
+
+def _is_id(value: Any) -> bool:
+    """A plausible row id; anything else (a string, a huge number) cannot name a row."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def _replay(s: Session, prior: Rating, user_id: int, assignment_id: int) -> Submitted:
+    a = s.get(Assignment, prior.assignment_id)
+    if a.id != assignment_id or a.rater_id != user_id:
+        raise Conflict("submission_id: already used for another submission")
+    return Submitted(prior.id, False)
+
+
+def storable(text: str, field: str) -> str:
+    """`text` unchanged, or Invalid if it holds a NUL or a lone surrogate (PostgreSQL and UTF-8 refuse them)."""
+    if "\x00" in text:
+        raise Invalid(f"{field}: contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field}: not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+def _check_vote(choice: Any, strength: Any, rationale: Any, submission_id: Any) -> tuple[float | None, str | None]:
+    """(strength, rationale) cleaned; Invalid naming the field otherwise."""
+    if choice not in VOTES:
+        raise Invalid(f"choice: expected one of {', '.join(VOTES)}, got {choice!r}")
+    if strength is not None:
+        if choice not in ("left", "right"):
+            raise Invalid(f"strength: only for a left or right choice, not {choice}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise Invalid(f"strength: expected a number in (0, 1] or null, got {strength!r}")
+        strength = float(strength)
+    if rationale is not None:
+        if not isinstance(rationale, str):
+            raise Invalid("rationale: expected a string")
+        rationale = " ".join(storable(rationale, "rationale").split()) or None  # one line
+        if rationale and len(rationale) > 500:
+            raise Invalid("rationale: longer than 500 characters")
+    if not isinstance(submission_id, str) or not SUBMISSION_ID.fullmatch(submission_id):
+        raise Invalid("submission_id: 8-64 characters: letters, digits, - and _ (a client-made UUID)")
+    return strength, rationale
+
+
+def _queue_problem(c: Comparison, gold: bool, earlier_line: int | None) -> str | None:
+    """`field: problem` of a queue row beyond the format's own rules, or None."""
+    if earlier_line is not None:
+        return f"id: duplicate of line {earlier_line} (the same pair twice)"
+    if len(c.id) > 64:
+        return "id: longer than 64 characters"
+    for name in ("source_a", "source_b"):
+        if getattr(c, name) is not None and len(getattr(c, name)) > 500:
+            return f"{name}: longer than 500 characters"
+    for name in ("response_a", "response_b", "source_a", "source_b"):
+        try:
+            storable(getattr(c, name) or "", name)
+        except Invalid as bad:
+            return str(bad)
+    if gold and c.choice is None:
+        return 'choice: a gold pair needs its answer ("A", "B" or "tie")'
+    if not gold and c.choice is not None:
+        return "choice: a queue item must be unlabelled (gold pairs with answers are imported with --gold)"
+    return None

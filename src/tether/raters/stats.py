@@ -1,0 +1,121 @@
+"""The admin dashboard's figures, computed from the ratings table.
+
+Agreement comes from `tether.agreement.agreement_report` (percent agreement, Fleiss' kappa when every
+pair has the same number of ratings, Krippendorff's alpha), over regular pairs only, skips left out.
+Position bias is the share of non-tie choices that went to the response shown on the left: 0.5 for a
+rater who ignores position. Time per rating is submit time minus the time the pair was first shown.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tether.agreement import agreement_report
+from tether.raters.db import Assignment, Database, Pair, Project, Rating, User
+
+
+@dataclass
+class RaterStats:
+    """One rater's figures; None where nothing was there to measure."""
+
+    username: str
+    ratings: int = 0
+    skips: int = 0
+    median_seconds: float | None = None
+    gold_seen: int = 0
+    gold_correct: int = 0
+    left_share: float | None = None
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_seen if self.gold_seen else None
+
+
+@dataclass
+class Dashboard:
+    """Everything the admin page shows (also served as JSON by /api/admin/stats)."""
+
+    project: str
+    overlap: int
+    gold_rate: float
+    pairs: int
+    gold_pairs: int
+    pairs_complete: int
+    ratings: int
+    skips: int
+    median_seconds: float | None
+    gold_accuracy: float | None
+    left_share: float | None
+    agreement: dict[str, Any] | None
+    agreement_note: str | None
+    raters: list[RaterStats] = field(default_factory=list)
+
+
+def dashboard(db: Database) -> Dashboard:
+    """Progress, per-rater counts, time per rating, gold accuracy, agreement and position bias."""
+    q = (select(User.username, Pair.key, Pair.is_gold, Pair.gold_choice, Rating.choice, Assignment.left_is_a,
+                Assignment.shown_at, Rating.submitted_at)
+         .join(Assignment, Rating.assignment_id == Assignment.id).join(Pair, Assignment.pair_id == Pair.id)
+         .join(User, Assignment.rater_id == User.id).order_by(Rating.id))
+    with db.read() as s:
+        project = s.get(Project, 1)
+        rows = s.execute(q).all()
+        n_pairs = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(False)))
+        n_gold = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(True)))
+        raters = list(s.scalars(select(User.username).where(User.role == "rater").order_by(User.username)))
+    per = {name: RaterStats(name) for name in raters}
+    seconds: dict[str, list[float]] = defaultdict(list)
+    left_picks: dict[str, list[bool]] = defaultdict(list)
+    labels: dict[str, dict[str, str]] = defaultdict(dict)
+    for username, key, is_gold, gold_choice, choice, left_is_a, shown_at, submitted_at in rows:
+        r = per.setdefault(username, RaterStats(username))
+        if choice == "skip":
+            r.skips += 1
+            continue
+        r.ratings += 1
+        seconds[username].append((submitted_at - shown_at).total_seconds())
+        if choice in ("A", "B"):
+            left_picks[username].append((choice == "A") == left_is_a)
+        if is_gold:
+            r.gold_seen += 1
+            r.gold_correct += choice == gold_choice
+        else:
+            labels[key][username] = choice
+    for name, r in per.items():
+        r.median_seconds = statistics.median(seconds[name]) if seconds[name] else None
+        r.left_share = _share(left_picks[name])
+    agreement, note = _agreement(labels)
+    everyone = [x for xs in seconds.values() for x in xs]
+    gold_seen = sum(r.gold_seen for r in per.values())
+    return Dashboard(
+        project=project.name if project else "", overlap=project.overlap if project else 0,
+        gold_rate=project.gold_rate if project else 0.0, pairs=n_pairs, gold_pairs=n_gold,
+        pairs_complete=sum(len(v) >= (project.overlap if project else 1) for v in labels.values()),
+        ratings=sum(r.ratings for r in per.values()), skips=sum(r.skips for r in per.values()),
+        median_seconds=statistics.median(everyone) if everyone else None,
+        gold_accuracy=sum(r.gold_correct for r in per.values()) / gold_seen if gold_seen else None,
+        left_share=_share([x for xs in left_picks.values() for x in xs]),
+        agreement=agreement, agreement_note=note, raters=sorted(per.values(), key=lambda r: r.username))
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _agreement(labels: dict[str, dict[str, str]]) -> tuple[dict[str, Any] | None, str | None]:
+    """agreement_report over pairs rated at least twice, or (None, why not)."""
+    try:
+        return agreement_report(labels), None
+    except ValueError as why:  # fewer than 2 raters, or no pair rated twice yet
+        return None, str(why)
+
+
+def as_json(d: Dashboard) -> dict[str, Any]:
+    """The dashboard as plain JSON (rater rows with their gold accuracy)."""
+    out = {k: v for k, v in vars(d).items() if k != "raters"}
+    out["raters"] = [{**vars(r), "gold_accuracy": r.gold_accuracy} for r in d.raters]
+    return out
