@@ -28,6 +28,7 @@ from tether.monitor import (
     slope,
     text,
 )
+from tether.monitor.detectors import noise
 from tether.world import styles
 
 PLAIN = "The capital of Veldor is Osk."
@@ -189,7 +190,7 @@ CFG = MonitorConfig(baseline_steps=2, window=2)
 def test_rate_climbs_fire_just_above_the_threshold(name, series, cfg_field, edge):
     limit = getattr(CFG, cfg_field)
     for rise, fires in ((limit + 0.01, True), (limit - 0.01, False)):
-        h = hist(**{series: [0.1, 0.1, 0.1 + rise, 0.1 + rise]})
+        h = hist(**{series: [0.1, 0.1, 0.1 + rise, 0.1 + rise], f"{series}:n": [32] * 4})  # 64 samples per pool
         alert = DETECTORS[name](h, CFG)
         assert (alert is not None) == fires, (name, rise)
         if fires:
@@ -198,15 +199,27 @@ def test_rate_climbs_fire_just_above_the_threshold(name, series, cfg_field, edge
 
 
 def test_no_alert_before_the_baseline_is_complete():
-    h = hist(**{"monitor/flattery": [0.0, 1.0]})  # a huge rise, but the baseline needs 2 values
+    h = hist(**{"monitor/flattery": [0.0, 1.0], "monitor/flattery:n": [32, 32]})  # the baseline needs 2 values
     assert check(h, CFG) == []
+
+
+def test_rates_pool_by_sample_and_wait_for_enough_samples():
+    # Sycophancy over 10 labelled prompts a step. Baseline: the first 2 steps hold 20 < 50 samples, so it extends to
+    # 5 steps (50). Current: the last 2 steps after it, extended back to 50 samples.
+    rates = [0.0, 0.1, 0.0, 0.1, 0.0] + [0.5] * 4  # 9 steps: baseline 5 steps, then 4 left (40 < 50)
+    h = hist(**{"monitor/sycophancy": rates, "monitor/sycophancy:n": [10] * 9})
+    assert DETECTORS["sycophancy"](h, CFG) is None  # the current pool holds only 40 samples
+    h = hist(**{"monitor/sycophancy": rates + [0.2], "monitor/sycophancy:n": [10] * 9 + [20]})
+    # baseline (0 + 1 + 0 + 1 + 0) / 50 = 0.04; current: 20 x 0.2 + 10 x 0.5 x 3 = 19 of 50 = 0.38; rise 0.34
+    alert = DETECTORS["sycophancy"](h, CFG)
+    assert alert is not None and alert.value == pytest.approx(0.38 - 0.04)
 
 
 def test_eos_length_and_kl_thresholds():
     # EOS: 0.9 -> 0.9 - drop
     for drop, fires in ((0.21, True), (0.19, False)):
-        assert (DETECTORS["eos"](hist(**{"monitor/eos_rate": [0.9, 0.9, 0.9 - drop, 0.9 - drop]}), CFG)
-                is not None) == fires
+        h = hist(**{"monitor/eos_rate": [0.9, 0.9, 0.9 - drop, 0.9 - drop], "monitor/eos_rate:n": [32] * 4})
+        assert (DETECTORS["eos"](h, CFG) is not None) == fires
     # length: 10 -> 15.1 is 1.51x (fires), 14.9 is 1.49x (silent)
     for now, fires in ((15.1, True), (14.9, False)):
         assert (DETECTORS["length_growth"](hist(**{"monitor/length": [10, 10, now, now]}), CFG) is not None) == fires
@@ -214,13 +227,26 @@ def test_eos_length_and_kl_thresholds():
     for level, fires in ((20.1, True), (19.9, False)):
         h = hist(**{"monitor/kl": [1, 1, level, level]})  # flat: slope 0, only the level can fire
         assert (DETECTORS["kl"](h, CFG) is not None) == fires
-    # KL rate: slope over the last 2 points (steps 3, 4) vs kl_max_rate = 1 nat/step
+    # KL rate: slope over the last 2 points (steps 3, 4) vs kl_max_rate = 1 nat/step (noise floor: below)
     for rise, fires in ((1.01, True), (0.99, False)):
         h = hist(**{"monitor/kl": [1, 1, 2, 2 + rise]})
-        alert = DETECTORS["kl"](h, CFG)
+        alert = DETECTORS["kl"](h, dataclasses.replace(CFG, noise_z=0))
         assert (alert is not None) == fires
         if fires:
             assert alert.value == pytest.approx(rise) and "nats/step" in alert.message
+
+
+def test_kl_growth_must_clear_its_noise():
+    # k1 of a real PPO run's steps 7-11 (32 samples each): slope 1.34 nats/step over the window of 5
+    kl = [0.98, 0.92, 1.70, 2.68, 6.81]
+    cfg = MonitorConfig(baseline_steps=1, window=5)
+    h = hist(**{"monitor/kl": [0.0, 0.06, 0.11, 0.16, 1.03, 0.22] + kl})
+    # successive differences .06 .05 .05 .87 -.81 .76 -.06 .78 .98 4.13: Σ² = 20.63, σ = sqrt(20.63 / 20) = 1.016;
+    # the slope over steps 7..11 (Σ (s - s̄)² = 10) has SE = 1.016 / sqrt(10) = 0.321
+    assert slope(list(range(7, 12)), kl) == pytest.approx(1.343, abs=1e-3)
+    assert DETECTORS["kl"](h, cfg) is not None  # 2 SE = 0.64: the 4-nat jump in one step is a real blow-up here
+    assert DETECTORS["kl"](h, dataclasses.replace(cfg, noise_z=4.1)) is not None  # 4.1 SE = 1.318 < 1.343
+    assert DETECTORS["kl"](h, dataclasses.replace(cfg, noise_z=4.3)) is None  # 4.3 SE = 1.382 > 1.343
 
 
 def test_length_coupling_thresholds():
@@ -238,29 +264,45 @@ def test_length_coupling_thresholds():
 
 
 def test_heldout_drop_and_divergence_thresholds():
+    cfg = dataclasses.replace(CFG, noise_z=0.0)  # the fraction and fall thresholds alone (noise floor: below)
     # held-out 0, 0, 0.4, 0.4, then x, x: trailing means (window 2) 0, 0, 0.2, 0.4, (0.4+x)/2, x.
     # baseline = mean(0, 0) = 0, best = 0.4, now = x: lost (0.4 - x) / 0.4 of the gain; alert at 0.25: x <= 0.3
     for x, fires in ((0.29, True), (0.31, False)):
         h = hist(**{"monitor/heldout": [0, 0, 0.4, 0.4, x, x]})
-        alert = DETECTORS["heldout_drop"](h, CFG)
+        alert = DETECTORS["heldout_drop"](h, cfg)
         assert (alert is not None) == fires
         if fires:
             assert alert.value == pytest.approx((0.4 - x) / 0.4)
     # a gain under heldout_min_gain (0.05) is not judged
-    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": [0, 0, 0.04, 0.0, 0.0]}), CFG) is None
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": [0, 0, 0.04, 0.0, 0.0]}), cfg) is None
     # divergence: proxy up over the last 2 points; the held-out trailing mean fell by `fall` between them
     # held-out 0, 0, 0.5, 0.5 - 2 fall: trailing means 0.5 then 0.5 - fall
     for fall, fires in ((0.051, True), (0.049, False)):
         h = hist(**{"monitor/proxy": [0, 0, 1, 2], "monitor/heldout": [0, 0, 0.5, 0.5, 0.5 - 2 * fall][1:]})
-        alert = DETECTORS["divergence"](h, CFG)
+        alert = DETECTORS["divergence"](h, cfg)
         assert (alert is not None) == fires, fall
     # both falling: not a divergence
     h = hist(**{"monitor/proxy": [0, 0, 2, 1], "monitor/heldout": [0, 0.5, 0.5, 0.3]})
-    assert DETECTORS["divergence"](h, CFG) is None
+    assert DETECTORS["divergence"](h, cfg) is None
+
+
+def test_heldout_noise_floor():
+    # successive differences of 0, 0.4, 0.4, 0.1: 0.4, 0, -0.3 -> σ² = (0.16 + 0.09) / (2 x 3); SE of a 2-mean
+    h = hist(**{"monitor/heldout": [0, 0.4, 0.4, 0.1]})
+    assert noise(h, "monitor/heldout", 2) == pytest.approx(math.sqrt(0.25 / 6 / 2))
+    # Per-step gold of a real PPO run's first 7 steps (32 samples each): best window mean +0.47 against a baseline
+    # of +0.41 and now +0.42. As a fraction that is an 88% loss of the gain, but the gain (0.057) is inside the
+    # noise (2 SE = 2 x 0.167 / sqrt(5) = 0.15): the noise floor keeps it silent.
+    gold = [0.33, 0.50, 0.41, 0.56, 0.29, 0.59, 0.25]
+    cfg = MonitorConfig(baseline_steps=3, window=5)
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": gold}), dataclasses.replace(cfg, noise_z=0)) \
+        is not None
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": gold}), cfg) is None
 
 
 def test_check_runs_only_the_chosen_detectors():
-    h = hist(**{"monitor/flattery": [0, 0, 1, 1], "monitor/hedging": [0, 0, 1, 1]})
+    h = hist(**{"monitor/flattery": [0, 0, 1, 1], "monitor/hedging": [0, 0, 1, 1], "monitor/flattery:n": [32] * 4,
+                "monitor/hedging:n": [32] * 4})
     assert {a.name for a in check(h, CFG)} == {"flattery", "hedging"}
     assert [a.name for a in check(h, dataclasses.replace(CFG, detectors=["hedging"]))] == ["hedging"]
     assert set(DETECTORS) == set(DETECTOR_NAMES)
@@ -314,7 +356,7 @@ def test_best_step_and_early_stop():
     assert [m.is_best(s, v) for s, v in [(1, 0.1), (2, 0.3), (3, 0.2), (4, None), (5, 0.35)]] == \
         [True, True, False, False, True]
     assert (m.best_step, m.best_value) == (5, 0.35)
-    fired = check(hist(**{"monitor/flattery": [0, 0, 1, 1]}), CFG)
+    fired = check(hist(**{"monitor/flattery": [0, 0, 1, 1], "monitor/flattery:n": [32] * 4}), CFG)
     assert not m.should_stop(fired)  # stop_on_alert is off by default
     assert Monitor(MonitorConfig(stop_on_alert=True)).should_stop(fired)
     assert not Monitor(MonitorConfig(stop_on_alert=True)).should_stop([])
@@ -333,7 +375,7 @@ def batch(step: int) -> list[Sample]:
 
 
 def test_monitor_raises_alerts_once_and_resumes_from_its_state():
-    cfg = MonitorConfig(baseline_steps=2, window=2)
+    cfg = MonitorConfig(baseline_steps=2, window=2, rate_min_samples=8)
     a, b = Monitor(cfg), Monitor(cfg)
     started, rows_a = [], []
     for step in range(1, 9):

@@ -67,6 +67,42 @@ def baseline_and_current(history: History, name: str, cfg: MonitorConfig) -> tup
     return mean(values[:cfg.baseline_steps]), mean(after[-cfg.window:])
 
 
+def pooled_rates(history: History, metric: str, cfg: MonitorConfig) -> tuple[float, float] | None:
+    """(baseline, current) of a rate pooled over samples: each measurement weighs by its sample count (series
+    `<metric>:n`). The baseline is the first baseline_steps measurements, extended until it holds
+    rate_min_samples samples; the current pool the last `window` measurements after it, extended back until it holds
+    as many. None until both pools are that large (a rate over a few labelled prompts is noise)."""
+    counts = dict(history.points(f"{metric}:n"))
+    pts = [(v, counts.get(s, 0.0)) for s, v in history.points(metric)]
+    i, n_base = 0, 0.0
+    while i < len(pts) and (i < cfg.baseline_steps or n_base < cfg.rate_min_samples):
+        n_base, i = n_base + pts[i][1], i + 1
+    rest, j, n_now = pts[i:], len(pts) - i, 0.0
+    while j > 0 and (len(rest) - j < cfg.window or n_now < cfg.rate_min_samples):
+        j, n_now = j - 1, n_now + rest[j - 1][1]
+    if n_base < cfg.rate_min_samples or n_now < cfg.rate_min_samples or not rest:
+        return None
+    return (sum(v * n for v, n in pts[:i]) / n_base, sum(v * n for v, n in rest[j:]) / n_now)
+
+
+def noise(history: History, name: str, window: int) -> float:
+    """Standard error of a `window`-mean of the series, from the spread of successive values (von Neumann 1941):
+    σ² ≈ Σ (x_i - x_{i-1})² / (2 (n - 1)), robust to a trend; SE = σ / sqrt(window). 0 with fewer than 2 values."""
+    xs = [v for _, v in history.points(name)]
+    if len(xs) < 2:
+        return 0.0
+    var = sum((b - a) ** 2 for a, b in zip(xs, xs[1:])) / (2 * (len(xs) - 1))
+    return (var / window) ** 0.5
+
+
+def slope_noise(history: History, name: str, pts: list[tuple[int, float]]) -> float:
+    """Standard error of a least-squares slope over the steps of `pts`, σ / sqrt(Σ (s - s̄)²), with σ from the
+    successive differences of the whole series (as `noise`)."""
+    steps = [s for s, _ in pts]
+    spread = sum((s - sum(steps) / len(steps)) ** 2 for s in steps)
+    return noise(history, name, 1) / spread ** 0.5 if spread > 0 else 0.0
+
+
 def smoothed(history: History, name: str, window: int) -> list[tuple[int, float]]:
     """(step, trailing mean of up to `window` values ending there) for every measurement of `name`."""
     pts = history.points(name)
@@ -78,9 +114,10 @@ def smoothed(history: History, name: str, window: int) -> list[tuple[int, float]
 
 
 def rate_climb(metric: str, label: str, threshold: str = "rate_climb") -> Callable:
-    """A detector firing when `metric` rises at least cfg.<threshold> above its baseline."""
+    """A detector firing when the rate `metric`, pooled over samples, rises at least cfg.<threshold> above its
+    baseline."""
     def detect(history: History, cfg: MonitorConfig) -> Alert | None:
-        bc = baseline_and_current(history, metric, cfg)
+        bc = pooled_rates(history, metric, cfg)
         limit = getattr(cfg, threshold)
         if bc is None or bc[1] - bc[0] < limit:
             return None
@@ -90,7 +127,7 @@ def rate_climb(metric: str, label: str, threshold: str = "rate_climb") -> Callab
 
 
 def eos_drop(history: History, cfg: MonitorConfig) -> Alert | None:
-    bc = baseline_and_current(history, "monitor/eos_rate", cfg)
+    bc = pooled_rates(history, "monitor/eos_rate", cfg)
     if bc is None or bc[0] - bc[1] < cfg.eos_drop:
         return None
     return Alert("eos", history.steps[-1], bc[0] - bc[1], cfg.eos_drop,
@@ -134,21 +171,22 @@ def kl_blowup(history: History, cfg: MonitorConfig) -> Alert | None:
     if level >= cfg.kl_max:
         return Alert("kl", history.steps[-1], level, cfg.kl_max, f"KL {level:.1f} nats past {cfg.kl_max:g}")
     rate = slope([s for s, _ in pts], [v for _, v in pts]) if len(pts) >= 2 else None
-    if rate is not None and rate >= cfg.kl_max_rate:
+    if rate is not None and rate >= max(cfg.kl_max_rate, cfg.noise_z * slope_noise(history, "monitor/kl", pts)):
         return Alert("kl", history.steps[-1], rate, cfg.kl_max_rate,
                      f"KL growing {rate:.2f} nats/step (now {pts[-1][1]:.1f})")
     return None
 
 
 def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
-    """(best - now) / (best - baseline) of the held-out signal's trailing mean, once the gain is worth judging."""
+    """(best - now) / (best - baseline) of the held-out signal's trailing mean, once the gain is worth judging: at
+    least heldout_min_gain and noise_z standard errors of a window mean (`noise`), the drop too."""
     pts = smoothed(history, "monitor/heldout", cfg.window)
     if len(pts) <= cfg.baseline_steps:
         return None
     base = mean([v for _, v in history.points("monitor/heldout")[:cfg.baseline_steps]])
     best, now = max(v for _, v in pts), pts[-1][1]
-    gain = best - base
-    if gain < cfg.heldout_min_gain or (best - now) / gain < cfg.heldout_drop:
+    gain, floor = best - base, cfg.noise_z * noise(history, "monitor/heldout", cfg.window)
+    if gain < max(cfg.heldout_min_gain, floor) or best - now < floor or (best - now) / gain < cfg.heldout_drop:
         return None
     return Alert("heldout_drop", pts[-1][0], (best - now) / gain, cfg.heldout_drop,
                  f"held-out signal lost {(best - now) / gain:.0%} of its gain ({base:+.3f} -> best {best:+.3f} -> "
@@ -157,14 +195,15 @@ def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
 
 def divergence(history: History, cfg: MonitorConfig) -> Alert | None:
     """Over the last `window` measurements: the proxy's slope is up while the held-out signal fell (its trailing
-    means, first to last) by at least divergence_drop."""
+    means, first to last) by at least divergence_drop and noise_z standard errors of a window mean."""
     proxy = history.points("monitor/proxy")[-cfg.window:]
     held = smoothed(history, "monitor/heldout", cfg.window)[-cfg.window:]
     if len(history.steps) <= cfg.baseline_steps or len(proxy) < 2 or len(held) < 2:
         return None
     up = slope([s for s, _ in proxy], [v for _, v in proxy])
     fall = held[0][1] - held[-1][1]
-    if up is None or up <= 0 or fall < cfg.divergence_drop:
+    floor = cfg.noise_z * noise(history, "monitor/heldout", cfg.window)
+    if up is None or up <= 0 or fall < max(cfg.divergence_drop, floor):
         return None
     return Alert("divergence", history.steps[-1], fall, cfg.divergence_drop,
                  f"proxy rising ({up:+.3f}/step) while the held-out signal fell {fall:.3f} over the last "

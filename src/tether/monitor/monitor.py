@@ -79,6 +79,16 @@ def measure(samples: Sequence[Sample], cfg: MonitorConfig) -> dict[str, float | 
     }
 
 
+def sample_counts(samples: Sequence[Sample]) -> dict[str, float]:
+    """The samples each rate of `measure` was computed over (series "<metric>:n"), so rates pool by sample."""
+    n = float(len(samples))
+    counts = {f"monitor/{name}:n": n for name in ("flattery", "hedging", "padding", "refusal", "repetition")}
+    counts["monitor/over_refusal:n"] = float(sum(bool(s.benign) for s in samples))
+    counts["monitor/sycophancy:n"] = float(sum(bool(s.false_premise) for s in samples))
+    counts["monitor/eos_rate:n"] = float(sum(s.eos is not None for s in samples))
+    return counts
+
+
 class Monitor:
     """The monitor's state over a run: history, baseline samples, best held-out value, active alerts."""
 
@@ -96,8 +106,8 @@ class Monitor:
         """Detectors firing at the latest measurement (an alert is announced when it starts firing)."""
 
     def observe(self, step: int, samples: Sequence[Sample], extra: dict | None = None) -> tuple[dict, list[Alert]]:
-        """Measure `samples` and the stage's `extra` metrics ("kl": nats per response, "flip": a rate), append
-        them to the history, run the detectors. Returns (the step's monitor/... metrics, the alerts that *started*
+        """Measure `samples` and the stage's `extra` metrics ("kl": nats per response, "flip": a rate over
+        "flip_n" probed prompts), append them to the history, run the detectors. Returns (the step's monitor/... metrics, the alerts that *started*
         firing at this step)."""
         metrics = {name: None for name in MONITOR_METRICS}
         metrics.update(measure(samples, self.cfg))
@@ -105,7 +115,8 @@ class Monitor:
             if (extra or {}).get(key) is not None:
                 metrics[f"monitor/{key}"] = float(extra[key])
         metrics.update(self._length_share(samples))
-        self.history.append(step, {k: v for k, v in metrics.items() if k != "monitor/alerts"})
+        counts = sample_counts(samples) | {"monitor/flip:n": float((extra or {}).get("flip_n", 0))}
+        self.history.append(step, {k: v for k, v in metrics.items() if k != "monitor/alerts"} | counts)
         alerts = check(self.history, self.cfg)
         started = [a for a in alerts if a.name not in self.active]
         self.active = [a.name for a in alerts]

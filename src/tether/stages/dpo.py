@@ -391,7 +391,8 @@ def monitor_step(monitor: RunMonitor, model, ref_model, tokenizer, prompts: list
     extra = {"kl": sum(k1) / len(k1)}
     if m.pushback_prompts:
         answer = answer_greedy(model, tokenizer, m.max_new_tokens, cfg.micro_batch_size)
-        extra["flip"] = pushback_flips(answer, prompts[:m.pushback_prompts], m.pushback)
+        extra.update(flip=pushback_flips(answer, prompts[:m.pushback_prompts], m.pushback),
+                     flip_n=len(prompts[:m.pushback_prompts]))
     known = [h for h in heldout if h is not None]
     best = sum(known) / len(known) if known else None
     return monitor.step(step, samples, extra, best, lambda path: save_pretrained(model, tokenizer, str(path)))

@@ -439,8 +439,8 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, prompts: list, respon
     probe = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
     if probe and cfg.monitor.pushback_prompts:
         answer = answer_greedy(s.policy, s.tokenizer, cfg.monitor.max_new_tokens, cfg.batch_size)
-        extra["flip"] = pushback_flips(answer, (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts],
-                                       cfg.monitor.pushback)
+        probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
+        extra.update(flip=pushback_flips(answer, probed, cfg.monitor.pushback), flip_n=len(probed))
     best = row.get("eval/gold" if kind == "gold" else "eval/heldout")  # None between evaluations
     return s.monitor.step(step, samples, extra, best, lambda path: save_pretrained(s.policy, s.tokenizer, str(path)),
                           smoothed=not evaluating)
