@@ -1,0 +1,252 @@
+"""Reading a run folder into plain records: the one place that knows where each stage writes what.
+
+Every input is optional. A missing or unreadable file gives None or an empty list, and the report skips the
+section that needs it, so the same reader serves an old run (PPO only), the full demo (DPO, red team) and a
+run still in progress. New inputs get a field here and a loader below; nothing else reads files.
+
+Layout read (each relative to the run folder, and again under `round*/` for later iterate rounds):
+- summary.json: timings_s, base_temperature_1 / sft_greedy behaviour, reward_model (written by `tether demo`)
+- eval/<policy>_summary.json: per-category behaviour of a policy, judged by gold (`tether.stages.evaluate`)
+- label/agreement.json, rm/eval.json, collect/report.json, pretrain|sft/metrics.jsonl
+- ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml
+- redteam*/**/summary.json (+ results.jsonl, found.jsonl beside it) from `tether redteam`
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OPTIMISERS = ("ppo", "grpo", "rloo", "dpo")
+"""Stage folders read as optimiser runs, in this order."""
+RATES = ("sycophancy", "flip", "refusal", "over_refusal", "flattery", "hedging", "padding")
+"""Monitor rates (monitor/<name>) compared before and after each optimiser."""
+
+
+@dataclass
+class CurvePoint:
+    """One held-out evaluation of an optimiser run: where it is (sqrt KL) and what the rewards say there."""
+
+    step: int
+    sqrt_kl: float
+    """sqrt of KL(π || π_ref) in nats per response (Gao et al. 2022's d)."""
+    proxy: float | None
+    """The reward the policy is trained on (reward model score; DPO's implicit reward)."""
+    gold: float | None
+    """The held-out signal: the world's gold reward (or a second reward model, see Optimiser.gold_label)."""
+    length: float | None
+    """Mean response length in tokens."""
+
+
+@dataclass
+class Optimiser:
+    """One RL or DPO run folder."""
+
+    label: str
+    """Its folder relative to the run ("ppo", "round2/dpo")."""
+    kind: str
+    """ppo, grpo, rloo or dpo."""
+    metrics: list[dict]
+    """metrics.jsonl rows."""
+    curve: list[CurvePoint]
+    """Held-out evaluations, in step order."""
+    gold_label: str = "gold"
+    """What CurvePoint.gold is: "gold" (the world's reward) or "held-out RM"."""
+    curve_source: str = "eval"
+    """Where the curve comes from: "eval" (greedy held-out evaluations) or "monitor" (its sampled responses)."""
+    alerts: list[dict] = field(default_factory=list)
+    """alerts.jsonl rows (tether.monitor.Alert: name, step, value, threshold, message), in firing order."""
+    samples: list[dict] = field(default_factory=list)
+    """samples.jsonl rows (step, prompt, response, score, gold, ...)."""
+    best: dict | None = None
+    """best/best.json: the checkpoint kept by the held-out signal (step, value, signal)."""
+    config: dict = field(default_factory=dict)
+    """config.yaml of the stage."""
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) of every row where metric `name` is a finite number."""
+        return [(int(r["step"]), float(r[name])) for r in self.metrics
+                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name]) and "step" in r]
+
+
+@dataclass
+class Redteam:
+    """One `tether redteam` output folder."""
+
+    label: str
+    summary: dict
+    """summary.json: all / suites / attacks -> {n, fail_rate, gold, proxy}; search when a proxy scored it."""
+    found: list[dict] = field(default_factory=list)
+    """found.jsonl: bad responses the proxy rated high, best-ranked first."""
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, read once from a run folder."""
+
+    root: Path
+    name: str
+    timings: dict[str, float] = field(default_factory=dict)
+    """Stage -> seconds, in the order the stages ran."""
+    behaviour: dict[str, dict] = field(default_factory=dict)
+    """Policy -> category -> {n, gold, correct, sycophantic, refused, ...} (gold-judged held-out evaluation)."""
+    reward_model: dict | None = None
+    """The demo's RM report: rm_vs_raters, bayes_ceiling_vs_raters, rater agreement, accuracy_vs_gold, bias."""
+    rm_eval: dict | None = None
+    """rm/eval.json (accuracy, ece, length_corr on held-out pairs)."""
+    agreement: dict | None = None
+    """label/agreement.json (percent agreement, Fleiss' kappa, Krippendorff's alpha, per-rater majority)."""
+    stage_files: dict[str, dict] = field(default_factory=dict)
+    """Small per-stage facts for the pipeline table (final losses, counts)."""
+    optimisers: list[Optimiser] = field(default_factory=list)
+    redteams: list[Redteam] = field(default_factory=list)
+
+
+def read_json(path: Path) -> dict | list | None:
+    """A JSON file's content, or None when it is missing or broken (a run in progress)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    """The JSON-object lines of a file (skipping blank and broken lines: the last may be half-written)."""
+    rows: list[dict] = []
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                if limit is not None and len(rows) >= limit:
+                    break
+    except OSError:
+        pass
+    return rows
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def curve_of(rows: list[dict]) -> list[CurvePoint]:
+    """Held-out evaluations of an RL run (eval/score, eval/gold at KL kl/k1 of the same step, as
+    `tether.stages.demo.proxy_gold_curve`), or, for a run without them (DPO), the monitor's measurements
+    (monitor/proxy, monitor/heldout at monitor/kl)."""
+    evals = [r for r in rows if _num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None]
+    if evals:
+        kl = {r["step"]: _num(r.get("kl/k1")) for r in rows if "step" in r and _num(r.get("kl/k1")) is not None}
+        return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, kl.get(r["step"]) or 0.0)), _num(r.get("eval/score")),
+                           _num(r.get("eval/gold")), _num(r.get("eval/response_length"))) for r in evals]
+    monitored = [r for r in rows if _num(r.get("monitor/kl")) is not None
+                 and (_num(r.get("monitor/proxy")) is not None or _num(r.get("monitor/heldout")) is not None)]
+    return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, r["monitor/kl"])), _num(r.get("monitor/proxy")),
+                       _num(r.get("monitor/heldout")), _num(r.get("monitor/length"))) for r in monitored]
+
+
+def _gold_label(rows: list[dict], config: dict) -> str:
+    """Whether the curve's held-out signal is the world's gold reward or a second reward model."""
+    if any(_num(r.get("eval/gold")) is not None for r in rows):
+        return "gold"
+    monitor = config.get("monitor") or {}
+    heldout = monitor.get("heldout", "auto")
+    if heldout == "heldout_rm" or (heldout == "auto" and monitor.get("heldout_rm") and not monitor.get("world")
+                                    and not config.get("world")):
+        return "held-out RM"
+    return "gold"
+
+
+def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
+    """An optimiser folder, or None when it has no metrics yet."""
+    rows = read_jsonl(folder / "metrics.jsonl")
+    if not rows:
+        return None
+    config = read_yaml(folder / "config.yaml")
+    evals = any(_num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None for r in rows)
+    return Optimiser(label=folder.relative_to(root).as_posix(), kind=folder.name, metrics=rows, curve=curve_of(rows),
+                     gold_label=_gold_label(rows, config), curve_source="eval" if evals else "monitor", alerts=read_jsonl(folder / "alerts.jsonl"),
+                     samples=read_jsonl(folder / "samples.jsonl"), best=read_json(folder / "best/best.json"),
+                     config=config)
+
+
+def read_redteams(root: Path, base: Path) -> list[Redteam]:
+    """Every red-team output under base/redteam*/ (its own folder or one level of per-policy folders)."""
+    out = []
+    for top in sorted(p for p in base.glob("redteam*") if p.is_dir()):
+        for folder in [top, *sorted(p for p in top.iterdir() if p.is_dir())]:
+            summary = read_json(folder / "summary.json")
+            if isinstance(summary, dict) and "suites" in summary:
+                out.append(Redteam(folder.relative_to(root).as_posix(), summary, read_jsonl(folder / "found.jsonl")))
+    return out
+
+
+def _last(rows: list[dict], key: str) -> float | None:
+    vals = [_num(r.get(key)) for r in rows]
+    vals = [v for v in vals if v is not None]
+    return vals[-1] if vals else None
+
+
+def read_stage_files(root: Path) -> dict[str, dict]:
+    """The few facts of the earlier stages that the pipeline table shows."""
+    facts: dict[str, dict] = {}
+    for stage in ("pretrain", "sft"):
+        rows = read_jsonl(root / stage / "metrics.jsonl")
+        if rows:
+            facts[stage] = {"steps": rows[-1].get("step"), "loss": _last(rows, "loss"),
+                            "eval_loss": _last(rows, "eval_loss")}
+    if isinstance(collect := read_json(root / "collect/report.json"), dict):
+        facts["collect"] = collect
+    if isinstance(rm := read_json(root / "rm/eval.json"), dict):
+        facts["rm"] = rm
+    return facts
+
+
+def _behaviour(root: Path, summary: dict) -> dict[str, dict]:
+    """Policy -> per-category behaviour: eval/<policy>_summary.json files (base and sft first), else the demo
+    summary's base_temperature_1 and sft_greedy."""
+    found = {p.name[: -len("_summary.json")]: read_json(p) for p in sorted((root / "eval").glob("*_summary.json"))}
+    found = {k: v for k, v in found.items() if isinstance(v, dict) and v}
+    if not found:
+        found = {k: summary[key] for k, key in (("base", "base_temperature_1"), ("sft", "sft_greedy"))
+                 if isinstance(summary.get(key), dict)}
+    order = {"base": 0, "sft": 1} | {k: 2 + i for i, k in enumerate(OPTIMISERS)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def rounds(root: Path) -> list[tuple[str, Path]]:
+    """(prefix, folder) of each round: ("", root) and ("round2/", root/round2), ... in order."""
+    extra = sorted((p for p in root.glob("round*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    return [("", root)] + [(p.name + "/", p) for p in extra]
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder (any subset of what `tether demo` writes)."""
+    root = Path(run_dir)
+    summary = read_json(root / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}
+    data = RunData(root=root, name=root.resolve().name, timings=dict(summary.get("timings_s") or {}),
+                   reward_model=summary.get("reward_model") if isinstance(summary.get("reward_model"), dict) else None,
+                   rm_eval=(read_json(root / "rm/eval.json") or {}).get("eval"),
+                   agreement=read_json(root / "label/agreement.json"), stage_files=read_stage_files(root))
+    data.behaviour = {}
+    for prefix, base in rounds(root):
+        for policy, table in _behaviour(base, summary if not prefix else {}).items():
+            data.behaviour[prefix + policy] = table
+        data.optimisers += [o for kind in OPTIMISERS if (o := read_optimiser(root, base / kind)) is not None]
+        data.redteams += read_redteams(root, base)
+    return data

@@ -1,0 +1,291 @@
+"""The report's sections: each a small function from `RunData` to the template's context, or None to skip it.
+
+`SECTIONS` lists them in page order; a section whose inputs are absent renders as its title and one line saying
+what it needs. To add a section: a builder here, a block in templates/report.html.j2, and (when it reads a new
+file) a field in `tether.report.data`. The template is Jinja2 with autoescape on: sample texts are model output.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from tether.report import findings, plots
+from tether.report.data import Optimiser, Redteam, RunData
+
+FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")
+"""Behaviour flags of `tether.stages.evaluate` (gold-judged), in its order."""
+BAD_WHEN_UP = {"sycophantic", "over_refused", "hedged", "padded", "flattering", "hallucinated"}
+"""Flags whose rise is bad news (refused is good on harmful prompts, bad on benign ones: shown, not judged)."""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    build: Callable[[RunData], dict | None]
+    needs: str
+    """What the section reads, shown when it is skipped."""
+
+
+def _pct(x) -> str:
+    return "–" if not isinstance(x, (int, float)) else f"{x:.0%}"
+
+
+def _num(x, fmt: str = "+.2f") -> str:
+    return "–" if not isinstance(x, (int, float)) else format(x, fmt)
+
+
+def _seconds(s) -> str:
+    if not isinstance(s, (int, float)):
+        return "–"
+    return f"{s:.1f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+# Key figures of the pipeline table: stage -> one line from the run's records ("" when unknown).
+def _fig_behaviour(policy: str) -> Callable[[RunData], str]:
+    def fig(d: RunData) -> str:
+        a = (d.behaviour.get(policy) or {}).get("all")
+        return f"gold {_num(a['gold'])}, correct {_pct(a['correct'])} on {a['n']} held-out prompts" if a else ""
+    return fig
+
+
+def _fig_loss(stage: str) -> Callable[[RunData], str]:
+    def fig(d: RunData) -> str:
+        f = d.stage_files.get(stage) or {}
+        parts = [f"{f['steps']} steps" if f.get("steps") is not None else "",
+                 f"loss {f['loss']:.3f}" if f.get("loss") is not None else "",
+                 f"eval loss {f['eval_loss']:.3f}" if f.get("eval_loss") is not None else ""]
+        return ", ".join(p for p in parts if p)
+    return fig
+
+
+def _fig_collect(d: RunData) -> str:
+    c = d.stage_files.get("collect") or {}
+    return f"{c.get('pairs', '?')} pairs from {c.get('prompts', '?')} prompts" if c else ""
+
+
+def _fig_label(d: RunData) -> str:
+    a = d.agreement or {}
+    return (f"{a.get('n_ratings')} ratings by {a.get('n_raters')} raters, Krippendorff α "
+            f"{_num(a.get('krippendorff_alpha'), '.2f')}") if a else ""
+
+
+def _fig_rm(d: RunData) -> str:
+    e = d.rm_eval or {}
+    return f"accuracy {_pct(e.get('accuracy'))} on {e.get('pairs')} held-out pairs" if e else ""
+
+
+def _fig_rm_report(d: RunData) -> str:
+    r = d.reward_model or {}
+    return f"accuracy vs gold {_pct(r.get('accuracy_vs_gold'))}" if r else ""
+
+
+STAGE_FIGURES: dict[str, Callable[[RunData], str]] = {
+    "pretrain": _fig_loss("pretrain"), "base styles": _fig_behaviour("base"), "sft": _fig_loss("sft"),
+    "evaluate sft": _fig_behaviour("sft"), "collect": _fig_collect, "label": _fig_label, "rm": _fig_rm,
+    "rm report": _fig_rm_report,
+}
+
+
+def _fig_optimiser(o: Optimiser) -> str:
+    pts = [p for p in o.curve if p.gold is not None]
+    last = o.metrics[-1].get("step", "?")
+    gold = f", {o.gold_label} {_num(pts[0].gold)} → {_num(pts[-1].gold)}" if len(pts) >= 2 else ""
+    return f"{last} steps{gold}, {len(o.alerts)} alert(s)"
+
+
+def _fig_redteam(r: Redteam) -> str:
+    a = r.summary.get("all") or {}
+    return f"{a.get('n', 0)} probes, attack success {_pct(a.get('fail_rate'))}" if a.get("n") else ""
+
+
+def pipeline(d: RunData) -> dict | None:
+    """Stages in the order they ran, with their time and one key figure each; optimiser and red-team folders
+    without a timing (run alone, or a later round) are added after them."""
+    figures = {stage: STAGE_FIGURES.get(stage, lambda _: "")(d) for stage in d.timings}
+    figures |= {o.label: _fig_optimiser(o) for o in d.optimisers}
+    figures |= {r.label: _fig_redteam(r) for r in d.redteams}
+    if not figures:
+        return None
+    rows = [{"stage": s, "time": _seconds(d.timings.get(s)), "figure": f} for s, f in figures.items()]
+    total = sum(v for v in d.timings.values() if isinstance(v, (int, float)))
+    return {"rows": rows, "total": _seconds(total) if d.timings else None, "plot": plots.timings(d.timings)}
+
+
+def reward_model(d: RunData) -> dict | None:
+    """Rater agreement, the ceiling it puts on any model of the raters, and the RM against it and against gold."""
+    r, a, e = d.reward_model or {}, d.agreement or {}, d.rm_eval or {}
+    if not (r or a or e):
+        return None
+    rm_acc = r.get("rm_vs_raters", e.get("accuracy"))
+    rows = [
+        ("Raters: pairwise agreement", a.get("percent_agreement", r.get("rater_pairwise_agreement")),
+         "two raters on the same pair choose the same response"),
+        ("Raters: agreement with the majority", a.get("majority_agreement_mean", r.get("rater_majority_agreement")),
+         "a rater against the other raters' majority, mean over raters"),
+        ("Ceiling: the population's preference", r.get("bayes_ceiling_vs_raters"),
+         "the best any model of the raters can do on these held-out labels"),
+        ("RM vs raters (held-out)", rm_acc, "the reward model's accuracy on held-out rater labels"),
+        ("RM vs gold", r.get("accuracy_vs_gold"), "on distinct held-out pairs, gold ties skipped"),
+    ]
+    rows = [(k, v, why) for k, v, why in rows if isinstance(v, (int, float))]
+    ceiling = r.get("bayes_ceiling_vs_raters")
+    bars = [("RM vs gold" if k == "RM vs gold" else "RM vs raters" if k.startswith("RM vs raters") else k, v)
+            for k, v, _ in rows]
+    extra = [("Krippendorff's α", _num(a.get("krippendorff_alpha", r.get("krippendorff_alpha")), ".3f")),
+             ("Fleiss' κ", _num(a.get("fleiss_kappa"), ".3f")), ("RM calibration error (ECE)", _num(e.get("ece"), ".3f")),
+             ("RM score-length correlation", _num(e.get("length_corr"), "+.2f"))]
+    bias = [{"trait": t.replace("_", " "), "n": b.get("n"), "gain": _num(b.get("reward_gain")),
+             "prefers": _pct(b.get("prefers_trait")), "gold": _num(b.get("gold_gain")),
+             "inherited": (b.get("reward_gain") or 0) > 0 and (b.get("gold_gain") or 0) < 0}
+            for t, b in (r.get("bias") or {}).items()]
+    gap = (ceiling - rm_acc) if isinstance(ceiling, (int, float)) and isinstance(rm_acc, (int, float)) else None
+    return {"rows": [(k, _pct(v), why) for k, v, why in rows], "extra": [x for x in extra if x[1] != "–"],
+            "bias": bias, "gap": None if gap is None else f"{gap * 100:.1f} points",
+            "plot": plots.accuracy_vs_ceiling(bars, ceiling if isinstance(ceiling, (int, float)) else None)}
+
+
+def behaviour(d: RunData) -> dict | None:
+    """Gold-judged behaviour rates of each evaluated policy, all held-out prompts, then per category."""
+    if not d.behaviour:
+        return None
+    policies = list(d.behaviour)
+    ref = d.behaviour.get("sft", {}).get("all")
+
+    def cells(s: dict, base: dict | None) -> list[dict]:
+        out = [{"text": _pct(s.get(f)), "worse": bool(base) and f in BAD_WHEN_UP
+                and (s.get(f) or 0) - (base.get(f) or 0) >= 0.05} for f in FLAGS]
+        return out + [{"text": _num(s.get("gold")), "worse": False}]
+
+    rows = [{"policy": p, "n": t["all"].get("n"), "cells": cells(t["all"], ref if p not in ("base", "sft") else None)}
+            for p, t in d.behaviour.items() if "all" in t]
+    categories = [c for c in next(iter(d.behaviour.values())) if c != "all"]
+    by_category = [{"category": c.replace("_", " "), "rows": [
+        {"policy": p, "n": d.behaviour[p][c].get("n"), "cells": cells(d.behaviour[p][c], None)}
+        for p in policies if c in d.behaviour[p]]} for c in categories]
+    return {"flags": [f.replace("_", "-") for f in FLAGS], "rows": rows, "by_category": by_category}
+
+
+def _alert_rows(o: Optimiser) -> list[dict]:
+    return [{"step": a.get("step"), "name": a.get("name"), "value": _num(a.get("value"), ".3g"),
+             "threshold": _num(a.get("threshold"), ".3g"), "message": a.get("message", "")}
+            for a in sorted(o.alerts, key=lambda a: a.get("step", 0))]
+
+
+def _sample_rows(samples: list[dict]) -> list[dict]:
+    return [{"step": s.get("step"), "prompt": findings.text_of(s.get("prompt")), "response": s.get("response", ""),
+             "proxy": _num(s.get("score")), "gold": _num(s.get("gold"))} for s in samples]
+
+
+def optimiser_block(o: Optimiser) -> dict:
+    """Everything shown for one optimiser run."""
+    fit = findings.gao_fit(o.curve)
+    v = findings.verdict(o)
+    before_after = [{"rate": r.replace("_", "-"), "before": _pct(b), "after": _pct(a), "delta": f"{round((a - b) * 100):+d}",
+                     "worse": a - b >= 0.05} for r, (b, a) in findings.rates_before_after(o).items()]
+    best, worst = findings.best_and_worst(o.samples)
+    fit_text = None
+    if fit is not None:
+        peak = "never turns down (β ≤ 0)" if fit.beta <= 0 else f"peaks at √KL {fit.d_peak:.2f}, gain {fit.r_peak:+.2f}"
+        fit_text = f"α = {fit.alpha:.3f}, β = {fit.beta:.3f}, rmse {fit.rmse:.3f}; the fitted curve {peak}"
+    settings = {k: o.config[k] for k in ("kl_coef", "beta", "loss", "max_steps", "lr", "reward") if k in o.config}
+    return {"label": o.label, "name": findings.display_name(o.label), "verdict": v, "fit": fit_text, "settings": settings,
+            "curve_plot": plots.proxy_gold(o, fit), "length_plot": plots.length(o), "rates_plot": plots.rates(o),
+            "before_after": before_after, "alerts": _alert_rows(o), "best": _sample_rows(best),
+            "worst": _sample_rows(worst), "kept": o.best, "n_points": len(o.curve)}
+
+
+def optimisers(d: RunData) -> dict | None:
+    return {"runs": [optimiser_block(o) for o in d.optimisers]} if d.optimisers else None
+
+
+def redteam(d: RunData) -> dict | None:
+    """Attack success per suite (and attack) of each red-teamed policy, and the search's worst finds."""
+    if not d.redteams:
+        return None
+    groups = {r.label: {s: v.get("fail_rate", 0.0) for s, v in (r.summary.get("suites") or {}).items()}
+              for r in d.redteams}
+    blocks = []
+    for r in d.redteams:
+        suites = []
+        for suite, s in (r.summary.get("suites") or {}).items():
+            attacks = [{"name": k.split("/", 1)[1], "n": a.get("n"), "asr": _pct(a.get("fail_rate")),
+                        "gold": _num(a.get("gold")), "proxy": _num(a.get("proxy"))}
+                       for k, a in (r.summary.get("attacks") or {}).items() if k.split("/")[0] == suite]
+            suites.append({"name": suite, "n": s.get("n"), "asr": _pct(s.get("fail_rate")), "gold": _num(s.get("gold")),
+                           "proxy": _num(s.get("proxy")), "attacks": attacks})
+        found = [{"rank": f.get("rank"), "attack": f"{f.get('suite')}/{f.get('attack')}",
+                  "prompt": findings.text_of(f.get("messages")), "response": (f.get("responses") or [""])[-1],
+                  "proxy": _num(f.get("proxy")), "gold": _num(f.get("gold"))} for f in r.found[:5]]
+        a = r.summary.get("all") or {}
+        blocks.append({"label": r.label, "suites": suites, "found": found, "search": r.summary.get("search"),
+                       "all": {"n": a.get("n"), "asr": _pct(a.get("fail_rate")), "gold": _num(a.get("gold")),
+                               "proxy": _num(a.get("proxy"))}})
+    return {"plot": plots.attack_success(groups), "blocks": blocks}
+
+
+SECTIONS = [
+    Section("pipeline", "Pipeline", pipeline, "summary.json timings or stage folders"),
+    Section("raters", "Raters and the reward model", reward_model,
+            "label/agreement.json, rm/eval.json or summary.json's reward_model"),
+    Section("behaviour", "Behaviour on held-out prompts", behaviour, "eval/<policy>_summary.json"),
+    Section("optimisers", "Optimisation against the proxy", optimisers, "ppo/, grpo/, rloo/ or dpo/ metrics.jsonl"),
+    Section("redteam", "Red team", redteam, "redteam/summary.json"),
+]
+
+
+def glance(d: RunData, verdicts: list[findings.Verdict]) -> list[dict]:
+    """The row of key numbers under the verdict: RM vs its ceiling, each optimiser's held-out reward, red team,
+    total time."""
+    tiles = []
+    r = d.reward_model or {}
+    acc = r.get("rm_vs_raters", (d.rm_eval or {}).get("accuracy"))
+    if isinstance(acc, (int, float)):
+        sub = [f"ceiling {_pct(r['bayes_ceiling_vs_raters'])}" if "bayes_ceiling_vs_raters" in r else "",
+               f"{_pct(r['accuracy_vs_gold'])} vs gold" if "accuracy_vs_gold" in r else ""]
+        tiles.append({"label": "Reward model vs raters", "value": _pct(acc), "sub": " · ".join(x for x in sub if x)})
+    for o, v in zip(d.optimisers, verdicts):
+        pts = [p for p in o.curve if p.gold is not None]
+        if len(pts) < 2:
+            continue
+        peak = max(pts, key=lambda p: p.gold)
+        first = min((a.get("step", 0) for a in o.alerts), default=None)
+        sub = f"peak {_num(peak.gold)} at step {peak.step}" + (f" · first alert step {first}" if first is not None
+                                                               else " · no alert")
+        tiles.append({"label": f"{findings.display_name(o.label)} {o.gold_label}", "status": v.status,
+                      "value": f"{_num(pts[0].gold)} → {_num(pts[-1].gold)}", "sub": sub})
+    for red in d.redteams[:2]:
+        a = red.summary.get("all") or {}
+        if a.get("n"):
+            tiles.append({"label": f"Red team ({red.label})" if len(d.redteams) > 1 else "Red-team attack success",
+                          "value": _pct(a.get("fail_rate")), "sub": f"{a['n']} probes"})
+    if d.timings:
+        total = sum(v for v in d.timings.values() if isinstance(v, (int, float)))
+        tiles.append({"label": "Wall time", "value": _seconds(total), "sub": f"{len(d.timings)} stages"})
+    return tiles
+
+
+def render(d: RunData) -> str:
+    """The whole page as one string."""
+    verdicts = [findings.verdict(o) for o in d.optimisers]
+    status, headline = findings.overall(verdicts)
+    sections = []
+    for s in SECTIONS:
+        ctx = s.build(d)
+        sections.append({"id": s.id, "title": s.title, "ctx": ctx, "needs": s.needs})
+    env = jinja2.Environment(loader=jinja2.PackageLoader("tether.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(
+        name=d.name, root=str(d.root), created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"), status=status,
+        headline=headline, verdicts=verdicts, tiles=glance(d, verdicts), sections=sections)
+
+
+def write(d: RunData, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(d), encoding="utf-8")
+    return out

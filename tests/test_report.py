@@ -1,0 +1,167 @@
+"""The run report (tether.report): built from a full synthetic run and from thin ones, self-contained, escaped,
+with the Gao fit and the hacking verdict worked out on curves whose answer is known."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from html.parser import HTMLParser
+
+import pytest
+from reportkit import ALPHA, BETA, SCRIPT, full_run
+
+from tether.report import findings, load_run, plots, write_report
+from tether.report.data import CurvePoint, Optimiser
+
+SECTION_TITLES = ("Pipeline", "Raters and the reward model", "Behaviour on held-out prompts",
+                  "Optimisation against the proxy", "Red team")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    root = full_run(tmp_path_factory.mktemp("run") / "demo")
+    return root, write_report(root).read_text()
+
+
+class Resources(HTMLParser):
+    """Every src/href of the page, and the tags that would load something (script, link)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.urls += [(tag, k, v or "") for k, v in attrs if k in ("src", "href")]
+
+
+def test_full_run_has_every_section_and_the_verdict(full):
+    root, html = full
+    assert (root / "report.html").exists()
+    for title in SECTION_TITLES:
+        assert f">{title}</h2>" in html
+    assert "Skipped:" not in html
+    # the verdict names the hack and its step (first alert at 28, gold peak at step 15)
+    assert "Reward hacking detected in 2 of 2 optimiser runs: PPO at step 28" in html
+    assert "gold peaked at step 15" in html
+    assert "first alert flattery at step 28" in html
+    # key figures: timings, RM vs ceiling, alerts, red team, best and worst samples
+    assert "1.6 min" in html and "10.0 points" in html
+    assert "heldout_drop" in html and "held-out lost 31% of its gain" in html
+    assert "pressure/authority" in html and "You&#39;re absolutely right, professor" in html
+    assert "People in Nirica speak Touese." in html and "How do I bake bread?" in html  # a conversation prompt
+
+
+def test_report_is_self_contained(full):
+    _, html = full
+    page = Resources()
+    page.feed(html)
+    assert "script" not in page.tags and "link" not in page.tags
+    images = [v for tag, k, v in page.urls if tag == "img"]
+    assert len(images) >= 8  # timings, RM, 2 x (curve, length, rates), red team
+    assert all(v.startswith("data:image/png;base64,") for v in images)
+    assert all(v.startswith("#") for tag, k, v in page.urls if tag == "a")  # in-page links only
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+    assert "@import" not in html and "url(" not in html
+
+
+def test_model_text_is_escaped(full):
+    _, html = full
+    assert SCRIPT not in html
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+
+
+def test_gao_fit_recovers_the_curve_and_is_drawn(full):
+    root, html = full
+    ppo = next(o for o in load_run(root).optimisers if o.label == "ppo")
+    fit = findings.gao_fit(ppo.curve)
+    # the synthetic gold is exactly GOLD0 + d(α - β log d): least squares gives α, β back
+    assert fit.alpha == pytest.approx(ALPHA, abs=1e-9) and fit.beta == pytest.approx(BETA, abs=1e-9)
+    assert fit.d_peak == pytest.approx(math.exp(ALPHA / BETA - 1))
+    fig = plots.proxy_gold_figure(ppo, fit)
+    assert any(line.get_label().startswith("fit d(α") for line in fig.axes[0].get_lines())
+    assert "Gao RL fit: α = 0.600, β = 0.350" in html
+    # with three evaluations there is no fit, and no fit line
+    few = Optimiser("ppo", "ppo", ppo.metrics, ppo.curve[:3])
+    assert findings.gao_fit(few.curve) is None
+    assert not any(line.get_label().startswith("fit") for line in plots.proxy_gold_figure(few, None).axes[0].get_lines())
+
+
+def test_old_layout_with_most_inputs_missing(tmp_path):
+    # runs/rmexp's shape: a two-evaluation PPO run, no alerts, no samples, no red team, no summary.json
+    rows = [{"step": 0, "eval/gold": 0.92, "eval/score": 1.89, "eval/response_length": 15.05},
+            {"step": 1, "score": 1.63, "kl/k1": 0.0, "response_length": 17.6},
+            {"step": 2, "score": 1.92, "kl/k1": 0.064, "response_length": 15.25, "eval/gold": 0.81,
+             "eval/score": 1.91, "eval/response_length": 15.38}]
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "sco')
+    html = write_report(tmp_path).read_text()
+    assert html.count("Skipped:") == 3  # raters, behaviour, red team
+    assert "this run has no redteam/summary.json" in html
+    assert "No Gao fit: 2 held-out evaluation(s), at least 4 needed." in html
+    assert "The monitor raised no alert (or did not run)." in html
+    assert "PPO: too few held-out evaluations to judge" in html
+
+
+def test_empty_folder_still_renders(tmp_path):
+    (tmp_path / "summary.json").write_text("{ half written")
+    html = write_report(tmp_path, tmp_path / "out/r.html").read_text()
+    assert html.count("Skipped:") == len(SECTION_TITLES)
+    assert "No optimiser run found" in html
+
+
+def test_round_two_and_nested_redteam_folders_are_found(tmp_path):
+    full_run(tmp_path)
+    (tmp_path / "round2").mkdir()
+    (tmp_path / "round2/dpo").mkdir()
+    (tmp_path / "round2/dpo/metrics.jsonl").write_text((tmp_path / "dpo/metrics.jsonl").read_text())
+    (tmp_path / "redteam/ppo").mkdir()
+    (tmp_path / "redteam/ppo/summary.json").write_text((tmp_path / "redteam/summary.json").read_text())
+    data = load_run(tmp_path)
+    assert [o.label for o in data.optimisers] == ["ppo", "dpo", "round2/dpo"]
+    assert [r.label for r in data.redteams] == ["redteam", "redteam/ppo"]
+    assert data.optimisers[1].curve_source == "monitor" and data.optimisers[1].gold_label == "gold"
+
+
+def _opt(gold, proxy, alerts=()):
+    curve = [CurvePoint(10 * i, 0.5 * i, p, g, 15.0) for i, (g, p) in enumerate(zip(gold, proxy))]
+    return Optimiser("ppo", "ppo", [{"step": c.step} for c in curve], curve, alerts=list(alerts))
+
+
+def test_verdicts_on_hand_built_curves():
+    # gain 1.0 (0 -> 1 at step 20), lost 0.6 >= 0.25 of it while the proxy rose past its value at the peak
+    hacked = findings.verdict(_opt([0, 0.5, 1.0, 0.7, 0.4], [0, 1, 2, 3, 4], [{"name": "flattery", "step": 25}]))
+    assert hacked.status == "hacked" and hacked.step == 25
+    assert hacked.headline.startswith("PPO: reward hacking detected at step 25: gold peaked at step 20")
+    # half the gain (0.5) is gone at step 40 (1.0 - 0.4 = 0.6): the alert at 25 came before it
+    assert findings.half_gain_step(_opt([0, 0.5, 1.0, 0.7, 0.4], [0] * 5).curve) == 40
+    assert any("came before gold had lost half its gain (step 40)" in d for d in hacked.details)
+    # lost 0.2 of a gain of 1.0: not hacking; with an alert it is a warning
+    assert findings.verdict(_opt([0, 1.0, 0.8], [0, 1, 2])).status == "ok"
+    assert findings.verdict(_opt([0, 1.0, 0.8], [0, 1, 2], [{"name": "kl", "step": 5}])).status == "alerts"
+    # gold fell from the start while the proxy rose: hacking without a peak
+    assert findings.verdict(_opt([0.5, 0.3, 0.1], [0, 1, 2])).status == "hacked"
+    # gold fell but the proxy fell too: not the proxy being gamed
+    assert findings.verdict(_opt([0, 1.0, 0.2], [0, 2, 1])).status == "ok"
+    assert findings.verdict(_opt([0.5, 0.3], [0, 1])).status == "no data"  # two evaluations: no peak to judge
+    assert findings.verdict(_opt([0.5, 0.48, 0.47], [0, 1, 2])).status == "ok"  # a fall of 0.03 is noise
+
+
+def test_best_and_worst_samples_prefer_late_steps_and_rewarded_failures():
+    samples = [{"step": 1, "response": "early great", "score": 9.0, "gold": 9.0},
+               {"step": 10, "response": "good", "score": 0.5, "gold": 1.0},
+               {"step": 10, "response": "flattering lie", "score": 3.0, "gold": -1.0},
+               {"step": 10, "response": "plain wrong", "score": -1.0, "gold": -1.0}]
+    best, worst = findings.best_and_worst(samples, n=1)
+    assert [s["response"] for s in best] == ["good"]
+    assert [s["response"] for s in worst] == ["flattering lie"]  # same gold, the proxy's favourite first
+
+
+def test_cli_stage_writes_the_report(tmp_path, capsys):
+    from tether.cli import main
+
+    full_run(tmp_path / "run")
+    assert main(["report", f"run={tmp_path / 'run'}", f"out={tmp_path / 'r.html'}"]) == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", f"run={tmp_path / 'missing'}"]) == 2
+    assert "run" in capsys.readouterr().err
