@@ -49,3 +49,9 @@ def test_collect_then_label(world_dir, model_dir, tmp_path):
     assert all(r.rater and r.guideline_version and r.timestamp for r in ratings)
     agreement = json.loads((labelled / "agreement.json").read_text())
     assert agreement["n_items"] == len(queue)
+    assert (labelled / "raters/raters.db").exists()  # labelled through the rater app's storage
+    # In memory (app=false): the same decisions per (rater, pair), a different assignment of raters to pairs.
+    code = main(["label", f"queue={out}/queue.jsonl", f"world={world_dir}", "raters.n_raters=4",
+                 "raters.overlap=2", f"out={tmp_path / 'mem'}", "app=false"])
+    assert code == 0 and not (tmp_path / "mem/raters").exists()
+    assert len(read_comparisons(tmp_path / "mem/comparisons.jsonl")) == len(ratings)

@@ -13,7 +13,9 @@ TINY = ["preset=test", "vocab_size=400", "base_samples=1", "world.n_countries=8"
         "collect.responses_per_prompt=3", "raters.n_raters=4", "raters.overlap=2", "rm.max_steps=3",
         "rm.batch_size=8", "rm.micro_batch_size=8", "rm.warmup_steps=1", "ppo.max_steps=2", "ppo.rollout_batch=4",
         "ppo.minibatch_size=4", "ppo.micro_batch_size=4", "ppo.max_new_tokens=6", "ppo.eval_every=1",
-        "ppo.eval_prompts=5", "ppo.save_every=0"]
+        "ppo.eval_prompts=5", "ppo.save_every=0", "dpo.max_steps=2", "dpo.batch_size=4", "dpo.micro_batch_size=4",
+        "dpo.eval_every=1", "dpo.kl_eval_prompts=2", "dpo.kl_eval_max_new_tokens=6", "dpo.monitor.samples=2",
+        "dpo.monitor.max_new_tokens=6", "kl_prompts=3", "redteam.topics=1", "redteam.max_new_tokens=6"]
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -21,7 +23,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     root = tmp_path / "smoke"
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
-                                         "collect", "label", "rm", "rm report", "ppo"}
+                                         "collect", "label", "rm", "rm report", "ppo", "dpo", "evaluate ppo",
+                                         "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo"}
     for key in ("base_temperature_1", "sft_greedy"):
         assert set(summary[key]) >= {"fact", "harmful", "benign", "all"}
     rm = summary["reward_model"]
@@ -29,9 +32,15 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "confident_invention"}
     assert [p["step"] for p in summary["ppo"]] == [0, 1, 2]  # held-out proxy and gold at each evaluation
     assert all(p["sqrt_kl"] >= 0 and p["gold"] is not None for p in summary["ppo"])
-    for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label", "rm/model", "ppo/model"):
+    for name in ("sft", "ppo", "dpo"):  # one footing: greedy gold, KL to SFT, red-team failure rate
+        policy = summary["policies"][name]
+        assert policy["summary"]["all"]["n"] > 0 and policy["kl_k3"] >= 0
+        assert 0 <= summary["redteam"][name]["all"]["fail_rate"] <= 1
+    assert abs(summary["policies"]["sft"]["kl_k1"]) < 1e-4  # the SFT policy against itself
+    for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label/raters", "rm/model",
+                   "ppo/model", "dpo/model", "redteam/ppo"):
         assert (root / folder).is_dir(), folder
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
-    assert "pretrain" not in again["timings_s"] and "rm" not in again["timings_s"] and "ppo" not in again["timings_s"]
+    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo"} & set(again["timings_s"])

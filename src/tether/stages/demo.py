@@ -15,14 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
 from tether.reward import RewardModel
-from tether.stages import collect, ppo, pretrain, rm, sft
+from tether.stages import collect, dpo, ppo, pretrain, redteam, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
+    SHORT,
     EvalConfig,
     curve_table,
     evaluate_policy,
@@ -59,6 +61,15 @@ def _ppo_defaults() -> ppo.PPOConfig:
     return ppo.PPOConfig(max_steps=60, lr=1e-4, kl_coef=0.02, eval_every=10, save_every=20, eval_prompts=60)
 
 
+def _dpo_defaults() -> dpo.DPOConfig:
+    # The RM's preferences, the same held-out split; a step count comparable to PPO's updates.
+    return dpo.DPOConfig(max_steps=60, lr=1e-4, beta=0.1, eval_every=20, save_every=0, kl_eval_prompts=32)
+
+
+def _redteam_defaults() -> redteam.RedteamConfig:
+    return redteam.RedteamConfig(topics=4)
+
+
 @dataclass
 class DemoConfig:
     """The whole loop on the tiny assistant world. Paths inside the nested stage configs are set by the demo."""
@@ -93,6 +104,12 @@ class DemoConfig:
     """Reward model on the raters' labels, from the SFT model (paths set by the demo)."""
     ppo: ppo.PPOConfig = field(default_factory=_ppo_defaults)
     """PPO from the SFT policy against the reward model; gold is logged, never trained on (paths set by the demo)."""
+    dpo: dpo.DPOConfig = field(default_factory=_dpo_defaults)
+    """DPO from the SFT policy on the raters' comparisons that trained the reward model (paths set by the demo)."""
+    redteam: redteam.RedteamConfig = field(default_factory=_redteam_defaults)
+    """Red-team suites run against the SFT policy and each optimised one (paths set by the demo)."""
+    kl_prompts: int = 64
+    """Held-out prompts sampled (temperature 1) to measure each policy's KL to the SFT policy on one footing."""
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
@@ -125,6 +142,11 @@ def _stage_configs(cfg: DemoConfig) -> dict:
         "ppo": replace(cfg.ppo, policy=sft_model, prompts=str(root / "world/prompts.jsonl"), reward="rm",
                        reward_model=str(root / "rm/model"), world=str(root / "world"), seed=cfg.seed,
                        out=str(root / "ppo"), resume=cfg.resume),
+        "dpo": replace(cfg.dpo, data=str(root / "label/comparisons.jsonl"), model=sft_model, seed=cfg.seed,
+                       eval_fraction=cfg.rm.eval_fraction, out=str(root / "dpo"), resume=cfg.resume,
+                       monitor=replace(cfg.dpo.monitor, world=str(root / "world"))),
+        "redteam": replace(cfg.redteam, world=str(root / "world"), reward_model=str(root / "rm/model"),
+                           seed=cfg.seed),
     }
 
 
@@ -215,11 +237,43 @@ def proxy_gold_curve(metrics_path: Path) -> list[dict]:
 
 
 def _rl_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
-    """PPO from the SFT policy against the learned reward model, watching gold on held-out prompts."""
+    """PPO against the learned reward model and DPO on the same comparisons, both from the SFT policy."""
     root = cfg.root
-    # 6. Optimise the proxy with a KL tether; the world's gold reward is only logged, to show what happens.
+    # 6. Optimise the proxy with a KL tether; the world's gold reward is only logged (and audited by the
+    #    monitor), to show what happens.
     timed("ppo", ppo.run, stages["ppo"], done=root / "ppo/model/model.safetensors")
+    # 7. DPO skips the reward model: the raters' comparisons directly, β tethering it to the SFT policy.
+    timed("dpo", dpo.run, stages["dpo"], done=root / "dpo/model/model.safetensors")
     return {"ppo": proxy_gold_curve(root / "ppo/metrics.jsonl")}
+
+
+def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
+    """One policy on the common footing: greedy gold and behaviour on held-out prompts, and its KL to the
+    SFT policy per response (k1 and k3 summed over tokens) on held-out prompts sampled at temperature 1."""
+    root = cfg.root
+    summary = _evaluate(cfg, model_dir, name, 0.0, 1)
+    world = load_world(root / "world")
+    prompts = [q.text for q in world.eval_queries()][:cfg.kl_prompts]
+    policy, ref, tokenizer = load_policy(str(model_dir)), load_policy(str(root / "sft/model")), load_tokenizer(str(model_dir))
+    _, k1, k3, _ = dpo.sample_logratios(policy, ref, tokenizer, prompts, cfg.eval.max_new_tokens,
+                                        replace(cfg.dpo, micro_batch_size=32), cfg.seed)
+    return {"summary": summary, "kl_k1": sum(k1) / len(k1), "kl_k3": sum(k3) / len(k3)}
+
+
+def _audit_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+    """Each policy on one footing (gold, behaviour, KL to SFT), and the red-team suites against each."""
+    root = cfg.root
+    policies = {"sft": root / "sft/model", "ppo": root / "ppo/model", "dpo": root / "dpo/model"}
+    # 8. PPO and DPO against the SFT policy: gold gained per unit of KL, and which behaviours moved.
+    footing = {name: timed(f"evaluate {name}", _policy_footing, cfg, path, name) for name, path in policies.items()}
+    # 9. The adversarial probes, scored by gold, with the proxy's catch (found.jsonl) for each policy.
+    attacks = {}
+    for name, path in policies.items():
+        out = root / "redteam" / name
+        timed(f"redteam {name}", redteam.run, replace(stages["redteam"], policy=str(path), out=str(out)),
+              done=out / "summary.json")
+        attacks[name] = json.loads((out / "summary.json").read_text())
+    return {"policies": footing, "redteam": attacks}
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -230,7 +284,7 @@ def run(cfg: DemoConfig) -> dict:
     stages = _stage_configs(cfg)
     timed = _Timer(cfg.resume)
     summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed),
-               **_rl_phase(cfg, stages, timed)}
+               **_rl_phase(cfg, stages, timed), **_audit_phase(cfg, stages, timed)}
     summary["timings_s"] = timed.timings
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     show_summary(summary)
@@ -249,3 +303,20 @@ def show_summary(summary: dict) -> None:
         console.print(reward_model_table(summary["reward_model"]))
     if summary.get("ppo"):
         console.print(curve_table(summary["ppo"], "PPO against the reward model: proxy and gold on held-out prompts"))
+    if summary.get("policies"):
+        console.print(policy_table(summary["policies"], summary.get("redteam", {})))
+
+
+def policy_table(footing: dict, attacks: dict) -> Table:
+    """SFT, PPO and DPO on one footing: greedy gold and behaviour rates on held-out prompts, KL to SFT per
+    response (temperature-1 samples), and the red-team failure rate (attack success) over all suites."""
+    flags = ("correct", "sycophantic", "flattering", "hedged", "padded", "hallucinated", "over_refused")
+    table = Table(title="Policies on one footing: gold gained for the KL spent (held-out prompts)")
+    for col in ("policy", "gold", "KL k1", "KL k3", *(SHORT.get(f, f) for f in flags), "red-team fail"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, f in footing.items():
+        overall = f["summary"]["all"]
+        fail = attacks.get(name, {}).get("all", {}).get("fail_rate")
+        table.add_row(name, f"{overall['gold']:+.2f}", f"{f['kl_k1']:.2f}", f"{f['kl_k3']:.2f}",
+                      *(f"{overall[x]:.0%}" for x in flags), "-" if fail is None else f"{fail:.0%}")
+    return table

@@ -3,6 +3,11 @@
 The stand-in for human raters when running on the tiny world: each pair goes to `overlap` distinct
 raters of a seeded pool whose biases are documented in `tether.world.raters`. Inter-rater agreement
 is measured with the same library functions the rater app reports.
+
+With `app` on (the default), the simulated raters work through the rater app's service layer and its
+SQLite database in `<out>/raters/` (`tether.world.rater_sessions`): the same storage, assignment and
+export human raters use, so every labelled run exercises them, and `tether raters serve
+project=<out>/raters` shows the dashboard afterwards.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from tether.agreement import agreement_report
 from tether.config import save_config
 from tether.data.preferences import Comparison, read_comparisons, write_comparisons
 from tether.world.build import load_world
+from tether.world.rater_sessions import label_with_app
 from tether.world.raters import RaterPoolConfig, label
 
 console = Console(stderr=True)
@@ -33,7 +39,10 @@ class LabelConfig:
     raters: RaterPoolConfig = field(default_factory=RaterPoolConfig)
     """The simulated rater pool."""
     out: str = "runs/label"
-    """Folder for comparisons.jsonl (one row per rating), agreement.json and config.yaml."""
+    """Folder for comparisons.jsonl (one row per rating), agreement.json, config.yaml (and raters/ with app)."""
+    app: bool = True
+    """Rate through the rater app's service and database (`<out>/raters/`), as human raters would; off: label
+    in memory (faster, same rater decisions, the app's assignment differs)."""
 
 
 def labels_by_item(ratings: list[Comparison]) -> dict[str, dict[str, str]]:
@@ -50,7 +59,10 @@ def run(cfg: LabelConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ratings = label(queue, world.knowledge, cfg.raters)
+    if cfg.app:
+        ratings = label_with_app(queue, world.knowledge, cfg.raters, out / "raters", export_name=None)
+    else:
+        ratings = label(queue, world.knowledge, cfg.raters)
     write_comparisons(out / "comparisons.jsonl", ratings)
     report = agreement_report(labels_by_item(ratings))
     report["ties"] = sum(r.choice == "tie" for r in ratings) / max(1, len(ratings))
