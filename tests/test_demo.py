@@ -40,6 +40,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label/raters", "rm/model",
                    "ppo/model", "dpo/model", "redteam/ppo"):
         assert (root / folder).is_dir(), folder
+    report = (root / "report.html").read_text()
+    assert "<html" in report and "data:image/png;base64," in report
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())

@@ -270,3 +270,26 @@ def test_reward_sources():
         make_reward_source("callable", reward_fn="no_such_module_xyz:f")
     with pytest.raises(Exception, match="returned 1 scores for 2 responses"):
         make_reward_source("callable", reward_fn=lambda p, r: [1.0])(["a", "b"], ["c", "d"])
+
+
+# -- evaluation at temperature: common random numbers, training RNG untouched ------------------------------
+def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(tmp_path, world_dir, model_dir):
+    from tether.models import load_policy, load_tokenizer
+    from tether.world.build import load_world
+
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, eval_temperature=1.0, eval_samples=3, max_new_tokens=8)
+    policy, tok, world = load_policy(str(model_dir)), load_tokenizer(str(model_dir)), load_world(world_dir)
+    source = make_reward_source("callable", reward_fn=lambda prompts, responses: [float(len(r)) for r in responses])
+    prompts = online.eval_prompt_texts(world, 4)
+    torch.manual_seed(123)
+    first = online.evaluate(policy, tok, source, world, prompts, cfg)
+    after_first = torch.rand(1)
+    torch.manual_seed(123)
+    second = online.evaluate(policy, tok, source, world, prompts, cfg)
+    assert first == second  # the same draw at every evaluation: steps differ by the policy only
+    assert torch.equal(torch.rand(1), after_first)  # the global RNG stream did not move
+    greedy = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_temperature=0.0,
+                                                                                       eval_samples=1))
+    assert greedy != first
+    with pytest.raises(ConfigError, match="eval_samples"):
+        dataclasses.replace(cfg, eval_samples=0).validate()

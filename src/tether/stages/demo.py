@@ -1,9 +1,11 @@
 """`tether demo`: the loop on the tiny assistant world, offline on a CPU, each stage in its own folder.
 
 world -> tokenizer -> pretrain -> (base model's styles at temperature 1) -> SFT -> held-out evaluation
-with the gold reward -> collect comparisons (SFT and base policies) -> simulated raters -> reward
-model, and how it compares with the raters, the gold preference, and which rater biases it inherited ->
-PPO against that reward model, with the gold reward logged beside the proxy on held-out prompts.
+with the gold reward -> collect comparisons (SFT and base policies) -> simulated raters through the rater
+app's storage -> reward model, and how it compares with the raters, the gold preference, and which rater
+biases it inherited -> PPO against that reward model (the monitor watching for hacks, gold logged beside
+the proxy) and DPO on the same comparisons -> the audit: SFT, PPO and DPO on one footing (gold, KL to SFT,
+behaviour rates), red-team suites against each -> `report.html`.
 Every stage reads the previous stage's output folder, so any of them can be rerun alone with
 `tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
 """
@@ -20,6 +22,7 @@ from rich.table import Table
 from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
+from tether.report import write_report
 from tether.reward import RewardModel
 from tether.stages import collect, dpo, ppo, pretrain, redteam, rm, sft
 from tether.stages import label as label_stage
@@ -288,7 +291,9 @@ def run(cfg: DemoConfig) -> dict:
     summary["timings_s"] = timed.timings
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     show_summary(summary)
+    report = write_report(root)
     console.print(f"stage times (s): {timed.timings}\nwritten to {root}/ (summary.json, eval/, a folder per stage)")
+    console.print(f"[bold]report: {report}[/bold]")
     return summary
 
 

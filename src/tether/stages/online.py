@@ -186,6 +186,12 @@ class OnlineConfig:
     """Steps between greedy evaluations on the world's held-out prompts (needs world; 0: start and end only)."""
     eval_prompts: int = 60
     """Held-out world prompts in each evaluation, spread over the categories (0: no evaluation)."""
+    eval_temperature: float = 0.0
+    """Temperature of the evaluations: 0 is greedy (the policy's mode); 1 is the distribution RL optimises, where
+    a policy that first grows sharper and then games the proxy shows the rise and fall of Gao et al. 2022."""
+    eval_samples: int = 1
+    """Responses per held-out prompt at each evaluation (with eval_temperature > 0). The same seed every time, so
+    successive evaluations differ by the policy, not by the draw (common random numbers)."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
     trust_remote_code: bool = False
@@ -233,6 +239,8 @@ class OnlineConfig:
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "warmup_steps"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
+        check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,13 +322,17 @@ def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, g
 
 @torch.no_grad()
 def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
-    """Greedy responses to held-out world prompts: mean gold, proxy score, length and EOS rate (eval/...), and with
-    a `heldout(prompts, responses)` scorer (a second reward model) its mean as eval/heldout."""
+    """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
+    score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
+    model) its mean as eval/heldout."""
+    prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     encoded = encode_prompts(tokenizer, prompts)
+    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
     responses, lengths, eos = [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
-        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.eval_temperature, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id, generator=generator)
         responses += decode(tokenizer, r.response_ids)
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
