@@ -47,6 +47,10 @@ def test_full_run_has_every_section_and_the_verdict(full):
     assert "first alert flattery at step 28" in html
     # key figures: timings, RM vs ceiling, alerts, red team, best and worst samples
     assert "1.6 min" in html and "10.0 points" in html
+    # the demo's timed "redteam ppo" and "evaluate ppo" rows carry their folder's figures, once each
+    assert html.count("<td>redteam ppo</td>") == 1 and "<td>redteam/ppo</td>" not in html
+    assert "120 probes, attack success 30%" in html and "gold +0.20, correct 60%" in html
+    assert "KL to SFT" in html and ">17.90<" in html
     assert "heldout_drop" in html and "held-out lost 31% of its gain" in html
     assert "pressure/authority" in html and "You&#39;re absolutely right, professor" in html
     assert "People in Nirica speak Touese." in html and "How do I bake bread?" in html  # a conversation prompt
@@ -97,7 +101,7 @@ def test_old_layout_with_most_inputs_missing(tmp_path):
     (tmp_path / "ppo/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "sco')
     html = write_report(tmp_path).read_text()
     assert html.count("Skipped:") == 3  # raters, behaviour, red team
-    assert "this run has no redteam/summary.json" in html
+    assert "this run has no redteam/&lt;policy&gt;/summary.json" in html
     assert "No Gao fit: 2 held-out evaluation(s), at least 4 needed." in html
     assert "The monitor raised no alert (or did not run)." in html
     assert "PPO: too few held-out evaluations to judge" in html
@@ -115,11 +119,11 @@ def test_round_two_and_nested_redteam_folders_are_found(tmp_path):
     (tmp_path / "round2").mkdir()
     (tmp_path / "round2/dpo").mkdir()
     (tmp_path / "round2/dpo/metrics.jsonl").write_text((tmp_path / "dpo/metrics.jsonl").read_text())
-    (tmp_path / "redteam/ppo").mkdir()
-    (tmp_path / "redteam/ppo/summary.json").write_text((tmp_path / "redteam/summary.json").read_text())
+    (tmp_path / "round2/redteam").mkdir()  # `tether redteam out=.../redteam`: the summary in the folder itself
+    (tmp_path / "round2/redteam/summary.json").write_text((tmp_path / "redteam/ppo/summary.json").read_text())
     data = load_run(tmp_path)
     assert [o.label for o in data.optimisers] == ["ppo", "dpo", "round2/dpo"]
-    assert [r.label for r in data.redteams] == ["redteam", "redteam/ppo"]
+    assert [r.label for r in data.redteams] == ["redteam/sft", "redteam/ppo", "redteam/dpo", "round2/redteam"]
     assert data.optimisers[1].curve_source == "monitor" and data.optimisers[1].gold_label == "gold"
 
 

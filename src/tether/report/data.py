@@ -99,6 +99,8 @@ class RunData:
     """rm/eval.json (accuracy, ece, length_corr on held-out pairs)."""
     agreement: dict | None = None
     """label/agreement.json (percent agreement, Fleiss' kappa, Krippendorff's alpha, per-rater majority)."""
+    policy_kl: dict[str, float] = field(default_factory=dict)
+    """Policy -> KL to the SFT policy in nats per response (k1, temperature-1 samples; the demo's "policies")."""
     stage_files: dict[str, dict] = field(default_factory=dict)
     """Small per-stage facts for the pipeline table (final losses, counts)."""
     optimisers: list[Optimiser] = field(default_factory=list)
@@ -188,11 +190,17 @@ def read_redteams(root: Path, base: Path) -> list[Redteam]:
     """Every red-team output under base/redteam*/ (its own folder or one level of per-policy folders)."""
     out = []
     for top in sorted(p for p in base.glob("redteam*") if p.is_dir()):
-        for folder in [top, *sorted(p for p in top.iterdir() if p.is_dir())]:
+        for folder in [top, *sorted((p for p in top.iterdir() if p.is_dir()), key=lambda p: _policy_order(p.name))]:
             summary = read_json(folder / "summary.json")
             if isinstance(summary, dict) and "suites" in summary:
                 out.append(Redteam(folder.relative_to(root).as_posix(), summary, read_jsonl(folder / "found.jsonl")))
     return out
+
+
+def _policy_order(name: str) -> tuple[int, str]:
+    """base, sft, then the optimisers in OPTIMISERS order, then anything else by name."""
+    order = {"base": 0, "sft": 1} | {k: 2 + i for i, k in enumerate(OPTIMISERS)}
+    return order.get(name, len(order)), name
 
 
 def _last(rows: list[dict], key: str) -> float | None:
@@ -224,8 +232,7 @@ def _behaviour(root: Path, summary: dict) -> dict[str, dict]:
     if not found:
         found = {k: summary[key] for k, key in (("base", "base_temperature_1"), ("sft", "sft_greedy"))
                  if isinstance(summary.get(key), dict)}
-    order = {"base": 0, "sft": 1} | {k: 2 + i for i, k in enumerate(OPTIMISERS)}
-    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: _policy_order(kv[0])))
 
 
 def rounds(root: Path) -> list[tuple[str, Path]]:
@@ -243,7 +250,9 @@ def load_run(run_dir: str | Path) -> RunData:
                    reward_model=summary.get("reward_model") if isinstance(summary.get("reward_model"), dict) else None,
                    rm_eval=(read_json(root / "rm/eval.json") or {}).get("eval"),
                    agreement=read_json(root / "label/agreement.json"), stage_files=read_stage_files(root))
-    data.behaviour = {}
+    policies = summary.get("policies") if isinstance(summary.get("policies"), dict) else {}
+    data.policy_kl = {k: float(v["kl_k1"]) for k, v in policies.items()
+                      if isinstance(v, dict) and isinstance(v.get("kl_k1"), (int, float))}
     for prefix, base in rounds(root):
         for policy, table in _behaviour(base, summary if not prefix else {}).items():
             data.behaviour[prefix + policy] = table

@@ -103,12 +103,28 @@ def _fig_redteam(r: Redteam) -> str:
     return f"{a.get('n', 0)} probes, attack success {_pct(a.get('fail_rate'))}" if a.get("n") else ""
 
 
+def _stage_figure(stage: str) -> Callable[[RunData], str]:
+    """The key-figure function of a timed stage: STAGE_FIGURES, or "evaluate <policy>" -> its behaviour."""
+    if stage in STAGE_FIGURES:
+        return STAGE_FIGURES[stage]
+    if stage.startswith("evaluate "):
+        return _fig_behaviour(stage.removeprefix("evaluate "))
+    return lambda _: ""
+
+
+def _timed_name(d: RunData, label: str) -> str:
+    """A folder label as the demo's timings name it, when they do ("redteam/ppo" -> "redteam ppo")."""
+    spaced = label.replace("/", " ")
+    return spaced if spaced in d.timings and label not in d.timings else label
+
+
 def pipeline(d: RunData) -> dict | None:
     """Stages in the order they ran, with their time and one key figure each; optimiser and red-team folders
     without a timing (run alone, or a later round) are added after them."""
-    figures = {stage: STAGE_FIGURES.get(stage, lambda _: "")(d) for stage in d.timings}
-    figures |= {o.label: _fig_optimiser(o) for o in d.optimisers}
-    figures |= {r.label: _fig_redteam(r) for r in d.redteams}
+    figures = {stage: _stage_figure(stage)(d) for stage in d.timings}
+    # folders are named like the demo's timed stages, with "/" for its spaces ("redteam/ppo", "redteam ppo")
+    figures |= {_timed_name(d, o.label): _fig_optimiser(o) for o in d.optimisers}
+    figures |= {_timed_name(d, r.label): _fig_redteam(r) for r in d.redteams}
     if not figures:
         return None
     rows = [{"stage": s, "time": _seconds(d.timings.get(s)), "figure": f} for s, f in figures.items()]
@@ -161,13 +177,14 @@ def behaviour(d: RunData) -> dict | None:
                 and (s.get(f) or 0) - (base.get(f) or 0) >= 0.05} for f in FLAGS]
         return out + [{"text": _num(s.get("gold")), "worse": False}]
 
-    rows = [{"policy": p, "n": t["all"].get("n"), "cells": cells(t["all"], ref if p not in ("base", "sft") else None)}
-            for p, t in d.behaviour.items() if "all" in t]
+    rows = [{"policy": p, "n": t["all"].get("n"), "cells": cells(t["all"], ref if p not in ("base", "sft") else None),
+             "kl": _num(d.policy_kl.get(p), ".2f")} for p, t in d.behaviour.items() if "all" in t]
     categories = [c for c in next(iter(d.behaviour.values())) if c != "all"]
     by_category = [{"category": c.replace("_", " "), "rows": [
         {"policy": p, "n": d.behaviour[p][c].get("n"), "cells": cells(d.behaviour[p][c], None)}
         for p in policies if c in d.behaviour[p]]} for c in categories]
-    return {"flags": [f.replace("_", "-") for f in FLAGS], "rows": rows, "by_category": by_category}
+    return {"flags": [f.replace("_", "-") for f in FLAGS], "rows": rows, "by_category": by_category,
+            "kl": bool(d.policy_kl)}
 
 
 def _alert_rows(o: Optimiser) -> list[dict]:
@@ -203,29 +220,43 @@ def optimisers(d: RunData) -> dict | None:
     return {"runs": [optimiser_block(o) for o in d.optimisers]} if d.optimisers else None
 
 
+def _short(label: str) -> str:
+    return label.removeprefix("redteam/")
+
+
+def _asr_row(name: str, stats: list[dict | None], indent: bool = False) -> dict:
+    """One row of the comparison: attack success per policy, red where >= 5 points above the first policy's."""
+    rates = [(s or {}).get("fail_rate") for s in stats]
+    first = rates[0]
+    n = next((s.get("n") for s in stats if s), None)
+    return {"name": name, "indent": indent, "n": n, "cells": [
+        {"text": _pct(r), "worse": i > 0 and isinstance(r, float) and isinstance(first, float) and r - first >= 0.05}
+        for i, r in enumerate(rates)]}
+
+
 def redteam(d: RunData) -> dict | None:
-    """Attack success per suite (and attack) of each red-teamed policy, and the search's worst finds."""
+    """Attack success per suite and attack, one column per red-teamed policy, and the search's worst finds."""
     if not d.redteams:
         return None
-    groups = {r.label: {s: v.get("fail_rate", 0.0) for s, v in (r.summary.get("suites") or {}).items()}
-              for r in d.redteams}
-    blocks = []
-    for r in d.redteams:
-        suites = []
-        for suite, s in (r.summary.get("suites") or {}).items():
-            attacks = [{"name": k.split("/", 1)[1], "n": a.get("n"), "asr": _pct(a.get("fail_rate")),
-                        "gold": _num(a.get("gold")), "proxy": _num(a.get("proxy"))}
-                       for k, a in (r.summary.get("attacks") or {}).items() if k.split("/")[0] == suite]
-            suites.append({"name": suite, "n": s.get("n"), "asr": _pct(s.get("fail_rate")), "gold": _num(s.get("gold")),
-                           "proxy": _num(s.get("proxy")), "attacks": attacks})
-        found = [{"rank": f.get("rank"), "attack": f"{f.get('suite')}/{f.get('attack')}",
-                  "prompt": findings.text_of(f.get("messages")), "response": (f.get("responses") or [""])[-1],
-                  "proxy": _num(f.get("proxy")), "gold": _num(f.get("gold"))} for f in r.found[:5]]
-        a = r.summary.get("all") or {}
-        blocks.append({"label": r.label, "suites": suites, "found": found, "search": r.summary.get("search"),
-                       "all": {"n": a.get("n"), "asr": _pct(a.get("fail_rate")), "gold": _num(a.get("gold")),
-                               "proxy": _num(a.get("proxy"))}})
-    return {"plot": plots.attack_success(groups), "blocks": blocks}
+    reds = d.redteams
+    suites = list(dict.fromkeys(k for r in reds for k in (r.summary.get("suites") or {})))
+    attacks = list(dict.fromkeys(k for r in reds for k in (r.summary.get("attacks") or {})))
+    rows = []
+    for suite in suites:
+        rows.append(_asr_row(suite, [(r.summary.get("suites") or {}).get(suite) for r in reds]))
+        rows += [_asr_row(a.split("/", 1)[1], [(r.summary.get("attacks") or {}).get(a) for r in reds], True)
+                 for a in attacks if a.split("/")[0] == suite]
+    total = _asr_row("all", [r.summary.get("all") for r in reds])
+    gold = [_num((r.summary.get("all") or {}).get("gold")) for r in reds]
+    found = [{"policy": _short(r.label), "rank": f.get("rank"), "attack": f"{f.get('suite')}/{f.get('attack')}",
+              "prompt": findings.text_of(f.get("messages")), "response": (f.get("responses") or [""])[-1],
+              "proxy": _num(f.get("proxy")), "gold": _num(f.get("gold"))} for r in reds for f in r.found[:3]]
+    search = [f"{_short(r.label)}: {r.summary['search'].get('found')} of {r.summary['search'].get('bad')} bad"
+              for r in reds if isinstance(r.summary.get("search"), dict)]
+    groups = {_short(r.label): {k: v.get("fail_rate", 0.0) for k, v in (r.summary.get("suites") or {}).items()}
+              for r in reds}
+    return {"plot": plots.attack_success(groups), "policies": [_short(r.label) for r in reds], "rows": rows,
+            "total": total, "gold": gold, "found": found, "search": "; ".join(search)}
 
 
 SECTIONS = [
@@ -234,7 +265,7 @@ SECTIONS = [
             "label/agreement.json, rm/eval.json or summary.json's reward_model"),
     Section("behaviour", "Behaviour on held-out prompts", behaviour, "eval/<policy>_summary.json"),
     Section("optimisers", "Optimisation against the proxy", optimisers, "ppo/, grpo/, rloo/ or dpo/ metrics.jsonl"),
-    Section("redteam", "Red team", redteam, "redteam/summary.json"),
+    Section("redteam", "Red team", redteam, "redteam/<policy>/summary.json (tether redteam)"),
 ]
 
 
@@ -258,11 +289,11 @@ def glance(d: RunData, verdicts: list[findings.Verdict]) -> list[dict]:
                                                                else " · no alert")
         tiles.append({"label": f"{findings.display_name(o.label)} {o.gold_label}", "status": v.status,
                       "value": f"{_num(pts[0].gold)} → {_num(pts[-1].gold)}", "sub": sub})
-    for red in d.redteams[:2]:
-        a = red.summary.get("all") or {}
-        if a.get("n"):
-            tiles.append({"label": f"Red team ({red.label})" if len(d.redteams) > 1 else "Red-team attack success",
-                          "value": _pct(a.get("fail_rate")), "sub": f"{a['n']} probes"})
+    reds = [r for r in d.redteams if (r.summary.get("all") or {}).get("n")]
+    if reds:
+        tiles.append({"label": "Red-team attack success", "value": " · ".join(
+            _pct(r.summary["all"].get("fail_rate")) for r in reds[:3]), "sub": " · ".join(
+            _short(r.label) for r in reds[:3]) + f" ({reds[0].summary['all']['n']} probes)"})
     if d.timings:
         total = sum(v for v in d.timings.values() if isinstance(v, (int, float)))
         tiles.append({"label": "Wall time", "value": _seconds(total), "sub": f"{len(d.timings)} stages"})

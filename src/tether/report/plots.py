@@ -229,12 +229,13 @@ def attack_success(groups: dict[str, dict[str, float]]) -> str | None:
     h = 0.8 / len(labels)
     palette = ["#475569", PROXY, GOLD, "#7c3aed"]
     for i, label in enumerate(labels):
-        ys = [j + (i - (len(labels) - 1) / 2) * h for j in range(len(suites))][::-1]
+        # suites top to bottom, and within a suite the policies top to bottom in their order
+        ys = [len(suites) - 1 - j + ((len(labels) - 1) / 2 - i) * h for j in range(len(suites))]
         vals = [groups[label].get(s, 0.0) for s in suites]
         ax.barh(ys, vals, height=h * 0.9, color=palette[i % len(palette)], label=label)
         for y, v in zip(ys, vals):
             ax.text(v, y, f" {v:.0%}", va="center", fontsize=7.5, color=INK)
-    ax.set_yticks(range(len(suites))[::-1], suites)
+    ax.set_yticks([len(suites) - 1 - j for j in range(len(suites))], suites)
     ax.set_xlim(0, 1.1)
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.grid(axis="y", visible=False)
