@@ -102,6 +102,9 @@ def pg_server():
             warnings.simplefilter("ignore")
             import pgserver
             server = pgserver.get_server(folder, cleanup_mode="stop")
+        # throwaway data: no fsync, so CREATE DATABASE and the shutdown checkpoint take milliseconds, not seconds
+        server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;")
+        server.psql("SELECT pg_reload_conf();")
     except Exception as err:  # no wheel for this platform, initdb refused, ...
         shutil.rmtree(folder, ignore_errors=True)
         yield f"PostgreSQL (pgserver) unavailable: {type(err).__name__}: {err}"
@@ -111,13 +114,18 @@ def pg_server():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def new_pg_database(server) -> str:
+    """The postgresql:// URL of a fresh, empty database on `server`."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server.psql(f"CREATE DATABASE {name};")
+    return urlunsplit(urlsplit(server.get_uri())._replace(path=f"/{name}"))
+
+
 @pytest.fixture
 def pg_url(pg_server) -> str:
-    """A fresh, empty database on the session's server (postgresql:// URL)."""
+    """A fresh, empty database on the session's server."""
     need(not isinstance(pg_server, str), str(pg_server))
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_server.psql(f"CREATE DATABASE {name};")
-    return urlunsplit(urlsplit(pg_server.get_uri())._replace(path=f"/{name}"))
+    return new_pg_database(pg_server)
 
 
 # -- a live server ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, Field
 
 from tether.raters.accounts import ROLES
+from tether.raters.db import MAX_ID
 from tether.raters.errors import Invalid
 from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso, storable
 from tether.raters.stats import as_json, dashboard
@@ -28,7 +29,7 @@ from tether.raters.web import (
 )
 
 router = APIRouter(prefix="/api", tags=["api"])
-Id = Annotated[int, Field(gt=0, lt=2**63)]
+Id = Annotated[int, Field(gt=0, lt=MAX_ID + 1)]
 
 
 def _storable(text: str) -> str:
@@ -167,7 +168,7 @@ def next_pair(request: Request, user: User) -> NextOut:
 
 
 @router.get("/assignments/{assignment_id}", response_model=TaskOut)
-def assignment(request: Request, user: User, assignment_id: Annotated[int, Path(gt=0, lt=2**63)]) -> TaskOut:
+def assignment(request: Request, user: User, assignment_id: Annotated[int, Path(gt=0, lt=MAX_ID + 1)]) -> TaskOut:
     return _task_out(ctx_of(request).service.task(user.user_id, assignment_id))
 
 

@@ -16,7 +16,9 @@ comparisons). Schema changes go through Alembic (`migrations/`); `migrate` upgra
 from __future__ import annotations
 
 import sqlite3
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from tether.errors import ConfigError
 
 DB_FILE = "raters.db"
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+MAX_ID = 2**31 - 1
+"""The largest row id: ids are 32-bit INTEGER columns on PostgreSQL, so larger numbers name no row."""
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for the lock before failing (writers queue one after another)."""
 
 
@@ -210,18 +214,20 @@ def make_engine(url: str) -> Engine:
     Use `engine.execution_options(sqlite_write=True)` for transactions that write.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        return create_engine(url, pool_size=10, max_overflow=0, pool_pre_ping=True)
     path = Path(url.removeprefix("sqlite:///"))
     if url.startswith("sqlite:///") and not path.exists():
         path.touch(mode=0o600)  # password and session hashes: the owner's eyes only (WAL files inherit it)
-    engine = create_engine(url, pool_size=10, max_overflow=30, connect_args={"check_same_thread": False})
+    # as many pooled connections as the server has worker threads (40): no reconnect churn under load
+    engine = create_engine(url, pool_size=40, max_overflow=10, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN itself
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: the next pragma may wait for a lock
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # WAL is persistent: set it once
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commits
         cursor.close()
@@ -241,19 +247,23 @@ class Database:
 
     def __init__(self, url: str):
         self.url = url
+        self.is_sqlite = url.startswith("sqlite")
         self.engine = make_engine(url)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(sqlite_write=True), expire_on_commit=False)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.url.startswith("sqlite")
+        self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
 
     def read(self) -> AbstractContextManager[Session]:
         return self._read.begin()
 
-    def write(self) -> AbstractContextManager[Session]:
-        return self._write.begin()
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A writing transaction. On SQLite, this process's writers first queue on a lock: SQLite's own
+        busy handler polls with growing sleeps and no fairness, so under load one writer can starve
+        past the busy timeout ("database is locked"); the busy timeout then only covers other processes."""
+        with self._write_lock:
+            with self._write.begin() as session:
+                yield session
 
     def close(self) -> None:
         self.engine.dispose()

@@ -7,9 +7,10 @@ Assignment (`next_assignment`), in order:
    m = round(1 / gold_rate) pairs a rater is served, one position, drawn per rater and block, is a
    gold pair they have not seen. The rate is exact per block, yet a rater cannot predict the position.
 4. Otherwise the first unseen pair with a free slot (0..k-1), pairs already started first so that
-   completed pairs (k ratings, for agreement) accumulate early; a random one of the first few, so that
-   concurrent raters rarely race for the same slot. The UNIQUE(pair, slot) and UNIQUE(pair, rater)
-   constraints settle any race that does happen: the loser retries with fresh counts.
+   completed pairs (k ratings, for agreement) accumulate early. On PostgreSQL the pair row is locked
+   with SKIP LOCKED, so concurrent raters take different pairs rather than race for one slot. The
+   UNIQUE(pair, slot) and UNIQUE(pair, rater) constraints settle any race that still happens (SQLite
+   serialises writers instead): the loser retries with fresh counts.
 
 Choices arrive as the rater saw them (left, right, tie, skip) and are stored as A/B: a client never
 learns which side is A, and position bias (share of non-tie choices for the left side) is measurable.
@@ -39,6 +40,7 @@ from tether.data.preferences import (
 )
 from tether.errors import DataError
 from tether.raters.db import (
+    MAX_ID,
     Acknowledgement,
     Assignment,
     Database,
@@ -58,8 +60,6 @@ SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ASSIGNMENT_TTL = timedelta(hours=1)
 """An open assignment older than this gives its slot back (the rater left); checked once a minute."""
-CANDIDATES = 8
-"""Pairs drawn among when several raters take pairs at once (fewer slot races)."""
 MAX_TRIES = 20
 
 
@@ -98,8 +98,8 @@ class RaterService:
     """Queue, assignment, guidelines, ratings and exports of one project (database + folder)."""
 
     def __init__(self, db: Database, project_dir: str | Path, rng: random.Random | None = None):
-        """`rng` draws display orders and candidate pairs; a seeded one makes a single-threaded run
-        (the demo's simulated raters) reproducible."""
+        """`rng` draws the display orders; a seeded one makes a single-threaded run (the demo's
+        simulated raters) reproducible."""
         self.db = db
         self.project_dir = Path(project_dir)
         self.rng = rng or random.SystemRandom()
@@ -307,12 +307,12 @@ class RaterService:
                 return gold, None
         held = (select(func.count()).select_from(Assignment)
                 .where(Assignment.pair_id == Pair.id, Assignment.slot.is_not(None)).scalar_subquery())
-        rows = s.execute(select(Pair, held).where(Pair.is_gold.is_(False), Pair.id.not_in(seen), held < project.overlap)
-                         .order_by(held.desc(), Pair.id).limit(CANDIDATES)).all()
-        if not rows:
+        # SKIP LOCKED (PostgreSQL; SQLite ignores it and serialises writers anyway): concurrent raters each
+        # lock a different pair instead of all racing for the same slot and retrying
+        pair = s.scalar(select(Pair).where(Pair.is_gold.is_(False), Pair.id.not_in(seen), held < project.overlap)
+                        .order_by(held.desc(), Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
+        if pair is None:
             return None, None
-        top = [r for r in rows if r[1] == rows[0][1]]  # the most advanced pairs first
-        pair = self.rng.choice(top)[0]
         used = set(s.scalars(select(Assignment.slot).where(Assignment.pair_id == pair.id, Assignment.slot.is_not(None))))
         free = set(range(project.overlap)) - used
         if not free:  # filled since the count above (PostgreSQL reads committed rows per statement)
@@ -428,7 +428,7 @@ def _task(a: Assignment, pair: Pair, g: Guideline) -> Task:
 
 def _is_id(value: Any) -> bool:
     """A plausible row id; anything else (a string, a huge number) cannot name a row."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 def _replay(s: Session, prior: Rating, user_id: int, assignment_id: int) -> Submitted:

@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader
 from tether.errors import TetherError
 from tether.raters import errors
 from tether.raters.accounts import SESSION_TTL, Accounts, Principal
-from tether.raters.db import Database, database_url, migrate
+from tether.raters.db import MAX_ID, Database, database_url, migrate
 from tether.raters.markdown import render_markdown
 from tether.raters.security import Passwords, load_or_create_secret, new_token, same
 from tether.raters.service import RaterService, iso
@@ -69,7 +69,7 @@ def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwo
     app = FastAPI(title="tether raters", version="1", docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
-    app.middleware("http")(_security_headers)
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(TetherError, _on_error)
     from tether.raters.api import router
     app.include_router(router)
@@ -77,15 +77,31 @@ def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwo
     return app
 
 
-async def _security_headers(request: Request, call_next: Any) -> Response:
-    response = await call_next(request)
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"  # invite links carry their token in the path
-    if not request.url.path.startswith("/static/"):
-        response.headers["Cache-Control"] = "no-store"
-    return response
+HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+           (b"x-frame-options", b"DENY"),
+           (b"referrer-policy", b"no-referrer")]  # invite links carry their token in the path
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding HEADERS (and no-store outside /static/) to every response.
+
+    Not `@app.middleware("http")`: that wraps each response in a stream, which costs more per request.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = HEADERS if scope["path"].startswith("/static/") else HEADERS + [(b"cache-control", b"no-store")]
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def status_of(err: Exception) -> int:
@@ -256,7 +272,7 @@ def _add_rater_pages(app: FastAPI) -> None:
         return page(request, "rate.html" if task else "done.html", context)
 
     @app.post("/rate", **hide)
-    def rate(request: Request, user: Checked, assignment_id: Annotated[int, Form(gt=0, lt=2**63)],
+    def rate(request: Request, user: Checked, assignment_id: Annotated[int, Form(gt=0, lt=MAX_ID + 1)],
              vote: Annotated[str, Form(max_length=20)] = "", rationale: Annotated[str, Form(max_length=2000)] = "",
              submission_id: Annotated[str, Form(max_length=64)] = "") -> Response:
         if vote not in VOTES:
