@@ -51,6 +51,7 @@ STAGES: dict[str, Stage] = {
     "evaluate": Stage("tether.stages.evaluate", "EvalConfig", "run", "Evaluate a policy on the world's held-out prompts with the gold reward."),
     "redteam": Stage("tether.stages.redteam", "RedteamConfig", "run", "Red-team a policy: jailbreak, pressure, pushback and over-refusal probes; proxy-vs-gold search."),
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
+    "iterate": Stage("tether.stages.iterate", "IterateConfig", "run", "One more round: failure prompts -> collect -> raters -> RM -> PPO or DPO -> audit."),
     "report": Stage("tether.stages.report", "ReportConfig", "run", "Write a run folder's report.html: stages, RM vs raters, proxy vs gold, alerts, red team."),
 }  # fmt: skip
 
