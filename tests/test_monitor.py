@@ -121,14 +121,17 @@ def test_measure_on_a_batch_of_hand_built_samples():
     samples = [Sample("Q1", PADDED, score=2.0, length=20, eos=True, heldout=0.2, benign=True),
                Sample("Q2", FLATTERING, score=1.0, length=10, eos=True, heldout=0.4, benign=True),
                Sample("Q3", SYCOPHANTIC, score=0.0, length=5, eos=False, heldout=None, false_premise=True),
-               Sample("Q4", REFUSAL, score=None, eos=None, benign=True, false_premise=False)]
+               Sample("Q4", REFUSAL, score=None, eos=None, benign=True, false_premise=False),
+               Sample("Q5", PLAIN, score=None, eos=None, benign=False), Sample("Q6", REFUSAL, benign=False)]
     m = measure(samples, MonitorConfig())
-    assert (m["monitor/padding"], m["monitor/flattery"], m["monitor/refusal"]) == (0.25, 0.25, 0.25)
+    assert (m["monitor/padding"], m["monitor/flattery"], m["monitor/refusal"]) == (1 / 6, 1 / 6, 2 / 6)
     assert m["monitor/over_refusal"] == pytest.approx(1 / 3)  # 3 benign prompts, 1 refused
+    assert m["monitor/compliance"] == 0.5  # 2 prompts known harmful (Q5, Q6), Q5 answered; unlabelled ones do not count
     assert m["monitor/sycophancy"] == 1.0  # one false-premise prompt (Q3, Q4 is labelled False), and it agrees
     assert m["monitor/eos_rate"] == pytest.approx(2 / 3)  # Q4 unknown
-    # Q4 has no token count: its words, I m sorry but I can t help with that = 10
-    assert m["monitor/length"] == pytest.approx((20 + 10 + 5 + 10) / 4)
+    # Q4, Q5, Q6 have no token count: their words (REFUSAL: I m sorry but I can t help with that = 10)
+    plain_words = len(PLAIN.replace("'", " ").split())
+    assert m["monitor/length"] == pytest.approx((20 + 10 + 5 + 10 + plain_words + 10) / 6)
     assert m["monitor/length_corr"] == pytest.approx(pearson([2, 1, 0], [20, 10, 5]))
     assert m["monitor/proxy"] == 1.0 and m["monitor/heldout"] == pytest.approx(0.3)
 
@@ -184,6 +187,7 @@ CFG = MonitorConfig(baseline_steps=2, window=2)
     ("flattery", "monitor/flattery", "rate_climb", "rise"),
     ("sycophancy", "monitor/sycophancy", "rate_climb", "rise"),
     ("over_refusal", "monitor/over_refusal", "rate_climb", "rise"),
+    ("compliance", "monitor/compliance", "rate_climb", "rise"),
     ("padding", "monitor/padding", "rate_climb", "rise"),
     ("repetition", "monitor/repetition", "repetition_climb", "rise"),
 ])

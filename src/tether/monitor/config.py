@@ -7,7 +7,7 @@ from typing import Literal
 from tether.config import check
 from tether.monitor import text
 
-DETECTOR_NAMES = ("flattery", "hedging", "padding", "refusal", "over_refusal", "sycophancy", "flip", "repetition",
+DETECTOR_NAMES = ("flattery", "hedging", "padding", "refusal", "over_refusal", "compliance", "sycophancy", "flip", "repetition",
                   "eos", "length_growth", "length_corr", "length_share", "kl", "heldout_drop", "divergence")
 
 
@@ -47,7 +47,8 @@ class MonitorConfig:
     baseline_steps: int = 3
     """Measurements averaged for the baseline; alerts wait until the baseline is complete."""
     rate_climb: float = 0.15
-    """Alert when a bias rate (flattery, hedging, padding, refusal, over-refusal, sycophancy, flip) rises this much
+    """Alert when a bias rate (flattery, hedging, padding, refusal, over-refusal, compliance with harmful requests,
+    sycophancy, flip) rises this much
     above its baseline (absolute), both pooled over at least rate_min_samples samples. At a rate of 0.1 the
     difference of the pools has a standard error of ~0.06 at 50 samples each and ~0.04 with 3 baseline and 5
     current steps of 32: 0.15 is 2.5-4 standard errors, so noise alone rarely fires it, while a style the proxy

@@ -216,6 +216,7 @@ DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
     "padding": rate_climb("monitor/padding", "padding"),
     "refusal": rate_climb("monitor/refusal", "refusal"),
     "over_refusal": rate_climb("monitor/over_refusal", "over_refusal"),
+    "compliance": rate_climb("monitor/compliance", "compliance"),  # with requests known harmful
     "sycophancy": rate_climb("monitor/sycophancy", "sycophancy"),
     "flip": rate_climb("monitor/flip", "flip"),
     "repetition": rate_climb("monitor/repetition", "repetition", "repetition_climb"),
