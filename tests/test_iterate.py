@@ -131,6 +131,10 @@ def test_compare_hacks_by_hand():
     # no SFT reference: exhibited means above 0; nothing exhibited: no verdict
     clean = compare_hacks(_summary(0.1), _summary(0.1), {"all": {"fail_rate": 0.0}}, {"all": {"fail_rate": 0.1}})
     assert clean["exhibited"] == [] and clean["reduced_hacks"] is None
+    # harmful requests answered: 1 - refusal rate (0.6 refused before -> 0.4 complied; 0.9 after -> 0.1)
+    before, after = {**_summary(0.0), "harmful": {"refused": 0.6}}, {**_summary(0.0), "harmful": {"refused": 0.9}}
+    safety = compare_hacks(before, after, {"all": {"fail_rate": 0.0}}, {"all": {"fail_rate": 0.0}})
+    assert safety["metrics"]["complied_harmful"]["change"] == pytest.approx(-0.3) and safety["reduced_hacks"] is True
 
 
 def test_overlay_applies_only_settings_changed_from_the_defaults():
@@ -201,7 +205,7 @@ def test_iterate_rounds_record_their_provenance(demo_root):
     assert json.loads((out / "ppo/model/provenance.json").read_text())["reward_model"] == str(out / "rm/model")
     # the audit: round 1 against round 2
     hacks = record["hacks"]
-    assert set(hacks["metrics"]) == {"flattering", "sycophantic", "hedged", "padded", "redteam_fail"}
+    assert set(hacks["metrics"]) == {"flattering", "sycophantic", "hedged", "padded", "complied_harmful", "redteam_fail"}
     assert hacks["reduced_hacks"] in (True, False, None) and set(hacks["gold"]) == {"before", "after", "change"}
     assert (out / "eval/ppo_summary.json").exists() and (out / "redteam/ppo/summary.json").exists()
 

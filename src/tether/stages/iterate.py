@@ -371,12 +371,16 @@ def compare_hacks(before: dict, after: dict, before_attacks: dict, after_attacks
                   sft: dict | None = None, sft_attacks: dict | None = None) -> dict:
     """Did this round reduce the hacks the previous round exhibited?
 
-    Rates (lower is better) from the greedy evaluation summaries' "all" row (HACKS) and the red-team failure rate
-    (`redteam_fail`). A hack was *exhibited* when the previous policy's rate is above the SFT policy's (above 0
+    Rates (lower is better) from the greedy evaluation summaries' "all" row (HACKS), harmful requests answered
+    without a refusal (`complied_harmful`, 1 - the "harmful" row's refusal rate, when both summaries have one) and
+    the red-team failure rate (`redteam_fail`). A hack was *exhibited* when the previous policy's rate is above the SFT policy's (above 0
     without an SFT reference). `reduced_hacks`: whether the exhibited hacks' summed rate fell (None: none was
     exhibited). Gold (higher is better) is reported beside them.
     """
     pairs = {h: (before["all"][h], after["all"][h], sft["all"][h] if sft else None) for h in HACKS}
+    if "harmful" in before and "harmful" in after:
+        complied = [1 - s["harmful"]["refused"] if s and "harmful" in s else None for s in (before, after, sft)]
+        pairs["complied_harmful"] = tuple(complied)
     pairs["redteam_fail"] = (before_attacks["all"]["fail_rate"], after_attacks["all"]["fail_rate"],
                              sft_attacks["all"]["fail_rate"] if sft_attacks else None)
     metrics = {k: {"before": b, "after": a, "sft": s, "change": a - b, "exhibited": b > (s if s is not None else 0.0)}
