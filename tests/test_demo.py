@@ -24,7 +24,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
                                          "collect", "label", "rm", "rm report", "ppo", "dpo", "evaluate ppo",
-                                         "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo"}
+                                         "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo", "round 2"}
     for key in ("base_temperature_1", "sft_greedy"):
         assert set(summary[key]) >= {"fact", "harmful", "benign", "all"}
     rm = summary["reward_model"]
@@ -40,9 +40,12 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label/raters", "rm/model",
                    "ppo/model", "dpo/model", "redteam/ppo"):
         assert (root / folder).is_dir(), folder
+    round2 = summary["round2"]  # the iterate round: provenance and the hack comparison
+    assert round2["round"] == 2 and (root / "round2/ppo/model").is_dir()
+    assert set(round2["hacks"]) >= {"reduced_hacks"}
     report = (root / "report.html").read_text()
     assert "<html" in report and "data:image/png;base64," in report
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
-    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo"} & set(again["timings_s"])
+    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo", "round 2"} & set(again["timings_s"])

@@ -5,7 +5,8 @@ with the gold reward -> collect comparisons (SFT and base policies) -> simulated
 app's storage -> reward model, and how it compares with the raters, the gold preference, and which rater
 biases it inherited -> PPO against that reward model (the monitor watching for hacks, gold logged beside
 the proxy) and DPO on the same comparisons -> the audit: SFT, PPO and DPO on one footing (gold, KL to SFT,
-behaviour rates), red-team suites against each -> `report.html`.
+behaviour rates), red-team suites against each -> round 2 (`tether iterate`: the caught failures feed new
+comparisons, a retrained RM and PPO again; did the hacks shrink?) -> `report.html`.
 Every stage reads the previous stage's output folder, so any of them can be rerun alone with
 `tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
 """
@@ -24,7 +25,7 @@ from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
 from tether.report import write_report
 from tether.reward import RewardModel
-from tether.stages import collect, dpo, ppo, pretrain, redteam, rm, sft
+from tether.stages import collect, dpo, iterate, ppo, pretrain, redteam, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
     SHORT,
@@ -113,10 +114,14 @@ class DemoConfig:
     """Red-team suites run against the SFT policy and each optimised one (paths set by the demo)."""
     kl_prompts: int = 64
     """Held-out prompts sampled (temperature 1) to measure each policy's KL to the SFT policy on one footing."""
+    rounds: int = 2
+    """Rounds of the loop: round 2 (`tether iterate`) collects again from the PPO policy, adding the prompts its
+    red team and monitor caught, relabels, retrains the reward model and reruns PPO from SFT (1: no second round)."""
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
         check(self.base_samples >= 0, "base_samples", "must be >= 0")
+        check(self.rounds in (1, 2), "rounds", "must be 1 or 2 (run `tether iterate` for more)")
 
     @property
     def root(self) -> Path:
@@ -279,6 +284,20 @@ def _audit_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
     return {"policies": footing, "redteam": attacks}
 
 
+def _iterate_phase(cfg: DemoConfig, timed: _Timer) -> dict:
+    """Round 2: the failures round 1's red team and monitor found feed the next comparisons, RM and PPO."""
+    if cfg.rounds < 2:
+        return {}
+    icfg = iterate.IterateConfig(previous=str(cfg.root), collect=cfg.collect, raters=replace(cfg.raters, seed=cfg.seed),
+                                 rm=cfg.rm, ppo=cfg.ppo, dpo=cfg.dpo, redteam=cfg.redteam, eval=cfg.eval,
+                                 resume=cfg.resume)
+    # 10. Collect from the PPO policy plus the caught failures, label, retrain the RM, PPO again, audit.
+    record = timed("round 2", iterate.run_round, icfg, cfg.root, done=cfg.root / "round2/round.json")
+    if record is None:  # --resume of a finished round
+        record = json.loads((cfg.root / "round2/round.json").read_text())
+    return {"round2": record}
+
+
 def run(cfg: DemoConfig) -> dict:
     """Run the loop; returns the summary also written to `<root>/summary.json`."""
     root = cfg.root
@@ -287,7 +306,7 @@ def run(cfg: DemoConfig) -> dict:
     stages = _stage_configs(cfg)
     timed = _Timer(cfg.resume)
     summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed),
-               **_rl_phase(cfg, stages, timed), **_audit_phase(cfg, stages, timed)}
+               **_rl_phase(cfg, stages, timed), **_audit_phase(cfg, stages, timed), **_iterate_phase(cfg, timed)}
     summary["timings_s"] = timed.timings
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     show_summary(summary)
@@ -310,6 +329,8 @@ def show_summary(summary: dict) -> None:
         console.print(curve_table(summary["ppo"], "PPO against the reward model: proxy and gold on held-out prompts"))
     if summary.get("policies"):
         console.print(policy_table(summary["policies"], summary.get("redteam", {})))
+    if summary.get("round2"):
+        console.print(iterate.hack_table(summary["round2"]["hacks"], 2))
 
 
 def policy_table(footing: dict, attacks: dict) -> Table:
