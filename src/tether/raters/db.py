@@ -6,6 +6,8 @@ concurrency on SQLite and PostgreSQL alike, without locks in application code:
     assignments UNIQUE(pair_id, slot)      slots 0..k-1: at most k raters hold a pair at once
     assignments UNIQUE(pair_id, rater_id)  a rater never gets the same pair twice
 
+`pairs.held` mirrors the number of non-NULL slots of a pair (a cache for picking, see `Pair`).
+
 A skipped or expired assignment gives its slot back (slot = NULL; NULLs never collide in a UNIQUE
 index) but keeps its row, so that rater still never sees the pair again. A rating's `submission_id`
 is UNIQUE too: a retried submit finds the row it already made.
@@ -31,6 +33,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -138,7 +141,12 @@ class Acknowledgement(Base):
 
 
 class Pair(Base):
-    """A queue item: one comparison to rate. `key` is `Comparison.id`; gold pairs carry their answer."""
+    """A queue item: one comparison to rate. `key` is `Comparison.id`; gold pairs carry their answer.
+
+    `held` is the number of slots taken (assignments with a slot), kept in step by every write that
+    takes or frees a slot, in the same transaction: picking a pair is then an index seek on
+    (is_gold, held, id) rather than a count over all assignments per pair.
+    """
 
     __tablename__ = "pairs"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -152,8 +160,10 @@ class Pair(Base):
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     gold_choice: Mapped[str | None] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     __table_args__ = (CheckConstraint("gold_choice IS NULL OR gold_choice IN ('A', 'B', 'tie')",
-                                      name="ck_pairs_gold_choice"),)
+                                      name="ck_pairs_gold_choice"),
+                      Index("ix_pairs_pick", "is_gold", "held", "id"))
 
 
 class Assignment(Base):

@@ -21,6 +21,7 @@ import hashlib
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -233,6 +234,8 @@ class RaterService:
                                    left_is_a=self.rng.random() < 0.5, guideline_id=guideline.id, shown_at=utcnow())
                     s.add(a)
                     s.flush()
+                    if slot is not None:
+                        _add_held(s, pair.id, 1)
                     return _task(a, pair, guideline)
             except (IntegrityError, _SlotTaken):
                 continue  # another rater took that slot first (PostgreSQL): count again
@@ -273,8 +276,9 @@ class RaterService:
                                 submitted_at=utcnow(), submission_id=submission_id)
                 s.add(rating)
                 a.state = "skipped" if choice == "skip" else "done"
-                if choice == "skip":
+                if choice == "skip" and a.slot is not None:
                     a.slot = None
+                    _add_held(s, a.pair_id, -1)
                 s.flush()
                 return Submitted(rating.id, True)
         except IntegrityError:  # the same submission raced itself; the winner's row is the answer
@@ -291,27 +295,38 @@ class RaterService:
         self._last_release = time.monotonic()
         try:
             with self.db.write() as s:
-                done = s.execute(update(Assignment).where(Assignment.state == "open", Assignment.shown_at < utcnow() - ttl)
-                                 .values(state="expired", slot=None))
-                return done.rowcount
+                stale = (Assignment.state == "open", Assignment.shown_at < utcnow() - ttl)
+                freed = s.scalars(update(Assignment).where(*stale, Assignment.slot.is_not(None))
+                                  .values(state="expired", slot=None).returning(Assignment.pair_id)
+                                  .execution_options(synchronize_session=False)).all()
+                gold = s.execute(update(Assignment).where(*stale).values(state="expired")
+                                 .execution_options(synchronize_session=False)).rowcount
+                for pair_id, n in sorted(Counter(freed).items()):  # in id order: concurrent releases lock alike
+                    _add_held(s, pair_id, -n)
+                return len(freed) + gold
         except DBAPIError:  # e.g. a deadlock with a concurrent release: the next call tries again
             return 0
 
     def _pick(self, s: Session, user_id: int, project: Project) -> tuple[Pair | None, int | None]:
         """(pair, slot) for a new assignment: a gold pair (slot None) on the rater's gold turn, else a free slot."""
-        seen = select(Assignment.pair_id).where(Assignment.rater_id == user_id)
-        served = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == user_id))
-        if _gold_turn(project, user_id, served):
-            gold = s.scalar(select(Pair).where(Pair.is_gold.is_(True), Pair.id.not_in(seen)).order_by(Pair.id).limit(1))
-            if gold is not None:
-                return gold, None
-        held = (select(func.count()).select_from(Assignment)
-                .where(Assignment.pair_id == Pair.id, Assignment.slot.is_not(None)).scalar_subquery())
+        # an anti-join probing UNIQUE(pair_id, rater_id) per candidate, not NOT IN over all the rater has seen
+        unseen = ~select(Assignment.id).where(Assignment.pair_id == Pair.id, Assignment.rater_id == user_id).exists()
+        if project.gold_rate > 0:
+            served = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == user_id))
+            if _gold_turn(project, user_id, served):
+                gold = s.scalar(select(Pair).where(Pair.is_gold.is_(True), unseen).order_by(Pair.id).limit(1))
+                if gold is not None:
+                    return gold, None
+        # the fullest pairs first, one `held` level at a time: each level is a seek on ix_pairs_pick in id
+        # order, where one ORDER BY held DESC, id would sort every open pair on each call.
         # SKIP LOCKED (PostgreSQL; SQLite ignores it and serialises writers anyway): concurrent raters each
         # lock a different pair instead of all racing for the same slot and retrying
-        pair = s.scalar(select(Pair).where(Pair.is_gold.is_(False), Pair.id.not_in(seen), held < project.overlap)
-                        .order_by(held.desc(), Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
-        if pair is None:
+        for held in range(project.overlap - 1, -1, -1):
+            pair = s.scalar(select(Pair).where(Pair.is_gold.is_(False), Pair.held == held, unseen)
+                            .order_by(Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
+            if pair is not None:
+                break
+        else:
             return None, None
         used = set(s.scalars(select(Assignment.slot).where(Assignment.pair_id == pair.id, Assignment.slot.is_not(None))))
         free = set(range(project.overlap)) - used
@@ -419,6 +434,12 @@ def _gold_turn(project: Project, user_id: int, served: int) -> bool:
     block = max(1, round(1 / project.gold_rate))
     digest = hashlib.sha256(f"{project.created_at.isoformat()}/{user_id}/{served // block}".encode()).digest()
     return served % block == int.from_bytes(digest[:8], "big") % block
+
+
+def _add_held(s: Session, pair_id: int, delta: int) -> None:
+    """Move `pairs.held` by `delta` slots, relative to the row's current value (no lost update on PostgreSQL)."""
+    s.execute(update(Pair).where(Pair.id == pair_id).values(held=Pair.held + delta)
+              .execution_options(synchronize_session=False))
 
 
 def _task(a: Assignment, pair: Pair, g: Guideline) -> Task:
