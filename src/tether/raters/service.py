@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -221,25 +221,30 @@ class RaterService:
         for _ in range(MAX_TRIES):
             try:
                 with self.db.write() as s:
-                    guideline = _require_ack(s, user_id)
-                    mine = s.scalar(select(Assignment).where(Assignment.rater_id == user_id, Assignment.state == "open")
-                                    .order_by(Assignment.id).limit(1))
-                    if mine is not None:
-                        mine.guideline_id = guideline.id  # rated under what the rater has now accepted
-                        return _task(mine, s.get(Pair, mine.pair_id), guideline)
-                    pair, slot = self._pick(s, user_id, _project(s))
-                    if pair is None:
-                        return None
-                    a = Assignment(pair_id=pair.id, rater_id=user_id, slot=slot, state="open",
-                                   left_is_a=self.rng.random() < 0.5, guideline_id=guideline.id, shown_at=utcnow())
-                    s.add(a)
-                    s.flush()
-                    if slot is not None:
-                        _add_held(s, pair.id, 1)
-                    return _task(a, pair, guideline)
+                    return self._assign(s.connection(), user_id)
             except (IntegrityError, _SlotTaken):
                 continue  # another rater took that slot first (PostgreSQL): count again
         raise Conflict("busy: too many raters took pairs at once; try again")
+
+    def _assign(self, c: Connection, user_id: int) -> Task | None:
+        """`next_assignment` in one transaction. Core statements built once (module level), not ORM objects:
+        this runs per rating, and building queries and flushing units of work cost more than the SQL."""
+        guideline_id, version = _require_ack(c, user_id)
+        mine = c.execute(_MY_OPEN, {"user_id": user_id}).first()
+        if mine is not None:
+            if mine.guideline_id != guideline_id:  # rated under what the rater has now accepted
+                c.execute(update(Assignment).where(Assignment.id == mine.id).values(guideline_id=guideline_id))
+            return _task(mine, c.execute(_PAIR_TEXT, {"pair_id": mine.pair_id}).one(), version)
+        pair, slot = self._pick(c, user_id, _project_row(c))
+        if pair is None:
+            return None
+        shown_at, left_is_a = utcnow(), self.rng.random() < 0.5
+        assignment_id = c.execute(insert(Assignment).returning(Assignment.id), {
+            "pair_id": pair.id, "rater_id": user_id, "slot": slot, "state": "open", "left_is_a": left_is_a,
+            "guideline_id": guideline_id, "shown_at": shown_at}).scalar_one()
+        if slot is not None:
+            _add_held(c, pair.id, 1)
+        return Task(assignment_id, pair.prompt, *_sides(pair, left_is_a), version, "open", shown_at)
 
     def task(self, user_id: int, assignment_id: int) -> Task:
         """One of the rater's own assignments; another rater's id reads as NotFound (no IDOR oracle)."""
@@ -247,7 +252,7 @@ class RaterService:
             a = s.get(Assignment, assignment_id) if _is_id(assignment_id) else None
             if a is None or a.rater_id != user_id:
                 raise NotFound(f"assignment: no assignment {assignment_id} of yours")
-            return _task(a, s.get(Pair, a.pair_id), s.get(Guideline, a.guideline_id))
+            return _task(a, s.get(Pair, a.pair_id), s.get(Guideline, a.guideline_id).version)
 
     def submit_rating(self, user_id: int, assignment_id: int, choice: str, strength: float | None = None,
                       rationale: str | None = None, submission_id: str = "") -> Submitted:
@@ -261,32 +266,13 @@ class RaterService:
             raise NotFound(f"assignment: no assignment {assignment_id} of yours")
         try:
             with self.db.write() as s:
-                prior = s.scalar(select(Rating).where(Rating.submission_id == submission_id))
-                if prior is not None:
-                    return _replay(s, prior, user_id, assignment_id)
-                a = s.get(Assignment, assignment_id)
-                if a is None or a.rater_id != user_id:
-                    raise NotFound(f"assignment: no assignment {assignment_id} of yours")
-                if a.state != "open":
-                    raise Conflict(f"assignment: already {'rated' if a.state in ('done', 'skipped') else a.state}")
-                left, right = ("A", "B") if a.left_is_a else ("B", "A")
-                stored = {"left": left, "right": right}.get(choice, choice)
-                rating = Rating(assignment_id=a.id, choice=stored, strength=strength, rationale=rationale,
-                                guideline_version=s.get(Guideline, a.guideline_id).version,
-                                submitted_at=utcnow(), submission_id=submission_id)
-                s.add(rating)
-                a.state = "skipped" if choice == "skip" else "done"
-                if choice == "skip" and a.slot is not None:
-                    a.slot = None
-                    _add_held(s, a.pair_id, -1)
-                s.flush()
-                return Submitted(rating.id, True)
+                return _store(s.connection(), user_id, assignment_id, choice, strength, rationale, submission_id)
         except IntegrityError:  # the same submission raced itself; the winner's row is the answer
             with self.db.read() as s:
-                prior = s.scalar(select(Rating).where(Rating.submission_id == submission_id))
+                prior = s.connection().execute(_PRIOR, {"submission_id": submission_id}).first()
                 if prior is None:
                     raise
-                return _replay(s, prior, user_id, assignment_id)
+                return _replay(s.connection(), prior, user_id, assignment_id)
 
     def release_stale(self, ttl: timedelta = ASSIGNMENT_TTL, force: bool = False) -> int:
         """Expire open assignments older than `ttl`, giving their slots back; at most once a minute."""
@@ -302,35 +288,30 @@ class RaterService:
                 gold = s.execute(update(Assignment).where(*stale).values(state="expired")
                                  .execution_options(synchronize_session=False)).rowcount
                 for pair_id, n in sorted(Counter(freed).items()):  # in id order: concurrent releases lock alike
-                    _add_held(s, pair_id, -n)
+                    _add_held(s.connection(), pair_id, -n)
                 return len(freed) + gold
         except DBAPIError:  # e.g. a deadlock with a concurrent release: the next call tries again
             return 0
 
-    def _pick(self, s: Session, user_id: int, project: Project) -> tuple[Pair | None, int | None]:
+    def _pick(self, c: Connection, user_id: int, project: Row) -> tuple[Row | None, int | None]:
         """(pair, slot) for a new assignment: a gold pair (slot None) on the rater's gold turn, else a free slot."""
-        # an anti-join probing UNIQUE(pair_id, rater_id) per candidate, not NOT IN over all the rater has seen
-        unseen = ~select(Assignment.id).where(Assignment.pair_id == Pair.id, Assignment.rater_id == user_id).exists()
         if project.gold_rate > 0:
-            served = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == user_id))
+            served = c.execute(_SERVED, {"user_id": user_id}).scalar_one()
             if _gold_turn(project, user_id, served):
-                gold = s.scalar(select(Pair).where(Pair.is_gold.is_(True), unseen).order_by(Pair.id).limit(1))
+                gold = c.execute(_UNSEEN_GOLD, {"user_id": user_id}).first()
                 if gold is not None:
                     return gold, None
         # the fullest pairs first, one `held` level at a time: each level is a seek on ix_pairs_pick in id
-        # order, where one ORDER BY held DESC, id would sort every open pair on each call.
-        # SKIP LOCKED (PostgreSQL; SQLite ignores it and serialises writers anyway): concurrent raters each
-        # lock a different pair instead of all racing for the same slot and retrying
+        # order, where one ORDER BY held DESC, id would sort every open pair on each call
         for held in range(project.overlap - 1, -1, -1):
-            pair = s.scalar(select(Pair).where(Pair.is_gold.is_(False), Pair.held == held, unseen)
-                            .order_by(Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
+            pair = c.execute(_UNSEEN_OPEN, {"user_id": user_id, "held": held}).first()
             if pair is not None:
                 break
         else:
             return None, None
-        used = set(s.scalars(select(Assignment.slot).where(Assignment.pair_id == pair.id, Assignment.slot.is_not(None))))
+        used = set(c.execute(_USED_SLOTS, {"pair_id": pair.id}).scalars())
         free = set(range(project.overlap)) - used
-        if not free:  # filled since the count above (PostgreSQL reads committed rows per statement)
+        if not free:  # filled since the pick (PostgreSQL reads committed rows per statement)
             raise _SlotTaken
         return pair, min(free)
 
@@ -388,6 +369,33 @@ class RaterService:
         return path, n
 
 
+# The statements run per rating, built once. `unseen` is an anti-join probing UNIQUE(pair_id, rater_id) per
+# candidate pair, not NOT IN over every pair the rater has seen.
+_unseen = ~select(Assignment.id).where(Assignment.pair_id == Pair.id, Assignment.rater_id == bindparam("user_id")).exists()
+_pair_cols = (Pair.id, Pair.prompt, Pair.response_a, Pair.response_b)
+_UNSEEN_GOLD = select(*_pair_cols).where(Pair.is_gold.is_(True), _unseen).order_by(Pair.id).limit(1)
+# SKIP LOCKED (PostgreSQL; SQLite ignores it and serialises writers anyway): concurrent raters each lock a
+# different pair instead of all racing for the same slot and retrying
+_UNSEEN_OPEN = (select(*_pair_cols).where(Pair.is_gold.is_(False), Pair.held == bindparam("held"), _unseen)
+                .order_by(Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
+_PAIR_TEXT = select(*_pair_cols).where(Pair.id == bindparam("pair_id"))
+_USED_SLOTS = select(Assignment.slot).where(Assignment.pair_id == bindparam("pair_id"), Assignment.slot.is_not(None))
+_SERVED = select(func.count()).select_from(Assignment).where(Assignment.rater_id == bindparam("user_id"))
+_MY_OPEN = (select(Assignment.id, Assignment.pair_id, Assignment.guideline_id, Assignment.left_is_a, Assignment.state,
+                   Assignment.shown_at)
+            .where(Assignment.rater_id == bindparam("user_id"), Assignment.state == "open").order_by(Assignment.id).limit(1))
+_GUIDELINE_ACK = (select(Guideline.id, Guideline.version, Acknowledgement.id.label("ack"))
+                  .outerjoin(Acknowledgement, and_(Acknowledgement.guideline_id == Guideline.id,
+                                                   Acknowledgement.user_id == bindparam("user_id")))
+                  .order_by(Guideline.id.desc()).limit(1))
+_ADD_HELD = update(Pair).where(Pair.id == bindparam("pair_id")).values(held=Pair.held + bindparam("delta"))
+_PRIOR = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
+_TO_RATE = (select(Assignment.rater_id, Assignment.state, Assignment.left_is_a, Assignment.slot, Assignment.pair_id,
+                   Guideline.version).join(Guideline, Guideline.id == Assignment.guideline_id)
+            .where(Assignment.id == bindparam("assignment_id")))
+_PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at).where(Project.id == 1)
+
+
 class _SlotTaken(Exception):
     """A concurrent rater filled the chosen pair between two reads; pick again."""
 
@@ -418,16 +426,24 @@ def _acked(s: Session, user_id: int, g: Guideline) -> bool:
                                                      Acknowledgement.guideline_id == g.id)) is not None
 
 
-def _require_ack(s: Session, user_id: int) -> Guideline:
-    g = _current_guideline(s)
+def _require_ack(c: Connection, user_id: int) -> tuple[int, str]:
+    """(id, version) of the current guideline, which the user must have acknowledged; one query."""
+    g = c.execute(_GUIDELINE_ACK, {"user_id": user_id}).first()
     if g is None:
         raise Conflict("guidelines: none uploaded yet; an admin must add them before rating starts")
-    if not _acked(s, user_id, g):
+    if g.ack is None:
         raise NeedsAcknowledgement(g.version)
-    return g
+    return g.id, g.version
 
 
-def _gold_turn(project: Project, user_id: int, served: int) -> bool:
+def _project_row(c: Connection) -> Row:
+    project = c.execute(_PROJECT).first()
+    if project is None:
+        raise Conflict("project: the database has no project; run `tether raters init` first")
+    return project
+
+
+def _gold_turn(project: Project | Row, user_id: int, served: int) -> bool:
     """Whether the rater's next pair (their `served`-th, from 0) is their gold pair of this block."""
     if project.gold_rate <= 0:
         return False
@@ -436,15 +452,17 @@ def _gold_turn(project: Project, user_id: int, served: int) -> bool:
     return served % block == int.from_bytes(digest[:8], "big") % block
 
 
-def _add_held(s: Session, pair_id: int, delta: int) -> None:
+def _add_held(c: Connection, pair_id: int, delta: int) -> None:
     """Move `pairs.held` by `delta` slots, relative to the row's current value (no lost update on PostgreSQL)."""
-    s.execute(update(Pair).where(Pair.id == pair_id).values(held=Pair.held + delta)
-              .execution_options(synchronize_session=False))
+    c.execute(_ADD_HELD, {"pair_id": pair_id, "delta": delta})
 
 
-def _task(a: Assignment, pair: Pair, g: Guideline) -> Task:
-    left, right = (pair.response_a, pair.response_b) if a.left_is_a else (pair.response_b, pair.response_a)
-    return Task(a.id, pair.prompt, left, right, g.version, a.state, a.shown_at)
+def _sides(pair: Pair | Row, left_is_a: bool) -> tuple[str, str]:
+    return (pair.response_a, pair.response_b) if left_is_a else (pair.response_b, pair.response_a)
+
+
+def _task(a: Assignment | Row, pair: Pair | Row, version: str) -> Task:
+    return Task(a.id, pair.prompt, *_sides(pair, a.left_is_a), version, a.state, a.shown_at)
 
 
 def _is_id(value: Any) -> bool:
@@ -452,9 +470,33 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
-def _replay(s: Session, prior: Rating, user_id: int, assignment_id: int) -> Submitted:
-    a = s.get(Assignment, prior.assignment_id)
-    if a.id != assignment_id or a.rater_id != user_id:
+def _store(c: Connection, user_id: int, assignment_id: int, choice: str, strength: float | None,
+           rationale: str | None, submission_id: str) -> Submitted:
+    """`submit_rating` in one transaction, with Core statements built once (it runs per rating)."""
+    prior = c.execute(_PRIOR, {"submission_id": submission_id}).first()
+    if prior is not None:
+        return _replay(c, prior, user_id, assignment_id)
+    a = c.execute(_TO_RATE, {"assignment_id": assignment_id}).first()
+    if a is None or a.rater_id != user_id:
+        raise NotFound(f"assignment: no assignment {assignment_id} of yours")
+    if a.state != "open":
+        raise Conflict(f"assignment: already {'rated' if a.state in ('done', 'skipped') else a.state}")
+    left, right = ("A", "B") if a.left_is_a else ("B", "A")
+    stored = {"left": left, "right": right}.get(choice, choice)
+    rating_id = c.execute(insert(Rating).returning(Rating.id), {
+        "assignment_id": assignment_id, "choice": stored, "strength": strength, "rationale": rationale,
+        "guideline_version": a.version, "submitted_at": utcnow(), "submission_id": submission_id}).scalar_one()
+    skip = choice == "skip"
+    c.execute(update(Assignment).where(Assignment.id == assignment_id),
+              {"state": "skipped" if skip else "done", "slot": None if skip else a.slot})
+    if skip and a.slot is not None:
+        _add_held(c, a.pair_id, -1)
+    return Submitted(rating_id, True)
+
+
+def _replay(c: Connection, prior: Row, user_id: int, assignment_id: int) -> Submitted:
+    rater_id = c.execute(select(Assignment.rater_id).where(Assignment.id == prior.assignment_id)).scalar_one()
+    if prior.assignment_id != assignment_id or rater_id != user_id:
         raise Conflict("submission_id: already used for another submission")
     return Submitted(prior.id, False)
 
