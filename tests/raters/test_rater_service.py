@@ -44,6 +44,14 @@ def assignments(project) -> list[Assignment]:
         return list(s.scalars(select(Assignment)))
 
 
+def assert_held_in_step(project) -> None:
+    """`pairs.held`, the cached slot count the assignment query seeks on, equals the slots actually taken."""
+    with project.db.read() as s:
+        held = dict(s.execute(select(Pair.id, Pair.held)).all())
+        taken = Counter(s.scalars(select(Assignment.pair_id).where(Assignment.slot.is_not(None))))
+    assert held == {pair_id: taken[pair_id] for pair_id in held}
+
+
 def test_each_pair_goes_to_exactly_k_distinct_raters(project):
     project.service.add_pairs(make_queue(10))
     raters = [project.rater(f"r{i}") for i in range(5)]
@@ -54,11 +62,15 @@ def test_each_pair_goes_to_exactly_k_distinct_raters(project):
     assert len(by_pair) == 10
     assert all(len(r) == 3 and len(set(r)) == 3 for r in by_pair.values())
     assert all(project.service.next_assignment(uid) is None for uid in raters)
+    assert_held_in_step(project)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_raters_never_exceed_k(backend, tmp_path, request):
-    """8 threads racing for 6 pairs with k = 3: slots are taken exactly once (the UNIQUE constraints hold)."""
+    """8 threads racing for 6 pairs with k = 3: slots are taken exactly once (the UNIQUE constraints hold).
+
+    Even-numbered raters skip their first pair, so slots are given back while others race to take them;
+    4 skips leave at least 4 raters for any pair, enough for k = 3."""
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     project = open_project(tmp_path / "p", url)
     project.service.add_pairs(make_queue(6))
@@ -67,8 +79,11 @@ def test_concurrent_raters_never_exceed_k(backend, tmp_path, request):
 
     def work(uid):
         try:
+            n = 0
             while (task := project.service.next_assignment(uid)) is not None:
-                project.service.submit_rating(uid, task.assignment_id, "tie", submission_id=f"sub-{uid:04d}-{task.assignment_id:04d}")
+                vote = "skip" if n == 0 and uid % 2 == 0 else "tie"
+                project.service.submit_rating(uid, task.assignment_id, vote, submission_id=f"sub-{uid:04d}-{task.assignment_id:04d}")
+                n += 1
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
@@ -78,8 +93,9 @@ def test_concurrent_raters_never_exceed_k(backend, tmp_path, request):
     for t in threads:
         t.join()
     assert errors == []
-    per_pair = Counter(a.pair_id for a in assignments(project))
+    per_pair = Counter(a.pair_id for a in assignments(project) if a.state == "done")
     assert sorted(per_pair.values()) == [3] * 6
+    assert_held_in_step(project)
     project.db.close()
 
 
@@ -100,6 +116,7 @@ def test_skip_gives_the_slot_back_and_the_pair_never_returns(tmp_path):
     project.service.submit_rating(a, task.assignment_id, "skip", submission_id="skip-0001")
     assert project.service.next_assignment(a) is None  # never the same pair twice, even after a skip
     assert project.service.next_assignment(b) is not None
+    assert_held_in_step(project)
 
 
 def test_an_abandoned_assignment_expires_and_frees_its_slot(tmp_path):
@@ -108,7 +125,9 @@ def test_an_abandoned_assignment_expires_and_frees_its_slot(tmp_path):
     a, b = project.rater("a"), project.rater("b")
     task = project.service.next_assignment(a)
     assert project.service.release_stale(ttl=timedelta(0), force=True) == 1
+    assert_held_in_step(project)
     assert project.service.next_assignment(b) is not None
+    assert_held_in_step(project)
     with pytest.raises(Conflict, match="expired"):
         project.service.submit_rating(a, task.assignment_id, "left", submission_id="late-0001")
 
