@@ -7,7 +7,9 @@ Assignment (`next_assignment`), in order:
    m = round(1 / gold_rate) pairs a rater is served, one position, drawn per rater and block, is a
    gold pair they have not seen. The rate is exact per block, yet a rater cannot predict the position.
 4. Otherwise the first unseen pair with a free slot (0..k-1), pairs already started first so that
-   completed pairs (k ratings, for agreement) accumulate early. On PostgreSQL the pair row is locked
+   completed pairs (k ratings, for agreement) accumulate early. Each pair carries its slots taken
+   (`pairs.held`, moved in the same transaction as the slot), so the pick is an index seek per call
+   rather than a count over the whole queue (O(pairs^2) per queue). On PostgreSQL the pair row is locked
    with SKIP LOCKED, so concurrent raters take different pairs rather than race for one slot. The
    UNIQUE(pair, slot) and UNIQUE(pair, rater) constraints settle any race that still happens (SQLite
    serialises writers instead): the loser retries with fresh counts.
