@@ -11,3 +11,8 @@ class ConfigError(TetherError):
 
 class DataError(TetherError):
     """An input file is malformed. The message reads `file:line: field: problem`."""
+
+
+class NonFiniteError(TetherError):
+    """A NaN or inf loss, gradient or weight stopped a training step or a save (tether.guard). The message
+    names the step or the tensors, and says the newest complete checkpoint is intact."""

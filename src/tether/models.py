@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from tether.errors import ConfigError, TetherError
+from tether.guard import check_finite
 from tether.progress import quiet_transformers
 
 # LlamaConfig kwargs. Parameter counts are for a 2048-token vocabulary with tied embeddings.
@@ -117,7 +118,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
-    """Write model (safetensors) and tokenizer to `path`, loadable by plain `transformers`."""
+    """Write model (safetensors) and tokenizer to `path`, loadable by plain `transformers`. NaN or inf weights
+    are refused before anything is written (NonFiniteError)."""
+    check_finite(model.state_dict(), path)
     os.makedirs(path, exist_ok=True)
     # transformers 5 always writes safetensors and dropped the flag; 4.x needs it spelled out.
     kwargs = {}

@@ -40,6 +40,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from tether.errors import ConfigError, TetherError
+from tether.guard import check_finite
 from tether.models import (
     _check_local_folder,
     _looks_like_hub_id,
@@ -225,7 +226,9 @@ class RewardModel(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def save_pretrained(self, path: str | Path, **_ignored) -> None:
-        """Write the folder described in the module docstring (extra kwargs are accepted and ignored)."""
+        """Write the folder described in the module docstring (extra kwargs are accepted and ignored). NaN or inf
+        weights (backbone, head, normalisation) are refused before anything is written."""
+        check_finite(self.state_dict(), str(path))
         path = Path(path)
         save_pretrained(self.backbone, self.tokenizer, str(path))
         save_file(self._head_state(), str(path / HEAD_FILE))

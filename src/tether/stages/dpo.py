@@ -79,6 +79,7 @@ from tether.dpo_losses import (
 )
 from tether.errors import DataError
 from tether.generation import generate
+from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
 from tether.losses import IGNORE_INDEX
 from tether.models import load_policy, load_tokenizer, save_pretrained
@@ -314,8 +315,10 @@ def means(s: dict) -> dict:
     return out
 
 
-def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int, lr: float) -> dict:
-    """One optimizer step over `pairs`, split into micro-batches of micro_batch_size pairs.
+def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int, lr: float,
+               guard: NonFiniteGuard | None = None) -> dict:
+    """One optimizer step over `pairs`, split into micro-batches of micro_batch_size pairs; `guard` (the run's,
+    else a fresh one from cfg) skips or halts it on a non-finite loss or gradient.
 
     Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the gradient
     equals that of one big batch however the step is split.
@@ -326,13 +329,10 @@ def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int,
         losses = pair_losses(b, cfg)  # (M,)
         (losses.sum() / len(pairs)).backward()
         add_sums(total, pair_sums(b, losses, cfg))
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {**means(total), "grad_norm": grad_norm, "lr": lr, "pairs": len(pairs), "tokens": total["tokens"]}
+    guard = guard or NonFiniteGuard.from_config(cfg)
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total["loss"] / len(pairs))
+    return {**means(total), "grad_norm": grad_norm, "lr": lr, "pairs": len(pairs), "tokens": total["tokens"],
+            "nonfinite_skips": skipped}
 
 
 @torch.no_grad()
@@ -512,6 +512,7 @@ def run(cfg: DPOConfig) -> Path:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    guard = NonFiniteGuard.from_config(cfg, start)
     monitor = make_monitor(cfg, run_dir, start)
     monitor_prompts = list({p.prompt_key: p.prompt for p in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
@@ -527,7 +528,8 @@ def run(cfg: DPOConfig) -> Path:
             batch = [train[i] for i in batches[step % per_epoch]]
             # 5. Chosen + rejected in one forward per micro-batch, pair losses, accumulate, clip, step.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            row = {"step": step + 1, "epoch": step / per_epoch,
+                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 6. Held-out metrics (and the sampled KL).

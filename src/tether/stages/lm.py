@@ -10,6 +10,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -22,7 +23,9 @@ from tether.checkpoint import (
 )
 from tether.config import check, save_config
 from tether.errors import TetherError
+from tether.guard import NONFINITE_POLICIES, NonFiniteGuard
 from tether.losses import shift_labels, token_nll_sum
+from tether.models import save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 
@@ -77,6 +80,14 @@ class TrainConfig:
     """Batches sorted together by length, so each batch holds sequences of similar length (less padding)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
+    nonfinite: Literal["skip", "halt"] = "skip"
+    """On a NaN or inf loss or gradient norm: "skip" drops the step's update (gradients zeroed, no optimizer
+    step, AdamW moments untouched), counts it as `nonfinite_skips` in metrics.jsonl and goes on; the batch is
+    not retried and the learning rate moves on with the step number (a pure function of it, so resume stays
+    exact). "halt" raises at once. Either way the weights and the newest complete checkpoint stay finite."""
+    max_nonfinite_skips: int = 10
+    """Halt anyway after this many consecutive skipped steps: a run that keeps diverging should stop, not burn
+    hours producing nothing."""
 
     @property
     def accumulation(self) -> int:
@@ -93,6 +104,8 @@ class TrainConfig:
         check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         check(self.bucket_size >= 1, "bucket_size", "must be >= 1")
+        check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
+        check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -142,11 +155,13 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     return token_nll_sum(logits, batch["labels"])
 
 
-def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_id: int, lr: float) -> dict:
+def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_id: int, lr: float,
+               guard: NonFiniteGuard | None = None) -> dict:
     """One optimizer step over `examples`, split into micro-batches with gradient accumulation.
 
     Every micro-batch's summed loss is divided by the token count of the *whole* step, so the
-    gradient equals that of one big batch whatever the split.
+    gradient equals that of one big batch whatever the split. `guard` (the run's, else a fresh one from
+    cfg) skips or halts the update on a non-finite loss or gradient.
     """
     micro = [examples[i:i + cfg.micro_batch_size] for i in range(0, len(examples), cfg.micro_batch_size)]
     batches = [collate(m, pad_id) for m in micro]
@@ -156,14 +171,11 @@ def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_
         nll, _ = batch_loss(model, batch)
         (nll / max(n_tokens, 1)).backward()
         total += float(nll.detach())
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    guard = guard or NonFiniteGuard.from_config(cfg)
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total / max(n_tokens, 1))
     seq_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return {"loss": total / max(n_tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": seq_tokens}
+    return {"loss": total / max(n_tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": seq_tokens,
+            "nonfinite_skips": skipped}
 
 
 @torch.no_grad()
@@ -231,6 +243,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    guard = NonFiniteGuard.from_config(cfg, start)
     model.train()
     pad_id = tokenizer.pad_token_id
     epoch, batches = -1, []
@@ -244,7 +257,8 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             batch = [train[i] for i in batches[step % per_epoch]]
             # 4. Forward, backward (accumulated), clip, step at the scheduled learning rate.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            row = {"step": step + 1, "epoch": step / per_epoch,
+                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 5. Eval loss, metrics, checkpoints.
@@ -259,6 +273,5 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             bar.update(1, loss=row["loss"])
     # 6. The final model as a plain Hugging Face folder.
     final = run_dir / "model"
-    model.save_pretrained(final, safe_serialization=True)
-    tokenizer.save_pretrained(final)
+    save_pretrained(model, tokenizer, str(final))  # refuses non-finite weights (tether.guard)
     return final

@@ -34,7 +34,8 @@ normalised score, what trains); non_score_reward (the KL part, -β Σ_t kl_t, me
 k3 term of its loss) and rlhf_reward (trained score + non_score_reward); kl/k1, kl/k3 (KL(π_old || π_ref) per
 response); entropy, approxkl, clipfrac, ratio, policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means
 over the step's optimizer steps); explained_variance (old values vs returns, PPO); response_length, eos_rate,
-lr, kl_coef (the β used), gold.
+lr, kl_coef (the β used), gold, nonfinite_skips (optimizer steps dropped for a NaN or inf loss or gradient,
+tether.guard).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from tether.checkpoint import (
 )
 from tether.config import check, save_config
 from tether.data.corpus import read_prompts
+from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
@@ -200,6 +202,14 @@ class OnlineConfig:
     """Run folder: metrics.jsonl, samples.jsonl, config.yaml, checkpoints/, model/, value_model.safetensors."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
+    nonfinite: Literal["skip", "halt"] = "skip"
+    """On a NaN or inf loss or gradient norm in an optimizer step: "skip" drops that update (gradients zeroed, no
+    optimizer step, AdamW moments untouched) and counts it as `nonfinite_skips` in the step's metrics; the step's
+    other minibatches still train and the learning rate moves on with the step number. "halt" raises at once.
+    Either way the weights and the newest complete checkpoint stay finite."""
+    max_nonfinite_skips: int = 10
+    """Halt anyway after this many consecutive skipped optimizer steps: a run that keeps diverging should stop,
+    not burn hours producing nothing."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The reward-hacking monitor (tether.monitor): detectors on every step's samples, alerts, best checkpoint by a
     held-out signal (gold only as an audit: it never trains unless reward=gold), optional stop on alert."""
@@ -241,6 +251,8 @@ class OnlineConfig:
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
         check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
+        check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,9 +443,10 @@ def save(s: Session, cfg: OnlineConfig, step: int) -> None:
 def save_final(s: Session, cfg: OnlineConfig) -> Path:
     """out/model (a plain HF folder) and, with a critic, out/value_model.safetensors."""
     final = Path(cfg.out) / "model"
+    weights = {k: v.detach().contiguous() for k, v in s.critic.state_dict().items()} if s.critic is not None else {}
+    check_finite(weights, "the value model")  # before the policy is written: refuse both or neither
     save_pretrained(s.policy, s.tokenizer, str(final))
     if s.critic is not None:
-        weights = {k: v.detach().contiguous() for k, v in s.critic.state_dict().items()}
         save_file(weights, str(Path(cfg.out) / VALUE_FILE), metadata={"value_model": cfg.value_model})
     return final
 
@@ -484,6 +497,7 @@ def train_online(cfg: OnlineConfig) -> Path:
     if evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
         metrics.write(baseline_evaluation(s, cfg, heldout))
     tok = s.tokenizer
+    guard = NonFiniteGuard.from_config(cfg, s.start, cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size))
     with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
         for step in range(s.start, cfg.max_steps):
             started = time.perf_counter()
@@ -508,7 +522,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             exp.advantages, exp.returns, non_score = ALGORITHMS[cfg.algorithm].advantages(exp, cfg, kl_coef)
             # 6. ppo_epochs passes of clipped updates over shuffled minibatches.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-            train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator)
+            train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator, guard)
             # 7. The KL controller sees the measured KL per response (k1 summed, as lm-human-preferences).
             row = rollout_metrics(exp, non_score)
             s.controller.update(row["kl/k1"], cfg.batch_size)

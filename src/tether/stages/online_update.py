@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -20,6 +19,7 @@ from tether.advantages import (
     per_token_rewards,
     rloo_advantages,
 )
+from tether.guard import NonFiniteGuard
 from tether.kl import KL_ESTIMATORS, kl_k3
 from tether.policy_losses import (
     LOSS_AGGREGATIONS,
@@ -186,21 +186,24 @@ SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's den
 
 
 def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coef: float, lr: float,
-           generator: torch.Generator) -> dict[str, float]:
+           generator: torch.Generator, guard: NonFiniteGuard | None = None) -> dict[str, float]:
     """ppo_epochs passes over shuffled minibatches, each one optimizer step accumulated over micro-batches.
 
     Every micro-batch loss is divided by the whole minibatch's count (`denom`), so loss, gradients and the
-    token-weighted stats do not depend on micro_batch_size. Returns stats averaged over the optimizer steps.
+    token-weighted stats do not depend on micro_batch_size. Returns stats averaged over the optimizer steps, and
+    nonfinite_skips: the optimizer steps `guard` (the run's, else a fresh one from cfg) dropped for a NaN or inf.
     """
+    guard = guard or NonFiniteGuard.from_config(cfg)
     algo = ALGORITHMS[cfg.algorithm]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums, n_steps = defaultdict(float), 0
+    sums, n_steps, skipped = defaultdict(float), 0, 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(cfg.batch_size, generator=generator, device=generator.device)  # (N,)
         for start in range(0, cfg.batch_size, cfg.minibatch_size):
             mb = exp.select(order[start:start + cfg.minibatch_size].to(exp.scores.device))
             tokens = mb.response_mask.sum()
             denom = tokens if algo.norm == "token" else cfg.minibatch_size
+            mb_loss = 0.0
             for i in range(0, cfg.minibatch_size, cfg.micro_batch_size):
                 micro = mb.select(slice(i, i + cfg.micro_batch_size))
                 out = policy_forward(policy, critic if algo.critic else None, micro, cfg.temperature)
@@ -213,12 +216,10 @@ def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coe
                 for name, value in stats.items():
                     sums[name] += float(value) * (1.0 if name in SUMMED else share)
                 sums["loss"] += float(loss.detach())
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            n_steps += 1
-    return {name: value / n_steps for name, value in sums.items()}
+                mb_loss += float(loss.detach())
+            grad_norm, dropped = guard.apply(optimizer, params, cfg.grad_clip, lr, mb_loss)
+            sums["grad_norm"] += grad_norm
+            n_steps, skipped = n_steps + 1, skipped + dropped
+    return {**{name: value / n_steps for name, value in sums.items()}, "nonfinite_skips": skipped}
 
 

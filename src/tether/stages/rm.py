@@ -32,6 +32,7 @@ from tether.data.preferences import (
     read_comparisons,
     split_by_prompt,
 )
+from tether.guard import NonFiniteGuard
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -244,8 +245,10 @@ def micro_batches(pairs: list[Pair], size: int) -> list[list[Pair]]:
 # One optimizer step, and the held-out evaluation
 
 
-def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, lr: float) -> dict:
-    """One optimizer step over `pairs` with gradient accumulation over micro-batches of whole groups.
+def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, lr: float,
+               guard: NonFiniteGuard | None = None) -> dict:
+    """One optimizer step over `pairs` with gradient accumulation over micro-batches of whole groups; `guard`
+    (the run's, else a fresh one from cfg) skips or halts it on a non-finite loss or gradient.
 
     Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the
     gradient equals that of one batch however the step is split (a per-micro-batch mean would weight
@@ -261,14 +264,11 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
         won, gap = _decided(r_a.detach(), r_b.detach(), batch.target)
         correct, decided, margins = correct + float(won.sum()), decided + len(won), margins + float(gap.sum())
         scores, sequences = scores + float(r.detach().sum()), sequences + len(r)
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    guard = guard or NonFiniteGuard.from_config(cfg)
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, loss_sum / total)
     return {"loss": loss_sum / total, "accuracy": correct / max(decided, 1), "margin": margins / max(decided, 1),
-            "score": scores / sequences, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": sequences}
+            "score": scores / sequences, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": sequences,
+            "nonfinite_skips": skipped}
 
 
 def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,6 +378,7 @@ def run(cfg: RMConfig) -> Path:
     steps = total_steps(cfg, groups)
     plan = schedule(groups, cfg.batch_size, cfg.seed, steps, group_lengths(train, groups), cfg.bucket_size)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    guard = NonFiniteGuard.from_config(cfg, start)
     final_eval = None
     model.train()
     with progress_bar("rm", total=steps, completed=start) as bar:
@@ -387,7 +388,7 @@ def run(cfg: RMConfig) -> Path:
             batch = [train[i] for i in indices]
             # 4. Score each distinct sequence once, Bradley-Terry loss per pair, accumulate, clip, step.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": epoch, **train_step(model, optimizer, batch, cfg, lr)}
+            row = {"step": step + 1, "epoch": epoch, **train_step(model, optimizer, batch, cfg, lr, guard)}
             # 5. Held-out metrics, metric lines, checkpoints.
             last = step + 1 == steps
             if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
