@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
-from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE
+from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
 from tether.optim import adamw
@@ -66,7 +66,7 @@ def data(tmp_path_factory) -> str:
 
 
 def test_loss_field_lists_exactly_the_losses():
-    assert set(typing.get_args(typing.get_type_hints(DPOConfig)["loss"])) == set(DPO_LOSSES)
+    assert set(typing.get_args(typing.get_type_hints(DPOConfig)["loss"])) == set(DPO_LOSSES) | set(UNPAIRED_LOSSES)
 
 
 # ---------------------------------------------------------------------------------------------

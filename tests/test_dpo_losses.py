@@ -125,6 +125,32 @@ def test_kto_reference_point_is_a_clamped_detached_mean():
     z = kto_reference_point(policy, t(-2.0, -1.0))
     assert float(z) == 0.0 and not z.requires_grad
     assert float(kto_reference_point(t(-1.0, -1.0), t(-2.0, -3.0))) == 1.5
+    # No gradient reaches the mismatched pairs through z_ref: the loss's gradient is through r alone.
+    kl_policy = t(-1.0, -1.0).requires_grad_()
+    z = kto_reference_point(kl_policy, t(-2.0, -3.0))
+    policy = t(-2.0).requires_grad_()
+    kto(policy, t(-3.0), torch.tensor([True]), z, beta=1.0).sum().backward()
+    assert kl_policy.grad is None and policy.grad is not None
+
+
+def test_kto_at_step_zero_costs_half_of_lambda():
+    # Policy = reference: r = 0 for every row and for the KL pairs, so z_ref = 0 and
+    # L = λ (1 - σ(0)) = λ / 2: 0.5 for a desirable row with λ_D = 1, 0.75 for an undesirable one with λ_U = 1.5.
+    logps = t(-4.0, -9.0)
+    z = kto_reference_point(t(-7.0, -2.0), t(-7.0, -2.0))
+    out = kto(logps, logps, torch.tensor([True, False]), z, beta=0.1, lambda_u=1.5)
+    torch.testing.assert_close(out, t(0.5, 0.75))
+
+
+def test_kto_with_a_reference_point_from_mismatched_pairs():
+    # KL pairs: log-ratios (-2 + 2.6) = 0.6, (-5 + 5.2) = 0.2, (-1 + 2) = 1.0 -> z_ref = 1.8 / 3 = 0.6.
+    z = kto_reference_point(t(-2.0, -5.0, -1.0), t(-2.6, -5.2, -2.0))
+    assert float(z) == pytest.approx(0.6, abs=1e-12)
+    # β = 0.5. Desirable, r = -1.4 + 3 = 1.6:  1 - σ(0.5 (1.6 - 0.6)) = 1 - σ(0.5) = 1 - 0.622459 = 0.377541.
+    # Undesirable, r = -0.4 + 3 = 2.6, λ_U = 1.5: 1.5 (1 - σ(0.5 (0.6 - 2.6))) = 1.5 (1 - σ(-1)) = 1.5 σ(1)
+    #   = 1.5 * 0.7310586 = 1.0965879 (an undesirable completion the policy made likelier than the reference point).
+    out = kto(t(-1.4, -0.4), t(-3.0, -3.0), torch.tensor([True, False]), z, beta=0.5, lambda_u=1.5)
+    assert out.tolist() == pytest.approx([0.3775407, 1.0965879], abs=1e-7)
 
 
 # -- log-probs from logits ----------------------------------------------------------------------------
@@ -185,6 +211,23 @@ def test_ipo_tie_is_symmetric_and_decided_pairs_are_not(pc, pr, rc, rr, beta, lc
     h_target = 1 / (2 * beta)
     at_target = ipo(t(h_target), t(0.0), t(0.0), t(0.0), beta=beta, chosen_len=t(1.0), rejected_len=t(1.0))
     assert float(at_target) == pytest.approx(0.0, abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(logprob, logprob, st.floats(0.0, 20.0), betas, st.floats(0.1, 3.0), st.floats(0.1, 3.0), st.booleans(),
+       st.floats(0.01, 10.0))
+def test_kto_properties(p, r, z, beta, lam_d, lam_u, desirable, step):
+    d = torch.tensor([desirable])
+    loss = kto(t(p), t(r), d, z, beta=beta, lambda_d=lam_d, lambda_u=lam_u)
+    # Bounded by its weight: 0 <= L <= λ_y.
+    assert 0.0 <= float(loss) <= (lam_d if desirable else lam_u) + 1e-12
+    # Raising the log-ratio r lowers a desirable row's loss and raises an undesirable row's (weakly: σ saturates).
+    raised = kto(t(p + step), t(r), d, z, beta=beta, lambda_d=lam_d, lambda_u=lam_u)
+    assert (float(raised) <= float(loss)) if desirable else (float(raised) >= float(loss))
+    # Mirror: flipping the label, negating r (swap policy and reference) and z_ref, and swapping λ_D and λ_U
+    # gives the same loss: desirable λ_D (1 - σ(β (r - z))) = undesirable λ_D (1 - σ(β ((-z) - (-r)))).
+    mirrored = kto(t(r), t(p), ~d, -z, beta=beta, lambda_d=lam_u, lambda_u=lam_d)
+    torch.testing.assert_close(mirrored, loss)
 
 
 # -- gradients and extremes ------------------------------------------------------------------------------

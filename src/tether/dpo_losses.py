@@ -21,8 +21,10 @@ Ties. The Bradley-Terry family (sigmoid, cdpo, robust, simpo) models P(y_c ≻ y
 tie: the DPO stage drops tie rows and reports how many. IPO regresses h onto a target, and a tie has the
 natural target 0 (equal log-ratios), so `ipo` takes a `tie` mask and keeps ties (`TIE_AWARE`).
 
-KTO (Ethayarajh et al. 2024) learns from unpaired thumbs-up/down rows, a different data shape: it is
-`kto` here, outside `DPO_LOSSES`.
+KTO (Ethayarajh et al. 2024) learns from unpaired thumbs-up/down rows, a different data shape and call:
+`kto` (with its reference point `kto_reference_point`), in `UNPAIRED_LOSSES`, trained by `tether dpo
+loss=kto` (`tether.stages.kto`). Converted from comparisons, a tie has no label (neither response is good or
+bad): the KTO path drops and counts ties too. Ties kept: ipo only.
 """
 from __future__ import annotations
 
@@ -182,10 +184,11 @@ def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tenso
     """z_ref = max(0, mean_i (log π_θ(y'_i|x_i) - log π_ref(y'_i|x_i))), detached.
 
     KTO's estimate of KL(π_θ || π_ref) (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
-    Optimization", §4.1): y'_i is the response of *another* row of the batch paired with prompt x_i
-    (a mismatched pair, so the estimate is not the rewards' own mean). The paper and TRL (`kto_loss`, whose
-    KL pass runs under no_grad) do not backpropagate through it, and clamp it at 0 since a KL is >= 0.
-    Shapes (M,), (M,) -> scalar.
+    Optimization", §4.1): y'_i is the response of *another* row paired with prompt x_i (a mismatched pair, so
+    the estimate is not the rewards' own mean; `tether.data.unpaired.mismatched_partners` picks y'_i). The
+    paper and TRL (`kto_loss`, whose KL pass runs under no_grad) do not backpropagate through it, and clamp
+    it at 0 since a KL is >= 0. One z_ref per optimizer batch: computed per micro-batch, the loss would
+    depend on how the batch is split. Shapes (M,), (M,) -> scalar.
     """
     policy_kl_logps, ref_kl_logps = _float(policy_kl_logps, ref_kl_logps)
     return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
@@ -193,10 +196,14 @@ def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tenso
 
 def kto(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, z_ref: torch.Tensor | float,
         *, beta: float, lambda_d: float = 1.0, lambda_u: float = 1.0) -> torch.Tensor:
-    """KTO (Ethayarajh et al. 2024, §4.1) for unpaired rows (x, y, desirable?), r = log π_θ(y|x) - log π_ref(y|x):
+    """KTO (Ethayarajh et al. 2024, §4.1, eq. 8: L = λ_y - v(x, y)) for unpaired rows (x, y, desirable?),
+    with r = log π_θ(y|x) - log π_ref(y|x):
 
         desirable:    L = λ_D (1 - σ(β (r - z_ref)))
         undesirable:  L = λ_U (1 - σ(β (z_ref - r)))
+
+    λ_D / 2 or λ_U / 2 at step 0 (policy = reference, so r = z_ref = 0). Bounded in [0, λ], so an
+    example far past the reference point stops pulling (the value function saturates, unlike DPO's -log σ).
 
     z_ref from `kto_reference_point` (a constant here). The paper suggests λ_D n_D / (λ_U n_U) in [1, 4/3]
     when desirable and undesirable counts differ. A comparison gives one desirable and one undesirable row.
@@ -207,3 +214,8 @@ def kto(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Te
     z = torch.as_tensor(z_ref, dtype=r.dtype, device=r.device)
     return torch.where(desirable, lambda_d * (1 - torch.sigmoid(beta * (r - z))),
                        lambda_u * (1 - torch.sigmoid(beta * (z - r))))
+
+
+UNPAIRED_LOSSES = {"kto": kto}
+"""name -> loss of unpaired rows, called as fn(policy_logps, ref_logps, desirable, z_ref, beta=, lambda_d=,
+lambda_u=) -> (N,)."""

@@ -2,6 +2,8 @@
 
 DPO (Rafailov et al. 2023) and its family (`tether.dpo_losses.DPO_LOSSES`: sigmoid, ipo, cdpo, robust,
 simpo) train the policy directly on pairs (x, y_chosen, y_rejected) against a frozen reference π_ref.
+`loss=kto` trains KTO on unpaired thumbs-up/down rows instead (or comparisons split into such rows, ties
+dropped and counted): another data shape and step, in `tether.stages.kto`, which this module's `run` enters.
 
 Data. tether preference JSONL, one row per rating. Unlabelled rows (choice null) are an error naming their
 line. Ties are dropped and counted, except for IPO, which has a target for them (`TIE_AWARE`). Each pair is
@@ -73,6 +75,7 @@ from tether.dpo_losses import (
     LENGTH_NORMALISED,
     REFERENCE_FREE,
     TIE_AWARE,
+    UNPAIRED_LOSSES,
     implicit_rewards,
     sequence_logps,
     token_logps,
@@ -113,19 +116,25 @@ class DPOConfig(TrainConfig):
 
     data: str = "runs/collect/preferences.jsonl"
     """tether preference JSONL, every row labelled ("A", "B" or "tie"; null is an error). One row per rating:
-    several ratings of one pair are separate rows and each counts."""
+    several ratings of one pair are separate rows and each counts. loss=kto also reads TRL unpaired rows
+    {"prompt", "completion", "label": true|false} (tether.data.unpaired)."""
     model: str = "runs/sft/model"
     """HF folder of the policy's initial weights, with its tokenizer; also the reference unless ref_model is set."""
     ref_model: str | None = None
     """Another HF folder as the frozen reference π_ref (same tokenizer as model); None: the initial policy."""
-    loss: Literal["sigmoid", "ipo", "cdpo", "robust", "simpo"] = "sigmoid"
-    """A key of tether.dpo_losses.DPO_LOSSES: sigmoid (DPO), ipo, cdpo, robust (rDPO) or simpo."""
+    loss: Literal["sigmoid", "ipo", "cdpo", "robust", "simpo", "kto"] = "sigmoid"
+    """A key of tether.dpo_losses.DPO_LOSSES: sigmoid (DPO), ipo, cdpo, robust (rDPO) or simpo; or kto
+    (UNPAIRED_LOSSES: unpaired rows, tether.stages.kto). Ties are kept by ipo only."""
     beta: float = 0.1
     """β: how tightly the policy is tethered to the reference (IPO's τ); SimPO's reward scale (use ~2)."""
     label_smoothing: float = 0.0
     """ε, the assumed rate of flipped labels, for cdpo and robust; in [0, 0.5)."""
     simpo_gamma: float = 0.5
     """SimPO's target margin γ on β x (mean log-prob of chosen - of rejected)."""
+    desirable_weight: float = 1.0
+    """KTO's λ_D, the weight of desirable rows (the paper: λ_D n_D / (λ_U n_U) in [1, 4/3])."""
+    undesirable_weight: float = 1.0
+    """KTO's λ_U, the weight of undesirable rows."""
     max_length: int = 256
     """Longest prompt + response in tokens; longer ones keep their first max_length tokens (counted), and a
     pair with no response token left is dropped (counted)."""
@@ -134,7 +143,7 @@ class DPOConfig(TrainConfig):
     out: str = "runs/dpo"
     """Run folder: metrics.jsonl, config.yaml, data_report.json, ref_logps.safetensors, checkpoints/, model/."""
     batch_size: int = 32
-    """Pairs per optimizer step (each is two sequences)."""
+    """Pairs per optimizer step (each is two sequences); rows (one sequence each) for kto."""
     micro_batch_size: int = 32
     """Pairs per forward pass (2 x this many sequences); batch_size / micro_batch_size is the accumulation."""
     lr: float = 1e-4
@@ -157,7 +166,10 @@ class DPOConfig(TrainConfig):
         super().validate()
         check(bool(self.data), "data", "is required")
         check(bool(self.model), "model", "is required")
-        check(self.loss in DPO_LOSSES, "loss", f"must be one of {', '.join(DPO_LOSSES)}")
+        check(self.loss in {**DPO_LOSSES, **UNPAIRED_LOSSES}, "loss",
+              f"must be one of {', '.join({**DPO_LOSSES, **UNPAIRED_LOSSES})}")
+        check(self.desirable_weight > 0, "desirable_weight", "must be > 0")
+        check(self.undesirable_weight > 0, "undesirable_weight", "must be > 0")
         check(self.beta > 0, "beta", "must be > 0")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         check(self.kl_eval_prompts >= 0, "kl_eval_prompts", "must be >= 0")
@@ -489,6 +501,10 @@ def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None
 
 def run(cfg: DPOConfig) -> Path:
     """Train the policy with cfg.loss; returns the folder of the final model (`out/model`)."""
+    if cfg.loss in UNPAIRED_LOSSES:  # KTO: unpaired rows, its own step (see tether.stages.kto)
+        from tether.stages.kto import run as run_unpaired
+
+        return run_unpaired(cfg)
     # 1. Data read and validated before any model work, encoded, split by prompt.
     comparisons = read_labelled(cfg.data)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

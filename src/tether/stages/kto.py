@@ -1,0 +1,381 @@
+"""`tether dpo loss=kto`: KTO (Ethayarajh et al. 2024) on unpaired thumbs-up/down rows, against a frozen reference.
+
+A module of its own, entered from `tether.stages.dpo.run`, because KTO's data and step differ from the pair
+losses': one sequence per row instead of two, a label instead of an order, and a reference point z_ref that
+must be known before the first micro-batch's loss. Folding that into dpo.py would put `if kto` branches in
+its encoder, cache, step and metrics; here the config, the encoder of responses, the monitor and the sampled
+KL are dpo's, and only what differs is written again.
+
+Data (`tether.data.unpaired.read_kto_rows`). cfg.data holds TRL unpaired rows {"prompt", "completion",
+"label": true|false}, or tether comparisons converted: chosen -> desirable, rejected -> undesirable, ties
+dropped and counted (a tie labels neither response), null an error naming its line. Each row is encoded as
+prompt + completion, the mask on the completion and its <eos> (truncation counted, rows without a completion
+token dropped). The held-out split is by prompt. Within each split every row then gets a KL pair: its
+prompt followed by another row's completion (`mismatched_partners`), fixed for the run.
+
+Reference. log π_ref of every completion and every KL pair is computed once, before training, and cached in
+`out/ref_logps.safetensors` under a sha256 of the reference weights and every scored sequence (as in DPO).
+
+Training. Each optimizer step: (1) a no-grad forward of the batch's KL pairs gives z_ref = max(0,
+mean(log π - log π_ref)) for the WHOLE batch; (2) per micro-batch, a forward of the completions, the KTO
+losses against that z_ref, their sum divided by the batch's rows, backward. One z_ref per optimizer batch
+keeps the loss independent of the micro-batch split (TRL computes it per device micro-batch, so there its
+loss changes with gradient accumulation). The extra forward costs what TRL's KL forward costs.
+
+Metrics, under TRL's KTO names: loss, kl (z_ref), rewards/chosen and rewards/rejected (mean implicit reward
+β(log π - log π_ref) of the desirable and of the undesirable rows; a side absent from a batch is left out),
+rewards/margins (their difference), logps/chosen, logps/rejected, count/chosen, count/rejected. Evaluations:
+the same on the held-out rows with one z_ref over all of them (eval_ prefix), the sampled KL and the monitor
+as in DPO.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tether.checkpoint import rng_state, save_checkpoint
+from tether.config import check, save_config
+from tether.data.preferences import split_by_prompt
+from tether.data.unpaired import Unpaired, mismatched_partners, read_kto_rows
+from tether.dpo_losses import (
+    UNPAIRED_LOSSES,
+    implicit_rewards,
+    kto_reference_point,
+    sequence_logps,
+)
+from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.optim import adamw, lr_at
+from tether.progress import progress_bar
+from tether.stages.dpo import (
+    CACHE,
+    DPOConfig,
+    add_sums,
+    console,
+    encode_responses,
+    make_monitor,
+    monitor_step,
+    sampled_kl,
+)
+from tether.stages.dpo import reference_key as weights_key
+from tether.stages.lm import (
+    Example,
+    MetricsLog,
+    collate,
+    epoch_batches,
+    resume_training,
+    total_steps,
+)
+
+
+@dataclass
+class KTORow:
+    """One unpaired row encoded for KTO."""
+
+    prompt: str | list
+    """The prompt as in the data."""
+    prompt_key: str
+    """The prompt as canonical JSON: the unit of the held-out split."""
+    text: str
+    """The completion as in the data (another row's KL pair reuses it)."""
+    completion: Example
+    """prompt + completion; loss_mask is 1 on the completion's tokens and its <eos> only."""
+    desirable: bool
+    """The label: True thumbs up, False thumbs down."""
+    kl: Example | None = None
+    """prompt + another row's completion (a mismatched pair for z_ref), masked the same way."""
+    ref_logp: float = 0.0
+    """log π_ref(completion | prompt), summed over the completion's tokens."""
+    ref_kl_logp: float = 0.0
+    """log π_ref(mismatched completion | prompt)."""
+
+
+@dataclass
+class RowBatch:
+    """What the loss and metrics read for M rows. Log-probs are summed over completion tokens."""
+
+    policy_logps: torch.Tensor
+    """(M,) log π(completion), with grad when the forward had it."""
+    ref_logps: torch.Tensor
+    """(M,) log π_ref(completion), from the rows' cached values."""
+    desirable: torch.Tensor
+    """(M,) bool."""
+    tokens: int
+    """Non-padding tokens in the forward pass (prompts included)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: encode, pair for the KL estimate
+
+
+def encode_rows(tokenizer, rows: list[Unpaired], max_length: int) -> tuple[list[KTORow], dict]:
+    """Rows in data order, and a report of what was truncated or dropped (no completion token left)."""
+    encoded = encode_responses(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], max_length)
+    out, truncated, empty = [], 0, 0
+    for r, (example, cut) in zip(rows, encoded):
+        truncated += cut
+        if not any(example.loss_mask):
+            empty += 1
+            continue
+        out.append(KTORow(r.prompt, r.prompt_key, r.completion, example, r.label))
+    return out, {"truncated_rows": truncated, "dropped_no_response_tokens": empty, "rows": len(out),
+                 "max_length": max_length}
+
+
+def attach_kl_pairs(tokenizer, rows: list[KTORow], max_length: int, seed: int) -> int:
+    """Give each row its KL pair: its prompt + the completion of `mismatched_partners`' choice; returns how many
+    pairs were truncated (a pair left with no completion token scores 0 for policy and reference alike)."""
+    partners = mismatched_partners([r.prompt_key for r in rows], seed)
+    encoded = encode_responses(tokenizer, [r.prompt for r in rows], [rows[j].text for j in partners], max_length)
+    for r, (example, _) in zip(rows, encoded):
+        r.kl = example
+    return sum(cut for _, cut in encoded)
+
+
+def load_rows(cfg: DPOConfig, tokenizer, unpaired: list[Unpaired], report: dict
+              ) -> tuple[list[KTORow], list[KTORow], list[KTORow], dict]:
+    """(all rows, train, held-out, report): encoded, split by prompt, each split paired for z_ref on its own."""
+    rows, encoded = encode_rows(tokenizer, unpaired, cfg.max_length)
+    train, held_out = split_by_prompt(rows, cfg.eval_fraction, cfg.seed)
+    cut = attach_kl_pairs(tokenizer, train, cfg.max_length, cfg.seed)
+    cut += attach_kl_pairs(tokenizer, held_out, cfg.max_length, cfg.seed + 1)
+    report = {**report, **encoded, "truncated_kl_pairs": cut, "train_rows": len(train), "eval_rows": len(held_out),
+              "train_desirable": sum(r.desirable for r in train), "train_prompts": len({r.prompt_key for r in train}),
+              "eval_prompts": len({r.prompt_key for r in held_out})}
+    check(len(train) >= cfg.batch_size, "batch_size", f"larger than the {len(train)} training rows")
+    return train + held_out, train, held_out, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs, the reference point, losses, metrics
+
+
+def forward_examples(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
+    """Summed log-probs (B,) of each sequence's counted tokens in one forward pass, and its non-padding tokens."""
+    batch = collate(examples, pad_id)  # each (B, T)
+    device = model.device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    return sequence_logps(logits, batch["labels"].to(device))[0], int(batch["attention_mask"].sum())
+
+
+def forward_rows(model, rows: list[KTORow], pad_id: int) -> RowBatch:
+    logps, tokens = forward_examples(model, [r.completion for r in rows], pad_id)  # (M,)
+    device = logps.device
+    return RowBatch(logps, torch.tensor([r.ref_logp for r in rows], dtype=torch.float32, device=device),
+                    torch.tensor([r.desirable for r in rows], device=device), tokens)
+
+
+@torch.no_grad()
+def reference_point(model, rows: list[KTORow], micro_batch_size: int, pad_id: int) -> tuple[torch.Tensor, int]:
+    """z_ref of `rows` (a whole optimizer batch, or the held-out set) from their KL pairs, and the tokens read."""
+    chunks = [forward_examples(model, [r.kl for r in rows[i:i + micro_batch_size]], pad_id)
+              for i in range(0, len(rows), micro_batch_size)]
+    policy = torch.cat([logps for logps, _ in chunks])  # (N,)
+    ref = torch.tensor([r.ref_kl_logp for r in rows], dtype=torch.float32, device=policy.device)  # (N,)
+    return kto_reference_point(policy, ref), sum(n for _, n in chunks)
+
+
+def row_losses(b: RowBatch, z_ref: torch.Tensor, cfg: DPOConfig) -> torch.Tensor:
+    """The per-row losses (M,) of cfg.loss (a key of UNPAIRED_LOSSES)."""
+    return UNPAIRED_LOSSES[cfg.loss](b.policy_logps, b.ref_logps, b.desirable, z_ref, beta=cfg.beta,
+                                     lambda_d=cfg.desirable_weight, lambda_u=cfg.undesirable_weight)
+
+
+def row_sums(b: RowBatch, losses: torch.Tensor, cfg: DPOConfig) -> dict[str, float]:
+    """Sums of the logged quantities over a micro-batch, split by label."""
+    p = b.policy_logps.detach()
+    r = implicit_rewards(p, b.ref_logps, cfg.beta)  # (M,)
+    d, u = b.desirable, ~b.desirable
+    return {"loss": float(losses.detach().sum()), "rewards/chosen": float(r[d].sum()),
+            "rewards/rejected": float(r[u].sum()), "logps/chosen": float(p[d].sum()),
+            "logps/rejected": float(p[u].sum()), "count/chosen": int(d.sum()), "count/rejected": int(u.sum()),
+            "rows": len(d), "tokens": b.tokens}
+
+
+def means(s: dict) -> dict:
+    """Per-row means: the loss over all rows, rewards and log-probs over the rows of their label."""
+    out = {"loss": s["loss"] / s["rows"], "count/chosen": s["count/chosen"], "count/rejected": s["count/rejected"]}
+    for side in ("chosen", "rejected"):
+        if s[f"count/{side}"]:
+            out[f"rewards/{side}"] = s[f"rewards/{side}"] / s[f"count/{side}"]
+            out[f"logps/{side}"] = s[f"logps/{side}"] / s[f"count/{side}"]
+    if s["count/chosen"] and s["count/rejected"]:
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
+
+
+def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int, lr: float) -> dict:
+    """One optimizer step over `rows`, split into micro-batches of micro_batch_size rows.
+
+    z_ref is computed once for all of `rows` before any loss; each micro-batch's summed row losses are divided
+    by the rows of the whole step, so loss and gradient equal those of one big batch however it is split.
+    """
+    z_ref, kl_tokens = reference_point(model, rows, cfg.micro_batch_size, pad_id)
+    total: dict = {"tokens": kl_tokens}
+    for i in range(0, len(rows), cfg.micro_batch_size):
+        b = forward_rows(model, rows[i:i + cfg.micro_batch_size], pad_id)
+        losses = row_losses(b, z_ref, cfg)  # (M,)
+        (losses.sum() / len(rows)).backward()
+        add_sums(total, row_sums(b, losses, cfg))
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**means(total), "kl": float(z_ref), "grad_norm": grad_norm, "lr": lr, "rows": len(rows),
+            "tokens": total["tokens"]}
+
+
+@torch.no_grad()
+def evaluate(model, rows: list[KTORow], cfg: DPOConfig, pad_id: int) -> dict:
+    """Held-out loss, kl, rewards and log-probs as in training, with one z_ref over all held-out rows."""
+    z_ref, _ = reference_point(model, rows, cfg.micro_batch_size, pad_id)
+    total: dict = {}
+    for i in range(0, len(rows), cfg.micro_batch_size):
+        b = forward_rows(model, rows[i:i + cfg.micro_batch_size], pad_id)
+        add_sums(total, row_sums(b, row_losses(b, z_ref, cfg), cfg))
+    return {f"eval_{k}": v for k, v in {**means(total), "kl": float(z_ref)}.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference log-probs, computed once and cached
+
+
+def reference_key(ref_model, rows: list[KTORow]) -> str:
+    """sha256 of the reference's weights and of every scored sequence (completions and KL pairs)."""
+    h = hashlib.sha256(b"tether-kto-reference-v1")
+    h.update(weights_key(ref_model, []).encode())  # DPO's key of no pairs: the weights alone
+    for r in rows:
+        h.update(json.dumps([r.completion.input_ids, r.completion.loss_mask, r.kl.input_ids, r.kl.loss_mask]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def score(model, examples: list[Example], pad_id: int, batch_size: int) -> torch.Tensor:
+    """Summed log-probs (E,) of `examples` in eval mode, longest first, batch_size sequences at a time."""
+    out = torch.zeros(len(examples))  # (E,)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    was_training = model.training
+    model.eval()
+    with progress_bar("kto reference", total=len(examples)) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = forward_examples(model, [examples[i] for i in idx], pad_id)[0].float().cpu()
+            bar.update(len(idx))
+    model.train(was_training)
+    return out
+
+
+def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int, cache: Path) -> bool:
+    """Fill each row's ref_logp and ref_kl_logp: from `cache` when its key matches, else by one no-grad pass,
+    then saved to `cache`. True on a cache hit."""
+    key = reference_key(ref_model, rows)
+    hit = False
+    if cache.exists():
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                completion, kl, hit = f.get_tensor("completion"), f.get_tensor("kl"), True
+    if not hit:
+        logps = score(ref_model, [r.completion for r in rows] + [r.kl for r in rows], pad_id, batch_size)  # (2N,)
+        completion, kl = logps[:len(rows)].contiguous(), logps[len(rows):].contiguous()
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({"completion": completion, "kl": kl}, str(tmp), metadata={"key": key})
+        os.replace(tmp, cache)  # a run killed mid-write leaves no cache that looks whole
+    for r, c, k in zip(rows, completion.tolist(), kl.tolist()):
+        r.ref_logp, r.ref_kl_logp = c, k
+    return hit
+
+
+def prepare_reference(cfg: DPOConfig, model, rows: list[KTORow], run_dir: Path, pad_id: int):
+    """Fill the rows' reference log-probs (cached) while `model` holds its initial weights; return the frozen
+    reference the sampled KL and the monitor need (None when neither runs)."""
+    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    hit = reference_logps(ref_model, rows, pad_id, cfg.micro_batch_size, run_dir / CACHE)
+    console.print(f"kto: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
+    if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
+        return None
+    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: DPOConfig) -> Path:
+    """Train the policy with KTO; returns the folder of the final model (`out/model`)."""
+    # 1. Data read and validated before any model work, encoded, split by prompt, paired for z_ref.
+    unpaired, read_report = read_kto_rows(cfg.data)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    rows, train, held_out, report = load_rows(cfg, tokenizer, unpaired, read_report)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    console.print(f"kto: {report['rows']} rows ({report['train_rows']} train, {report['eval_rows']} held out; "
+                  f"{report['desirable']} desirable, {report['undesirable']} undesirable read); "
+                  f"{report['ties_dropped']} ties dropped, {report['truncated_rows']} rows truncated to "
+                  f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no completion left)")
+    # 2. Policy and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
+    torch.manual_seed(cfg.seed)
+    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model.eval()  # no dropout, as in DPO
+    pad_id = tokenizer.pad_token_id
+    kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)
+    kl_prompts = list({r.prompt_key: r.prompt for r in held_out}.values())[:cfg.kl_eval_prompts]
+    # 3. Optimizer; resume restores weights, optimizer moments and RNG.
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    start = resume_training(cfg, run_dir, model, optimizer)
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    monitor = make_monitor(cfg, run_dir, start)
+    monitor_prompts = list({r.prompt_key: r.prompt for r in held_out or train}.values())[:cfg.monitor.samples]
+    steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
+    lengths = [len(r.completion.input_ids) for r in train]
+    epoch, batches = -1, []
+    started, tokens_seen = time.perf_counter(), 0
+    with progress_bar("kto", total=steps, completed=start) as bar:
+        for step in range(start, steps):
+            # 4. The step's rows are a pure function of (seed, step).
+            if step // per_epoch != epoch:
+                epoch = step // per_epoch
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
+            batch = [train[i] for i in batches[step % per_epoch]]
+            # 5. z_ref of the whole batch, then micro-batches: forward, KTO losses, accumulate; clip, step.
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            tokens_seen += row["tokens"]
+            row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
+            # 6. Held-out metrics (and the sampled KL).
+            last = step + 1 == steps
+            evaluation = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
+            if held_out and evaluation:
+                row.update(evaluate(model, held_out, cfg, pad_id))
+                if cfg.kl_eval_prompts:
+                    row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
+            # 7. The monitor at evaluations, as in DPO (its proxy score is β log π/π_ref of each sample).
+            stop = False
+            if monitor is not None and evaluation:
+                monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
+                row.update({k: v for k, v in monitored.items() if v is not None})
+            # 8. Metric lines, checkpoints; an alert with stop_on_alert ends the run.
+            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or "monitor/alerts" in row or last:
+                log.write(row)
+            if stop:
+                break
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
+                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                         "monitor": monitor.state_dict() if monitor is not None else {}}
+                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+            bar.update(1, loss=row["loss"], kl=row["kl"])
+    # 9. The final model as a plain Hugging Face folder.
+    final = run_dir / "model"
+    save_pretrained(model, tokenizer, str(final))
+    return final
