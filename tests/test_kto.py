@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import tether.stages.dpo as dpo
 import tether.stages.kto as kto
 from tether.data.unpaired import read_kto_rows
-from tether.errors import ConfigError, DataError
+from tether.errors import ConfigError, DataError, NonFiniteError
 from tether.models import load_policy
 from tether.optim import adamw
 from tether.stages.dpo import CACHE, DPOConfig
@@ -257,6 +257,38 @@ def test_kto_trains(tmp_path, data, model_dir):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["train_rows"] + report["eval_rows"] == 24 and report["format"] == "plain"
+
+
+@pytest.mark.parametrize("policy", ["skip", "halt"])
+def test_a_nan_loss_is_skipped_or_halts_the_run(tmp_path, data, model_dir, monkeypatch, policy):
+    # The loss of step 2 is made NaN (graph kept, so its gradients are NaN too): the run's guard drops that
+    # update and counts it, or stops the run naming the step (tether.guard, as in every training loop).
+    real_step, real_losses, state, unchanged = kto.train_step, kto.row_losses, {"calls": 0, "nan": False}, []
+
+    def step(model, optimizer, *args):
+        state["calls"] += 1
+        state["nan"] = state["calls"] == 2
+        before = [p.detach().clone() for p in model.parameters()]
+        try:
+            return real_step(model, optimizer, *args)
+        finally:
+            if state["nan"]:
+                unchanged.append(all(torch.equal(b, p) for b, p in zip(before, model.parameters())))
+            state["nan"] = False
+
+    monkeypatch.setattr(kto, "train_step", step)
+    monkeypatch.setattr(kto, "row_losses", lambda *a: real_losses(*a) * (float("nan") if state["nan"] else 1.0))
+    cfg = _cfg(tmp_path, data, model_dir, eval_every=0, nonfinite=policy)
+    if policy == "halt":
+        with pytest.raises(NonFiniteError, match=r"step 2: non-finite loss nan"):
+            dpo.run(cfg)
+        assert unchanged == [True] and not (tmp_path / "run" / "model").exists()
+        return
+    dpo.run(cfg)
+    rows = _metrics(tmp_path / "run")
+    assert unchanged == [True] and [r["nonfinite_skips"] for r in rows] == [0, 1, 0]
+    final = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in final.values())
 
 
 def test_config_errors_name_the_field():

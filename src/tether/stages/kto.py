@@ -20,7 +20,8 @@ Training. Each optimizer step: (1) a no-grad forward of the batch's KL pairs giv
 mean(log π - log π_ref)) for the WHOLE batch; (2) per micro-batch, a forward of the completions, the KTO
 losses against that z_ref, their sum divided by the batch's rows, backward. One z_ref per optimizer batch
 keeps the loss independent of the micro-batch split (TRL computes it per device micro-batch, so there its
-loss changes with gradient accumulation). The extra forward costs what TRL's KL forward costs.
+loss changes with gradient accumulation). The extra forward costs what TRL's KL forward costs. A NaN or inf
+loss or gradient is skipped or halts the run (cfg.nonfinite, `tether.guard`), as in every training loop.
 
 Metrics, under TRL's KTO names: loss, kl (z_ref), rewards/chosen and rewards/rejected (mean implicit reward
 β(log π - log π_ref) of the desirable and of the undesirable rows; a side absent from a batch is left out),
@@ -52,6 +53,7 @@ from tether.dpo_losses import (
     kto_reference_point,
     sequence_logps,
 )
+from tether.guard import NonFiniteGuard
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -212,8 +214,10 @@ def means(s: dict) -> dict:
     return out
 
 
-def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int, lr: float) -> dict:
-    """One optimizer step over `rows`, split into micro-batches of micro_batch_size rows.
+def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int, lr: float,
+               guard: NonFiniteGuard | None = None) -> dict:
+    """One optimizer step over `rows`, split into micro-batches of micro_batch_size rows; `guard` (the run's,
+    else a fresh one from cfg) skips or halts it on a non-finite loss or gradient, as in DPO.
 
     z_ref is computed once for all of `rows` before any loss; each micro-batch's summed row losses are divided
     by the rows of the whole step, so loss and gradient equal those of one big batch however it is split.
@@ -225,14 +229,10 @@ def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int
         losses = row_losses(b, z_ref, cfg)  # (M,)
         (losses.sum() / len(rows)).backward()
         add_sums(total, row_sums(b, losses, cfg))
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    guard = guard or NonFiniteGuard.from_config(cfg)
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total["loss"] / len(rows))
     return {**means(total), "kl": float(z_ref), "grad_norm": grad_norm, "lr": lr, "rows": len(rows),
-            "tokens": total["tokens"]}
+            "tokens": total["tokens"], "nonfinite_skips": skipped}
 
 
 @torch.no_grad()
@@ -335,6 +335,7 @@ def run(cfg: DPOConfig) -> Path:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    guard = NonFiniteGuard.from_config(cfg, start)
     monitor = make_monitor(cfg, run_dir, start)
     monitor_prompts = list({r.prompt_key: r.prompt for r in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
@@ -350,7 +351,8 @@ def run(cfg: DPOConfig) -> Path:
             batch = [train[i] for i in batches[step % per_epoch]]
             # 5. z_ref of the whole batch, then micro-batches: forward, KTO losses, accumulate; clip, step.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": step / per_epoch, **train_step(model, optimizer, batch, cfg, pad_id, lr)}
+            row = {"step": step + 1, "epoch": step / per_epoch,
+                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 6. Held-out metrics (and the sampled KL).
