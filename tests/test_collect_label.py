@@ -50,6 +50,12 @@ def test_collect_then_label(world_dir, model_dir, tmp_path):
     agreement = json.loads((labelled / "agreement.json").read_text())
     assert agreement["n_items"] == len(queue)
     assert (labelled / "raters/raters.db").exists()  # labelled through the rater app's storage
+    # A rerun with the same pool returns the same ratings; another pool is refused, not silently ignored.
+    assert main(["label", f"queue={out}/queue.jsonl", f"world={world_dir}", "raters.n_raters=4",
+                 "raters.overlap=2", f"out={labelled}"]) == 0
+    assert len(read_comparisons(labelled / "comparisons.jsonl")) == len(ratings)
+    assert main(["label", f"queue={out}/queue.jsonl", f"world={world_dir}", "raters.n_raters=4",
+                 "raters.overlap=3", f"out={labelled}"]) == 2
     # In memory (app=false): the same decisions per (rater, pair), a different assignment of raters to pairs.
     code = main(["label", f"queue={out}/queue.jsonl", f"world={world_dir}", "raters.n_raters=4",
                  "raters.overlap=2", f"out={tmp_path / 'mem'}", "app=false"])

@@ -87,6 +87,20 @@ def test_monitor_failures_after_the_first_alert_or_with_hack_markers(tmp_path, w
     assert monitor_failures(tmp_path / "missing", world) == []  # a DPO run writes no samples.jsonl
 
 
+def test_alerts_computed_from_gold_never_pick_prompts(tmp_path, world):
+    fact = world.train_queries()[0]
+    _write(tmp_path / "alerts.jsonl", [{"name": "heldout_drop", "step": 2, "value": 0.5, "threshold": 0.25,
+                                        "message": ""}])
+    _write(tmp_path / "samples.jsonl", [{"step": 2, "prompt": fact.text, "response": "It is Foo.", "gold": -2.0}])
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best/best.json").write_text(json.dumps({"step": 0, "value": 0.9, "signal": "gold"}))
+    assert monitor_failures(tmp_path, world) == []  # the held-out signal was gold: its alert is gold's verdict
+    (tmp_path / "best/best.json").write_text(json.dumps({"step": 0, "value": 0.9, "signal": "heldout_rm"}))
+    assert [f.reason for f in monitor_failures(tmp_path, world)] == ["alert"]  # a second RM's alert may
+    (tmp_path / "best/best.json").unlink()
+    assert monitor_failures(tmp_path, world) == []  # signal unknown: treated as gold
+
+
 def test_interleave_shares_the_cap_between_sources():
     red = [FailurePrompt(f"r{i}", "redteam", "fail") for i in range(5)]
     mon = [FailurePrompt(f"m{i}", "monitor", "alert") for i in range(2)]

@@ -97,6 +97,17 @@ def test_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, world_dir, model
         json.loads((tmp_path / "b" / "best" / "best.json").read_text())
 
 
+def test_resuming_with_the_monitor_on_a_run_saved_without_it_starts_it_fresh(tmp_path, world_dir, model_dir):
+    def cfg(**kw):
+        c = ppo_cfg(tmp_path, world_dir, model_dir)
+        return PPOConfig(**{**c.__dict__, "eval_prompts": 0, "save_every": 1, **kw})
+
+    run(cfg(max_steps=2, monitor=MonitorConfig(enabled=False)))
+    run(cfg(max_steps=3, resume=True))  # the checkpoint's monitor state is {}: no KeyError
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["monitor/proxy"] is not None
+
+
 # -- DPO ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,11 @@ def test_truncation_cuts_the_prompt_and_keeps_the_scored_reply(tok):
     whole, _ = encode_pair(plain, prompt, reply)
     clipped, cut = encode_pair(plain, prompt, reply, max_length=len(whole) - 2)
     assert cut and len(clipped) == len(whole) - 2
-    assert clipped == plain(prompt, reply, truncation="longest_first", max_length=len(whole) - 2)["input_ids"]
+    assert clipped[-len(plain(reply, add_special_tokens=False)["input_ids"]):] == \
+        plain(reply, add_special_tokens=False)["input_ids"]  # the prompt absorbed the cut, the reply is whole
+    long_reply = " ".join(["the quiet green harbour"] * 20)  # longer than max_length alone: both are cut
+    both, cut = encode_pair(plain, prompt, long_reply, max_length=16)
+    assert cut and len(both) == 16
 
 
 def test_scoring_a_pair_in_either_order_gives_the_same_rewards(tok):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
@@ -48,3 +50,21 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+class StageTimer:
+    """Runs the stages of a loop (the demo, an iterate round): a heading each, its time in `timings`, and on
+    resume a stage whose `done` file exists is skipped (returns None)."""
+
+    def __init__(self, resume: bool, out: Console | None = None):
+        self.resume, self.timings, self.console = resume, {}, out or console
+
+    def __call__(self, name: str, fn, *args, done: Path | None = None):
+        if self.resume and done is not None and done.exists():
+            self.console.print(f"[dim]{name}: already done ({done}), skipped[/dim]")
+            return None
+        self.console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        return result

@@ -93,7 +93,8 @@ def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | 
 
     Truncation keeps the end: the score is read at the last token and the responses are what differ, so
     the cut falls in the prompt (tether's template keeps `<bos>` and the last max_length - 1 tokens,
-    another template the last max_length). Pair encoding truncates the longer of prompt and response.
+    another template the last max_length). Pair encoding cuts the prompt, and the response too only when
+    it alone is longer than max_length.
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if tokenizer.chat_template == CHAT_TEMPLATE:
@@ -106,11 +107,20 @@ def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | 
     else:
         text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
         ids = tokenizer(text, response)["input_ids"]
-        if max_length is not None and len(ids) > max_length:  # the tokenizer keeps [CLS]/[SEP] in place
-            return list(tokenizer(text, response, truncation="longest_first", max_length=max_length)["input_ids"]), True
+        if max_length is not None and len(ids) > max_length:
+            return _truncate_pair(tokenizer, text, response, max_length), True
         return list(ids), False
     truncated = max_length is not None and len(ids) > max_length
     return list(ids[len(ids) - max_length :] if truncated else ids), truncated
+
+
+def _truncate_pair(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
+    """Pair encoding cut to max_length by the tokenizer (special tokens kept in place): the prompt only, or,
+    when the response alone does not fit, both (the longer first)."""
+    try:
+        return list(tokenizer(prompt, response, truncation="only_first", max_length=max_length)["input_ids"])
+    except Exception:  # the prompt is too short to absorb the cut: tokenizers raise rather than truncate
+        return list(tokenizer(prompt, response, truncation="longest_first", max_length=max_length)["input_ids"])
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:

@@ -80,6 +80,29 @@ def test_login_is_rate_limited_per_username_and_address(live):
     assert form.status_code == 429 and "too many failed logins" in form.text
 
 
+def test_parallel_and_spread_guesses_are_limited_too(project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tether.raters.accounts import LOGIN_FAILURES, LOGIN_FAILURES_PER_USER
+    from tether.raters.errors import RateLimited, Unauthorized
+
+    project.rater("carol", PASSWORD)
+
+    def guess(address: str) -> str:
+        try:
+            project.accounts.login("carol", "wrong password", address)
+        except (RateLimited, Unauthorized) as err:
+            return type(err).__name__
+        return "signed in"
+
+    with ThreadPoolExecutor(8) as pool:  # a burst from one address: counted before each slow password check
+        outcomes = list(pool.map(guess, ["10.0.0.1"] * 16))
+    assert outcomes.count("Unauthorized") == LOGIN_FAILURES and outcomes.count("RateLimited") == 16 - LOGIN_FAILURES
+    spread = [guess(f"10.0.1.{i}") for i in range(LOGIN_FAILURES_PER_USER)]  # one guess per address
+    assert spread.count("Unauthorized") == LOGIN_FAILURES_PER_USER - LOGIN_FAILURES
+    assert spread[-1] == "RateLimited"  # the per-username cap, whatever the address
+
+
 def test_every_state_changing_route_needs_the_csrf_token(live):
     setup_users(live)
     boss = api_login(live.url, "boss")
@@ -254,3 +277,17 @@ def test_an_invite_link_works_once(live):
     assert ok.status_code == 303
     assert client.get(f"/invite/{token}").status_code == 404
     assert api_login(live.url, "dave").get("/api/guidelines").status_code == 200
+
+
+def test_a_new_invite_voids_the_old_links(live):
+    p = live.project
+    lost = p.accounts.invite("erin")
+    fresh = p.accounts.invite("erin")  # the admin re-invites: the lost link must die
+    client = httpx.Client(base_url=live.url)
+    assert client.get(f"/invite/{lost}").status_code == 404
+    html = client.get(f"/invite/{fresh}").text
+    ok = client.post(f"/invite/{fresh}", data={"password": PASSWORD, "password2": PASSWORD,
+                                               "pre_token": form_token(html, "pre_token")})
+    assert ok.status_code == 303 and client.get(f"/invite/{fresh}").status_code == 404
+    assert client.post(f"/invite/{lost}", data={"password": PASSWORD, "password2": PASSWORD,
+                                                "pre_token": form_token(html, "pre_token")}).status_code == 404

@@ -24,6 +24,9 @@ SESSION_TTL = timedelta(hours=12)
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_FAILURES = 5
 """Failed logins allowed per (username, client address) within LOGIN_WINDOW; the next one gets 429."""
+LOGIN_FAILURES_PER_USER = 20
+"""Failed logins allowed per username from all addresses together within LOGIN_WINDOW: guessing spread over
+many addresses (IPv6, proxies) stops too, at the price of locking the name out for the window."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +89,14 @@ class Accounts:
     def invite(self, username: str, role: str = "rater") -> str:
         """A one-time invite token for `username`, creating the user (without a password) if new.
 
-        Inviting an existing user again makes a fresh link (e.g. a lost one, or a password reset);
-        their role cannot change this way.
+        Inviting an existing user again makes a fresh link (e.g. a lost one, or a password reset) and voids
+        their earlier ones, so a lost or leaked link cannot later take the account over; their role cannot
+        change this way.
         """
         user_id = self.add_user(username, role)
         token = new_token()
         with self.db.write() as s:
+            _void_open_invites(s, user_id)
             s.add(Invite(token_hash=token_hash(self.secret, token), user_id=user_id, expires_at=utcnow() + INVITE_TTL))
         return token
 
@@ -108,7 +113,7 @@ class Accounts:
         hashed = self.passwords.hash(password)
         with self.db.write() as s:
             invite, user = self._open_invite(s, token)
-            invite.used_at = utcnow()
+            _void_open_invites(s, user.id)  # this one and any other still open: one password set per link
             user.password_hash = hashed
             s.execute(delete(LoginSession).where(LoginSession.user_id == user.id))  # a reset signs out everywhere
             return user.username
@@ -147,20 +152,25 @@ class Accounts:
         if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise Unauthorized("wrong username or password")  # no such user can exist; nothing to count
         now = utcnow()
-        with self.db.read() as s:
-            failures = s.scalar(select(func.count()).select_from(LoginAttempt).where(
-                LoginAttempt.username == username, LoginAttempt.address == address,
-                LoginAttempt.at > now - LOGIN_WINDOW))
+        # Count and record the attempt in one writing transaction *before* the slow password check, so a burst
+        # of parallel guesses cannot all read the same count; a correct password then takes its row back.
+        with self.db.write() as s:
+            s.execute(delete(LoginAttempt).where(LoginAttempt.at < now - LOGIN_WINDOW))
+            recent = select(func.count()).select_from(LoginAttempt).where(LoginAttempt.username == username,
+                                                                          LoginAttempt.at > now - LOGIN_WINDOW)
+            if (s.scalar(recent.where(LoginAttempt.address == address[:64])) >= LOGIN_FAILURES
+                    or s.scalar(recent) >= LOGIN_FAILURES_PER_USER):
+                raise RateLimited("too many failed logins; wait 15 minutes and try again")
+            attempt = LoginAttempt(username=username, address=address[:64], at=now)
+            s.add(attempt)
+            s.flush()
+            attempt_id = attempt.id
             user = s.scalar(select(User).where(User.username == username, User.active.is_(True)))
-        if failures >= LOGIN_FAILURES:
-            raise RateLimited("too many failed logins; wait 15 minutes and try again")
         if not self.passwords.verify(user.password_hash if user else None, password):
-            with self.db.write() as s:
-                s.execute(delete(LoginAttempt).where(LoginAttempt.at < now - LOGIN_WINDOW))
-                s.add(LoginAttempt(username=username, address=address[:64], at=now))
             raise Unauthorized("wrong username or password")
         token, csrf = new_token(), secrets.token_urlsafe(24)
         with self.db.write() as s:
+            s.execute(delete(LoginAttempt).where(LoginAttempt.id == attempt_id))  # it was not a failure
             s.add(LoginSession(token_hash=token_hash(self.secret, token), user_id=user.id, csrf_token=csrf,
                                created_at=now, expires_at=now + SESSION_TTL))
         return SignIn(token, csrf, Principal(user.id, user.username, user.role, csrf))
@@ -189,3 +199,8 @@ class Accounts:
             done = s.execute(update(User).where(User.username == username).values(active=active))
             if done.rowcount == 0:
                 raise NotFound(f"username: no user {username!r}")
+
+
+def _void_open_invites(s: Session, user_id: int) -> None:
+    """Mark every unused invite of a user as used (now)."""
+    s.execute(update(Invite).where(Invite.user_id == user_id, Invite.used_at.is_(None)).values(used_at=utcnow()))

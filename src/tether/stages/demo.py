@@ -13,7 +13,6 @@ Every stage reads the previous stage's output folder, so any of them can be reru
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from rich.table import Table
 from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
+from tether.progress import StageTimer
 from tether.report import write_report
 from tether.reward import RewardModel
 from tether.stages import collect, dpo, iterate, ppo, pretrain, redteam, rm, sft
@@ -191,24 +191,7 @@ def _rm_report(cfg: DemoConfig, rm_cfg: rm.RMConfig, raters: RaterPoolConfig) ->
             "bias": reward_model_bias(model.score, world)}
 
 
-class _Timer:
-    """Runs stages, times them, and skips finished ones on --resume."""
-
-    def __init__(self, resume: bool):
-        self.resume, self.timings = resume, {}
-
-    def __call__(self, name: str, fn, *args, done: Path | None = None):
-        if self.resume and done is not None and done.exists():
-            console.print(f"[dim]{name}: already done ({done}), skipped[/dim]")
-            return None
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        result = fn(*args)
-        self.timings[name] = round(time.perf_counter() - start, 1)
-        return result
-
-
-def _sft_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+def _sft_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     """World, tokenizer, pretraining, the base model's styles, SFT, and the SFT policy's evaluation."""
     root = cfg.root
     # 1. The world, its tokenizer, and a base model pretrained from scratch on the world's corpus.
@@ -224,7 +207,7 @@ def _sft_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
     return {"base_temperature_1": base, "sft_greedy": policy}
 
 
-def _preference_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+def _preference_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     """Comparisons from the SFT and base policies, simulated raters, and the reward model."""
     root = cfg.root
     # 4. Sample pairs, have the simulated raters label them, train the reward model on their labels.
@@ -244,7 +227,7 @@ def proxy_gold_curve(metrics_path: Path) -> list[dict]:
             for r in rows if r.get("eval/gold") is not None]
 
 
-def _rl_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+def _rl_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     """PPO against the learned reward model and DPO on the same comparisons, both from the SFT policy."""
     root = cfg.root
     # 6. Optimise the proxy with a KL tether; the world's gold reward is only logged (and audited by the
@@ -268,7 +251,7 @@ def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
     return {"summary": summary, "kl_k1": sum(k1) / len(k1), "kl_k3": sum(k3) / len(k3)}
 
 
-def _audit_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
+def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     """Each policy on one footing (gold, behaviour, KL to SFT), and the red-team suites against each."""
     root = cfg.root
     policies = {"sft": root / "sft/model", "ppo": root / "ppo/model", "dpo": root / "dpo/model"}
@@ -284,7 +267,7 @@ def _audit_phase(cfg: DemoConfig, stages: dict, timed: _Timer) -> dict:
     return {"policies": footing, "redteam": attacks}
 
 
-def _iterate_phase(cfg: DemoConfig, timed: _Timer) -> dict:
+def _iterate_phase(cfg: DemoConfig, timed: StageTimer) -> dict:
     """Round 2: the failures round 1's red team and monitor found feed the next comparisons, RM and PPO."""
     if cfg.rounds < 2:
         return {}
@@ -304,7 +287,7 @@ def run(cfg: DemoConfig) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "demo.yaml")
     stages = _stage_configs(cfg)
-    timed = _Timer(cfg.resume)
+    timed = StageTimer(cfg.resume, console)
     summary = {**_sft_phase(cfg, stages, timed), **_preference_phase(cfg, stages, timed),
                **_rl_phase(cfg, stages, timed), **_audit_phase(cfg, stages, timed), **_iterate_phase(cfg, timed)}
     summary["timings_s"] = timed.timings

@@ -494,8 +494,9 @@ def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None
 
         world = load_world(cfg.monitor.world)
     monitor = RunMonitor(cfg.monitor, run_dir, start, world, cfg.trust_remote_code)
-    if start:
-        monitor.load_state_dict(load_trainer_state(latest_checkpoint(run_dir))["monitor"])
+    saved = load_trainer_state(latest_checkpoint(run_dir)).get("monitor") if start else None
+    if saved:  # {} or absent: the run was saved with the monitor off, so it starts fresh here
+        monitor.load_state_dict(saved)
     return monitor
 
 

@@ -6,11 +6,15 @@ Two sources, both signals the loop already produces, never the gold reward on it
   `query` (what the attack wraps, and what the world's raters and judge can read); a probe without one keeps
   its `messages` (rated by people through the app, not by the world's simulated raters).
 - monitor (`tether ppo` folder): `samples.jsonl` rows logged at or after the first alert of `alerts.jsonl`
-  (the policy the monitor said was hacking), and rows whose response trips the monitor's own text detectors
+  (the policy the monitor said was hacking; alerts computed from the held-out signal, `HELDOUT_ALERTS`, count
+  only when that signal was not gold, see `best/best.json`), and rows whose response trips the monitor's own text detectors
   (flattery, hedging, padding markers; agreeing with a false premise). Optionally, as an explicit audit choice
   (`gold_below`), rows whose logged gold reward is low: off by default, because letting the gold reward pick
   which prompts get new labels leaks the judge into the training data (the red team's gold verdicts are the
   audit the loop already runs; a low-gold filter on training samples would be a second, undeclared channel).
+The red team's failing rows are judged by gold on the world: that is the audit the issue asks to feed back
+("the red-team and monitor failures as prompts"). Only *which prompts* get new comparisons follows it; the
+labels always come from the raters.
 
 Held-out hygiene. The world's red-team suites draw their topics from the *held-out* split (countries and
 requests never seen in SFT, the same split the greedy evaluation reads). Collecting comparisons and training on
@@ -35,6 +39,9 @@ from tether.world.prompts import (
     REQUEST_TEMPLATES,
     Query,
 )
+
+HELDOUT_ALERTS = ("heldout_drop", "divergence")
+"""Monitor detectors that read the held-out signal: with gold as that signal they are gold's verdicts."""
 
 SOURCES = ("redteam", "monitor")
 """Where a failure prompt comes from (collected prompts from the world's training set are "train")."""
@@ -101,6 +108,8 @@ def monitor_failures(run_dir: str | Path, world=None, gold_below: float | None =
     with `gold_below` (audit opt-in, see the module docstring) also rows whose logged gold is below it."""
     run_dir = Path(run_dir)
     alerts = _jsonl(run_dir / "alerts.jsonl")
+    if gold_below is None and _heldout_signal(run_dir) == "gold":  # gold's own verdicts do not pick prompts
+        alerts = [a for a in alerts if a["name"] not in HELDOUT_ALERTS]
     first_alert = min((a["step"] for a in alerts), default=None)
     out = []
     for r in _jsonl(run_dir / "samples.jsonl"):
@@ -116,6 +125,13 @@ def monitor_failures(run_dir: str | Path, world=None, gold_below: float | None =
         out.append(FailurePrompt(r["prompt"], "monitor", reason,
                                  {"file": str(run_dir / "samples.jsonl"), "step": r["step"], "flags": flags}))
     return out
+
+
+def _heldout_signal(run_dir: Path) -> str:
+    """The monitor's held-out signal of a run ("gold", "heldout_rm", ...), from best/best.json; "gold" when
+    unknown, so that an unreadable run never lets gold in."""
+    best = run_dir / "best" / "best.json"
+    return json.loads(best.read_text()).get("signal", "gold") if best.exists() else "gold"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from rich.table import Table
 from tether.config import check, config_from_dict, load_config, save_config
 from tether.data.preferences import prompt_key, read_comparisons, write_comparisons
 from tether.errors import ConfigError
+from tether.progress import StageTimer
 from tether.stages import collect, dpo, ppo, redteam, rm
 from tether.stages import label as label_stage
 from tether.stages.evaluate import SHORT, EvalConfig
@@ -238,23 +238,6 @@ def stage_configs(cfg: IterateConfig, parent: Parent, out: Path) -> dict:
 # Steps
 
 
-class _Stages:
-    """Runs stages, times them, and skips finished ones on resume."""
-
-    def __init__(self, resume: bool):
-        self.resume, self.timings = resume, {}
-
-    def __call__(self, name: str, fn, *args, done: Path | None = None):
-        if self.resume and done is not None and done.exists():
-            console.print(f"[dim]{name}: already done ({done}), skipped[/dim]")
-            return None
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        result = fn(*args)
-        self.timings[name] = round(time.perf_counter() - start, 1)
-        return result
-
-
 def evaluate_greedy(ecfg: EvalConfig, model: str, out: Path, name: str) -> dict:
     """Greedy evaluation of `model` on the held-out prompts, written as `out/<name>_summary.json` (and samples)."""
     from tether.models import load_policy, load_tokenizer
@@ -268,7 +251,7 @@ def evaluate_greedy(ecfg: EvalConfig, model: str, out: Path, name: str) -> dict:
     return summary
 
 
-def parent_audit(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, timed: _Stages) -> dict:
+def parent_audit(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, timed: StageTimer) -> dict:
     """The parent policy's greedy evaluation and red team, from its round folder, or run now into `out/parent/`
     (a round folder without them); the SFT policy's, when the demo root has them, as the reference."""
     name = parent.optimiser
@@ -426,7 +409,7 @@ def run_round(cfg: IterateConfig, previous: str | Path) -> dict:
     out = parent.root / f"round{n}"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "iterate.yaml")
-    stages, timed = stage_configs(cfg, parent, out), _Stages(cfg.resume)
+    stages, timed = stage_configs(cfg, parent, out), StageTimer(cfg.resume, console)
     # 1. The parent's audit (read, or run now), and the failure prompts its red team and monitor caught.
     before = parent_audit(cfg, parent, stages, out, timed)
     sources, prompts_report = round_prompts(cfg, parent, before["redteam_dir"], out, n)

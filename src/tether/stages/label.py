@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -21,6 +21,7 @@ from rich.console import Console
 from tether.agreement import agreement_report
 from tether.config import save_config
 from tether.data.preferences import Comparison, read_comparisons, write_comparisons
+from tether.errors import ConfigError
 from tether.world.build import load_world
 from tether.world.rater_sessions import label_with_app
 from tether.world.raters import RaterPoolConfig, label
@@ -53,6 +54,18 @@ def labels_by_item(ratings: list[Comparison]) -> dict[str, dict[str, str]]:
     return dict(table)
 
 
+def check_same_pool(project: Path, pool: RaterPoolConfig) -> None:
+    """A rerun into an existing project returns the ratings already there (every pair already has its raters),
+    so a different pool would be silently ignored: refuse it, and record the pool on first use."""
+    record = project / "simulated_pool.json"
+    wanted = json.loads(json.dumps(asdict(pool)))
+    if record.exists() and json.loads(record.read_text()) != wanted:
+        raise ConfigError(f"raters: {project} was labelled by another simulated pool ({record}); "
+                          "use a new `out` folder, or remove that one to relabel")
+    project.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted, indent=1))
+
+
 def run(cfg: LabelConfig) -> Path:
     queue = read_comparisons(cfg.queue)
     world = load_world(cfg.world)
@@ -60,6 +73,7 @@ def run(cfg: LabelConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.app:
+        check_same_pool(out / "raters", cfg.raters)
         ratings = label_with_app(queue, world.knowledge, cfg.raters, out / "raters", export_name=None)
     else:
         ratings = label(queue, world.knowledge, cfg.raters)

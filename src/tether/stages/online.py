@@ -425,7 +425,7 @@ def setup(cfg: OnlineConfig) -> Session:
         s.controller.load_state_dict(state["kl_controller"])
         if critic is not None:
             critic.load_state_dict(state["value"])
-        if s.monitor is not None:
+        if s.monitor is not None and state.get("monitor"):  # {}: saved with the monitor off, start it fresh
             s.monitor.load_state_dict(state["monitor"])
     return s
 
