@@ -124,7 +124,7 @@ def test_round_two_and_nested_redteam_folders_are_found(tmp_path):
     data = load_run(tmp_path)
     assert [o.label for o in data.optimisers] == ["ppo", "dpo", "round2/dpo"]
     assert [r.label for r in data.redteams] == ["redteam/sft", "redteam/ppo", "redteam/dpo", "round2/redteam"]
-    assert data.optimisers[1].curve_source == "monitor" and data.optimisers[1].gold_label == "gold"
+    assert data.optimisers[1].curve_source == "monitor" and data.optimisers[1].gold_label == "sampled gold"
 
 
 def _opt(gold, proxy, alerts=()):
@@ -149,6 +149,8 @@ def test_verdicts_on_hand_built_curves():
     assert findings.verdict(_opt([0, 1.0, 0.2], [0, 2, 1])).status == "ok"
     assert findings.verdict(_opt([0.5, 0.3], [0, 1])).status == "no data"  # two evaluations: no peak to judge
     assert findings.verdict(_opt([0.5, 0.48, 0.47], [0, 1, 2])).status == "ok"  # a fall of 0.03 is noise
+    # 0.92 -> peak 0.95 -> 0.89: 0.06 is 2x the gain but under MIN_DROP (0.15), a mean's noise over 60 prompts
+    assert findings.verdict(_opt([0.92, 0.95, 0.89], [0, 1, 2])).status == "ok"
 
 
 def test_best_and_worst_samples_prefer_late_steps_and_rewarded_failures():

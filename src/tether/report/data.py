@@ -170,7 +170,7 @@ def _gold_label(rows: list[dict], config: dict) -> str:
     if heldout == "heldout_rm" or (heldout == "auto" and monitor.get("heldout_rm") and not monitor.get("world")
                                     and not config.get("world")):
         return "held-out RM"
-    return "gold"
+    return "sampled gold"  # the monitor's temperature-1 samples, not the greedy evaluations of the other curves
 
 
 def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
