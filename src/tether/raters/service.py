@@ -220,12 +220,14 @@ class RaterService:
     def next_assignment(self, user_id: int) -> Task | None:
         """The pair this rater should rate now, or None when nothing is left for them (see module doc)."""
         self.release_stale()
-        for _ in range(MAX_TRIES):
+        for attempt in range(MAX_TRIES):
             try:
                 with self.db.write() as s:
                     return self._assign(s.connection(), user_id)
             except (IntegrityError, _SlotTaken):
-                continue  # another rater took that slot first (PostgreSQL): count again
+                # another rater took that slot first, or holds the only open pairs locked for a moment
+                # (PostgreSQL): count again once their transaction has had time to end
+                time.sleep(0.002 * attempt)
         raise Conflict("busy: too many raters took pairs at once; try again")
 
     def _assign(self, c: Connection, user_id: int) -> Task | None:
@@ -310,6 +312,9 @@ class RaterService:
             if pair is not None:
                 break
         else:
+            # SKIP LOCKED passed over pairs other raters are assigning right now: "nothing left" would be a lie
+            if c.execute(_ANY_UNSEEN_OPEN, {"user_id": user_id, "overlap": project.overlap}).first() is not None:
+                raise _SlotTaken
             return None, None
         used = set(c.execute(_USED_SLOTS, {"pair_id": pair.id}).scalars())
         free = set(range(project.overlap)) - used
@@ -380,6 +385,7 @@ _UNSEEN_GOLD = select(*_pair_cols).where(Pair.is_gold.is_(True), _unseen).order_
 # different pair instead of all racing for the same slot and retrying
 _UNSEEN_OPEN = (select(*_pair_cols).where(Pair.is_gold.is_(False), Pair.held == bindparam("held"), _unseen)
                 .order_by(Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
+_ANY_UNSEEN_OPEN = select(Pair.id).where(Pair.is_gold.is_(False), Pair.held < bindparam("overlap"), _unseen).limit(1)
 _PAIR_TEXT = select(*_pair_cols).where(Pair.id == bindparam("pair_id"))
 _USED_SLOTS = select(Assignment.slot).where(Assignment.pair_id == bindparam("pair_id"), Assignment.slot.is_not(None))
 _SERVED = select(func.count()).select_from(Assignment).where(Assignment.rater_id == bindparam("user_id"))
