@@ -12,7 +12,7 @@ from sqlalchemy import func, inspect, select
 
 from tether.data.preferences import Comparison
 from tether.errors import ConfigError
-from tether.raters.db import Rating, User
+from tether.raters.db import Assignment, Rating, User
 from tether.raters.security import SECRET_FILE, load_or_create_secret
 
 XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "</script><script>alert(3)</script>",
@@ -158,6 +158,23 @@ def test_another_raters_assignment_gives_404(live):
     assert alice.get(f"/api/assignments/{mine}").status_code == 200
     with live.project.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Rating)) == 0
+
+
+def test_another_site_cannot_make_a_rater_take_a_pair(live):
+    setup_users(live)
+    live.project.service.add_pairs(make_queue(2))
+    page, alice = browser_login(live.url, "alice"), api_login(live.url, "alice")
+    away = {"Sec-Fetch-Site": "cross-site"}  # what a browser sends on a link or redirect from another site
+
+    def taken() -> int:
+        with live.project.db.read() as s:
+            return s.scalar(select(func.count()).select_from(Assignment))
+
+    r = page.get("/rate", headers=away)
+    assert r.status_code == 200 and "no pair was taken" in r.text and taken() == 0
+    assert alice.get("/api/next", headers=away).status_code == 403 and taken() == 0
+    assert "Left much better" in page.get("/rate", headers={"Sec-Fetch-Site": "same-origin"}).text
+    assert taken() == 1
 
 
 def test_session_cookies_are_httponly_and_samesite(live):

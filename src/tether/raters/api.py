@@ -12,9 +12,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, Field
 
+from tether.raters import errors
 from tether.raters.accounts import ROLES
 from tether.raters.db import MAX_ID
 from tether.raters.errors import Invalid
+from tether.raters.security import cross_site
 from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso, storable
 from tether.raters.stats import as_json, dashboard
 from tether.raters.web import (
@@ -163,6 +165,8 @@ def acknowledge(body: AckIn, request: Request, user: Checked) -> Response:
 @router.get("/next", response_model=NextOut)
 def next_pair(request: Request, user: User) -> NextOut:
     """The rater's current pair (409 until the current guidelines are acknowledged)."""
+    if cross_site(request):
+        raise errors.Forbidden("next: a pair is taken only on a request from this site")
     task = ctx_of(request).service.next_assignment(user.user_id)
     return NextOut(assignment=_task_out(task) if task else None)
 

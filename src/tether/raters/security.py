@@ -63,6 +63,16 @@ def same(a: str | None, b: str | None) -> bool:
     return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
+def cross_site(request) -> bool:
+    """Whether a browser says the request came from another site (the Fetch Metadata header `Sec-Fetch-Site`).
+
+    SameSite=Lax cookies still ride on top-level GET navigations from other sites, so a GET that changes state
+    (taking the next pair) checks this; clients that send no such header (scripts, the API) are not browsers
+    carried along by another site and pass.
+    """
+    return request.headers.get("sec-fetch-site") == "cross-site"
+
+
 class Passwords:
     """argon2id hashing with the library's defaults (RFC 9106 low-memory profile) unless told otherwise.
 

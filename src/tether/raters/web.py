@@ -28,7 +28,13 @@ from tether.raters import errors
 from tether.raters.accounts import SESSION_TTL, Accounts, Principal
 from tether.raters.db import MAX_ID, Database, database_url, migrate
 from tether.raters.markdown import render_markdown
-from tether.raters.security import Passwords, load_or_create_secret, new_token, same
+from tether.raters.security import (
+    Passwords,
+    cross_site,
+    load_or_create_secret,
+    new_token,
+    same,
+)
 from tether.raters.service import RaterService, iso
 
 SESSION_COOKIE = "tether_session"
@@ -267,6 +273,8 @@ def _add_rater_pages(app: FastAPI) -> None:
 
     @app.get("/rate", **hide)
     def rate_page(request: Request, user: User) -> HTMLResponse:
+        if cross_site(request):  # taking a pair is a state change: never on another site's say-so
+            return page(request, "continue.html", {"user": user})
         task = ctx_of(request).service.next_assignment(user.user_id)
         context = {"user": user, "task": task, "submission_id": uuid.uuid4().hex}
         return page(request, "rate.html" if task else "done.html", context)
