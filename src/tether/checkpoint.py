@@ -17,9 +17,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tether.guard import check_finite
 
@@ -138,3 +141,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_trainer_state(checkpoint: Path) -> dict:
     return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
+
+
+def cached_tensors(cache: Path, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict, bool]:
+    """(tensors, hit): the safetensors file `cache` when its metadata key equals `key`, else `compute()` saved
+    there under `key`. Written to a temporary name and renamed, so a run killed mid-write leaves no cache that
+    looks whole. Used for reference log-probs, computed once per dataset and reference (DPO, KTO)."""
+    if cache.exists():
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return {name: f.get_tensor(name) for name in f.keys()}, True
+    tensors = {name: t.contiguous() for name, t in compute().items()}
+    tmp = cache.with_name(cache.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"key": key})
+    os.replace(tmp, cache)
+    return tensors, False

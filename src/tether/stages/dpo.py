@@ -46,7 +46,6 @@ import copy
 import gzip
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +53,9 @@ from typing import Literal
 
 import torch
 from rich.console import Console
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from tether.checkpoint import (
+    cached_tensors,
     latest_checkpoint,
     load_trainer_state,
     rng_state,
@@ -430,13 +428,7 @@ def reference_key(ref_model, pairs: list[Pair]) -> str:
 def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, cache: Path) -> bool:
     """Fill each pair's ref_chosen / ref_rejected: from `cache` when its key matches, else by one no-grad pass
     over all pairs (longest first, batch_size pairs at a time), then saved to `cache`. True on a cache hit."""
-    key = reference_key(ref_model, pairs)
-    hit = False
-    if cache.exists():
-        with safe_open(str(cache), "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                chosen, rejected, hit = f.get_tensor("chosen"), f.get_tensor("rejected"), True
-    if not hit:
+    def compute() -> dict[str, torch.Tensor]:
         chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))  # (P,), (P,)
         order = sorted(range(len(pairs)), key=lambda i: -max(len(pairs[i].chosen.input_ids),
                                                                len(pairs[i].rejected.input_ids)))
@@ -449,10 +441,10 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
                 chosen[idx], rejected[idx] = b.policy_chosen.float().cpu(), b.policy_rejected.float().cpu()
                 bar.update(len(idx))
         ref_model.train(was_training)
-        tmp = cache.with_name(cache.name + ".tmp")
-        save_file({"chosen": chosen, "rejected": rejected}, str(tmp), metadata={"key": key})
-        os.replace(tmp, cache)  # a run killed mid-write leaves no cache that looks whole
-    for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist()):
+        return {"chosen": chosen, "rejected": rejected}
+
+    logps, hit = cached_tensors(cache, reference_key(ref_model, pairs), compute)
+    for p, c, r in zip(pairs, logps["chosen"].tolist(), logps["rejected"].tolist()):
         p.ref_chosen, p.ref_rejected = c, r
     return hit
 

@@ -34,16 +34,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from tether.checkpoint import rng_state, save_checkpoint
+from tether.checkpoint import cached_tensors, rng_state, save_checkpoint
 from tether.config import check, save_config
 from tether.data.preferences import split_by_prompt
 from tether.data.unpaired import Unpaired, mismatched_partners, read_kto_rows
@@ -278,19 +275,12 @@ def score(model, examples: list[Example], pad_id: int, batch_size: int) -> torch
 def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int, cache: Path) -> bool:
     """Fill each row's ref_logp and ref_kl_logp: from `cache` when its key matches, else by one no-grad pass,
     then saved to `cache`. True on a cache hit."""
-    key = reference_key(ref_model, rows)
-    hit = False
-    if cache.exists():
-        with safe_open(str(cache), "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                completion, kl, hit = f.get_tensor("completion"), f.get_tensor("kl"), True
-    if not hit:
+    def compute() -> dict[str, torch.Tensor]:
         logps = score(ref_model, [r.completion for r in rows] + [r.kl for r in rows], pad_id, batch_size)  # (2N,)
-        completion, kl = logps[:len(rows)].contiguous(), logps[len(rows):].contiguous()
-        tmp = cache.with_name(cache.name + ".tmp")
-        save_file({"completion": completion, "kl": kl}, str(tmp), metadata={"key": key})
-        os.replace(tmp, cache)  # a run killed mid-write leaves no cache that looks whole
-    for r, c, k in zip(rows, completion.tolist(), kl.tolist()):
+        return {"completion": logps[:len(rows)], "kl": logps[len(rows):]}
+
+    logps, hit = cached_tensors(cache, reference_key(ref_model, rows), compute)
+    for r, c, k in zip(rows, logps["completion"].tolist(), logps["kl"].tolist()):
         r.ref_logp, r.ref_kl_logp = c, k
     return hit
 
