@@ -200,7 +200,7 @@ class Killed(Exception):
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data, model_dir, monkeypatch):
     kw = dict(max_steps=6, save_every=3, eval_every=2, kl_eval_prompts=2, kl_eval_max_new_tokens=6)
     kto.run(_cfg(tmp_path / "a", data, model_dir, **kw))
-    hits, real_reference, real_save = [], kto.reference_logps, kto.save_checkpoint
+    hits, real_reference, real_save = [], kto.reference_logps, dpo.save_checkpoint
 
     def recording_reference(*args):
         hits.append(real_reference(*args))
@@ -211,12 +211,13 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data, model_dir, monk
         raise Killed
 
     monkeypatch.setattr(kto, "reference_logps", recording_reference)
-    monkeypatch.setattr(kto, "save_checkpoint", save_then_die)
+    # the loop is dpo.optimise, shared with DPO: its checkpoints are written from there
+    monkeypatch.setattr(dpo, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         dpo.run(_cfg(tmp_path / "b", data, model_dir, **kw))
     b = tmp_path / "b" / "run"
     assert [r["step"] for r in _metrics(b)] == [1, 2, 3]
-    monkeypatch.setattr(kto, "save_checkpoint", real_save)
+    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
     dpo.run(_cfg(tmp_path / "b", data, model_dir, resume=True, **kw))
     assert hits == [False, True]  # computed once, reused on resume
     a = _metrics(tmp_path / "a" / "run")

@@ -47,6 +47,7 @@ import gzip
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -516,43 +517,69 @@ def run(cfg: DPOConfig) -> Path:
     model.eval()  # no dropout: see the module docstring
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)
-    kl_prompts = list({p.prompt_key: p.prompt for p in held_out}.values())[:cfg.kl_eval_prompts]
+    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
+    return optimise(cfg, run_dir, model, tokenizer, train, held_out, lengths, kl_ref,
+                    Steps("dpo", train_step, evaluate, "rewards/accuracies", "acc"))
+
+
+@dataclass
+class Steps:
+    """What differs between the pair losses (DPO and its family) and KTO inside `optimise`'s loop."""
+
+    name: str
+    """Progress-bar label."""
+    train_step: Callable
+    """(model, optimizer, batch, cfg, pad_id, lr, guard) -> metrics, one optimizer step."""
+    evaluate: Callable
+    """(model, held_out, cfg, pad_id) -> eval_... metrics."""
+    bar_metric: str
+    """The metric shown beside the loss on the progress bar."""
+    bar_label: str
+    """Its short name there."""
+
+
+def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_out: list, lengths: list[int],
+             kl_ref, steps_of: Steps) -> Path:
+    """The training loop shared by DPO and KTO over encoded items (each with .prompt and .prompt_key);
+    returns the folder of the final model (`out/model`)."""
+    pad_id = tokenizer.pad_token_id
+    kl_prompts = list({x.prompt_key: x.prompt for x in held_out}.values())[:cfg.kl_eval_prompts]
     # 3. Optimizer; resume restores weights, optimizer moments and RNG.
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
     guard = NonFiniteGuard.from_config(cfg, start)
     monitor = make_monitor(cfg, run_dir, start)
-    monitor_prompts = list({p.prompt_key: p.prompt for p in held_out or train}.values())[:cfg.monitor.samples]
+    monitor_prompts = list({x.prompt_key: x.prompt for x in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
-    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
     epoch, batches = -1, []
     started, tokens_seen = time.perf_counter(), 0
-    with progress_bar("dpo", total=steps, completed=start) as bar:
+    with progress_bar(steps_of.name, total=steps, completed=start) as bar:
         for step in range(start, steps):
-            # 4. The step's pairs are a pure function of (seed, step): nothing else to restore.
+            # 4. The step's items are a pure function of (seed, step): nothing else to restore.
             if step // per_epoch != epoch:
                 epoch = step // per_epoch
                 batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
             batch = [train[i] for i in batches[step % per_epoch]]
-            # 5. Chosen + rejected in one forward per micro-batch, pair losses, accumulate, clip, step.
+            # 5. Forward per micro-batch, losses, accumulate, clip, step (DPO: chosen + rejected in one forward;
+            #    KTO: z_ref of the whole batch first).
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
             row = {"step": step + 1, "epoch": step / per_epoch,
-                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
+                   **steps_of.train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 6. Held-out metrics (and the sampled KL).
             last = step + 1 == steps
             evaluation = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
             if held_out and evaluation:
-                row.update(evaluate(model, held_out, cfg, pad_id))
+                row.update(steps_of.evaluate(model, held_out, cfg, pad_id))
                 if cfg.kl_eval_prompts:
                     row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
             # 7. The monitor at evaluations: sampled responses, alerts, the best policy by the held-out signal.
             stop = False
             if monitor is not None and evaluation:
                 monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
-                row.update({k: v for k, v in monitored.items() if v is not None})  # DPO rows hold numbers only
+                row.update({k: v for k, v in monitored.items() if v is not None})  # rows hold numbers only
             # 8. Metric lines, checkpoints (with the monitor's state); an alert with stop_on_alert ends the run.
             if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or "monitor/alerts" in row or last:
                 log.write(row)
@@ -562,7 +589,7 @@ def run(cfg: DPOConfig) -> Path:
                 state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
                          "monitor": monitor.state_dict() if monitor is not None else {}}
                 save_checkpoint(run_dir, step + 1, model, tokenizer, state)
-            bar.update(1, loss=row["loss"], acc=row["rewards/accuracies"])
+            bar.update(1, loss=row["loss"], **{steps_of.bar_label: row[steps_of.bar_metric]})
     # 9. The final model as a plain Hugging Face folder.
     final = run_dir / "model"
     save_pretrained(model, tokenizer, str(final))

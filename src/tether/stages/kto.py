@@ -34,13 +34,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tether.checkpoint import cached_tensors, rng_state, save_checkpoint
+from tether.checkpoint import cached_tensors
 from tether.config import check, save_config
 from tether.data.preferences import split_by_prompt
 from tether.data.unpaired import Unpaired, mismatched_partners, read_kto_rows
@@ -51,27 +50,21 @@ from tether.dpo_losses import (
     sequence_logps,
 )
 from tether.guard import NonFiniteGuard
-from tether.models import load_policy, load_tokenizer, save_pretrained
-from tether.optim import adamw, lr_at
+from tether.models import load_policy, load_tokenizer
 from tether.progress import progress_bar
 from tether.stages.dpo import (
     CACHE,
     DPOConfig,
+    Steps,
     add_sums,
     console,
     encode_responses,
-    make_monitor,
-    monitor_step,
-    sampled_kl,
+    optimise,
 )
 from tether.stages.dpo import reference_key as weights_key
 from tether.stages.lm import (
     Example,
-    MetricsLog,
     collate,
-    epoch_batches,
-    resume_training,
-    total_steps,
 )
 
 
@@ -320,54 +313,5 @@ def run(cfg: DPOConfig) -> Path:
     model.eval()  # no dropout, as in DPO
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)
-    kl_prompts = list({r.prompt_key: r.prompt for r in held_out}.values())[:cfg.kl_eval_prompts]
-    # 3. Optimizer; resume restores weights, optimizer moments and RNG.
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
-    start = resume_training(cfg, run_dir, model, optimizer)
-    log = MetricsLog(run_dir / "metrics.jsonl", start)
-    guard = NonFiniteGuard.from_config(cfg, start)
-    monitor = make_monitor(cfg, run_dir, start)
-    monitor_prompts = list({r.prompt_key: r.prompt for r in held_out or train}.values())[:cfg.monitor.samples]
-    steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
-    lengths = [len(r.completion.input_ids) for r in train]
-    epoch, batches = -1, []
-    started, tokens_seen = time.perf_counter(), 0
-    with progress_bar("kto", total=steps, completed=start) as bar:
-        for step in range(start, steps):
-            # 4. The step's rows are a pure function of (seed, step).
-            if step // per_epoch != epoch:
-                epoch = step // per_epoch
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
-            batch = [train[i] for i in batches[step % per_epoch]]
-            # 5. z_ref of the whole batch, then micro-batches: forward, KTO losses, accumulate; clip, step.
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": step / per_epoch,
-                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
-            tokens_seen += row["tokens"]
-            row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
-            # 6. Held-out metrics (and the sampled KL).
-            last = step + 1 == steps
-            evaluation = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
-            if held_out and evaluation:
-                row.update(evaluate(model, held_out, cfg, pad_id))
-                if cfg.kl_eval_prompts:
-                    row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
-            # 7. The monitor at evaluations, as in DPO (its proxy score is β log π/π_ref of each sample).
-            stop = False
-            if monitor is not None and evaluation:
-                monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
-                row.update({k: v for k, v in monitored.items() if v is not None})
-            # 8. Metric lines, checkpoints; an alert with stop_on_alert ends the run.
-            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or "monitor/alerts" in row or last:
-                log.write(row)
-            if stop:
-                break
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                         "monitor": monitor.state_dict() if monitor is not None else {}}
-                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
-            bar.update(1, loss=row["loss"], kl=row["kl"])
-    # 9. The final model as a plain Hugging Face folder.
-    final = run_dir / "model"
-    save_pretrained(model, tokenizer, str(final))
-    return final
+    return optimise(cfg, run_dir, model, tokenizer, train, held_out, [len(r.completion.input_ids) for r in train],
+                    kl_ref, Steps("kto", train_step, evaluate, "kl", "kl"))
