@@ -8,54 +8,71 @@ Each vectorised function has a slow pure-Python `*_reference` beside it; tests c
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-
 # -- masked statistics (TRL / lm-human-preferences semantics) -------------------------------------------
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
-    """Σ mask·x / Σ mask over `dim` (all dims if None). x, mask: the same shape. nan where nothing is valid."""
+# `reduce`, where a function takes it, sums a tensor over the processes that each hold part of the batch
+# (tether.distributed.reduce_sum under torchrun): the statistics are then those of the whole batch, as if one
+# process held it. None: this process holds the whole batch.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None,
+                reduce: Reduce | None = None) -> torch.Tensor:
+    """Σ mask·x / Σ mask over `dim` (all dims if None). x, mask: the same shape. nan where nothing is valid.
+    With `reduce` (dim None only), both sums are over the whole distributed batch."""
     m = mask.bool()
     x = torch.where(m, x, 0)
+    if dim is None and reduce is not None:
+        total, count = reduce(torch.stack([x.sum(), m.sum().to(x.dtype)]))
+        return total / count
     if dim is None:
         return x.sum() / m.sum()
     return x.sum(dim) / m.sum(dim)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: Reduce | None = None
+               ) -> torch.Tensor:
     """Variance of the valid entries of x (all of them pooled): Σ mask (x - μ)² / (n - 1), or / n if biased.
 
-    Raises ValueError when unbiased and fewer than 2 entries are valid (TRL raises too; a nan here would
+    Two passes (the mean first), also with `reduce`: Σx² - nμ² would lose the variance to cancellation when
+    |μ| >> σ. Raises ValueError when unbiased and fewer than 2 entries are valid (TRL raises too; a nan here would
     only surface later as a nan loss). Shapes: x, mask (...) -> scalar.
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, reduce=reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce=reduce)
     if unbiased:
-        n = int(mask.bool().sum())
+        count = mask.bool().sum()
+        n = int(count if reduce is None else reduce(count))
         if n < 2:
             raise ValueError(f"unbiased masked_var needs at least 2 valid entries, got {n}")
         var = var * (n / (n - 1))
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Reduce | None = None) -> torch.Tensor:
     """(x - μ) / sqrt(σ² + eps) over the valid entries (unbiased σ², as TRL); 0 where mask == 0.
 
     shift_mean=False adds μ back, so only the scale changes: lm-human-preferences and TRL whiten *rewards*
     this way (the sign of a reward means something) and whiten *advantages* with shift_mean=True.
-    Shapes: x, mask (B, T) -> (B, T).
+    With `reduce`, μ and σ² are those of the whole distributed batch. Shapes: x, mask (B, T) -> (B, T).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = masked_mean(x, mask, reduce=reduce), masked_var(x, mask, reduce=reduce)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return torch.where(mask.bool(), out, 0)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       reduce: Reduce | None = None) -> torch.Tensor:
     """1 - Var(R - V) / Var(R) over valid tokens (biased variances): 1 is a perfect critic, 0 one that
     predicts the mean, < 0 worse than that; nan when Var(R) = 0. Shapes: (B, T) -> scalar."""
-    var_r = masked_var(returns, mask, unbiased=False)
-    return 1 - masked_var(returns - values, mask, unbiased=False) / var_r
+    var_r = masked_var(returns, mask, unbiased=False, reduce=reduce)
+    return 1 - masked_var(returns - values, mask, unbiased=False, reduce=reduce) / var_r
 
 
 # -- PPO: per-token rewards and GAE ----------------------------------------------------------------------

@@ -143,15 +143,19 @@ def load_trainer_state(checkpoint: Path) -> dict:
     return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
 
 
-def cached_tensors(cache: Path, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict, bool]:
+def cached_tensors(cache: Path, key: str, compute: Callable[[], dict[str, torch.Tensor]],
+                   write: bool = True) -> tuple[dict, bool]:
     """(tensors, hit): the safetensors file `cache` when its metadata key equals `key`, else `compute()` saved
-    there under `key`. Written to a temporary name and renamed, so a run killed mid-write leaves no cache that
-    looks whole. Used for reference log-probs, computed once per dataset and reference (DPO, KTO)."""
+    there under `key` (unless `write` is False: under torchrun only rank 0 writes). Written to a temporary name and
+    renamed, so a run killed mid-write leaves no cache that looks whole, and a rank reading it meanwhile sees the
+    old file or the new one. Used for reference log-probs, computed once per dataset and reference (DPO, KTO)."""
     if cache.exists():
         with safe_open(str(cache), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 return {name: f.get_tensor(name) for name in f.keys()}, True
     tensors = {name: t.contiguous() for name, t in compute().items()}
+    if not write:
+        return tensors, False
     tmp = cache.with_name(cache.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"key": key})
     os.replace(tmp, cache)

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
@@ -62,6 +63,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 USAGE = "tether STAGE [--config FILE.yaml] [--resume] [key=value ...]"
 
+DISTRIBUTED = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo", "rloo")
+"""The stages that run under `torchrun --nproc_per_node N` (tether.distributed); the others run as one process."""
+
 
 class UsageError(TetherError):
     """The command line itself is wrong: unknown stage or option, unavailable stage module."""
@@ -94,6 +98,9 @@ def _dispatch(args: list[str]) -> int:
     if name in COMMANDS:
         return importlib.import_module(COMMANDS[name][0]).main(rest)
     stage = _find_stage(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in DISTRIBUTED:
+        raise UsageError(f"stage {name!r} runs as one process, not under torchrun with several; "
+                         f"the stages that do: {', '.join(DISTRIBUTED)}")
     options = _parse_stage_args(name, rest)
     config_cls, fn = _import_stage(name, stage)
     if options.help:

@@ -46,7 +46,7 @@ def generate(model, tokenizer, prompts: Sequence[str | list], max_new_tokens: in
     with progress_bar(label, total=len(prompts)) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
+            ids, mask = (t.to(model.device) for t in left_pad([encoded[i] for i in idx], tokenizer.pad_token_id))
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                  **_sampling(temperature, top_p))

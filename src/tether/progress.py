@@ -33,9 +33,10 @@ class _Bar:
 
 @contextmanager
 def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[_Bar]:
-    """A bar on stderr; silent when TETHER_QUIET is set (tests) so logs stay readable."""
+    """A bar on stderr; silent when TETHER_QUIET is set (tests) so logs stay readable, and on every torchrun rank
+    but 0 (one bar per run, not one per process)."""
     quiet_transformers()
-    if os.environ.get("TETHER_QUIET"):
+    if os.environ.get("TETHER_QUIET") or os.environ.get("RANK", "0") != "0":
         yield _Bar(None, None)
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -29,6 +29,7 @@ Greedy decoding (temperature 0) reports the log-probs of softmax(logits), i.e. t
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -89,16 +90,29 @@ def filter_logits(scaled: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return scaled
 
 
-def _draw(scaled: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(scaled: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from softmax(scaled) by inverse CDF: (B, V) -> (B,).
 
-    One uniform per row instead of multinomial's one exponential per vocabulary entry. Tokens at -inf have
-    zero mass, so the CDF does not rise at them and `searchsorted(right=True)` never lands on them.
+    One uniform per row instead of multinomial's one exponential per vocabulary entry, from `generator`, or the
+    given `noise` (B, 1) in [0, 1). Tokens at -inf have zero mass, so the CDF does not rise at them and
+    `searchsorted(right=True)` never lands on them.
     """
     probs = (scaled - scaled.amax(-1, keepdim=True)).exp_()  # (B, V), unnormalised
     cdf = probs.cumsum(-1, dtype=torch.float64)  # (B, V); float64 keeps the tail exact on large vocabularies
-    u = torch.rand(cdf.size(0), 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # (B, 1)
+    if noise is None:
+        noise = torch.rand(cdf.size(0), 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    u = noise.to(cdf) * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max_(cdf.size(-1) - 1)  # (B,)
+
+
+def row_noise(seeds: Sequence[int], steps: int, device=None) -> torch.Tensor:
+    """(B, steps) float64 uniforms in [0, 1) for `sample(noise=...)`, row b from a generator seeded seeds[b].
+
+    A row's sampling noise then depends on its own seed only, not on which rows share its batch: split over
+    processes (each rank sampling its own rows), the samples are those one process would draw.
+    """
+    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+    return torch.stack(rows).to(device)
 
 
 def _new_cache(model, length: int, kind: str) -> dict:
@@ -129,12 +143,14 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     cache: str = "dynamic",
+    noise: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
 
     Rows that have produced EOS keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
     max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
-    `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout).
+    `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout). `noise`
+    (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
@@ -144,14 +160,14 @@ def sample(
         raise ValueError(f"top_k: {top_k} must be >= 0 and top_p: {top_p} in (0, 1]")
     with torch.inference_mode():
         rollout = _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id,
-                          generator, cache)
+                          generator, cache, noise)
     # Inference tensors cannot be saved for backward: PPO gathers with response_ids under autograd. Cloning
     # outside inference mode gives ordinary tensors, for the cost of copying a few (B, R) tensors.
     return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(Rollout)})
 
 
 def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
-            cache) -> Rollout:
+            cache, noise) -> Rollout:
     """`sample`'s loop, run under inference mode."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
@@ -177,7 +193,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         if temperature <= 0:
             token = scaled.argmax(-1)  # (B,)
         else:
-            token = _draw(filter_logits(scaled, top_k, top_p), generator)  # (B,)
+            token = _draw(filter_logits(scaled, top_k, top_p), generator, None if noise is None else noise[:, t:t + 1])
         # 3. Record it; finished rows get pad, mask 0 and log-prob 0.
         alive[:, t] = ~done
         token.masked_fill_(done, pad_token_id)

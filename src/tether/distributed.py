@@ -1,0 +1,423 @@
+"""Training on several processes and on a GPU: `torchrun --nproc_per_node N -m tether STAGE ...`.
+
+One process per rank (per GPU, or N CPU processes). torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR; `setup` then joins the process group, NCCL on CUDA and gloo on the CPU. Without torchrun nothing
+here does anything: no process group, no wrapper, the same single-process run as before.
+
+The rules every training stage follows, so that W ranks train exactly like one process (issue 8, STYLE.md
+practice 5: 2 ranks x accumulation A equal 1 rank x accumulation 2A):
+
+1. Every rank builds the same seeded schedule, so every rank knows the whole optimizer batch. It cuts the
+   batch into micro-batches exactly as one process would, and rank r trains on micro-batches r, r + W, ...
+   (`shard`). The loss is normalised by a count over the WHOLE batch (tokens, pairs, rows), divided by W,
+   because DDP and FSDP2 average gradients over ranks: Σ_r (W · partial_r) / W = Σ_r partial_r.
+2. Gradients are all-reduced after a rank's last micro-batch only (`accumulating`: `no_sync` before it).
+   Every rank runs ceil(n / W) micro-batches, a short share padded with weight-0 repeats: the all-reduce
+   needs every rank, and under FSDP2 every forward and backward is a collective too.
+3. Metrics are sums, all-reduced before they are divided (`all_reduce_sum`); whitening over the global batch
+   takes the same reduction as a hook (`tether.advantages.masked_whiten(..., reduce=...)`).
+4. Only rank 0 writes (`is_main`, `on_main`); every rank reads checkpoints on resume.
+
+Strategies (`STRATEGIES`): "ddp" keeps a full copy per rank and all-reduces gradients (DistributedDataParallel);
+"fsdp2" shards parameters, gradients and optimizer state over the ranks (`torch.distributed.fsdp.fully_shard`,
+one group per decoder layer), which works with gloo on the CPU too (torch >= 2.6; checked on 2.13).
+"""
+from __future__ import annotations
+
+import atexit
+import copy
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+from weakref import WeakKeyDictionary
+
+import torch
+import torch.distributed as dist
+import torch.utils.checkpoint
+from torch import nn
+
+from tether.config import check
+
+T = TypeVar("T")
+
+
+@dataclass
+class DistributedConfig:
+    """Where and how a training stage runs; every training stage's config has these fields."""
+
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun: "ddp" (a full model per rank, gradients all-reduced) or "fsdp2" (parameters, gradients and
+    optimizer state sharded over the ranks, `fully_shard`; not for online RL). Ignored in a single process."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available (cuda:LOCAL_RANK under torchrun), else the CPU."""
+    bf16: bool = False
+    """Run forward passes under bfloat16 autocast (weights, gradients and optimizer state stay fp32); CUDA only."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations during backward instead of keeping them: less memory, about a
+    third more compute."""
+
+    def validate(self) -> None:
+        check(not (self.bf16 and self.device == "cpu"), "bf16", "autocast is for CUDA; with device=cpu set bf16=false")
+
+
+# ---------------------------------------------------------------------------------------------
+# Process group and device
+
+
+def launched() -> bool:
+    """True when torchrun (or another launcher with the same variables) started this process."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def setup(cfg: DistributedConfig) -> torch.device:
+    """Join the process group when launched by torchrun; return the device this rank trains on.
+
+    Raises ConfigError for device=cuda without CUDA and for bf16 on the CPU (autocast to bf16 on the CPU is slow
+    and is not what a GPU run would do, so it is refused rather than silently run).
+    """
+    cuda = torch.cuda.is_available()
+    check(cfg.device != "cuda" or cuda, "device", "'cuda' but torch.cuda.is_available() is False")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and cuda)
+    check(not cfg.bf16 or use_cuda, "bf16", "autocast is for CUDA and this run is on the CPU; set bf16=false")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if launched() and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        # Left at exit, not after the stage: a process group cannot be joined again reliably (gloo fails to reconnect
+        # through torchrun's store), and a script may run several stages in the same processes.
+        atexit.register(teardown)
+    return device
+
+
+def teardown() -> None:
+    """Leave the process group (at exit; see `setup`)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, the only one that writes files. Read from torchrun's RANK before the process group exists, so a
+    stage may ask before `setup`."""
+    if not dist.is_initialized() and launched():
+        return int(os.environ["RANK"]) == 0
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model preparation: device, gradient checkpointing, bf16 autocast, the DDP / FSDP2 wrapper
+
+
+def prepare(model: nn.Module, cfg: DistributedConfig, device: torch.device) -> nn.Module:
+    """`model` on `device`, with gradient checkpointing and bf16 autocast when the config asks. Not wrapped."""
+    if cfg.gradient_checkpointing:
+        checkpoint_layers(model)
+    if cfg.bf16:
+        autocast_forward(model)
+    return model.to(device)
+
+
+def checkpoint_layers(model: nn.Module) -> None:
+    """Activation checkpointing of every decoder layer (transformers' GradientCheckpointingLayer).
+
+    torch's checkpoint wrapper rather than `model.gradient_checkpointing_enable()`: transformers only checkpoints
+    in train mode, and DPO and online RL keep their policy in eval mode (no dropout). The wrapper keeps the
+    parameter names (its state-dict hooks strip its prefix), so checkpoints stay plain HF folders.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_fn=_checkpoint_without_cache),
+        check_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
+
+
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")  # its names across transformers
+
+
+def _checkpoint_without_cache(layer: nn.Module, *args, **kwargs):
+    """A decoder layer's forward, recomputed in backward; with gradients on it gets no KV cache, because the
+    recompute would write the same keys into the cache a second time (transformers drops it for the same reason).
+    Without gradients (sampling) the layer runs as is, cache included."""
+    if not torch.is_grad_enabled():
+        return layer(*args, **kwargs)
+    kwargs = {k: None if k in _CACHE_KWARGS else False if k == "use_cache" else v for k, v in kwargs.items()}
+    return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **kwargs)
+
+
+def autocast_forward(model: nn.Module) -> None:
+    """Every forward of `model` (training, evaluation, sampling, through a wrapper or not) under bf16 autocast.
+
+    Hooks rather than a replaced `forward` attribute: `copy.deepcopy` (the frozen reference) keeps hooks, while a
+    copied bound `forward` would still call the original model. `always_call` closes the context on errors too.
+    """
+    stack: list = []
+
+    def enter(module, args):
+        stack.append(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack[-1].__enter__()
+
+    def leave(module, args, output):
+        stack.pop().__exit__(None, None, None)
+
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    # device_ids=None: inputs are already on the module's device. No buffer broadcast in forward: the only buffers
+    # are constants (rotary frequencies, a reward model's gain and bias), and a broadcast in every forward would
+    # make ranks that run different numbers of forwards wait on each other (torch 2.13 renamed the option).
+    ddp = nn.parallel.DistributedDataParallel
+    quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+        else {"broadcast_buffers": False}
+    return ddp(model, device_ids=None, **quiet)
+
+
+_SKELETONS: WeakKeyDictionary = WeakKeyDictionary()  # FSDP2 model -> its unsharded structure on the meta device
+
+
+def _fsdp2(model: nn.Module) -> nn.Module:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        check(False, "strategy", f"fsdp2 needs torch >= 2.6 (torch.distributed.fsdp.fully_shard), this is "
+                                 f"{torch.__version__}; use ddp")
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    _SKELETONS[model] = _meta_copy(model)  # what `on_main` fills with the gathered weights to save them
+    for layer in [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]:
+        fully_shard(layer)  # one all-gather per decoder layer, so only one layer is ever whole at a time
+    fully_shard(model)  # the rest: embeddings (tied to the LM head), final norm, heads
+    return model
+
+
+STRATEGIES: dict[str, Callable[[nn.Module], nn.Module]] = {"ddp": _ddp, "fsdp2": _fsdp2}
+"""strategy -> wrap(model) -> the module the training forward goes through (DDP: a wrapper; FSDP2: the model
+itself, its parameters sharded in place)."""
+
+
+def wrap(model: nn.Module, strategy: str) -> nn.Module:
+    """The module to run training forwards through: `model` itself in a single process."""
+    return STRATEGIES[strategy](model) if dist.is_initialized() else model
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (anything else is returned as is)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def is_sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6 has no public FSDP2, so nothing is sharded by it
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose parameters and buffers live on the meta device (no memory, no data copied)."""
+    memo: dict = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding the work, accumulating, reducing
+
+
+def shard(items: Sequence[T]) -> list[tuple[T, bool]]:
+    """This rank's share of `items` (the step's micro-batches, as one process would cut them): items r, r + W, ...,
+    each with True, then repeats of the first item with False up to ceil(n / W) in all: run those with weight 0.
+    Every rank runs the same number of forwards and backwards, because each one is a collective under FSDP2
+    (an all-gather of the weights) and the last one under DDP (the gradient all-reduce). One process: every item."""
+    mine = [(item, True) for item in list(items)[rank()::world_size()]]
+    return mine + [(items[0], False)] * (-(-len(items) // world_size()) - len(mine))
+
+
+def block(n: int) -> range:
+    """This rank's contiguous block of n rows (the online stages' samples): [r n / W, (r + 1) n / W)."""
+    size = n // world_size()
+    return range(rank() * size, (rank() + 1) * size)
+
+
+def normalised(total: torch.Tensor, count: float, real: bool = True) -> torch.Tensor:
+    """The loss to backpropagate: `total` (summed over this rank's micro-batch) / `count` (over the WHOLE batch),
+    times the ranks, whose gradients DDP and FSDP2 average; 0 x total for a weight-0 micro-batch (see `shard`)."""
+    return total / (count / world_size()) if real else total * 0.0
+
+
+def accumulating(net: nn.Module, last: bool):
+    """Context for one micro-batch's forward and backward: gradients are synchronised across ranks only on the
+    rank's `last` micro-batch (DDP's `no_sync`, FSDP2's `set_requires_gradient_sync`)."""
+    if isinstance(net, nn.parallel.DistributedDataParallel) and not last:
+        return net.no_sync()
+    if dist.is_initialized() and is_sharded(net):
+        net.set_requires_gradient_sync(last)
+    return nullcontext()
+
+
+def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
+    """The sums over ranks of a dict of numbers (metric sums), in one all-reduce; unchanged in one process."""
+    if not dist.is_initialized():
+        return values
+    names = list(values)
+    total = reduce_sum(torch.tensor([float(values[n]) for n in names], dtype=torch.float64))
+    return {n: type(values[n])(x) if isinstance(values[n], int) else x for n, x in zip(names, total.tolist())}
+
+
+def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `t` over ranks (a new tensor; `t` itself in one process)."""
+    if not dist.is_initialized():
+        return t
+    out = t.detach().clone().to(_comm_device())
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
+def reducer() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """`reduce_sum` for the `reduce` hooks of the math (whitening over the global batch); None in one process."""
+    return reduce_sum if dist.is_initialized() else None
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """The ranks' tensors concatenated along dim 0 in rank order (same shape on every rank); `t` in one process."""
+    if not dist.is_initialized():
+        return t
+    local = t.detach().to(_comm_device())
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(t.device)
+
+
+def gather_lists(items: list) -> list:
+    """The ranks' Python lists concatenated in rank order (pickled); `items` in one process."""
+    if not dist.is_initialized():
+        return items
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a decision only rank 0 can take, e.g. the monitor's stop)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], device=_comm_device())
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _comm_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading sharded models
+
+
+def on_main(model: nn.Module, write: Callable[[nn.Module], T]) -> T | None:
+    """`write(plain model)` on rank 0 only; None elsewhere. A DDP wrapper is unwrapped; an FSDP2 model's weights
+    are first gathered (a collective: every rank must call this) into a plain copy on rank 0's CPU."""
+    model = unwrap(model)
+    if not (dist.is_initialized() and is_sharded(model)):
+        return write(model) if is_main() else None
+    state = full_state_dict(model)
+    if not is_main():
+        return None
+    plain = copy.deepcopy(_SKELETONS[model])
+    plain.load_state_dict(state, assign=True)
+    if hasattr(plain, "tie_weights"):  # assign=True loads tied matrices as two tensors; make them one again
+        plain.tie_weights()
+    return write(plain)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer whole, on the CPU of rank 0 (empty elsewhere); a collective under FSDP2."""
+    from torch.distributed.tensor import DTensor
+
+    out, model = {}, unwrap(model)
+    if is_sharded(model):
+        _reshard(model)
+    for name, t in model.state_dict().items():
+        whole = t.full_tensor() if isinstance(t, DTensor) else t
+        if is_main():
+            out[name] = whole.detach().cpu()
+    return out
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load full (unsharded) weights, as read from a checkpoint, on every rank; (missing, unexpected) as
+    `load_state_dict(strict=False)` reports them."""
+    model = unwrap(model)
+    if dist.is_initialized() and is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
+
+        result = set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        return list(result.missing_keys), list(result.unexpected_keys)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    return list(missing), list(unexpected)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Put back FSDP2's sharded parameters that a no-grad forward (an evaluation) left whole: FSDP2 keeps the root's
+    parameters unsharded after a forward, waiting for a backward, and the state-dict helpers expect sharded ones."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state to checkpoint; under FSDP2 gathered whole (a collective: every rank calls it)."""
+    model = unwrap(model)
+    if dist.is_initialized() and is_sharded(model):
+        _reshard(model)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load what `optimizer_state` saved (every rank reads the same checkpoint)."""
+    model = unwrap(model)
+    if dist.is_initialized() and is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(state)
