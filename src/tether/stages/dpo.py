@@ -55,6 +55,7 @@ from typing import Literal
 import torch
 from rich.console import Console
 
+from tether import distributed
 from tether.checkpoint import (
     cached_tensors,
     latest_checkpoint,
@@ -175,6 +176,8 @@ class DPOConfig(TrainConfig):
         check(self.kl_eval_prompts == 0 or self.eval_fraction > 0, "kl_eval_prompts",
               "needs held-out prompts (eval_fraction > 0)")
         check(self.kl_eval_max_new_tokens > 0, "kl_eval_max_new_tokens", "must be > 0")
+        check(self.strategy != "fsdp2" or not (self.kl_eval_prompts or self.monitor.enabled), "strategy",
+              "fsdp2 cannot sample on rank 0 alone: set kl_eval_prompts=0 and monitor.enabled=false, or use ddp")
 
 
 @dataclass
@@ -281,7 +284,7 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: DPOConfig)
 def forward_pairs(model, pairs: list[Pair], pad_id: int) -> PairBatch:
     """Chosen and rejected of every pair in ONE forward pass: rows 0..M-1 chosen, M..2M-1 rejected."""
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)  # each (2M, T)
-    device = model.device
+    device = next(model.parameters()).device  # `model` may be a DDP wrapper
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     logps, counts = sequence_logps(logits, batch["labels"].to(device))  # (2M,), (2M,)
     m = len(pairs)
@@ -332,14 +335,19 @@ def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int,
     else a fresh one from cfg) skips or halts it on a non-finite loss or gradient.
 
     Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the gradient
-    equals that of one big batch however the step is split.
+    equals that of one big batch however the step is split. Under torchrun each rank runs its share of the
+    micro-batches (`distributed.shard`); the sums are all-reduced.
     """
     total: dict = {}
-    for i in range(0, len(pairs), cfg.micro_batch_size):
-        b = forward_pairs(model, pairs[i:i + cfg.micro_batch_size], pad_id)
-        losses = pair_losses(b, cfg)  # (M,)
-        (losses.sum() / len(pairs)).backward()
-        add_sums(total, pair_sums(b, losses, cfg))
+    share = distributed.shard([pairs[i:i + cfg.micro_batch_size] for i in range(0, len(pairs), cfg.micro_batch_size)])
+    for i, (micro, real) in enumerate(share):
+        with distributed.accumulating(model, last=i == len(share) - 1):
+            b = forward_pairs(model, micro, pad_id)
+            losses = pair_losses(b, cfg)  # (M,)
+            distributed.normalised(losses.sum(), len(pairs), real).backward()
+        sums = pair_sums(b, losses, cfg)
+        add_sums(total, sums if real else dict.fromkeys(sums, 0))
+    total = distributed.all_reduce_sum(total)
     guard = guard or NonFiniteGuard.from_config(cfg)
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total["loss"] / len(pairs))
     return {**means(total), "grad_norm": grad_norm, "lr": lr, "pairs": len(pairs), "tokens": total["tokens"],
@@ -444,7 +452,7 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
         ref_model.train(was_training)
         return {"chosen": chosen, "rejected": rejected}
 
-    logps, hit = cached_tensors(cache, reference_key(ref_model, pairs), compute)
+    logps, hit = cached_tensors(cache, reference_key(ref_model, pairs), compute, write=distributed.is_main())
     for p, c, r in zip(pairs, logps["chosen"].tolist(), logps["rejected"].tolist()):
         p.ref_chosen, p.ref_rejected = c, r
     return hit
@@ -468,7 +476,8 @@ def load_pairs(cfg: DPOConfig, tokenizer, comparisons: list[Comparison]
 def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, pad_id: int):
     """Fill the pairs' reference log-probs (cached) while `model` still holds its initial weights; return the
     frozen reference the sampled KL and the monitor need (None when neither runs)."""
-    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    ref_model = distributed.prepare(load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code), cfg,
+                                    next(model.parameters()).device) if cfg.ref_model else model
     if cfg.loss not in REFERENCE_FREE:
         hit = reference_logps(ref_model, pairs, pad_id, cfg.micro_batch_size, run_dir / CACHE)
         console.print(f"dpo: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
@@ -478,8 +487,9 @@ def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, p
 
 
 def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None:
-    """The run's monitor (None when disabled), its world for the gold audit, its state restored on resume."""
-    if not cfg.monitor.enabled:
+    """The run's monitor (None when disabled, and on every rank but 0), its world for the gold audit, its state
+    restored on resume."""
+    if not cfg.monitor.enabled or not distributed.is_main():
         return None
     world = None
     if cfg.monitor.world:
@@ -505,15 +515,17 @@ def run(cfg: DPOConfig) -> Path:
     pairs, train, held_out, report = load_pairs(cfg, tokenizer, comparisons)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"dpo: {report['pairs']} pairs ({report['train_pairs']} train, {report['eval_pairs']} held out); "
                   f"{report['ties_dropped']} ties dropped, {report['truncated_pairs']} pairs truncated to "
                   f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no response left)")
-    # 2. Policy and reference. π_ref's log-probs are computed once (or read from the cache) before training
-    #    and before resuming, while `model` still holds the initial weights.
+    # 2. Policy (on the device) and reference. π_ref's log-probs are computed once (or read from the cache)
+    #    before training and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
-    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = distributed.prepare(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg,
+                                distributed.setup(cfg))
     model.eval()  # no dropout: see the module docstring
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)
@@ -544,7 +556,9 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
     returns the folder of the final model (`out/model`)."""
     pad_id = tokenizer.pad_token_id
     kl_prompts = list({x.prompt_key: x.prompt for x in held_out}.values())[:cfg.kl_eval_prompts]
-    # 3. Optimizer; resume restores weights, optimizer moments and RNG.
+    # 3. Wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded); optimizer; resume restores
+    #    weights, optimizer moments and RNG.
+    net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
@@ -565,32 +579,34 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
             #    KTO: z_ref of the whole batch first).
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
             row = {"step": step + 1, "epoch": step / per_epoch,
-                   **steps_of.train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
+                   **steps_of.train_step(net, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
-            # 6. Held-out metrics (and the sampled KL).
+            # 6. Held-out metrics (every rank computes them alike), the sampled KL (rank 0, which logs it).
             last = step + 1 == steps
             evaluation = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
             if held_out and evaluation:
                 row.update(steps_of.evaluate(model, held_out, cfg, pad_id))
-                if cfg.kl_eval_prompts:
+                if cfg.kl_eval_prompts and distributed.is_main():
                     row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
-            # 7. The monitor at evaluations: sampled responses, alerts, the best policy by the held-out signal.
+            # 7. The monitor at evaluations (rank 0): sampled responses, alerts, the best policy by the held-out signal.
             stop = False
             if monitor is not None and evaluation:
                 monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
                 row.update({k: v for k, v in monitored.items() if v is not None})  # rows hold numbers only
+            stop = distributed.broadcast_flag(stop) if evaluation else stop
             # 8. Metric lines, checkpoints (with the monitor's state); an alert with stop_on_alert ends the run.
             if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or "monitor/alerts" in row or last:
                 log.write(row)
             if stop:
                 break
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                         "monitor": monitor.state_dict() if monitor is not None else {}}
-                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+                state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
+                         "rng": rng_state(), "monitor": monitor.state_dict() if monitor is not None else {}}
+                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state))
             bar.update(1, loss=row["loss"], **{steps_of.bar_label: row[steps_of.bar_metric]})
-    # 9. The final model as a plain Hugging Face folder.
+    # 9. The final model as a plain Hugging Face folder (rank 0).
     final = run_dir / "model"
-    save_pretrained(model, tokenizer, str(final))
+    distributed.on_main(model, lambda plain: save_pretrained(plain, tokenizer, str(final)))
+    distributed.barrier()  # every rank returns once the model is on disk
     return final

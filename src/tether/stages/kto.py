@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from tether import distributed
 from tether.checkpoint import cached_tensors
 from tether.config import check, save_config
 from tether.data.preferences import split_by_prompt
@@ -153,7 +154,7 @@ def load_rows(cfg: DPOConfig, tokenizer, unpaired: list[Unpaired], report: dict
 def forward_examples(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed log-probs (B,) of each sequence's counted tokens in one forward pass, and its non-padding tokens."""
     batch = collate(examples, pad_id)  # each (B, T)
-    device = model.device
+    device = next(model.parameters()).device  # `model` may be a DDP wrapper
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     return sequence_logps(logits, batch["labels"].to(device))[0], int(batch["attention_mask"].sum())
 
@@ -210,15 +211,21 @@ def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int
     else a fresh one from cfg) skips or halts it on a non-finite loss or gradient, as in DPO.
 
     z_ref is computed once for all of `rows` before any loss; each micro-batch's summed row losses are divided
-    by the rows of the whole step, so loss and gradient equal those of one big batch however it is split.
+    by the rows of the whole step, so loss and gradient equal those of one big batch however it is split. Under
+    torchrun every rank computes z_ref of the whole batch and runs its share of the micro-batches.
     """
-    z_ref, kl_tokens = reference_point(model, rows, cfg.micro_batch_size, pad_id)
-    total: dict = {"tokens": kl_tokens}
-    for i in range(0, len(rows), cfg.micro_batch_size):
-        b = forward_rows(model, rows[i:i + cfg.micro_batch_size], pad_id)
-        losses = row_losses(b, z_ref, cfg)  # (M,)
-        (losses.sum() / len(rows)).backward()
-        add_sums(total, row_sums(b, losses, cfg))
+    z_ref, kl_tokens = reference_point(distributed.unwrap(model), rows, cfg.micro_batch_size, pad_id)
+    total: dict = {}
+    share = distributed.shard([rows[i:i + cfg.micro_batch_size] for i in range(0, len(rows), cfg.micro_batch_size)])
+    for i, (micro, real) in enumerate(share):
+        with distributed.accumulating(model, last=i == len(share) - 1):
+            b = forward_rows(model, micro, pad_id)
+            losses = row_losses(b, z_ref, cfg)  # (M,)
+            distributed.normalised(losses.sum(), len(rows), real).backward()
+        sums = row_sums(b, losses, cfg)
+        add_sums(total, sums if real else dict.fromkeys(sums, 0))
+    total = distributed.all_reduce_sum(total)
+    total["tokens"] += kl_tokens
     guard = guard or NonFiniteGuard.from_config(cfg)
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total["loss"] / len(rows))
     return {**means(total), "kl": float(z_ref), "grad_norm": grad_norm, "lr": lr, "rows": len(rows),
@@ -272,7 +279,7 @@ def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int,
         logps = score(ref_model, [r.completion for r in rows] + [r.kl for r in rows], pad_id, batch_size)  # (2N,)
         return {"completion": logps[:len(rows)], "kl": logps[len(rows):]}
 
-    logps, hit = cached_tensors(cache, reference_key(ref_model, rows), compute)
+    logps, hit = cached_tensors(cache, reference_key(ref_model, rows), compute, write=distributed.is_main())
     for r, c, k in zip(rows, logps["completion"].tolist(), logps["kl"].tolist()):
         r.ref_logp, r.ref_kl_logp = c, k
     return hit
@@ -281,7 +288,8 @@ def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int,
 def prepare_reference(cfg: DPOConfig, model, rows: list[KTORow], run_dir: Path, pad_id: int):
     """Fill the rows' reference log-probs (cached) while `model` holds its initial weights; return the frozen
     reference the sampled KL and the monitor need (None when neither runs)."""
-    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    ref_model = distributed.prepare(load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code), cfg,
+                                    next(model.parameters()).device) if cfg.ref_model else model
     hit = reference_logps(ref_model, rows, pad_id, cfg.micro_batch_size, run_dir / CACHE)
     console.print(f"kto: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
     if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
@@ -301,15 +309,17 @@ def run(cfg: DPOConfig) -> Path:
     rows, train, held_out, report = load_rows(cfg, tokenizer, unpaired, read_report)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"kto: {report['rows']} rows ({report['train_rows']} train, {report['eval_rows']} held out; "
                   f"{report['desirable']} desirable, {report['undesirable']} undesirable read); "
                   f"{report['ties_dropped']} ties dropped, {report['truncated_rows']} rows truncated to "
                   f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no completion left)")
-    # 2. Policy and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
+    # 2. Policy (on the device) and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
     torch.manual_seed(cfg.seed)
-    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = distributed.prepare(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg,
+                                distributed.setup(cfg))
     model.eval()  # no dropout, as in DPO
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)

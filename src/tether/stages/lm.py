@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from tether import distributed
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -22,6 +23,7 @@ from tether.checkpoint import (
     set_rng_state,
 )
 from tether.config import check, save_config
+from tether.distributed import DistributedConfig
 from tether.errors import TetherError
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard
 from tether.losses import shift_labels, token_nll_sum
@@ -39,7 +41,7 @@ class Example:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DistributedConfig):
     """Optimisation settings shared by the causal-LM stages (each stage's config extends this)."""
 
     out: str = "runs/train"
@@ -94,6 +96,7 @@ class TrainConfig:
         return self.batch_size // self.micro_batch_size
 
     def validate(self) -> None:
+        super().validate()
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(0 < self.micro_batch_size <= self.batch_size and self.batch_size % self.micro_batch_size == 0,
               "micro_batch_size", f"must divide batch_size ({self.batch_size})")
@@ -150,9 +153,16 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed NLL, counted tokens) of one micro-batch."""
+    """(summed NLL, counted tokens) of one micro-batch, moved to the model's device."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
     return token_nll_sum(logits, batch["labels"])
+
+
+def counted_tokens(examples: list[Example]) -> int:
+    """Tokens whose prediction is trained: position t counts when loss_mask[t + 1] is 1 (`shift_labels`)."""
+    return sum(sum(e.loss_mask[1:]) for e in examples)
 
 
 def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_id: int, lr: float,
@@ -160,26 +170,31 @@ def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_
     """One optimizer step over `examples`, split into micro-batches with gradient accumulation.
 
     Every micro-batch's summed loss is divided by the token count of the *whole* step, so the
-    gradient equals that of one big batch whatever the split. `guard` (the run's, else a fresh one from
-    cfg) skips or halts the update on a non-finite loss or gradient.
+    gradient equals that of one big batch whatever the split. Under torchrun each rank runs its share of the
+    micro-batches (`distributed.shard`) and the count is divided by the ranks, whose gradients DDP averages.
+    `guard` (the run's, else a fresh one from cfg) skips or halts the update on a non-finite loss or gradient.
     """
     micro = [examples[i:i + cfg.micro_batch_size] for i in range(0, len(examples), cfg.micro_batch_size)]
-    batches = [collate(m, pad_id) for m in micro]
-    n_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
-    total = 0.0
-    for batch in batches:
-        nll, _ = batch_loss(model, batch)
-        (nll / max(n_tokens, 1)).backward()
-        total += float(nll.detach())
+    n_tokens = max(counted_tokens(examples), 1)
+    share = distributed.shard(micro)
+    total, seq_tokens = 0.0, 0
+    for i, (examples_i, real) in enumerate(share):
+        batch = collate(examples_i, pad_id)
+        with distributed.accumulating(model, last=i == len(share) - 1):
+            nll, _ = batch_loss(model, batch)
+            distributed.normalised(nll, n_tokens, real).backward()
+        total += float(nll.detach()) if real else 0.0
+        seq_tokens += int(batch["attention_mask"].sum()) if real else 0
+    total, seq_tokens = distributed.all_reduce_sum({"nll": total, "tokens": seq_tokens}).values()
     guard = guard or NonFiniteGuard.from_config(cfg)
-    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total / max(n_tokens, 1))
-    seq_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return {"loss": total / max(n_tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": seq_tokens,
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total / n_tokens)
+    return {"loss": total / n_tokens, "grad_norm": grad_norm, "lr": lr, "tokens": int(seq_tokens),
             "nonfinite_skips": skipped}
 
 
 @torch.no_grad()
 def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32) -> float:
+    """Mean NLL per counted token of `examples` (every rank computes the same: it runs on all of them)."""
     model.eval()
     nll, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
@@ -199,47 +214,56 @@ class MetricsLog:
     """metrics.jsonl; on resume, lines past the resumed step are dropped so nothing is counted twice."""
 
     def __init__(self, path: Path, resume_step: int):
-        self.path = path
+        self.path, self.enabled = path, distributed.is_main()  # under torchrun only rank 0 writes
+        if not self.enabled:
+            return
         kept = []
         if resume_step > 0 and path.exists():
             kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
         path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 
 def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
-    """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
+    """Load the newest complete checkpoint into model and optimizer (on every rank); return the step to continue
+    from."""
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
     from safetensors.torch import load_file
     state = load_trainer_state(ckpt)
     weights = load_file(str(ckpt / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = distributed.load_weights(model, weights)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
         raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["step"])
 
 
 def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str) -> Path:
     """Train `model` on `examples`; returns the folder of the final model (`out/model`)."""
-    # 1. Run folder, seeds, held-out split, data order.
+    # 1. Device (and the process group under torchrun), run folder, seeds, held-out split, data order.
+    device = distributed.setup(cfg)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     train, held_out = split_eval(examples, cfg.eval_fraction, cfg.seed)
     check(len(train) >= cfg.batch_size, "batch_size", f"larger than the {len(train)} training examples")
     lengths = [len(e.input_ids) for e in train]
     steps = total_steps(cfg, len(train))
     per_epoch = len(train) // cfg.batch_size
-    # 2. Optimizer; resume restores weights, optimizer moments and RNG.
+    # 2. Model on the device and wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded);
+    #    optimizer; resume restores weights, optimizer moments and RNG.
+    net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
@@ -258,7 +282,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             # 4. Forward, backward (accumulated), clip, step at the scheduled learning rate.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
             row = {"step": step + 1, "epoch": step / per_epoch,
-                   **train_step(model, optimizer, batch, cfg, pad_id, lr, guard)}
+                   **train_step(net, optimizer, batch, cfg, pad_id, lr, guard)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 5. Eval loss, metrics, checkpoints.
@@ -268,10 +292,12 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
                 log.write(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+                state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
+                         "rng": rng_state()}
+                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state))
             bar.update(1, loss=row["loss"])
-    # 6. The final model as a plain Hugging Face folder.
+    # 6. The final model as a plain Hugging Face folder (rank 0), refused if non-finite (tether.guard).
     final = run_dir / "model"
-    save_pretrained(model, tokenizer, str(final))  # refuses non-finite weights (tether.guard)
+    distributed.on_main(model, lambda plain: save_pretrained(plain, tokenizer, str(final)))
+    distributed.barrier()  # every rank returns once the model is on disk
     return final

@@ -18,6 +18,12 @@ The policy stays in eval mode throughout (no dropout), so old, reference and cur
 identical weights, as in TRL. Gradient accumulation is exact: every micro-batch loss is divided by the count
 of the whole minibatch (`denom`), so the update does not depend on micro_batch_size.
 
+Ranks (torchrun, tether.distributed). Each rank samples, scores and holds a block of whole prompt groups of the
+step's rollout_batch prompts. Every sample's noise is seeded by (seed, step, its row in the step), so who samples
+it does not matter; whitening (rewards, advantages) is over the global batch; every rank shuffles the global
+batch alike and trains on its rows of each minibatch; metrics are over all ranks' samples; rank 0 evaluates,
+monitors and writes. W ranks thus train as one process would, up to float rounding.
+
 Gold. With a world folder, steps log `gold` (mean gold reward of their samples) and evaluations `eval/gold`
 (greedy, the world's held-out prompts), both computed from the decoded text after the update: evaluation only.
 Gold trains the policy only when the config says `reward=gold`.
@@ -52,6 +58,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tether import distributed
 from tether.advantages import (
     explained_variance,
 )
@@ -63,6 +70,7 @@ from tether.checkpoint import (
 )
 from tether.config import check, save_config
 from tether.data.corpus import read_prompts
+from tether.distributed import DistributedConfig
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
 from tether.models import load_policy, load_tokenizer, save_pretrained
@@ -73,7 +81,7 @@ from tether.policy_losses import (
 )
 from tether.progress import progress_bar
 from tether.rewards_source import make_reward_source
-from tether.rollout import logprobs_of, sample
+from tether.rollout import logprobs_of, row_noise, sample
 from tether.stages.lm import MetricsLog, resume_training
 from tether.stages.monitoring import (
     RunMonitor,
@@ -85,6 +93,7 @@ from tether.stages.monitoring import (
 )
 from tether.stages.online_update import (
     ALGORITHMS,
+    Actor,
     Experience,
     policy_forward,
     seq_sum,
@@ -102,7 +111,7 @@ FIXED_METRICS = (
 
 
 @dataclass
-class OnlineConfig:
+class OnlineConfig(DistributedConfig):
     """Online RL of a policy against a reward with a KL tether to the initial policy (PPO, GRPO or RLOO)."""
 
     policy: str = "runs/sft/model"
@@ -120,7 +129,8 @@ class OnlineConfig:
     algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
     """ppo (GAE with a critic, KL in the reward), grpo (group-normalised, KL in the loss) or rloo (leave-one-out)."""
     rollout_batch: int = 32
-    """Prompts per step; the step samples rollout_batch x group_size responses."""
+    """Prompts per step (over all ranks, a multiple of their number); the step samples rollout_batch x group_size
+    responses."""
     group_size: int = 1
     """Responses sampled per prompt, side by side; >= 2 for grpo and rloo (their baseline is the group)."""
     max_new_tokens: int = 48
@@ -220,6 +230,8 @@ class OnlineConfig:
         return self.rollout_batch * self.group_size
 
     def validate(self) -> None:
+        super().validate()
+        check(self.strategy == "ddp", "strategy", "online RL samples from whole weights on every rank: use ddp")
         check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}")
         check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
         check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
@@ -288,7 +300,7 @@ def make_experience(policy, ref, critic, rollout, scores: torch.Tensor, cfg: Onl
     exp = Experience(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                      rollout.has_eos, scores.to(rollout.response_ids.device))
     logprobs, ref_logprobs, values = [], [], []
-    for i in range(0, cfg.batch_size, cfg.micro_batch_size):
+    for i in range(0, exp.scores.size(0), cfg.micro_batch_size):
         rows = exp.select(slice(i, i + cfg.micro_batch_size))
         out = policy_forward(policy, critic, rows, cfg.temperature)
         logprobs.append(out.logprobs)
@@ -313,20 +325,23 @@ def _mean(xs: list) -> float | None:
 
 
 def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
-    """KL, reward and length signals of the step's samples (before the update)."""
-    mask = exp.response_mask
-    ev = float(explained_variance(exp.values, exp.returns, mask)) if exp.values is not None else math.nan
-    return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((exp.scores + non_score).mean()),
-            "kl/k1": float(seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask).mean()),
-            "kl/k3": float(seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask).mean()),
+    """KL, reward and length signals of the step's samples (before the update), over every rank's samples."""
+    mask, cat = exp.response_mask, distributed.gather_cat
+    ev = float(explained_variance(exp.values, exp.returns, mask, reduce=distributed.reducer())) \
+        if exp.values is not None else math.nan
+    scores, non_score = cat(exp.scores), cat(non_score)  # (N,), (N,) over all ranks
+    return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((scores + non_score).mean()),
+            "kl/k1": float(cat(seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask)).mean()),
+            "kl/k3": float(cat(seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask)).mean()),
             "explained_variance": ev if math.isfinite(ev) else None,  # undefined when the returns do not vary
-            "response_length": float(mask.sum(1).float().mean()), "eos_rate": float(exp.has_eos.float().mean())}
+            "response_length": float(cat(mask.sum(1).float()).mean()),
+            "eos_rate": float(cat(exp.has_eos.float()).mean())}
 
 
 def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, gold, cfg: OnlineConfig) -> list:
     """A few samples (one per prompt) with their scores, gold and KL, for samples.jsonl."""
     kl = seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
-    rows = range(0, cfg.batch_size, cfg.group_size)
+    rows = range(0, exp.scores.size(0), cfg.group_size)
     return [{"step": step, "prompt": prompts[i], "response": responses[i], "score": float(source_scores[i]),
              "reward": float(exp.scores[i]), "eos": bool(exp.has_eos[i]), "gold": gold[i], "kl/k1": float(kl[i])}
             for i in list(rows)[:cfg.n_samples]]
@@ -381,7 +396,9 @@ class Session:
     encoded: list[list[int]]
     eval_prompts: list[str]
     generator: torch.Generator
-    """Draws the samples and the minibatch order; its state is checkpointed."""
+    """Draws the minibatch order (the same on every rank); its state is checkpointed."""
+    net: nn.Module
+    """Actor(policy, critic), wrapped in DDP under torchrun: the module the update's forwards go through."""
     start: int = 0
     """Steps already done (from the checkpoint)."""
     cursor: int = 0
@@ -391,8 +408,12 @@ class Session:
 
 
 def setup(cfg: OnlineConfig) -> Session:
-    """Read prompts, load world, reward source, policy, reference and critic; build the optimizer; resume."""
+    """Read prompts, load world, reward source, policy, reference and critic (on the device); build the optimizer;
+    resume (every rank reads the checkpoint)."""
     prompts = read_prompts(cfg.prompts)  # bad data fails before any model work
+    device = distributed.setup(cfg)
+    check(cfg.rollout_batch % distributed.world_size() == 0, "rollout_batch",
+          f"must be a multiple of the {distributed.world_size()} ranks (each samples its share of the prompts)")
     world = None
     if cfg.world:
         from tether.world.build import load_world
@@ -400,23 +421,25 @@ def setup(cfg: OnlineConfig) -> Session:
         world = load_world(cfg.world)
     source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_fn=cfg.reward_fn, world=world,
                                 trust_remote_code=cfg.trust_remote_code)
+    if hasattr(source, "model"):  # a reward model scores on the device too
+        distributed.prepare(source.model, cfg, device)
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-    policy = load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code).eval()
+    policy = distributed.prepare(load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code), cfg, device).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)  # π_ref: the initial weights, before any resume
     critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
     if critic is not None:
-        critic.to(policy.device).eval()
+        distributed.prepare(critic, cfg, device).eval()
     torch.manual_seed(cfg.seed)
-    trained = nn.ModuleDict({"policy": policy, **({"critic": critic} if critic is not None else {})})
+    trained = Actor(policy, critic)  # parameters in the order of the former ModuleDict: old checkpoints still load
     optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     controller = KL_CONTROLLERS[cfg.kl_controller](value=cfg.kl_coef, **(
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     s = Session(policy, ref, critic, tokenizer, optimizer, controller, source, world, prompts,
                 encode_prompts(tokenizer, prompts), eval_prompt_texts(world, cfg.eval_prompts) if world else [],
-                generator)
+                generator, distributed.wrap(trained, cfg.strategy))
     s.start = resume_training(cfg, Path(cfg.out), policy, optimizer)  # weights, optimizer, global RNG
-    if cfg.monitor.enabled:
+    if cfg.monitor.enabled and distributed.is_main():  # the monitor writes: rank 0 only
         s.monitor = RunMonitor(cfg.monitor, Path(cfg.out), s.start, world, cfg.trust_remote_code)
     if s.start:
         state = load_trainer_state(latest_checkpoint(Path(cfg.out)))
@@ -432,7 +455,9 @@ def setup(cfg: OnlineConfig) -> Session:
 
 def save(s: Session, cfg: OnlineConfig, step: int) -> None:
     """A checkpoint at `step`: the policy as an HF folder; optimizer, critic, KL controller, prompt cursor and
-    RNG states in trainer_state.pt (written atomically with it)."""
+    RNG states in trainer_state.pt (written atomically with it); rank 0 writes, the ranks' states are alike."""
+    if not distributed.is_main():
+        return
     state = {"step": step, "optimizer": s.optimizer.state_dict(), "rng": rng_state(),
              "generator": s.generator.get_state(), "cursor": s.cursor, "kl_controller": s.controller.state_dict(),
              "value": s.critic.state_dict() if s.critic is not None else {},
@@ -441,25 +466,29 @@ def save(s: Session, cfg: OnlineConfig, step: int) -> None:
 
 
 def save_final(s: Session, cfg: OnlineConfig) -> Path:
-    """out/model (a plain HF folder) and, with a critic, out/value_model.safetensors."""
+    """out/model (a plain HF folder) and, with a critic, out/value_model.safetensors (rank 0 writes; every rank
+    returns once they are on disk)."""
     final = Path(cfg.out) / "model"
+    if not distributed.is_main():
+        distributed.barrier()
+        return final
     weights = {k: v.detach().contiguous() for k, v in s.critic.state_dict().items()} if s.critic is not None else {}
     check_finite(weights, "the value model")  # before the policy is written: refuse both or neither
     save_pretrained(s.policy, s.tokenizer, str(final))
     if s.critic is not None:
         save_file(weights, str(Path(cfg.out) / VALUE_FILE), metadata={"value_model": cfg.value_model})
+    distributed.barrier()
     return final
 
 
 def monitor_step(s: Session, cfg: OnlineConfig, step: int, prompts: list, responses: list[str], source_scores,
-                 rollout, gold: list, row: dict, evaluating: bool) -> tuple[dict, bool]:
+                 lengths: list[int], eos: list[bool], gold: list, row: dict, evaluating: bool) -> tuple[dict, bool]:
     """The monitor over one step: samples (proxy score, tokens, EOS, held-out score, prompt labels), the KL, the
     pushback probe at evaluation steps; the best policy saved by the held-out signal (at evaluations when the run
     evaluates, else on its window mean each step). Returns (monitor/... metrics, stop)."""
     kind = heldout_kind(cfg.monitor, s.world)
     heldout = gold if kind == "gold" else s.monitor.score_heldout(prompts, responses)  # gold: judged once, above
-    samples = make_samples(prompts, responses, source_scores.tolist(), rollout.lengths.tolist(),
-                           rollout.has_eos.tolist(), heldout, s.world)
+    samples = make_samples(prompts, responses, source_scores.tolist(), lengths, eos, heldout, s.world)
     extra = {"kl": row["kl/k1"]}
     probe = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
     if probe and cfg.monitor.pushback_prompts:
@@ -484,66 +513,95 @@ def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
 # The loop
 
 
+def sample_seed(seed: int, step: int, row: int) -> int:
+    """The seed of the sampling noise of global row `row` at `step`: who samples the row does not matter."""
+    return (seed * 1_000_003 + step) * 1_000_003 + row
+
+
+def gather_samples(prompts: list, responses: list[str], source_scores: torch.Tensor, rollout, gold: list) -> dict:
+    """The step's samples of every rank in rank order (one process's batch), for metrics and the monitor."""
+    rows = distributed.gather_lists(list(zip(prompts, responses, source_scores.tolist(), rollout.lengths.tolist(),
+                                             rollout.has_eos.tolist(), gold)))
+    names = ("prompts", "responses", "scores", "lengths", "eos", "gold")
+    out = dict(zip(names, map(list, zip(*rows))))
+    out["scores"] = torch.tensor(out["scores"], dtype=torch.float32)  # (N,)
+    return out
+
+
 def train_online(cfg: OnlineConfig) -> Path:
-    """Train the policy with cfg.algorithm; returns the folder of the final model (`out/model`)."""
+    """Train the policy with cfg.algorithm; returns the folder of the final model (`out/model`).
+
+    Under torchrun each rank samples, scores and trains on its block of the step's rows (whole prompt groups); the
+    advantages are whitened and the metrics computed over every rank's samples; rank 0 evaluates, monitors, writes.
+    """
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    main = distributed.is_main()
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
     s = setup(cfg)
     metrics, samples = MetricsLog(run_dir / "metrics.jsonl", s.start), MetricsLog(run_dir / "samples.jsonl", s.start)
     evaluating = s.world is not None and cfg.eval_prompts > 0
     heldout = s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" \
         else None  # a second reward model, also scored at evaluations (eval/heldout)
-    if evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
+    if main and evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
         metrics.write(baseline_evaluation(s, cfg, heldout))
     tok = s.tokenizer
     guard = NonFiniteGuard.from_config(cfg, s.start, cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size))
     with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
         for step in range(s.start, cfg.max_steps):
             started = time.perf_counter()
-            # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times.
+            # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times: N rows, of
+            #    which this rank takes its block (whole groups).
             idx = [i for i in prompt_batch(len(s.prompts), s.cursor, cfg.rollout_batch, cfg.seed)
                    for _ in range(cfg.group_size)]  # (N,)
             s.cursor += cfg.rollout_batch
-            prompts = [s.prompts[i] for i in idx]
-            # 2. Rollout: sample with the KV cache from the current policy (eval mode, seeded generator).
-            rollout = sample(s.policy, [s.encoded[i] for i in idx], max_new_tokens=cfg.max_new_tokens,
+            rows = distributed.block(len(idx))
+            prompts = [s.prompts[idx[i]] for i in rows]
+            # 2. Rollout: sample with the KV cache from the current policy (eval mode); each row's noise is seeded by
+            #    (seed, step, row), so the samples do not depend on how the rows are split over ranks.
+            noise = row_noise([sample_seed(cfg.seed, step, i) for i in rows], cfg.max_new_tokens, s.policy.device)
+            rollout = sample(s.policy, [s.encoded[idx[i]] for i in rows], max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id, generator=s.generator)
+                             pad_token_id=tok.pad_token_id, noise=noise)
             responses = decode(tok, rollout.response_ids)
             # 3. Score with the reward source; responses without EOS get missing_eos_penalty instead.
-            source_scores = s.source(prompts, responses)  # (N,)
+            source_scores = s.source(prompts, responses)  # (n,)
             scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
-                source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (N,)
+                source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (n,)
             # 4. Old log-probs and values (policy), reference log-probs (frozen initial policy).
             exp = make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
-            # 5. Rewards with the KL tether, and advantages, per algorithm.
+            # 5. Rewards with the KL tether, and advantages, per algorithm (whitened over all ranks' samples).
             kl_coef = s.controller.value
             exp.advantages, exp.returns, non_score = ALGORITHMS[cfg.algorithm].advantages(exp, cfg, kl_coef)
             # 6. ppo_epochs passes of clipped updates over shuffled minibatches.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-            train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator, guard)
+            train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator, guard, s.net)
             # 7. The KL controller sees the measured KL per response (k1 summed, as lm-human-preferences).
             row = rollout_metrics(exp, non_score)
             s.controller.update(row["kl/k1"], cfg.batch_size)
-            # 8. Metrics under fixed names; gold (evaluation only, from the decoded text); samples; evaluation.
+            # 8. Metrics under fixed names over every rank's samples; gold (evaluation only, from the decoded text);
+            #    samples; evaluation (rank 0).
             gold = gold_rewards(s.world, prompts, responses) if s.world is not None else [None] * len(prompts)
-            row = {"step": step + 1, **score_metrics(s.source, source_scores), **row, **train_stats, "lr": lr,
-                   "kl_coef": kl_coef, "gold": _mean(gold)}
+            seen = gather_samples(prompts, responses, source_scores, rollout, gold)
+            row = {"step": step + 1, **score_metrics(s.source, seen["scores"]), **row, **train_stats, "lr": lr,
+                   "kl_coef": kl_coef, "gold": _mean(seen["gold"])}
             row.update({name: None for name in FIXED_METRICS if name not in row})  # e.g. value metrics (no critic)
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
-            if evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            if main and evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
                 row.update(evaluate(s.policy, tok, s.source, s.world, s.eval_prompts, cfg, heldout))
-            # 9. The monitor: detectors on the step's samples, alerts, the best policy by the held-out signal.
+            # 9. The monitor (rank 0): detectors on the step's samples, alerts, the best policy by the held-out signal.
             stop = False
             if s.monitor is not None:
-                monitored, stop = monitor_step(s, cfg, step + 1, prompts, responses, source_scores, rollout, gold,
-                                               row, evaluating)
+                monitored, stop = monitor_step(s, cfg, step + 1, seen["prompts"], seen["responses"], seen["scores"],
+                                               seen["lengths"], seen["eos"], seen["gold"], row, evaluating)
                 row.update(monitored)
+            stop = distributed.broadcast_flag(stop)
             metrics.write(row)
             if cfg.sample_every and cfg.n_samples and ((step + 1) % cfg.sample_every == 0 or last):
-                for r in sample_rows(step + 1, prompts, responses, source_scores, exp, gold, cfg):
+                for r in distributed.gather_lists(sample_rows(step + 1, prompts, responses, source_scores, exp, gold,
+                                                              cfg))[:cfg.n_samples]:
                     samples.write(r)
             # 10. Checkpoint: policy, critic, optimizer, KL controller, prompt cursor, RNG and monitor states.
             if stop:  # out/model is the policy at the alert; out/best the best by the held-out signal

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from tether import distributed
 from tether.advantages import (
     gae,
     grpo_advantages,
@@ -115,20 +116,22 @@ def seq_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _whiten_rows(adv: torch.Tensor, cfg: OnlineConfig) -> torch.Tensor:
-    """(N,) advantages whitened over the batch when cfg.whiten_advantages."""
-    return masked_whiten(adv, torch.ones_like(adv, dtype=torch.bool)) if cfg.whiten_advantages else adv
+    """(N,) advantages whitened over the batch (all ranks' rows under torchrun) when cfg.whiten_advantages."""
+    ones = torch.ones_like(adv, dtype=torch.bool)
+    return masked_whiten(adv, ones, reduce=distributed.reducer()) if cfg.whiten_advantages else adv
 
 
 def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
-    """r_t = score·[t = last] - β kl_t (advantages.per_token_rewards), optional reward whitening, GAE."""
-    mask = exp.response_mask
+    """r_t = score·[t = last] - β kl_t (advantages.per_token_rewards), optional reward whitening, GAE. Whitening
+    is over the valid tokens of the whole batch (all ranks' rows under torchrun)."""
+    mask, reduce = exp.response_mask, distributed.reducer()
     kl = KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs)  # (N, R)
     rewards = per_token_rewards(exp.scores, kl, mask, kl_coef)  # (N, R)
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce)
     advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)  # (N, R), (N, R)
     if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, reduce=reduce)
     return advantages, returns, -kl_coef * seq_sum(kl, mask)
 
 
@@ -185,41 +188,70 @@ ALGORITHMS = {
 SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's denom: micro-batch parts add up
 
 
+class Actor(nn.Module):
+    """The policy and its critic (or None) as one module, so that one DDP wrapper all-reduces both's gradients."""
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, rows: Experience, temperature: float) -> PolicyOutput:
+        return policy_forward(self.policy, self.critic, rows, temperature)
+
+
+def my_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Of global batch rows `rows` (a minibatch), the ones this rank holds, as indices into its n rows, in order.
+    Rank r holds rows [r n, (r + 1) n); one process holds them all."""
+    first = distributed.rank() * n
+    return rows[(rows >= first) & (rows < first + n)] - first
+
+
 def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coef: float, lr: float,
-           generator: torch.Generator, guard: NonFiniteGuard | None = None) -> dict[str, float]:
+           generator: torch.Generator, guard: NonFiniteGuard | None = None, net: nn.Module | None = None
+           ) -> dict[str, float]:
     """ppo_epochs passes over shuffled minibatches, each one optimizer step accumulated over micro-batches.
 
     Every micro-batch loss is divided by the whole minibatch's count (`denom`), so loss, gradients and the
     token-weighted stats do not depend on micro_batch_size. Returns stats averaged over the optimizer steps, and
     nonfinite_skips: the optimizer steps `guard` (the run's, else a fresh one from cfg) dropped for a NaN or inf.
+
+    Under torchrun `exp` holds this rank's rows of the global batch and `net` is the DDP wrapper of
+    Actor(policy, critic): every rank draws the same permutation of the global batch and trains on its rows of each
+    minibatch (`distributed` rule 1: the minibatch's global count, divided by the ranks; a weight-0 micro-batch
+    when it holds none), so the update is the one a single process would make.
     """
     guard = guard or NonFiniteGuard.from_config(cfg)
     algo = ALGORITHMS[cfg.algorithm]
+    net = net or Actor(policy, critic if algo.critic else None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums, n_steps, skipped = defaultdict(float), 0, 0
+    world, n = distributed.world_size(), exp.scores.size(0)
+    sums, n_steps, skipped, grad_norms = defaultdict(float), 0, 0, 0.0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(cfg.batch_size, generator=generator, device=generator.device)  # (N,)
         for start in range(0, cfg.batch_size, cfg.minibatch_size):
-            mb = exp.select(order[start:start + cfg.minibatch_size].to(exp.scores.device))
-            tokens = mb.response_mask.sum()
-            denom = tokens if algo.norm == "token" else cfg.minibatch_size
+            mb = exp.select(my_rows(order[start:start + cfg.minibatch_size].to(exp.scores.device), n))
+            tokens = distributed.reduce_sum(mb.response_mask.sum())
+            denom = (tokens if algo.norm == "token" else cfg.minibatch_size) / world
+            micros = [(mb.select(slice(i, i + cfg.micro_batch_size)), 1.0)
+                      for i in range(0, mb.scores.size(0), cfg.micro_batch_size)] or [(exp.select(slice(0, 1)), 0.0)]
             mb_loss = 0.0
-            for i in range(0, cfg.minibatch_size, cfg.micro_batch_size):
-                micro = mb.select(slice(i, i + cfg.micro_batch_size))
-                out = policy_forward(policy, critic if algo.critic else None, micro, cfg.temperature)
-                loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
-                entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
-                loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
-                loss.backward()
-                share = float(micro.response_mask.sum() / tokens)
+            for j, (micro, weight) in enumerate(micros):
+                with distributed.accumulating(net, last=j == len(micros) - 1):
+                    out = net(micro, cfg.temperature)
+                    loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
+                    entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
+                    loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
+                    (loss if weight else loss * 0.0).backward()
+                share = weight * float(micro.response_mask.sum() / tokens)
                 stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)
                 for name, value in stats.items():
-                    sums[name] += float(value) * (1.0 if name in SUMMED else share)
-                sums["loss"] += float(loss.detach())
-                mb_loss += float(loss.detach())
+                    sums[name] += float(value) * (weight / world if name in SUMMED else share)
+                sums["loss"] += weight * float(loss.detach()) / world
+                mb_loss += weight * float(loss.detach()) / world
+            mb_loss = distributed.all_reduce_sum({"loss": mb_loss})["loss"]  # every rank skips or steps alike
             grad_norm, dropped = guard.apply(optimizer, params, cfg.grad_clip, lr, mb_loss)
-            sums["grad_norm"] += grad_norm
+            grad_norms += grad_norm
             n_steps, skipped = n_steps + 1, skipped + dropped
-    return {**{name: value / n_steps for name, value in sums.items()}, "nonfinite_skips": skipped}
-
-
+    sums = distributed.all_reduce_sum(dict(sums))
+    return {**{name: value / n_steps for name, value in sums.items()}, "grad_norm": grad_norms / n_steps,
+            "nonfinite_skips": skipped}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tether import distributed
 from tether.config import check
 from tether.data.corpus import read_corpus
 from tether.models import (
@@ -69,7 +70,8 @@ def run(cfg: PretrainConfig) -> Path:
     report = {"rows": len(rows), "tokens": n_tokens, "truncated": truncated, "max_length": cfg.max_length,
               "parameters": count_parameters(model)}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
-    console.print(f"pretrain: {len(rows)} rows, {n_tokens} tokens, {truncated} truncated to "
-                  f"max_length={cfg.max_length}; model {report['parameters'] / 1e6:.2f}M parameters")
+    if distributed.is_main():  # under torchrun only rank 0 writes
+        (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
+        console.print(f"pretrain: {len(rows)} rows, {n_tokens} tokens, {truncated} truncated to "
+                      f"max_length={cfg.max_length}; model {report['parameters'] / 1e6:.2f}M parameters")
     return train_lm(cfg, model, tokenizer, examples, "pretrain")

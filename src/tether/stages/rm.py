@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from rich.console import Console
 
+from tether import distributed
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -252,22 +253,29 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
 
     Each micro-batch's summed pair losses are divided by the pair count of the whole step, so the
     gradient equals that of one batch however the step is split (a per-micro-batch mean would weight
-    a small micro-batch's pairs more).
+    a small micro-batch's pairs more). Under torchrun each rank runs its share of the micro-batches
+    (`distributed.shard`), the count divided by the ranks, whose gradients DDP averages; the sums are all-reduced.
     """
-    total, loss_sum, correct, decided, margins, scores, sequences = len(pairs), 0.0, 0.0, 0, 0.0, 0.0, 0
-    for micro in micro_batches(pairs, cfg.micro_batch_size):
-        batch = collate_pairs(micro, model.pad_id, model.device)
-        r_a, r_b, r = pair_rewards(model, batch)
-        losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
-        (losses.sum() / total).backward()
-        loss_sum += float(losses.detach().sum())
-        won, gap = _decided(r_a.detach(), r_b.detach(), batch.target)
-        correct, decided, margins = correct + float(won.sum()), decided + len(won), margins + float(gap.sum())
-        scores, sequences = scores + float(r.detach().sum()), sequences + len(r)
+    total, raw = len(pairs), distributed.unwrap(model)
+    sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences"), 0.0)
+    share = distributed.shard(micro_batches(pairs, cfg.micro_batch_size))
+    for i, (micro, real) in enumerate(share):
+        batch = collate_pairs(micro, raw.pad_id, raw.device)
+        with distributed.accumulating(model, last=i == len(share) - 1):
+            r_a, r_b, r = pair_rewards(model, batch)
+            losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
+            distributed.normalised(losses.sum(), total, real).backward()
+        if real:
+            won, gap = _decided(r_a.detach(), r_b.detach(), batch.target)
+            for name, value in zip(sums, (losses.detach().sum(), won.sum(), len(won), gap.sum(), r.detach().sum(),
+                                          len(r))):
+                sums[name] += float(value)
+    s = distributed.all_reduce_sum(sums)
     guard = guard or NonFiniteGuard.from_config(cfg)
-    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, loss_sum / total)
-    return {"loss": loss_sum / total, "accuracy": correct / max(decided, 1), "margin": margins / max(decided, 1),
-            "score": scores / sequences, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": sequences,
+    grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, s["loss"] / total)
+    return {"loss": s["loss"] / total, "accuracy": s["correct"] / max(s["decided"], 1),
+            "margin": s["margins"] / max(s["decided"], 1), "score": s["scores"] / s["sequences"],
+            "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": int(s["sequences"]),
             "nonfinite_skips": skipped}
 
 
@@ -361,17 +369,23 @@ def total_steps(cfg: RMConfig, groups: list[list[int]]) -> int:
 
 def run(cfg: RMConfig) -> Path:
     """Train, evaluate, normalise and save a reward model; returns the model folder `out/model`."""
-    # 1. Run folder, seed, tokenizer, comparisons encoded and split by prompt.
+    # 1. Device (and the process group under torchrun), run folder (rank 0 writes), seed, tokenizer, comparisons
+    #    encoded and split by prompt.
+    device, main = distributed.setup(cfg), distributed.is_main()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     model = RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length)
     train, held_out, report = load_pairs(cfg, model.tokenizer)
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
-    if report["eval_prompts_in_train"]:
+    if main:
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if main and report["eval_prompts_in_train"]:
         console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
-    # 2. Optimizer; resume restores weights, optimizer moments and RNG. The step plan is a pure function.
+    # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
+    #    RNG. The step plan is a pure function.
+    net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     groups = group_by_prompt(train)
@@ -388,7 +402,7 @@ def run(cfg: RMConfig) -> Path:
             batch = [train[i] for i in indices]
             # 4. Score each distinct sequence once, Bradley-Terry loss per pair, accumulate, clip, step.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-            row = {"step": step + 1, "epoch": epoch, **train_step(model, optimizer, batch, cfg, lr, guard)}
+            row = {"step": step + 1, "epoch": epoch, **train_step(net, optimizer, batch, cfg, lr, guard)}
             # 5. Held-out metrics, metric lines, checkpoints.
             last = step + 1 == steps
             if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
@@ -397,19 +411,24 @@ def run(cfg: RMConfig) -> Path:
             if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
                 log.write(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-                save_checkpoint(run_dir, step + 1, model, model.tokenizer, state)
+                state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
+                         "rng": rng_state()}
+                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, model.tokenizer,
+                                                                         state))
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
     norm = normalise(model, train if cfg.normalise_on == "train" else held_out, cfg.micro_batch_size,
                      cfg.normalise_sequences, cfg.seed)
     final = run_dir / "model"
-    model.save_pretrained(final)
+    distributed.on_main(model, lambda plain: plain.save_pretrained(final))
     if held_out and final_eval is None:  # resumed after the last step: nothing was evaluated in this process
         final_eval = evaluate(model, held_out, cfg)
     summary = {"eval": final_eval, "steps": steps,
                "normalisation": {"on": cfg.normalise_on, **norm}, "data": report}
+    distributed.barrier()  # every rank returns once the model is on disk
+    if not main:
+        return final
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     if summary["eval"]:
         e = summary["eval"]
@@ -419,13 +438,14 @@ def run(cfg: RMConfig) -> Path:
 
 
 def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
-    """Load the newest complete checkpoint into model and optimizer; return the step to continue from."""
+    """Load the newest complete checkpoint into model and optimizer (on every rank); return the step to continue
+    from."""
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
     saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
-    model.load_state_dict(saved.state_dict())
+    distributed.load_weights(model, saved.state_dict())
     state = load_trainer_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["step"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tether import distributed
 from tether.config import check
 from tether.data.sft_data import read_conversations
 from tether.models import load_policy, load_tokenizer
@@ -55,8 +56,9 @@ def run(cfg: SFTConfig) -> Path:
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples, report = encode_conversations(tokenizer, conversations, cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
-    console.print(f"sft: {report['conversations']} conversations, {report['assistant_tokens']} assistant tokens, "
-                  f"{report['truncated']} truncated to max_length={cfg.max_length} "
-                  f"({report['no_assistant_tokens_left']} of them with no assistant token left)")
+    if distributed.is_main():  # under torchrun only rank 0 writes
+        (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
+        console.print(f"sft: {report['conversations']} conversations, {report['assistant_tokens']} assistant tokens, "
+                      f"{report['truncated']} truncated to max_length={cfg.max_length} "
+                      f"({report['no_assistant_tokens_left']} of them with no assistant token left)")
     return train_lm(cfg, model, tokenizer, examples, "sft")
