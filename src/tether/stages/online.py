@@ -518,6 +518,21 @@ def sample_seed(seed: int, step: int, row: int) -> int:
     return (seed * 1_000_003 + step) * 1_000_003 + row
 
 
+def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, object, list[str]]:
+    """Steps 1 and 2 of the loop: (prompts, rollout, decoded responses) of this rank's block of the step's N rows
+    (whole groups), the next rollout_batch prompts each repeated group_size times, sampled with the KV cache from the
+    current policy (eval mode). Each row's noise is seeded by (seed, step, row): the split over ranks changes nothing."""
+    idx = [i for i in prompt_batch(len(s.prompts), s.cursor, cfg.rollout_batch, cfg.seed)
+           for _ in range(cfg.group_size)]  # (N,)
+    s.cursor += cfg.rollout_batch
+    rows = distributed.block(len(idx))
+    noise = row_noise([sample_seed(cfg.seed, step, i) for i in rows], cfg.max_new_tokens, s.policy.device)
+    rollout = sample(s.policy, [s.encoded[idx[i]] for i in rows], max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.temperature, eos_token_id=s.tokenizer.eos_token_id,
+                     pad_token_id=s.tokenizer.pad_token_id, noise=noise)
+    return [s.prompts[idx[i]] for i in rows], rollout, decode(s.tokenizer, rollout.response_ids)
+
+
 def gather_samples(prompts: list, responses: list[str], source_scores: torch.Tensor, rollout, gold: list) -> dict:
     """The step's samples of every rank in rank order (one process's batch), for metrics and the monitor."""
     rows = distributed.gather_lists(list(zip(prompts, responses, source_scores.tolist(), rollout.lengths.tolist(),
@@ -529,11 +544,7 @@ def gather_samples(prompts: list, responses: list[str], source_scores: torch.Ten
 
 
 def train_online(cfg: OnlineConfig) -> Path:
-    """Train the policy with cfg.algorithm; returns the folder of the final model (`out/model`).
-
-    Under torchrun each rank samples, scores and trains on its block of the step's rows (whole prompt groups); the
-    advantages are whitened and the metrics computed over every rank's samples; rank 0 evaluates, monitors, writes.
-    """
+    """Train the policy with cfg.algorithm (under torchrun: see "Ranks" above); returns `out/model`."""
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main()
@@ -546,25 +557,13 @@ def train_online(cfg: OnlineConfig) -> Path:
         else None  # a second reward model, also scored at evaluations (eval/heldout)
     if main and evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
         metrics.write(baseline_evaluation(s, cfg, heldout))
-    tok = s.tokenizer
     guard = NonFiniteGuard.from_config(cfg, s.start, cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size))
     with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
         for step in range(s.start, cfg.max_steps):
             started = time.perf_counter()
-            # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times: N rows, of
-            #    which this rank takes its block (whole groups).
-            idx = [i for i in prompt_batch(len(s.prompts), s.cursor, cfg.rollout_batch, cfg.seed)
-                   for _ in range(cfg.group_size)]  # (N,)
-            s.cursor += cfg.rollout_batch
-            rows = distributed.block(len(idx))
-            prompts = [s.prompts[idx[i]] for i in rows]
-            # 2. Rollout: sample with the KV cache from the current policy (eval mode); each row's noise is seeded by
-            #    (seed, step, row), so the samples do not depend on how the rows are split over ranks.
-            noise = row_noise([sample_seed(cfg.seed, step, i) for i in rows], cfg.max_new_tokens, s.policy.device)
-            rollout = sample(s.policy, [s.encoded[idx[i]] for i in rows], max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id, noise=noise)
-            responses = decode(tok, rollout.response_ids)
+            # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times (this rank's
+            #    block of them); 2. their samples from the current policy.
+            prompts, rollout, responses = sample_prompts(s, cfg, step)
             # 3. Score with the reward source; responses without EOS get missing_eos_penalty instead.
             source_scores = s.source(prompts, responses)  # (n,)
             scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
@@ -590,7 +589,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
             if main and evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-                row.update(evaluate(s.policy, tok, s.source, s.world, s.eval_prompts, cfg, heldout))
+                row.update(evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout))
             # 9. The monitor (rank 0): detectors on the step's samples, alerts, the best policy by the held-out signal.
             stop = False
             if s.monitor is not None:

@@ -374,12 +374,11 @@ def run(cfg: RMConfig) -> Path:
     device, main = distributed.setup(cfg), distributed.is_main()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     model = RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length)
     train, held_out, report = load_pairs(cfg, model.tokenizer)
     if main:
+        save_config(cfg, run_dir / "config.yaml")
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     if main and report["eval_prompts_in_train"]:
         console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
@@ -413,8 +412,7 @@ def run(cfg: RMConfig) -> Path:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
                          "rng": rng_state()}
-                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, model.tokenizer,
-                                                                         state))
+                distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state))
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
@@ -427,14 +425,18 @@ def run(cfg: RMConfig) -> Path:
     summary = {"eval": final_eval, "steps": steps,
                "normalisation": {"on": cfg.normalise_on, **norm}, "data": report}
     distributed.barrier()  # every rank returns once the model is on disk
-    if not main:
-        return final
+    if main:
+        write_summary(run_dir, summary)
+    return final
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """eval.json, and the held-out figures on the console."""
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     if summary["eval"]:
         e = summary["eval"]
         console.print(f"rm: held-out accuracy {e['accuracy']}, loss {e['loss']:.4f}, ece {e['ece']:.3f}, "
                       f"length corr {e['length_corr']}")
-    return final
 
 
 def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
