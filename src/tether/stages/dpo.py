@@ -588,7 +588,7 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state(),
                          "monitor": monitor.state_dict() if monitor is not None else {}}
-                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+                save_checkpoint(run_dir, step + 1, model, tokenizer, state, keep=cfg.keep_checkpoints)
             bar.update(1, loss=row["loss"], **{steps_of.bar_label: row[steps_of.bar_metric]})
     # 9. The final model as a plain Hugging Face folder.
     final = run_dir / "model"

@@ -74,6 +74,8 @@ class TrainConfig:
     """Steps between eval-loss measurements (0: only at the end)."""
     save_every: int = 200
     """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept, newest first (0: keep all, e.g. to evaluate a run's whole trajectory)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     bucket_size: int = 64
@@ -104,6 +106,7 @@ class TrainConfig:
         check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         check(self.bucket_size >= 1, "bucket_size", "must be >= 1")
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0")
         check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
 
@@ -269,7 +272,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
                 log.write(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-                save_checkpoint(run_dir, step + 1, model, tokenizer, state)
+                save_checkpoint(run_dir, step + 1, model, tokenizer, state, keep=cfg.keep_checkpoints)
             bar.update(1, loss=row["loss"])
     # 6. The final model as a plain Hugging Face folder.
     final = run_dir / "model"

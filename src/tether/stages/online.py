@@ -196,6 +196,8 @@ class OnlineConfig:
     successive evaluations differ by the policy, not by the draw (common random numbers)."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept, newest first (0: keep all, e.g. to evaluate a run's whole trajectory)."""
     trust_remote_code: bool = False
     """Allow model folders' own Python code to run (only for models you trust)."""
     out: str = "runs/ppo"
@@ -247,7 +249,8 @@ class OnlineConfig:
         check(self.lr > 0, "lr", "must be > 0")
         check(self.max_steps >= 1, "max_steps", "must be >= 1")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "warmup_steps"):
+        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "keep_checkpoints",
+                     "warmup_steps"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
         check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
@@ -437,7 +440,7 @@ def save(s: Session, cfg: OnlineConfig, step: int) -> None:
              "generator": s.generator.get_state(), "cursor": s.cursor, "kl_controller": s.controller.state_dict(),
              "value": s.critic.state_dict() if s.critic is not None else {},
              "monitor": s.monitor.state_dict() if s.monitor is not None else {}}
-    save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state)
+    save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state, keep=cfg.keep_checkpoints)
 
 
 def save_final(s: Session, cfg: OnlineConfig) -> Path:

@@ -398,7 +398,7 @@ def run(cfg: RMConfig) -> Path:
                 log.write(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-                save_checkpoint(run_dir, step + 1, model, model.tokenizer, state)
+                save_checkpoint(run_dir, step + 1, model, model.tokenizer, state, keep=cfg.keep_checkpoints)
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
