@@ -13,7 +13,8 @@ and its `<eos>` count. Truncation to max_length is counted; a pair left with no 
 Reference. π_ref's log-probs of every sequence are computed once, before training, in one no-grad pass,
 and cached in `out/ref_logps.safetensors` under a sha256 of the reference weights and of every scored
 token sequence: a changed dataset, tokenizer, max_length or reference recomputes it; resuming reuses it.
-Reference-free losses (SimPO) skip the pass.
+Reference-free losses (SimPO) skip the pass. With LoRA (lora.r > 0) π_ref is the policy with its adapters
+disabled (tether.lora), keyed by the plain base weights, never a second model in memory.
 
 Training. Each micro-batch puts its pairs' chosen and rejected sequences in ONE forward pass (2M rows);
 the summed per-pair losses are divided by the pairs of the whole step (exact gradient accumulation).
@@ -42,7 +43,6 @@ reward model), and logs monitor/... metrics, alerts.jsonl, out/best, and with st
 """
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
@@ -83,6 +83,7 @@ from tether.errors import DataError
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
+from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.losses import IGNORE_INDEX
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
@@ -468,13 +469,15 @@ def load_pairs(cfg: DPOConfig, tokenizer, comparisons: list[Comparison]
 def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, pad_id: int):
     """Fill the pairs' reference log-probs (cached) while `model` still holds its initial weights; return the
     frozen reference the sampled KL and the monitor need (None when neither runs)."""
-    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    # With LoRA the reference is the policy with its adapters disabled (tether.lora), never a copy.
+    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model \
+        else adapters_disabled(model)
     if cfg.loss not in REFERENCE_FREE:
         hit = reference_logps(ref_model, pairs, pad_id, cfg.micro_batch_size, run_dir / CACHE)
         console.print(f"dpo: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
     if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
         return None  # a separate reference model is freed here
-    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+    return ref_model.requires_grad_(False) if cfg.ref_model else frozen_reference(model)
 
 
 def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None:
@@ -513,7 +516,7 @@ def run(cfg: DPOConfig) -> Path:
     # 2. Policy and reference. π_ref's log-probs are computed once (or read from the cache) before training
     #    and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
-    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA, memory options
     model.eval()  # no dropout: see the module docstring
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)

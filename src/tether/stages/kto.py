@@ -31,7 +31,6 @@ as in DPO.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from tether.dpo_losses import (
     sequence_logps,
 )
 from tether.guard import NonFiniteGuard
+from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.models import load_policy, load_tokenizer
 from tether.progress import progress_bar
 from tether.stages.dpo import (
@@ -281,12 +281,13 @@ def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int,
 def prepare_reference(cfg: DPOConfig, model, rows: list[KTORow], run_dir: Path, pad_id: int):
     """Fill the rows' reference log-probs (cached) while `model` holds its initial weights; return the frozen
     reference the sampled KL and the monitor need (None when neither runs)."""
-    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model else model
+    ref_model = load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code) if cfg.ref_model \
+        else adapters_disabled(model)  # with LoRA: the policy with its adapters disabled (tether.lora)
     hit = reference_logps(ref_model, rows, pad_id, cfg.micro_batch_size, run_dir / CACHE)
     console.print(f"kto: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
     if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
         return None
-    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+    return ref_model.requires_grad_(False) if cfg.ref_model else frozen_reference(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ def run(cfg: DPOConfig) -> Path:
                   f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no completion left)")
     # 2. Policy and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
     torch.manual_seed(cfg.seed)
-    model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA, memory options
     model.eval()  # no dropout, as in DPO
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,7 @@ from tether.checkpoint import (
 from tether.config import check, save_config
 from tether.errors import TetherError
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard
+from tether.lora import LoraOptions, adapt, has_adapters, load_adapter_checkpoint
 from tether.losses import shift_labels, token_nll_sum
 from tether.models import save_pretrained
 from tether.optim import adamw, lr_at
@@ -90,6 +91,12 @@ class TrainConfig:
     max_nonfinite_skips: int = 10
     """Halt anyway after this many consecutive skipped steps: a run that keeps diverging should stop, not burn
     hours producing nothing."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """LoRA (tether.lora): lora.r > 0 trains low-rank adapters on the frozen model (and a reward model's head);
+    checkpoints hold the adapter, out/model the merged weights as a plain HF folder."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: less memory for about
+    one more forward pass of compute."""
 
     @property
     def accumulation(self) -> int:
@@ -220,18 +227,23 @@ def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
         return 0
     from safetensors.torch import load_file
     state = load_trainer_state(ckpt)
-    weights = load_file(str(ckpt / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
-        raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    if has_adapters(model):  # LoRA: the checkpoint holds the adapter; the frozen base is the run's input model
+        load_adapter_checkpoint(model, ckpt)
+    else:
+        weights = load_file(str(ckpt / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
+            raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, "
+                              f"unexpected {unexpected})")
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["step"])
 
 
 def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str) -> Path:
-    """Train `model` on `examples`; returns the folder of the final model (`out/model`)."""
+    """Train `model` on `examples`; returns the folder of the final model (`out/model`). With cfg.lora, peft
+    adapts `model` in place (its linear layers gain adapters)."""
     # 1. Run folder, seeds, held-out split, data order.
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +254,8 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     lengths = [len(e.input_ids) for e in train]
     steps = total_steps(cfg, len(train))
     per_epoch = len(train) // cfg.batch_size
-    # 2. Optimizer; resume restores weights, optimizer moments and RNG.
+    # 2. LoRA and memory options; optimizer (trainable weights only); resume restores weights, moments and RNG.
+    model = adapt(model, cfg)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)

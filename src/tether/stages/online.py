@@ -39,7 +39,6 @@ tether.guard).
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -65,6 +64,7 @@ from tether.config import check, save_config
 from tether.data.corpus import read_prompts
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
+from tether.lora import LoraOptions, adapt, frozen_reference
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
@@ -215,6 +215,12 @@ class OnlineConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The reward-hacking monitor (tether.monitor): detectors on every step's samples, alerts, best checkpoint by a
     held-out signal (gold only as an audit: it never trains unless reward=gold), optional stop on alert."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """LoRA on the policy (tether.lora): lora.r > 0 trains low-rank adapters on the frozen policy, and π_ref is
+    the policy with its adapters disabled; the critic (value head or separate value model) trains fully."""
+    gradient_checkpointing: bool = False
+    """Recompute the policy's layer activations in the backward pass instead of keeping them: less memory for
+    about one more forward pass of compute."""
 
     @property
     def batch_size(self) -> int:
@@ -404,8 +410,8 @@ def setup(cfg: OnlineConfig) -> Session:
     source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_fn=cfg.reward_fn, world=world,
                                 trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-    policy = load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code).eval()
-    ref = copy.deepcopy(policy).requires_grad_(False)  # π_ref: the initial weights, before any resume
+    policy = adapt(load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code), cfg).eval()  # LoRA, memory
+    ref = frozen_reference(policy)  # π_ref: the initial weights, before any resume (LoRA: adapters disabled, no copy)
     critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
     if critic is not None:
         critic.to(policy.device).eval()

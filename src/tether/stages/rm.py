@@ -33,6 +33,7 @@ from tether.data.preferences import (
     split_by_prompt,
 )
 from tether.guard import NonFiniteGuard
+from tether.lora import adapt, has_adapters, load_adapter_checkpoint
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -367,6 +368,7 @@ def run(cfg: RMConfig) -> Path:
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
     model = RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length)
+    model = adapt(model, cfg)  # LoRA on the backbone (the head trains fully), memory options
     train, held_out, report = load_pairs(cfg, model.tokenizer)
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     if report["eval_prompts_in_train"]:
@@ -423,8 +425,11 @@ def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
-    saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
-    model.load_state_dict(saved.state_dict())
+    if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.backbone
+        load_adapter_checkpoint(model, ckpt)
+    else:
+        saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
+        model.load_state_dict(saved.state_dict())
     state = load_trainer_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
