@@ -297,6 +297,9 @@ def test_resume_refuses_a_checkpoint_with_other_lora_settings(sft_runs, sft_exam
     cfg.lora = LoraOptions(r=8)
     with pytest.raises(TetherError, match="r=4, this run 8"):
         train_lm(cfg, build_model("test", tokenizer, seed=0), tokenizer, sft_examples, "sft")
+    cfg.lora = LoraOptions(r=0)  # no LoRA at all: told why, not a missing model.safetensors
+    with pytest.raises(TetherError, match="LoRA adapters only"):
+        train_lm(cfg, build_model("test", tokenizer, seed=0), tokenizer, sft_examples, "sft")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -239,6 +239,13 @@ def save_adapter_checkpoint(model: nn.Module, folder: str | Path) -> None:
         save_file(outside, str(Path(folder) / OUTSIDE_FILE))
 
 
+def refuse_adapter_checkpoint(folder: str | Path) -> None:
+    """A run without LoRA cannot resume from a LoRA checkpoint (it holds the adapters, not the weights)."""
+    if (Path(folder) / ADAPTER_WEIGHTS).is_file():
+        raise TetherError(f"{folder}: holds LoRA adapters only (written by a run with lora.r > 0); resume with the "
+                          f"run's lora settings")
+
+
 def load_adapter_checkpoint(model: nn.Module, folder: str | Path) -> None:
     """Load a checkpoint written by `save_adapter_checkpoint` into `model` (the same base, adapted alike)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict

@@ -24,7 +24,13 @@ from tether.checkpoint import (
 from tether.config import check, save_config
 from tether.errors import TetherError
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard
-from tether.lora import LoraOptions, adapt, has_adapters, load_adapter_checkpoint
+from tether.lora import (
+    LoraOptions,
+    adapt,
+    has_adapters,
+    load_adapter_checkpoint,
+    refuse_adapter_checkpoint,
+)
 from tether.losses import shift_labels, token_nll_sum
 from tether.models import save_pretrained
 from tether.optim import adamw, lr_at
@@ -230,6 +236,7 @@ def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
     if has_adapters(model):  # LoRA: the checkpoint holds the adapter; the frozen base is the run's input model
         load_adapter_checkpoint(model, ckpt)
     else:
+        refuse_adapter_checkpoint(ckpt)
         weights = load_file(str(ckpt / "model.safetensors"))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()

@@ -33,7 +33,12 @@ from tether.data.preferences import (
     split_by_prompt,
 )
 from tether.guard import NonFiniteGuard
-from tether.lora import adapt, has_adapters, load_adapter_checkpoint
+from tether.lora import (
+    adapt,
+    has_adapters,
+    load_adapter_checkpoint,
+    refuse_adapter_checkpoint,
+)
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -428,6 +433,7 @@ def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer)
     if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.backbone
         load_adapter_checkpoint(model, ckpt)
     else:
+        refuse_adapter_checkpoint(ckpt)
         saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
         model.load_state_dict(saved.state_dict())
     state = load_trainer_state(ckpt)
