@@ -12,6 +12,7 @@ from tether.agreement import (
     krippendorff_alpha,
     majority_agreement,
     percent_agreement,
+    predictor_majority_agreement,
 )
 
 
@@ -176,6 +177,21 @@ def test_majority_agreement_hand_example():
     assert majority_agreement({1: {"a": "A", "b": "B", "c": "tie"}}) == {}  # every majority tied
 
 
+def test_predictor_is_scored_against_the_raters_own_majorities():
+    # The same leave-one-out majorities as above; prediction per item: 1 A, 2 A, 3 B, 4 tie, 5 B.
+    #   r1: A yes, A yes, B yes, tie yes, B yes                = 5/5
+    #   r2: A yes, A yes, B yes, tie yes, (item 5 skipped)     = 4/4
+    #   r3: A yes, A yes, A no (pred B), (4, 5 skipped)        = 2/3
+    #   r4: A yes, A yes, A no (pred B), (4 skipped)           = 2/3
+    # mean over raters = (1 + 1 + 2/3 + 2/3) / 4 = 5/6
+    predictions = {1: "A", 2: "A", 3: "B", 4: "tie", 5: "B"}
+    assert predictor_majority_agreement(HAND, predictions) == pytest.approx(5 / 6, abs=1e-12)
+    always_b = dict.fromkeys(HAND, "B")
+    #   r1: A no, A no, B yes, tie no, B yes = 2/5; r2: no, no, yes, no = 1/4; r3: 0/3; r4: 0/3
+    assert predictor_majority_agreement(HAND, always_b) == pytest.approx((2 / 5 + 1 / 4) / 4, abs=1e-12)
+    assert predictor_majority_agreement({1: {"a": "A", "b": "B", "c": "tie"}}, {1: "A"}) is None
+
+
 def test_agreement_report_hand_example():
     report = agreement_report(HAND)
     assert report["n_items"] == 5 and report["n_raters"] == 4 and report["n_ratings"] == 19
@@ -233,3 +249,29 @@ def test_alpha_is_fleiss_kappa_with_small_sample_correction(m, rows):
     assert krippendorff_alpha(data) == pytest.approx(1 - (n - 1) / n * (1 - kappa), abs=1e-12)
     if m == 2:  # two raters, no missing: majority agreement is pairwise agreement
         assert set(majority_agreement(data).values()) == {percent_agreement(data)}
+
+
+def test_reward_model_as_rater_orients_ratings_and_scores_like_a_rater():
+    import torch
+
+    from tether.data.preferences import Comparison
+    from tether.stages.evaluate import reward_model_as_rater
+
+    def rated(a, b, choice, rater):
+        return Comparison("q", a, b, choice=choice, rater=rater)
+
+    # Pair (good, bad) rated by three raters, one of them shown it flipped: oriented labels A, A, B.
+    # Pair (x, y): A, B, tie. A row without a rater is ignored.
+    rows = [rated("good", "bad", "A", "r1"), rated("bad", "good", "B", "r2"), rated("good", "bad", "B", "r3"),
+            rated("x", "y", "A", "r1"), rated("x", "y", "B", "r2"), rated("x", "y", "tie", "r3"),
+            rated("x", "y", "A", None)]
+
+    def score(prompts, responses):  # prefers "good" and "x"
+        return torch.tensor([1.0 if r in ("good", "x") else 0.0 for r in responses])
+
+    out = reward_model_as_rater(score, rows)
+    # Leave-one-out majorities: pair 1: r1 -> (A, B) split, skipped; r2 -> (A, B) skipped; r3 -> A.
+    #   pair 2: every rater's others are split (B/tie, A/tie, A/B): skipped.
+    # So only r3 is scored, on pair 1, against A; the RM says A: 1/1. The raters: r3 said B: 0/1.
+    assert out == {"items": 2, "rm_vs_majority": 1.0, "rater_majority_agreement": 0.0,
+                   "rater_pairwise_agreement": pytest.approx((1 / 3 + 0) / 2)}

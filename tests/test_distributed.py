@@ -1,17 +1,19 @@
 """tether.distributed: training under torchrun equals training in one process.
 
 The acceptance test of issue 8: one torchrun of 2 CPU processes (gloo, `tests/distkit.py`) runs SFT, RM, DPO,
-KTO, PPO and GRPO on the "test" preset with DDP, and SFT, RM and DPO with FSDP2; each run is compared with the
-same config run in this process, where a rank's micro-batches become more accumulation steps (2 ranks x
-accumulation A against 1 process x 2A). PPO and FSDP2 DPO also checkpoint activations on the ranks.
+KTO, PPO and GRPO on the "test" preset with DDP, SFT and DPO with LoRA and DDP, and SFT, RM and DPO with FSDP2;
+each run is compared with the same config run in this process, where a rank's micro-batches become more
+accumulation steps (2 ranks x accumulation A against 1 process x 2A). PPO, LoRA SFT and FSDP2 DPO also
+checkpoint activations on the ranks.
 
 Measured on this CPU (torch 2.13): per-step losses agree to a relative 2e-6 (GRPO; SFT 2e-8), other metrics to
 1e-5 (an RM mean score near 0), final weights to 4e-6 (PPO), after 2-4 optimizer steps at large learning rates.
 Asserted: losses within a relative 1e-5, other metrics 1e-4 (or 1e-5 absolute), weights within 2e-5. The
 differences are float rounding: the ranks sum gradients in another order and pad their batches to other widths.
 
-Also: only rank 0 writes files; an FSDP2 run resumes from its checkpoint step for step; the pure pieces (the
-micro-batch share of a rank, whitening over ranks, per-row sampling noise) and the config checks.
+Also: only rank 0 writes files (a LoRA checkpoint holds the adapter only); an FSDP2 run resumes from its
+checkpoint step for step; the pure pieces (the micro-batch share of a rank, whitening over ranks, per-row
+sampling noise) and the config checks (LoRA with FSDP2 is refused).
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from safetensors.torch import load_file
 from tether import distributed
 from tether.advantages import explained_variance, masked_var, masked_whiten
 from tether.cli import UsageError, _dispatch
+from tether.config import load_config
 from tether.errors import ConfigError
+from tether.lora import ADAPTER_FOLDER, ADAPTER_WEIGHTS, LoraOptions
 from tether.monitor import MonitorConfig
 from tether.rollout import row_noise, sample
 from tether.stages.dpo import DPOConfig
@@ -41,6 +45,7 @@ HERE = Path(__file__).parent
 LOSS_REL, METRIC_REL, METRIC_ABS, WEIGHTS_ABS = 1e-5, 1e-4, 1e-5, 2e-5
 # Token counts past a threshold: a token within rounding of the clip range may count on one side only.
 NOT_COMPARED = {"tokens_per_s", "samples_per_s", "clipfrac", "vf_clipfrac"}
+LORA = {"lora": {"r": 4, "alpha": 8.0}}  # DDP all-reduces the adapters' gradients only (the base is frozen)
 
 
 def _prefs(path: Path) -> str:
@@ -73,6 +78,8 @@ def _configs(world_dir: Path, model_dir: Path, prefs: str) -> dict[str, tuple[st
         "kto": ("dpo", {**dpo, "loss": "kto", **quiet}),
         "ppo": ("ppo", dict(online, rollout_batch=4, minibatch_size=2, micro_batch_size=1)),
         "grpo": ("grpo", dict(online, rollout_batch=2, group_size=4, minibatch_size=4, micro_batch_size=2)),
+        "sft_lora": ("sft", {**sft, **LORA}),
+        "dpo_lora": ("dpo", {**dpo, **LORA}),  # the reference: the policy with adapters disabled, on every rank
         "sft_fsdp2": ("sft", {**sft, "strategy": "fsdp2"}),
         "rm_fsdp2": ("rm", {**rm, "strategy": "fsdp2"}),
         "dpo_fsdp2": ("dpo", {**dpo, "strategy": "fsdp2", **quiet}),
@@ -103,7 +110,7 @@ def runs(world_dir, model_dir, tmp_path_factory):
     # eval at step 2, just before the checkpoint: an FSDP2 evaluation leaves the root unsharded (distributed._reshard)
     resume = {**configs["sft_fsdp2"][1], "max_steps": 4, "eval_every": 2, "resume": True, "out": str(root / "resumed")}
     # The ranks also recompute activations in these (gradient checkpointing must change nothing either).
-    extra = {"ppo": {"gradient_checkpointing": True}, "dpo_fsdp2": {"gradient_checkpointing": True}}
+    extra = {name: {"gradient_checkpointing": True} for name in ("ppo", "dpo_fsdp2", "sft_lora")}
     jobs = [[stage, _write(root / f"{name}.yaml", {**settings, **extra.get(name, {}), "out": f"two/{name}"})]
             for name, (stage, settings) in configs.items()]
     resumed = _write(root / "resumed.yaml", resume)  # absolute out: every rank must read rank 0's checkpoint
@@ -137,7 +144,8 @@ def _assert_same_run(one: Path, two: Path) -> None:
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= WEIGHTS_ABS
 
 
-@pytest.mark.parametrize("name", ["sft", "rm", "dpo", "kto", "ppo", "grpo", "sft_fsdp2", "rm_fsdp2", "dpo_fsdp2"])
+@pytest.mark.parametrize("name", ["sft", "rm", "dpo", "kto", "ppo", "grpo", "sft_lora", "dpo_lora", "sft_fsdp2",
+                                  "rm_fsdp2", "dpo_fsdp2"])
 def test_two_ranks_equal_one_process_with_twice_the_accumulation(runs, name):
     _assert_same_run(runs / "one" / name, runs / "work" / "rank0" / "two" / name)
 
@@ -150,6 +158,9 @@ def test_only_rank_0_writes(runs):
     assert (two / "rm" / "eval.json").exists() and (two / "dpo" / "ref_logps.safetensors").exists()
     assert (two / "ppo" / "value_model.safetensors").exists() and (two / "ppo" / "samples.jsonl").exists()
     assert (two / "sft_fsdp2" / "checkpoints" / "step-000002" / "trainer_state.pt").exists()
+    lora = two / "sft_lora" / "checkpoints" / "step-000002"  # the adapter only, and the merged model at the end
+    assert (lora / ADAPTER_WEIGHTS).exists() and not (lora / "model.safetensors").exists()
+    assert (two / "sft_lora" / "model" / ADAPTER_FOLDER / ADAPTER_WEIGHTS).exists()
 
 
 def test_fsdp2_run_resumes_from_its_checkpoint_step_for_step(runs):
@@ -258,17 +269,23 @@ def test_strategies_that_cannot_sample_are_refused():
     DPOConfig(strategy="fsdp2", monitor=MonitorConfig(enabled=False)).validate()  # nothing sampled: allowed
 
 
+def test_lora_with_fsdp2_is_refused_naming_both_fields():
+    with pytest.raises(ConfigError, match=r"SFTConfig.strategy: fsdp2 does not combine with LoRA \(lora.r > 0\)"):
+        load_config(SFTConfig, overrides=["strategy=fsdp2", "lora.r=4"])
+    with pytest.raises(ConfigError, match="strategy: fsdp2 does not combine with LoRA"):
+        DPOConfig(strategy="fsdp2", lora=LoraOptions(r=4), monitor=MonitorConfig(enabled=False)).validate()
+    load_config(SFTConfig, overrides=["strategy=ddp", "lora.r=4"])  # DDP: allowed (and tested above)
+
+
 def test_stages_that_run_as_one_process_refuse_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="stage 'collect' runs as one process"):
         _dispatch(["collect"])
 
 
-def test_gradient_checkpointing_changes_no_loss_no_gradient_no_saved_name(new_model, tokenizer, tmp_path):
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointWrapper,
-    )
-
+def test_gradient_checkpointing_changes_no_loss_no_gradient_no_name(new_model, tokenizer, tmp_path):
+    """No module or tensor name changes either: peft finds a LoRA model's adapters by module name (test_lora.py
+    checks the memory saved, with LoRA)."""
     from tether.models import load_policy, save_pretrained
     from tether.stages.lm import Example, batch_loss, collate
 
@@ -276,7 +293,8 @@ def test_gradient_checkpointing_changes_no_loss_no_gradient_no_saved_name(new_mo
                     tokenizer.pad_token_id)
     plain, checkpointed = new_model(), new_model()
     distributed.checkpoint_layers(checkpointed)
-    assert all(isinstance(layer, CheckpointWrapper) for layer in checkpointed.model.layers)
+    assert all("forward" in vars(layer) for layer in checkpointed.model.layers)  # each layer's own, checkpointed
+    assert [n for n, _ in checkpointed.named_modules()] == [n for n, _ in plain.named_modules()]
     checkpointed.eval()  # DPO and online RL train in eval mode, where transformers' own checkpointing is off
     losses, grads = [], []
     for model in (plain, checkpointed):
@@ -286,5 +304,5 @@ def test_gradient_checkpointing_changes_no_loss_no_gradient_no_saved_name(new_mo
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     assert losses[0] == losses[1]
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
-    save_pretrained(checkpointed, tokenizer, str(tmp_path / "m"))  # names without the wrapper's prefix
+    save_pretrained(checkpointed, tokenizer, str(tmp_path / "m"))
     assert load_policy(str(tmp_path / "m")).state_dict().keys() == plain.state_dict().keys()

@@ -37,6 +37,7 @@ from tether.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
+from tether.config import validate_config
 from tether.data.preferences import Comparison, write_comparisons
 from tether.data.sft_data import read_conversations
 from tether.errors import ConfigError, NonFiniteError
@@ -463,3 +464,19 @@ def test_kill_9_mid_save_leaves_a_loadable_checkpoint_and_the_next_save_cleans_u
         left = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert all((run / "checkpoints" / name / COMPLETE).exists() for name in left), (phase, delay, left)
         assert len(left) == 2 and _assert_resumable(run).name == "step-010000"
+
+
+def test_keep_checkpoints_prunes_to_the_newest_or_keeps_all(tmp_path, tokenizer, new_model):
+    model = new_model()
+    for keep, expected in ((2, [2, 3]), (0, [1, 2, 3])):
+        run = tmp_path / f"keep{keep}"
+        for step in (1, 2, 3):
+            save_checkpoint(run, step, model, tokenizer, {"step": step}, keep=keep)
+        assert [int(p.name.split("-")[1]) for p in complete_checkpoints(run)] == expected
+
+
+def test_keep_checkpoints_is_validated():
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        validate_config(lm.TrainConfig(keep_checkpoints=-1))
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        validate_config(PPOConfig(keep_checkpoints=-1))

@@ -198,12 +198,11 @@ def krippendorff_alpha(labels_by_item: LabelsByItem, level: str = "nominal") -> 
     return float(1 - (n - 1) * observed / expected)
 
 
-def _majority_hits(labels_by_item: LabelsByItem) -> dict[Hashable, tuple[int, int]]:
-    """rater -> (items whose leave-one-out majority equals the rater's label, items scored)."""
+def _leave_one_out(labels_by_item: LabelsByItem):
+    """(item, rater, the rater's label, the other raters' majority) for every rating whose other raters have a
+    single most frequent label (items with one rating, and ratings whose others tie, are skipped)."""
     _pairable_counts(labels_by_item)
-    hits: Counter = Counter()
-    scored: Counter = Counter()
-    for ratings in labels_by_item.values():
+    for item, ratings in labels_by_item.items():
         if len(ratings) < 2:
             continue
         counts = Counter(ratings.values())
@@ -212,10 +211,19 @@ def _majority_hits(labels_by_item: LabelsByItem) -> dict[Hashable, tuple[int, in
             others[label] -= 1
             best = max(others.values())
             modes = [c for c, v in others.items() if v == best]
-            if len(modes) > 1:  # the other raters are split: no majority to compare against
-                continue
-            scored[rater] += 1
-            hits[rater] += modes[0] == label
+            if len(modes) == 1:  # the other raters are split: no majority to compare against
+                yield item, rater, label, modes[0]
+
+
+def _majority_hits(labels_by_item: LabelsByItem, predictions: Mapping | None = None
+                   ) -> dict[Hashable, tuple[int, int]]:
+    """rater -> (hits, items scored): a hit is the rater's own label, or `predictions[item]` when given,
+    equal to the leave-one-out majority of the rater's item."""
+    hits: Counter = Counter()
+    scored: Counter = Counter()
+    for item, rater, label, majority in _leave_one_out(labels_by_item):
+        scored[rater] += 1
+        hits[rater] += (label if predictions is None else predictions[item]) == majority
     return {rater: (hits[rater], s) for rater, s in scored.items()}
 
 
@@ -232,6 +240,20 @@ def majority_agreement(labels_by_item: LabelsByItem) -> dict[Hashable, float]:
     chance-corrected, so no expected-agreement convention is needed.
     """
     return {rater: h / s for rater, (h, s) in _majority_hits(labels_by_item).items()}
+
+
+def predictor_majority_agreement(labels_by_item: LabelsByItem, predictions: Mapping) -> float | None:
+    """A model scored as one more rater: against exactly the majorities `majority_agreement` scores the
+    raters against, with the same weights.
+
+        agree_model = mean over raters r of |{i : pred_i = mode(labels of item i without r)}| / |{i scored for r}|
+
+    So it compares like with like with `agreement_report(...)["majority_agreement_mean"]`: the same items, the
+    same targets (each rater's leave-one-out majority), the unweighted mean over the same raters. `predictions`
+    maps every item to a label ("A", "B", or "tie"). None when no item has a majority to score against.
+    """
+    hits = _majority_hits(labels_by_item, predictions)
+    return float(sum(Fraction(h, s) for h, s in hits.values()) / len(hits)) if hits else None
 
 
 def agreement_report(labels_by_item: LabelsByItem) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A checkpoint `step-000120/` holds the model (safetensors), tokenizer and config, loadable by plain
 `transformers`, and `trainer_state.pt` (optimizer, RNG states, step, stage-specific counters) loaded
-with `weights_only=True`.
+with `weights_only=True`. A LoRA run's checkpoint holds the adapter in peft's format instead of the model
+(tether.lora.save_adapter_checkpoint): the base weights never change, resume reloads them from the run's input.
 
 Atomic writes (issue 8, item 4). A checkpoint is written to `.tmp-step-000120/`, every file and folder in
 it fsynced, renamed to `step-000120/` (and the parent folder fsynced, so the rename is durable), and only
@@ -25,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tether.guard import check_finite
+from tether.lora import has_adapters, save_adapter_checkpoint
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
@@ -108,7 +110,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     # 1. Clear a killed save's leftovers; write and fsync the temporary folder.
     _clear_leftovers(root)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
+    if has_adapters(model):  # LoRA: the adapter (and a reward head) only; the frozen base is the run's input
+        save_adapter_checkpoint(model, tmp)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE_FILE)
     _fsync_tree(tmp)

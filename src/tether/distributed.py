@@ -20,7 +20,9 @@ practice 5: 2 ranks x accumulation A equal 1 rank x accumulation 2A):
 
 Strategies (`STRATEGIES`): "ddp" keeps a full copy per rank and all-reduces gradients (DistributedDataParallel);
 "fsdp2" shards parameters, gradients and optimizer state over the ranks (`torch.distributed.fsdp.fully_shard`,
-one group per decoder layer), which works with gloo on the CPU too (torch >= 2.6; checked on 2.13).
+one group per decoder layer), which works with gloo on the CPU too (torch >= 2.6; checked on 2.13). LoRA
+(`tether.lora`) is applied before `prepare` and `wrap`, and runs under "ddp" (only the adapters' gradients are
+all-reduced); the stages refuse it with "fsdp2".
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import atexit
 import copy
 import inspect
 import os
+import types
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -134,34 +137,35 @@ def prepare(model: nn.Module, cfg: DistributedConfig, device: torch.device) -> n
 
 
 def checkpoint_layers(model: nn.Module) -> None:
-    """Activation checkpointing of every decoder layer (transformers' GradientCheckpointingLayer).
+    """Activation checkpointing of every decoder layer (transformers' GradientCheckpointingLayer): the layer's
+    `forward` becomes a checkpointed call of its class's forward (`_checkpointed_forward`).
 
-    torch's checkpoint wrapper rather than `model.gradient_checkpointing_enable()`: transformers only checkpoints
-    in train mode, and DPO and online RL keep their policy in eval mode (no dropout). The wrapper keeps the
-    parameter names (its state-dict hooks strip its prefix), so checkpoints stay plain HF folders.
+    Not `model.gradient_checkpointing_enable()`: transformers only checkpoints in train mode, and DPO, KTO and online
+    RL keep their policy in eval mode (no dropout). Not torch's `checkpoint_wrapper` either: a wrapper module adds
+    `_checkpoint_wrapped_module` to the module names, and peft finds a LoRA model's adapter weights by module name, so
+    it would save and load an empty adapter. An instance `forward` keeps every name (checkpoints stay plain HF
+    folders); the module's hooks (FSDP2's all-gathers) stay outside the checkpoint, as with a wrapper applied before
+    `fully_shard`; `copy.deepcopy` binds the copy's to the copy. Calling it twice changes nothing.
     """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        apply_activation_checkpointing,
-        checkpoint_wrapper,
-    )
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    apply_activation_checkpointing(
-        model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_fn=_checkpoint_without_cache),
-        check_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
+    for layer in model.modules():
+        if isinstance(layer, GradientCheckpointingLayer) and "forward" not in vars(layer):
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
 
 
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")  # its names across transformers
 
 
-def _checkpoint_without_cache(layer: nn.Module, *args, **kwargs):
+def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
     """A decoder layer's forward, recomputed in backward; with gradients on it gets no KV cache, because the
     recompute would write the same keys into the cache a second time (transformers drops it for the same reason).
     Without gradients (sampling) the layer runs as is, cache included."""
+    forward = type(layer).forward.__get__(layer)
     if not torch.is_grad_enabled():
-        return layer(*args, **kwargs)
+        return forward(*args, **kwargs)
     kwargs = {k: None if k in _CACHE_KWARGS else False if k == "use_cache" else v for k, v in kwargs.items()}
-    return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def autocast_forward(model: nn.Module) -> None:
@@ -224,6 +228,14 @@ def wrap(model: nn.Module, strategy: str) -> nn.Module:
 def unwrap(net: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (anything else is returned as is)."""
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where `model` computes: through a DDP wrapper, and for a module that owns no parameters but says its
+    `device` (LoRA's base view, `tether.lora.AdaptersDisabled`)."""
+    model = unwrap(model)
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def is_sharded(model: nn.Module) -> bool:

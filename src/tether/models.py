@@ -20,6 +20,7 @@ from transformers import (
 
 from tether.errors import ConfigError, TetherError
 from tether.guard import check_finite
+from tether.lora import ADAPTER_FOLDER, has_adapters, merged_copy, save_adapter
 from tether.progress import quiet_transformers
 
 # LlamaConfig kwargs. Parameter counts are for a 2048-token vocabulary with tied embeddings.
@@ -119,7 +120,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
     """Write model (safetensors) and tokenizer to `path`, loadable by plain `transformers`. NaN or inf weights
-    are refused before anything is written (NonFiniteError)."""
+    are refused before anything is written (NonFiniteError). A LoRA model (tether.lora) is written merged, its
+    adapter alone in `path/adapter/`."""
+    adapted = model if has_adapters(model) else None
+    if adapted is not None:
+        model = merged_copy(adapted)
     check_finite(model.state_dict(), path)
     os.makedirs(path, exist_ok=True)
     # transformers 5 always writes safetensors and dropped the flag; 4.x needs it spelled out.
@@ -128,6 +133,8 @@ def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
         kwargs["safe_serialization"] = True
     model.save_pretrained(path, **kwargs)
     tokenizer.save_pretrained(path)
+    if adapted is not None:  # a subfolder: an adapter_config.json beside config.json would make HF load the adapter
+        save_adapter(adapted, os.path.join(path, ADAPTER_FOLDER))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -138,6 +138,7 @@ def reward_model(d: RunData) -> dict | None:
     if not (r or a or e):
         return None
     rm_acc = r.get("rm_vs_raters", e.get("accuracy"))
+    held = r.get("held_out_as_rater") or {}
     rows = [
         ("Raters: pairwise agreement", a.get("percent_agreement", r.get("rater_pairwise_agreement")),
          "two raters on the same pair choose the same response"),
@@ -146,6 +147,10 @@ def reward_model(d: RunData) -> dict | None:
         ("Ceiling: the population's preference", r.get("bayes_ceiling_vs_raters"),
          "the best any model of the raters can do on these held-out labels"),
         ("RM vs raters (held-out)", rm_acc, "the reward model's accuracy on held-out rater labels"),
+        ("Raters vs the majority (held-out pairs)", held.get("rater_majority_agreement"),
+         "the raters' agreement with the majority, on the RM's held-out pairs only"),
+        ("RM as one more rater vs the majority", held.get("rm_vs_majority"),
+         "the RM scored like a rater: against each rater's leave-one-out majority on those pairs"),
         ("RM vs gold", r.get("accuracy_vs_gold"), "on distinct held-out pairs, gold ties skipped"),
     ]
     rows = [(k, v, why) for k, v, why in rows if isinstance(v, (int, float))]

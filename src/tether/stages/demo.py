@@ -32,6 +32,7 @@ from tether.stages.evaluate import (
     EvalConfig,
     curve_table,
     evaluate_policy,
+    reward_model_as_rater,
     reward_model_bias,
     reward_model_gold_accuracy,
     reward_model_table,
@@ -187,6 +188,7 @@ def _rm_report(cfg: DemoConfig, rm_cfg: rm.RMConfig, raters: RaterPoolConfig) ->
             "rater_pairwise_agreement": agreement["percent_agreement"],
             "rater_majority_agreement": agreement["majority_agreement_mean"],
             "krippendorff_alpha": agreement["krippendorff_alpha"],
+            "held_out_as_rater": reward_model_as_rater(model.score, held_out),
             **reward_model_gold_accuracy(model.score, world, held_out),
             "bias": reward_model_bias(model.score, world)}
 

@@ -13,7 +13,8 @@ and its `<eos>` count. Truncation to max_length is counted; a pair left with no 
 Reference. π_ref's log-probs of every sequence are computed once, before training, in one no-grad pass,
 and cached in `out/ref_logps.safetensors` under a sha256 of the reference weights and of every scored
 token sequence: a changed dataset, tokenizer, max_length or reference recomputes it; resuming reuses it.
-Reference-free losses (SimPO) skip the pass.
+Reference-free losses (SimPO) skip the pass. With LoRA (lora.r > 0) π_ref is the policy with its adapters
+disabled (tether.lora), keyed by the plain base weights, never a second model in memory.
 
 Training. Each micro-batch puts its pairs' chosen and rejected sequences in ONE forward pass (2M rows);
 the summed per-pair losses are divided by the pairs of the whole step (exact gradient accumulation).
@@ -42,7 +43,6 @@ reward model), and logs monitor/... metrics, alerts.jsonl, out/best, and with st
 """
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
@@ -84,6 +84,7 @@ from tether.errors import DataError
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
+from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.losses import IGNORE_INDEX
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
@@ -284,7 +285,7 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: DPOConfig)
 def forward_pairs(model, pairs: list[Pair], pad_id: int) -> PairBatch:
     """Chosen and rejected of every pair in ONE forward pass: rows 0..M-1 chosen, M..2M-1 rejected."""
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)  # each (2M, T)
-    device = next(model.parameters()).device  # `model` may be a DDP wrapper
+    device = distributed.device_of(model)  # `model` may be a DDP wrapper, or LoRA's base view
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     logps, counts = sequence_logps(logits, batch["labels"].to(device))  # (2M,), (2M,)
     m = len(pairs)
@@ -477,13 +478,13 @@ def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, p
     """Fill the pairs' reference log-probs (cached) while `model` still holds its initial weights; return the
     frozen reference the sampled KL and the monitor need (None when neither runs)."""
     ref_model = distributed.prepare(load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code), cfg,
-                                    next(model.parameters()).device) if cfg.ref_model else model
+                                    next(model.parameters()).device) if cfg.ref_model else adapters_disabled(model)
     if cfg.loss not in REFERENCE_FREE:
         hit = reference_logps(ref_model, pairs, pad_id, cfg.micro_batch_size, run_dir / CACHE)
         console.print(f"dpo: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
     if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
         return None  # a separate reference model is freed here
-    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+    return ref_model.requires_grad_(False) if cfg.ref_model else frozen_reference(model)
 
 
 def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None:
@@ -524,8 +525,8 @@ def run(cfg: DPOConfig) -> Path:
     # 2. Policy (on the device) and reference. π_ref's log-probs are computed once (or read from the cache)
     #    before training and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
-    model = distributed.prepare(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg,
-                                distributed.setup(cfg))
+    model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout: see the module docstring
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)
@@ -561,13 +562,11 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
     net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
-    log = MetricsLog(run_dir / "metrics.jsonl", start)
-    guard = NonFiniteGuard.from_config(cfg, start)
+    log, guard = MetricsLog(run_dir / "metrics.jsonl", start), NonFiniteGuard.from_config(cfg, start)
     monitor = make_monitor(cfg, run_dir, start)
     monitor_prompts = list({x.prompt_key: x.prompt for x in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
-    epoch, batches = -1, []
-    started, tokens_seen = time.perf_counter(), 0
+    epoch, batches, started, tokens_seen = -1, [], time.perf_counter(), 0
     with progress_bar(steps_of.name, total=steps, completed=start) as bar:
         for step in range(start, steps):
             # 4. The step's items are a pure function of (seed, step): nothing else to restore.
@@ -603,7 +602,8 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
                          "rng": rng_state(), "monitor": monitor.state_dict() if monitor is not None else {}}
-                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state))
+                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state,
+                                                                         keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"], **{steps_of.bar_label: row[steps_of.bar_metric]})
     # 9. The final model as a plain Hugging Face folder (rank 0).
     final = run_dir / "model"

@@ -8,12 +8,14 @@ bad styles RL could later find and exploit).
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from tether.agreement import agreement_report, predictor_majority_agreement
 from tether.config import check, save_config
 from tether.generation import generate
 from tether.models import load_policy, load_tokenizer
@@ -141,6 +143,30 @@ def reward_model_gold_accuracy(score, world: World, comparisons: list) -> dict[s
             "accuracy_vs_gold": sum(agree) / max(1, len(agree))}
 
 
+def reward_model_as_rater(score, comparisons: list) -> dict[str, float | int | None]:
+    """The reward model scored as one more rater on held-out rated pairs (`predictor_majority_agreement`):
+    against each rater's leave-one-out majority, beside the raters' own figure on the same pairs; and its
+    accuracy on single rater labels beside the raters' pairwise agreement (one rater predicting another)."""
+    first, labels = {}, defaultdict(dict)
+    for c in comparisons:
+        if c.choice is None or c.rater is None:
+            continue
+        ref = first.setdefault(c.id, c)  # every rating oriented as the pair's first row
+        flipped = c.response_a != ref.response_a
+        labels[c.id][c.rater] = {"A": "B", "B": "A"}[c.choice] if flipped and c.choice != "tie" else c.choice
+    rated = {i: r for i, r in labels.items() if len(r) >= 2}
+    if not rated:
+        return {"items": 0}
+    pairs = [first[i] for i in rated]
+    r_a = score([c.prompt for c in pairs], [c.response_a for c in pairs])
+    r_b = score([c.prompt for c in pairs], [c.response_b for c in pairs])
+    predicted = {c.id: "A" if float(a) > float(b) else "B" for c, a, b in zip(pairs, r_a, r_b)}
+    raters = agreement_report(rated)
+    return {"items": len(rated), "rm_vs_majority": predictor_majority_agreement(rated, predicted),
+            "rater_majority_agreement": raters["majority_agreement_mean"],
+            "rater_pairwise_agreement": raters["percent_agreement"]}
+
+
 def reward_model_table(report: dict) -> Table:
     """The reward model against raters and gold, and the biases it inherited (reward gain of each trait)."""
     table = Table(title="Reward model: accuracy, and what it rewards that gold does not")
@@ -149,6 +175,10 @@ def reward_model_table(report: dict) -> Table:
     for key in ("rm_vs_raters", "bayes_ceiling_vs_raters", "rater_pairwise_agreement", "rater_majority_agreement",
                 "accuracy_vs_gold"):
         table.add_row(key.replace("_", " "), f"{report[key]:.1%}")
+    rater = report.get("held_out_as_rater") or {}
+    if rater.get("rm_vs_majority") is not None:
+        table.add_row("rm as one more rater vs the majority", f"{rater['rm_vs_majority']:.1%} (raters "
+                      f"{rater['rater_majority_agreement']:.1%}, same {rater['items']} held-out pairs)")
     table.add_row("krippendorff alpha", f"{report['krippendorff_alpha']:.3f}")
     for trait, b in report["bias"].items():
         table.add_row(f"bias: {trait.replace('_', ' ')}", f"reward {b['reward_gain']:+.2f} sd, "

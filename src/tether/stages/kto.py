@@ -31,7 +31,6 @@ as in DPO.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from tether.dpo_losses import (
     sequence_logps,
 )
 from tether.guard import NonFiniteGuard
+from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.models import load_policy, load_tokenizer
 from tether.progress import progress_bar
 from tether.stages.dpo import (
@@ -154,7 +154,7 @@ def load_rows(cfg: DPOConfig, tokenizer, unpaired: list[Unpaired], report: dict
 def forward_examples(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed log-probs (B,) of each sequence's counted tokens in one forward pass, and its non-padding tokens."""
     batch = collate(examples, pad_id)  # each (B, T)
-    device = next(model.parameters()).device  # `model` may be a DDP wrapper
+    device = distributed.device_of(model)  # `model` may be a DDP wrapper, or LoRA's base view
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     return sequence_logps(logits, batch["labels"].to(device))[0], int(batch["attention_mask"].sum())
 
@@ -289,12 +289,13 @@ def prepare_reference(cfg: DPOConfig, model, rows: list[KTORow], run_dir: Path, 
     """Fill the rows' reference log-probs (cached) while `model` holds its initial weights; return the frozen
     reference the sampled KL and the monitor need (None when neither runs)."""
     ref_model = distributed.prepare(load_policy(cfg.ref_model, trust_remote_code=cfg.trust_remote_code), cfg,
-                                    next(model.parameters()).device) if cfg.ref_model else model
+                                    next(model.parameters()).device) if cfg.ref_model \
+        else adapters_disabled(model)  # with LoRA: the policy with its adapters disabled (tether.lora)
     hit = reference_logps(ref_model, rows, pad_id, cfg.micro_batch_size, run_dir / CACHE)
     console.print(f"kto: reference log-probs {'read from' if hit else 'computed and saved to'} {run_dir / CACHE}")
     if not cfg.kl_eval_prompts and not cfg.monitor.enabled:
         return None
-    return (copy.deepcopy(model) if ref_model is model else ref_model).requires_grad_(False)
+    return ref_model.requires_grad_(False) if cfg.ref_model else frozen_reference(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +319,8 @@ def run(cfg: DPOConfig) -> Path:
                   f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no completion left)")
     # 2. Policy (on the device) and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
     torch.manual_seed(cfg.seed)
-    model = distributed.prepare(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg,
-                                distributed.setup(cfg))
+    model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout, as in DPO
     pad_id = tokenizer.pad_token_id
     kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,13 @@ from tether.config import check, save_config
 from tether.distributed import DistributedConfig
 from tether.errors import TetherError
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard
+from tether.lora import (
+    LoraOptions,
+    adapt,
+    has_adapters,
+    load_adapter_checkpoint,
+    refuse_adapter_checkpoint,
+)
 from tether.losses import shift_labels, token_nll_sum
 from tether.models import save_pretrained
 from tether.optim import adamw, lr_at
@@ -76,6 +83,8 @@ class TrainConfig(DistributedConfig):
     """Steps between eval-loss measurements (0: only at the end)."""
     save_every: int = 200
     """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept, newest first (0: keep all, e.g. to evaluate a run's whole trajectory)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     bucket_size: int = 64
@@ -90,6 +99,9 @@ class TrainConfig(DistributedConfig):
     max_nonfinite_skips: int = 10
     """Halt anyway after this many consecutive skipped steps: a run that keeps diverging should stop, not burn
     hours producing nothing."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """LoRA (tether.lora): lora.r > 0 trains low-rank adapters on the frozen model (and a reward model's head);
+    checkpoints hold the adapter, out/model the merged weights as a plain HF folder."""
 
     @property
     def accumulation(self) -> int:
@@ -107,8 +119,14 @@ class TrainConfig(DistributedConfig):
         check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         check(self.bucket_size >= 1, "bucket_size", "must be >= 1")
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0")
         check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
+        # LoRA under FSDP2 trains and saves, but resuming loads the adapter and a reward head with load_state_dict
+        # into the sharded weights, which fails (the head) or leans on peft internals (the adapter): refused.
+        check(not (self.lora.enabled and self.strategy == "fsdp2"), "strategy",
+              "fsdp2 does not combine with LoRA (lora.r > 0): a LoRA checkpoint resumes into whole weights only; use "
+              "strategy=ddp (only the adapters' gradients are all-reduced), or lora.r=0 to shard a full fine-tuning")
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -237,18 +255,24 @@ def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
         return 0
     from safetensors.torch import load_file
     state = load_trainer_state(ckpt)
-    weights = load_file(str(ckpt / "model.safetensors"))
-    missing, unexpected = distributed.load_weights(model, weights)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
-        raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    if has_adapters(model):  # LoRA: the checkpoint holds the adapter; the frozen base is the run's input model
+        load_adapter_checkpoint(model, ckpt)
+    else:
+        refuse_adapter_checkpoint(ckpt)
+        weights = load_file(str(ckpt / "model.safetensors"))
+        missing, unexpected = distributed.load_weights(model, weights)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
+            raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, "
+                              f"unexpected {unexpected})")
     distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["step"])
 
 
 def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str) -> Path:
-    """Train `model` on `examples`; returns the folder of the final model (`out/model`)."""
+    """Train `model` on `examples`; returns the folder of the final model (`out/model`). With cfg.lora, peft
+    adapts `model` in place (its linear layers gain adapters)."""
     # 1. Device (and the process group under torchrun), run folder, seeds, held-out split, data order.
     device = distributed.setup(cfg)
     run_dir = Path(cfg.out)
@@ -261,9 +285,11 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     lengths = [len(e.input_ids) for e in train]
     steps = total_steps(cfg, len(train))
     per_epoch = len(train) // cfg.batch_size
-    # 2. Model on the device and wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded);
-    #    optimizer; resume restores weights, optimizer moments and RNG.
-    net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
+    # 2. LoRA; the model on the device (bf16, gradient checkpointing) and wrapped for the ranks (DDP: `net` is a
+    #    wrapper; FSDP2: the model, sharded); optimizer (trainable weights only); resume restores weights,
+    #    optimizer moments and RNG.
+    model = distributed.prepare(adapt(model, cfg), cfg, device)
+    net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
@@ -294,7 +320,8 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
                          "rng": rng_state()}
-                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state))
+                distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state,
+                                                                         keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"])
     # 6. The final model as a plain Hugging Face folder (rank 0), refused if non-finite (tether.guard).
     final = run_dir / "model"

@@ -45,8 +45,6 @@ tether.guard).
 """
 from __future__ import annotations
 
-import copy
-import math
 import random
 import time
 from collections.abc import Callable
@@ -59,9 +57,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tether import distributed
-from tether.advantages import (
-    explained_variance,
-)
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -72,7 +67,8 @@ from tether.config import check, save_config
 from tether.data.corpus import read_prompts
 from tether.distributed import DistributedConfig
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
-from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1, kl_k3
+from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
+from tether.lora import LoraOptions, adapt, frozen_reference
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
@@ -96,6 +92,7 @@ from tether.stages.online_update import (
     Actor,
     Experience,
     policy_forward,
+    rollout_metrics,
     seq_sum,
     update,
 )
@@ -206,6 +203,8 @@ class OnlineConfig(DistributedConfig):
     successive evaluations differ by the policy, not by the draw (common random numbers)."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept, newest first (0: keep all, e.g. to evaluate a run's whole trajectory)."""
     trust_remote_code: bool = False
     """Allow model folders' own Python code to run (only for models you trust)."""
     out: str = "runs/ppo"
@@ -223,6 +222,9 @@ class OnlineConfig(DistributedConfig):
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The reward-hacking monitor (tether.monitor): detectors on every step's samples, alerts, best checkpoint by a
     held-out signal (gold only as an audit: it never trains unless reward=gold), optional stop on alert."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """LoRA on the policy (tether.lora): lora.r > 0 trains low-rank adapters on the frozen policy, and π_ref is
+    the policy with its adapters disabled; the critic (value head or separate value model) trains fully."""
 
     @property
     def batch_size(self) -> int:
@@ -259,7 +261,8 @@ class OnlineConfig(DistributedConfig):
         check(self.lr > 0, "lr", "must be > 0")
         check(self.max_steps >= 1, "max_steps", "must be >= 1")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "warmup_steps"):
+        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "keep_checkpoints",
+                     "warmup_steps"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
         check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
@@ -322,20 +325,6 @@ def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
 def _mean(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
-
-
-def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
-    """KL, reward and length signals of the step's samples (before the update), over every rank's samples."""
-    mask, cat = exp.response_mask, distributed.gather_cat
-    ev = float(explained_variance(exp.values, exp.returns, mask, reduce=distributed.reducer())) \
-        if exp.values is not None else math.nan
-    scores, non_score = cat(exp.scores), cat(non_score)  # (N,), (N,) over all ranks
-    return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((scores + non_score).mean()),
-            "kl/k1": float(cat(seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask)).mean()),
-            "kl/k3": float(cat(seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask)).mean()),
-            "explained_variance": ev if math.isfinite(ev) else None,  # undefined when the returns do not vary
-            "response_length": float(cat(mask.sum(1).float()).mean()),
-            "eos_rate": float(cat(exp.has_eos.float()).mean())}
 
 
 def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, gold, cfg: OnlineConfig) -> list:
@@ -424,8 +413,9 @@ def setup(cfg: OnlineConfig) -> Session:
     if hasattr(source, "model"):  # a reward model scores on the device too
         distributed.prepare(source.model, cfg, device)
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-    policy = distributed.prepare(load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code), cfg, device).eval()
-    ref = copy.deepcopy(policy).requires_grad_(False)  # π_ref: the initial weights, before any resume
+    policy = adapt(load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    policy = distributed.prepare(policy, cfg, device).eval()  # device, bf16, gradient checkpointing
+    ref = frozen_reference(policy)  # π_ref: the initial weights, before any resume (LoRA: adapters disabled, no copy)
     critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
     if critic is not None:
         distributed.prepare(critic, cfg, device).eval()
@@ -462,7 +452,7 @@ def save(s: Session, cfg: OnlineConfig, step: int) -> None:
              "generator": s.generator.get_state(), "cursor": s.cursor, "kl_controller": s.controller.state_dict(),
              "value": s.critic.state_dict() if s.critic is not None else {},
              "monitor": s.monitor.state_dict() if s.monitor is not None else {}}
-    save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state)
+    save_checkpoint(Path(cfg.out), step, s.policy, s.tokenizer, state, keep=cfg.keep_checkpoints)
 
 
 def save_final(s: Session, cfg: OnlineConfig) -> Path:

@@ -1,8 +1,10 @@
-"""The update half of online RL: the experience record, one policy (and critic) forward, and per algorithm
-(PPO, GRPO, RLOO) how advantages are made and which loss trains on them. `tether.stages.online` runs the loop.
+"""The update half of online RL: the experience record and its metrics, one policy (and critic) forward, and
+per algorithm (PPO, GRPO, RLOO) how advantages are made and which loss trains on them. `tether.stages.online`
+runs the loop.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -13,6 +15,7 @@ from torch import nn
 
 from tether import distributed
 from tether.advantages import (
+    explained_variance,
     gae,
     grpo_advantages,
     masked_mean,
@@ -21,7 +24,7 @@ from tether.advantages import (
     rloo_advantages,
 )
 from tether.guard import NonFiniteGuard
-from tether.kl import KL_ESTIMATORS, kl_k3
+from tether.kl import KL_ESTIMATORS, kl_k1, kl_k3
 from tether.policy_losses import (
     LOSS_AGGREGATIONS,
     grpo_loss,
@@ -73,6 +76,21 @@ class Experience:
         """The rows `rows` (a slice, or a (n,) long tensor) of every field."""
         return Experience(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
                              for f in fields(self)})
+
+
+def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
+    """KL, reward and length signals of the step's samples (before the update), over every rank's samples."""
+    mask, cat = exp.response_mask, distributed.gather_cat
+    ev = float(explained_variance(exp.values, exp.returns, mask, reduce=distributed.reducer())) \
+        if exp.values is not None else math.nan
+    scores, non_score = cat(exp.scores), cat(non_score)  # (N,), (N,) over all ranks
+    return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((scores + non_score).mean()),
+            "kl/k1": float(cat(seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask)).mean()),
+            "kl/k3": float(cat(seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask)).mean()),
+            "explained_variance": ev if math.isfinite(ev) else None,  # undefined when the returns do not vary
+            "response_length": float(cat(mask.sum(1).float()).mean()),
+            "eos_rate": float(cat(exp.has_eos.float()).mean())}
+
 
 
 @dataclass

@@ -45,6 +45,8 @@ class PretrainConfig(TrainConfig):
         check(bool(self.corpus), "corpus", "is required")
         check(self.init is not None or self.preset in PRESETS, "preset",
               f"unknown {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        check(self.init is not None or not self.lora.enabled, "lora.r",
+              "LoRA adapts a trained model: set init, or keep lora.r=0 for a new model")
 
 
 def encode_corpus(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Example], int]:

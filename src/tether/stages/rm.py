@@ -34,6 +34,12 @@ from tether.data.preferences import (
     split_by_prompt,
 )
 from tether.guard import NonFiniteGuard
+from tether.lora import (
+    adapt,
+    has_adapters,
+    load_adapter_checkpoint,
+    refuse_adapter_checkpoint,
+)
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -369,13 +375,13 @@ def total_steps(cfg: RMConfig, groups: list[list[int]]) -> int:
 
 def run(cfg: RMConfig) -> Path:
     """Train, evaluate, normalise and save a reward model; returns the model folder `out/model`."""
-    # 1. Device (and the process group under torchrun), run folder (rank 0 writes), seed, tokenizer, comparisons
-    #    encoded and split by prompt.
+    # 1. Device (and the process group under torchrun), run folder (rank 0 writes), seed, the reward model (LoRA on
+    #    its backbone: the head trains fully), comparisons encoded and split by prompt.
     device, main = distributed.setup(cfg), distributed.is_main()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length)
+    model = adapt(RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
     train, held_out, report = load_pairs(cfg, model.tokenizer)
     if main:
         save_config(cfg, run_dir / "config.yaml")
@@ -390,8 +396,7 @@ def run(cfg: RMConfig) -> Path:
     groups = group_by_prompt(train)
     steps = total_steps(cfg, groups)
     plan = schedule(groups, cfg.batch_size, cfg.seed, steps, group_lengths(train, groups), cfg.bucket_size)
-    log = MetricsLog(run_dir / "metrics.jsonl", start)
-    guard = NonFiniteGuard.from_config(cfg, start)
+    log, guard = MetricsLog(run_dir / "metrics.jsonl", start), NonFiniteGuard.from_config(cfg, start)
     final_eval = None
     model.train()
     with progress_bar("rm", total=steps, completed=start) as bar:
@@ -412,7 +417,8 @@ def run(cfg: RMConfig) -> Path:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
                          "rng": rng_state()}
-                distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state))
+                distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state,
+                                                                     keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
@@ -445,8 +451,12 @@ def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
-    saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
-    distributed.load_weights(model, saved.state_dict())
+    if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.backbone
+        load_adapter_checkpoint(model, ckpt)
+    else:
+        refuse_adapter_checkpoint(ckpt)
+        saved = RewardModel.from_pretrained(ckpt, trust_remote_code=cfg.trust_remote_code)
+        distributed.load_weights(model, saved.state_dict())
     state = load_trainer_state(ckpt)
     distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     set_rng_state(state["rng"])
