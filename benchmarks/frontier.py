@@ -184,12 +184,20 @@ def main() -> None:
     prompts = [q.text for q in world.eval_queries()]
     sft_dir = run / "sft/model"
     torch.manual_seed(args.seed)
-    points = [{"method": "sft", "step": 0, **footing(sft_dir, sft_dir, world, prompts, args)}]
-    for method, setting, folder in folders:
-        for step, model_dir in trajectory(folder, args.steps):
-            points.append({"method": method, "setting": setting, "step": step,
-                           **footing(model_dir, sft_dir, world, prompts, args)})
-            print(json.dumps(points[-1]), flush=True)
+    done = out / "points.jsonl"  # evaluated points, so an interrupted sweep picks up where it stopped
+    cached = {(p["method"], p.get("setting"), p["step"]): p
+              for p in map(json.loads, done.read_text().splitlines() if done.exists() else [])}
+    todo = [("sft", None, 0, sft_dir)] + [(m, s, step, d) for m, s, f in folders for step, d in trajectory(f, args.steps)]
+    points = []
+    for method, setting, step, model_dir in todo:
+        if (method, setting, step) not in cached:
+            point = {"method": method, "setting": setting, "step": step,
+                     **footing(model_dir, sft_dir, world, prompts, args)}
+            with done.open("a") as f:
+                f.write(json.dumps(point) + "\n")
+            cached[(method, setting, step)] = point
+            print(json.dumps(point), flush=True)
+        points.append(cached[(method, setting, step)])
     # 3. Frontiers (both include the SFT point: KL 0 is reachable by either) and their comparison.
     fronts = {m: frontier([p for p in points if p["method"] in (m, "sft")]) for m in ("dpo", "ppo")}
     result = {"args": {k: v for k, v in vars(args).items()}, "points": points, "frontiers": fronts,

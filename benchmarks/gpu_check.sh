@@ -71,6 +71,13 @@ for stage in SFT RM DPO PPO; do
     name=$1; shift
     "$PY" -m tether "$name" out="$OUT/one/$name" "$@"
 done
+# LoRA (peft) on the device: SFT, and DPO with the adapters-disabled reference; GRPO (its own loss and sampling).
+set -- $SFT; shift
+"$PY" -m tether sft out="$OUT/one/sft_lora" lora.r=8 "$@"
+set -- $DPO; shift
+"$PY" -m tether dpo out="$OUT/one/dpo_lora" lora.r=8 "$@"
+set -- $PPO; shift
+"$PY" -m tether grpo out="$OUT/one/grpo" "$@" rollout_batch=4 group_size=4
 
 step "torchrun --nproc_per_node 1 (NCCL on CUDA): sft, sft with fsdp2, rm, dpo, ppo"
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m tether)
@@ -101,6 +108,11 @@ for name, one in [("sft", "sft"), ("sft_fsdp2", "sft"), ("rm", "rm"), ("dpo", "d
           f"{'ok' if ok else 'FAILED'}")
     failed += [] if ok else [name]
     assert (out / "ddp" / name / "model" / "config.json").exists(), name
+for name in ("sft_lora", "dpo_lora", "grpo"):  # one-process runs: finite losses and a saved model
+    got = losses(out / "one" / name)
+    ok = bool(got) and all(math.isfinite(x) for _, x in got) and (out / "one" / name / "model" / "config.json").exists()
+    print(f"{name:10s} steps {len(got)}  losses {[round(x, 4) for _, x in got]}  {'ok' if ok else 'FAILED'}")
+    failed += [] if ok else [name]
 sys.exit(f"gpu_check: FAILED: {', '.join(failed)}" if failed else None)
 EOF
 echo "gpu_check: OK"

@@ -62,8 +62,12 @@ def _rm_defaults() -> rm.RMConfig:
 
 
 def _ppo_defaults() -> ppo.PPOConfig:
-    # A small KL coefficient on purpose: the demo is there to show over-optimisation of the proxy.
-    return ppo.PPOConfig(max_steps=60, lr=1e-4, kl_coef=0.02, eval_every=10, save_every=20, eval_prompts=60)
+    # A small KL coefficient on purpose: the demo is there to show over-optimisation of the proxy. Evaluations
+    # at temperature 1 (4 responses per held-out prompt, the same draw each time): the distribution PPO
+    # optimises, where gold first rises as the policy sharpens, then falls as it games the proxy (Gao et al.
+    # 2022); the greedy answer of the SFT policy is already near the gold ceiling and can only fall.
+    return ppo.PPOConfig(max_steps=60, lr=1e-4, kl_coef=0.02, eval_every=5, save_every=20, eval_prompts=60,
+                         eval_temperature=1.0, eval_samples=4)
 
 
 def _dpo_defaults() -> dpo.DPOConfig:
