@@ -113,11 +113,11 @@ def best_at(front: list[dict], kl: float) -> float:
     return max(p["gold_t1"] for p in front if p["kl"] <= kl)
 
 
-def compare(fronts: dict[str, list[dict]], grid: int = 50) -> dict:
-    """The gap between the two step frontiers on a KL grid over the range both cover (from the larger of
-    their first non-zero KLs to the smaller of their largest)."""
-    lo = max(min(p["kl"] for p in f if p["kl"] > 0) for f in fronts.values())
-    hi = min(max(p["kl"] for p in f) for f in fronts.values())
+def compare(points: list[dict], fronts: dict[str, list[dict]], grid: int = 50) -> dict:
+    """The gap between the two step frontiers on a KL grid over the range both methods' checkpoints cover (from
+    the larger of their smallest non-zero KLs to the smaller of their largest)."""
+    reach = {m: [p["kl"] for p in points if p["method"] == m and p["kl"] > 0] for m in fronts}
+    lo, hi = max(min(k) for k in reach.values()), min(max(k) for k in reach.values())
     if hi <= lo:
         return {"overlap": None}
     xs = [lo + (hi - lo) * i / (grid - 1) for i in range(grid)]
@@ -136,11 +136,13 @@ def plot(points: list[dict], fronts: dict, path: Path) -> None:
         mine = [p for p in points if p["method"] == method]
         ax.scatter([p["kl"] for p in mine], [p["gold_t1"] for p in mine], s=18, color=colour, alpha=0.6,
                    label=f"{method.upper()} checkpoints")
-        ax.step([p["kl"] for p in fronts[method]], [p["gold_t1"] for p in fronts[method]], where="post",
-                color=colour, label=f"{method.upper()} frontier")
+        front = fronts[method] + [{"kl": max(p["kl"] for p in mine), "gold_t1": fronts[method][-1]["gold_t1"]}]
+        ax.step([p["kl"] for p in front], [p["gold_t1"] for p in front], where="post", color=colour,
+                label=f"{method.upper()} frontier")
     sft = next(p for p in points if p["method"] == "sft")
     ax.axhline(sft["gold_t1"], color="grey", ls=":", label="SFT")
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("KL(pi || pi_sft) per response (nats)")
     ax.set_ylabel("gold reward, temperature-1 samples")
     ax.set_title("Gold reward vs KL: DPO (beta sweep) and PPO (KL-coefficient sweep)")
@@ -201,7 +203,7 @@ def main() -> None:
     # 3. Frontiers (both include the SFT point: KL 0 is reachable by either) and their comparison.
     fronts = {m: frontier([p for p in points if p["method"] in (m, "sft")]) for m in ("dpo", "ppo")}
     result = {"args": {k: v for k, v in vars(args).items()}, "points": points, "frontiers": fronts,
-              "comparison": compare(fronts), "seconds": time.time() - started}
+              "comparison": compare(points, fronts), "seconds": time.time() - started}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "frontier.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "frontier.md").write_text(markdown(points, result))
