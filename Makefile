@@ -31,12 +31,16 @@ chromium:
 			|| echo "could not install chromium: the browser test will skip"; \
 	fi
 
-# Side by side with TRL (a separate .peer environment is created on first use); ratios printed.
+# Side by side with TRL (separate .peer and, for PPO, .peer19 (TRL 1.9.0) environments are created on first use);
+# ratios printed.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py
 	$(BIN)/python benchmarks/bench_rm.py
 	$(BIN)/python benchmarks/bench_dpo.py --trl-precompute
 	$(BIN)/python benchmarks/bench_rollout.py
+	$(BIN)/python benchmarks/bench_online.py --algo ppo
+	$(BIN)/python benchmarks/bench_online.py --algo grpo
+	$(BIN)/python benchmarks/bench_online.py --algo rloo
 
 clean:
 	rm -rf $(VENV) runs

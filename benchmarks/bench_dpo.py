@@ -122,8 +122,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
     original_step, original_resume, original_load = dpo.train_step, dpo.resume_training, dpo.load_pairs
 
-    def train_step(model, optimizer, pairs, cfg, pad_id, lr):
-        row = original_step(model, optimizer, pairs, cfg, pad_id, lr)
+    def train_step(model, optimizer, pairs, cfg, pad_id, lr, *rest):
+        row = original_step(model, optimizer, pairs, cfg, pad_id, lr, *rest)
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         records.append({"time": time.perf_counter() - clock["start"], "pairs": len(pairs), "tokens": row["tokens"],
                         "padded_tokens": len(seqs) * max(len(e.input_ids) for e in seqs),

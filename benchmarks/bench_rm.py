@@ -129,10 +129,10 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     start, ends, batches = [], [], []
     train_step = rm.train_step
 
-    def timed_train_step(model, optimizer, pairs, cfg, lr):
+    def timed_train_step(model, optimizer, pairs, cfg, lr, *rest):
         if not start:
             start.append(time.perf_counter())  # as TRL's on_train_begin: just before the first step
-        row = train_step(model, optimizer, pairs, cfg, lr)
+        row = train_step(model, optimizer, pairs, cfg, lr, *rest)
         ends.append(time.perf_counter())
         batches.append(pairs)  # counted after the run, outside the timing
         return row

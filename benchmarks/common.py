@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / ".peer"
 PEER_PYTHON = PEER / "bin" / "python"
+# TRL dropped PPO after 1.9 (trl.experimental.ppo.PPOTrainer is gone from later releases): a second peer venv.
+PEER19 = ROOT / ".peer19"
+PEER19_PYTHON = PEER19 / "bin" / "python"
+PEER19_TRL = "trl==1.9.0"
 RESULTS = ROOT / "benchmarks" / "results"
 THREADS_HELP = ("torch threads on both sides (0: torch's default, one per core). 1 by default: with one thread "
                 "per core, any other busy process stalls every op (steps 5-10x slower at random), while "
@@ -34,16 +38,25 @@ def sh(cmd: list, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def ensure_peer() -> None:
-    """Create `.peer` with TRL if it is missing; torch first, from the local CPU wheel (else pip pulls CUDA)."""
-    probe = [str(PEER_PYTHON), "-c", "import trl, datasets, accelerate, transformers"]
-    if PEER_PYTHON.exists() and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+def ensure_peer(venv: Path = PEER, trl: str = "trl", probe: str = "import trl, datasets, accelerate, transformers") -> None:
+    """Create `venv` with `trl` (a pip requirement) if it is missing or `probe` fails in it; torch first, from the
+    local CPU wheel (an unpinned torch would pull a multi-GB CUDA build)."""
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", probe], check=False, capture_output=True).returncode == 0:
         return
-    print(f"peer venv {PEER} missing or incomplete; creating it")
-    if not PEER_PYTHON.exists():
-        sh(["python3", "-m", "venv", PEER])
-    sh([PEER / "bin" / "pip", "install", "torch==2.13.0"])
-    sh([PEER / "bin" / "pip", "install", "trl", "transformers", "datasets", "accelerate"])
+    print(f"peer venv {venv} missing or incomplete; creating it")
+    if not python.exists():
+        sh(["python3", "-m", "venv", venv])
+    sh([venv / "bin" / "pip", "install", "torch==2.13.0"])
+    sh([venv / "bin" / "pip", "install", trl, "transformers", "datasets", "accelerate"])
+
+
+def ensure_peer19() -> None:
+    """Create `.peer19` with TRL 1.9.0, the last TRL with PPO (`trl.experimental.ppo.PPOTrainer`); it runs with the
+    newest transformers (5.24 when this was written), so transformers is left unpinned."""
+    ensure_peer(PEER19, PEER19_TRL, "import trl, datasets, accelerate, transformers; "
+                                    f"assert trl.__version__ == {PEER19_TRL.split('==')[1]!r}; "
+                                    "from trl.experimental.ppo import PPOTrainer")
 
 
 def side_env(threads: int) -> dict[str, str]:
@@ -86,17 +99,18 @@ def world_model(folder: Path, preset: str, seed: int, extra_presets: dict | None
     return model
 
 
-def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
-    """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads."""
+def matmul_peak(n: int = 2048, repeats: int = 8, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Best fp32 FLOP/s of an n x n matmul (2 n^3 FLOPs) on this process's threads, timed by `clock`
+    (time.process_time: the CPU time of the process, for rates measured on CPU time)."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm-up: thread pool, allocator
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         a @ b
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return 2 * n**3 / best
 
 
@@ -114,16 +128,16 @@ def alternate(rounds: int, sides: tuple[str, str], run: Callable[[str], dict]) -
     return runs
 
 
-def timed_steps(steps: list[dict], warmup: int) -> tuple[list[dict], list[float]]:
+def timed_steps(steps: list[dict], warmup: int, key: str = "time") -> tuple[list[dict], list[float]]:
     """The step records after `warmup`, and each one's duration in seconds.
 
-    `steps[i]["time"]` is the wall time at the end of optimizer step i + 1, from the start of training;
-    a step's duration runs from the end of the step before (everything the trainer does between steps
-    counts).
+    `steps[i][key]` ("time": wall time; bench_online.py also records "cpu", the process's CPU time) is the clock
+    at the end of optimizer step i + 1, from the start of training; a step's duration runs from the end of the
+    step before (everything the trainer does between steps counts).
     """
     timed = steps[warmup:]
-    starts = [steps[warmup - 1]["time"] if warmup else 0.0] + [s["time"] for s in timed[:-1]]
-    return timed, [s["time"] - t for s, t in zip(timed, starts)]
+    starts = [steps[warmup - 1][key] if warmup else 0.0] + [s[key] for s in timed[:-1]]
+    return timed, [s[key] - t for s, t in zip(timed, starts)]
 
 
 def busy_note(loads: list[list[float]]) -> str | None:
@@ -136,10 +150,11 @@ def busy_note(loads: list[list[float]]) -> str | None:
 
 
 def run_side(side: str, folder: Path, threads: int, tether_cmd: list, peer_script: str, peer_args: list,
-             fresh: tuple[str, ...] = ("tether-run", "trl-run")) -> dict:
+             fresh: tuple[str, ...] = ("tether-run", "trl-run"), peer_python: Path = PEER_PYTHON) -> dict:
     """One timed run of `side` in its own process: tether (`tether_cmd`, run with this Python) or the peer
-    (`benchmarks/<peer_script>` in the .peer environment, given --out and `peer_args`); its result JSON with the
-    load average around it. The `fresh` run folders are removed first (no cache carried between rounds)."""
+    (`benchmarks/<peer_script>` run by `peer_python`, the .peer environment by default, given --out and
+    `peer_args`); its result JSON with the load average around it. The `fresh` run folders are removed first (no
+    cache carried between rounds)."""
     out = folder / f"{side}.json"
     for run_dir in fresh:
         shutil.rmtree(folder / run_dir, ignore_errors=True)
@@ -147,5 +162,5 @@ def run_side(side: str, folder: Path, threads: int, tether_cmd: list, peer_scrip
     if side == "tether":
         sh([sys.executable, *tether_cmd, out], env=side_env(threads))
     else:
-        sh([PEER_PYTHON, ROOT / "benchmarks" / peer_script, "--out", out, *peer_args], env=side_env(threads))
+        sh([peer_python, ROOT / "benchmarks" / peer_script, "--out", out, *peer_args], env=side_env(threads))
     return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
