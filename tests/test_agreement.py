@@ -275,3 +275,6 @@ def test_reward_model_as_rater_orients_ratings_and_scores_like_a_rater():
     # So only r3 is scored, on pair 1, against A; the RM says A: 1/1. The raters: r3 said B: 0/1.
     assert out == {"items": 2, "rm_vs_majority": 1.0, "rater_majority_agreement": 0.0,
                    "rater_pairwise_agreement": pytest.approx((1 / 3 + 0) / 2)}
+    # A reward model that cannot tell them apart predicts "tie" (as a rater may): 0/1 against r3's majority A.
+    flat = reward_model_as_rater(lambda prompts, responses: torch.zeros(len(responses)), rows)
+    assert flat["rm_vs_majority"] == 0.0

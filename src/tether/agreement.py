@@ -211,7 +211,7 @@ def _leave_one_out(labels_by_item: LabelsByItem):
             others[label] -= 1
             best = max(others.values())
             modes = [c for c, v in others.items() if v == best]
-            if len(modes) == 1:  # the other raters are split: no majority to compare against
+            if len(modes) == 1:  # a single majority among the others (when they are split there is none)
                 yield item, rater, label, modes[0]
 
 

@@ -124,7 +124,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     _fsync_path(root)
     _write_marker(final, step)
     # 3. Prune: the new checkpoint is complete before any old one goes.
-    for old in complete_checkpoints(run_dir)[:-keep]:
+    for old in complete_checkpoints(run_dir)[:-keep] if keep else []:  # keep=0: keep them all
         _discard(old)
     return final
 

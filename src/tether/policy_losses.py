@@ -171,4 +171,5 @@ def eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float) -> 
     so the policy cannot profit from rambling and learns to finish. Note `penalty` is the score given, not
     an amount subtracted (TRL's `missing_eos_penalty` subtracts instead). Shapes: scores, has_eos (B,) -> (B,).
     """
-    return torch.where(has_eos.bool(), scores, torch.as_tensor(penalty, dtype=scores.dtype, device=scores.device))
+    ended = has_eos.to(scores.device).bool()  # the rollout's device; scores may come back from the CPU
+    return torch.where(ended, scores, torch.as_tensor(penalty, dtype=scores.dtype, device=scores.device))

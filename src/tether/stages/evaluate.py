@@ -145,8 +145,8 @@ def reward_model_gold_accuracy(score, world: World, comparisons: list) -> dict[s
 
 def reward_model_as_rater(score, comparisons: list) -> dict[str, float | int | None]:
     """The reward model scored as one more rater on held-out rated pairs (`predictor_majority_agreement`):
-    against each rater's leave-one-out majority, beside the raters' own figure on the same pairs; and its
-    accuracy on single rater labels beside the raters' pairwise agreement (one rater predicting another)."""
+    against each rater's leave-one-out majority, beside the raters' own figure on the same pairs, and the raters'
+    pairwise agreement there (one rater predicting another). Equal rewards predict "tie", as a rater may say."""
     first, labels = {}, defaultdict(dict)
     for c in comparisons:
         if c.choice is None or c.rater is None:
@@ -160,7 +160,8 @@ def reward_model_as_rater(score, comparisons: list) -> dict[str, float | int | N
     pairs = [first[i] for i in rated]
     r_a = score([c.prompt for c in pairs], [c.response_a for c in pairs])
     r_b = score([c.prompt for c in pairs], [c.response_b for c in pairs])
-    predicted = {c.id: "A" if float(a) > float(b) else "B" for c, a, b in zip(pairs, r_a, r_b)}
+    predicted = {c.id: "A" if float(a) > float(b) else "B" if float(a) < float(b) else "tie"
+                 for c, a, b in zip(pairs, r_a, r_b)}
     raters = agreement_report(rated)
     return {"items": len(rated), "rm_vs_majority": predictor_majority_agreement(rated, predicted),
             "rater_majority_agreement": raters["majority_agreement_mean"],

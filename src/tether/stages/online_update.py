@@ -92,7 +92,6 @@ def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
             "eos_rate": float(cat(exp.has_eos.float()).mean())}
 
 
-
 @dataclass
 class PolicyOutput:
     """One forward of the policy (and critic) over [prompt; response] rows."""
