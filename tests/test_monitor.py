@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from tether.config import load_config
+from tether.config import load_config, validate_config
 from tether.errors import ConfigError
 from tether.monitor import (
     DETECTOR_NAMES,
@@ -364,6 +364,12 @@ def test_best_step_and_early_stop():
     assert not m.should_stop(fired)  # stop_on_alert is off by default
     assert Monitor(MonitorConfig(stop_on_alert=True)).should_stop(fired)
     assert not Monitor(MonitorConfig(stop_on_alert=True)).should_stop([])
+    # stop_on: the flattery alert still fires, but only a held-out drop would stop this run
+    assert [a.name for a in fired] == ["flattery"]
+    assert not Monitor(MonitorConfig(stop_on_alert=True, stop_on=["heldout_drop"])).should_stop(fired)
+    assert Monitor(MonitorConfig(stop_on_alert=True, stop_on=["flattery", "heldout_drop"])).should_stop(fired)
+    with pytest.raises(ConfigError, match="stop_on"):
+        validate_config(MonitorConfig(detectors=["flattery"], stop_on=["heldout_drop"]))
 
 
 def batch(step: int) -> list[Sample]:

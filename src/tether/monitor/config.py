@@ -38,6 +38,10 @@ class MonitorConfig:
     """Stop training at the first alert; the model at the stop is out/model, the best one by the held-out signal
     out/best (keep_best). With heldout=gold, the heldout_drop and divergence alerts read gold: leave them out of
     `detectors` when the stop itself must not depend on gold."""
+    stop_on: list[str] = field(default_factory=list)
+    """With stop_on_alert, the detectors whose alerts stop the run (empty: any alert). The others still raise their
+    alarms. E.g. [heldout_drop, divergence]: text detectors warn early, and the run stops once the held-out signal
+    has lost a quarter of its gain (heldout_drop), after its peak and before half of the gain is gone."""
     keep_best: bool = True
     """Save the policy to out/best (with best.json: step, value) whenever the held-out signal reaches a new best
     (at evaluations when the stage evaluates, else at every step on the window mean)."""
@@ -132,6 +136,8 @@ class MonitorConfig:
     def validate(self) -> None:
         unknown = sorted(set(self.detectors) - set(DETECTOR_NAMES))
         check(not unknown, "detectors", f"unknown {unknown}; known: {', '.join(DETECTOR_NAMES)}")
+        idle = sorted(set(self.stop_on) - set(self.detectors))
+        check(not idle, "stop_on", f"{idle} not in detectors (an alert that never fires cannot stop the run)")
         check(self.heldout not in ("heldout_rm",) or bool(self.heldout_rm), "heldout_rm",
               "is required when heldout=heldout_rm")
         check(self.window >= 2, "window", "must be >= 2 (a trend needs two points)")

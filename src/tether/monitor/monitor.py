@@ -153,8 +153,9 @@ class Monitor:
         return True
 
     def should_stop(self, alerts: Sequence[Alert]) -> bool:
-        """Early stop: an alert fired and the config asks to stop on alerts."""
-        return self.cfg.stop_on_alert and bool(alerts)
+        """Early stop: the config asks to stop on alerts and one fired (of a `stop_on` detector when it names any)."""
+        stopping = [a for a in alerts if not self.cfg.stop_on or a.name in self.cfg.stop_on]
+        return self.cfg.stop_on_alert and bool(stopping)
 
     def state_dict(self) -> dict:
         """Plain Python types (loadable by torch.load(weights_only=True) inside a trainer state)."""
