@@ -1,8 +1,13 @@
 """Helpers shared by the peer scripts, which run in the .peer environment and never import tether."""
 from __future__ import annotations
 
+import json
+import resource
 import time
 
+import torch
+import transformers
+import trl
 from transformers import TrainerCallback
 
 
@@ -17,3 +22,14 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
+
+
+def write_result(path: str, result: dict, cfg) -> None:
+    """Write a peer side's result JSON with what every side records: the optimizer, versions, torch threads and
+    this process's peak RSS."""
+    result = {**result, "optimizer": str(getattr(cfg.optim, "value", cfg.optim)),
+              "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+              "threads": torch.get_num_threads(),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with open(path, "w") as f:
+        json.dump(result, f)

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from typing import ClassVar
 
 import torch
-import transformers
-import trl
 from datasets import Dataset
-from peer_common import StepClock
+from peer_common import StepClock, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
@@ -114,13 +111,9 @@ def main() -> None:
         "precompute_s": CountingDPOTrainer.precompute_s, "constructor_s": built,
         "reference": ("log-probs precomputed once (precompute_ref_log_probs=True), no reference model kept"
                       if args.precompute else "a second model copy, one no-grad forward per step (TRL default)"),
-        "optimizer": str(getattr(cfg.optim, "value", cfg.optim)), "sampler": args.sampler,
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
-        "threads": torch.get_num_threads(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "sampler": args.sampler,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, result, cfg)
 
 
 if __name__ == "__main__":

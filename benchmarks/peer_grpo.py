@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import transformers
 import trl
 from datasets import Dataset
-from peer_common import StepClock
+from peer_common import StepClock, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -142,13 +141,8 @@ def main() -> None:
         "work": (f"generate; no-grad forwards: reference (beta {args.beta}), {old}; train: policy forward/backward "
                  f"in micro-batches of {args.micro_batch}, logits of the completion positions only"),
         "trainer": trainer_cls.__name__, "loss_type": getattr(cfg, "loss_type", None),
-        "optimizer": str(getattr(cfg.optim, "value", cfg.optim)),
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
-        "threads": torch.get_num_threads(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, result, cfg)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 from pathlib import Path
 
@@ -30,9 +29,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch
 import transformers
-import trl
 from datasets import Dataset
-from peer_common import StepClock
+from peer_common import StepClock, write_result
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -133,13 +131,8 @@ def main() -> None:
         "work": ("generate with logits (old log-probs from generate's scores); no-grad forwards: reference, value "
                  "model, reward model; train: policy + value model forward/backward on the whole [prompt; response] "
                  "(logits at every position), one optimizer step per minibatch"),
-        "optimizer": str(getattr(cfg.optim, "value", cfg.optim)),
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
-        "threads": torch.get_num_threads(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, result, cfg)
 
 
 if __name__ == "__main__":

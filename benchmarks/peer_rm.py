@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 
 import torch
-import transformers
-import trl
 from datasets import Dataset
-from peer_common import StepClock
+from peer_common import StepClock, write_result
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
@@ -78,14 +75,10 @@ def main() -> None:
     steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
-        "optimizer": str(getattr(cfg.optim, "value", cfg.optim)), "sampler": "random (TRL's default)",
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        "sampler": "random (TRL's default)",
         "model_class": type(trainer.model).__name__,
-        "threads": torch.get_num_threads(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f)
+    write_result(args.out, result, cfg)
 
 
 if __name__ == "__main__":

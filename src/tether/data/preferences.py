@@ -131,6 +131,17 @@ def read_comparisons(path: str | Path) -> list[Comparison]:
     return comparisons
 
 
+def read_labelled(path: str | Path) -> list[Comparison]:
+    """`read_comparisons`, and a DataError `file:line: choice: ...` at the first unlabelled row (DPO and the other
+    preference trainers learn from labels only)."""
+    rows, _ = read_rows(path, lambda row, lineno: (lineno, _parse_comparison(row)))
+    unlabelled = [lineno for lineno, c in rows if c.choice is None]
+    if unlabelled:
+        raise DataError(f"{path}:{unlabelled[0]}: choice: null (an unrated queue item; {len(unlabelled)} in the "
+                        "file): DPO trains on labelled rows only; rate them (`tether label`) or remove them")
+    return [c for _, c in rows]
+
+
 def write_comparisons(path: str | Path, comparisons: Iterable[Comparison]) -> None:
     """Write tether JSONL, each comparison checked by the rules `read_comparisons` applies.
 

@@ -43,7 +43,6 @@ reward model), and logs monitor/... metrics, alerts.jsonl, out/best, and with st
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import time
@@ -67,7 +66,7 @@ from tether.config import check, save_config
 from tether.data.preferences import (
     Comparison,
     prompt_key,
-    read_comparisons,
+    read_labelled,
     split_by_prompt,
 )
 from tether.dpo_losses import (
@@ -80,7 +79,6 @@ from tether.dpo_losses import (
     sequence_logps,
     token_logps,
 )
-from tether.errors import DataError
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
@@ -225,26 +223,6 @@ class PairBatch:
 
 # ---------------------------------------------------------------------------------------------
 # Data: read, validate, encode
-
-
-def read_labelled(path: str | Path) -> list[Comparison]:
-    """`read_comparisons`, and a DataError `file:line: choice: ...` at the first unlabelled row."""
-    comparisons = read_comparisons(path)
-    unlabelled = [i for i, c in enumerate(comparisons) if c.choice is None]
-    if unlabelled:
-        line = _row_lines(path)[unlabelled[0]]
-        raise DataError(f"{path}:{line}: choice: null (an unrated queue item; {len(unlabelled)} in the file): "
-                        "DPO trains on labelled rows only; rate them (`tether label`) or remove them")
-    return comparisons
-
-
-def _row_lines(path: str | Path) -> list[int]:
-    """The line number of each row, as `read_comparisons` counts them (gzip read, blank lines skipped)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    lines = enumerate(raw.split(b"\n"), start=1)
-    return [n for n, line in lines if line.decode("utf-8").removeprefix("\ufeff").strip()]
 
 
 def encode_responses(tokenizer, prompts: list, responses: list[str], max_length: int) -> list[tuple[Example, bool]]:

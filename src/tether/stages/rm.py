@@ -384,10 +384,7 @@ def run(cfg: RMConfig) -> Path:
     model = adapt(RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
     train, held_out, report = load_pairs(cfg, model.tokenizer)
     if main:
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
-    if main and report["eval_prompts_in_train"]:
-        console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
+        write_inputs(cfg, run_dir, report)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
     #    RNG. The step plan is a pure function.
     net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
@@ -434,6 +431,14 @@ def run(cfg: RMConfig) -> Path:
     if main:
         write_summary(run_dir, summary)
     return final
+
+
+def write_inputs(cfg: RMConfig, run_dir: Path, report: dict) -> None:
+    """config.yaml and data_report.json, and a warning when held-out prompts also appear in training."""
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if report["eval_prompts_in_train"]:
+        console.print(f"rm: warning: {report['eval_prompts_in_train']} eval prompts also appear in the training data")
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
