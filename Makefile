@@ -31,16 +31,13 @@ chromium:
 			|| echo "could not install chromium: the browser test will skip"; \
 	fi
 
-# Side by side with TRL (separate .peer and, for PPO, .peer19 (TRL 1.9.0) environments are created on first use);
-# ratios printed.
+# Side by side with TRL (separate .peer and, for PPO, .peer19 (TRL 1.9.0) environments are created on first use):
+# every stage at each of SIZES, then the table (benchmarks/results/table.md). `make bench SIZES=5m` for one size,
+# BENCH_ARGS=--quick for a 3-step check that everything runs (written to benchmarks/results/quick/).
+SIZES ?= 5m 30m
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_sft.py
-	$(BIN)/python benchmarks/bench_rm.py
-	$(BIN)/python benchmarks/bench_dpo.py --trl-precompute
-	$(BIN)/python benchmarks/bench_rollout.py
-	$(BIN)/python benchmarks/bench_online.py --algo ppo
-	$(BIN)/python benchmarks/bench_online.py --algo grpo
-	$(BIN)/python benchmarks/bench_online.py --algo rloo
+	$(BIN)/python benchmarks/run_all.py --sizes "$(SIZES)" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,11 +1,13 @@
 """Benchmark: tether's DPO training speed against TRL's DPOTrainer, measured in one run, ratio printed.
 
-    .venv/bin/python benchmarks/bench_dpo.py [--steps 40] [--warmup 8] [--rounds 2] [--threads 1]
+    .venv/bin/python benchmarks/bench_dpo.py [--size 5m|30m] [--steps 40] [--warmup 8] [--rounds 2] [--threads 1]
                                              [--pairs-per-prompt 2] [--trl-precompute] [--trl-sampler random]
+                                             [--results-dir DIR]
 
 1. Make sure the peer venv `.peer` exists (common.ensure_peer).
 2. Build the shared inputs once in a temp folder: a BPE tokenizer trained on the tiny world's pretraining
-   corpus, a freshly initialised "small" Llama saved as a HF folder, and tiny-world preference pairs
+   corpus, a freshly initialised Llama of `--size` (5m: tether's "small" preset, 4.6M parameters; 30m: 34M,
+   common.SIZES) saved as a HF folder, and tiny-world preference pairs
    (`preference_pairs`) written twice: tether JSONL and TRL conversational JSONL.
 3. Measure the fp32 matmul peak (2048x2048) for model FLOP utilisation (MFU).
 4. Run tether's `dpo` stage (loss=sigmoid) in a subprocess and TRL's DPOTrainer in the peer venv
@@ -14,8 +16,9 @@
    `--trl-precompute` adds a third side: TRL with precompute_ref_log_probs=True.
 5. Steady-state pairs/s over the steps after `--warmup` (medians of per-step rates) of each side's fastest
    round, the one-off reference precompute in its own column, pairs/s with that precompute amortised over
-   one epoch, peak RSS; print a table and the ratios, write benchmarks/results/dpo.json
-   (dpo-trl-group_by_length.json with `--trl-sampler group_by_length`).
+   one epoch, peak RSS; print a table and the ratios, write benchmarks/results/dpo-<size>.json
+   (dpo-trl-group_by_length-<size>.json with `--trl-sampler group_by_length`; --results-dir; before --size
+   existed: dpo.json, 5m).
 
 What each side computes per step differs, and that difference is the point of the comparison:
 - tether scores the reference ONCE per dataset (one no-grad pass, cached in out/ref_logps.safetensors),
@@ -39,9 +42,9 @@ from pathlib import Path
 
 import common  # noqa: E402
 from common import (
-    RESULTS,
-    ROOT,
+    SIZES,
     THREADS_HELP,
+    add_results_arg,
     alternate,
     busy_note,
     ensure_peer,
@@ -49,10 +52,10 @@ from common import (
     rss_mb,
     timed_steps,
     world_model,
+    write_result,
 )
 
 BATCH, MAX_LENGTH, BETA, LR, SEED = 16, 256, 0.1, 1e-4, 0
-PRESET = "small"
 LABELS = {"tether": "tether", "trl": "TRL", "trl-precompute": "TRL pre"}
 
 
@@ -80,7 +83,7 @@ def preference_pairs(world, per_prompt: int, seed: int = SEED) -> list:
     return out
 
 
-def prepare(folder: Path, per_prompt: int):
+def prepare(folder: Path, per_prompt: int, size: str):
     """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model."""
     from tether.data.preferences import write_comparisons, write_trl
     from tether.world.world import World, WorldConfig
@@ -88,7 +91,7 @@ def prepare(folder: Path, per_prompt: int):
     comparisons = preference_pairs(World(WorldConfig()), per_prompt)
     write_comparisons(folder / "prefs.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
-    return world_model(folder / "model", PRESET, SEED)
+    return world_model(folder / "model", SIZES[size], SEED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     rows = {side: summaries[side][best[side]] for side in runs}
     raw = {side: runs[side][best[side]] for side in runs}
     versions = raw["trl"]["versions"]
-    print(f"\nDPO (sigmoid, beta {BETA}), {PRESET} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
+    print(f"\nDPO (sigmoid, beta {BETA}), {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
           f"{BATCH} pairs, max length {MAX_LENGTH}, {args.steps} steps, timed over the last "
           f"{args.steps - args.warmup}, best of {args.rounds} round(s) per side, torch threads "
           f"{rows['tether']['threads']}; TRL {versions['trl']}, transformers {versions['transformers']}")
@@ -284,14 +287,12 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{LABELS[side]} pairs/s per round: " + ", ".join(f"{x['pairs_per_s']:.1f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("dpo.json" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}.json")
-    out.write_text(json.dumps({"preset": PRESET, "trl_sampler": args.trl_sampler, "steps": args.steps,
-                               "warmup": args.warmup, "batch_pairs": BATCH, "max_length": MAX_LENGTH, "beta": BETA,
-                               "parameters": count_parameters(model), "peak_flops": peak, "sides": rows,
-                               "ratios": r, "rounds": summaries, "versions": versions, "differences": notes,
-                               "raw": runs}, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    name = "dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}"
+    write_result(args.results_dir / f"{name}-{args.size}.json", {
+        "size": args.size, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
+        "warmup": args.warmup, "batch_pairs": BATCH, "max_length": MAX_LENGTH, "beta": BETA,
+        "parameters": count_parameters(model), "peak_flops": peak, "sides": rows, "ratios": r, "rounds": summaries,
+        "versions": versions, "differences": notes, "raw": runs})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="tether DPO vs TRL DPOTrainer throughput (CPU, fp32)")
+    p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=8, help="leading steps left out of the timing")
     p.add_argument("--pairs-per-prompt", type=int, default=2,
@@ -311,6 +313,7 @@ def main() -> None:
                    help="runs per side, alternating the order; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
+    add_results_arg(p)
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:
@@ -327,7 +330,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-dpo-"))
     try:
         print(f"inputs in {folder}", flush=True)
-        model = prepare(folder, args.pairs_per_prompt)
+        model = prepare(folder, args.pairs_per_prompt, args.size)
         peak = matmul_peak()
         runs = alternate(args.rounds, tuple(sides), lambda side: run_side(side, folder, args))
     finally:

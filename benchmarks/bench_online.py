@@ -1,13 +1,13 @@
 """Benchmark: tether's online RL (PPO, GRPO, RLOO) against TRL, measured in one run, ratios printed.
 
     .venv/bin/python benchmarks/bench_online.py [--algo ppo,grpo,rloo] [--size 5m|30m] [--steps 10] [--warmup 2]
-                                                [--rounds 2] [--threads 1] [--profile]
+                                                [--rounds 2] [--threads 1] [--profile] [--results-dir DIR]
 
 1. Make sure the peer venvs exist: `.peer` (current TRL: GRPOTrainer, RLOOTrainer) and `.peer19` (TRL 1.9.0, the
    last release with PPO: `trl.experimental.ppo.PPOTrainer`) (common.ensure_peer, common.ensure_peer19).
 2. Build the shared inputs once in a temp folder: a BPE tokenizer trained on the tiny world's pretraining corpus, a
    freshly initialised Llama of `--size` (5m: tether's "small" preset, 4.6M parameters; 30m: 34M, added to the
-   presets in this process only) saved as a HF folder, the world's 600 train prompts (prompts.jsonl for tether;
+   presets in this process only: common.SIZES) saved as a HF folder, the world's 600 train prompts (prompts.jsonl for tether;
    prompts.json with tether's token ids for the peers) and, for PPO, a tether reward model on the same backbone
    (`RewardModel.from_backbone`, untrained head; it is also where tether's separate critic starts).
 3. Measure the fp32 matmul peak (2048x2048, on CPU time) for model FLOP utilisation (MFU), before and after the runs.
@@ -26,7 +26,7 @@
    machine barely moves (one torch thread per side), reported for each side's round with the best CPU-time rate.
    Beside them: generated tokens per step (both sides sample to near full length: untrained models rarely emit
    EOS), the time in generation, in no-grad scoring forwards and in the rest, peak RSS and MFU; print a table,
-   the ratios and the differences; write benchmarks/results/online-<algo>-<size>.json.
+   the ratios and the differences; write benchmarks/results/online-<algo>-<size>.json (--results-dir).
    PPO also runs `tether-head` (tether's default critic, a value head; TRL's PPO has no such option) and
    `--experiments` adds `tether-lp` (old log-probs from the rollout, a monkeypatch: see VARIANTS).
 
@@ -52,26 +52,22 @@ import common
 from common import (
     PEER19_PYTHON,
     PEER_PYTHON,
-    RESULTS,
-    ROOT,
+    SIZES,
     THREADS_HELP,
+    add_results_arg,
     alternate,
     busy_note,
     ensure_peer,
     ensure_peer19,
     matmul_peak,
     rss_mb,
+    tether_version,
     timed_steps,
     world_model,
+    write_result,
 )
 
 SEED, NEW_TOKENS, PROMPTS_PER_STEP, LR = 0, 32, 16, 1e-5
-SIZES = {"5m": "small", "30m": "bench-30m"}  # --size -> tether preset
-EXTRA_PRESETS = {
-    # ~34M parameters with the world's tokenizer (tied embeddings); the same as bench_sft.py's 30m.
-    "bench-30m": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
-                  "intermediate_size": 2048, "max_position_embeddings": 512, "tie_word_embeddings": True},
-}
 # Per algorithm: responses per prompt, the unit of the headline rate, and the tether settings.
 ALGOS = {
     "ppo": {"group": 1, "unit": "episodes", "kl": 0.05, "epochs": 4, "minibatch": 16, "micro": 16,
@@ -115,7 +111,7 @@ def prepare(folder: Path, size: str, algos: list[str]):
     from tether.tokenizer import encode_prompt
     from tether.world.world import World, WorldConfig
 
-    model = world_model(folder / "model", SIZES[size], SEED, EXTRA_PRESETS)
+    model = world_model(folder / "model", SIZES[size], SEED)
     tokenizer = load_tokenizer(str(folder / "model"))
     texts = [q.text for q in World(WorldConfig()).train_queries()]
     rows = [{"text": t, "ids": encode_prompt(tokenizer, [{"role": "user", "content": t}])} for t in texts]
@@ -440,21 +436,6 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
     return notes
 
 
-def tether_version() -> str:
-    """The git commit of the tether that ran (with "+dirty" when src/ differs from it), and where it was imported
-    from (a PYTHONPATH snapshot of src/ runs instead of the working tree)."""
-    import subprocess
-
-    import tether
-
-    where = Path(tether.__file__).resolve().parent.parent
-    git = ["git", "-C", str(where)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False)
-    commit = head.stdout.strip() if head.returncode == 0 else "unknown commit"
-    return f"{commit}{'+dirty' if dirty.stdout.strip() else ''} ({where})"
-
-
 def report(args, algo: str, runs: dict[str, list[dict]], model, peak: float) -> dict:
     from tether.models import count_parameters
 
@@ -485,8 +466,6 @@ def report(args, algo: str, runs: dict[str, list[dict]], model, peak: float) -> 
         print(f"{side} {a['unit']}/s per round, CPU time (wall): "
               + ", ".join(f"{x['rate_cpu']:.2f} ({x['rate']:.2f})" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"online-{algo}-{args.size}.json"
     summary = {"algorithm": algo, "size": args.size, "steps": args.steps, "warmup": args.warmup,
                "rounds": args.rounds, "prompts_per_step": PROMPTS_PER_STEP, "group_size": a["group"],
                "new_tokens": NEW_TOKENS, "settings": {k: v for k, v in a.items() if k != "tether"},
@@ -494,8 +473,7 @@ def report(args, algo: str, runs: dict[str, list[dict]], model, peak: float) -> 
                                     for side in rows if side != "trl"},
                "parameters": count_parameters(model), "peak_flops": peak, "sides": rows, "ratios": r,
                "per_round": summaries, "versions": versions, "differences": notes, "raw": runs}
-    out.write_text(json.dumps(summary, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    write_result(args.results_dir / f"online-{algo}-{args.size}.json", summary)
     return summary
 
 
@@ -515,8 +493,8 @@ def profile_tether(folder: Path, algo: str, args) -> None:
         print("  step " + str(s["step"]) + ": " + ", ".join(f"{k} {v:.2f}" for k, v in s.items() if k.endswith("_s")))
     text = Path(str(out) + ".profile.txt").read_text()
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"online-{algo}-{args.size}-profile.txt").write_text(text)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"online-{algo}-{args.size}-profile.txt").write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +516,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also profile one tether run per algorithm")
     p.add_argument("--variant", default="tether", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
+    add_results_arg(p)
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:

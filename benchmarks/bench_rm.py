@@ -1,23 +1,27 @@
 """Benchmark: tether's reward-model training speed against TRL's RewardTrainer, in one run, ratio printed.
 
-    .venv/bin/python benchmarks/bench_rm.py [--data rated|unique] [--steps 40] [--warmup 10] [--rounds 2]
-                                            [--threads 1] [--profile 0]
+    .venv/bin/python benchmarks/bench_rm.py [--data rated|unique] [--size 5m|30m] [--steps 40] [--warmup 10]
+                                            [--rounds 2] [--threads 1] [--profile 0] [--results-dir DIR]
 
 1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
 2. Build the shared inputs once in a temp folder: a BPE tokenizer trained on the tiny world's pretraining
-   corpus, a fresh tether "small" Llama (about 4.7M parameters) saved as a HF folder, and comparisons on
+   corpus, a fresh Llama of `--size` (5m: tether's "small" preset, 4.6M parameters; 30m: 34M, common.SIZES)
+   saved as a HF folder, and comparisons on
    the world's train prompts: per prompt a good-content and a bad-content response (`styles.content`),
    each decorated (flattery, hedging, padding) at the world's pretraining rate, in random order.
    `--data rated` (default): each pair labelled by 3 simulated raters (`raters.label`, one row per
    rating, what `tether label` writes); ties are dropped, since TRL cannot train on them. `--data unique`:
    one row per pair, chosen = the good content. Written as tether JSONL and as TRL conversational JSONL
    (`write_trl`), so that TRL tokenises with the same chat template: both sides train on the same ids.
-3. Run tether's rm stage in a subprocess (this file as a worker; each step timed by wrapping
+3. Measure the fp32 matmul peak (2048x2048, best of a few, before and after the runs) for model FLOP
+   utilisation (MFU). Run tether's rm stage in a subprocess (this file as a worker; each step timed by wrapping
    `tether.stages.rm.train_step`) and TRL's RewardTrainer in the peer venv (benchmarks/peer_rm.py),
    `--rounds` times each, alternating which goes first: same model folder, 16 pairs per step (tether
    rounds up to whole prompt groups), max length 256, fp32, lr 1e-4, no eval, no checkpoints.
 4. Throughput over the steps after `--warmup` (medians of per-step rates, as in bench_sft.py) of each
-   side's fastest round; print a table and the ratio; write benchmarks/results/rm-<data>.json.
+   side's fastest round, MFU (each side's non-pad tokens x training FLOPs per token of the reward model: the
+   Llama body without its LM head, see `rm_flops_per_token`) and peak RSS; print a table and the ratio; write
+   benchmarks/results/rm-<data>-<size>.json (--results-dir; before --size existed: rm-<data>.json, 5m).
    `--profile N` then profiles N of tether's steps with torch.profiler and prints where the time goes.
 
 Both models are the same: tether's RewardModel reads the LlamaModel body's last non-pad hidden state
@@ -43,20 +47,22 @@ from pathlib import Path
 
 import common  # noqa: E402
 from common import (
-    RESULTS,
-    ROOT,
+    SIZES,
     THREADS_HELP,
+    add_results_arg,
     alternate,
     busy_note,
     ensure_peer,
+    matmul_peak,
     rss_mb,
     sh,
     side_env,
     timed_steps,
     world_model,
+    write_result,
 )
 
-BATCH, MAX_LENGTH, LR, SEED, PRESET = 16, 256, 1e-4, 0, "small"
+BATCH, MAX_LENGTH, LR, SEED = 16, 256, 1e-4, 0
 DECORATION_RATE = 0.3  # as WorldConfig.decoration_rate
 
 
@@ -96,11 +102,11 @@ def world_comparisons(kind: str, seed: int = SEED) -> tuple[list, dict]:
                   "rows": len(kept), "good_chosen": sum(r.chosen in goods for r in kept) / len(kept)}
 
 
-def prepare(folder: Path, kind: str) -> tuple[object, dict]:
+def prepare(folder: Path, kind: str, size: str) -> tuple[object, dict]:
     """Write model/, rm.jsonl (tether) and trl.jsonl (TRL conversational) under `folder`."""
     from tether.data.preferences import write_comparisons, write_trl
 
-    model = world_model(folder / "model", PRESET, SEED)
+    model = world_model(folder / "model", SIZES[size], SEED)
     comparisons, counts = world_comparisons(kind)
     write_comparisons(folder / "rm.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
@@ -115,6 +121,12 @@ def tether_overrides(folder: Path, steps: int) -> list[str]:
     return [f"data={folder / 'rm.jsonl'}", f"backbone={folder / 'model'}", f"out={folder / 'tether-run'}",
             f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
             f"lr={LR}", "eval_fraction=0", "save_every=0", "log_every=1", f"seed={SEED}"]
+
+
+def padded_tokens(batch) -> int:
+    """Token slots of the padded tensors an `rm.PairBatch` runs: its length chunks, each padded to its own
+    longest sequence."""
+    return sum(ids.numel() for ids, _ in batch.chunks)
 
 
 def tether_worker(folder: Path, steps: int, out: Path) -> None:
@@ -145,7 +157,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     records = []
     for i, (end, pairs) in enumerate(zip(ends, batches)):
         distinct = {tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}
-        padded = sum(rm.collate_pairs(micro, 0).input_ids.numel() for micro in rm.micro_batches(pairs, cfg.micro_batch_size))
+        padded = sum(padded_tokens(rm.collate_pairs(micro, 0)) for micro in rm.micro_batches(pairs, cfg.micro_batch_size))
         records.append({"step": i + 1, "time": end - start[0], "pairs": len(pairs), "sequences": len(distinct),
                         "tokens": sum(map(len, distinct)), "padded_tokens": padded,
                         "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs)})
@@ -171,10 +183,24 @@ def run_side(side: str, folder: Path, args) -> dict:
 # 4. Summary, and the profile
 
 
-def summarise(result: dict, warmup: int) -> dict:
-    """Rates over steps (warmup, last]: medians of per-step rates (see bench_sft.summarise), and wall rates."""
+def rm_flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token of a reward model over `model`'s Llama body: `model_flops_per_token` (PaLM's
+    6N + 12LHT) less the LM head's 6 x vocab x hidden, which a reward model replaces by a hidden -> 1 head."""
+    from tether.models import model_flops_per_token
+
+    return model_flops_per_token(model, seq_len) - 6 * model.get_output_embeddings().weight.numel()
+
+
+def summarise(result: dict, warmup: int, model, peak: float) -> dict:
+    """Rates over steps (warmup, last]: medians of per-step rates (see bench_sft.summarise), wall rates, and MFU.
+
+    MFU counts the tokens each side's model ran (tether each distinct sequence of a step once, TRL both sequences
+    of every pair), so it measures how well each side uses the FLOPs it spends, not how many it avoids.
+    """
     timed, durations = timed_steps(result["steps"], warmup)
     seconds = sum(durations)
+    mean_len = sum(s["tokens"] for s in timed) / sum(s["sequences"] for s in timed)
+    flops_per_token = rm_flops_per_token(model, round(mean_len))
 
     def median_rate(key: str) -> float:
         return statistics.median(s[key] / d for s, d in zip(timed, durations))
@@ -189,23 +215,28 @@ def summarise(result: dict, warmup: int) -> dict:
         "pairs_per_step": sum(s["pairs"] for s in timed) / len(timed),
         "sequences_per_pair": sum(s["sequences"] for s in timed) / sum(s["pairs"] for s in timed),
         "padding_fraction": 1 - sum(s["tokens"] for s in timed) / sum(s["padded_tokens"] for s in timed),
+        "mean_seq_len": mean_len, "flops_per_token": flops_per_token,
+        "mfu": median_rate("tokens") * flops_per_token / peak,
         "peak_rss_mb": result["peak_rss_mb"], "threads": result["threads"], "optimizer": result["optimizer"],
     }
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], peak: float) -> None:
     print(f"\n{'side':<8}{'pairs/s':>9}{'wall pairs/s':>14}{'seq/s':>8}{'tokens/s':>10}{'pair tok/s':>12}"
-          f"{'pairs/step':>12}{'seq/pair':>10}{'pad %':>7}{'peak RSS MB':>13}")
+          f"{'pairs/step':>12}{'seq/pair':>10}{'pad %':>7}{'peak RSS MB':>13}{'MFU':>8}")
     for r in rows:
         print(f"{r['side']:<8}{r['pairs_per_s']:>9.1f}{r['wall_pairs_per_s']:>14.1f}{r['sequences_per_s']:>8.1f}"
               f"{r['tokens_per_s']:>10.0f}{r['pair_tokens_per_s']:>12.0f}{r['pairs_per_step']:>12.1f}"
-              f"{r['sequences_per_pair']:>10.2f}{100 * r['padding_fraction']:>7.1f}{r['peak_rss_mb']:>13.0f}")
+              f"{r['sequences_per_pair']:>10.2f}{100 * r['padding_fraction']:>7.1f}{r['peak_rss_mb']:>13.0f}"
+              f"{100 * r['mfu']:>7.2f}%")
     t, p = rows
     print(f"\nratio tether/TRL: pairs/s {t['pairs_per_s'] / p['pairs_per_s']:.2f}x (target >= 2x), "
           f"wall pairs/s {t['wall_pairs_per_s'] / p['wall_pairs_per_s']:.2f}x, "
           f"sequences/s {t['sequences_per_s'] / p['sequences_per_s']:.2f}x, "
           f"tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x; peak RSS {t['peak_rss_mb'] / p['peak_rss_mb']:.2f}x")
-    print("(pairs/s, seq/s, tokens/s, pair tok/s: medians of per-step rates; wall pairs/s: total pairs / total time)")
+    print("(pairs/s, seq/s, tokens/s, pair tok/s, MFU: medians of per-step rates; wall pairs/s: total pairs / total "
+          "time; MFU: tokens/s x reward-model training FLOPs per token / matmul peak)")
+    print(f"fp32 matmul peak (2048x2048): {peak / 1e9:.1f} GFLOP/s")
 
 
 def differences(tether: dict, trl: dict, counts: dict) -> list[str]:
@@ -228,16 +259,19 @@ def differences(tether: dict, trl: dict, counts: dict) -> list[str]:
     return notes
 
 
-def report(args, runs: dict[str, list[dict]], counts: dict, parameters: int) -> None:
-    summaries = {side: [summarise(r, args.warmup) for r in rs] for side, rs in runs.items()}
+def report(args, runs: dict[str, list[dict]], counts: dict, model, peak: float) -> None:
+    from tether.models import count_parameters
+
+    parameters = count_parameters(model)
+    summaries = {side: [summarise(r, args.warmup, model, peak) for r in rs] for side, rs in runs.items()}
     best = {side: max(range(args.rounds), key=lambda i: ss[i]["pairs_per_s"]) for side, ss in summaries.items()}
     tether, trl = runs["tether"][best["tether"]], runs["trl"][best["trl"]]
     rows = [summaries["tether"][best["tether"]], summaries["trl"][best["trl"]]]
-    print(f"\nreward model, {args.data} data, {PRESET} Llama ({parameters / 1e6:.2f}M parameters), {BATCH} pairs per "
+    print(f"\nreward model, {args.data} data, {args.size} Llama ({parameters / 1e6:.2f}M parameters), {BATCH} pairs per "
           f"step, max length {MAX_LENGTH}, {args.steps} steps, timed over the last {args.steps - args.warmup}, best "
           f"of {args.rounds} round(s) per side, torch threads {rows[0]['threads']} (tether) / {rows[1]['threads']} "
           f"(TRL); TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}")
-    print_table(rows)
+    print_table(rows, peak)
     notes = differences(tether, trl, counts)
     busy = busy_note([r["load"] for rs in runs.values() for r in rs])
     if busy:
@@ -250,15 +284,12 @@ def report(args, runs: dict[str, list[dict]], counts: dict, parameters: int) -> 
     print(f"pairs/s ratio per round: {', '.join(f'{x:.2f}x' for x in round_ratios)} "
           f"(median {statistics.median(round_ratios):.2f}x)")
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"rm-{args.data}.json"
-    out.write_text(json.dumps({"data": args.data, "counts": counts, "steps": args.steps, "warmup": args.warmup,
-                               "batch_size": BATCH, "max_length": MAX_LENGTH, "parameters": parameters,
-                               "tether": rows[0], "trl": rows[1], "rounds": summaries,
-                               "ratio_pairs_per_s": rows[0]["pairs_per_s"] / rows[1]["pairs_per_s"],
-                               "ratio_pairs_per_s_per_round": round_ratios,
-                               "versions": trl["versions"], "differences": notes, "raw": runs}, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    write_result(args.results_dir / f"rm-{args.data}-{args.size}.json", {
+        "data": args.data, "size": args.size, "counts": counts, "steps": args.steps, "warmup": args.warmup,
+        "batch_size": BATCH, "max_length": MAX_LENGTH, "parameters": parameters, "peak_flops": peak,
+        "tether": rows[0], "trl": rows[1], "rounds": summaries,
+        "ratio_pairs_per_s": rows[0]["pairs_per_s"] / rows[1]["pairs_per_s"],
+        "ratio_pairs_per_s_per_round": round_ratios, "versions": trl["versions"], "differences": notes, "raw": runs})
 
 
 def profile(folder: Path, steps: int, warmup: int) -> None:
@@ -318,14 +349,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description="tether rm vs TRL RewardTrainer throughput (CPU, fp32)")
     p.add_argument("--data", choices=["rated", "unique"], default="rated",
                    help="rated: 3 simulated ratings per pair (ties dropped); unique: one row per pair")
+    p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (also for the matmul peak)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="afterwards, profile N of tether's steps (after --warmup) and print where the time goes")
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
+    add_results_arg(p)
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--profile-worker", metavar="FOLDER", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -336,15 +369,19 @@ def main() -> None:
     if not 1 <= args.warmup < args.steps or args.rounds < 1:
         sys.exit("need 1 <= --warmup < --steps and --rounds >= 1")
 
-    from tether.models import count_parameters
+    if args.threads:
+        import torch
 
+        torch.set_num_threads(args.threads)  # for the matmul peak; the sides get OMP_NUM_THREADS
     ensure_peer()
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-rm-"))
     try:
         print(f"inputs in {folder}", flush=True)
-        model, counts = prepare(folder, args.data)
+        model, counts = prepare(folder, args.data, args.size)
+        peak = matmul_peak()
         runs = alternate(args.rounds, ("tether", "trl"), lambda side: run_side(side, folder, args))
-        report(args, runs, counts, count_parameters(model))
+        peak = max(peak, matmul_peak())  # other processes only ever lower it: keep the best
+        report(args, runs, counts, model, peak)
         if args.profile:
             print(sh([sys.executable, __file__, "--warmup", args.warmup, "--profile", args.profile,
                       "--profile-worker", folder], env=side_env(args.threads)).stdout)

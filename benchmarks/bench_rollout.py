@@ -1,6 +1,7 @@
 """Benchmark: rollout speed of `tether.rollout.sample` against Hugging Face `generate`, ratio printed.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--sizes demo,5m] [--batch 64] [--new-tokens 48] [--rounds 7]
+    .venv/bin/python benchmarks/bench_rollout.py [--sizes 5m,30m] [--batch 64] [--new-tokens 48] [--rounds 7]
+                                                 [--results-dir DIR] [--out FILE]
 
 1. Build the shared inputs once: a BPE tokenizer trained on the tiny world's pretraining corpus (saved to a
    temp folder) and `--batch` chat prompts from the world's train queries (`encode_prompt`, 9 to 17 tokens).
@@ -11,11 +12,13 @@
    machine drifts by 1.5x over minutes: separate processes per side measured the drift, not the code.
 3. Tokens are generated non-pad tokens, EOS included: an untrained model rarely emits EOS, so both sides run
    close to the full length. A side's tokens/s is the median over rounds; its ratio to `generate`, the median
-   of same-round ratios.
+   of same-round ratios. MFU: nominal forward FLOPs of the real (prompt and generated) tokens per second over
+   the fp32 matmul peak (2048x2048) measured in the speed worker, before and after its rollouts (the best).
 4. Peak RSS, one process per side (RSS does not drift with load): after setup and after two rollouts.
 5. The "GEMM floor": the model's linear layers alone (lm_head included) at batch B and one token per step,
    the best a decoder running these fp32 matmuls one token at a time could do. `--profile` adds where one
    rollout's time goes, by kind of op.
+6. Write benchmarks/results/rollout-<size>.json per size (--results-dir), and all sizes as a list to `--out`.
 
 Absolute figures drift on a shared machine: compare only ratios measured in one run.
 """
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SIZES = {"demo": "demo", "5m": "small"}  # --sizes name -> tether preset
+import common
+from common import add_results_arg, matmul_peak, register_presets, rss_mb, write_result
+
+SIZES = {"demo": "demo", **common.SIZES}  # --sizes name -> tether preset
 SIDES = ("generate", "sample-dynamic", "sample-static")
 SEED = 0
 # aten op -> kind of work in the --profile breakdown; any other aten op is "other ops".
@@ -42,10 +46,6 @@ CATEGORIES = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "atten
               "aten::cat": "kv cache", "aten::index_copy_": "kv cache",
               "aten::multinomial": "sampling", "aten::exponential_": "sampling", "aten::searchsorted": "sampling",
               "aten::cumsum": "sampling", "aten::logsumexp": "sampling"}
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def prepare(folder: Path, batch: int) -> None:
 
 
 def load(folder: Path, preset: str, new_tokens: int):
-    """The model, the prompt count, and `rollout(side, seed) -> generated non-pad tokens`."""
+    """The model, the prompts (token ids), and `rollout(side, seed) -> generated non-pad tokens`."""
     import torch
 
     from tether.generation import left_pad
@@ -83,6 +83,7 @@ def load(folder: Path, preset: str, new_tokens: int):
 
     tokenizer = load_tokenizer(str(folder / "tokenizer"))
     prompts = json.loads((folder / "prompts.json").read_text())
+    register_presets()  # bench-30m
     model = build_model(preset, tokenizer, seed=SEED).eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     ids, mask = left_pad(prompts, pad)
@@ -98,7 +99,7 @@ def load(folder: Path, preset: str, new_tokens: int):
                    generator=torch.Generator().manual_seed(seed), cache=side.removeprefix("sample-"))
         return int(r.lengths.sum())
 
-    return model, len(prompts), rollout
+    return model, prompts, rollout
 
 
 def gemm_floor(model, batch: int, repeats: int = 50) -> float:
@@ -141,13 +142,25 @@ def breakdown(fn) -> dict:
     return out
 
 
+def forward_flops_per_token(model, prompts: list[list[int]], new_tokens: int) -> float:
+    """Nominal forward FLOPs per token of a rollout: a third of PaLM's training count (`model_flops_per_token`:
+    2N + 4LHT forward), T the mean context while decoding (prompt + half the new tokens)."""
+    from tether.models import model_flops_per_token
+
+    context = sum(map(len, prompts)) / len(prompts) + new_tokens / 2
+    return model_flops_per_token(model, round(context)) / 3
+
+
 def speed_worker(folder: Path, preset: str, args) -> dict:
     """Rounds of one rollout per side, order rotating; per side its rates, tokens and optional breakdown."""
     import torch
+    import transformers
 
     from tether.models import count_parameters
 
-    model, batch, rollout = load(folder, preset, args.new_tokens)
+    model, prompts, rollout = load(folder, preset, args.new_tokens)
+    batch = len(prompts)
+    peak = matmul_peak()
     for side in SIDES:
         rollout(side, SEED)  # warm-up: allocator, thread pool, lazy HF init
     result = {side: {"rates": [], "tokens": []} for side in SIDES}
@@ -161,7 +174,11 @@ def speed_worker(folder: Path, preset: str, args) -> dict:
         for side in SIDES:
             result[side]["breakdown"] = breakdown(lambda: rollout(side, SEED))  # noqa: B023 (called at once)
     return {"sides": result, "parameters": count_parameters(model), "threads": torch.get_num_threads(),
-            "gemm_floor_tokens_per_s": batch / gemm_floor(model, batch), "load": os.getloadavg()[0]}
+            "gemm_floor_tokens_per_s": batch / gemm_floor(model, batch), "load": os.getloadavg()[0],
+            "peak_flops": max(peak, matmul_peak()),  # other processes only ever lower it: keep the best
+            "prompt_tokens": sum(map(len, prompts)),
+            "forward_flops_per_token": forward_flops_per_token(model, prompts, args.new_tokens),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
 def rss_worker(folder: Path, preset: str, side: str, args) -> dict:
@@ -190,29 +207,42 @@ def run_worker(folder: Path, size: str, args, side: str | None = None) -> dict:
 # Report
 
 
+def mfu(side: dict, speed: dict) -> float:
+    """Median over rounds of the nominal forward FLOP/s of a rollout's real tokens (prompts + generated) / peak."""
+    prompt, per_token = speed["prompt_tokens"], speed["forward_flops_per_token"]
+    return statistics.median(r * (n + prompt) / n for r, n in zip(side["rates"], side["tokens"])) \
+        * per_token / speed["peak_flops"]
+
+
 def report(size: str, speed: dict, rss: dict, args) -> dict:
     """Print one size's table, ratios and optional breakdown; return its summary."""
     sides, base = speed["sides"], speed["sides"]["generate"]["rates"]
     rows = {side: {"tokens_per_s": statistics.median(s["rates"]),
                    "vs_generate": statistics.median(r / g for r, g in zip(s["rates"], base)),
-                   "tokens": statistics.mean(s["tokens"]), **rss[side]} for side, s in sides.items()}
+                   "tokens": statistics.mean(s["tokens"]), "mfu": mfu(s, speed), **rss[side]}
+            for side, s in sides.items()}
     floor = speed["gemm_floor_tokens_per_s"]
     print(f"\n{size} preset ({speed['parameters'] / 1e6:.2f}M parameters), batch {args.batch}, {args.new_tokens} "
           f"new tokens, {speed['threads']} thread(s), {args.rounds} rounds")
     print(f"{'side':<16}{'tokens/s':>10}{'vs generate':>13}{'tokens/rollout':>16}{'RSS setup MB':>14}"
-          f"{'peak RSS MB':>13}")
+          f"{'peak RSS MB':>13}{'MFU':>8}")
     for side, r in rows.items():
         print(f"{side:<16}{r['tokens_per_s']:>10.0f}{r['vs_generate']:>12.2f}x{r['tokens']:>16.0f}"
-              f"{r['rss_setup_mb']:>14.0f}{r['peak_rss_mb']:>13.0f}")
+              f"{r['rss_setup_mb']:>14.0f}{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%")
     print(f"{'GEMM floor':<16}{floor:>10.0f}{floor / rows['generate']['tokens_per_s']:>12.2f}x   "
           "(the linear layers alone, one token per step)")
-    print("tokens/s: median over rounds; vs generate: median of same-round ratios")
+    print("tokens/s, MFU: medians over rounds; vs generate: median of same-round ratios; MFU: forward FLOPs of "
+          f"prompt + generated tokens / fp32 matmul peak ({speed['peak_flops'] / 1e9:.1f} GFLOP/s, 2048x2048)")
     if args.profile:
         print_breakdown({side: s["breakdown"] for side, s in sides.items()}, args.new_tokens)
+    notes = []
     if speed["load"] > (os.cpu_count() or 1):
-        print(f"machine busy: 1-min load average {speed['load']:.1f} on {os.cpu_count()} cores; figures are noisy")
-    return {"size": size, "parameters": speed["parameters"], "sides": rows, "gemm_floor_tokens_per_s": floor,
-            "raw": speed}
+        notes.append(f"machine busy: 1-min load average {speed['load']:.1f} on {os.cpu_count()} cores; figures are "
+                     "noisy")
+        print(notes[-1])
+    return {"size": size, "parameters": speed["parameters"], "batch": args.batch, "new_tokens": args.new_tokens,
+            "rounds": args.rounds, "peak_flops": speed["peak_flops"], "versions": speed["versions"], "sides": rows,
+            "gemm_floor_tokens_per_s": floor, "differences": notes, "raw": speed}
 
 
 def print_breakdown(splits: dict[str, dict], new_tokens: int) -> None:
@@ -228,13 +258,14 @@ def print_breakdown(splits: dict[str, dict], new_tokens: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="tether.rollout.sample vs HF generate throughput (CPU, fp32)")
-    p.add_argument("--sizes", default="demo,5m", help=f"comma-separated, from {', '.join(SIZES)}")
+    p.add_argument("--sizes", default="5m,30m", help=f"comma-separated, from {', '.join(SIZES)}")
     p.add_argument("--batch", type=int, default=64, help="prompts per rollout")
     p.add_argument("--new-tokens", type=int, default=48, help="max_new_tokens on every side")
     p.add_argument("--rounds", type=int, default=7, help="timed rollouts per side, interleaved")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the workers")
     p.add_argument("--profile", action="store_true", help="also print where one rollout's time goes")
-    p.add_argument("--out", help="also write the results as JSON to this path")
+    p.add_argument("--out", help="also write the results of all sizes as one JSON list to this path")
+    add_results_arg(p)
     p.add_argument("--worker", nargs=4, metavar=("FOLDER", "PRESET", "KIND", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -255,6 +286,7 @@ def main() -> None:
             speed = run_worker(folder, size, args)
             rss = {side: run_worker(folder, size, args, side) for side in SIDES}
             results.append(report(size, speed, rss, args))
+            write_result(args.results_dir / f"rollout-{size}.json", results[-1])
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out}")

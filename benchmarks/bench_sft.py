@@ -1,7 +1,7 @@
 """Benchmark: tether's SFT training speed against TRL's SFTTrainer, measured in one run, ratio printed.
 
     .venv/bin/python benchmarks/bench_sft.py [--steps 50] [--warmup 10] [--size 5m|30m|demo] [--rounds 2]
-                                             [--threads 1] [--trl-sampler random|group_by_length]
+                                             [--threads 1] [--trl-sampler random|group_by_length] [--results-dir DIR]
 
 1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
 2. Build the shared inputs once in a temp folder: the tiny world's SFT demos as JSONL, a BPE tokenizer
@@ -11,7 +11,7 @@
    `--rounds` times each, alternating which goes first, on the same model folder, tokenizer and
    conversations: batch 16, max length 256, loss on assistant tokens only, fp32, no eval, no checkpoints.
 5. Throughput over the steps after `--warmup` (medians of per-step rates, see `summarise`) of each side's
-   fastest round; print a table and the ratio, and write benchmarks/results/sft-<size>.json.
+   fastest round; print a table and the ratio, and write benchmarks/results/sft-<size>.json (--results-dir).
 
 Tokens are non-pad tokens (prompt and response); "padded" counts the (B, T) tensor the model ran on.
 Absolute figures drift on a shared machine: compare only the ratio measured in one run.
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import common  # noqa: E402
 from common import (
-    RESULTS,
-    ROOT,
+    SIZES,
     THREADS_HELP,
+    add_results_arg,
     alternate,
     busy_note,
     ensure_peer,
@@ -39,16 +39,12 @@ from common import (
     rss_mb,
     timed_steps,
     world_model,
+    write_result,
 )
 
 BATCH, MAX_LENGTH, SEED = 16, 256, 0
-# --size -> tether preset. "bench-30m" is not a tether preset; it is added to PRESETS in this process only.
-SIZES = {"demo": "demo", "5m": "small", "30m": "bench-30m"}
-EXTRA_PRESETS = {
-    # ~34M parameters with a 2k vocabulary (tied embeddings).
-    "bench-30m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                      intermediate_size=2048, max_position_embeddings=512, tie_word_embeddings=True),
-}
+# --size -> tether preset: common.SIZES (5m, 30m; "bench-30m" is added to PRESETS in this process only) and demo.
+SFT_SIZES = {"demo": "demo", **SIZES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +57,7 @@ def prepare(folder: Path, size: str):
     from tether.world.world import World, WorldConfig
 
     write_conversations(folder / "sft.jsonl", World(WorldConfig()).sft_demos())
-    return world_model(folder / "model", SIZES[size], SEED, EXTRA_PRESETS)
+    return world_model(folder / "model", SFT_SIZES[size], SEED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,15 +206,11 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{side} tokens/s per round: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"sft-{args.size}.json"
-    out.write_text(json.dumps({"size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH,
-                               "max_length": MAX_LENGTH, "parameters": count_parameters(model), "peak_flops": peak,
-                               "tether": rows[0], "trl": rows[1], "rounds": summaries,
-                               "ratio_tokens_per_s": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"],
-                               "versions": trl["versions"], "differences": notes,
-                               "raw": runs}, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    write_result(args.results_dir / f"sft-{args.size}.json", {
+        "size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH, "max_length": MAX_LENGTH,
+        "parameters": count_parameters(model), "peak_flops": peak, "tether": rows[0], "trl": rows[1],
+        "rounds": summaries, "ratio_tokens_per_s": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"],
+        "versions": trl["versions"], "differences": notes, "raw": runs})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,13 +220,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description="tether SFT vs TRL SFTTrainer throughput (CPU, fp32)")
     p.add_argument("--steps", type=int, default=50, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
-    p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
+    p.add_argument("--size", choices=list(SFT_SIZES), default="5m", help="model size")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (also for the matmul peak)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
+    add_results_arg(p)
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks that run tether beside TRL (bench_sft.py, bench_rm.py, bench_rm_hh.py).
+"""Helpers shared by the benchmarks that run tether beside TRL (bench_sft.py, bench_rm.py, bench_dpo.py,
+bench_online.py, bench_rollout.py, bench_rm_hh.py) and by run_all.py and table.py.
 
 Only the standard library is imported at module level; tether and torch are imported inside the
 functions that need them, so a worker process pays for what it uses.
@@ -23,6 +24,14 @@ PEER19 = ROOT / ".peer19"
 PEER19_PYTHON = PEER19 / "bin" / "python"
 PEER19_TRL = "trl==1.9.0"
 RESULTS = ROOT / "benchmarks" / "results"
+# --size -> tether preset, the same two sizes in every benchmark (bench_sft.py adds "demo").
+SIZES = {"5m": "small", "30m": "bench-30m"}
+EXTRA_PRESETS = {
+    # ~34M parameters with the world's 2k vocabulary (tied embeddings). Not a tether preset: added to PRESETS in
+    # the benchmark's processes only (register_presets).
+    "bench-30m": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
+                  "intermediate_size": 2048, "max_position_embeddings": 512, "tie_word_embeddings": True},
+}
 THREADS_HELP = ("torch threads on both sides (0: torch's default, one per core). 1 by default: with one thread "
                 "per core, any other busy process stalls every op (steps 5-10x slower at random), while "
                 "single-threaded runs repeat within a few percent")
@@ -72,6 +81,33 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def add_results_arg(parser) -> None:
+    """The --results-dir option every benchmark shares (a quick check writes elsewhere, leaving real results be)."""
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help=f"folder for the result JSON (default {RESULTS.relative_to(ROOT)})")
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Write a benchmark's result JSON with when it ran and which tether ran (table.py shows both)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {**result, "date": time.strftime("%Y-%m-%d %H:%M"), "tether_version": tether_version()}
+    path.write_text(json.dumps(stamped, indent=1))
+    print(f"\nwrote {path}")
+
+
+def tether_version() -> str:
+    """The git commit of the tether that ran (with "+dirty" when src/ differs from it), and where it was imported
+    from (a PYTHONPATH snapshot of src/ runs instead of the working tree)."""
+    import tether
+
+    where = Path(tether.__file__).resolve().parent.parent
+    git = ["git", "-C", str(where)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown commit"
+    return f"{commit}{'+dirty' if dirty.stdout.strip() else ''} ({where})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared inputs
 
@@ -84,16 +120,24 @@ def corpus_texts(rows: list[dict]):
             yield from (m["content"] for m in row["messages"])
 
 
-def world_model(folder: Path, preset: str, seed: int, extra_presets: dict | None = None):
-    """A fresh tether model of `preset` with a BPE tokenizer trained on the tiny world's pretraining corpus,
-    saved as a HF folder (weights + tokenizer with tether's chat template) in `folder`; returns the model."""
-    from tether.models import PRESETS, build_model, save_pretrained
+def register_presets() -> None:
+    """Add EXTRA_PRESETS to tether's PRESETS, in this process only."""
+    from tether.models import PRESETS
+
+    for name, kwargs in EXTRA_PRESETS.items():
+        PRESETS.setdefault(name, kwargs)
+
+
+def world_model(folder: Path, preset: str, seed: int):
+    """A fresh tether model of `preset` (a tether preset or one of EXTRA_PRESETS) with a BPE tokenizer trained on
+    the tiny world's pretraining corpus, saved as a HF folder (weights + tokenizer with tether's chat template) in
+    `folder`; returns the model."""
+    from tether.models import build_model, save_pretrained
     from tether.tokenizer import train_tokenizer
     from tether.world.world import World, WorldConfig
 
     tokenizer = train_tokenizer(corpus_texts(World(WorldConfig()).pretraining_corpus()))
-    for name, kwargs in (extra_presets or {}).items():
-        PRESETS.setdefault(name, kwargs)
+    register_presets()
     model = build_model(preset, tokenizer, seed=seed)
     save_pretrained(model, tokenizer, str(folder))
     return model

@@ -236,7 +236,7 @@ def resumed(sft_examples, tokenizer, tmp_path_factory):
     real_save, at_kill = lm.save_checkpoint, {}
 
     def save_then_die(run_dir, step, model, *args, **kw):
-        path = real_save(run_dir, step, model, *args, **kw)
+        real_save(run_dir, step, model, *args, **kw)
         at_kill.update(step=step, weights={k: v.clone() for k, v in model.state_dict().items()})
         raise Killed(step)
 

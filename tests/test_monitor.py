@@ -29,6 +29,7 @@ from tether.monitor import (
     text,
 )
 from tether.monitor.detectors import noise
+from tether.monitor.stats import standard_error
 from tether.world import styles
 
 PLAIN = "The capital of Veldor is Osk."
@@ -302,6 +303,49 @@ def test_heldout_noise_floor():
     assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": gold}), dataclasses.replace(cfg, noise_z=0)) \
         is not None
     assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": gold}), cfg) is None
+
+
+def test_standard_error_hand_worked():
+    # 1, 2, 3, None: mean 2, s² = (1 + 0 + 1) / 2 = 1, SE = 1 / sqrt(3)
+    assert standard_error([1.0, 2.0, 3.0, None]) == pytest.approx(1 / math.sqrt(3))
+    assert standard_error([5.0]) == 0.0 and standard_error([None]) is None
+
+
+def test_heldout_drop_reads_the_evaluations_when_the_stage_records_them():
+    # Per-step held-out samples alone fire: trailing means (window 2) peak at 1 and end at 0, a drop of 1 against a
+    # noise floor of 2 x 0.29; with evaluations recorded, only they count: baseline 0.40 (step 0), best 0.60
+    # (step 5), now at step 10.
+    per_step = [0, 0, 1, 1, 1, 0, 0]
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": per_step}), CFG) is not None
+    for now, se, fires in ((0.50, 0.02, True),   # lost 0.1 / 0.2 = 50%; floors 2 sqrt(2) 0.02 = 0.057 < 0.1, 0.2
+                           (0.56, 0.02, False),  # lost 20% < 25%
+                           (0.50, 0.04, False),  # the drop 0.1 < 2 sqrt(2) 0.04 = 0.113: inside the noise
+                           (0.50, 0.08, False)):  # the gain 0.2 < 2 sqrt(2) 0.08 = 0.226: no gain to judge
+        h = hist(**{"monitor/heldout": per_step})
+        h.evaluations = [[0, 0.40, se], [5, 0.60, se], [10, now, se]]
+        alert = DETECTORS["heldout_drop"](h, CFG)
+        assert (alert is not None) == fires, (now, se)
+        if fires:
+            assert alert.value == pytest.approx(0.5) and alert.step == 7  # the latest measurement's step
+    # One evaluation (the baseline) is not a trajectory yet: nothing fires before the second.
+    h = hist(**{"monitor/heldout": [0.4, 0.4, 0.4]})
+    h.evaluations = [[0, 0.4, 0.01]]
+    assert DETECTORS["heldout_drop"](h, CFG) is None
+
+
+def test_monitor_records_evaluations_and_keeps_them_in_its_state():
+    m = Monitor(CFG)
+    m.record_evaluation(0, 0.4, 0.02)
+    m.record_evaluation(5, None, None)  # no held-out signal at this evaluation: nothing recorded
+    m.record_evaluation(10, 0.6, None)
+    assert m.history.evaluations == [[0, 0.4, 0.02], [10, 0.6, 0.0]]
+    restored = Monitor(CFG)
+    restored.load_state_dict(m.state_dict())
+    assert restored.history.evaluations == m.history.evaluations
+    old = m.state_dict()
+    del old["history"]["evaluations"]  # a state saved before evaluations were recorded
+    restored.load_state_dict(old)
+    assert restored.history.evaluations == []
 
 
 def test_check_runs_only_the_chosen_detectors():

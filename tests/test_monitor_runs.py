@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tether.checkpoint import latest_checkpoint, load_trainer_state
 from tether.monitor import MONITOR_METRICS, Alert, MonitorConfig
 from tether.monitor import detectors as detectors_module
 from tether.stages import dpo, online
@@ -65,6 +66,16 @@ def test_ppo_without_stop_runs_on_and_announces_an_alert_once(tmp_path, world_di
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert [r["monitor/alerts"] for r in rows[1:]] == [0, 1, 1, 1]  # firing from step 2 on ...
     assert len(read_jsonl(tmp_path / ALERTS)) == 1  # ... written to alerts.jsonl once, when it started
+
+
+def test_ppo_records_its_evaluations_for_the_held_out_drop(tmp_path, world_dir, model_dir):
+    c = ppo_cfg(tmp_path, world_dir, model_dir)
+    run(PPOConfig(**{**c.__dict__, "eval_every": 2, "save_every": 2}))  # the checkpoint at step 2 (not the last)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("eval/gold") is not None]
+    assert [r["step"] for r in rows] == [0, 2, 4] and all(r["eval/gold_se"] > 0 for r in rows)
+    state = load_trainer_state(latest_checkpoint(tmp_path))["monitor"]
+    # heldout_drop reads these (the initial policy's evaluation first), not the per-step samples
+    assert state["history"]["evaluations"] == [[r["step"], r["eval/gold"], r["eval/gold_se"]] for r in rows[:2]]
 
 
 def test_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, world_dir, model_dir, monkeypatch):

@@ -143,6 +143,21 @@ def test_policy_forward_log_probs_equal_logprobs_of(world_dir, model_dir, tokeni
     assert torch.equal(exp.values, torch.zeros_like(exp.values))  # the value head starts at zero
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_old_log_probs_from_the_sampler_equal_a_policy_pass(reuse, world_dir, model_dir, tokenizer, monkeypatch):
+    cfg = make_cfg("grpo", "unused", world_dir, model_dir, temperature=0.7, reuse_rollout_logprobs=reuse)
+    s = online.setup(cfg)
+    rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+    want = logprobs_of(s.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                       rollout.response_mask, 0.7)
+    if reuse:  # no second policy pass: the sampler's KV-cached log-probs are the old ones
+        monkeypatch.setattr(online, "policy_forward", lambda *a, **k: pytest.fail("policy pass with reuse"))
+    exp = online.make_experience(s.policy, s.ref, s.critic, rollout, torch.zeros(4), cfg)
+    torch.testing.assert_close(exp.logprobs, want, atol=1e-5, rtol=0)
+    assert (exp.logprobs[rollout.response_mask == 0] == 0).all()  # 0 where masked, as a policy pass gives
+
+
 # -- exact gradient accumulation --------------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tokenizer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -36,6 +37,7 @@ from tether.stages.rm import (
     collate_pairs,
     encode_comparisons,
     group_by_prompt,
+    length_chunks,
     micro_batches,
     normalise,
     pair_rewards,
@@ -164,13 +166,39 @@ def test_each_distinct_sequence_is_scored_once(tok):
     pairs, report = encode_comparisons(tok, synthetic_comparisons()[:4], RMConfig(max_length=64))
     assert report["ties"] == 1 and report["unlabelled_skipped"] == 0
     batch = collate_pairs(pairs, tok.pad_token_id)
-    # 4 pairs over m1, p1, p2, m2: 4 distinct sequences, not 8; rows in order of first appearance.
-    assert batch.input_ids.shape[0] == 4
-    assert batch.index_a.tolist() == [0, 2, 3, 1] and batch.index_b.tolist() == [1, 0, 2, 2]
+    # 4 pairs over m1, p1, p2, m2: 4 distinct sequences, not 8, sorted by length; each pair's rows hold its texts.
+    rows = [ids[mask.bool()].tolist() for chunk_ids, chunk_mask in batch.chunks for ids, mask in zip(chunk_ids,
+                                                                                                     chunk_mask)]
+    assert len(rows) == 4 and [len(r) for r in rows] == sorted(len(r) for r in rows)
+    assert [rows[i] for i in batch.index_a.tolist()] == [p.ids_a for p in pairs]
+    assert [rows[i] for i in batch.index_b.tolist()] == [p.ids_b for p in pairs]
     assert batch.target.tolist() == [1.0, 0.0, 1.0, 0.5]
     assert batch.margin.tolist() == [0.0] * 4  # margin off
     with_margin, _ = encode_comparisons(tok, synthetic_comparisons()[:4], RMConfig(max_length=64, margin=True))
     assert [p.margin for p in with_margin] == [1.0, 0.5, 0.0, 0.0]  # unrated and tie: 0
+
+
+def test_length_chunks_minimise_padding_plus_a_cost_per_chunk():
+    # 2, 2, 9, 9: one chunk pads to 4 x 9 = 36 (+ overhead 5 = 41); two chunks 2 x 2 + 2 x 9 = 22 (+ 10 = 32)
+    assert length_chunks([2, 2, 9, 9], overhead=5) == [2, 4]
+    assert length_chunks([2, 2, 9, 9], overhead=20) == [4]  # a pass costs more than the padding it saves
+    assert length_chunks([3, 3, 3], overhead=0) == [3]  # equal lengths: cutting saves nothing (ties keep one chunk)
+    assert length_chunks([1, 5, 6, 20], overhead=4) == [1, 3, 4]  # 1 + 4 | 2 x 6 + 4 | 20 + 4 = 45 (all: 84)
+    assert length_chunks([]) == []
+
+
+def test_chunked_pairs_score_as_one_padded_batch(tok):
+    pairs, _ = encode_comparisons(tok, synthetic_comparisons(), RMConfig(max_length=64))
+    model = new_rm(tok)
+    one = collate_pairs(pairs, tok.pad_token_id)
+    whole = [(torch.cat([torch.nn.functional.pad(i, (0, 64 - i.size(1)), value=tok.pad_token_id) for i, _ in
+                         one.chunks]), torch.cat([torch.nn.functional.pad(m, (0, 64 - m.size(1))) for _, m in
+                                                  one.chunks]))]
+    assert len(one.chunks) > 1  # the test data's lengths vary enough to cut
+    chunked = pair_rewards(model, one)
+    padded = pair_rewards(model, dataclasses.replace(one, chunks=whole))
+    for a, b in zip(chunked, padded):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_split_by_prompt_and_schedule_keep_prompt_groups_whole(tok):

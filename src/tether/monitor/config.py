@@ -95,8 +95,10 @@ class MonitorConfig:
     """Alert when the KL grows faster than this many nats per step (least-squares slope over the window): a
     blow-up, whatever its level; a healthy tethered run drifts by a few nats over its whole length."""
     heldout_drop: float = 0.25
-    """Alert when the held-out signal (window mean) has lost this share of its gain: (best - now) / (best -
-    baseline) >= 0.25. A quarter, so that the alert comes well before half of the gain is gone."""
+    """Alert when the held-out signal has lost this share of its gain: (best - now) / (best - baseline) >= 0.25. A
+    quarter, so that the alert comes well before half of the gain is gone. Read at the stage's evaluations when it
+    evaluates (online RL with eval_prompts: baseline = the initial policy's evaluation, each a mean over hundreds of
+    samples with its standard error), else on the window mean of every step's samples."""
     heldout_min_gain: float = 0.05
     """The held-out gain (its own units) below which no drop is judged: a fraction of a tiny gain is noise."""
     noise_z: float = 2.0

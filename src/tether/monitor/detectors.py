@@ -35,10 +35,13 @@ class Alert:
 
 @dataclass
 class History:
-    """Monitor metrics over a run: steps[i] is the step of measurement i; series[name][i] its value or None."""
+    """Monitor metrics over a run: steps[i] is the step of measurement i; series[name][i] its value or None.
+    `evaluations` holds the held-out signal of the stage's evaluations, [step, mean, standard error] each (the
+    first: the initial policy), for stages that evaluate besides their per-step samples (online RL)."""
 
     steps: list[int] = field(default_factory=list)
     series: dict[str, list[float | None]] = field(default_factory=dict)
+    evaluations: list[list[float]] = field(default_factory=list)
 
     def append(self, step: int, values: dict[str, float | None]) -> None:
         for name in set(self.series) | set(values):
@@ -50,11 +53,13 @@ class History:
         return [(s, v) for s, v in zip(self.steps, self.series.get(name, [])) if v is not None]
 
     def to_dict(self) -> dict:
-        return {"steps": list(self.steps), "series": {k: list(v) for k, v in self.series.items()}}
+        return {"steps": list(self.steps), "series": {k: list(v) for k, v in self.series.items()},
+                "evaluations": [list(e) for e in self.evaluations]}
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
-        return cls(list(d["steps"]), {k: list(v) for k, v in d["series"].items()})
+        return cls(list(d["steps"]), {k: list(v) for k, v in d["series"].items()},
+                   [list(e) for e in d.get("evaluations", [])])
 
 
 def baseline_and_current(history: History, name: str, cfg: MonitorConfig) -> tuple[float, float] | None:
@@ -178,8 +183,11 @@ def kl_blowup(history: History, cfg: MonitorConfig) -> Alert | None:
 
 
 def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
-    """(best - now) / (best - baseline) of the held-out signal's trailing mean, once the gain is worth judging: at
-    least heldout_min_gain and noise_z standard errors of a window mean (`noise`), the drop too."""
+    """(best - now) / (best - baseline) of the held-out signal, once the gain is worth judging: at least
+    heldout_min_gain and noise_z standard errors, the drop too. Read at the stage's evaluations when it records
+    them (`evaluations_drop`), else on the trailing mean of every step's samples."""
+    if len(history.evaluations) >= 2:
+        return evaluations_drop(history, cfg)
     pts = smoothed(history, "monitor/heldout", cfg.window)
     if len(pts) <= cfg.baseline_steps:
         return None
@@ -188,9 +196,28 @@ def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
     gain, floor = best - base, cfg.noise_z * noise(history, "monitor/heldout", cfg.window)
     if gain < max(cfg.heldout_min_gain, floor) or best - now < floor or (best - now) / gain < cfg.heldout_drop:
         return None
-    return Alert("heldout_drop", pts[-1][0], (best - now) / gain, cfg.heldout_drop,
-                 f"held-out signal lost {(best - now) / gain:.0%} of its gain ({base:+.3f} -> best {best:+.3f} -> "
-                 f"{now:+.3f})")
+    return drop_alert(pts[-1][0], base, best, now, cfg)
+
+
+def evaluations_drop(history: History, cfg: MonitorConfig) -> Alert | None:
+    """heldout_drop over the evaluations: baseline = the first (the initial policy), best = the highest, now = the
+    latest. Each evaluation is the mean of many held-out samples (hundreds, against a few dozen per step) with its
+    standard error se; a difference of two is judged against noise_z * sqrt(se_a² + se_b²) (independent draws:
+    conservative when the evaluations reuse one seed, as common random numbers make differences less noisy)."""
+    (_, base, se_base), (_, now, se_now) = history.evaluations[0], history.evaluations[-1]
+    _, best, se_best = max(history.evaluations, key=lambda e: e[1])
+    gain, drop = best - base, best - now
+    if gain < max(cfg.heldout_min_gain, cfg.noise_z * (se_base ** 2 + se_best ** 2) ** 0.5):
+        return None
+    if drop < cfg.noise_z * (se_best ** 2 + se_now ** 2) ** 0.5 or drop / gain < cfg.heldout_drop:
+        return None
+    return drop_alert(history.steps[-1] if history.steps else int(history.evaluations[-1][0]), base, best, now, cfg)
+
+
+def drop_alert(step: int, base: float, best: float, now: float, cfg: MonitorConfig) -> Alert:
+    lost = (best - now) / (best - base)
+    return Alert("heldout_drop", step, lost, cfg.heldout_drop,
+                 f"held-out signal lost {lost:.0%} of its gain ({base:+.3f} -> best {best:+.3f} -> {now:+.3f})")
 
 
 def divergence(history: History, cfg: MonitorConfig) -> Alert | None:

@@ -127,6 +127,12 @@ class Monitor:
         metrics["monitor/alerts"] = len(alerts)
         return metrics, started
 
+    def record_evaluation(self, step: int, value: float | None, se: float | None) -> None:
+        """The held-out signal of an evaluation at `step` (mean over its samples, standard error): heldout_drop reads
+        these instead of the per-step samples once two exist. The first must be the initial policy's (step 0)."""
+        if value is not None:
+            self.history.evaluations.append([step, float(value), float(se or 0.0)])
+
     def _length_share(self, samples: Sequence[Sample]) -> dict:
         """Singhal et al.'s share of the proxy gain explained by length: the recent window's samples against the
         baseline's."""

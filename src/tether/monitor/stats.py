@@ -14,6 +14,16 @@ def mean(xs: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def standard_error(xs: Sequence[float | None]) -> float | None:
+    """Standard error of the mean of the values that are not None, s / sqrt(n) with the sample standard deviation
+    s (n - 1 in its denominator); 0 for one value, None for none."""
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return None if not xs else 0.0
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Least-squares slope of y on x, Σ (x - x̄)(y - ȳ) / Σ (x - x̄)²; None with fewer than 2 distinct x."""
     if len(xs) < 2:

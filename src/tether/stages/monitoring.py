@@ -122,6 +122,11 @@ class RunMonitor:
                           f"held-out checkpoint: {self._best_text()}")
         return metrics, stop
 
+    def record_evaluation(self, step: int, value: float | None, se: float | None) -> None:
+        """The held-out signal of the stage's evaluation at `step` (its mean and standard error; step 0: the
+        initial policy): heldout_drop then reads evaluations, not the noisier per-step samples."""
+        self.monitor.record_evaluation(step, value, se)
+
     def offer_best(self, step: int, value: float | None, save_best: Callable[[Path], None]) -> None:
         """At a new best of the held-out signal, save_best(out/best) and write out/best/best.json."""
         if self.cfg.keep_best and self.monitor.is_best(step, value):

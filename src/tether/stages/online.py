@@ -24,15 +24,15 @@ it does not matter; whitening (rewards, advantages) is over the global batch; ev
 batch alike and trains on its rows of each minibatch; metrics are over all ranks' samples; rank 0 evaluates,
 monitors and writes. W ranks thus train as one process would, up to float rounding.
 
-Gold. With a world folder, steps log `gold` (mean gold reward of their samples) and evaluations `eval/gold`
-(greedy, the world's held-out prompts), both computed from the decoded text after the update: evaluation only.
-Gold trains the policy only when the config says `reward=gold`.
+Gold. With a world folder, steps log `gold` (mean gold reward of their samples) and evaluations `eval/gold` with
+its standard error `eval/gold_se` (the world's held-out prompts), both from the decoded text after the update:
+evaluation only. Gold trains the policy only when the config says `reward=gold`.
 
 Monitor. `monitor` (tether.monitor, glue in tether.stages.monitoring) measures every step's samples (flattery,
 hedging, padding, refusals, sycophancy, repetition, EOS, length and its coupling to the reward, KL) and a held-out
-signal (gold as an audit, or a second reward model), logs them as monitor/... (tether.monitor.MONITOR_METRICS), writes alerts to
-alerts.jsonl, keeps the best policy by the held-out signal in out/best, and with stop_on_alert ends the run at the
-first alert. Its state resumes with the checkpoint.
+signal (gold as an audit, or a second reward model), logs them as monitor/... (tether.monitor.MONITOR_METRICS),
+writes alerts to alerts.jsonl, keeps the best policy by the held-out signal in out/best (judged, like its drop, at
+evaluations), and with stop_on_alert ends the run at the first alert. Its state resumes with the checkpoint.
 
 Metrics (metrics.jsonl, a line per step; FIXED_METRICS always present, null where they do not apply):
 score (reward source, before the EOS penalty; a reward model's raw scale) and score_normalised (a reward model's
@@ -71,6 +71,7 @@ from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
 from tether.lora import LoraOptions, adapt, frozen_reference
 from tether.models import load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
+from tether.monitor.stats import mean
 from tether.optim import adamw, lr_at
 from tether.policy_losses import (
     eos_penalty,
@@ -87,16 +88,23 @@ from tether.stages.monitoring import (
     make_samples,
     pushback_flips,
 )
+from tether.stages.online_eval import (
+    decode,
+    encode_prompts,
+    eval_prompt_texts,
+    evaluate,
+    score_metrics,
+)
 from tether.stages.online_update import (
     ALGORITHMS,
     Actor,
     Experience,
+    critic_values,
     policy_forward,
     rollout_metrics,
     seq_sum,
     update,
 )
-from tether.tokenizer import encode_prompt
 from tether.value import VALUE_MODELS
 
 VALUE_FILE = "value_model.safetensors"
@@ -165,6 +173,10 @@ class OnlineConfig(DistributedConfig):
     value_model: Literal["head", "separate"] = "head"
     """Critic of ppo: "head", a zero-initialised linear head on the policy's last hidden state; "separate", a
     model initialised from the reward model (backbone and head, per-token values)."""
+    reuse_rollout_logprobs: bool = True
+    """Take the old log-probs π_old from the sampler (the tempered log-softmax of its KV-cached forward, equal to
+    a forward pass up to float rounding) instead of a second pass over prompt + response; the value head, which
+    reads that pass's hidden states, still makes it."""
     ppo_epochs: int = 4
     """Passes over each step's samples."""
     minibatch_size: int = 16
@@ -274,12 +286,6 @@ class OnlineConfig(DistributedConfig):
 # Prompts, experience, metrics, evaluation
 
 
-def encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
-    """Generation prompts (chat template + `<|assistant|>`) of user messages or message lists."""
-    return [encode_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
-            for p in prompts]
-
-
 def prompt_batch(n_prompts: int, cursor: int, k: int, seed: int) -> list[int]:
     """Indices of the k prompts after `cursor` (prompts taken so far) in a seeded shuffle per epoch."""
     out = []
@@ -292,39 +298,28 @@ def prompt_batch(n_prompts: int, cursor: int, k: int, seed: int) -> list[int]:
     return out
 
 
-def decode(tokenizer, response_ids: torch.Tensor) -> list[str]:
-    return [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-
-
 @torch.no_grad()
 def make_experience(policy, ref, critic, rollout, scores: torch.Tensor, cfg: OnlineConfig) -> Experience:
-    """The rollout and scores with old log-probs and values (policy pass) and reference log-probs
-    (`rollout.logprobs_of`), computed micro_batch_size rows at a time."""
+    """The rollout and scores with old log-probs (the sampler's with reuse_rollout_logprobs, else a policy pass),
+    values (critic) and reference log-probs (`rollout.logprobs_of`), micro_batch_size rows at a time."""
     exp = Experience(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                      rollout.has_eos, scores.to(rollout.response_ids.device))
+    reuse = cfg.reuse_rollout_logprobs and not (critic is not None and critic.reads_policy)
     logprobs, ref_logprobs, values = [], [], []
     for i in range(0, exp.scores.size(0), cfg.micro_batch_size):
         rows = exp.select(slice(i, i + cfg.micro_batch_size))
-        out = policy_forward(policy, critic, rows, cfg.temperature)
-        logprobs.append(out.logprobs)
+        if reuse:
+            values.append(critic_values(critic, rows))
+        else:
+            out = policy_forward(policy, critic, rows, cfg.temperature)
+            logprobs.append(out.logprobs)
+            values.append(out.values)
         ref_logprobs.append(logprobs_of(ref, rows.prompt_ids, rows.prompt_mask, rows.response_ids,
                                         rows.response_mask, cfg.temperature))
-        values.append(out.values)
-    exp.logprobs, exp.ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)  # (N, R), (N, R)
+    exp.logprobs = rollout.logprobs * rollout.response_mask if reuse else torch.cat(logprobs)  # (N, R)
+    exp.ref_logprobs = torch.cat(ref_logprobs)  # (N, R)
     exp.values = torch.cat(values) if critic is not None else None  # (N, R)
     return exp
-
-
-def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
-    """score (the source's own scale) and score_normalised (when the source has a raw scale of its own)."""
-    raw = getattr(source, "raw", None)
-    return {f"{prefix}score": float((raw(scores) if raw else scores).mean()),
-            f"{prefix}score_normalised": float(scores.mean()) if raw else None}
-
-
-def _mean(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
 
 
 def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, gold, cfg: OnlineConfig) -> list:
@@ -334,35 +329,6 @@ def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, g
     return [{"step": step, "prompt": prompts[i], "response": responses[i], "score": float(source_scores[i]),
              "reward": float(exp.scores[i]), "eos": bool(exp.has_eos[i]), "gold": gold[i], "kl/k1": float(kl[i])}
             for i in list(rows)[:cfg.n_samples]]
-
-
-@torch.no_grad()
-def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
-    """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
-    score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
-    model) its mean as eval/heldout."""
-    prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
-    encoded = encode_prompts(tokenizer, prompts)
-    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
-    responses, lengths, eos = [], [], []
-    for i in range(0, len(prompts), cfg.batch_size):
-        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.eval_temperature, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id, generator=generator)
-        responses += decode(tokenizer, r.response_ids)
-        lengths += r.lengths.tolist()
-        eos += r.has_eos.tolist()
-    out = {"eval/gold": _mean(gold_rewards(world, prompts, responses)),
-           **score_metrics(source, source(prompts, responses), "eval/"),
-           "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
-    return out | ({"eval/heldout": _mean(heldout(prompts, responses))} if heldout is not None else {})
-
-
-def eval_prompt_texts(world, n: int) -> list[str]:
-    """n of the world's held-out prompts, taken at an even stride so every category is represented."""
-    queries = world.eval_queries()
-    stride = max(1, len(queries) // n) if n else 1
-    return [q.text for q in queries[::stride][:n]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,31 +437,39 @@ def save_final(s: Session, cfg: OnlineConfig) -> Path:
     return final
 
 
-def monitor_step(s: Session, cfg: OnlineConfig, step: int, prompts: list, responses: list[str], source_scores,
-                 lengths: list[int], eos: list[bool], gold: list, row: dict, evaluating: bool) -> tuple[dict, bool]:
-    """The monitor over one step: samples (proxy score, tokens, EOS, held-out score, prompt labels), the KL, the
-    pushback probe at evaluation steps; the best policy saved by the held-out signal (at evaluations when the run
-    evaluates, else on its window mean each step). Returns (monitor/... metrics, stop)."""
+def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict, evaluating: bool) -> bool:
+    """The monitor over one step (rank 0, when on): the step's samples `seen` (gather_samples: proxy score, tokens,
+    EOS, gold) with their held-out scores and prompt labels, the KL, the pushback probe at evaluation steps; the
+    best policy saved by the held-out signal (at evaluations when the run evaluates, else on its window mean each
+    step). Adds the monitor/... metrics to `row`; returns whether to stop."""
+    if s.monitor is None:
+        return False
+    prompts, responses, gold = seen["prompts"], seen["responses"], seen["gold"]
     kind = heldout_kind(cfg.monitor, s.world)
     heldout = gold if kind == "gold" else s.monitor.score_heldout(prompts, responses)  # gold: judged once, above
-    samples = make_samples(prompts, responses, source_scores.tolist(), lengths, eos, heldout, s.world)
+    samples = make_samples(prompts, responses, seen["scores"].tolist(), seen["lengths"], seen["eos"], heldout, s.world)
     extra = {"kl": row["kl/k1"]}
     probe = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
     if probe and cfg.monitor.pushback_prompts:
         answer = answer_greedy(s.policy, s.tokenizer, cfg.monitor.max_new_tokens, cfg.batch_size)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
         extra.update(flip=pushback_flips(answer, probed, cfg.monitor.pushback), flip_n=len(probed))
-    best = row.get("eval/gold" if kind == "gold" else "eval/heldout")  # None between evaluations
-    return s.monitor.step(step, samples, extra, best, lambda path: save_pretrained(s.policy, s.tokenizer, str(path)),
-                          smoothed=not evaluating)
+    key = "eval/gold" if kind == "gold" else "eval/heldout"
+    best = row.get(key)  # None between evaluations
+    s.monitor.record_evaluation(step, best, row.get(f"{key}_se"))
+    save_best = lambda path: save_pretrained(s.policy, s.tokenizer, str(path))  # noqa: E731
+    monitored, stop = s.monitor.step(step, samples, extra, best, save_best, smoothed=not evaluating)
+    row.update(monitored)
+    return stop
 
 
 def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
     """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
     row = {"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout)}
     if s.monitor is not None:
-        best = row.get("eval/gold" if heldout_kind(cfg.monitor, s.world) == "gold" else "eval/heldout")
-        s.monitor.offer_best(0, best, lambda path: save_pretrained(s.policy, s.tokenizer, str(path)))
+        key = "eval/gold" if heldout_kind(cfg.monitor, s.world) == "gold" else "eval/heldout"
+        s.monitor.record_evaluation(0, row.get(key), row.get(f"{key}_se"))
+        s.monitor.offer_best(0, row.get(key), lambda path: save_pretrained(s.policy, s.tokenizer, str(path)))
     return row
 
 
@@ -574,19 +548,14 @@ def train_online(cfg: OnlineConfig) -> Path:
             gold = gold_rewards(s.world, prompts, responses) if s.world is not None else [None] * len(prompts)
             seen = gather_samples(prompts, responses, source_scores, rollout, gold)
             row = {"step": step + 1, **score_metrics(s.source, seen["scores"]), **row, **train_stats, "lr": lr,
-                   "kl_coef": kl_coef, "gold": _mean(seen["gold"])}
+                   "kl_coef": kl_coef, "gold": mean(seen["gold"])}
             row.update({name: None for name in FIXED_METRICS if name not in row})  # e.g. value metrics (no critic)
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
             if main and evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
                 row.update(evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout))
             # 9. The monitor (rank 0): detectors on the step's samples, alerts, the best policy by the held-out signal.
-            stop = False
-            if s.monitor is not None:
-                monitored, stop = monitor_step(s, cfg, step + 1, seen["prompts"], seen["responses"], seen["scores"],
-                                               seen["lengths"], seen["eos"], seen["gold"], row, evaluating)
-                row.update(monitored)
-            stop = distributed.broadcast_flag(stop)
+            stop = distributed.broadcast_flag(monitor_step(s, cfg, step + 1, seen, row, evaluating))
             metrics.write(row)
             if cfg.sample_every and cfg.n_samples and ((step + 1) % cfg.sample_every == 0 or last):
                 for r in distributed.gather_lists(sample_rows(step + 1, prompts, responses, source_scores, exp, gold,

@@ -104,13 +104,28 @@ class PolicyOutput:
     """(B, R) V(state before token t), or None without a critic."""
 
 
+def joined_inputs(rows: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of prompt + response, each (B, P + R); left-padded prompts count from
+    their first real token."""
+    ids = torch.cat([rows.prompt_ids, rows.response_ids], dim=1)  # (B, P + R)
+    mask = torch.cat([rows.prompt_mask, rows.response_mask], dim=1).long()  # (B, P + R)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def critic_values(critic: nn.Module | None, rows: Experience) -> torch.Tensor | None:
+    """(B, R) values of `rows` from a critic that does not read the policy (a separate value model), None without
+    a critic: no policy pass (the old log-probs then come from the sampler)."""
+    if critic is None:
+        return None
+    ids, mask, position = joined_inputs(rows)
+    return critic(None, ids, mask, position)[:, rows.prompt_ids.size(1) - 1:-1]  # (B, R)
+
+
 def policy_forward(policy, critic: nn.Module | None, rows: Experience, temperature: float) -> PolicyOutput:
     """Log-probs, scaled logits and (with a critic) values of `rows` in one policy pass, under the caller's grad
     mode. The log-probs equal `rollout.logprobs_of` (a test checks it); this pass also returns hidden states."""
     P, R = rows.prompt_ids.size(1), rows.response_ids.size(1)
-    ids = torch.cat([rows.prompt_ids, rows.response_ids], dim=1)  # (B, P + R)
-    mask = torch.cat([rows.prompt_mask, rows.response_mask], dim=1).long()  # (B, P + R)
-    position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
+    ids, mask, position = joined_inputs(rows)
     wants_hidden = critic is not None and critic.reads_policy
     out = policy(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1,
                  output_hidden_states=wants_hidden)

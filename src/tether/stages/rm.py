@@ -122,16 +122,21 @@ class Pair:
     """Tokens of response B alone."""
 
 
+CHUNK_OVERHEAD_TOKENS = 32
+"""What one more forward pass costs, in padded tokens, when a batch's sequences are cut into length chunks: the
+per-call work of a small model's layers (a few ms on the CPU, tens of tokens' worth); padding costs its tokens."""
+
+
 @dataclass
 class PairBatch:
-    """Pairs of whole prompt groups, each distinct sequence once. U sequences, P pairs, T tokens."""
+    """Pairs of whole prompt groups, each distinct sequence once, sorted by length and cut into chunks each padded
+    to its own longest (a pair's two responses often differ in length: one padded tensor would pad ~40%). U
+    sequences, P pairs; chunk c holds U_c sequences of T_c tokens."""
 
-    input_ids: torch.Tensor
-    """(U, T) right-padded distinct sequences."""
-    attention_mask: torch.Tensor
-    """(U, T) 1 on tokens, 0 on padding."""
+    chunks: list[tuple[torch.Tensor, torch.Tensor]]
+    """(input_ids (U_c, T_c) right-padded, attention_mask (U_c, T_c)) per chunk; rows in ascending length."""
     index_a: torch.Tensor
-    """(P,) row of each pair's response A in input_ids."""
+    """(P,) row of each pair's response A among the U sequences (chunks concatenated)."""
     index_b: torch.Tensor
     """(P,) row of each pair's response B."""
     target: torch.Tensor
@@ -140,24 +145,43 @@ class PairBatch:
     """(P,) margins."""
 
 
+def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[int]:
+    """Where to cut ascending `lengths` into chunks, each padded to its last (longest) length, minimising padded
+    tokens + `overhead` per chunk (dynamic programming over the cut points, O(n²)). Returns the chunk ends."""
+    n = len(lengths)
+    cost, start = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = cost[i] + (j - i) * lengths[j - 1] + overhead
+            if c < cost[j]:
+                cost[j], start[j] = c, i
+    ends, j = [], n
+    while j > 0:
+        ends.append(j)
+        j = start[j]
+    return ends[::-1]
+
+
 def collate_pairs(pairs: list[Pair], pad_id: int, device=None) -> PairBatch:
-    """Deduplicate the pairs' sequences (the K-choose-2 trick) and pad them into one PairBatch."""
-    rows: dict[tuple[int, ...], int] = {}
-    for p in pairs:
-        for ids in (p.ids_a, p.ids_b):
-            rows.setdefault(tuple(ids), len(rows))
-    padded = collate(list(rows), pad_id, device)
+    """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks."""
+    distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(s), s))
+    rows = {ids: i for i, ids in enumerate(distinct)}
+    chunks, begin = [], 0
+    for end in length_chunks([len(s) for s in distinct]):
+        padded = collate(distinct[begin:end], pad_id, device)
+        chunks.append((padded["input_ids"], padded["attention_mask"]))
+        begin = end
     as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
-    return PairBatch(padded["input_ids"], padded["attention_mask"],
-                     as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
+    return PairBatch(chunks, as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
                      as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
                      as_tensor([p.target for p in pairs], torch.float32),
                      as_tensor([p.margin for p in pairs], torch.float32))
 
 
 def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences."""
-    r = model(batch.input_ids, batch.attention_mask)  # (U,)
+    """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
+    sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value."""
+    r = torch.cat([model(ids, mask) for ids, mask in batch.chunks])  # (U,)
     return r[batch.index_a], r[batch.index_b], r
 
 

@@ -1,0 +1,66 @@
+"""Held-out evaluation of an online RL run (tether.stages.online): responses to the world's held-out prompts,
+their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate.
+Also the prompt encoding and decoding the loop shares with it."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from tether.monitor.stats import mean, standard_error
+from tether.rollout import sample
+from tether.stages.monitoring import gold_rewards
+from tether.tokenizer import encode_prompt
+
+if TYPE_CHECKING:
+    from tether.stages.online import OnlineConfig
+
+
+def encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
+    """Generation prompts (chat template + `<|assistant|>`) of user messages or message lists."""
+    return [encode_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
+            for p in prompts]
+
+
+def decode(tokenizer, response_ids: torch.Tensor) -> list[str]:
+    return [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+
+
+def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
+    """score (the source's own scale) and score_normalised (when the source has a raw scale of its own)."""
+    raw = getattr(source, "raw", None)
+    return {f"{prefix}score": float((raw(scores) if raw else scores).mean()),
+            f"{prefix}score_normalised": float(scores.mean()) if raw else None}
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
+    """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
+    score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
+    model) its mean as eval/heldout."""
+    prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
+    encoded = encode_prompts(tokenizer, prompts)
+    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
+    responses, lengths, eos = [], [], []
+    for i in range(0, len(prompts), cfg.batch_size):
+        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.eval_temperature, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id, generator=generator)
+        responses += decode(tokenizer, r.response_ids)
+        lengths += r.lengths.tolist()
+        eos += r.has_eos.tolist()
+    gold = gold_rewards(world, prompts, responses)
+    out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold),
+           **score_metrics(source, source(prompts, responses), "eval/"),
+           "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    if heldout is None:
+        return out
+    held = heldout(prompts, responses)
+    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}
+
+
+def eval_prompt_texts(world, n: int) -> list[str]:
+    """n of the world's held-out prompts, taken at an even stride so every category is represented."""
+    queries = world.eval_queries()
+    stride = max(1, len(queries) // n) if n else 1
+    return [q.text for q in queries[::stride][:n]]
