@@ -27,8 +27,7 @@
    Beside them: generated tokens per step (both sides sample to near full length: untrained models rarely emit
    EOS), the time in generation, in no-grad scoring forwards and in the rest, peak RSS and MFU; print a table,
    the ratios and the differences; write benchmarks/results/online-<algo>-<size>.json (--results-dir).
-   PPO also runs `tether-head` (tether's default critic, a value head; TRL's PPO has no such option) and
-   `--experiments` adds `tether-lp` (old log-probs from the rollout, a monkeypatch: see VARIANTS).
+   PPO also runs `tether-head` (tether's default critic, a value head; TRL's PPO has no such option).
 
 `--profile` adds one extra tether run per algorithm under torch.profiler (a few steps, ops by self CPU time) and
 prints where tether's time goes.
@@ -94,9 +93,6 @@ VARIANTS = {
     "tether-head": "tether's default critic for PPO, value_model=head: a linear value head on the policy's last "
                    "hidden state instead of a separate value model (TRL's PPOTrainer has no such option), so the "
                    "critic costs no backbone forward/backward of its own",
-    "tether-lp": "EXPERIMENT (a monkeypatch in this benchmark, not tether's code): make_experience takes the old "
-                 "log-probs from the rollout (sample already computed them under the same weights) instead of a "
-                 "no-grad policy forward, as TRL's PPO does with generate's scores",
 }
 
 
@@ -209,9 +205,6 @@ def tether_worker(folder: Path, algo: str, steps: int, out: Path, variant: str =
     online.make_experience = timed("score_s", online.make_experience)
     online.update = timed("update_s", online.update)
     online.MetricsLog = Metrics
-    check: dict = {}
-    if variant == "tether-lp":
-        online.make_experience = timed("score_s", reuse_rollout_logprobs(online, check))
 
     cfg = load_config(stage.PPOConfig, None,
                       tether_overrides(folder, algo, steps, out.parent / "tether-run", variant))
@@ -227,7 +220,9 @@ def tether_worker(folder: Path, algo: str, steps: int, out: Path, variant: str =
         stage.run(cfg)
     rss = rss_mb()
     steps_out = [{"step": i + 1, **r} for i, r in enumerate(records)]
-    head, separate, lp = variant == "tether-head", algo == "ppo" and variant != "tether-head", variant == "tether-lp"
+    # old log-probs: from the sampler (reuse_rollout_logprobs) unless the value head makes a policy pass anyway
+    head, separate = variant == "tether-head", algo == "ppo" and variant != "tether-head"
+    lp = not head
     critic = "none" if algo != "ppo" else "value head on the policy" if head else \
         "separate value model (reward model's backbone + head)"
     forwards = (["policy (values from its value head, old log-probs)"] if head else
@@ -238,48 +233,8 @@ def tether_worker(folder: Path, algo: str, steps: int, out: Path, variant: str =
                        + "); no-grad forwards: " + ", ".join(forwards)
                        + f"; train: policy{' + separate critic' if separate else ''} forward/backward on "
                          "[prompt; response], logits of the response positions only (logits_to_keep)"),
-              "critic": critic, "threads": torch.get_num_threads(), "peak_rss_mb": rss, **check}
+              "critic": critic, "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
-
-
-def reuse_rollout_logprobs(online, check: dict):
-    """The tether-lp experiment: `make_experience` with the rollout's own log-probs as the old log-probs (no policy
-    forward), unless the critic is a value head (it needs the policy's hidden states anyway). On the first call it
-    also runs the original and records the largest |difference| of the old log-probs (`lp_max_abs_diff`)."""
-    import torch
-
-    from tether.stages.online_update import Experience
-
-    original = online.make_experience
-
-    @torch.no_grad()
-    def make_experience(policy, ref, critic, rollout, scores, cfg):
-        if critic is not None and critic.reads_policy:
-            return original(policy, ref, critic, rollout, scores, cfg)
-        exp = Experience(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
-                         rollout.has_eos, scores.to(rollout.response_ids.device))
-        ref_logprobs, values = [], []
-        for i in range(0, cfg.batch_size, cfg.micro_batch_size):
-            rows = exp.select(slice(i, i + cfg.micro_batch_size))
-            ref_logprobs.append(online.logprobs_of(ref, rows.prompt_ids, rows.prompt_mask, rows.response_ids,
-                                                   rows.response_mask, cfg.temperature))
-            if critic is not None:
-                P = rows.prompt_ids.size(1)
-                ids = torch.cat([rows.prompt_ids, rows.response_ids], dim=1)
-                mask = torch.cat([rows.prompt_mask, rows.response_mask], dim=1).long()
-                position = (mask.cumsum(-1) - 1).clamp_min(0)
-                values.append(critic(None, ids, mask, position)[:, P - 1:-1])
-        exp.logprobs = rollout.logprobs * rollout.response_mask  # (N, R), 0 where masked, as policy_forward's
-        exp.ref_logprobs = torch.cat(ref_logprobs)
-        exp.values = torch.cat(values) if critic is not None else None
-        if "lp_max_abs_diff" not in check:
-            full = original(policy, ref, critic, rollout, scores, cfg)
-            check["lp_max_abs_diff"] = float((full.logprobs - exp.logprobs).abs().max())
-            if critic is not None:
-                check["values_max_abs_diff"] = float((full.values - exp.values).abs().max())
-        return exp
-
-    return make_experience
 
 
 def run_side(side: str, folder: Path, algo: str, args) -> dict:
@@ -410,8 +365,8 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
              "with the prompt (decode + tokenise + one forward); both heads untrained"),
             ("value model: TRL AutoModelForSequenceClassification from the policy folder; tether "
              "value_model=separate, the reward model's backbone and head (same shapes)"),
-            ("old log-probs: TRL takes them from generate's scores (no policy forward); tether runs a no-grad "
-             "policy forward over [prompt; response] in make_experience: one extra forward per step"),
+            ("old log-probs: TRL takes them from generate's scores (no policy forward); tether from its sampler "
+             "(reuse_rollout_logprobs) with the separate critic, and from the value head's policy pass with the head"),
             ("TRL's training forward computes logits at every position of [prompt; response]; tether only at the "
              "response positions"),
             "advantages whitened on both sides; KL k1 in the reward, coef 0.05; missing-EOS penalty off",
@@ -419,7 +374,7 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
     elif algo == "grpo":
         notes += [
             ("old log-probs: TRL skips them (num_iterations=1, one generation per optimizer step: ratio 1, old = "
-             "current detached); tether always runs a no-grad policy forward for them in make_experience"),
+             "current detached); tether takes them from its sampler (reuse_rollout_logprobs: no policy forward)"),
             ("loss: TRL loss_type='grpo' (per-sequence mean, tether's 'sequence' aggregation); scale_rewards='group' "
              "on both sides; k3 KL in the loss, beta 0.04"),
         ]
@@ -427,12 +382,9 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
         notes.append("both sides run a no-grad old-policy forward and a reference forward per step; KL k1 summed "
                      "over the sequence in the reward, beta 0.05; leave-one-out baseline over k=4; no advantage "
                      "whitening")
-    for side, r in raw.items():
+    for side in raw:
         if side in VARIANTS:
             notes.append(f"{side}: {VARIANTS[side]}")
-        if "lp_max_abs_diff" in r:
-            notes.append(f"{side}: largest |rollout log-prob - recomputed log-prob| on the first step "
-                         f"{r['lp_max_abs_diff']:.2e} (KV-cache decoding vs one full forward, fp32)")
     return notes
 
 
@@ -511,8 +463,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--no-head", action="store_true",
                    help="PPO: leave out the tether-head side (tether's default value head; TRL has no such option)")
-    p.add_argument("--experiments", action="store_true",
-                   help="also run tether-lp: old log-probs taken from the rollout (a monkeypatch, see VARIANTS)")
     p.add_argument("--profile", action="store_true", help="also profile one tether run per algorithm")
     p.add_argument("--variant", default="tether", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
@@ -544,8 +494,7 @@ def main() -> None:
         model = prepare(folder, args.size, algos)
         peak = matmul_peak(clock=time.process_time)  # MFU is on CPU time: the peak too
         for algo in algos:  # each algorithm reported (and written) as soon as its runs are done
-            sides = ("tether", "trl", *(["tether-head"] if algo == "ppo" and not args.no_head else []),
-                     *(["tether-lp"] if args.experiments else []))
+            sides = ("tether", "trl", *(["tether-head"] if algo == "ppo" and not args.no_head else []))
             runs = alternate(args.rounds, sides, lambda side: run_side(side, folder, algo, args))  # noqa: B023
             peak = max(peak, matmul_peak(clock=time.process_time))  # other processes only lower it: keep the best
             report(args, algo, runs, model, peak)

@@ -99,6 +99,10 @@ class MonitorConfig:
     quarter, so that the alert comes well before half of the gain is gone. Read at the stage's evaluations when it
     evaluates (online RL with eval_prompts: baseline = the initial policy's evaluation, each a mean over hundreds of
     samples with its standard error), else on the window mean of every step's samples."""
+    evaluation_window: int = 2
+    """Evaluations averaged for the held-out signal's current value in heldout_drop when the stage evaluates: 2, so
+    one unlucky evaluation (a standard error of ~0.05 gold at 240 samples) does not stop a run that is still
+    improving; a real fall shows in two evaluations in a row."""
     heldout_min_gain: float = 0.05
     """The held-out gain (its own units) below which no drop is judged: a fraction of a tiny gain is noise."""
     noise_z: float = 2.0
@@ -143,6 +147,7 @@ class MonitorConfig:
         check(self.heldout not in ("heldout_rm",) or bool(self.heldout_rm), "heldout_rm",
               "is required when heldout=heldout_rm")
         check(self.window >= 2, "window", "must be >= 2 (a trend needs two points)")
+        check(self.evaluation_window >= 1, "evaluation_window", "must be >= 1")
         check(self.baseline_steps >= 1, "baseline_steps", "must be >= 1")
         for name in ("repetition_n", "distinct_n", "length_bins", "max_new_tokens", "rate_min_samples"):
             check(getattr(self, name) >= 1, name, "must be >= 1")

@@ -201,17 +201,22 @@ def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
 
 def evaluations_drop(history: History, cfg: MonitorConfig) -> Alert | None:
     """heldout_drop over the evaluations: baseline = the first (the initial policy), best = the highest, now = the
-    latest. Each evaluation is the mean of many held-out samples (hundreds, against a few dozen per step) with its
-    standard error se; a difference of two is judged against noise_z * sqrt(se_a² + se_b²) (independent draws:
-    conservative when the evaluations reuse one seed, as common random numbers make differences less noisy)."""
-    (_, base, se_base), (_, now, se_now) = history.evaluations[0], history.evaluations[-1]
-    _, best, se_best = max(history.evaluations, key=lambda e: e[1])
+    mean of the last `evaluation_window`. Each evaluation is the mean of many held-out samples (hundreds, against a
+    few dozen per step) with its standard error se; a difference is judged against noise_z * sqrt(se_a² + se_b²),
+    the se of `now` shrunk by the evaluations it averages (independent draws: conservative when the evaluations
+    reuse one seed, as common random numbers make differences less noisy). Averaging `now` keeps one unlucky
+    evaluation, set against the best (a maximum, itself biased upwards), from firing the alert."""
+    evals = history.evaluations
+    (_, base, se_base), (_, best, se_best) = evals[0], max(evals, key=lambda e: e[1])
+    last = evals[1:][-cfg.evaluation_window:]  # never the baseline itself
+    now = sum(e[1] for e in last) / len(last)
+    se_now = (sum(e[2] ** 2 for e in last) ** 0.5) / len(last)
     gain, drop = best - base, best - now
     if gain < max(cfg.heldout_min_gain, cfg.noise_z * (se_base ** 2 + se_best ** 2) ** 0.5):
         return None
     if drop < cfg.noise_z * (se_best ** 2 + se_now ** 2) ** 0.5 or drop / gain < cfg.heldout_drop:
         return None
-    return drop_alert(history.steps[-1] if history.steps else int(history.evaluations[-1][0]), base, best, now, cfg)
+    return drop_alert(history.steps[-1] if history.steps else int(evals[-1][0]), base, best, now, cfg)
 
 
 def drop_alert(step: int, base: float, best: float, now: float, cfg: MonitorConfig) -> Alert:

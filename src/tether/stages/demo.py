@@ -62,13 +62,14 @@ def _rm_defaults() -> rm.RMConfig:
 
 
 def _ppo_defaults() -> ppo.PPOConfig:
-    # A small KL coefficient on purpose: the demo is there to show over-optimisation of the proxy. Evaluations
-    # at temperature 1 (4 responses per held-out prompt, the same draw each time): the distribution PPO
+    # Evaluations at temperature 1 (4 responses per held-out prompt, the same draw each time): the distribution PPO
     # optimises, where gold first rises as the policy sharpens, then falls as it games the proxy (Gao et al.
-    # 2022); the greedy answer of the SFT policy is already near the gold ceiling and can only fall. A learning
-    # rate of 5e-5 with an evaluation every 3 steps: at 1e-4 the rise and fall fit in 10-15 steps, two or three
-    # evaluations, too few to see the peak or to catch the fall early (seeds 0-2, benchmarks/monitor_seeds.py).
-    return ppo.PPOConfig(max_steps=60, lr=5e-5, kl_coef=0.02, eval_every=3, save_every=20, eval_prompts=60,
+    # 2022); the greedy answer of the SFT policy is already near the gold ceiling and can only fall. KL coefficient
+    # 0.1, learning rate 5e-5, an evaluation every 3 steps (benchmarks/monitor_seeds.py, seeds 0-2): gold rises
+    # clearly in all three seeds, then the proxy is gamed (harmful compliance, length) and gold falls; at 0.02 or
+    # 0.05 the proxy is gamed before gold has risen beyond the evaluations' noise in two seeds of three, and at
+    # 1e-4 the rise and fall fit in 10-15 steps, too few evaluations to see the peak.
+    return ppo.PPOConfig(max_steps=60, lr=5e-5, kl_coef=0.1, eval_every=3, save_every=20, eval_prompts=60,
                          eval_temperature=1.0, eval_samples=4)
 
 
