@@ -379,7 +379,8 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
              "on both sides; k3 KL in the loss, beta 0.04"),
         ]
     else:
-        notes.append("both sides run a no-grad old-policy forward and a reference forward per step; KL k1 summed "
+        notes.append("old log-probs: TRL runs a no-grad old-policy forward, tether takes them from its sampler; both "
+                     "run a reference forward per step; KL k1 summed "
                      "over the sequence in the reward, beta 0.05; leave-one-out baseline over k=4; no advantage "
                      "whitening")
     for side in raw:

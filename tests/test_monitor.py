@@ -314,7 +314,7 @@ def test_standard_error_hand_worked():
 def test_heldout_drop_reads_the_evaluations_when_the_stage_records_them():
     # Per-step held-out samples alone fire: trailing means (window 2) peak at 1 and end at 0, a drop of 1 against a
     # noise floor of 2 x 0.29; with evaluations recorded, only they count: baseline 0.40 (step 0), best 0.60
-    # (step 5), now the mean of the last two (evaluation_window 2) from step 15.
+    # (step 3), now the mean of the last two (evaluation_window 2) at step 7.
     per_step = [0, 0, 1, 1, 1, 0, 0]
     assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": per_step}), CFG) is not None
     for now, se, fires in ((0.50, 0.02, True),   # lost 0.1 / 0.2 = 50%; floors 2 sqrt(0.02² + 0.02²/2) = 0.049
@@ -322,21 +322,30 @@ def test_heldout_drop_reads_the_evaluations_when_the_stage_records_them():
                            (0.50, 0.05, False),  # the drop 0.1 < 2 sqrt(0.05² + 0.05²/2) = 0.122: inside the noise
                            (0.50, 0.08, False)):  # the gain 0.2 < 2 sqrt(2) 0.08 = 0.226: no gain to judge
         h = hist(**{"monitor/heldout": per_step})
-        h.evaluations = [[0, 0.40, se], [5, 0.60, se], [10, now, se], [15, now, se]]
+        h.evaluations = [[0, 0.40, se], [3, 0.60, se], [5, now, se], [7, now, se]]
         alert = DETECTORS["heldout_drop"](h, CFG)
         assert (alert is not None) == fires, (now, se)
         if fires:
-            assert alert.value == pytest.approx(0.5) and alert.step == 7  # the latest measurement's step
+            assert alert.value == pytest.approx(0.5) and alert.step == 7  # the latest evaluation's step
     # One unlucky evaluation after the best: now = mean(0.65, 0.45) = 0.55, a drop of 0.1 under the floor 0.122;
     # judged alone (evaluation_window 1) it is a drop of 0.2 over a floor of 0.141, and would fire.
     h = hist(**{"monitor/heldout": per_step})
-    h.evaluations = [[0, 0.40, 0.05], [5, 0.60, 0.05], [10, 0.65, 0.05], [15, 0.45, 0.05]]
+    h.evaluations = [[0, 0.40, 0.05], [3, 0.60, 0.05], [5, 0.65, 0.05], [7, 0.45, 0.05]]
     assert DETECTORS["heldout_drop"](h, CFG) is None
     assert DETECTORS["heldout_drop"](h, dataclasses.replace(CFG, evaluation_window=1)) is not None
-    # One evaluation (the baseline) is not a trajectory yet: nothing fires before the second.
-    h = hist(**{"monitor/heldout": [0.4, 0.4, 0.4]})
+    # One evaluation (the baseline) is not a trajectory yet: nothing fires before the second, though the per-step
+    # samples would; nor without the initial policy's evaluation (a run resumed from an older checkpoint).
+    h = hist(**{"monitor/heldout": per_step})
     h.evaluations = [[0, 0.4, 0.01]]
     assert DETECTORS["heldout_drop"](h, CFG) is None
+    h.evaluations = [[3, 0.40, 0.01], [5, 0.60, 0.01], [7, 0.40, 0.01]]
+    assert DETECTORS["heldout_drop"](h, CFG) is None
+    # No gain at all (min_gain 0, no noise): no drop to judge, and no division by zero.
+    flat = dataclasses.replace(CFG, heldout_min_gain=0.0)
+    h.evaluations = [[0, 0.4, 0.0], [3, 0.4, 0.0], [5, 0.4, 0.0]]
+    assert DETECTORS["heldout_drop"](h, flat) is None
+    assert DETECTORS["heldout_drop"](hist(**{"monitor/heldout": [0.4] * 6}), dataclasses.replace(flat, noise_z=0)) \
+        is None
 
 
 def test_monitor_records_evaluations_and_keeps_them_in_its_state():

@@ -195,6 +195,7 @@ def test_chunked_pairs_score_as_one_padded_batch(tok):
                          one.chunks]), torch.cat([torch.nn.functional.pad(m, (0, 64 - m.size(1))) for _, m in
                                                   one.chunks]))]
     assert len(one.chunks) > 1  # the test data's lengths vary enough to cut
+    assert len(collate_pairs(pairs, tok.pad_token_id, chunked=False).chunks) == 1  # FSDP2: one pass per micro-batch
     chunked = pair_rewards(model, one)
     padded = pair_rewards(model, dataclasses.replace(one, chunks=whole))
     for a, b in zip(chunked, padded):

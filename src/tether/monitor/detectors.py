@@ -186,33 +186,38 @@ def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
     """(best - now) / (best - baseline) of the held-out signal, once the gain is worth judging: at least
     heldout_min_gain and noise_z standard errors, the drop too. Read at the stage's evaluations when it records
     them (`evaluations_drop`), else on the trailing mean of every step's samples."""
-    if len(history.evaluations) >= 2:
-        return evaluations_drop(history, cfg)
+    if history.evaluations:  # a stage that evaluates: nothing to judge before its second evaluation
+        return evaluations_drop(history, cfg) if len(history.evaluations) >= 2 else None
     pts = smoothed(history, "monitor/heldout", cfg.window)
     if len(pts) <= cfg.baseline_steps:
         return None
     base = mean([v for _, v in history.points("monitor/heldout")[:cfg.baseline_steps]])
     best, now = max(v for _, v in pts), pts[-1][1]
     gain, floor = best - base, cfg.noise_z * noise(history, "monitor/heldout", cfg.window)
-    if gain < max(cfg.heldout_min_gain, floor) or best - now < floor or (best - now) / gain < cfg.heldout_drop:
+    if gain <= 0 or gain < max(cfg.heldout_min_gain, floor):
+        return None
+    if best - now < floor or (best - now) / gain < cfg.heldout_drop:
         return None
     return drop_alert(pts[-1][0], base, best, now, cfg)
 
 
 def evaluations_drop(history: History, cfg: MonitorConfig) -> Alert | None:
-    """heldout_drop over the evaluations: baseline = the first (the initial policy), best = the highest, now = the
-    mean of the last `evaluation_window`. Each evaluation is the mean of many held-out samples (hundreds, against a
-    few dozen per step) with its standard error se; a difference is judged against noise_z * sqrt(se_a² + se_b²),
-    the se of `now` shrunk by the evaluations it averages (independent draws: conservative when the evaluations
-    reuse one seed, as common random numbers make differences less noisy). Averaging `now` keeps one unlucky
-    evaluation, set against the best (a maximum, itself biased upwards), from firing the alert."""
+    """heldout_drop over the evaluations: baseline = the first (the initial policy's, at step 0; None without it),
+    best = the highest, now = the mean of the last `evaluation_window`. Each evaluation is the mean of many held-out
+    samples (hundreds, against a few dozen per step) with its standard error se; a difference is judged against
+    noise_z * sqrt(se_a² + se_b²), the se of `now` shrunk by the evaluations it averages (independent draws:
+    conservative when the evaluations reuse one seed, as common random numbers make differences less noisy).
+    Averaging `now` keeps one unlucky evaluation, set against the best (a maximum, itself biased upwards), from
+    firing the alert."""
     evals = history.evaluations
+    if evals[0][0] != 0:  # the initial policy's evaluation is missing (a run resumed from an older checkpoint)
+        return None
     (_, base, se_base), (_, best, se_best) = evals[0], max(evals, key=lambda e: e[1])
     last = evals[1:][-cfg.evaluation_window:]  # never the baseline itself
     now = sum(e[1] for e in last) / len(last)
     se_now = (sum(e[2] ** 2 for e in last) ** 0.5) / len(last)
     gain, drop = best - base, best - now
-    if gain < max(cfg.heldout_min_gain, cfg.noise_z * (se_base ** 2 + se_best ** 2) ** 0.5):
+    if gain <= 0 or gain < max(cfg.heldout_min_gain, cfg.noise_z * (se_base ** 2 + se_best ** 2) ** 0.5):
         return None
     if drop < cfg.noise_z * (se_best ** 2 + se_now ** 2) ** 0.5 or drop / gain < cfg.heldout_drop:
         return None

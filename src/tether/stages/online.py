@@ -15,7 +15,7 @@ The math lives in tether.advantages, tether.kl and tether.policy_losses; rollout
 tether.rewards_source. This module is the orchestration only: `train_online` is one loop with numbered steps.
 
 The policy stays in eval mode throughout (no dropout), so old, reference and current log-probs agree on
-identical weights, as in TRL. Gradient accumulation is exact: every micro-batch loss is divided by the count
+identical weights, as in TRL (the sampler's old log-probs, `reuse_rollout_logprobs`, up to float rounding). Gradient accumulation is exact: every micro-batch loss is divided by the count
 of the whole minibatch (`denom`), so the update does not depend on micro_batch_size.
 
 Ranks (torchrun, tether.distributed). Each rank samples, scores and holds a block of whole prompt groups of the
@@ -175,8 +175,8 @@ class OnlineConfig(DistributedConfig):
     model initialised from the reward model (backbone and head, per-token values)."""
     reuse_rollout_logprobs: bool = True
     """Take the old log-probs π_old from the sampler (the tempered log-softmax of its KV-cached forward, equal to
-    a forward pass up to float rounding) instead of a second pass over prompt + response; the value head, which
-    reads that pass's hidden states, still makes it."""
+    a forward pass up to float rounding: ~1e-6 in fp32, more under bf16) instead of a second pass over
+    prompt + response; the value head, which reads that pass's hidden states, still makes it."""
     ppo_epochs: int = 4
     """Passes over each step's samples."""
     minibatch_size: int = 16
@@ -283,7 +283,7 @@ class OnlineConfig(DistributedConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts, experience, metrics, evaluation
+# Prompts, experience, metrics
 
 
 def prompt_batch(n_prompts: int, cursor: int, k: int, seed: int) -> list[int]:
@@ -532,7 +532,8 @@ def train_online(cfg: OnlineConfig) -> Path:
             source_scores = s.source(prompts, responses)  # (n,)
             scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
                 source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (n,)
-            # 4. Old log-probs and values (policy), reference log-probs (frozen initial policy).
+            # 4. Old log-probs (the sampler's, or a policy pass with the value head) and values (critic), reference
+            #    log-probs (frozen initial policy).
             exp = make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
             # 5. Rewards with the KL tether, and advantages, per algorithm (whitened over all ranks' samples).
             kl_coef = s.controller.value

@@ -162,12 +162,14 @@ def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> 
     return ends[::-1]
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int, device=None) -> PairBatch:
-    """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks."""
+def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = True) -> PairBatch:
+    """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks (one
+    chunk with chunked=False: FSDP2 gathers the weights at every forward, a collective every rank must make
+    equally often, while each rank's micro-batches cut into their own number of chunks)."""
     distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(s), s))
     rows = {ids: i for i, ids in enumerate(distinct)}
     chunks, begin = [], 0
-    for end in length_chunks([len(s) for s in distinct]):
+    for end in length_chunks([len(s) for s in distinct]) if chunked else [len(distinct)]:
         padded = collate(distinct[begin:end], pad_id, device)
         chunks.append((padded["input_ids"], padded["attention_mask"]))
         begin = end
@@ -290,7 +292,7 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences"), 0.0)
     share = distributed.shard(micro_batches(pairs, cfg.micro_batch_size))
     for i, (micro, real) in enumerate(share):
-        batch = collate_pairs(micro, raw.pad_id, raw.device)
+        batch = collate_pairs(micro, raw.pad_id, raw.device, chunked=not distributed.is_sharded(model))
         with distributed.accumulating(model, last=i == len(share) - 1):
             r_a, r_b, r = pair_rewards(model, batch)
             losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
