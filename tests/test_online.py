@@ -158,6 +158,22 @@ def test_old_log_probs_from_the_sampler_equal_a_policy_pass(reuse, world_dir, mo
     assert (exp.logprobs[rollout.response_mask == 0] == 0).all()  # 0 where masked, as a policy pass gives
 
 
+def test_separate_critic_with_reused_log_probs_gives_the_policy_pass_values(world_dir, model_dir, rm_dir, tokenizer):
+    def experience(reuse: bool):
+        cfg = make_cfg("ppo", "unused", world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+                       value_model="separate", temperature=0.7, reuse_rollout_logprobs=reuse)
+        s = online.setup(cfg)
+        rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         generator=torch.Generator().manual_seed(0))
+        return online.make_experience(s.policy, s.ref, s.critic, rollout, torch.zeros(4), cfg)
+
+    reused, recomputed = experience(True), experience(False)
+    # the critic alone (no policy pass) gives the values of the joint pass, read at the same positions
+    torch.testing.assert_close(reused.values, recomputed.values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reused.logprobs, recomputed.logprobs, atol=1e-5, rtol=0)
+
+
 # -- exact gradient accumulation --------------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tokenizer):

@@ -454,22 +454,29 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict
         answer = answer_greedy(s.policy, s.tokenizer, cfg.monitor.max_new_tokens, cfg.batch_size)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
         extra.update(flip=pushback_flips(answer, probed, cfg.monitor.pushback), flip_n=len(probed))
-    key = "eval/gold" if kind == "gold" else "eval/heldout"
-    best = row.get(key)  # None between evaluations
-    s.monitor.record_evaluation(step, best, row.get(f"{key}_se"))
-    save_best = lambda path: save_pretrained(s.policy, s.tokenizer, str(path))  # noqa: E731
-    monitored, stop = s.monitor.step(step, samples, extra, best, save_best, smoothed=not evaluating)
+    best = record_evaluation(s, cfg, step, row)  # None between evaluations
+    monitored, stop = s.monitor.step(step, samples, extra, best, saver(s), smoothed=not evaluating)
     row.update(monitored)
     return stop
+
+
+def record_evaluation(s: Session, cfg: OnlineConfig, step: int, row: dict) -> float | None:
+    """The held-out signal of the evaluation in `row` (eval/gold, or eval/heldout for a second reward model), given
+    to the monitor with its standard error; None when the row holds no evaluation."""
+    key = "eval/gold" if heldout_kind(cfg.monitor, s.world) == "gold" else "eval/heldout"
+    s.monitor.record_evaluation(step, row.get(key), row.get(f"{key}_se"))
+    return row.get(key)
+
+
+def saver(s: Session) -> Callable[[Path], None]:
+    return lambda path: save_pretrained(s.policy, s.tokenizer, str(path))
 
 
 def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
     """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
     row = {"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout)}
     if s.monitor is not None:
-        key = "eval/gold" if heldout_kind(cfg.monitor, s.world) == "gold" else "eval/heldout"
-        s.monitor.record_evaluation(0, row.get(key), row.get(f"{key}_se"))
-        s.monitor.offer_best(0, row.get(key), lambda path: save_pretrained(s.policy, s.tokenizer, str(path)))
+        s.monitor.offer_best(0, record_evaluation(s, cfg, 0, row), saver(s))
     return row
 
 
