@@ -242,6 +242,20 @@ def _sft_cfg(out, **kw) -> TrainConfig:
                        batch_size=8, micro_batch_size=4, warmup_steps=2, lr=1e-2, seed=5, lora=LORA, **kw)
 
 
+def killed_after_first_checkpoint(module, run) -> None:
+    """Call run() with module.save_checkpoint raising Killed right after it writes its first checkpoint."""
+    real_save = module.save_checkpoint
+
+    def save_then_die(*args, **kw):
+        real_save(*args, **kw)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            run()
+
+
 class Killed(Exception):
     pass
 
@@ -254,17 +268,9 @@ def sft_runs(sft_examples, tokenizer, tmp_path_factory):
     model_a = build_model("test", tokenizer, seed=0)
     initial = {k: v.clone() for k, v in model_a.state_dict().items()}
     train_lm(_sft_cfg(root / "a"), model_a, tokenizer, sft_examples, "sft")
-    real_save = lm.save_checkpoint
-
-    def save_then_die(*args, **kw):
-        real_save(*args, **kw)
-        raise Killed
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lm, "save_checkpoint", save_then_die)
-        with pytest.raises(Killed):
-            train_lm(_sft_cfg(root / "b", gradient_checkpointing=True), build_model("test", tokenizer, seed=0),
-                     tokenizer, sft_examples, "sft")
+    killed_after_first_checkpoint(lm, lambda: train_lm(_sft_cfg(root / "b", gradient_checkpointing=True),
+                                                       build_model("test", tokenizer, seed=0), tokenizer,
+                                                       sft_examples, "sft"))
     train_lm(_sft_cfg(root / "b", resume=True, gradient_checkpointing=True), build_model("test", tokenizer, seed=0),
              tokenizer, sft_examples, "sft")
     return dict(a=root / "a", b=root / "b", model_a=model_a, initial=initial)
@@ -324,16 +330,7 @@ def _rm_cfg(data, backbone, out, **kw) -> rm.RMConfig:
 def rm_runs(prefs, model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_rm")
     rm.run(_rm_cfg(prefs, model_dir, root / "a"))
-    real_save = rm.save_checkpoint
-
-    def save_then_die(*args, **kw):
-        real_save(*args, **kw)
-        raise Killed
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rm, "save_checkpoint", save_then_die)
-        with pytest.raises(Killed):
-            rm.run(_rm_cfg(prefs, model_dir, root / "b"))
+    killed_after_first_checkpoint(rm, lambda: rm.run(_rm_cfg(prefs, model_dir, root / "b")))
     rm.run(_rm_cfg(prefs, model_dir, root / "b", resume=True))
     return dict(a=root / "a", b=root / "b")
 

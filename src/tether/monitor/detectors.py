@@ -221,7 +221,7 @@ def evaluations_drop(history: History, cfg: MonitorConfig) -> Alert | None:
         return None
     if drop < cfg.noise_z * (se_best ** 2 + se_now ** 2) ** 0.5 or drop / gain < cfg.heldout_drop:
         return None
-    return drop_alert(history.steps[-1] if history.steps else int(evals[-1][0]), base, best, now, cfg)
+    return drop_alert(history.steps[-1], base, best, now, cfg)
 
 
 def drop_alert(step: int, base: float, best: float, now: float, cfg: MonitorConfig) -> Alert:

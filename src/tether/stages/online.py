@@ -15,8 +15,9 @@ The math lives in tether.advantages, tether.kl and tether.policy_losses; rollout
 tether.rewards_source. This module is the orchestration only: `train_online` is one loop with numbered steps.
 
 The policy stays in eval mode throughout (no dropout), so old, reference and current log-probs agree on
-identical weights, as in TRL (the sampler's old log-probs, `reuse_rollout_logprobs`, up to float rounding). Gradient accumulation is exact: every micro-batch loss is divided by the count
-of the whole minibatch (`denom`), so the update does not depend on micro_batch_size.
+identical weights, as in TRL (the sampler's old log-probs, `reuse_rollout_logprobs`, up to float rounding).
+Gradient accumulation is exact: every micro-batch loss is divided by the count of the whole minibatch (`denom`),
+so the update does not depend on micro_batch_size.
 
 Ranks (torchrun, tether.distributed). Each rank samples, scores and holds a block of whole prompt groups of the
 step's rollout_batch prompts. Every sample's noise is seeded by (seed, step, its row in the step), so who samples
@@ -472,6 +473,11 @@ def saver(s: Session) -> Callable[[Path], None]:
     return lambda path: save_pretrained(s.policy, s.tokenizer, str(path))
 
 
+def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
+    """The monitor's second reward model, also scored at evaluations (eval/heldout); None for gold or no signal."""
+    return s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" else None
+
+
 def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
     """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
     row = {"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout)}
@@ -491,8 +497,9 @@ def sample_seed(seed: int, step: int, row: int) -> int:
 
 def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, object, list[str]]:
     """Steps 1 and 2 of the loop: (prompts, rollout, decoded responses) of this rank's block of the step's N rows
-    (whole groups), the next rollout_batch prompts each repeated group_size times, sampled with the KV cache from the
-    current policy (eval mode). Each row's noise is seeded by (seed, step, row): the split over ranks changes nothing."""
+    (whole groups), the next rollout_batch prompts each repeated group_size times, sampled with the KV cache from
+    the current policy (eval mode). Each row's noise is seeded by (seed, step, row): the split over ranks changes
+    nothing."""
     idx = [i for i in prompt_batch(len(s.prompts), s.cursor, cfg.rollout_batch, cfg.seed)
            for _ in range(cfg.group_size)]  # (N,)
     s.cursor += cfg.rollout_batch
@@ -524,8 +531,7 @@ def train_online(cfg: OnlineConfig) -> Path:
     s = setup(cfg)
     metrics, samples = MetricsLog(run_dir / "metrics.jsonl", s.start), MetricsLog(run_dir / "samples.jsonl", s.start)
     evaluating = s.world is not None and cfg.eval_prompts > 0
-    heldout = s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" \
-        else None  # a second reward model, also scored at evaluations (eval/heldout)
+    heldout = heldout_model(s, cfg)
     if main and evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
         metrics.write(baseline_evaluation(s, cfg, heldout))
     guard = NonFiniteGuard.from_config(cfg, s.start, cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size))
@@ -539,8 +545,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             source_scores = s.source(prompts, responses)  # (n,)
             scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
                 source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (n,)
-            # 4. Old log-probs (the sampler's, or a policy pass with the value head) and values (critic), reference
-            #    log-probs (frozen initial policy).
+            # 4. Old log-probs (the sampler's, or the value head's policy pass), values, reference log-probs.
             exp = make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
             # 5. Rewards with the KL tether, and advantages, per algorithm (whitened over all ranks' samples).
             kl_coef = s.controller.value
