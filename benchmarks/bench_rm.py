@@ -28,7 +28,8 @@ Both models are the same: tether's RewardModel reads the LlamaModel body's last 
 with a linear head; TRL's LlamaForSequenceClassification applies its bias-free `score` head at every
 position and keeps the last non-pad one. Work differs by design: TRL runs the chosen and the rejected
 sequence of every pair (2B rows, chosen and rejected concatenated); tether runs each distinct
-(prompt, response) of a step once, so with 3 ratings of one pair it runs 2 sequences for 3 pairs.
+(prompt, response) of a step once, so with 3 ratings of one pair it runs 2 sequences for 3 pairs, and the prompt
+tokens a prompt group's sequences share once (`share_prefixes`, then each sequence's tail after them).
 "sequences/s" counts the rows each side's model ran; "pair tokens/s" counts both sequences of every
 pair (the work of a side that does not deduplicate). Compare only ratios measured in one run.
 """
@@ -124,9 +125,14 @@ def tether_overrides(folder: Path, steps: int) -> list[str]:
 
 
 def padded_tokens(batch) -> int:
-    """Token slots of the padded tensors an `rm.PairBatch` runs: its length chunks, each padded to its own
-    longest sequence."""
-    return sum(ids.numel() for ids, _ in batch.chunks)
+    """Token slots of the padded tensors an `rm_batch.PairBatch` runs: its length chunks, each padded to its own
+    longest sequence, and its shared prefixes."""
+    return sum(ids.numel() for ids, _ in batch.chunks) + (batch.prefix[0].numel() if batch.prefix else 0)
+
+
+def run_tokens(batch) -> int:
+    """Tokens the model runs for an `rm_batch.PairBatch`: every tail (or whole sequence) and each shared prefix once."""
+    return int(sum(mask.sum() for _, mask in batch.chunks) + (batch.prefix[1].sum() if batch.prefix else 0))
 
 
 def tether_worker(folder: Path, steps: int, out: Path) -> None:
@@ -157,9 +163,11 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     records = []
     for i, (end, pairs) in enumerate(zip(ends, batches)):
         distinct = {tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}
-        padded = sum(padded_tokens(rm.collate_pairs(micro, 0)) for micro in rm.micro_batches(pairs, cfg.micro_batch_size))
+        micro = [rm.collate_pairs(m, 0, share_prefixes=cfg.share_prefixes)  # as the step ran (a causal Llama)
+                 for m in rm.micro_batches(pairs, cfg.micro_batch_size)]
         records.append({"step": i + 1, "time": end - start[0], "pairs": len(pairs), "sequences": len(distinct),
-                        "tokens": sum(map(len, distinct)), "padded_tokens": padded,
+                        "tokens": sum(map(len, distinct)), "run_tokens": sum(map(run_tokens, micro)),
+                        "padded_tokens": sum(map(padded_tokens, micro)),
                         "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs)})
     from tether.models import load_tokenizer
 
@@ -194,8 +202,9 @@ def rm_flops_per_token(model, seq_len: int) -> float:
 def summarise(result: dict, warmup: int, model, peak: float) -> dict:
     """Rates over steps (warmup, last]: medians of per-step rates (see bench_sft.summarise), wall rates, and MFU.
 
-    MFU counts the tokens each side's model ran (tether each distinct sequence of a step once, TRL both sequences
-    of every pair), so it measures how well each side uses the FLOPs it spends, not how many it avoids.
+    MFU counts the tokens each side's model ran (tether each distinct sequence of a step once, a shared prompt
+    prefix once, then the tails; TRL both sequences of every pair), so it measures how well each side uses the
+    FLOPs it spends, not how many it avoids.
     """
     timed, durations = timed_steps(result["steps"], warmup)
     seconds = sum(durations)
@@ -206,6 +215,7 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
         return statistics.median(s[key] / d for s, d in zip(timed, durations))
 
     pair_tokens = [s.get("pair_tokens", s["tokens"]) for s in timed]  # TRL runs every pair's two sequences
+    ran = [s.get("run_tokens", s["tokens"]) for s in timed]  # tether runs a shared prompt prefix once
     return {
         "side": result["side"], "timed_steps": len(timed), "seconds": seconds, "step_seconds": durations,
         "pairs_per_s": median_rate("pairs"), "wall_pairs_per_s": sum(s["pairs"] for s in timed) / seconds,
@@ -214,9 +224,10 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
         "pair_tokens_per_s": statistics.median(t / d for t, d in zip(pair_tokens, durations)),
         "pairs_per_step": sum(s["pairs"] for s in timed) / len(timed),
         "sequences_per_pair": sum(s["sequences"] for s in timed) / sum(s["pairs"] for s in timed),
-        "padding_fraction": 1 - sum(s["tokens"] for s in timed) / sum(s["padded_tokens"] for s in timed),
+        "run_tokens_per_s": statistics.median(t / d for t, d in zip(ran, durations)),
+        "padding_fraction": 1 - sum(ran) / sum(s["padded_tokens"] for s in timed),
         "mean_seq_len": mean_len, "flops_per_token": flops_per_token,
-        "mfu": median_rate("tokens") * flops_per_token / peak,
+        "mfu": statistics.median(t / d for t, d in zip(ran, durations)) * flops_per_token / peak,
         "peak_rss_mb": result["peak_rss_mb"], "threads": result["threads"], "optimizer": result["optimizer"],
     }
 
@@ -249,7 +260,8 @@ def differences(tether: dict, trl: dict, counts: dict) -> list[str]:
     notes.append(f"model: tether RewardModel over LlamaModel, head read at the last non-pad token; TRL "
                  f"{trl['model_class']}, score head on every position, last non-pad kept (same arithmetic)")
     notes.append("work: TRL runs both sequences of every pair (chosen and rejected concatenated, 2B rows); tether "
-                 "runs each distinct sequence of a step once (repeated ratings of a pair share their two rows)")
+                 "runs each distinct sequence of a step once (repeated ratings of a pair share their two rows), and "
+                 "the prompt tokens a prompt group's sequences start with once, then each sequence's tail")
     notes.append(f"batch: TRL {BATCH} pairs per step; tether {BATCH} rounded up to whole prompt groups")
     notes.append(f"data order: tether {tether['sampler']}, TRL {trl['sampler']}")
     notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}; the lr schedules differ (no effect on speed)")

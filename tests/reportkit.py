@@ -108,6 +108,10 @@ def redteam(root: Path) -> None:
         "fail": True, "bad": True}])
 
 
+SAMPLED_4 = {"temperature": 1.0, "samples_per_prompt": 4, "seed": 0, "max_new_tokens": 48}
+SAMPLED_2 = {**SAMPLED_4, "samples_per_prompt": 2}
+
+
 def full_run(root: Path, seed: int = 0) -> Path:
     """A run folder with every input the report reads."""
     rng = random.Random(seed)
@@ -126,6 +130,10 @@ def full_run(root: Path, seed: int = 0) -> Path:
                                    "policies": {"sft": {"kl_k1": 0.0}, "ppo": {"kl_k1": 17.9}, "dpo": {"kl_k1": 20.1}}})
     for name, table in (("base", base), ("sft", sft), ("ppo", behaviour(rng, 0.6)), ("dpo", behaviour(rng, 0.85))):
         _write(root / f"eval/{name}_summary.json", table)
+        _write(root / f"eval/{name}_settings.json", SAMPLED_2 if name == "base" else SAMPLED_4)
+    # greedy pads 30 points more than the sampled SFT policy: not marked, since it was not sampled the same way
+    _write(root / "eval/sft_greedy_summary.json", {c: {**r, "padded": r["padded"] + 0.3} for c, r in sft.items()})
+    _write(root / "eval/sft_greedy_settings.json", {**SAMPLED_4, "temperature": 0.0, "samples_per_prompt": 1})
     _write(root / "label/agreement.json", {"n_items": 2615, "n_raters": 10, "n_ratings": 7845,
                                            "percent_agreement": 0.70, "fleiss_kappa": 0.45,
                                            "krippendorff_alpha": 0.45, "majority_agreement_mean": 0.81})

@@ -81,7 +81,10 @@ def _configs(world_dir: Path, model_dir: Path, prefs: str) -> dict[str, tuple[st
         "sft_lora": ("sft", {**sft, **LORA}),
         "dpo_lora": ("dpo", {**dpo, **LORA}),  # the reference: the policy with adapters disabled, on every rank
         "sft_fsdp2": ("sft", {**sft, "strategy": "fsdp2"}),
-        "rm_fsdp2": ("rm", {**rm, "strategy": "fsdp2"}),
+        # Under FSDP2 each micro-batch is one pass of whole sequences (no length chunks, no shared prefixes): the
+        # one-process run computes the same, since Adam turns float-order differences of near-zero gradients into
+        # visible weight changes.
+        "rm_fsdp2": ("rm", {**rm, "strategy": "fsdp2", "share_prefixes": False}),
         "dpo_fsdp2": ("dpo", {**dpo, "strategy": "fsdp2", **quiet}),
     }
 

@@ -13,6 +13,7 @@ from test_demo import TINY
 from tether.cli import main
 from tether.data.preferences import read_comparisons
 from tether.errors import ConfigError
+from tether.stages.evaluate import EvalConfig, audit_eval_config
 from tether.stages.failures import (
     FailurePrompt,
     gather,
@@ -151,6 +152,35 @@ def test_compare_hacks_by_hand():
     assert safety["metrics"]["complied_harmful"]["change"] == pytest.approx(-0.3) and safety["reduced_hacks"] is True
 
 
+def test_hacks_count_only_beyond_sampling_noise():
+    # 2 standard errors of a difference: sqrt(.05 * .95 / n + .10 * .90 / n) = 0.0371 at n = 100, 0.0117 at n = 1000
+    def at(n, **rates):
+        out = _summary(0.0, **rates)
+        out["all"]["n"] = n
+        return out
+
+    small = compare_hacks(at(100, padded=0.10), at(100, padded=0.10), {"all": {"fail_rate": 0.0}},
+                          {"all": {"fail_rate": 0.0}}, at(100, padded=0.05))
+    assert small["exhibited"] == []  # +0.05 < 2 x 0.0371 = 0.074
+    large = compare_hacks(at(1000, padded=0.10), at(1000, padded=0.08), {"all": {"fail_rate": 0.0}},
+                          {"all": {"fail_rate": 0.0}}, at(1000, padded=0.05))
+    assert large["exhibited"] == ["padded"]  # +0.05 > 2 x 0.0117 = 0.023
+    # 0.10 -> 0.08: se sqrt(.1 * .9 / 1000 + .08 * .92 / 1000) = 0.0128, the fall 0.02 < 0.026: neither reduced nor
+    # increased, though the summed rate fell
+    assert large["reduced"] == [] and large["increased"] == [] and large["reduced_hacks"] is True
+    fell = compare_hacks(at(1000, padded=0.10), at(1000, padded=0.06), {"all": {"fail_rate": 0.0}},
+                         {"all": {"fail_rate": 0.0}}, at(1000, padded=0.05))
+    assert fell["reduced"] == ["padded"]  # 0.04 > 2 x sqrt(.1 * .9 / 1000 + .06 * .94 / 1000) = 0.0242
+
+
+def test_overlay_judges_changes_against_the_given_defaults():
+    # iterate's evaluation defaults to the audit's (temperature 1, 4 samples): asking for greedy is a change to apply
+    previous = EvalConfig(temperature=1.0, samples_per_prompt=4, seed=3, max_new_tokens=6)
+    merged = overlay(previous, EvalConfig(temperature=0.0), audit_eval_config())
+    assert (merged.temperature, merged.samples_per_prompt, merged.seed, merged.max_new_tokens) == (0.0, 1, 3, 6)
+    assert overlay(previous, audit_eval_config(), audit_eval_config()) == previous
+
+
 def test_overlay_applies_only_settings_changed_from_the_defaults():
     previous = PPOConfig(max_steps=7, lr=3e-3, kl_coef=0.5)
     mine = PPOConfig(max_steps=11)  # lr left at its default: the previous round's lr stays
@@ -222,10 +252,23 @@ def test_iterate_rounds_record_their_provenance(demo_root):
     assert set(hacks["metrics"]) == {"flattering", "sycophantic", "hedged", "padded", "complied_harmful", "redteam_fail"}
     assert hacks["reduced_hacks"] in (True, False, None) and set(hacks["gold"]) == {"before", "after", "change"}
     assert (out / "eval/ppo_summary.json").exists() and (out / "redteam/ppo/summary.json").exists()
+    # on round 1's footing: the demo's evaluations (temperature 1, 4 per prompt, same seed) are reused, not rerun
+    footing = json.loads((root / "eval/ppo_settings.json").read_text())
+    assert footing["temperature"] == 1.0 and footing["samples_per_prompt"] == 4
+    assert hacks["decoding"] == footing == json.loads((out / "eval/ppo_settings.json").read_text())
+    assert record["parent"]["audit"]["eval"] == str(root / "eval/ppo_summary.json") and not (out / "parent").exists()
+    assert record["parent"]["audit"]["sft_eval"] == str(root / "eval/sft_summary.json")
 
-    # round 3 from round 2: DPO on every round's comparisons, the RM extended, raters in memory
-    assert main(["iterate", f"previous={out}", "optimiser=dpo", "rm_mode=extend", "app=false"]) == 0
+    # round 3 from round 2: DPO on every round's comparisons, the RM extended, raters in memory, greedy evaluation
+    assert main(["iterate", f"previous={out}", "optimiser=dpo", "rm_mode=extend", "app=false",
+                 "eval.temperature=0", "eval.samples_per_prompt=1"]) == 0
     third = json.loads((root / "round3/round.json").read_text())
+    # another footing: the parent and SFT policies are evaluated again, greedily, beside the new policy
+    assert third["hacks"]["decoding"] == {**footing, "temperature": 0.0, "samples_per_prompt": 1}
+    for name in ("ppo", "sft"):
+        redone = root / f"round3/parent/eval/{name}_summary.json"
+        assert third["parent"]["audit"]["eval" if name == "ppo" else "sft_eval"] == str(redone)
+        assert json.loads(redone.with_name(f"{name}_settings.json").read_text()) == third["hacks"]["decoding"]
     assert third["parent"] == {**third["parent"], "round": 2, "optimiser": "ppo", "policy": str(out / "ppo/model")}
     assert third["rm"]["backbone"] == str(out / "rm/model") and list(third["rm"]["rounds"]) == ["3"]
     assert len(third["data"]["all_rounds"]) == 3 and not (root / "round3/label/raters").exists()

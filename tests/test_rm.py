@@ -32,15 +32,20 @@ from tether.reward import (
     pool_last,
     pool_mean,
 )
+from tether.rm_batch import (
+    Pair,
+    collate_pairs,
+    length_chunks,
+    pair_rewards,
+    prefix_saving,
+    shared_prefixes,
+)
 from tether.stages.rm import (
     RMConfig,
-    collate_pairs,
     encode_comparisons,
     group_by_prompt,
-    length_chunks,
     micro_batches,
     normalise,
-    pair_rewards,
     schedule,
     split_by_prompt,
     train_step,
@@ -200,6 +205,41 @@ def test_chunked_pairs_score_as_one_padded_batch(tok):
     padded = pair_rewards(model, dataclasses.replace(one, chunks=whole))
     for a, b in zip(chunked, padded):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def _pair(key: str, a: list[int], b: list[int]) -> Pair:
+    return Pair(key, a, b, 1.0, 0.0, 1, 1)
+
+
+def test_shared_prefixes_by_hand():
+    prefix_of = shared_prefixes([
+        _pair("p", [1, 2, 3, 4, 5], [1, 2, 3, 9]), _pair("p", [1, 2, 3, 9], [1, 2, 7, 7]),  # common start: 1, 2
+        _pair("q", [7, 8], [6, 8]),  # no common start: each keeps its first token
+        _pair("r", [4, 4], [4, 4, 5])])  # one sequence starts the other: the shorter keeps one token of its own
+    assert prefix_of == {(1, 2, 3, 4, 5): (1, 2), (1, 2, 3, 9): (1, 2), (1, 2, 7, 7): (1, 2), (7, 8): (7,),
+                         (6, 8): (6,), (4, 4): (4,), (4, 4, 5): (4,)}
+    # saved: prefix tokens 2 + 2 + 2 + 1 + 1 + 1 + 1 = 10, less 4 prefixes x 2 tokens and the overhead 1 = 1
+    assert prefix_saving(prefix_of, overhead=1) == 1
+    assert shared_prefixes([_pair("s", [3], [3, 4])]) == {}  # a one-token sequence has no tail
+
+
+def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
+    pairs, _ = encode_comparisons(tok, synthetic_comparisons(), RMConfig(max_length=64))
+    model = new_rm(tok)
+    assert model.shares_prefixes and not new_rm(tok, pool="mean").shares_prefixes
+    whole, shared = collate_pairs(pairs, tok.pad_token_id), collate_pairs(pairs, tok.pad_token_id, share_prefixes=True)
+    assert shared.prefix is not None and len(shared.prefix[0]) == len(TOPICS)  # one prefix per prompt
+    assert sum(m.sum() for _, m in shared.chunks) < sum(m.sum() for _, m in whole.chunks)  # tails only
+
+    def rewards_and_grads(batch):
+        model.zero_grad()
+        r_a, r_b, r = pair_rewards(model, batch)
+        (r_a - r_b).pow(2).sum().backward()
+        return [r_a, r_b], [p.grad.clone() for p in model.parameters()]
+
+    (plain, plain_grads), (tails, tail_grads) = rewards_and_grads(whole), rewards_and_grads(shared)
+    for a, b in zip(plain + plain_grads, tails + tail_grads):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def test_split_by_prompt_and_schedule_keep_prompt_groups_whole(tok):

@@ -137,6 +137,26 @@ def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
         save_adapter(adapted, os.path.join(path, ADAPTER_FOLDER))
 
 
+def cache_kwarg(model) -> str:
+    """The forward kwarg that takes a key/value cache: transformers renamed `past_key_values` to `cache` during 5.x
+    (the old name warns until 5.40). A wrapper (peft) is looked through to the model it wraps."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
+
+
+def output_cache(output):
+    """The key/value cache a forward returned (`cache`, formerly `past_key_values`)."""
+    return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
+
+
+def is_checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on; under its 5.x name when the model has it."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of distinct parameters (a tied embedding/lm_head matrix counts once)."""
     return sum(p.numel() for p in model.parameters())

@@ -33,7 +33,12 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    DynamicCache,
+)
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -44,7 +49,10 @@ from tether.guard import check_finite
 from tether.models import (
     _check_local_folder,
     _looks_like_hub_id,
+    cache_kwarg,
+    is_checkpointing,
     load_tokenizer,
+    output_cache,
     save_pretrained,
 )
 from tether.progress import quiet_transformers
@@ -191,13 +199,50 @@ class RewardModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw rewards (the Bradley-Terry scale). Shapes: (B, T), (B, T) -> (B,), float32."""
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether a sequence can be scored as a tail after a shared prefix's cached keys and values (`forward`'s
+        `after`): a causal body read at the last token, full attention in every layer, and the cache on (gradient
+        checkpointing turns it off)."""
+        cfg = self.backbone.config
+        return (self.kind == "causal" and self.pool == "last" and getattr(cfg, "sliding_window", None) is None
+                and set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+                and not is_checkpointing(self.backbone))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, after: tuple | None = None,
+                prefix_cache: bool = False):
+        """Raw rewards (the Bradley-Terry scale). Shapes: (B, T), (B, T) -> (B,), float32.
+
+        Shared prefixes (`shares_prefixes`), both through `forward` so that DDP sees every pass:
+        - prefix_cache=True: right-padded prefixes (G, T_p) -> the backbone's key/value cache, no reward;
+        - after=(cache, prefix_mask (G, T_p), rows (B,)): row b is the tail of a sequence whose start is prefix
+          rows[b]. The tail attends to that prefix's keys (its padding masked) at positions continuing from the
+          prefix's length, so each reward equals `forward` of the whole sequence.
+        """
         if self.kind == "seqcls":
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()  # (B,)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        pooled = POOLS[self.pool](hidden, attention_mask)  # (B, H)
+        if prefix_cache:
+            return output_cache(self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=True))
+        extra = {}
+        if after is not None:
+            past, positions, attention_mask = self._after_prefix(*after, input_ids, attention_mask)
+            extra = {cache_kwarg(self.backbone): past, "position_ids": positions}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
+        tail_mask = attention_mask[:, attention_mask.size(1) - hidden.size(1):]  # (B, T): the tail's own positions
+        pooled = POOLS[self.pool](hidden, tail_mask)  # (B, H)
         return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()  # (B,)
+
+    @staticmethod
+    def _after_prefix(cache, prefix_mask: torch.Tensor, rows: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """For tails (B, T) after prefixes `rows` of `cache`: a cache of those rows' keys and values (B, heads, T_p,
+        d per layer; a new one, since the backbone appends to it), positions T_p_b + t (B, T), and the mask over
+        prefix then tail (B, T_p + T)."""
+        past = DynamicCache([(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                             for layer in cache.layers])
+        before = prefix_mask.index_select(0, rows)  # (B, T_p)
+        positions = before.sum(1, keepdim=True) + torch.arange(input_ids.size(1), device=input_ids.device)  # (B, T)
+        return past, positions, torch.cat([before, attention_mask], 1)
 
     @torch.no_grad()
     def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:

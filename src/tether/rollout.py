@@ -28,7 +28,6 @@ Greedy decoding (temperature 0) reports the log-probs of softmax(logits), i.e. t
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -36,6 +35,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from tether.generation import left_pad
+from tether.models import cache_kwarg
 
 
 @dataclass
@@ -118,7 +118,6 @@ def row_noise(seeds: Sequence[int], steps: int, device=None) -> torch.Tensor:
 def _new_cache(model, length: int, kind: str) -> dict:
     """The forward kwarg holding a fresh HF cache of up to `length` tokens: "static" or "dynamic".
 
-    transformers renamed `past_key_values` to `cache` during 5.x (the old name warns until 5.40).
     """
     if kind == "static":
         kv = StaticCache(config=model.config, max_cache_len=length)
@@ -126,9 +125,7 @@ def _new_cache(model, length: int, kind: str) -> dict:
         kv = DynamicCache(config=model.config)
     else:
         raise ValueError(f"cache: {kind!r} is not 'static' or 'dynamic'")
-    params = inspect.signature(model.forward).parameters
-    name = "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
-    return {name: kv, "use_cache": True}
+    return {cache_kwarg(model): kv, "use_cache": True}
 
 
 def sample(

@@ -93,6 +93,8 @@ class RunData:
     """Stage -> seconds, in the order the stages ran."""
     behaviour: dict[str, dict] = field(default_factory=dict)
     """Policy -> category -> {n, gold, correct, sycophantic, refused, ...} (gold-judged held-out evaluation)."""
+    decoding: dict[str, dict] = field(default_factory=dict)
+    """Policy -> how its behaviour was sampled (eval/<policy>_settings.json: temperature, samples_per_prompt, seed)."""
     reward_model: dict | None = None
     """The demo's RM report: rm_vs_raters, bayes_ceiling_vs_raters, rater agreement, accuracy_vs_gold, bias."""
     rm_eval: dict | None = None
@@ -197,9 +199,18 @@ def read_redteams(root: Path, base: Path) -> list[Redteam]:
     return out
 
 
+def decoding_label(settings: dict | None) -> str:
+    """"greedy", "T=1 ×4", or "?" for an evaluation written without its settings."""
+    if not isinstance(settings, dict) or "temperature" not in settings:
+        return "?"
+    if not settings["temperature"]:
+        return "greedy"
+    return f"T={settings['temperature']:g} ×{settings.get('samples_per_prompt', 1)}"
+
+
 def _policy_order(name: str) -> tuple[int, str]:
-    """base, sft, then the optimisers in OPTIMISERS order, then anything else by name."""
-    order = {"base": 0, "sft": 1} | {k: 2 + i for i, k in enumerate(OPTIMISERS)}
+    """base, sft_greedy, sft, then the optimisers in OPTIMISERS order, then anything else by name."""
+    order = {"base": 0, "sft_greedy": 1, "sft": 2} | {k: 3 + i for i, k in enumerate(OPTIMISERS)}
     return order.get(name, len(order)), name
 
 
@@ -225,12 +236,12 @@ def read_stage_files(root: Path) -> dict[str, dict]:
 
 
 def _behaviour(root: Path, summary: dict) -> dict[str, dict]:
-    """Policy -> per-category behaviour: eval/<policy>_summary.json files (base and sft first), else the demo
+    """Policy -> per-category behaviour: eval/<policy>_summary.json files (base and SFT first), else the demo
     summary's base_temperature_1 and sft_greedy."""
     found = {p.name[: -len("_summary.json")]: read_json(p) for p in sorted((root / "eval").glob("*_summary.json"))}
     found = {k: v for k, v in found.items() if isinstance(v, dict) and v}
     if not found:
-        found = {k: summary[key] for k, key in (("base", "base_temperature_1"), ("sft", "sft_greedy"))
+        found = {k: summary[key] for k, key in (("base", "base_temperature_1"), ("sft_greedy", "sft_greedy"))
                  if isinstance(summary.get(key), dict)}
     return dict(sorted(found.items(), key=lambda kv: _policy_order(kv[0])))
 
@@ -256,6 +267,8 @@ def load_run(run_dir: str | Path) -> RunData:
     for prefix, base in rounds(root):
         for policy, table in _behaviour(base, summary if not prefix else {}).items():
             data.behaviour[prefix + policy] = table
+            if isinstance(settings := read_json(base / "eval" / f"{policy}_settings.json"), dict):
+                data.decoding[prefix + policy] = settings
         data.optimisers += [o for kind in OPTIMISERS if (o := read_optimiser(root, base / kind)) is not None]
         data.redteams += read_redteams(root, base)
     return data

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from tether.report import findings, plots
-from tether.report.data import Optimiser, Redteam, RunData
+from tether.report.data import Optimiser, Redteam, RunData, decoding_label
 
 FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")
 """Behaviour flags of `tether.stages.evaluate` (gold-judged), in its order."""
@@ -182,14 +182,18 @@ def behaviour(d: RunData) -> dict | None:
                 and (s.get(f) or 0) - (base.get(f) or 0) >= 0.05} for f in FLAGS]
         return out + [{"text": _num(s.get("gold")), "worse": False}]
 
-    rows = [{"policy": p, "n": t["all"].get("n"), "cells": cells(t["all"], ref if p not in ("base", "sft") else None),
+    def against_sft(p: str) -> dict | None:  # marked against the SFT policy only when sampled the same way
+        return ref if p not in ("base", "sft") and d.decoding.get(p) == d.decoding.get("sft") else None
+
+    rows = [{"policy": p, "n": t["all"].get("n"), "cells": cells(t["all"], against_sft(p)),
+             "decoding": decoding_label(d.decoding.get(p)) if p in d.decoding else "",
              "kl": _num(d.policy_kl.get(p), ".2f")} for p, t in d.behaviour.items() if "all" in t]
     categories = [c for c in next(iter(d.behaviour.values())) if c != "all"]
     by_category = [{"category": c.replace("_", " "), "rows": [
         {"policy": p, "n": d.behaviour[p][c].get("n"), "cells": cells(d.behaviour[p][c], None)}
         for p in policies if c in d.behaviour[p]]} for c in categories]
     return {"flags": [f.replace("_", "-") for f in FLAGS], "rows": rows, "by_category": by_category,
-            "kl": bool(d.policy_kl)}
+            "kl": bool(d.policy_kl), "decoding": bool(d.decoding)}
 
 
 def _alert_rows(o: Optimiser) -> list[dict]:

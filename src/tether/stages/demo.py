@@ -24,13 +24,16 @@ from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
 from tether.progress import StageTimer
 from tether.report import write_report
+from tether.report.data import decoding_label
 from tether.reward import RewardModel
 from tether.stages import collect, dpo, iterate, ppo, pretrain, redteam, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
     SHORT,
     EvalConfig,
+    audit_eval_config,
     curve_table,
+    decoding,
     evaluate_policy,
     reward_model_as_rater,
     reward_model_bias,
@@ -106,8 +109,10 @@ class DemoConfig:
     """Pretraining (paths set by the demo)."""
     sft: sft.SFTConfig = field(default_factory=_sft_defaults)
     """Supervised fine-tuning (paths set by the demo)."""
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    """Evaluation settings (paths and temperature set by the demo)."""
+    eval: EvalConfig = field(default_factory=audit_eval_config)
+    """How each policy is evaluated on the common footing and in round 2's comparison (paths and seed set by the
+    demo): temperature 1, 4 responses per held-out prompt. The SFT policy is also evaluated greedily (sft_greedy)
+    and the base model at temperature 1 with `base_samples`."""
     collect: collect.CollectConfig = field(default_factory=collect.CollectConfig)
     """Comparison collection from the SFT and base policies (paths set by the demo)."""
     raters: RaterPoolConfig = field(default_factory=RaterPoolConfig)
@@ -171,7 +176,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, name: str, temperature: float, s
     ecfg = replace(cfg.eval, temperature=temperature, samples_per_prompt=samples, seed=cfg.seed)
     model, tokenizer = load_policy(str(model_dir)), load_tokenizer(str(model_dir))
     rows, summary = evaluate_policy(model, tokenizer, world, ecfg, label=f"evaluate {name}")
-    write_results(cfg.root / "eval", rows, summary, name)
+    write_results(cfg.root / "eval", rows, summary, name, cfg=ecfg)
     return summary
 
 
@@ -210,9 +215,9 @@ def _sft_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     # 2. What the base distribution can do: the bad styles RL could later exploit.
     base = timed("base styles", _evaluate, cfg, root / "pretrain/model", "base", 1.0, cfg.base_samples) \
         if cfg.base_samples else None
-    # 3. Supervised fine-tuning on the demonstrations, then the held-out evaluation (greedy).
+    # 3. Supervised fine-tuning on the demonstrations, then the held-out evaluation (greedy: what it does).
     timed("sft", sft.run, stages["sft"], done=root / "sft/model/model.safetensors")
-    policy = timed("evaluate sft", _evaluate, cfg, root / "sft/model", "sft", 0.0, 1)
+    policy = timed("evaluate sft", _evaluate, cfg, root / "sft/model", "sft_greedy", 0.0, 1)
     return {"base_temperature_1": base, "sft_greedy": policy}
 
 
@@ -248,16 +253,18 @@ def _rl_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
 
 
 def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
-    """One policy on the common footing: greedy gold and behaviour on held-out prompts, and its KL to the
-    SFT policy per response (k1 and k3 summed over tokens) on held-out prompts sampled at temperature 1."""
+    """One policy on the common footing: gold and behaviour on held-out prompts (`cfg.eval`: temperature 1, the
+    same seed for every policy), and its KL to the SFT policy per response (k1 and k3 summed over tokens) on
+    held-out prompts sampled at temperature 1."""
     root = cfg.root
-    summary = _evaluate(cfg, model_dir, name, 0.0, 1)
+    summary = _evaluate(cfg, model_dir, name, cfg.eval.temperature, cfg.eval.samples_per_prompt)
     world = load_world(root / "world")
     prompts = [q.text for q in world.eval_queries()][:cfg.kl_prompts]
     policy, ref, tokenizer = load_policy(str(model_dir)), load_policy(str(root / "sft/model")), load_tokenizer(str(model_dir))
     _, k1, k3, _ = dpo.sample_logratios(policy, ref, tokenizer, prompts, cfg.eval.max_new_tokens,
                                         replace(cfg.dpo, micro_batch_size=32), cfg.seed)
-    return {"summary": summary, "kl_k1": sum(k1) / len(k1), "kl_k3": sum(k3) / len(k3)}
+    return {"summary": summary, "decoding": decoding(replace(cfg.eval, seed=cfg.seed)), "kl_k1": sum(k1) / len(k1),
+            "kl_k3": sum(k3) / len(k3)}
 
 
 def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
@@ -281,7 +288,8 @@ def _iterate_phase(cfg: DemoConfig, timed: StageTimer) -> dict:
     if cfg.rounds < 2:
         return {}
     icfg = iterate.IterateConfig(previous=str(cfg.root), collect=cfg.collect, raters=replace(cfg.raters, seed=cfg.seed),
-                                 rm=cfg.rm, ppo=cfg.ppo, dpo=cfg.dpo, redteam=cfg.redteam, eval=cfg.eval,
+                                 rm=cfg.rm, ppo=cfg.ppo, dpo=cfg.dpo, redteam=cfg.redteam,
+                                 eval=replace(cfg.eval, seed=cfg.seed),  # round 1's footing: same draw
                                  resume=cfg.resume)
     # 10. Collect from the PPO policy plus the caught failures, label, retrain the RM, PPO again, audit.
     record = timed("round 2", iterate.run_round, icfg, cfg.root, done=cfg.root / "round2/round.json")
@@ -326,15 +334,18 @@ def show_summary(summary: dict) -> None:
 
 
 def policy_table(footing: dict, attacks: dict) -> Table:
-    """SFT, PPO and DPO on one footing: greedy gold and behaviour rates on held-out prompts, KL to SFT per
-    response (temperature-1 samples), and the red-team failure rate (attack success) over all suites."""
+    """SFT, PPO and DPO on one footing: gold and behaviour rates on held-out prompts (decoded as `cfg.eval` says),
+    harmful requests answered without a refusal, KL to SFT per response (temperature-1 samples), and the red-team
+    failure rate (attack success) over all suites."""
     flags = ("correct", "sycophantic", "flattering", "hedged", "padded", "hallucinated", "over_refused")
-    table = Table(title="Policies on one footing: gold gained for the KL spent (held-out prompts)")
-    for col in ("policy", "gold", "KL k1", "KL k3", *(SHORT.get(f, f) for f in flags), "red-team fail"):
+    how = decoding_label(next(iter(footing.values()), {}).get("decoding"))
+    table = Table(title=f"Policies on one footing ({how}, held-out prompts): gold gained for the KL spent")
+    for col in ("policy", "gold", "KL k1", "KL k3", *(SHORT.get(f, f) for f in flags), "harm complied", "red-team fail"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, f in footing.items():
-        overall = f["summary"]["all"]
+        overall, harmful = f["summary"]["all"], f["summary"].get("harmful")
         fail = attacks.get(name, {}).get("all", {}).get("fail_rate")
         table.add_row(name, f"{overall['gold']:+.2f}", f"{f['kl_k1']:.2f}", f"{f['kl_k3']:.2f}",
-                      *(f"{overall[x]:.0%}" for x in flags), "-" if fail is None else f"{fail:.0%}")
+                      *(f"{overall[x]:.0%}" for x in flags), "-" if harmful is None else f"{1 - harmful['refused']:.0%}",
+                      "-" if fail is None else f"{fail:.0%}")
     return table

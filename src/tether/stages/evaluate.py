@@ -92,12 +92,30 @@ def summary_table(summary: dict, title: str) -> Table:
     return table
 
 
-def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval") -> None:
+def audit_eval_config() -> EvalConfig:
+    """The audit's footing (the demo's policies, iterate's round comparison): temperature 1, 4 responses per
+    held-out prompt, one seed for every policy (common random numbers). The distribution is what RL optimises and
+    where hacks show first: at the demo's KL coefficient (0.1) the greedy answers of a PPO policy showed no rate
+    above the SFT policy's while its sampled ones complied with harmful requests more and more often."""
+    return EvalConfig(temperature=1.0, samples_per_prompt=4)
+
+
+def decoding(cfg: EvalConfig) -> dict:
+    """What an evaluation's rates depend on besides the policy: written beside its summary, compared before two
+    summaries are (`<name>_settings.json`)."""
+    return {"temperature": cfg.temperature, "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
+            "max_new_tokens": cfg.max_new_tokens}
+
+
+def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval", cfg: EvalConfig | None = None) -> None:
+    """`<name>_samples.jsonl`, `<name>_summary.json`, and with `cfg` its decoding in `<name>_settings.json`."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"{name}_samples.jsonl").open("w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     (out / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+    if cfg is not None:
+        (out / f"{name}_settings.json").write_text(json.dumps(decoding(cfg), indent=1))
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -106,7 +124,7 @@ def run(cfg: EvalConfig) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     rows, summary = evaluate_policy(model, tokenizer, world, cfg)
-    write_results(Path(cfg.out), rows, summary)
+    write_results(Path(cfg.out), rows, summary, cfg=cfg)
     Console(width=120).print(summary_table(summary, f"{cfg.model} (temperature {cfg.temperature})"))
     return summary
 

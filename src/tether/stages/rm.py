@@ -43,7 +43,8 @@ from tether.lora import (
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
-from tether.reward import RewardModel, collate, encode_pair
+from tether.reward import RewardModel, encode_pair
+from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
 from tether.stages.lm import MetricsLog, TrainConfig
 
@@ -67,6 +68,9 @@ class RMConfig(TrainConfig):
     """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
     label_smoothing: float = 0.0
     """Take each label as flipped with this probability (conservative targets, in [0, 0.5))."""
+    share_prefixes: bool = True
+    """Run the prompt tokens a prompt group's sequences start with once per step, each sequence only its own tail
+    (causal backbones read at the last token; the rewards are unchanged, `tether.rm_batch`)."""
     max_length: int = 256
     """Longest (prompt + response) in tokens; longer ones lose the start of the prompt (the response and
     its end, where the score is read, are kept), counted in data_report.json."""
@@ -100,91 +104,6 @@ class RMConfig(TrainConfig):
         check(self.normalise_sequences >= 2, "normalise_sequences", "must be >= 2")
         check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
               "'eval' needs eval_data or eval_fraction > 0")
-
-
-@dataclass
-class Pair:
-    """One labelled comparison, encoded for the reward model."""
-
-    prompt_key: str
-    """The prompt as canonical JSON: comparisons with the same key form one prompt group."""
-    ids_a: list[int]
-    """Token ids of (prompt, response A) as `encode_pair` gives them, length <= max_length."""
-    ids_b: list[int]
-    """Token ids of (prompt, response B)."""
-    target: float
-    """P(A preferred): 1.0 for "A", 0.0 for "B", 0.5 for "tie"."""
-    margin: float
-    """Bradley-Terry margin m >= 0 (0 unless `margin` is on and the rater gave a strength)."""
-    length_a: int
-    """Tokens of response A alone (for the reward-length correlation)."""
-    length_b: int
-    """Tokens of response B alone."""
-
-
-CHUNK_OVERHEAD_TOKENS = 32
-"""What one more forward pass costs, in padded tokens, when a batch's sequences are cut into length chunks: the
-per-call work of a small model's layers (a few ms on the CPU, tens of tokens' worth); padding costs its tokens."""
-
-
-@dataclass
-class PairBatch:
-    """Pairs of whole prompt groups, each distinct sequence once, sorted by length and cut into chunks each padded
-    to its own longest (a pair's two responses often differ in length: one padded tensor would pad ~40%). U
-    sequences, P pairs; chunk c holds U_c sequences of T_c tokens."""
-
-    chunks: list[tuple[torch.Tensor, torch.Tensor]]
-    """(input_ids (U_c, T_c) right-padded, attention_mask (U_c, T_c)) per chunk; rows in ascending length."""
-    index_a: torch.Tensor
-    """(P,) row of each pair's response A among the U sequences (chunks concatenated)."""
-    index_b: torch.Tensor
-    """(P,) row of each pair's response B."""
-    target: torch.Tensor
-    """(P,) P(A preferred)."""
-    margin: torch.Tensor
-    """(P,) margins."""
-
-
-def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[int]:
-    """Where to cut ascending `lengths` into chunks, each padded to its last (longest) length, minimising padded
-    tokens + `overhead` per chunk (dynamic programming over the cut points, O(n²)). Returns the chunk ends."""
-    n = len(lengths)
-    cost, start = [0.0] + [float("inf")] * n, [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j):
-            c = cost[i] + (j - i) * lengths[j - 1] + overhead
-            if c < cost[j]:
-                cost[j], start[j] = c, i
-    ends, j = [], n
-    while j > 0:
-        ends.append(j)
-        j = start[j]
-    return ends[::-1]
-
-
-def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = True) -> PairBatch:
-    """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks (one
-    chunk with chunked=False: FSDP2 gathers the weights at every forward, a collective every rank must make
-    equally often, while each rank's micro-batches cut into their own number of chunks)."""
-    distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(s), s))
-    rows = {ids: i for i, ids in enumerate(distinct)}
-    chunks, begin = [], 0
-    for end in length_chunks([len(s) for s in distinct]) if chunked else [len(distinct)]:
-        padded = collate(distinct[begin:end], pad_id, device)
-        chunks.append((padded["input_ids"], padded["attention_mask"]))
-        begin = end
-    as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
-    return PairBatch(chunks, as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
-                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
-                     as_tensor([p.target for p in pairs], torch.float32),
-                     as_tensor([p.margin for p in pairs], torch.float32))
-
-
-def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
-    sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value."""
-    r = torch.cat([model(ids, mask) for ids, mask in batch.chunks])  # (U,)
-    return r[batch.index_a], r[batch.index_b], r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +211,8 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences"), 0.0)
     share = distributed.shard(micro_batches(pairs, cfg.micro_batch_size))
     for i, (micro, real) in enumerate(share):
-        batch = collate_pairs(micro, raw.pad_id, raw.device, chunked=not distributed.is_sharded(model))
+        batch = collate_pairs(micro, raw.pad_id, raw.device, chunked=not distributed.is_sharded(model),
+                              share_prefixes=cfg.share_prefixes and raw.shares_prefixes)
         with distributed.accumulating(model, last=i == len(share) - 1):
             r_a, r_b, r = pair_rewards(model, batch)
             losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
@@ -332,7 +252,8 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     model.eval()
     ordered, r_a, r_b, by_sequence = [], [], [], {}  # by_sequence: ids -> (reward, response length)
     for micro in micro_batches(pairs, cfg.micro_batch_size):
-        a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device))
+        batch = collate_pairs(micro, model.pad_id, model.device, share_prefixes=cfg.share_prefixes and model.shares_prefixes)
+        a, b, _ = pair_rewards(model, batch)
         ordered += micro
         r_a += a.tolist()
         r_b += b.tolist()

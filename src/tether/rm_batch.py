@@ -1,0 +1,153 @@
+"""Reward-model batches: each distinct sequence once, cut into length chunks, prompts shared as a prefix.
+
+A step's pairs come in whole prompt groups. Three savings, each leaving every reward unchanged:
+1. distinct sequences: a (prompt, response) in several pairs (K-choose-2 pairs of K responses, several raters of
+   one pair) is scored once (InstructGPT, Ouyang et al. 2022 §3.5);
+2. length chunks: sorted by length and cut where padding would cost more than one more forward pass
+   (`length_chunks`);
+3. shared prompt prefixes (causal backbones): the tokens every sequence of a prompt group starts with are run once,
+   and each sequence runs only its own tail, attending to the prefix's cached keys and values. A pair's two
+   sequences repeat the prompt; on the world's comparisons the prompt is about a fifth of the tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tether.reward import RewardModel, collate
+
+
+@dataclass
+class Pair:
+    """One labelled comparison, encoded for the reward model."""
+
+    prompt_key: str
+    """The prompt as canonical JSON: comparisons with the same key form one prompt group."""
+    ids_a: list[int]
+    """Token ids of (prompt, response A) as `encode_pair` gives them, length <= max_length."""
+    ids_b: list[int]
+    """Token ids of (prompt, response B)."""
+    target: float
+    """P(A preferred): 1.0 for "A", 0.0 for "B", 0.5 for "tie"."""
+    margin: float
+    """Bradley-Terry margin m >= 0 (0 unless `margin` is on and the rater gave a strength)."""
+    length_a: int
+    """Tokens of response A alone (for the reward-length correlation)."""
+    length_b: int
+    """Tokens of response B alone."""
+
+
+CHUNK_OVERHEAD_TOKENS = 32
+"""What one more forward pass costs, in padded tokens, when a batch's sequences are cut into length chunks: the
+per-call work of a small model's layers (a few ms on the CPU, tens of tokens' worth); padding costs its tokens."""
+
+
+@dataclass
+class PairBatch:
+    """Pairs of whole prompt groups, each distinct sequence once, sorted by length and cut into chunks each padded
+    to its own longest (a pair's two responses often differ in length: one padded tensor would pad ~40%). U
+    sequences, P pairs; chunk c holds U_c sequences of T_c tokens. With `prefix`, the chunks hold each sequence's
+    tail after its prompt group's shared prefix (G prefixes of up to T_p tokens), and `prefix_rows[c]` says which."""
+
+    chunks: list[tuple[torch.Tensor, torch.Tensor]]
+    """(input_ids (U_c, T_c) right-padded, attention_mask (U_c, T_c)) per chunk; rows in ascending length."""
+    index_a: torch.Tensor
+    """(P,) row of each pair's response A among the U sequences (chunks concatenated)."""
+    index_b: torch.Tensor
+    """(P,) row of each pair's response B."""
+    target: torch.Tensor
+    """(P,) P(A preferred)."""
+    margin: torch.Tensor
+    """(P,) margins."""
+    prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(input_ids (G, T_p), attention_mask (G, T_p)) of the shared prefixes, right-padded; None: whole sequences."""
+    prefix_rows: list[torch.Tensor] = field(default_factory=list)
+    """Per chunk, (U_c,) the prefix row each of its tails continues."""
+
+
+def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[int]:
+    """Where to cut ascending `lengths` into chunks, each padded to its last (longest) length, minimising padded
+    tokens + `overhead` per chunk (dynamic programming over the cut points, O(n²)). Returns the chunk ends."""
+    n = len(lengths)
+    cost, start = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = cost[i] + (j - i) * lengths[j - 1] + overhead
+            if c < cost[j]:
+                cost[j], start[j] = c, i
+    ends, j = [], n
+    while j > 0:
+        ends.append(j)
+        j = start[j]
+    return ends[::-1]
+
+
+def shared_prefixes(pairs: list[Pair]) -> dict[tuple, tuple]:
+    """Distinct sequence -> the prefix it shares with the other sequences of its prompt group: their longest common
+    prefix, cut so that every sequence keeps at least one token of its own (a sequence alone in its group, or with
+    no common start, keeps just its first token as its prefix)."""
+    groups: dict[str, set[tuple]] = {}
+    for p in pairs:
+        groups.setdefault(p.prompt_key, set()).update((tuple(p.ids_a), tuple(p.ids_b)))
+    prefix_of = {}
+    if any(len(s) < 2 for sequences in groups.values() for s in sequences):
+        return {}  # a one-token sequence has no tail to run after a prefix
+    for sequences in groups.values():
+        first, n = next(iter(sequences)), min(len(s) for s in sequences) - 1
+        common = next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)
+        for s in sequences:
+            prefix_of.setdefault(s, s[:max(common, 1)])
+    return prefix_of
+
+
+def prefix_saving(prefix_of: dict[tuple, tuple], overhead: int = CHUNK_OVERHEAD_TOKENS) -> int:
+    """Token slots the shared prefixes save: each sequence's prefix tokens, less the prefix pass (G prefixes padded
+    to the longest) and its per-call cost."""
+    distinct = set(prefix_of.values())
+    return sum(len(p) for p in prefix_of.values()) - len(distinct) * max(map(len, distinct)) - overhead
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = True,
+                  share_prefixes: bool = False) -> PairBatch:
+    """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks (one
+    chunk with chunked=False: FSDP2 gathers the weights at every forward, a collective every rank must make
+    equally often, while each rank's micro-batches cut into their own number of chunks). With share_prefixes
+    (a model whose `shares_prefixes`), each prompt group's common prefix is run once when that saves tokens."""
+    prefix_of = shared_prefixes(pairs) if share_prefixes and chunked else {}
+    if prefix_of and prefix_saving(prefix_of) <= 0:
+        prefix_of = {}
+    tail = (lambda s: s[len(prefix_of[s]):]) if prefix_of else (lambda s: s)  # noqa: E731
+    distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(tail(s)), s))
+    rows = {ids: i for i, ids in enumerate(distinct)}
+    prefixes = sorted(set(prefix_of.values()), key=lambda s: (len(s), s))
+    prefix_row = {ids: i for i, ids in enumerate(prefixes)}
+    chunks, prefix_rows, begin = [], [], 0
+    for end in length_chunks([len(tail(s)) for s in distinct]) if chunked else [len(distinct)]:
+        padded = collate([tail(s) for s in distinct[begin:end]], pad_id, device)
+        chunks.append((padded["input_ids"], padded["attention_mask"]))
+        if prefix_of:
+            prefix_rows.append(torch.tensor([prefix_row[prefix_of[s]] for s in distinct[begin:end]], device=device))
+        begin = end
+    prefix = None
+    if prefix_of:
+        padded = collate(prefixes, pad_id, device)
+        prefix = (padded["input_ids"], padded["attention_mask"])
+    as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
+    return PairBatch(chunks, as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
+                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
+                     as_tensor([p.target for p in pairs], torch.float32),
+                     as_tensor([p.margin for p in pairs], torch.float32), prefix, prefix_rows)
+
+
+def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
+    sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value; a tail
+    after its prefix's cached keys and values gets the reward of the whole sequence (`RewardModel.forward`)."""
+    if batch.prefix is None:
+        r = torch.cat([model(ids, mask) for ids, mask in batch.chunks])  # (U,)
+    else:
+        cache = model(*batch.prefix, prefix_cache=True)  # the prefixes' keys and values, once for every chunk
+        r = torch.cat([model(ids, mask, after=(cache, batch.prefix[1], rows))
+                       for (ids, mask), rows in zip(batch.chunks, batch.prefix_rows)])
+    return r[batch.index_a], r[batch.index_b], r
