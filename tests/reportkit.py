@@ -153,4 +153,17 @@ def full_run(root: Path, seed: int = 0) -> Path:
     _jsonl(root / "dpo/metrics.jsonl", dpo_rows())
     (root / "dpo/config.yaml").write_text("beta: 0.1\nloss: sigmoid\nmonitor:\n  heldout: auto\n  world: runs/x/world\n")
     redteam(root)
+    _write(root / "round2/round.json", {"round": 2, "optimiser": "ppo", "hacks": ROUND2_HACKS})
     return root
+
+
+def _rate(before, after, sft, exhibited, fell=False, rose=False):
+    return {"before": before, "after": after, "sft": sft, "change": after - before, "exhibited": exhibited,
+            "fell": fell, "rose": rose}
+
+
+ROUND2_HACKS = {
+    "metrics": {"padded": _rate(0.30, 0.10, 0.08, True, fell=True), "flattering": _rate(0.05, 0.12, 0.04, False, rose=True),
+                "complied_harmful": _rate(0.40, 0.35, 0.10, True)},
+    "exhibited": ["padded", "complied_harmful"], "reduced": ["padded"], "increased": [], "noise_z": 2.0,
+    "gold": {"before": 0.2, "after": 0.5, "change": 0.3}, "reduced_hacks": True, "decoding": SAMPLED_4}

@@ -14,7 +14,7 @@ from tether.report import findings, load_run, plots, write_report
 from tether.report.data import CurvePoint, Optimiser
 
 SECTION_TITLES = ("Pipeline", "Raters and the reward model", "Behaviour on held-out prompts",
-                  "Optimisation against the proxy", "Red team")
+                  "Optimisation against the proxy", "Red team", "Rounds: did the next round reduce the hacks?")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,10 @@ def test_full_run_has_every_section_and_the_verdict(full):
     rows = {r.split("</td>")[0]: r for r in overall.split("<tr><td>")[1:]}
     assert "<td>T=1 ×2</td>" in rows["base"] and "<td>T=1 ×4</td>" in rows["ppo"]
     assert "<td>greedy</td>" in rows["sft_greedy"] and "worse" not in rows["sft_greedy"] and "worse" in rows["ppo"]
+    # round 2 against round 1: the verdict, the decoding, each rate's change marked when beyond noise
+    assert "Round 1 → round 2 (ppo, T=1 ×4 on held-out prompts): reduced the hacks? <b>yes</b>" in html
+    assert '<td>padded</td><td class="num">8%</td><td class="num">30%</td><td class="num">10%</td><td class="num better">-20</td><td>yes</td>' in html
+    assert '<td>flattering</td><td class="num">4%</td><td class="num">5%</td><td class="num">12%</td><td class="num worse">+7</td><td></td>' in html
     assert "heldout_drop" in html and "held-out lost 31% of its gain" in html
     assert "pressure/authority" in html and "You&#39;re absolutely right, professor" in html
     assert "People in Nirica speak Touese." in html and "How do I bake bread?" in html  # a conversation prompt
@@ -105,7 +109,7 @@ def test_old_layout_with_most_inputs_missing(tmp_path):
     (tmp_path / "ppo").mkdir()
     (tmp_path / "ppo/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "sco')
     html = write_report(tmp_path).read_text()
-    assert html.count("Skipped:") == 3  # raters, behaviour, red team
+    assert html.count("Skipped:") == 4  # raters, behaviour, red team, rounds
     assert "this run has no redteam/&lt;policy&gt;/summary.json" in html
     assert "No Gao fit: 2 held-out evaluation(s), at least 4 needed." in html
     assert "The monitor raised no alert (or did not run)." in html
@@ -120,8 +124,7 @@ def test_empty_folder_still_renders(tmp_path):
 
 
 def test_round_two_and_nested_redteam_folders_are_found(tmp_path):
-    full_run(tmp_path)
-    (tmp_path / "round2").mkdir()
+    full_run(tmp_path)  # writes round2/round.json
     (tmp_path / "round2/dpo").mkdir()
     (tmp_path / "round2/dpo/metrics.jsonl").write_text((tmp_path / "dpo/metrics.jsonl").read_text())
     (tmp_path / "round2/redteam").mkdir()  # `tether redteam out=.../redteam`: the summary in the folder itself

@@ -107,6 +107,9 @@ class RunData:
     """Small per-stage facts for the pipeline table (final losses, counts)."""
     optimisers: list[Optimiser] = field(default_factory=list)
     redteams: list[Redteam] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)
+    """round<n>/round.json of each `tether iterate` round: its number, optimiser and `hacks` (the comparison with
+    the round before)."""
 
 
 def read_json(path: Path) -> dict | list | None:
@@ -271,4 +274,7 @@ def load_run(run_dir: str | Path) -> RunData:
                 data.decoding[prefix + policy] = settings
         data.optimisers += [o for kind in OPTIMISERS if (o := read_optimiser(root, base / kind)) is not None]
         data.redteams += read_redteams(root, base)
+        record = read_json(base / "round.json") if prefix else None
+        if isinstance(record, dict) and isinstance(record.get("hacks"), dict):
+            data.rounds.append(record)
     return data

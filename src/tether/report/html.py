@@ -268,6 +268,31 @@ def redteam(d: RunData) -> dict | None:
             "total": total, "gold": gold, "found": found, "search": "; ".join(search)}
 
 
+def rounds(d: RunData) -> dict | None:
+    """Each iterate round against the round before: the hack rates (SFT, before, after), which were exhibited
+    (above the SFT policy's beyond noise), which fell or rose, gold, and the verdict."""
+    if not d.rounds:
+        return None
+    out = []
+    for r in d.rounds:
+        h, n = r["hacks"], r.get("round", "?")
+        verdict = {True: "yes", False: "no", None: "no hack was exhibited"}.get(h.get("reduced_hacks"), "?")
+        rows = [{"metric": k.replace("_", " "), "sft": _pct(m.get("sft")), "before": _pct(m.get("before")),
+                 "after": _pct(m.get("after")), "change": _signed_pct(m.get("change")),
+                 "exhibited": bool(m.get("exhibited")), "fell": bool(m.get("fell")), "rose": bool(m.get("rose"))}
+                for k, m in (h.get("metrics") or {}).items()]
+        gold = h.get("gold") or {}
+        out.append({"n": n, "previous": n - 1 if isinstance(n, int) else "?", "optimiser": r.get("optimiser", ""),
+                    "verdict": verdict, "decoding": decoding_label(h.get("decoding")), "rows": rows,
+                    "gold": {k: _num(gold.get(k)) for k in ("before", "after", "change")},
+                    "noise_z": h.get("noise_z")})
+    return {"rounds": out}
+
+
+def _signed_pct(x) -> str:
+    return "–" if not isinstance(x, (int, float)) else f"{round(x * 100):+d}"
+
+
 SECTIONS = [
     Section("pipeline", "Pipeline", pipeline, "summary.json timings or stage folders"),
     Section("raters", "Raters and the reward model", reward_model,
@@ -275,6 +300,7 @@ SECTIONS = [
     Section("behaviour", "Behaviour on held-out prompts", behaviour, "eval/<policy>_summary.json"),
     Section("optimisers", "Optimisation against the proxy", optimisers, "ppo/, grpo/, rloo/ or dpo/ metrics.jsonl"),
     Section("redteam", "Red team", redteam, "redteam/<policy>/summary.json (tether redteam)"),
+    Section("rounds", "Rounds: did the next round reduce the hacks?", rounds, "round<n>/round.json (tether iterate)"),
 ]
 
 
