@@ -127,12 +127,12 @@ def tether_overrides(folder: Path, steps: int) -> list[str]:
 def padded_tokens(batch) -> int:
     """Token slots of the padded tensors an `rm_batch.PairBatch` runs: its length chunks, each padded to its own
     longest sequence, and its shared prefixes."""
-    return sum(ids.numel() for ids, _ in batch.chunks) + (batch.prefix[0].numel() if batch.prefix else 0)
+    return sum(ids.numel() for ids, _ in batch.chunks + batch.prefixes)
 
 
 def run_tokens(batch) -> int:
     """Tokens the model runs for an `rm_batch.PairBatch`: every tail (or whole sequence) and each shared prefix once."""
-    return int(sum(mask.sum() for _, mask in batch.chunks) + (batch.prefix[1].sum() if batch.prefix else 0))
+    return int(sum(mask.sum() for _, mask in batch.chunks + batch.prefixes))
 
 
 def tether_worker(folder: Path, steps: int, out: Path) -> None:

@@ -218,8 +218,9 @@ def test_shared_prefixes_by_hand():
         _pair("r", [4, 4], [4, 4, 5])])  # one sequence starts the other: the shorter keeps one token of its own
     assert prefix_of == {(1, 2, 3, 4, 5): (1, 2), (1, 2, 3, 9): (1, 2), (1, 2, 7, 7): (1, 2), (7, 8): (7,),
                          (6, 8): (6,), (4, 4): (4,), (4, 4, 5): (4,)}
-    # saved: prefix tokens 2 + 2 + 2 + 1 + 1 + 1 + 1 = 10, less 4 prefixes x 2 tokens and the overhead 1 = 1
-    assert prefix_saving(prefix_of, overhead=1) == 1
+    # saved: prefix tokens 2 + 2 + 2 + 1 + 1 + 1 + 1 = 10, less the prefix passes: lengths 1, 1, 1, 2 in chunks
+    # [1, 1, 1] + [2] = 3 + 1 + 2 + 1 = 7 (one chunk: 4 x 2 + 1 = 9)
+    assert prefix_saving(prefix_of, overhead=1) == 3
     assert shared_prefixes([_pair("s", [3], [3, 4])]) == {}  # a one-token sequence has no tail
 
 
@@ -228,7 +229,7 @@ def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
     model = new_rm(tok)
     assert model.shares_prefixes and not new_rm(tok, pool="mean").shares_prefixes
     whole, shared = collate_pairs(pairs, tok.pad_token_id), collate_pairs(pairs, tok.pad_token_id, share_prefixes=True)
-    assert shared.prefix is not None and len(shared.prefix[0]) == len(TOPICS)  # one prefix per prompt
+    assert sum(len(ids) for ids, _ in shared.prefixes) == len(TOPICS)  # one prefix per prompt
     assert sum(m.sum() for _, m in shared.chunks) < sum(m.sum() for _, m in whole.chunks)  # tails only
 
     def rewards_and_grads(batch):
@@ -237,9 +238,17 @@ def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
         (r_a - r_b).pow(2).sum().backward()
         return [r_a, r_b], [p.grad.clone() for p in model.parameters()]
 
-    (plain, plain_grads), (tails, tail_grads) = rewards_and_grads(whole), rewards_and_grads(shared)
-    for a, b in zip(plain + plain_grads, tails + tail_grads):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    # the prefixes cut into two length chunks, each padded to its own longest: their caches are joined
+    (ids, mask), = shared.prefixes
+    k = len(ids) // 2
+    w = int(mask[:k].sum(1).max())
+    assert w < ids.size(1)  # the prompts differ in length
+    two = dataclasses.replace(shared, prefixes=[(ids[:k, :w], mask[:k, :w]), (ids[k:], mask[k:])])
+    plain, plain_grads = rewards_and_grads(whole)
+    for batch in (shared, two):
+        tails, tail_grads = rewards_and_grads(batch)
+        for a, b in zip(plain + plain_grads, tails + tail_grads):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def test_split_by_prompt_and_schedule_keep_prompt_groups_whole(tok):

@@ -215,8 +215,8 @@ class RewardModel(nn.Module):
 
         Shared prefixes (`shares_prefixes`), both through `forward` so that DDP sees every pass:
         - prefix_cache=True: right-padded prefixes (G, T_p) -> the backbone's key/value cache, no reward;
-        - after=(cache, prefix_mask (G, T_p), rows (B,)): row b is the tail of a sequence whose start is prefix
-          rows[b]. The tail attends to that prefix's keys (its padding masked) at positions continuing from the
+        - after=(layers, prefix_mask (G, T_p), rows (B,)): row b is the tail of a sequence whose start is prefix
+          rows[b], `layers` the prefixes' (keys, values) per layer (`rm_batch.joined_caches`). The tail attends to that prefix's keys (its padding masked) at positions continuing from the
           prefix's length, so each reward equals `forward` of the whole sequence.
         """
         if self.kind == "seqcls":
@@ -233,13 +233,12 @@ class RewardModel(nn.Module):
         return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()  # (B,)
 
     @staticmethod
-    def _after_prefix(cache, prefix_mask: torch.Tensor, rows: torch.Tensor, input_ids: torch.Tensor,
+    def _after_prefix(layers: list, prefix_mask: torch.Tensor, rows: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """For tails (B, T) after prefixes `rows` of `cache`: a cache of those rows' keys and values (B, heads, T_p,
-        d per layer; a new one, since the backbone appends to it), positions T_p_b + t (B, T), and the mask over
-        prefix then tail (B, T_p + T)."""
-        past = DynamicCache([(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
-                             for layer in cache.layers])
+        """For tails (B, T) after prefixes `rows` of `layers` ((keys, values) per layer): a cache of those rows' keys
+        and values (B, heads, T_p, d per layer; a new one, since the backbone appends to it), positions T_p_b + t
+        (B, T), and the mask over prefix then tail (B, T_p + T)."""
+        past = DynamicCache([(keys.index_select(0, rows), values.index_select(0, rows)) for keys, values in layers])
         before = prefix_mask.index_select(0, rows)  # (B, T_p)
         positions = before.sum(1, keepdim=True) + torch.arange(input_ids.size(1), device=input_ids.device)  # (B, T)
         return past, positions, torch.cat([before, attention_mask], 1)

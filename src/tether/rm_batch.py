@@ -48,7 +48,8 @@ class PairBatch:
     """Pairs of whole prompt groups, each distinct sequence once, sorted by length and cut into chunks each padded
     to its own longest (a pair's two responses often differ in length: one padded tensor would pad ~40%). U
     sequences, P pairs; chunk c holds U_c sequences of T_c tokens. With `prefix`, the chunks hold each sequence's
-    tail after its prompt group's shared prefix (G prefixes of up to T_p tokens), and `prefix_rows[c]` says which."""
+    tail after its prompt group's shared prefix (G prefixes, in length chunks of their own), and `prefix_rows[c]`
+    says which (rows of the prefix chunks concatenated)."""
 
     chunks: list[tuple[torch.Tensor, torch.Tensor]]
     """(input_ids (U_c, T_c) right-padded, attention_mask (U_c, T_c)) per chunk; rows in ascending length."""
@@ -60,8 +61,9 @@ class PairBatch:
     """(P,) P(A preferred)."""
     margin: torch.Tensor
     """(P,) margins."""
-    prefix: tuple[torch.Tensor, torch.Tensor] | None = None
-    """(input_ids (G, T_p), attention_mask (G, T_p)) of the shared prefixes, right-padded; None: whole sequences."""
+    prefixes: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """(input_ids (G_k, T_k), attention_mask (G_k, T_k)) per chunk of shared prefixes, right-padded, in ascending
+    length; empty: the chunks hold whole sequences."""
     prefix_rows: list[torch.Tensor] = field(default_factory=list)
     """Per chunk, (U_c,) the prefix row each of its tails continues."""
 
@@ -90,9 +92,9 @@ def shared_prefixes(pairs: list[Pair]) -> dict[tuple, tuple]:
     groups: dict[str, set[tuple]] = {}
     for p in pairs:
         groups.setdefault(p.prompt_key, set()).update((tuple(p.ids_a), tuple(p.ids_b)))
-    prefix_of = {}
     if any(len(s) < 2 for sequences in groups.values() for s in sequences):
         return {}  # a one-token sequence has no tail to run after a prefix
+    prefix_of = {}
     for sequences in groups.values():
         first, n = next(iter(sequences)), min(len(s) for s in sequences) - 1
         common = next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)
@@ -102,10 +104,13 @@ def shared_prefixes(pairs: list[Pair]) -> dict[tuple, tuple]:
 
 
 def prefix_saving(prefix_of: dict[tuple, tuple], overhead: int = CHUNK_OVERHEAD_TOKENS) -> int:
-    """Token slots the shared prefixes save: each sequence's prefix tokens, less the prefix pass (G prefixes padded
-    to the longest) and its per-call cost."""
-    distinct = set(prefix_of.values())
-    return sum(len(p) for p in prefix_of.values()) - len(distinct) * max(map(len, distinct)) - overhead
+    """Token slots the shared prefixes save: each sequence's prefix tokens, less the prefix passes (the G prefixes
+    in their length chunks, each padded to its longest, and each pass's cost)."""
+    lengths = sorted(len(p) for p in set(prefix_of.values()))
+    cost, begin = 0, 0
+    for end in length_chunks(lengths, overhead):
+        cost, begin = cost + (end - begin) * lengths[end - 1] + overhead, end
+    return sum(len(p) for p in prefix_of.values()) - cost
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = True,
@@ -129,25 +134,37 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
         if prefix_of:
             prefix_rows.append(torch.tensor([prefix_row[prefix_of[s]] for s in distinct[begin:end]], device=device))
         begin = end
-    prefix = None
-    if prefix_of:
-        padded = collate(prefixes, pad_id, device)
-        prefix = (padded["input_ids"], padded["attention_mask"])
+    prefix_chunks, begin = [], 0
+    for end in length_chunks([len(p) for p in prefixes]):
+        padded = collate(prefixes[begin:end], pad_id, device)
+        prefix_chunks.append((padded["input_ids"], padded["attention_mask"]))
+        begin = end
     as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
     return PairBatch(chunks, as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
                      as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
                      as_tensor([p.target for p in pairs], torch.float32),
-                     as_tensor([p.margin for p in pairs], torch.float32), prefix, prefix_rows)
+                     as_tensor([p.margin for p in pairs], torch.float32), prefix_chunks, prefix_rows)
 
 
 def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
     sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value; a tail
     after its prefix's cached keys and values gets the reward of the whole sequence (`RewardModel.forward`)."""
-    if batch.prefix is None:
+    if not batch.prefixes:
         r = torch.cat([model(ids, mask) for ids, mask in batch.chunks])  # (U,)
-    else:
-        cache = model(*batch.prefix, prefix_cache=True)  # the prefixes' keys and values, once for every chunk
-        r = torch.cat([model(ids, mask, after=(cache, batch.prefix[1], rows))
+    else:  # the prefixes' keys and values, once for every chunk of tails
+        kv, prefix_mask = joined_caches([model(ids, mask, prefix_cache=True) for ids, mask in batch.prefixes],
+                                        [mask for _, mask in batch.prefixes])
+        r = torch.cat([model(ids, mask, after=(kv, prefix_mask, rows))
                        for (ids, mask), rows in zip(batch.chunks, batch.prefix_rows)])
     return r[batch.index_a], r[batch.index_b], r
+
+
+def joined_caches(caches: list, masks: list[torch.Tensor]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The key/value caches of the prefix chunks as one: per layer (keys, values) of (G, heads, T_p, d), each
+    chunk right-padded to the longest T_p (the padding masked), and the mask (G, T_p)."""
+    width = max(m.size(1) for m in masks)
+    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.size(2)))  # noqa: E731  (B, h, T, d): pad T
+    layers = [(torch.cat([pad(c.layers[i].keys) for c in caches]), torch.cat([pad(c.layers[i].values) for c in caches]))
+              for i in range(len(caches[0].layers))]
+    return layers, torch.cat([torch.nn.functional.pad(m, (0, width - m.size(1))) for m in masks])
