@@ -216,8 +216,9 @@ class RewardModel(nn.Module):
         Shared prefixes (`shares_prefixes`), both through `forward` so that DDP sees every pass:
         - prefix_cache=True: right-padded prefixes (G, T_p) -> the backbone's key/value cache, no reward;
         - after=(layers, prefix_mask (G, T_p), rows (B,)): row b is the tail of a sequence whose start is prefix
-          rows[b], `layers` the prefixes' (keys, values) per layer (`rm_batch.joined_caches`). The tail attends to that prefix's keys (its padding masked) at positions continuing from the
-          prefix's length, so each reward equals `forward` of the whole sequence.
+          rows[b], `layers` the prefixes' (keys, values) per layer (`rm_batch.joined_caches`). The tail attends to
+          that prefix's keys (its padding masked) at positions continuing from the prefix's length, so each reward
+          equals `forward` of the whole sequence.
         """
         if self.kind == "seqcls":
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()  # (B,)
@@ -227,7 +228,7 @@ class RewardModel(nn.Module):
         if after is not None:
             past, positions, attention_mask = self._after_prefix(*after, input_ids, attention_mask)
             extra = {cache_kwarg(self.backbone): past, "position_ids": positions}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B,T,H)
         tail_mask = attention_mask[:, attention_mask.size(1) - hidden.size(1):]  # (B, T): the tail's own positions
         pooled = POOLS[self.pool](hidden, tail_mask)  # (B, H)
         return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()  # (B,)

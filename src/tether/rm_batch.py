@@ -160,11 +160,11 @@ def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, to
     return r[batch.index_a], r[batch.index_b], r
 
 
-def joined_caches(caches: list, masks: list[torch.Tensor]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+def joined_caches(caches: list, masks: list[torch.Tensor]) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
     """The key/value caches of the prefix chunks as one: per layer (keys, values) of (G, heads, T_p, d), each
     chunk right-padded to the longest T_p (the padding masked), and the mask (G, T_p)."""
     width = max(m.size(1) for m in masks)
     pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.size(2)))  # noqa: E731  (B, h, T, d): pad T
-    layers = [(torch.cat([pad(c.layers[i].keys) for c in caches]), torch.cat([pad(c.layers[i].values) for c in caches]))
-              for i in range(len(caches[0].layers))]
+    layers = [(torch.cat([pad(c.layers[i].keys) for c in caches]),
+               torch.cat([pad(c.layers[i].values) for c in caches])) for i in range(len(caches[0].layers))]
     return layers, torch.cat([torch.nn.functional.pad(m, (0, width - m.size(1))) for m in masks])

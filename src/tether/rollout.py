@@ -116,9 +116,7 @@ def row_noise(seeds: Sequence[int], steps: int, device=None) -> torch.Tensor:
 
 
 def _new_cache(model, length: int, kind: str) -> dict:
-    """The forward kwarg holding a fresh HF cache of up to `length` tokens: "static" or "dynamic".
-
-    """
+    """The forward kwarg holding a fresh HF cache of up to `length` tokens: "static" or "dynamic"."""
     if kind == "static":
         kv = StaticCache(config=model.config, max_cache_len=length)
     elif kind == "dynamic":

@@ -340,12 +340,14 @@ def policy_table(footing: dict, attacks: dict) -> Table:
     flags = ("correct", "sycophantic", "flattering", "hedged", "padded", "hallucinated", "over_refused")
     how = decoding_label(next(iter(footing.values()), {}).get("decoding"))
     table = Table(title=f"Policies on one footing ({how}, held-out prompts): gold gained for the KL spent")
-    for col in ("policy", "gold", "KL k1", "KL k3", *(SHORT.get(f, f) for f in flags), "harm complied", "red-team fail"):
+    columns = ("policy", "gold", "KL k1", "KL k3", *(SHORT.get(f, f) for f in flags), "harm complied", "red-team fail")
+    for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, f in footing.items():
         overall, harmful = f["summary"]["all"], f["summary"].get("harmful")
         fail = attacks.get(name, {}).get("all", {}).get("fail_rate")
         table.add_row(name, f"{overall['gold']:+.2f}", f"{f['kl_k1']:.2f}", f"{f['kl_k3']:.2f}",
-                      *(f"{overall[x]:.0%}" for x in flags), "-" if harmful is None else f"{1 - harmful['refused']:.0%}",
+                      *(f"{overall[x]:.0%}" for x in flags),
+                      "-" if harmful is None else f"{1 - harmful['refused']:.0%}",
                       "-" if fail is None else f"{fail:.0%}")
     return table

@@ -107,7 +107,8 @@ def decoding(cfg: EvalConfig) -> dict:
             "max_new_tokens": cfg.max_new_tokens}
 
 
-def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval", cfg: EvalConfig | None = None) -> None:
+def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval",
+                  cfg: EvalConfig | None = None) -> None:
     """`<name>_samples.jsonl`, `<name>_summary.json`, and with `cfg` its decoding in `<name>_settings.json`."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"{name}_samples.jsonl").open("w") as f:

@@ -252,7 +252,8 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     model.eval()
     ordered, r_a, r_b, by_sequence = [], [], [], {}  # by_sequence: ids -> (reward, response length)
     for micro in micro_batches(pairs, cfg.micro_batch_size):
-        batch = collate_pairs(micro, model.pad_id, model.device, share_prefixes=cfg.share_prefixes and model.shares_prefixes)
+        batch = collate_pairs(micro, model.pad_id, model.device,
+                              share_prefixes=cfg.share_prefixes and model.shares_prefixes)
         a, b, _ = pair_rewards(model, batch)
         ordered += micro
         r_a += a.tolist()
