@@ -19,7 +19,7 @@ from tether.checkpoint import (
     load_trainer_state,
 )
 from tether.data.sft_data import read_conversations
-from tether.losses import IGNORE_INDEX
+from tether.losses import IGNORE_INDEX, token_nll_sum
 from tether.optim import adamw
 from tether.stages.lm import (
     Example,
@@ -98,6 +98,29 @@ def test_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(tokenizer, new_mode
     assert labels[0].ne(IGNORE_INDEX).nonzero().flatten().tolist() == positions
     assert labels[0, positions].tolist() == [ids[p + 1] for p in positions]
     assert labels[1, len(short.input_ids) - 1:].eq(IGNORE_INDEX).all()  # last real token and the padding
+
+
+def test_logits_only_from_the_first_counted_position(tokenizer, new_model):
+    # Two conversations whose prompts differ in length: logits start at the earlier first assistant token.
+    rows = [encode_chat(tokenizer, CONVERSATION), encode_chat(tokenizer, CONVERSATION[1:3])]
+    batch = collate([Example(r.input_ids, r.loss_mask) for r in rows], tokenizer.pad_token_id)
+    first = min(int(r.ne(IGNORE_INDEX).nonzero()[0]) for r in batch["labels"])
+    assert first > 0
+    model, widths = new_model(), []
+    model.lm_head.register_forward_hook(lambda m, inputs, out: widths.append(inputs[0].size(1)))
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        nll, n = fn()
+        nll.backward()
+        return [nll.detach(), n] + [p.grad.clone() for p in model.parameters()]
+
+    cut = loss_and_grads(lambda: batch_loss(model, batch))
+    full = loss_and_grads(lambda: token_nll_sum(model(input_ids=batch["input_ids"],
+                                                      attention_mask=batch["attention_mask"]).logits, batch["labels"]))
+    assert widths == [batch["input_ids"].size(1) - first, batch["input_ids"].size(1)]
+    for a, b in zip(cut, full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_changing_a_user_token_never_changes_the_counted_tokens(tokenizer):

@@ -145,6 +145,13 @@ def cache_kwarg(model) -> str:
     return "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
 
 
+def accepts(model, kwarg: str) -> bool:
+    """Whether `model`'s forward takes `kwarg`, looking through DDP and peft wrappers."""
+    model = getattr(model, "module", model)  # DDP
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return kwarg in inspect.signature(base.forward).parameters
+
+
 def output_cache(output):
     """The key/value cache a forward returned (`cache`, formerly `past_key_values`)."""
     return output.cache if getattr(output, "cache", None) is not None else output.past_key_values

@@ -33,8 +33,8 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.losses import shift_labels, token_nll_sum
-from tether.models import save_pretrained
+from tether.losses import IGNORE_INDEX, shift_labels, token_nll_sum
+from tether.models import accepts, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 
@@ -171,11 +171,19 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed NLL, counted tokens) of one micro-batch, moved to the model's device."""
+    """(summed NLL, counted tokens) of one micro-batch, moved to the model's device.
+
+    Positions before the first counted one of any row (the prompts every row starts with, in SFT) train nothing:
+    the model computes logits only from there on (HF's `logits_to_keep`), sparing the LM head and the softmax
+    over the vocabulary there. The model's own forward does it, so any logit scaling it applies still applies."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    return token_nll_sum(logits, batch["labels"])
+    labels = batch["labels"]  # (B, T)
+    counted = (labels != IGNORE_INDEX).any(0).nonzero()
+    keep = labels.size(1) - int(counted[0]) if len(counted) else 1
+    extra = {"logits_to_keep": keep} if keep < labels.size(1) and accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, K, V)
+    return token_nll_sum(logits, labels[:, labels.size(1) - logits.size(1):])
 
 
 def counted_tokens(examples: list[Example]) -> int:
