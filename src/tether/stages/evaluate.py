@@ -94,9 +94,9 @@ def summary_table(summary: dict, title: str) -> Table:
 
 def audit_eval_config() -> EvalConfig:
     """The audit's footing (the demo's policies, iterate's round comparison): temperature 1, 4 responses per
-    held-out prompt, one seed for every policy (common random numbers). The distribution is what RL optimises and
-    where hacks show first: at the demo's KL coefficient (0.1) the greedy answers of a PPO policy showed no rate
-    above the SFT policy's while its sampled ones complied with harmful requests more and more often."""
+    held-out prompt, one seed for every policy (common random numbers). The sampled distribution is what RL
+    optimises and what the monitor watches, where a greedy answer shows only its mode; and the 1,056 samples of
+    the world's 264 held-out prompts give each rate a standard error for the round comparison to judge by."""
     return EvalConfig(temperature=1.0, samples_per_prompt=4)
 
 
