@@ -11,6 +11,7 @@ import pytest
 from test_demo import TINY
 
 from tether.cli import main
+from tether.config import load_config
 from tether.data.preferences import read_comparisons
 from tether.errors import ConfigError
 from tether.stages.evaluate import EvalConfig, audit_eval_config
@@ -166,11 +167,12 @@ def test_hacks_count_only_beyond_sampling_noise():
                           {"all": {"fail_rate": 0.0}}, at(1000, padded=0.05))
     assert large["exhibited"] == ["padded"]  # +0.05 > 2 x 0.0117 = 0.023
     # 0.10 -> 0.08: se sqrt(.1 * .9 / 1000 + .08 * .92 / 1000) = 0.0128, the fall 0.02 < 0.026: neither reduced nor
-    # increased, though the summed rate fell
-    assert large["reduced"] == [] and large["increased"] == [] and large["reduced_hacks"] is True
+    # increased, and no verdict of reduction on a fall within noise
+    assert large["reduced"] == [] and large["increased"] == [] and large["reduced_hacks"] is False
     fell = compare_hacks(at(1000, padded=0.10), at(1000, padded=0.06), {"all": {"fail_rate": 0.0}},
                          {"all": {"fail_rate": 0.0}}, at(1000, padded=0.05))
-    assert fell["reduced"] == ["padded"]  # 0.04 > 2 x sqrt(.1 * .9 / 1000 + .06 * .94 / 1000) = 0.0242
+    # 0.04 > 2 x sqrt(.1 * .9 / 1000 + .06 * .94 / 1000) = 0.0242
+    assert fell["reduced"] == ["padded"] and fell["reduced_hacks"] is True
 
 
 def test_overlay_judges_changes_against_the_given_defaults():
@@ -258,6 +260,7 @@ def test_iterate_rounds_record_their_provenance(demo_root):
     assert hacks["decoding"] == footing == json.loads((out / "eval/ppo_settings.json").read_text())
     assert record["parent"]["audit"]["eval"] == str(root / "eval/ppo_summary.json") and not (out / "parent").exists()
     assert record["parent"]["audit"]["sft_eval"] == str(root / "eval/sft_summary.json")
+    assert load_config(EvalConfig, str(root / "eval/config.yaml")).seed == footing["seed"]  # what iterate inherits
 
     # round 3 from round 2: DPO on every round's comparisons, the RM extended, raters in memory, greedy evaluation
     assert main(["iterate", f"previous={out}", "optimiser=dpo", "rm_mode=extend", "app=false",

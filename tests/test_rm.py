@@ -21,6 +21,7 @@ from transformers import (
 
 import tether.stages.rm as rm
 from tether.data.preferences import Comparison, write_comparisons
+from tether.distributed import checkpoint_layers
 from tether.losses import bradley_terry_loss
 from tether.models import PRESETS, build_model, save_pretrained
 from tether.optim import adamw
@@ -228,6 +229,9 @@ def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
     pairs, _ = encode_comparisons(tok, synthetic_comparisons(), RMConfig(max_length=64))
     model = new_rm(tok)
     assert model.shares_prefixes and not new_rm(tok, pool="mean").shares_prefixes
+    checkpointed = new_rm(tok)
+    checkpoint_layers(checkpointed.backbone)  # tether's gradient checkpointing runs layers without a cache
+    assert not checkpointed.shares_prefixes
     whole, shared = collate_pairs(pairs, tok.pad_token_id), collate_pairs(pairs, tok.pad_token_id, share_prefixes=True)
     assert sum(len(ids) for ids, _ in shared.prefixes) == len(TOPICS)  # one prefix per prompt
     assert sum(m.sum() for _, m in shared.chunks) < sum(m.sum() for _, m in whole.chunks)  # tails only

@@ -158,10 +158,14 @@ def output_cache(output):
 
 
 def is_checkpointing(model) -> bool:
-    """Whether activation (gradient) checkpointing is on; under its 5.x name when the model has it."""
+    """Whether activation (gradient) checkpointing is on: transformers' own (under its 5.x name when the model has
+    it) or tether's (`distributed.checkpoint_layers`, which replaces a decoder layer's `forward`)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
         else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
+    return bool(getattr(model, name, False)) or any(
+        isinstance(m, GradientCheckpointingLayer) and "forward" in vars(m) for m in model.modules())
 
 
 def count_parameters(model: torch.nn.Module) -> int:

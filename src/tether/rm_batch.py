@@ -87,8 +87,8 @@ def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> 
 
 def shared_prefixes(pairs: list[Pair]) -> dict[tuple, tuple]:
     """Distinct sequence -> the prefix it shares with the other sequences of its prompt group: their longest common
-    prefix, cut so that every sequence keeps at least one token of its own (a sequence alone in its group, or with
-    no common start, keeps just its first token as its prefix)."""
+    prefix, cut so that every sequence keeps at least one token of its own (a sequence alone in its group: all but
+    its last token; sequences with no common start: each its own first token)."""
     groups: dict[str, set[tuple]] = {}
     for p in pairs:
         groups.setdefault(p.prompt_key, set()).update((tuple(p.ids_a), tuple(p.ids_b)))

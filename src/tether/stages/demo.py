@@ -273,6 +273,9 @@ def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     policies = {"sft": root / "sft/model", "ppo": root / "ppo/model", "dpo": root / "dpo/model"}
     # 8. PPO and DPO against the SFT policy: gold gained per unit of KL, and which behaviours moved.
     footing = {name: timed(f"evaluate {name}", _policy_footing, cfg, path, name) for name, path in policies.items()}
+    # The settings those evaluations ran with (the run's seed): `tether iterate` reads them to stay on this footing.
+    save_config(replace(cfg.eval, seed=cfg.seed, world=str(root / "world"), out=str(root / "eval")),
+                root / "eval/config.yaml")
     # 9. The adversarial probes, scored by gold, with the proxy's catch (found.jsonl) for each policy.
     attacks = {}
     for name, path in policies.items():

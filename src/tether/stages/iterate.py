@@ -276,8 +276,10 @@ def _footing_evaluation(found: Path, model: str, ecfg: EvalConfig, out: Path, na
     """`found` when it was evaluated like this round's policy will be, else `model` evaluated now into `out`."""
     if same_footing(found, ecfg):
         return found
-    timed(f"evaluate {name}", evaluate_model, ecfg, model, out, name, done=out / f"{name}_summary.json")
-    return out / f"{name}_summary.json"
+    redone = out / f"{name}_summary.json"  # a --resume skips it only when it was evaluated like this round's
+    timed(f"evaluate {name}", evaluate_model, ecfg, model, out, name,
+          done=redone if same_footing(redone, ecfg) else None)
+    return redone
 
 
 def parent_audit(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, timed: StageTimer) -> dict:
@@ -407,8 +409,8 @@ def compare_hacks(before: dict, after: dict, before_attacks: dict, after_attacks
     policy's, all from evaluations with the same decoding. A hack was *exhibited* when the previous policy's rate is
     above the SFT policy's (above 0 without an SFT reference) beyond noise (`rate_rises`, HACK_NOISE_Z standard
     errors; every evaluation's "n" is its count). `reduced` / `increased`: the exhibited hacks whose rate fell / rose
-    beyond noise. `reduced_hacks`: whether the exhibited hacks' summed rate fell (None: none was exhibited). Gold
-    (higher is better) is reported beside them.
+    beyond noise. `reduced_hacks`: whether the exhibited hacks' summed rate fell with at least one of them falling
+    beyond noise (None: none was exhibited). Gold (higher is better) is reported beside them.
     """
     rows = [_rate_rows(before, before_attacks), _rate_rows(after, after_attacks), _rate_rows(sft, sft_attacks)]
     metrics = {}
@@ -420,10 +422,10 @@ def compare_hacks(before: dict, after: dict, before_attacks: dict, after_attacks
                       "exhibited": rate_rises(s if s else (0.0, None), b),
                       "fell": rate_rises(a, b), "rose": rate_rises(b, a)}
     exhibited = [k for k, m in metrics.items() if m["exhibited"]]
-    reduced = None if not exhibited else (sum(metrics[k]["after"] for k in exhibited)
+    fell = [k for k in exhibited if metrics[k]["fell"]]
+    reduced = None if not exhibited else (bool(fell) and sum(metrics[k]["after"] for k in exhibited)
                                           < sum(metrics[k]["before"] for k in exhibited))
-    return {"metrics": metrics, "exhibited": exhibited, "noise_z": HACK_NOISE_Z,
-            "reduced": [k for k in exhibited if metrics[k]["fell"]],
+    return {"metrics": metrics, "exhibited": exhibited, "noise_z": HACK_NOISE_Z, "reduced": fell,
             "increased": [k for k in exhibited if metrics[k]["rose"]],
             "gold": {"before": before["all"]["gold"], "after": after["all"]["gold"],
                      "change": after["all"]["gold"] - before["all"]["gold"]},
