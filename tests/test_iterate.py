@@ -14,7 +14,7 @@ from tether.cli import main
 from tether.config import load_config
 from tether.data.preferences import read_comparisons
 from tether.errors import ConfigError
-from tether.stages.evaluate import EvalConfig, audit_eval_config
+from tether.stages.evaluate import EvalConfig, audit_eval_config, decoding
 from tether.stages.failures import (
     FailurePrompt,
     gather,
@@ -260,7 +260,7 @@ def test_iterate_rounds_record_their_provenance(demo_root):
     assert hacks["decoding"] == footing == json.loads((out / "eval/ppo_settings.json").read_text())
     assert record["parent"]["audit"]["eval"] == str(root / "eval/ppo_summary.json") and not (out / "parent").exists()
     assert record["parent"]["audit"]["sft_eval"] == str(root / "eval/sft_summary.json")
-    assert load_config(EvalConfig, str(root / "eval/config.yaml")).seed == footing["seed"]  # what iterate inherits
+    assert decoding(load_config(EvalConfig, str(root / "eval/config.yaml"))) == footing  # what iterate inherits
 
     # round 3 from round 2: DPO on every round's comparisons, the RM extended, raters in memory, greedy evaluation
     assert main(["iterate", f"previous={out}", "optimiser=dpo", "rm_mode=extend", "app=false",

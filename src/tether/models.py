@@ -137,19 +137,17 @@ def save_pretrained(model: PreTrainedModel, tokenizer, path: str) -> None:
         save_adapter(adapted, os.path.join(path, ADAPTER_FOLDER))
 
 
-def cache_kwarg(model) -> str:
-    """The forward kwarg that takes a key/value cache: transformers renamed `past_key_values` to `cache` during 5.x
-    (the old name warns until 5.40). A wrapper (peft) is looked through to the model it wraps."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
-
-
 def accepts(model, kwarg: str) -> bool:
     """Whether `model`'s forward takes `kwarg`, looking through DDP and peft wrappers."""
     model = getattr(model, "module", model)  # DDP
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return kwarg in inspect.signature(base.forward).parameters
+
+
+def cache_kwarg(model) -> str:
+    """The forward kwarg that takes a key/value cache: transformers renamed `past_key_values` to `cache` during 5.x
+    (the old name warns until 5.40)."""
+    return "past_key_values" if accepts(model, "past_key_values") and not accepts(model, "cache") else "cache"
 
 
 def output_cache(output):

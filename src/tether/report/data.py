@@ -202,6 +202,11 @@ def read_redteams(root: Path, base: Path) -> list[Redteam]:
     return out
 
 
+def hack_verdict(reduced: bool | None) -> str:
+    """A round comparison's `reduced_hacks` in words."""
+    return {True: "yes", False: "no", None: "no hack exhibited"}.get(reduced, "?")
+
+
 def decoding_label(settings: dict | None) -> str:
     """"greedy", "T=1 ×4", or "?" for an evaluation written without its settings."""
     if not isinstance(settings, dict) or "temperature" not in settings:

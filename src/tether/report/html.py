@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from tether.report import findings, plots
-from tether.report.data import Optimiser, Redteam, RunData, decoding_label
+from tether.report.data import Optimiser, Redteam, RunData, decoding_label, hack_verdict
 
 FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded", "flattering", "hallucinated")
 """Behaviour flags of `tether.stages.evaluate` (gold-judged), in its order."""
@@ -276,7 +276,7 @@ def rounds(d: RunData) -> dict | None:
     out = []
     for r in d.rounds:
         h, n = r["hacks"], r.get("round", "?")
-        verdict = {True: "yes", False: "no", None: "no hack was exhibited"}.get(h.get("reduced_hacks"), "?")
+        verdict = hack_verdict(h.get("reduced_hacks"))
         rows = [{"metric": k.replace("_", " "), "sft": _pct(m.get("sft")), "before": _pct(m.get("before")),
                  "after": _pct(m.get("after")), "change": _signed_pct(m.get("change")),
                  "exhibited": bool(m.get("exhibited")), "fell": bool(m.get("fell")), "rose": bool(m.get("rose"))}

@@ -46,7 +46,7 @@ from tether.config import check, config_from_dict, load_config, save_config
 from tether.data.preferences import prompt_key, read_comparisons, write_comparisons
 from tether.errors import ConfigError
 from tether.progress import StageTimer
-from tether.report.data import decoding_label
+from tether.report.data import decoding_label, hack_verdict
 from tether.stages import collect, dpo, ppo, redteam, rm
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
@@ -528,7 +528,7 @@ def _record(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, n: int,
 
 def hack_table(hacks: dict, n: int) -> Table:
     """The previous round against this one: hack rates, red-team failure rate, gold."""
-    verdict = {True: "yes", False: "no", None: "no hack exhibited"}[hacks["reduced_hacks"]]
+    verdict = hack_verdict(hacks["reduced_hacks"])
     table = Table(title=f"Round {n - 1} -> round {n} ({decoding_label(hacks.get('decoding'))} on held-out prompts): "
                         f"did round {n} reduce the hacks of round {n - 1}? {verdict}")
     for col in ("metric", "sft", f"round {n - 1}", f"round {n}", "change", "exhibited"):

@@ -210,9 +210,10 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     total, raw = len(pairs), distributed.unwrap(model)
     sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences"), 0.0)
     share = distributed.shard(micro_batches(pairs, cfg.micro_batch_size))
+    prefixes = cfg.share_prefixes and raw.shares_prefixes
     for i, (micro, real) in enumerate(share):
         batch = collate_pairs(micro, raw.pad_id, raw.device, chunked=not distributed.is_sharded(model),
-                              share_prefixes=cfg.share_prefixes and raw.shares_prefixes)
+                              share_prefixes=prefixes)
         with distributed.accumulating(model, last=i == len(share) - 1):
             r_a, r_b, r = pair_rewards(model, batch)
             losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
@@ -251,10 +252,9 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     was_training = model.training
     model.eval()
     ordered, r_a, r_b, by_sequence = [], [], [], {}  # by_sequence: ids -> (reward, response length)
+    prefixes = cfg.share_prefixes and model.shares_prefixes
     for micro in micro_batches(pairs, cfg.micro_batch_size):
-        batch = collate_pairs(micro, model.pad_id, model.device,
-                              share_prefixes=cfg.share_prefixes and model.shares_prefixes)
-        a, b, _ = pair_rewards(model, batch)
+        a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device, share_prefixes=prefixes))
         ordered += micro
         r_a += a.tolist()
         r_b += b.tolist()

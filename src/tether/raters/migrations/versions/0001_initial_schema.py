@@ -13,6 +13,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _create_base_tables()
+    _create_account_tables()
+    _create_rating_tables()
+
+
+def _create_base_tables() -> None:
+    """Tables that reference no other table."""
     op.create_table('guidelines',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('version', sa.String(length=64), nullable=False),
@@ -71,6 +78,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('username')
     )
+
+
+def _create_account_tables() -> None:
+    """Per-user tables: guideline acknowledgements, invites, sessions."""
     op.create_table('acknowledgements',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -81,27 +92,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('user_id', 'guideline_id', name='uq_ack_user_guideline')
     )
-    op.create_table('assignments',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('pair_id', sa.Integer(), nullable=False),
-    sa.Column('rater_id', sa.Integer(), nullable=False),
-    sa.Column('slot', sa.Integer(), nullable=True),
-    sa.Column('state', sa.String(length=10), nullable=False),
-    sa.Column('left_is_a', sa.Boolean(), nullable=False),
-    sa.Column('guideline_id', sa.Integer(), nullable=False),
-    sa.Column('shown_at', sa.DateTime(), nullable=False),
-    sa.CheckConstraint("state IN ('open', 'done', 'skipped', 'expired')", name='ck_assignment_state'),
-    sa.ForeignKeyConstraint(['guideline_id'], ['guidelines.id'], ),
-    sa.ForeignKeyConstraint(['pair_id'], ['pairs.id'], ),
-    sa.ForeignKeyConstraint(['rater_id'], ['users.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('pair_id', 'rater_id', name='uq_assignment_pair_rater'),
-    sa.UniqueConstraint('pair_id', 'slot', name='uq_assignment_pair_slot')
-    )
-    with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_assignments_rater_id'), ['rater_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_assignments_state'), ['state'], unique=False)
-
     op.create_table('invites',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
@@ -128,6 +118,31 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('sessions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sessions_user_id'), ['user_id'], unique=False)
+
+
+
+def _create_rating_tables() -> None:
+    """The rating work: assignments of pairs to raters, and the ratings submitted for them."""
+    op.create_table('assignments',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('pair_id', sa.Integer(), nullable=False),
+    sa.Column('rater_id', sa.Integer(), nullable=False),
+    sa.Column('slot', sa.Integer(), nullable=True),
+    sa.Column('state', sa.String(length=10), nullable=False),
+    sa.Column('left_is_a', sa.Boolean(), nullable=False),
+    sa.Column('guideline_id', sa.Integer(), nullable=False),
+    sa.Column('shown_at', sa.DateTime(), nullable=False),
+    sa.CheckConstraint("state IN ('open', 'done', 'skipped', 'expired')", name='ck_assignment_state'),
+    sa.ForeignKeyConstraint(['guideline_id'], ['guidelines.id'], ),
+    sa.ForeignKeyConstraint(['pair_id'], ['pairs.id'], ),
+    sa.ForeignKeyConstraint(['rater_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('pair_id', 'rater_id', name='uq_assignment_pair_rater'),
+    sa.UniqueConstraint('pair_id', 'slot', name='uq_assignment_pair_slot')
+    )
+    with op.batch_alter_table('assignments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_assignments_rater_id'), ['rater_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_assignments_state'), ['state'], unique=False)
 
     op.create_table('ratings',
     sa.Column('id', sa.Integer(), nullable=False),
