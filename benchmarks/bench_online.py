@@ -104,13 +104,13 @@ def prepare(folder: Path, size: str, algos: list[str]):
     """Write model/, prompts.jsonl, prompts.json and (for PPO) rm/ under `folder`; return the built model."""
     from tether.models import load_tokenizer
     from tether.reward import RewardModel
-    from tether.tokenizer import encode_prompt
+    from tether.chat import chat_format
     from tether.world.world import World, WorldConfig
 
     model = world_model(folder / "model", SIZES[size], SEED)
     tokenizer = load_tokenizer(str(folder / "model"))
     texts = [q.text for q in World(WorldConfig()).train_queries()]
-    rows = [{"text": t, "ids": encode_prompt(tokenizer, [{"role": "user", "content": t}])} for t in texts]
+    rows = [{"text": t, "ids": chat_format(tokenizer).prompt_ids([{"role": "user", "content": t}])} for t in texts]
     (folder / "prompts.json").write_text(json.dumps(rows))
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     if "ppo" in algos:

@@ -54,7 +54,8 @@ CATEGORIES = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "atten
 
 def prepare(folder: Path, batch: int) -> None:
     """Write tokenizer/ and prompts.json (token ids) under `folder`."""
-    from tether.tokenizer import encode_prompt, train_tokenizer
+    from tether.chat import chat_format
+    from tether.tokenizer import train_tokenizer
     from tether.world.world import World, WorldConfig
 
     world = World(WorldConfig())
@@ -65,7 +66,7 @@ def prepare(folder: Path, batch: int) -> None:
     queries = world.train_queries()[:batch]
     if len(queries) < batch:
         sys.exit(f"--batch {batch}: the world has only {len(queries)} train prompts")
-    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q.text}]) for q in queries]
+    prompts = [chat_format(tokenizer).prompt_ids([{"role": "user", "content": q.text}]) for q in queries]
     (folder / "prompts.json").write_text(json.dumps(prompts))
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from tether.chat import chat_format
 from tether.checkpoint import complete_checkpoints
 from tether.config import load_config
 from tether.models import load_policy, load_tokenizer
@@ -86,7 +87,7 @@ def footing(model_dir: Path, sft_dir: Path, world, prompts: list[str], args) -> 
     policy, ref, tokenizer = load_policy(str(model_dir)), load_policy(str(sft_dir)), load_tokenizer(str(sft_dir))
     kl_cfg = dpo.DPOConfig(micro_batch_size=64, max_length=256)
     asked = [p for p in prompts for _ in range(args.samples)]
-    texts, k1, k3, n = dpo.sample_logratios(policy, ref, tokenizer, asked, args.max_new_tokens, kl_cfg, args.seed)
+    texts, k1, k3, n = dpo.sample_logratios(policy, ref, chat_format(tokenizer), asked, args.max_new_tokens, kl_cfg, args.seed)
     gold = [world.judge(p, t).reward for p, t in zip(asked, texts)]
     _, greedy = evaluate_policy(policy, tokenizer, world, EvalConfig(max_new_tokens=args.max_new_tokens),
                                 label=f"greedy {model_dir.parent.name}")

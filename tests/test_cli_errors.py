@@ -10,7 +10,7 @@ from tether.cli import main
 from tether.data.corpus import read_corpus
 from tether.data.sft_data import read_conversations
 from tether.stages.pretrain import encode_corpus
-from tether.tokenizer import encode_chat
+from tether.chat import chat_format
 
 USER = {"role": "user", "content": "Hi"}
 BOT = {"role": "assistant", "content": "Hello!"}
@@ -133,11 +133,21 @@ def test_unknown_preset_is_a_config_error_before_any_work(tmp_path, capsys):
 
 def test_sft_truncation_is_counted_in_data_report(world_dir, model_dir, tokenizer, tmp_path):
     data = world_dir / "sft.jsonl"
-    full = [encode_chat(tokenizer, c) for c in read_conversations(data)]
+    fmt = chat_format(tokenizer)
+    full = [fmt.encode(c) for c in read_conversations(data)]
     lengths = sorted(len(e.input_ids) for e in full)
     max_length = lengths[len(lengths) // 2]  # the median: about half are cut
     expected = sum(len(e.input_ids) > max_length for e in full)
     assert 0 < expected < len(full)
+    fitted = [fmt.encode(c, max_length=max_length) for c in read_conversations(data)]
+    # Each over-long conversation keeps its end: its final reply whole wherever it fits after <bos> and one prompt
+    # token, earlier turns or the start of its prompt gone; a longer reply keeps its start.
+    fits = [len(e.input_ids) - e.prompt_length <= max_length - 2 for e in full]
+    assert 0 < sum(fits) < len(full)
+    for f, e, fit in zip(fitted, full, fits):
+        reply, kept = e.input_ids[e.prompt_length:], f.input_ids[f.prompt_length:]
+        assert len(f.input_ids) <= max_length and (kept == reply if fit else kept == reply[:len(kept)])
+        assert (f.response_cut > 0) == (not fit)
     out = tmp_path / "run"
     args = ["sft", f"data={data}", f"model={model_dir}", f"out={out}", f"max_length={max_length}", "max_steps=1",
             "batch_size=4", "micro_batch_size=4"]
@@ -146,9 +156,14 @@ def test_sft_truncation_is_counted_in_data_report(world_dir, model_dir, tokenize
     assert report == {
         "conversations": len(full),
         "truncated": expected,
-        "no_assistant_tokens_left": sum(not any(e.loss_mask[:max_length]) for e in full),
-        "assistant_tokens": sum(sum(e.loss_mask[:max_length]) for e in full),
+        "earlier_turns_dropped": sum(f.turns_dropped > 0 for f in fitted),
+        "prompt_cut": sum(f.prompt_cut > 0 for f in fitted),
+        "final_reply_cut": len(full) - sum(fits),
+        "final_reply_kept_whole": sum(fits),
+        "assistant_tokens": sum(sum(f.loss_mask) for f in fitted),
+        "final_reply_tokens": sum(sum(f.loss_mask[f.prompt_length:]) for f in fitted),
         "max_length": max_length,
+        "chat_template": "the tokenizer's own template",
     }
 
 

@@ -232,10 +232,10 @@ def test_whitening_over_ranks_equals_whitening_the_concatenated_batch():
 
 def test_per_row_noise_samples_the_same_tokens_however_the_rows_are_split(model_dir, tokenizer):
     from tether.models import load_policy
-    from tether.stages.online import encode_prompts
+    from tether.chat import chat_format
 
     policy = load_policy(str(model_dir)).eval()
-    prompts = encode_prompts(tokenizer, [f"What is the capital of land {i}?" for i in range(4)])
+    prompts = chat_format(tokenizer).prompts_ids([f"What is the capital of land {i}?" for i in range(4)])
     noise = row_noise([11, 12, 13, 14], 8)  # (4, 8)
     kw = dict(max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     whole = sample(policy, prompts, noise=noise, **kw)

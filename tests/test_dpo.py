@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
+from tether.chat import chat_format
 from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
@@ -91,31 +92,37 @@ def test_ties_dropped_and_counted_except_for_ipo(tokenizer, tmp_path):
     rows = _rows(6)
     rows[1]["choice"] = rows[4]["choice"] = "tie"
     comparisons = read_labelled(_write(tmp_path / "p.jsonl", rows))
-    pairs, report = encode_comparisons(tokenizer, comparisons, DPOConfig(loss="sigmoid"))
+    pairs, report = encode_comparisons(chat_format(tokenizer), comparisons, DPOConfig(loss="sigmoid"))
     assert (report["ties"], report["ties_dropped"], report["pairs"]) == (2, 2, 4)
     assert not any(p.tie for p in pairs)
-    pairs, report = encode_comparisons(tokenizer, comparisons, DPOConfig(loss="ipo"))
+    pairs, report = encode_comparisons(chat_format(tokenizer), comparisons, DPOConfig(loss="ipo"))
     assert (report["ties"], report["ties_dropped"], report["pairs"]) == (2, 0, 6)
     assert [p.tie for p in pairs] == [False, True, False, False, True, False]
 
 
-def test_truncation_is_counted_and_pairs_without_response_tokens_dropped(tokenizer, tmp_path):
+def test_prompts_are_cut_and_pairs_dropped_only_when_a_response_alone_is_too_long(tokenizer, tmp_path):
     rows = _rows(4)
-    rows[0]["response_a"] = "The capital is Osk. " * 40  # the chosen side runs past max_length
-    rows[1]["prompt"] = "Tell me about the capital, please. " * 40  # no room left for any response token
+    rows[0]["response_a"] = "The capital is Osk. " * 40  # one response alone runs past max_length: dropped
+    rows[1]["prompt"] = "Tell me about the capital, please. " * 40  # a long prompt: its start is cut
     comparisons = read_labelled(_write(tmp_path / "p.jsonl", rows))
-    pairs, report = encode_comparisons(tokenizer, comparisons, DPOConfig(max_length=48))
-    assert report["truncated_pairs"] == 2 and report["dropped_no_response_tokens"] == 1
-    assert len(pairs) == 3 and len(pairs[0].chosen.input_ids) == 48 and any(pairs[0].chosen.loss_mask)
+    pairs, report = encode_comparisons(chat_format(tokenizer), comparisons, DPOConfig(max_length=48))
+    assert (report["truncated_pairs"], report["dropped_response_too_long"], report["pairs"]) == (1, 1, 3)
+    cut = pairs[0]  # rows[1]: both responses whole after the same cut prompt; the longer sequence fills max_length
+    starts = [e.loss_mask.index(1) for e in (cut.chosen, cut.rejected)]
+    assert starts[0] == starts[1] and cut.chosen.input_ids[:starts[0]] == cut.rejected.input_ids[:starts[1]]
+    assert max(len(cut.chosen.input_ids), len(cut.rejected.input_ids)) == 48
+    assert cut.chosen.input_ids[0] == tokenizer.bos_token_id  # bos stays at the start of a cut prompt
+    for e, row in ((cut.chosen, rows[1]["response_b"]), (cut.rejected, rows[1]["response_a"])):  # odd rows: B won
+        assert tokenizer.decode([t for t, m in zip(e.input_ids, e.loss_mask) if m], skip_special_tokens=True) == row
 
 
 def test_mask_covers_only_the_final_response(tokenizer):
     # A conversation prompt with an earlier assistant turn: only the final response and its <eos> count.
     prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
               {"role": "user", "content": "Capital of land 1?"}]
-    (example, truncated), = encode_responses(tokenizer, [prompt], ["Osk 1."], max_length=None)
+    (example, ) = encode_responses(chat_format(tokenizer), [prompt], ["Osk 1."], max_length=None)
     n = len(tokenizer("Osk 1.", add_special_tokens=False)["input_ids"])
-    assert not truncated
+    assert not example.truncated
     assert example.loss_mask == [0] * (len(example.input_ids) - n - 1) + [1] * (n + 1)
     assert example.input_ids[-1] == tokenizer.eos_token_id
 
@@ -125,7 +132,7 @@ def test_mask_covers_only_the_final_response(tokenizer):
 
 
 def _pairs(tokenizer, data, **kw) -> list[Pair]:
-    return encode_comparisons(tokenizer, read_labelled(data), DPOConfig(max_length=64, **kw))[0]
+    return encode_comparisons(chat_format(tokenizer), read_labelled(data), DPOConfig(max_length=64, **kw))[0]
 
 
 def test_cached_reference_equals_on_the_fly_log_probs(tokenizer, model_dir, data, tmp_path):

@@ -51,7 +51,7 @@ from tether.models import build_model, load_policy, save_pretrained
 from tether.reward import RewardModel
 from tether.stages import online
 from tether.stages.ppo import PPOConfig
-from tether.tokenizer import encode_chats
+from tether.chat import chat_format
 
 NAN = float("nan")
 
@@ -219,7 +219,7 @@ def _check_halt(run: Path, poison: Poison, load) -> None:
 
 @pytest.fixture(scope="module")
 def sft_examples(world_dir, tokenizer):
-    chats = encode_chats(tokenizer, read_conversations(world_dir / "sft.jsonl"))
+    chats = chat_format(tokenizer).encode_many([(c, None) for c in read_conversations(world_dir / "sft.jsonl")])
     return [lm.Example(c.input_ids, c.loss_mask) for c in chats]
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
 import tether.stages.kto as kto
+from tether.chat import chat_format
 from tether.data.unpaired import read_kto_rows
 from tether.errors import ConfigError, DataError, NonFiniteError
 from tether.models import load_policy
@@ -63,7 +64,7 @@ def data(tmp_path_factory) -> str:
 
 def _loaded(tokenizer, data, **kw):
     cfg = DPOConfig(loss="kto", max_length=64, eval_fraction=0.25, batch_size=4, **kw)
-    return load_rows(cfg, tokenizer, *read_kto_rows(data))
+    return load_rows(cfg, chat_format(tokenizer), *read_kto_rows(data))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from tether.stages.lm import (
     train_lm,
     train_step,
 )
-from tether.tokenizer import encode_chat, encode_chats
+from tether.chat import chat_format
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -44,7 +44,7 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def sft_examples(world_dir, tokenizer):
     """The tiny world's 60 SFT demos as masked examples (lengths differ, so padding differs)."""
-    chats = encode_chats(tokenizer, read_conversations(world_dir / "sft.jsonl"))
+    chats = chat_format(tokenizer).encode_many([(c, None) for c in read_conversations(world_dir / "sft.jsonl")])
     return [Example(c.input_ids, c.loss_mask) for c in chats]
 
 
@@ -70,7 +70,7 @@ def _assistant_target_positions(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def test_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(tokenizer, new_model):
-    enc = encode_chat(tokenizer, CONVERSATION)
+    enc = chat_format(tokenizer).encode(CONVERSATION)
     ids = enc.input_ids
     positions, _ = _assistant_target_positions(tokenizer)
     assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
@@ -82,7 +82,7 @@ def test_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(tokenizer, new_mode
 
     model = new_model()
     # A shorter second row makes collate pad the first: padding must add nothing.
-    short = encode_chat(tokenizer, CONVERSATION[1:3])
+    short = chat_format(tokenizer).encode(CONVERSATION[1:3])
     batch = collate([Example(ids, enc.loss_mask), Example(short.input_ids, short.loss_mask)], tokenizer.pad_token_id)
     with torch.no_grad():
         # Row 0 alone, so the manual sum below covers everything that row contributes.
@@ -102,7 +102,7 @@ def test_sft_loss_is_the_nll_of_exactly_the_assistant_tokens(tokenizer, new_mode
 
 def test_logits_only_from_the_first_counted_position(tokenizer, new_model):
     # Two conversations whose prompts differ in length: logits start at the earlier first assistant token.
-    rows = [encode_chat(tokenizer, CONVERSATION), encode_chat(tokenizer, CONVERSATION[1:3])]
+    rows = [chat_format(tokenizer).encode(CONVERSATION), chat_format(tokenizer).encode(CONVERSATION[1:3])]
     batch = collate([Example(r.input_ids, r.loss_mask) for r in rows], tokenizer.pad_token_id)
     first = min(int(r.ne(IGNORE_INDEX).nonzero()[0]) for r in batch["labels"])
     assert first > 0
@@ -124,7 +124,7 @@ def test_logits_only_from_the_first_counted_position(tokenizer, new_model):
 
 
 def test_changing_a_user_token_never_changes_the_counted_tokens(tokenizer):
-    enc = encode_chat(tokenizer, CONVERSATION)
+    enc = chat_format(tokenizer).encode(CONVERSATION)
     positions, user_positions = _assistant_target_positions(tokenizer)
     assert len(user_positions) >= 6
     rng = random.Random(0)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import tether.stages.lm as lm
 import tether.stages.rm as rm
 from tether import distributed
+from tether.chat import chat_format
 from tether.checkpoint import latest_checkpoint
 from tether.config import load_config
 from tether.errors import ConfigError, TetherError
@@ -84,9 +85,10 @@ def prefs(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def sft_examples(world_dir, tokenizer):
     from tether.data.sft_data import read_conversations
-    from tether.tokenizer import encode_chats
+    from tether.chat import chat_format
 
-    return [Example(c.input_ids, c.loss_mask) for c in encode_chats(tokenizer, read_conversations(world_dir / "sft.jsonl"))]
+    conversations = read_conversations(world_dir / "sft.jsonl")
+    return [Example(c.input_ids, c.loss_mask) for c in chat_format(tokenizer).encode_many([(c, None) for c in conversations])]
 
 
 def _assert_plain_merged_folder(folder, model_dir, body: bool = False) -> dict:
@@ -416,7 +418,7 @@ def test_dpo_and_kto_with_lora(loss, tmp_path, prefs, model_dir, monkeypatch):
         from safetensors import safe_open
 
         cfg = _dpo_cfg(tmp_path, prefs, model_dir)
-        pairs = dpo.load_pairs(cfg, load_tokenizer(str(model_dir)), dpo.read_labelled(prefs))[0]
+        pairs = dpo.load_pairs(cfg, chat_format(load_tokenizer(str(model_dir))), dpo.read_labelled(prefs))[0]
         with safe_open(str(tmp_path / "run" / CACHE), "pt") as f:
             assert f.metadata()["key"] == reference_key(initial, pairs)
 

@@ -20,7 +20,8 @@ from tether.models import (
     model_flops_per_token,
     save_pretrained,
 )
-from tether.tokenizer import encode_chat, train_tokenizer
+from tether.chat import chat_format
+from tether.tokenizer import train_tokenizer
 
 
 class Vocab2048:
@@ -89,7 +90,7 @@ def test_save_loads_with_plain_transformers(tok, saved):
     assert "model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]  # no pickle written
     plain = AutoModelForCausalLM.from_pretrained(path)
-    ids = torch.tensor([encode_chat(tok, [{"role": "user", "content": "Capital of France?"}]).input_ids])
+    ids = torch.tensor([chat_format(tok).prompt_ids([{"role": "user", "content": "Capital of France?"}])])
     model.eval(), plain.eval()
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)  # (1, T, V), bit for bit

@@ -305,11 +305,13 @@ def test_reward_sources():
 
 # -- evaluation at temperature: common random numbers, training RNG untouched ------------------------------
 def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(tmp_path, world_dir, model_dir):
+    from tether.chat import chat_format
     from tether.models import load_policy, load_tokenizer
     from tether.world.build import load_world
 
     cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, eval_temperature=1.0, eval_samples=3, max_new_tokens=8)
-    policy, tok, world = load_policy(str(model_dir)), load_tokenizer(str(model_dir)), load_world(world_dir)
+    policy, world = load_policy(str(model_dir)), load_world(world_dir)
+    tok = chat_format(load_tokenizer(str(model_dir)))
     source = make_reward_source("callable", reward_fn=lambda prompts, responses: [float(len(r)) for r in responses])
     prompts = online.eval_prompt_texts(world, 4)
     torch.manual_seed(123)

@@ -141,13 +141,13 @@ def test_truncation_cuts_the_prompt_and_keeps_the_scored_reply(tok):
     assert cut and short == full[:1] + full[4:] and short[-4:] == reply_tail and short[-1] == tok.eos_token_id
     plain = copy.deepcopy(tok)
     plain.chat_template = None  # pair encoding: the tokenizer's own truncation keeps [CLS]/[SEP] in place
-    whole, _ = encode_pair(plain, prompt, reply)
-    clipped, cut = encode_pair(plain, prompt, reply, max_length=len(whole) - 2)
+    whole, _ = encode_pair(plain, prompt, reply, pair_encoding=True)
+    clipped, cut = encode_pair(plain, prompt, reply, max_length=len(whole) - 2, pair_encoding=True)
     assert cut and len(clipped) == len(whole) - 2
     assert clipped[-len(plain(reply, add_special_tokens=False)["input_ids"]):] == \
         plain(reply, add_special_tokens=False)["input_ids"]  # the prompt absorbed the cut, the reply is whole
     long_reply = " ".join(["the quiet green harbour"] * 20)  # longer than max_length alone: both are cut
-    both, cut = encode_pair(plain, prompt, long_reply, max_length=16)
+    both, cut = encode_pair(plain, prompt, long_reply, max_length=16, pair_encoding=True)
     assert cut and len(both) == 16
 
 
@@ -387,7 +387,7 @@ def test_encoder_backbone_with_pair_encoding(tok, tmp_path):
     save_pretrained(bert, plain, str(tmp_path / "bert"))
     model = RewardModel.from_backbone(str(tmp_path / "bert"), pool="cls", max_length=64)
     assert model.kind == "encoder"
-    assert encode_pair(plain, "Hi", "old road.")[0] == plain("Hi", "old road.")["input_ids"]
+    assert encode_pair(plain, "Hi", "old road.", pair_encoding=True)[0] == plain("Hi", "old road.")["input_ids"]
     _roundtrip(model, tmp_path / "rm")
 
 

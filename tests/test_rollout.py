@@ -10,7 +10,7 @@ import torch
 
 from tether.generation import left_pad
 from tether.rollout import Rollout, _draw, filter_logits, logprobs_of, sample
-from tether.tokenizer import encode_prompt
+from tether.chat import chat_format
 
 USER_MESSAGES = ["Hi", "What is the capital of the first country?", "Name a currency.",
                  "Tell me, at some length, about the language spoken in the largest country you know of."]
@@ -18,7 +18,7 @@ USER_MESSAGES = ["Hi", "What is the capital of the first country?", "Name a curr
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer) -> list[list[int]]:
-    rows = [encode_prompt(tokenizer, [{"role": "user", "content": m}]) for m in USER_MESSAGES]
+    rows = [chat_format(tokenizer).prompt_ids([{"role": "user", "content": m}]) for m in USER_MESSAGES]
     assert len({len(r) for r in rows}) == len(rows), "prompt lengths must differ to exercise left padding"
     return rows
 

@@ -1,7 +1,8 @@
 """Batched sampling of chat responses from any Hugging Face causal LM.
 
-Prompts are left-padded (generation appends on the right) and sorted by length so that each batch
-wastes little padding. Decoding is Hugging Face `generate` with its KV cache.
+Prompts are formatted by the model's chat format (tether.chat: its template's generation prompt, or plain text),
+left-padded (generation appends on the right) and sorted by length so that each batch wastes little padding.
+Decoding is Hugging Face `generate` with its KV cache, stopping at the format's end-of-turn token or eos.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Sequence
 import torch
 
 from tether.progress import progress_bar
-from tether.tokenizer import encode_prompt
+from tether.chat import ChatFormat
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,24 +32,26 @@ def _sampling(temperature: float, top_p: float) -> dict:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str | list], max_new_tokens: int, temperature: float,
-             batch_size: int, seed: int, label: str = "generate", top_p: float = 1.0) -> list[str]:
-    """One response per prompt, in the order given; a prompt is a user message or a list of messages.
+def generate(model, fmt: ChatFormat, prompts: Sequence[str | list], max_new_tokens: int, temperature: float,
+             batch_size: int, seed: int, label: str = "generate", top_p: float = 1.0,
+             max_prompt_length: int | None = None) -> list[str]:
+    """One response per prompt, in the order given; a prompt is a string (a user message, or plain text without a
+    template) or a list of messages, cut to max_prompt_length tokens (keeping the end, tether.chat).
 
     temperature 0 is greedy decoding; otherwise sampling at `temperature` with nucleus `top_p`.
     """
     model.eval()
     torch.manual_seed(seed)
-    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-    encoded = [encode_prompt(tokenizer, c) for c in chats]
+    tokenizer = fmt.tokenizer
+    encoded = fmt.prompts_ids(list(prompts), max_prompt_length)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     with progress_bar(label, total=len(prompts)) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask = (t.to(model.device) for t in left_pad([encoded[i] for i in idx], tokenizer.pad_token_id))
+            ids, mask = (t.to(model.device) for t in left_pad([encoded[i] for i in idx], fmt.pad_id))
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=list(fmt.stop_ids), pad_token_id=fmt.pad_id,
                                  **_sampling(temperature, top_p))
             texts = tokenizer.batch_decode(gen[:, ids.size(1):], skip_special_tokens=True)
             for i, text in zip(idx, texts):

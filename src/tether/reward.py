@@ -44,6 +44,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from tether.chat import chat_format
 from tether.errors import ConfigError, TetherError
 from tether.guard import check_finite
 from tether.models import (
@@ -56,7 +57,6 @@ from tether.models import (
     save_pretrained,
 )
 from tether.progress import quiet_transformers
-from tether.tokenizer import CHAT_TEMPLATE, encode_chat
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -92,43 +92,43 @@ POOLS = {"last": pool_last, "cls": pool_cls, "mean": pool_mean}
 # Encoding (prompt, response) -> token ids
 
 
-def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | None = None) -> tuple[list[int], bool]:
+def encode_pair(tokenizer, prompt: str | list, response: str, max_length: int | None = None, chat_template: str = "",
+                pair_encoding: bool = False) -> tuple[list[int], bool]:
     """Token ids of (prompt, response) as the reward model reads them, and whether they were truncated.
 
-    tether's chat template: `encode_chat` of [user prompt, assistant response] (or the prompt's messages
-    then the response), ending in the response's `<eos>`. Another chat template: `apply_chat_template`.
-    No chat template (encoder tokenizers): pair encoding `tokenizer(prompt, response)`.
-
-    Truncation keeps the end: the score is read at the last token and the responses are what differ, so
-    the cut falls in the prompt (tether's template keeps `<bos>` and the last max_length - 1 tokens,
-    another template the last max_length). Pair encoding cuts the prompt, and the response too only when
-    it alone is longer than max_length.
+    The model's chat format (tether.chat, the `chat_template` setting): prompt + response as the policy writes it,
+    ending in the reply's end-of-turn token; truncation keeps the end (earlier turns, then the prompt's start go
+    first), since the score is read at the last token and the responses are what differ. An encoder without a chat
+    template (`pair_encoding`, see `reads_pairs`): the tokenizer's pair encoding `[CLS] prompt [SEP] response [SEP]`,
+    a conversation prompt as "role: content" lines, the cut taken from the prompt's start, and from the response
+    too only when it alone is longer than max_length.
     """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if tokenizer.chat_template == CHAT_TEMPLATE:
-        enc = encode_chat(tokenizer, messages + [{"role": "assistant", "content": response}], max_length,
-                          keep_end=True)
+    if not pair_encoding:
+        enc = chat_format(tokenizer, chat_template).encode(prompt, response, max_length)
         return enc.input_ids, enc.truncated
-    if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                            tokenize=True, return_dict=True)["input_ids"]
-    else:
-        text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-        ids = tokenizer(text, response)["input_ids"]
-        if max_length is not None and len(ids) > max_length:
-            return _truncate_pair(tokenizer, text, response, max_length), True
-        return list(ids), False
-    truncated = max_length is not None and len(ids) > max_length
-    return list(ids[len(ids) - max_length :] if truncated else ids), truncated
+    text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    ids = tokenizer(text, response)["input_ids"]
+    if max_length is not None and len(ids) > max_length:
+        return _truncate_pair(tokenizer, text, response, max_length), True
+    return list(ids), False
+
+
+def reads_pairs(kind: str, tokenizer) -> bool:
+    """Whether a reward model of `kind` reads (prompt, response) with the tokenizer's pair encoding: an encoder whose
+    tokenizer has no chat template."""
+    return kind == "encoder" and not getattr(tokenizer, "chat_template", None)
 
 
 def _truncate_pair(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
-    """Pair encoding cut to max_length by the tokenizer (special tokens kept in place): the prompt only, or,
-    when the response alone does not fit, both (the longer first)."""
+    """Pair encoding cut to max_length by the tokenizer (special tokens kept in place): the start of the prompt only,
+    or, when the response alone does not fit, both (the longer first)."""
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     try:
         return list(tokenizer(prompt, response, truncation="only_first", max_length=max_length)["input_ids"])
     except Exception:  # the prompt is too short to absorb the cut: tokenizers raise rather than truncate
         return list(tokenizer(prompt, response, truncation="longest_first", max_length=max_length)["input_ids"])
+    finally:
+        tokenizer.truncation_side = side
 
 
 def collate(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
@@ -267,7 +267,9 @@ class RewardModel(nn.Module):
         """
         if len(prompts) != len(responses):
             raise TetherError(f"score: {len(prompts)} prompts but {len(responses)} responses")
-        ids = [encode_pair(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses)]
+        pairs = reads_pairs(self.kind, self.tokenizer)
+        ids = [encode_pair(self.tokenizer, p, r, self.max_length, pair_encoding=pairs)[0]
+               for p, r in zip(prompts, responses)]
         return self.gain.cpu() * self.raw_scores(ids, batch_size) + self.bias.cpu()
 
     def set_normalisation(self, gain: float, bias: float) -> None:

@@ -134,7 +134,7 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
     cache: str = "dynamic",
@@ -142,7 +142,8 @@ def sample(
 ) -> Rollout:
     """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
 
-    Rows that have produced EOS keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
+    `eos_token_id` is the stop token or tokens (a chat format's end-of-turn token and eos: `ChatFormat.stop_ids`).
+    Rows that have produced one keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
     max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
     `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout). `noise`
     (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
@@ -165,6 +166,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
             cache, noise) -> Rollout:
     """`sample`'s loop, run under inference mode."""
     device = next(model.parameters()).device
+    stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
     B, P = ids.shape
     R = max_new_tokens
@@ -194,7 +196,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         token.masked_fill_(done, pad_token_id)
         response[:, t] = token
         logprobs[:, t] = token_logprobs(scaled, token).masked_fill_(done, 0.0)
-        done |= token == eos_token_id
+        done |= torch.isin(token, stops)
         if t == R - 1 or bool(done.all()):
             steps = t + 1
             break

@@ -16,6 +16,8 @@ from typing import Literal
 
 from rich.console import Console
 
+from tether.chat import chat_format
+from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
 from tether.data.corpus import read_prompts
 from tether.data.preferences import Comparison, write_comparisons
@@ -53,6 +55,11 @@ class CollectConfig:
     """Sampling and pairing seed."""
     out: str = "runs/collect"
     """Folder for queue.jsonl, report.json and config.yaml."""
+    chat_template: str = ""
+    """How prompts are formatted for every policy (tether.chat): "" each tokenizer's own template, a built-in name
+    (chatml, llama3, gemma, zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens; longer ones drop earlier turns, then tokens from their start (None: no limit)."""
 
     def validate(self) -> None:
         check(len(self.policies) >= 1, "policies", "needs at least one model folder")
@@ -61,6 +68,9 @@ class CollectConfig:
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
         check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
+        check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
+              "must be >= 1 or null")
+        check_template_setting(self.chat_template)
 
 
 def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
@@ -72,8 +82,10 @@ def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
             continue
         model, tokenizer = load_policy(policy), load_tokenizer(policy)
         repeated = [i for i in range(len(prompts)) for _ in range(k)]
-        texts = generate(model, tokenizer, [prompts[i] for i in repeated], cfg.max_new_tokens, cfg.temperature,
-                         cfg.batch_size, cfg.seed + p, f"collect {Path(policy).parent.name or policy}", cfg.top_p)
+        fmt = chat_format(tokenizer, cfg.chat_template, policy)
+        texts = generate(model, fmt, [prompts[i] for i in repeated], cfg.max_new_tokens, cfg.temperature,
+                         cfg.batch_size, cfg.seed + p, f"collect {Path(policy).parent.name or policy}", cfg.top_p,
+                         cfg.max_prompt_length)
         for i, text in zip(repeated, texts):
             samples[i].append((text, policy))
     return samples

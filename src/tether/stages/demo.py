@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tether.chat import chat_format
 from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
 from tether.models import load_policy, load_tokenizer
@@ -260,8 +261,9 @@ def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
     summary = _evaluate(cfg, model_dir, name, cfg.eval.temperature, cfg.eval.samples_per_prompt)
     world = load_world(root / "world")
     prompts = [q.text for q in world.eval_queries()][:cfg.kl_prompts]
-    policy, ref, tokenizer = load_policy(str(model_dir)), load_policy(str(root / "sft/model")), load_tokenizer(str(model_dir))
-    _, k1, k3, _ = dpo.sample_logratios(policy, ref, tokenizer, prompts, cfg.eval.max_new_tokens,
+    policy, ref = load_policy(str(model_dir)), load_policy(str(root / "sft/model"))
+    fmt = chat_format(load_tokenizer(str(model_dir)))
+    _, k1, k3, _ = dpo.sample_logratios(policy, ref, fmt, prompts, cfg.eval.max_new_tokens,
                                         replace(cfg.dpo, micro_batch_size=32), cfg.seed)
     return {"summary": summary, "decoding": decoding(replace(cfg.eval, seed=cfg.seed)), "kl_k1": sum(k1) / len(k1),
             "kl_k3": sum(k3) / len(k3)}

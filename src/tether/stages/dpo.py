@@ -55,6 +55,7 @@ import torch
 from rich.console import Console
 
 from tether import distributed
+from tether.chat import ChatFormat, Encoded, chat_format
 from tether.checkpoint import (
     cached_tensors,
     latest_checkpoint,
@@ -103,7 +104,6 @@ from tether.stages.monitoring import (
     make_samples,
     pushback_flips,
 )
-from tether.tokenizer import encode_chats
 
 console = Console(stderr=True)
 CACHE = "ref_logps.safetensors"
@@ -135,8 +135,10 @@ class DPOConfig(TrainConfig):
     undesirable_weight: float = 1.0
     """KTO's λ_U, the weight of undesirable rows."""
     max_length: int = 256
-    """Longest prompt + response in tokens; longer ones keep their first max_length tokens (counted), and a
-    pair with no response token left is dropped (counted)."""
+    """Longest prompt + response in tokens. A pair's prompt is cut to fit its longer response (earlier turns first,
+    then tokens from its start; tether.chat); a pair whose response alone does not fit is dropped; both counted."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens (cut the same way; None: only max_length limits it)."""
     trust_remote_code: bool = False
     """Allow the model folders' own Python code to run (only for models you trust)."""
     out: str = "runs/dpo"
@@ -225,34 +227,33 @@ class PairBatch:
 # Data: read, validate, encode
 
 
-def encode_responses(tokenizer, prompts: list, responses: list[str], max_length: int) -> list[tuple[Example, bool]]:
-    """(prompt + response, truncated?) of each row. The mask covers the response's tokens and its <eos> only:
-    the assistant turns inside a conversation prompt are context, not targets."""
-    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-    starts = [len(e.input_ids) + 1 for e in encode_chats(tokenizer, chats)]  # + the <|assistant|> marker
-    full = encode_chats(tokenizer, [c + [{"role": "assistant", "content": r}] for c, r in zip(chats, responses)],
-                        max_length)
-    return [(Example(e.input_ids, [m if t >= s else 0 for t, m in enumerate(e.loss_mask)]), e.truncated)
-            for e, s in zip(full, starts)]
+def encode_responses(fmt: ChatFormat, prompts: list, responses: list[str], max_length: int,
+                     max_prompt_length: int | None = None) -> list[Encoded]:
+    """prompt + response of each row (tether.chat). The mask covers the response's tokens and its end-of-turn token
+    only: the assistant turns inside a conversation prompt are context, not targets."""
+    return fmt.encode_many(list(zip(prompts, responses)), max_length, max_prompt_length)
 
 
-def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: DPOConfig) -> tuple[list[Pair], dict]:
-    """Pairs in data order, and a report of what was dropped or truncated."""
+def example(e: Encoded) -> Example:
+    return Example(e.input_ids, e.loss_mask)
+
+
+def encode_comparisons(fmt: ChatFormat, comparisons: list[Comparison], cfg: DPOConfig) -> tuple[list[Pair], dict]:
+    """Pairs in data order, and a report of what was cut or dropped."""
     ties = sum(c.choice == "tie" for c in comparisons)
     kept = [c for c in comparisons if c.choice != "tie" or cfg.loss in TIE_AWARE]
-    first = [c.chosen if c.choice != "tie" else c.response_a for c in kept]
-    second = [c.rejected if c.choice != "tie" else c.response_b for c in kept]
-    encoded = encode_responses(tokenizer, [c.prompt for c in kept] * 2, first + second, cfg.max_length)
-    pairs, truncated, empty = [], 0, 0
-    for c, (chosen, cut_c), (rejected, cut_r) in zip(kept, encoded[:len(kept)], encoded[len(kept):]):
-        truncated += cut_c or cut_r
-        if not any(chosen.loss_mask) or not any(rejected.loss_mask):
-            empty += 1
+    rows = [(c.prompt, c.chosen, c.rejected) if c.choice != "tie" else (c.prompt, c.response_a, c.response_b)
+            for c in kept]
+    pairs, truncated, too_long = [], 0, 0
+    for c, (chosen, rejected) in zip(kept, fmt.encode_pairs(rows, cfg.max_length, cfg.max_prompt_length)):
+        if chosen.response_cut or rejected.response_cut:
+            too_long += 1
             continue
-        pairs.append(Pair(c.prompt, prompt_key(c.prompt), chosen, rejected, c.choice == "tie"))
+        truncated += chosen.truncated
+        pairs.append(Pair(c.prompt, prompt_key(c.prompt), example(chosen), example(rejected), c.choice == "tie"))
     report = {"rows": len(comparisons), "ties": ties, "ties_dropped": len(comparisons) - len(kept),
-              "truncated_pairs": truncated, "dropped_no_response_tokens": empty, "pairs": len(pairs),
-              "max_length": cfg.max_length}
+              "truncated_pairs": truncated, "dropped_response_too_long": too_long, "pairs": len(pairs),
+              "max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "chat_template": fmt.name}
     return pairs, report
 
 
@@ -348,18 +349,19 @@ def evaluate(model, pairs: list[Pair], cfg: DPOConfig, pad_id: int) -> dict:
 
 
 @torch.no_grad()
-def sample_logratios(model, ref_model, tokenizer, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int
+def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int
                      ) -> tuple[list[str], list[float], list[float], list[int]]:
     """Responses sampled from π at temperature 1, and per response Σ_t k1, Σ_t k3 of log π - log π_ref over its
     tokens (its <eos> included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is DPO's implicit
     reward of the sample."""
     with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (resume equality)
-        texts = generate(model, tokenizer, prompts, max_new_tokens, 1.0, cfg.micro_batch_size, seed, label="dpo kl")
-    samples = [e for e, _ in encode_responses(tokenizer, prompts, texts, cfg.max_length)]
+        texts = generate(model, fmt, prompts, max_new_tokens, 1.0, cfg.micro_batch_size, seed, label="dpo kl",
+                         max_prompt_length=cfg.max_prompt_length)
+    samples = [example(e) for e in encode_responses(fmt, prompts, texts, cfg.max_length, cfg.max_prompt_length)]
     k1, k3, n = [], [], []
     for i in range(0, len(samples), cfg.micro_batch_size):
         batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
-                                                           tokenizer.pad_token_id).items()}
+                                                           fmt.pad_id).items()}
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logp = token_logps(model(**inputs).logits, batch["labels"])  # (B, T)
         ref_logp = token_logps(ref_model(**inputs).logits, batch["labels"])  # (B, T)
@@ -370,30 +372,30 @@ def sample_logratios(model, ref_model, tokenizer, prompts: list, max_new_tokens:
     return texts, k1, k3, n
 
 
-def sampled_kl(model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, seed: int) -> dict:
+def sampled_kl(model, ref_model, fmt: ChatFormat, prompts: list, cfg: DPOConfig, seed: int) -> dict:
     """Per-token k1 and k3 estimates of KL(π || π_ref) on responses sampled from π at temperature 1."""
-    _, k1, k3, n = sample_logratios(model, ref_model, tokenizer, prompts, cfg.kl_eval_max_new_tokens, cfg, seed)
+    _, k1, k3, n = sample_logratios(model, ref_model, fmt, prompts, cfg.kl_eval_max_new_tokens, cfg, seed)
     return {"eval_kl/k1": sum(k1) / sum(n), "eval_kl/k3": sum(k3) / sum(n), "eval_kl/tokens": sum(n)}
 
 
-def monitor_step(monitor: RunMonitor, model, ref_model, tokenizer, prompts: list, cfg: DPOConfig, step: int
+def monitor_step(monitor: RunMonitor, model, ref_model, fmt: ChatFormat, prompts: list, cfg: DPOConfig, step: int
                  ) -> tuple[dict, bool]:
     """The monitor at an evaluation: sampled held-out responses with their implicit rewards, tokens, KL and
     held-out scores; the flip probe; out/best at a new best of the samples' mean held-out score."""
     m = cfg.monitor
-    texts, k1, _, n = sample_logratios(model, ref_model, tokenizer, prompts, m.max_new_tokens, cfg, cfg.seed + step)
+    texts, k1, _, n = sample_logratios(model, ref_model, fmt, prompts, m.max_new_tokens, cfg, cfg.seed + step)
     scores = None if cfg.loss in REFERENCE_FREE else [cfg.beta * x for x in k1]
     heldout = monitor.score_heldout(prompts, texts)
     samples = make_samples(prompts, texts, scores, [t - 1 for t in n], [t - 1 < m.max_new_tokens for t in n],
                            heldout, monitor.world)  # t - 1: the scored <eos> is appended even to a cut sample
     extra = {"kl": sum(k1) / len(k1)}
     if m.pushback_prompts:
-        answer = answer_greedy(model, tokenizer, m.max_new_tokens, cfg.micro_batch_size)
+        answer = answer_greedy(model, fmt, m.max_new_tokens, cfg.micro_batch_size)
         extra.update(flip=pushback_flips(answer, prompts[:m.pushback_prompts], m.pushback),
                      flip_n=len(prompts[:m.pushback_prompts]))
     known = [h for h in heldout if h is not None]
     best = sum(known) / len(known) if known else None
-    return monitor.step(step, samples, extra, best, lambda path: save_pretrained(model, tokenizer, str(path)))
+    return monitor.step(step, samples, extra, best, lambda path: save_pretrained(model, fmt.tokenizer, str(path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,10 +443,10 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
 # The stage
 
 
-def load_pairs(cfg: DPOConfig, tokenizer, comparisons: list[Comparison]
+def load_pairs(cfg: DPOConfig, fmt: ChatFormat, comparisons: list[Comparison]
                ) -> tuple[list[Pair], list[Pair], list[Pair], dict]:
     """(all pairs, train, held-out, report): the comparisons encoded, held-out prompts split off."""
-    pairs, report = encode_comparisons(tokenizer, comparisons, cfg)
+    pairs, report = encode_comparisons(fmt, comparisons, cfg)
     train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
     report.update(train_pairs=len(train), eval_pairs=len(held_out),
                   train_prompts=len({p.prompt_key for p in train}), eval_prompts=len({p.prompt_key for p in held_out}))
@@ -490,26 +492,26 @@ def run(cfg: DPOConfig) -> Path:
         return run_unpaired(cfg)
     # 1. Data read and validated before any model work, encoded, split by prompt.
     comparisons = read_labelled(cfg.data)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    pairs, train, held_out, report = load_pairs(cfg, tokenizer, comparisons)
+    fmt = chat_format(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.chat_template, cfg.model)
+    pairs, train, held_out, report = load_pairs(cfg, fmt, comparisons)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"dpo: {report['pairs']} pairs ({report['train_pairs']} train, {report['eval_pairs']} held out); "
-                  f"{report['ties_dropped']} ties dropped, {report['truncated_pairs']} pairs truncated to "
-                  f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no response left)")
+                  f"{report['ties_dropped']} ties dropped, {report['truncated_pairs']} prompts cut to fit "
+                  f"max_length={cfg.max_length}, {report['dropped_response_too_long']} pairs dropped (a response "
+                  "alone too long)")
     # 2. Policy (on the device) and reference. π_ref's log-probs are computed once (or read from the cache)
     #    before training and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
     model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
     model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout: see the module docstring
-    pad_id = tokenizer.pad_token_id
-    kl_ref = prepare_reference(cfg, model, pairs, run_dir, pad_id)
+    kl_ref = prepare_reference(cfg, model, pairs, run_dir, fmt.pad_id)
     lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
-    return optimise(cfg, run_dir, model, tokenizer, train, held_out, lengths, kl_ref,
+    return optimise(cfg, run_dir, model, fmt, train, held_out, lengths, kl_ref,
                     Steps("dpo", train_step, evaluate, "rewards/accuracies", "acc"))
 
 
@@ -529,11 +531,11 @@ class Steps:
     """Its short name there."""
 
 
-def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_out: list, lengths: list[int],
+def optimise(cfg: DPOConfig, run_dir: Path, model, fmt: ChatFormat, train: list, held_out: list, lengths: list[int],
              kl_ref, steps_of: Steps) -> Path:
     """The training loop shared by DPO and KTO over encoded items (each with .prompt and .prompt_key);
     returns the folder of the final model (`out/model`)."""
-    pad_id = tokenizer.pad_token_id
+    pad_id, tokenizer = fmt.pad_id, fmt.tokenizer
     kl_prompts = list({x.prompt_key: x.prompt for x in held_out}.values())[:cfg.kl_eval_prompts]
     # 3. Wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded); optimizer; resume restores
     #    weights, optimizer moments and RNG.
@@ -565,11 +567,11 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, tokenizer, train: list, held_
             if held_out and evaluation:
                 row.update(steps_of.evaluate(model, held_out, cfg, pad_id))
                 if cfg.kl_eval_prompts and distributed.is_main():
-                    row.update(sampled_kl(model, kl_ref, tokenizer, kl_prompts, cfg, seed=cfg.seed + step))
+                    row.update(sampled_kl(model, kl_ref, fmt, kl_prompts, cfg, seed=cfg.seed + step))
             # 7. The monitor at evaluations (rank 0): sampled responses, alerts, the best policy by the held-out signal.
             stop = False
             if monitor is not None and evaluation:
-                monitored, stop = monitor_step(monitor, model, kl_ref, tokenizer, monitor_prompts, cfg, step + 1)
+                monitored, stop = monitor_step(monitor, model, kl_ref, fmt, monitor_prompts, cfg, step + 1)
                 row.update({k: v for k, v in monitored.items() if v is not None})  # rows hold numbers only
             stop = distributed.broadcast_flag(stop) if evaluation else stop
             # 8. Metric lines, checkpoints (with the monitor's state); an alert with stop_on_alert ends the run.

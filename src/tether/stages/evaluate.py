@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.agreement import agreement_report, predictor_majority_agreement
+from tether.chat import chat_format
+from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
 from tether.generation import generate
 from tether.models import load_policy, load_tokenizer
@@ -49,8 +51,12 @@ class EvalConfig:
     """Prompts generated together."""
     seed: int = 0
     """Sampling seed."""
+    chat_template: str = ""
+    """How prompts are formatted (tether.chat): "" the tokenizer's own template, a built-in name (chatml, llama3,
+    gemma, zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
 
     def validate(self) -> None:
+        check_template_setting(self.chat_template)
         check(self.temperature >= 0, "temperature", "must be >= 0")
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
@@ -73,8 +79,9 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
 def evaluate_policy(model, tokenizer, world: World, cfg: EvalConfig, label: str = "evaluate") -> tuple[list, dict]:
     """Generate on the held-out prompts, judge every response with the gold reward, summarise."""
     queries = [q for q in world.eval_queries() for _ in range(cfg.samples_per_prompt)]
-    responses = generate(model, tokenizer, [q.text for q in queries], cfg.max_new_tokens, cfg.temperature,
-                         cfg.batch_size, cfg.seed, label)
+    fmt = chat_format(tokenizer, cfg.chat_template)
+    responses = generate(model, fmt, [q.text for q in queries], cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
+                         cfg.seed, label)
     rows = []
     for q, response in zip(queries, responses):
         j = world.judge(q.text, response)

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from tether import distributed
+from tether.chat import ChatFormat, chat_format
 from tether.checkpoint import cached_tensors
 from tether.config import check, save_config
 from tether.data.preferences import split_by_prompt
@@ -60,6 +61,7 @@ from tether.stages.dpo import (
     add_sums,
     console,
     encode_responses,
+    example,
     optimise,
 )
 from tether.stages.dpo import reference_key as weights_key
@@ -109,37 +111,41 @@ class RowBatch:
 # Data: encode, pair for the KL estimate
 
 
-def encode_rows(tokenizer, rows: list[Unpaired], max_length: int) -> tuple[list[KTORow], dict]:
-    """Rows in data order, and a report of what was truncated or dropped (no completion token left)."""
-    encoded = encode_responses(tokenizer, [r.prompt for r in rows], [r.completion for r in rows], max_length)
-    out, truncated, empty = [], 0, 0
-    for r, (example, cut) in zip(rows, encoded):
-        truncated += cut
-        if not any(example.loss_mask):
-            empty += 1
+def encode_rows(fmt: ChatFormat, rows: list[Unpaired], max_length: int, max_prompt_length: int | None = None
+                ) -> tuple[list[KTORow], dict]:
+    """Rows in data order, and a report of what was cut (the prompt) or dropped (a completion alone too long)."""
+    encoded = encode_responses(fmt, [r.prompt for r in rows], [r.completion for r in rows], max_length,
+                               max_prompt_length)
+    out, truncated, too_long = [], 0, 0
+    for r, e in zip(rows, encoded):
+        if e.response_cut:
+            too_long += 1
             continue
-        out.append(KTORow(r.prompt, r.prompt_key, r.completion, example, r.label))
-    return out, {"truncated_rows": truncated, "dropped_no_response_tokens": empty, "rows": len(out),
-                 "max_length": max_length}
+        truncated += e.truncated
+        out.append(KTORow(r.prompt, r.prompt_key, r.completion, example(e), r.label))
+    return out, {"truncated_rows": truncated, "dropped_response_too_long": too_long, "rows": len(out),
+                 "max_length": max_length, "max_prompt_length": max_prompt_length, "chat_template": fmt.name}
 
 
-def attach_kl_pairs(tokenizer, rows: list[KTORow], max_length: int, seed: int) -> int:
+def attach_kl_pairs(fmt: ChatFormat, rows: list[KTORow], max_length: int, seed: int,
+                    max_prompt_length: int | None = None) -> int:
     """Give each row its KL pair: its prompt + the completion of `mismatched_partners`' choice; returns how many
-    pairs were truncated (a pair left with no completion token scores 0 for policy and reference alike)."""
+    pairs were truncated (a partner's completion may be cut at its end: it scores alike for policy and reference)."""
     partners = mismatched_partners([r.prompt_key for r in rows], seed)
-    encoded = encode_responses(tokenizer, [r.prompt for r in rows], [rows[j].text for j in partners], max_length)
-    for r, (example, _) in zip(rows, encoded):
-        r.kl = example
-    return sum(cut for _, cut in encoded)
+    encoded = encode_responses(fmt, [r.prompt for r in rows], [rows[j].text for j in partners], max_length,
+                               max_prompt_length)
+    for r, e in zip(rows, encoded):
+        r.kl = example(e)
+    return sum(e.truncated for e in encoded)
 
 
-def load_rows(cfg: DPOConfig, tokenizer, unpaired: list[Unpaired], report: dict
+def load_rows(cfg: DPOConfig, fmt: ChatFormat, unpaired: list[Unpaired], report: dict
               ) -> tuple[list[KTORow], list[KTORow], list[KTORow], dict]:
     """(all rows, train, held-out, report): encoded, split by prompt, each split paired for z_ref on its own."""
-    rows, encoded = encode_rows(tokenizer, unpaired, cfg.max_length)
+    rows, encoded = encode_rows(fmt, unpaired, cfg.max_length, cfg.max_prompt_length)
     train, held_out = split_by_prompt(rows, cfg.eval_fraction, cfg.seed)
-    cut = attach_kl_pairs(tokenizer, train, cfg.max_length, cfg.seed)
-    cut += attach_kl_pairs(tokenizer, held_out, cfg.max_length, cfg.seed + 1)
+    cut = attach_kl_pairs(fmt, train, cfg.max_length, cfg.seed, cfg.max_prompt_length)
+    cut += attach_kl_pairs(fmt, held_out, cfg.max_length, cfg.seed + 1, cfg.max_prompt_length)
     report = {**report, **encoded, "truncated_kl_pairs": cut, "train_rows": len(train), "eval_rows": len(held_out),
               "train_desirable": sum(r.desirable for r in train), "train_prompts": len({r.prompt_key for r in train}),
               "eval_prompts": len({r.prompt_key for r in held_out})}
@@ -306,8 +312,8 @@ def run(cfg: DPOConfig) -> Path:
     """Train the policy with KTO; returns the folder of the final model (`out/model`)."""
     # 1. Data read and validated before any model work, encoded, split by prompt, paired for z_ref.
     unpaired, read_report = read_kto_rows(cfg.data)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    rows, train, held_out, report = load_rows(cfg, tokenizer, unpaired, read_report)
+    fmt = chat_format(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.chat_template, cfg.model)
+    rows, train, held_out, report = load_rows(cfg, fmt, unpaired, read_report)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
@@ -315,14 +321,14 @@ def run(cfg: DPOConfig) -> Path:
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"kto: {report['rows']} rows ({report['train_rows']} train, {report['eval_rows']} held out; "
                   f"{report['desirable']} desirable, {report['undesirable']} undesirable read); "
-                  f"{report['ties_dropped']} ties dropped, {report['truncated_rows']} rows truncated to "
-                  f"max_length={cfg.max_length}, {report['dropped_no_response_tokens']} dropped (no completion left)")
+                  f"{report['ties_dropped']} ties dropped, {report['truncated_rows']} prompts cut to fit "
+                  f"max_length={cfg.max_length}, {report['dropped_response_too_long']} dropped (a completion alone "
+                  "too long)")
     # 2. Policy (on the device) and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
     torch.manual_seed(cfg.seed)
     model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
     model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout, as in DPO
-    pad_id = tokenizer.pad_token_id
-    kl_ref = prepare_reference(cfg, model, rows, run_dir, pad_id)
-    return optimise(cfg, run_dir, model, tokenizer, train, held_out, [len(r.completion.input_ids) for r in train],
+    kl_ref = prepare_reference(cfg, model, rows, run_dir, fmt.pad_id)
+    return optimise(cfg, run_dir, model, fmt, train, held_out, [len(r.completion.input_ids) for r in train],
                     kl_ref, Steps("kto", train_step, evaluate, "kl", "kl"))

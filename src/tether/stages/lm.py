@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from tether import distributed
+from tether.chat_templates import check_template_setting
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -64,7 +65,12 @@ class TrainConfig(DistributedConfig):
     micro_batch_size: int = 32
     """Sequences per forward pass; batch_size / micro_batch_size is the gradient accumulation."""
     max_length: int = 256
-    """Longest sequence in tokens; longer ones are truncated, counted and reported."""
+    """Longest sequence in tokens; longer ones keep their end (earlier turns dropped first, then tokens from the
+    start of the prompt; tether.chat), counted and reported in data_report.json."""
+    chat_template: str = ""
+    """How conversations become tokens (tether.chat): "" the tokenizer's own chat template, a built-in name (chatml,
+    llama3, gemma, zephyr, hh, tether), a .jinja file, or "none" (plain prompt/completion text). A template set here
+    is saved with the model, so later stages need no setting."""
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
     min_lr_ratio: float = 0.1
@@ -116,6 +122,7 @@ class TrainConfig(DistributedConfig):
         check(self.epochs > 0, "epochs", "must be > 0")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
         check(self.max_length > 1, "max_length", "must be > 1")
+        check_template_setting(self.chat_template)
         check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         check(self.bucket_size >= 1, "bucket_size", "must be >= 1")

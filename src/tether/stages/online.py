@@ -58,6 +58,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tether import distributed
+from tether.chat import chat_format
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -91,7 +92,6 @@ from tether.stages.monitoring import (
 )
 from tether.stages.online_eval import (
     decode,
-    encode_prompts,
     eval_prompt_texts,
     evaluate,
     score_metrics,
@@ -124,6 +124,11 @@ class OnlineConfig(DistributedConfig):
     """HF folder of the initial policy (with its tokenizer); its frozen copy is the reference π_ref."""
     prompts: str = "runs/world/prompts.jsonl"
     """JSONL of training prompts, rows {"prompt": str or messages}; visited in a seeded shuffle per epoch."""
+    chat_template: str = ""
+    """How prompts are formatted (tether.chat): "" the tokenizer's own template, a built-in name (chatml, llama3, gemma,
+    zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens; longer ones drop earlier turns, then tokens from their start (None: no limit)."""
     reward: Literal["rm", "gold", "callable"] = "rm"
     """Reward source (tether.rewards_source): a reward model, the world's gold reward, or a Python callable."""
     reward_model: str | None = "runs/rm/model"
@@ -344,6 +349,8 @@ class Session:
     ref: nn.Module
     critic: nn.Module | None
     tokenizer: object
+    fmt: object
+    """The policy's chat format (tether.chat.ChatFormat): prompts, stop tokens, pad."""
     optimizer: torch.optim.Optimizer
     controller: object
     source: Callable
@@ -392,8 +399,10 @@ def setup(cfg: OnlineConfig) -> Session:
     controller = KL_CONTROLLERS[cfg.kl_controller](value=cfg.kl_coef, **(
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
-    s = Session(policy, ref, critic, tokenizer, optimizer, controller, source, world, prompts,
-                encode_prompts(tokenizer, prompts), eval_prompt_texts(world, cfg.eval_prompts) if world else [],
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.policy)
+    encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
+    s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
+                eval_prompt_texts(world, cfg.eval_prompts) if world else [],
                 generator, distributed.wrap(trained, cfg.strategy))
     s.start = resume_training(cfg, Path(cfg.out), policy, optimizer)  # weights, optimizer, global RNG
     if cfg.monitor.enabled and distributed.is_main():  # the monitor writes: rank 0 only
@@ -452,7 +461,7 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict
     extra = {"kl": row["kl/k1"]}
     probe = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
     if probe and cfg.monitor.pushback_prompts:
-        answer = answer_greedy(s.policy, s.tokenizer, cfg.monitor.max_new_tokens, cfg.batch_size)
+        answer = answer_greedy(s.policy, s.fmt, cfg.monitor.max_new_tokens, cfg.batch_size)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
         extra.update(flip=pushback_flips(answer, probed, cfg.monitor.pushback), flip_n=len(probed))
     best = record_evaluation(s, cfg, step, row)  # None between evaluations
@@ -480,7 +489,7 @@ def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
 
 def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
     """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
-    row = {"step": 0, **evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout)}
+    row = {"step": 0, **evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, heldout)}
     if s.monitor is not None:
         s.monitor.offer_best(0, record_evaluation(s, cfg, 0, row), saver(s))
     return row
@@ -506,8 +515,8 @@ def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, obje
     rows = distributed.block(len(idx))
     noise = row_noise([sample_seed(cfg.seed, step, i) for i in rows], cfg.max_new_tokens, s.policy.device)
     rollout = sample(s.policy, [s.encoded[idx[i]] for i in rows], max_new_tokens=cfg.max_new_tokens,
-                     temperature=cfg.temperature, eos_token_id=s.tokenizer.eos_token_id,
-                     pad_token_id=s.tokenizer.pad_token_id, noise=noise)
+                     temperature=cfg.temperature, eos_token_id=s.fmt.stop_ids, pad_token_id=s.fmt.pad_id,
+                     noise=noise)
     return [s.prompts[idx[i]] for i in rows], rollout, decode(s.tokenizer, rollout.response_ids)
 
 
@@ -566,7 +575,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
             if main and evaluating and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-                row.update(evaluate(s.policy, s.tokenizer, s.source, s.world, s.eval_prompts, cfg, heldout))
+                row.update(evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, heldout))
             # 9. The monitor (rank 0): detectors on the step's samples, alerts, the best policy by the held-out signal.
             stop = distributed.broadcast_flag(monitor_step(s, cfg, step + 1, seen, row, evaluating))
             metrics.write(row)

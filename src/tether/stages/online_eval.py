@@ -1,6 +1,6 @@
 """Held-out evaluation of an online RL run (tether.stages.online): responses to the world's held-out prompts,
 their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate.
-Also the prompt encoding and decoding the loop shares with it."""
+Also the decoding the loop shares with it."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -10,16 +10,9 @@ import torch
 from tether.monitor.stats import mean, standard_error
 from tether.rollout import sample
 from tether.stages.monitoring import gold_rewards
-from tether.tokenizer import encode_prompt
 
 if TYPE_CHECKING:
     from tether.stages.online import OnlineConfig
-
-
-def encode_prompts(tokenizer, prompts: list) -> list[list[int]]:
-    """Generation prompts (chat template + `<|assistant|>`) of user messages or message lists."""
-    return [encode_prompt(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
-            for p in prompts]
 
 
 def decode(tokenizer, response_ids: torch.Tensor) -> list[str]:
@@ -34,19 +27,19 @@ def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
+def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
     """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
     score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
     model) its mean as eval/heldout."""
     prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
     responses, lengths, eos = [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
         r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.eval_temperature, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id, generator=generator)
-        responses += decode(tokenizer, r.response_ids)
+                   temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id,
+                   generator=generator)
+        responses += decode(fmt.tokenizer, r.response_ids)
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
     gold = gold_rewards(world, prompts, responses)

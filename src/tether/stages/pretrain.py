@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tether import distributed
+from tether.chat import chat_format
 from tether.config import check
 from tether.data.corpus import read_corpus
 from tether.models import (
@@ -18,7 +19,7 @@ from tether.models import (
     load_tokenizer,
 )
 from tether.stages.lm import Example, TrainConfig, train_lm
-from tether.tokenizer import encode_chats, encode_text
+from tether.tokenizer import encode_text
 
 console = Console(stderr=True)
 
@@ -53,7 +54,7 @@ def encode_corpus(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Ex
     """Examples with every token counted, and how many rows were truncated."""
     chats = [r["messages"] for r in rows if "messages" in r]
     encoded = [(ids, False) for ids in (encode_text(tokenizer, r["text"]) for r in rows if "text" in r)]
-    encoded += [(c.input_ids, c.truncated) for c in encode_chats(tokenizer, chats, max_length)]
+    encoded += [(c.input_ids, False) for c in chat_format(tokenizer).encode_many([(chat, None) for chat in chats])]
     examples, truncated = [], 0
     for ids, was_cut in encoded:
         was_cut = was_cut or len(ids) > max_length

@@ -23,6 +23,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
+from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
 from tether.redteam.probe import Probe, check_queries, read_probes, write_probes
 from tether.redteam.score import find_hacks, quantile, score_row, summarize
@@ -68,8 +69,12 @@ class RedteamConfig:
     """Search: keep bad responses whose proxy is at least this quantile of all proxy scores."""
     out: str = "runs/redteam"
     """Folder for probes.jsonl, results.jsonl, summary.json, found.jsonl and config.yaml."""
+    chat_template: str = ""
+    """How probes are formatted (tether.chat): "" the tokenizer's own template, a built-in name (chatml, llama3,
+    gemma, zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
 
     def validate(self) -> None:
+        check_template_setting(self.chat_template)
         check(bool(self.probes) or bool(self.world), "world", "required to generate suites (or give probes=FILE)")
         unknown = [s for s in self.suites if s not in SUITES]
         check(not unknown, "suites", f"unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(SUITES)}")
@@ -151,6 +156,7 @@ def run(cfg: RedteamConfig) -> dict:
     from tether.generation import (
         generate,  # heavy imports (torch, transformers) only when the stage runs
     )
+    from tether.chat import chat_format
     from tether.models import load_policy, load_tokenizer
     from tether.world.build import load_world
 
@@ -163,9 +169,10 @@ def run(cfg: RedteamConfig) -> dict:
     write_probes(out / "probes.jsonl", probes)
     # 2. answer them: every probe `samples` times, pushback probes twice in a row
     model, tokenizer = load_policy(cfg.policy), load_tokenizer(cfg.policy)
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.policy)
 
     def sample_fn(conversations, turn):
-        return generate(model, tokenizer, conversations, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
+        return generate(model, fmt, conversations, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
                         cfg.seed + turn, f"redteam turn {turn + 1}")
 
     answered = respond(probes, cfg.samples, sample_fn)

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from tether import distributed
+from tether.chat import chat_format
 from tether.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -43,7 +44,7 @@ from tether.lora import (
 from tether.losses import bradley_terry_loss
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
-from tether.reward import RewardModel, encode_pair
+from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
 from tether.stages.lm import MetricsLog, TrainConfig
@@ -110,16 +111,24 @@ class RMConfig(TrainConfig):
 # Data: read, encode, split by prompt, batch by prompt
 
 
-def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig) -> tuple[list[Pair], dict]:
-    """Labelled comparisons as Pairs, and counts of what was skipped or truncated."""
+def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig, pair_encoding: bool = False
+                       ) -> tuple[list[Pair], dict]:
+    """Labelled comparisons as Pairs, and counts of what was skipped or truncated. Both responses of a comparison
+    follow the same prompt tokens (tether.chat.ChatFormat.encode_pairs); an encoder without a chat template reads
+    each (prompt, response) with its pair encoding (`reward.reads_pairs`)."""
     labelled = [c for c in comparisons if c.choice is not None]
     responses = sorted({r for c in labelled for r in (c.response_a, c.response_b)})
     lengths = dict(zip(responses, map(len, tokenizer(responses, add_special_tokens=False)["input_ids"]))) \
         if responses else {}
+    if pair_encoding:
+        encoded = [tuple(encode_pair(tokenizer, c.prompt, r, cfg.max_length, pair_encoding=True)
+                         for r in (c.response_a, c.response_b)) for c in labelled]
+    else:
+        fmt = chat_format(tokenizer, cfg.chat_template, cfg.backbone)
+        encoded = [tuple((e.input_ids, e.truncated) for e in pair) for pair in
+                   fmt.encode_pairs([(c.prompt, c.response_a, c.response_b) for c in labelled], cfg.max_length)]
     pairs, truncated = [], 0
-    for c in labelled:
-        (ids_a, cut_a), (ids_b, cut_b) = (encode_pair(tokenizer, c.prompt, r, cfg.max_length)
-                                          for r in (c.response_a, c.response_b))
+    for c, ((ids_a, cut_a), (ids_b, cut_b)) in zip(labelled, encoded):
         truncated += cut_a + cut_b
         m = c.strength if cfg.margin and c.strength is not None and c.choice != "tie" else 0.0
         pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, TARGETS[c.choice], float(m),
@@ -297,11 +306,12 @@ def normalise(model: RewardModel, pairs: list[Pair], batch_size: int, limit: int
 # The stage
 
 
-def load_pairs(cfg: RMConfig, tokenizer) -> tuple[list[Pair], list[Pair], dict]:
+def load_pairs(cfg: RMConfig, tokenizer, pair_encoding: bool = False) -> tuple[list[Pair], list[Pair], dict]:
     """(train, held-out, report): held-out from eval_data, else a split by prompt of data."""
-    pairs, report = encode_comparisons(tokenizer, read_comparisons(cfg.data), cfg)
+    pairs, report = encode_comparisons(tokenizer, read_comparisons(cfg.data), cfg, pair_encoding)
     if cfg.eval_data:
-        train, (held_out, eval_report) = pairs, encode_comparisons(tokenizer, read_comparisons(cfg.eval_data), cfg)
+        held_out, eval_report = encode_comparisons(tokenizer, read_comparisons(cfg.eval_data), cfg, pair_encoding)
+        train = pairs
         report["eval_file"] = eval_report
     else:
         train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
@@ -330,7 +340,7 @@ def run(cfg: RMConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = adapt(RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
-    train, held_out, report = load_pairs(cfg, model.tokenizer)
+    train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if main:
         write_inputs(cfg, run_dir, report)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and

@@ -8,11 +8,11 @@ from pathlib import Path
 from rich.console import Console
 
 from tether import distributed
+from tether.chat import ChatFormat, chat_format
 from tether.config import check
 from tether.data.sft_data import read_conversations
 from tether.models import load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
-from tether.tokenizer import encode_chats
 
 console = Console(stderr=True)
 
@@ -40,13 +40,20 @@ class SFTConfig(TrainConfig):
         check(bool(self.model), "model", "is required")
 
 
-def encode_conversations(tokenizer, conversations: list, max_length: int) -> tuple[list[Example], dict]:
-    """Examples masked to assistant tokens, and a report of truncation (never dropped silently)."""
-    encoded = encode_chats(tokenizer, conversations, max_length)
+def encode_conversations(fmt: ChatFormat, conversations: list, max_length: int) -> tuple[list[Example], dict]:
+    """Examples masked to the replies, and a report of what truncation cut (never dropped silently). A conversation
+    is a list of messages (every assistant turn trains) or a plain (prompt, completion) pair of strings."""
+    rows = [tuple(c) if isinstance(c, tuple) else (c, None) for c in conversations]
+    encoded = fmt.encode_many(rows, max_length)
     examples = [Example(e.input_ids, e.loss_mask) for e in encoded]
     report = {"conversations": len(encoded), "truncated": sum(e.truncated for e in encoded),
-              "no_assistant_tokens_left": sum(1 for e in encoded if not any(e.loss_mask)),
-              "assistant_tokens": sum(sum(e.loss_mask) for e in encoded), "max_length": max_length}
+              "earlier_turns_dropped": sum(e.turns_dropped > 0 for e in encoded),
+              "prompt_cut": sum(e.prompt_cut > 0 for e in encoded),
+              "final_reply_cut": sum(e.response_cut > 0 for e in encoded),
+              "final_reply_kept_whole": sum(e.response_cut == 0 for e in encoded),
+              "assistant_tokens": sum(sum(e.loss_mask) for e in encoded),
+              "final_reply_tokens": sum(sum(e.loss_mask[e.prompt_length:]) for e in encoded),
+              "max_length": max_length, "chat_template": fmt.name}
     return examples, report
 
 
@@ -54,11 +61,13 @@ def run(cfg: SFTConfig) -> Path:
     conversations = read_conversations(cfg.data)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples, report = encode_conversations(tokenizer, conversations, cfg.max_length)
+    examples, report = encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model), conversations,
+                                            cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if distributed.is_main():  # under torchrun only rank 0 writes
         (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
-        console.print(f"sft: {report['conversations']} conversations, {report['assistant_tokens']} assistant tokens, "
-                      f"{report['truncated']} truncated to max_length={cfg.max_length} "
-                      f"({report['no_assistant_tokens_left']} of them with no assistant token left)")
+        console.print(f"sft: {report['conversations']} conversations ({report['chat_template']}), "
+                      f"{report['assistant_tokens']} assistant tokens; to fit max_length={cfg.max_length}, "
+                      f"{report['earlier_turns_dropped']} lost earlier turns, {report['prompt_cut']} a prompt's start, "
+                      f"{report['final_reply_cut']} the end of their final reply (too long alone)")
     return train_lm(cfg, model, tokenizer, examples, "sft")
