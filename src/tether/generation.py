@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from tether.models import check_positions
 from tether.progress import progress_bar
 from tether.tokenizer import encode_prompt
 
@@ -41,6 +42,7 @@ def generate(model, tokenizer, prompts: Sequence[str | list], max_new_tokens: in
     torch.manual_seed(seed)
     chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     encoded = [encode_prompt(tokenizer, c) for c in chats]
+    check_positions(model, max_new_tokens, "max_new_tokens", prompt=max(map(len, encoded), default=0))
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     with progress_bar(label, total=len(prompts)) as bar:

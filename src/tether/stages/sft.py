@@ -10,7 +10,7 @@ from rich.console import Console
 from tether import distributed
 from tether.config import check
 from tether.data.sft_data import read_conversations
-from tether.models import load_policy, load_tokenizer
+from tether.models import check_positions, load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
 from tether.tokenizer import encode_chats
 
@@ -54,6 +54,7 @@ def run(cfg: SFTConfig) -> Path:
     conversations = read_conversations(cfg.data)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    check_positions(model, cfg.max_length, "max_length")
     examples, report = encode_conversations(tokenizer, conversations, cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if distributed.is_main():  # under torchrun only rank 0 writes
