@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import functools
 import inspect
 import os
 import types
@@ -164,8 +165,31 @@ def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
     forward = type(layer).forward.__get__(layer)
     if not torch.is_grad_enabled():
         return forward(*args, **kwargs)
-    kwargs = {k: None if k in _CACHE_KWARGS else False if k == "use_cache" else v for k, v in kwargs.items()}
+    args, kwargs = _without_cache(layer, args, kwargs)
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def _without_cache(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) of a call of `layer` with its cache None and use_cache False, wherever the caller put them:
+    GPT-2's model passes the cache positionally (`block(hidden_states, cache, causal_mask, ...)`), and a cache left
+    in the call gets the keys appended twice, by the forward and by the recompute (a shape error in backward)."""
+    bound = _forward_signature(type(layer)).bind(layer, *args, **kwargs)
+    for name, value in list(bound.arguments.items()):
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            bound.arguments[name] = {k: _no_cache(k, v) for k, v in value.items()}
+        else:
+            bound.arguments[name] = _no_cache(name, value)
+    return bound.args[1:], bound.kwargs
+
+
+def _no_cache(name: str, value):
+    return None if name in _CACHE_KWARGS else False if name == "use_cache" else value
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_signature(cls: type) -> inspect.Signature:
+    """The signature of a layer class's forward (through transformers' checkpointing wrapper, `functools.wraps`)."""
+    return inspect.signature(cls.forward)
 
 
 def autocast_forward(model: nn.Module) -> None:

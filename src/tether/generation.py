@@ -10,8 +10,9 @@ from typing import Sequence
 
 import torch
 
-from tether.progress import progress_bar
 from tether.chat import ChatFormat
+from tether.models import check_positions
+from tether.progress import progress_bar
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +45,7 @@ def generate(model, fmt: ChatFormat, prompts: Sequence[str | list], max_new_toke
     torch.manual_seed(seed)
     tokenizer = fmt.tokenizer
     encoded = fmt.prompts_ids(list(prompts), max_prompt_length)
+    check_positions(model, max_new_tokens, "max_new_tokens", prompt=max(map(len, encoded), default=0))
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     with progress_bar(label, total=len(prompts)) as bar:

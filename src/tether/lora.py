@@ -38,7 +38,7 @@ from torch import nn
 
 from tether.config import check
 from tether.distributed import is_main
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 ALL_LINEAR = "all-linear"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -59,8 +59,8 @@ class LoraOptions:
     """Dropout on each adapter's input in training mode; DPO, KTO and online RL run the policy in eval mode
     (no dropout anywhere), so there it has no effect."""
     target_modules: list[str] = field(default_factory=lambda: [ALL_LINEAR])
-    """Linear layers to adapt, by name suffix (e.g. q_proj, v_proj), or all-linear: every linear layer except the
-    output head."""
+    """Linear layers to adapt, by name suffix (e.g. q_proj, v_proj; a name that matches none is an error listing the
+    model's), or all-linear: every linear layer except the output head."""
 
     @property
     def enabled(self) -> bool:
@@ -104,7 +104,7 @@ def apply_lora(model: nn.Module, opts: LoraOptions, seed: int = 0) -> nn.Module:
     # A causal LM, or a reward model's backbone: a body (no task), or a sequence classifier, whose own head
     # (score/classifier) peft's SEQ_CLS keeps trainable and saved.
     task = "CAUSAL_LM" if inner is model else ("SEQ_CLS" if getattr(model, "kind", None) == "seqcls" else None)
-    targets = ALL_LINEAR if opts.target_modules == [ALL_LINEAR] else list(opts.target_modules)
+    targets = ALL_LINEAR if opts.target_modules == [ALL_LINEAR] else check_targets(inner, opts.target_modules)
     config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets,
                         task_type=task)
     with torch.random.fork_rng(devices=[]), _quiet_peft():
@@ -116,11 +116,42 @@ def apply_lora(model: nn.Module, opts: LoraOptions, seed: int = 0) -> nn.Module:
     return model
 
 
+def _linear_modules(model: nn.Module) -> list[str]:
+    """Full names of the layers LoRA adapts: torch's Linear and transformers' Conv1D (GPT-2's, W stored transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The leaf names of `model`'s linear layers in module order, each once: what `lora.target_modules` names
+    (q_proj, k_proj, ..., or GPT-2's c_attn, c_proj, c_fc)."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in _linear_modules(model)))
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """`targets` when each names at least one linear layer of `model` as peft matches them (the module's full name
+    or a suffix after a dot); else a one-line ConfigError listing the ones that match none and the model's linear
+    layers. peft would raise on none matching, without the names, and say nothing when only some match."""
+    names = _linear_modules(model)
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        path = getattr(getattr(model, "config", None), "name_or_path", "")
+        raise ConfigError(f"lora.target_modules: {', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} "
+                          f"no linear layer of {type(model).__name__}{f' ({path})' if path else ''}; its linear "
+                          f"layers: {', '.join(linear_names(model))} (or {ALL_LINEAR}: every linear layer but the "
+                          f"output head)")
+    return list(targets)
+
+
 @contextlib.contextmanager
 def _quiet_peft():
-    """peft reads transformers' `is_gradient_checkpointing`, which warns in transformers 5.x: not the user's doing."""
+    """peft's warnings that are not the user's doing: it reads transformers' `is_gradient_checkpointing`, which warns
+    in transformers 5.x, and it announces the fan_in_fan_out it sets for GPT-2's Conv1D layers."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # GPT-2's Conv1D stores W transposed; peft sets fan_in_fan_out for those layers itself, and says so.
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
         yield
 
 

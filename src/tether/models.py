@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 
 import torch
 from transformers import (
@@ -15,6 +16,7 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -164,6 +166,75 @@ def is_checkpointing(model) -> bool:
         else "is_gradient_checkpointing"
     return bool(getattr(model, name, False)) or any(
         isinstance(m, GradientCheckpointingLayer) and "forward" in vars(m) for m in model.modules())
+
+
+# Model types whose learned positions start after the padding index (fairseq's RoBERTa layout): position ids run
+# from pad_token_id + 1, so a RoBERTa with max_position_embeddings=514 and pad 1 holds 512 tokens.
+_POSITIONS_AFTER_PADDING = frozenset({
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer", "ibert", "mpnet",
+    "roberta-prelayernorm", "xmod", "luke", "lilt", "markuplm"})
+# Names of the position limit: transformers' own (configs map it to theirs, GPT-2's n_positions, through
+# `attribute_map`), then those of configs that do not map it (MPT's max_seq_len).
+_POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len")
+
+
+def _config_of(model_or_config):
+    """The transformers config of a model, a peft model, a reward or value model (their `backbone`), or a config
+    itself; None for a module that has none (a value head reading the policy's hidden states)."""
+    if isinstance(model_or_config, PretrainedConfig):
+        config = model_or_config
+    else:
+        config = getattr(model_or_config, "config", None) or getattr(getattr(model_or_config, "backbone", None),
+                                                                    "config", None)
+    return config.get_text_config() if isinstance(config, PretrainedConfig) else None
+
+
+def position_limit(model_or_config) -> tuple[int, str] | None:
+    """(the most tokens one sequence may hold, the config attribute that sets it), or None when the config names
+    no limit (ALiBi models such as BLOOM, a module without a config).
+
+    Learned position tables (GPT-2, OPT, BERT) raise IndexError past it; rotary models (Llama) run on silently,
+    at positions they never trained on."""
+    config = _config_of(model_or_config)
+    if config is None:
+        return None
+    for name in _POSITION_FIELDS:
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            if config.model_type in _POSITIONS_AFTER_PADDING:
+                limit -= (config.pad_token_id or 0) + 1
+            return limit, config.attribute_map.get(name, name)
+    return None
+
+
+def check_positions(model_or_config, length: int, field: str, prompt: int = 0) -> None:
+    """Raise ConfigError unless `prompt` + `length` tokens fit in the model's positions (`position_limit`).
+
+    `length` is the setting named `field` (max_length, max_new_tokens); `prompt`, when given, the longest prompt
+    the `length` new tokens follow. The message names the setting, the model and the largest value that fits."""
+    found = position_limit(model_or_config)
+    if found is None or prompt + length <= found[0]:
+        return
+    limit, name = found
+    path = _config_of(model_or_config).name_or_path
+    where = f"the {limit} positions of model {path} ({name})" if path else f"the {limit} positions of the model ({name})"
+    if not prompt:
+        raise ConfigError(f"{field}: {length} is more than {where}; use {field}<={limit}")
+    shorter = f"max_prompt_length<={limit - length}" if limit > length else "shorter prompts"
+    fix = f"use {field}<={limit - prompt} or {shorter}" if limit > prompt else f"use {shorter}"
+    raise ConfigError(f"{field}: {length} after the longest prompt ({prompt} tokens) is more than {where}; {fix}")
+
+
+def check_sampling_positions(models, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    """`check_positions` of the longest of `prompts` (token ids) + max_new_tokens on each model that reads the
+    sampled sequences: the policy, a value model (the policy's tokens), a reward model. None entries are skipped,
+    and so is a model that cuts what it reads to its own `max_length` (a reward model; `tether rm` checked it).
+    A reward model with no max_length re-encodes the text with its own tokenizer: the policy's count is the
+    estimate."""
+    longest = max(map(len, prompts), default=0)
+    for model in models:
+        if model is not None and getattr(model, "max_length", None) is None:
+            check_positions(model, max_new_tokens, "max_new_tokens", prompt=longest)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

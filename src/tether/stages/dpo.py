@@ -85,7 +85,7 @@ from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
 from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.losses import IGNORE_INDEX
-from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.models import check_positions, load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -507,6 +507,7 @@ def run(cfg: DPOConfig) -> Path:
     #    before training and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
     model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    check_positions(model, cfg.max_length, "max_length")
     model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout: see the module docstring
     kl_ref = prepare_reference(cfg, model, pairs, run_dir, fmt.pad_id)

@@ -52,7 +52,7 @@ from tether.dpo_losses import (
 )
 from tether.guard import NonFiniteGuard
 from tether.lora import adapt, adapters_disabled, frozen_reference
-from tether.models import load_policy, load_tokenizer
+from tether.models import check_positions, load_policy, load_tokenizer
 from tether.progress import progress_bar
 from tether.stages.dpo import (
     CACHE,
@@ -327,6 +327,7 @@ def run(cfg: DPOConfig) -> Path:
     # 2. Policy (on the device) and reference; π_ref's log-probs of completions and KL pairs once (or from the cache).
     torch.manual_seed(cfg.seed)
     model = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    check_positions(model, cfg.max_length, "max_length")
     model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout, as in DPO
     kl_ref = prepare_reference(cfg, model, rows, run_dir, fmt.pad_id)

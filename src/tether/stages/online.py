@@ -71,7 +71,7 @@ from tether.distributed import DistributedConfig
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
 from tether.lora import LoraOptions, adapt, frozen_reference
-from tether.models import load_policy, load_tokenizer, save_pretrained
+from tether.models import check_sampling_positions, load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.monitor.stats import mean
 from tether.optim import adamw, lr_at
@@ -404,6 +404,7 @@ def setup(cfg: OnlineConfig) -> Session:
     s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
                 eval_prompt_texts(world, cfg.eval_prompts) if world else [],
                 generator, distributed.wrap(trained, cfg.strategy))
+    check_sampling_positions((policy, critic, getattr(source, "model", None)), s.encoded, cfg.max_new_tokens)
     s.start = resume_training(cfg, Path(cfg.out), policy, optimizer)  # weights, optimizer, global RNG
     if cfg.monitor.enabled and distributed.is_main():  # the monitor writes: rank 0 only
         s.monitor = RunMonitor(cfg.monitor, Path(cfg.out), s.start, world, cfg.trust_remote_code)

@@ -14,6 +14,7 @@ from tether.data.corpus import read_corpus
 from tether.models import (
     PRESETS,
     build_model,
+    check_positions,
     count_parameters,
     load_policy,
     load_tokenizer,
@@ -69,6 +70,7 @@ def run(cfg: PretrainConfig) -> Path:
     tokenizer = load_tokenizer(cfg.tokenizer)
     examples, truncated = encode_corpus(tokenizer, rows, cfg.max_length)
     model = load_policy(cfg.init) if cfg.init else build_model(cfg.preset, tokenizer, seed=cfg.seed)
+    check_positions(model, cfg.max_length, "max_length")
     n_tokens = sum(len(e.input_ids) for e in examples)
     report = {"rows": len(rows), "tokens": n_tokens, "truncated": truncated, "max_length": cfg.max_length,
               "parameters": count_parameters(model)}

@@ -42,6 +42,7 @@ from tether.lora import (
     refuse_adapter_checkpoint,
 )
 from tether.losses import bradley_terry_loss
+from tether.models import check_positions
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
@@ -340,6 +341,7 @@ def run(cfg: RMConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = adapt(RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
+    check_positions(model, cfg.max_length, "max_length")
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if main:
         write_inputs(cfg, run_dir, report)

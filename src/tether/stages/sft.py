@@ -11,7 +11,7 @@ from tether import distributed
 from tether.chat import ChatFormat, chat_format
 from tether.config import check
 from tether.data.sft_data import read_conversations
-from tether.models import load_policy, load_tokenizer
+from tether.models import check_positions, load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
 
 console = Console(stderr=True)
@@ -61,6 +61,7 @@ def run(cfg: SFTConfig) -> Path:
     conversations = read_conversations(cfg.data)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    check_positions(model, cfg.max_length, "max_length")
     examples, report = encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model), conversations,
                                             cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
