@@ -361,7 +361,7 @@ def differences(algo: str, raw: dict[str, dict], rows: dict[str, dict]) -> list[
     if algo == "ppo":
         notes += [
             ("reward model: TRL an AutoModelForSequenceClassification (num_labels=1) on the token ids; tether a "
-             "RewardModel (AutoModel backbone + linear head, pool=last) that scores the decoded response re-encoded "
+             "RewardModel (the same sequence classifier, pool=last) that scores the decoded response re-encoded "
              "with the prompt (decode + tokenise + one forward); both heads untrained"),
             ("value model: TRL AutoModelForSequenceClassification from the policy folder; tether "
              "value_model=separate, the reward model's backbone and head (same shapes)"),

@@ -24,10 +24,9 @@
    benchmarks/results/rm-<data>-<size>.json (--results-dir; before --size existed: rm-<data>.json, 5m).
    `--profile N` then profiles N of tether's steps with torch.profiler and prints where the time goes.
 
-Both models are the same: tether's RewardModel reads the LlamaModel body's last non-pad hidden state
-with a linear head; TRL's LlamaForSequenceClassification applies its bias-free `score` head at every
-position and keeps the last non-pad one. Work differs by design: TRL runs the chosen and the rejected
-sequence of every pair (2B rows, chosen and rejected concatenated); tether runs each distinct
+Both models are the same class: tether's RewardModel runs LlamaForSequenceClassification (its bias-free `score`
+head at every position, the last non-pad one kept), as TRL does. Work differs by design: TRL runs the chosen and the
+rejected sequence of every pair (2B rows, chosen and rejected concatenated); tether runs each distinct
 (prompt, response) of a step once, so with 3 ratings of one pair it runs 2 sequences for 3 pairs, and the prompt
 tokens a prompt group's sequences share once (`share_prefixes`, then each sequence's tail after them).
 "sequences/s" counts the rows each side's model ran; "pair tokens/s" counts both sequences of every
@@ -174,7 +173,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     pairs, _ = rm.encode_comparisons(load_tokenizer(cfg.backbone), read_comparisons(cfg.data), cfg)
     data = {"pairs": len(pairs), "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs), "filtered_out": 0}
     result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW fused",
-              "sampler": "shuffled prompt groups (whole groups per step)", "model_class": "RewardModel(LlamaModel)",
+              "sampler": "shuffled prompt groups (whole groups per step)",
+              "model_class": "RewardModel(LlamaForSequenceClassification)",
               "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
 
@@ -257,8 +257,8 @@ def differences(tether: dict, trl: dict, counts: dict) -> list[str]:
     else:
         notes = [f"same tokenised dataset on both sides ({tether['data']['pairs']} pairs, "
                  f"{tether['data']['pair_tokens']} tokens over both sequences of every pair; data: {counts})"]
-    notes.append(f"model: tether RewardModel over LlamaModel, head read at the last non-pad token; TRL "
-                 f"{trl['model_class']}, score head on every position, last non-pad kept (same arithmetic)")
+    notes.append(f"model: tether RewardModel over LlamaForSequenceClassification; TRL {trl['model_class']}; "
+                 f"both: score head on every position, last non-pad kept")
     notes.append("work: TRL runs both sequences of every pair (chosen and rejected concatenated, 2B rows); tether "
                  "runs each distinct sequence of a step once (repeated ratings of a pair share their two rows), and "
                  "the prompt tokens a prompt group's sequences start with once, then each sequence's tail")

@@ -145,8 +145,8 @@ def test_every_save_refuses_non_finite_weights(tokenizer, new_model, tmp_path):
     assert not (tmp_path / "model").exists()
     reward = RewardModel(new_model(), tokenizer)
     with torch.no_grad():
-        reward.head.bias.fill_(NAN)
-    with pytest.raises(NonFiniteError, match="head.bias"):
+        reward.head.weight[0, 3] = NAN
+    with pytest.raises(NonFiniteError, match=r"backbone\.score\.weight"):
         reward.save_pretrained(tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
     with pytest.raises(NonFiniteError, match="the value model"):

@@ -93,12 +93,13 @@ def sft_examples(world_dir, tokenizer):
 
 def _assert_plain_merged_folder(folder, model_dir, body: bool = False) -> dict:
     """`folder` is a plain HF folder (the base's tensor names, no adapter at its root) with weights that moved, and
-    its adapter sits in folder/adapter; returns the merged weights. body: a reward model's backbone (the causal
-    LM's `model.` body, without lm_head)."""
+    its adapter sits in folder/adapter; returns the merged weights. body: a reward model, the sequence classifier
+    of the causal LM (its `model.` body and `score`, without lm_head)."""
     merged, base = load_file(str(folder / "model.safetensors")), load_file(str(model_dir / "model.safetensors"))
     if body:
-        base = {k.removeprefix("model."): v for k, v in base.items() if k.startswith("model.")}
-    assert merged.keys() == base.keys()  # no lora_A/B, no base_layer: loads without peft
+        base = {k: v for k, v in base.items() if k.startswith("model.")}
+        assert "score.weight" in merged
+    assert merged.keys() - ({"score.weight"} if body else set()) == base.keys()  # no lora_A/B, no base_layer
     assert not (folder / ADAPTER_CONFIG).exists()  # else transformers would load it as an adapter
     assert (folder / ADAPTER_FOLDER / ADAPTER_WEIGHTS).is_file()
     assert any(not torch.equal(merged[k], base[k]) for k in base)
@@ -341,16 +342,22 @@ def test_rm_with_lora_saves_a_loadable_reward_model(rm_runs, model_dir):
     final = rm_runs["a"] / "model"
     _assert_plain_merged_folder(final, model_dir, body=True)
     model = RewardModel.from_pretrained(final)  # the existing loader, no peft
-    head = load_file(str(final / "reward_head.safetensors"))
+    head = load_file(str(final / "model.safetensors"))["score.weight"]
     torch.manual_seed(0)
     fresh = RewardModel.from_backbone(str(model_dir))  # the run's head init (seed 0)
-    assert not torch.equal(head["head.weight"], fresh.head.weight)  # the head trained
+    assert not torch.equal(head, fresh.head.weight)  # the head trained
+    torch.testing.assert_close(model.head.weight, head, atol=0, rtol=0)
+    config = json.loads((final / "config.json").read_text())  # the merged classifier, as plain transformers reads it
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["reward_normalisation"] == {"gain": float(model.gain), "bias": float(model.bias)} != {"gain": 1.0,
+                                                                                                       "bias": 0.0}
     scores = model.score(["What is the capital of land 1?"] * 2, ["The capital of land 1 is Osk 1.", "I do not know."])
     assert torch.isfinite(scores).all()
     ckpt = latest_checkpoint(rm_runs["b"])
     files = {p.name for p in ckpt.iterdir()}
     assert {ADAPTER_WEIGHTS, OUTSIDE_FILE} <= files and "model.safetensors" not in files
-    assert load_file(str(ckpt / OUTSIDE_FILE)).keys() == {"head.weight", "head.bias", "gain", "bias"}
+    assert load_file(str(ckpt / OUTSIDE_FILE)).keys() == {"gain", "bias"}  # the normalisation
+    assert [k for k in load_file(str(ckpt / ADAPTER_WEIGHTS)) if "score" in k]  # the head, peft's modules_to_save
 
 
 def test_rm_resume_with_lora_is_exact(rm_runs):
@@ -361,9 +368,11 @@ def test_rm_resume_with_lora_is_exact(rm_runs):
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
     for row_a, row_b in zip(a, b):
         assert row_b == pytest.approx(row_a, abs=1e-6)
-    for name in ("model.safetensors", "reward_head.safetensors"):
-        wa, wb = (load_file(str(rm_runs[r] / "model" / name)) for r in "ab")
-        assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+    wa, wb = (load_file(str(rm_runs[r] / "model" / "model.safetensors")) for r in "ab")  # body and score
+    assert "score.weight" in wa and all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+    norm_a, norm_b = (json.loads((rm_runs[r] / "model" / "reward_config.json").read_text())["normalisation"]
+                      for r in "ab")
+    assert norm_b == pytest.approx(norm_a, abs=1e-6)
 
 
 def test_seqcls_reward_model_keeps_its_own_head_trainable(tokenizer):

@@ -123,7 +123,7 @@ def test_reward_is_read_at_the_eos_of_a_right_padded_sequence(tok):
     batch = collate([short, long], model.pad_id)
     assert batch["attention_mask"][0].tolist() == [1] * len(short) + [0] * (len(long) - len(short))
     with torch.no_grad():
-        hidden = model.backbone(**batch).last_hidden_state  # (2, T, H)
+        hidden = model.body(**batch).last_hidden_state  # (2, T, H)
         expected = model.head(hidden[0, len(short) - 1]).squeeze()  # by hand: the last real token of row 0
         rewards = model(**batch)
         alone = model(**collate([short], model.pad_id))
@@ -223,6 +223,12 @@ def test_shared_prefixes_by_hand():
     # [1, 1, 1] + [2] = 3 + 1 + 2 + 1 = 7 (one chunk: 4 x 2 + 1 = 9)
     assert prefix_saving(prefix_of, overhead=1) == 3
     assert shared_prefixes([_pair("s", [3], [3, 4])]) == {}  # a one-token sequence has no tail
+    # pad_id 0 (eos pads): each tail keeps the last non-pad token, 9, where the reward is read; without pad_id the
+    # common prefix is all of 5, 6, 9 and the tails would hold padding only
+    eos_ended = [_pair("e", [5, 6, 9, 0], [5, 6, 9, 0, 0])]
+    assert shared_prefixes(eos_ended) == {(5, 6, 9, 0): (5, 6, 9), (5, 6, 9, 0, 0): (5, 6, 9)}
+    assert shared_prefixes(eos_ended, pad_id=0) == {(5, 6, 9, 0): (5, 6), (5, 6, 9, 0, 0): (5, 6)}
+    assert shared_prefixes([_pair("f", [5, 0], [5, 0, 0])], pad_id=0) == {}  # read at the first token: no tail
 
 
 def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
@@ -352,7 +358,8 @@ def _roundtrip(model: RewardModel, folder: Path) -> RewardModel:
     model.set_normalisation(1.7, -0.3)
     model.save_pretrained(folder)
     files = {p.name for p in folder.iterdir()}
-    assert {"reward_head.safetensors", "reward_config.json", "config.json", "model.safetensors"} <= files
+    assert {"reward_config.json", "config.json", "model.safetensors"} <= files
+    assert ("reward_head.safetensors" in files) == (model.kind == "encoder")  # a classifier's head is its `score`
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
     loaded = RewardModel.from_pretrained(folder)
     assert (loaded.kind, loaded.pool, float(loaded.gain), float(loaded.bias)) == (
@@ -368,13 +375,23 @@ def test_save_load_gives_identical_scores_causal(tok, tmp_path):
     assert loaded.kind == "causal" and loaded.max_length == 64
     config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
     assert config["normalisation"]["gain"] == pytest.approx(1.7)
-    head = load_file(str(tmp_path / "rm" / "reward_head.safetensors"))
-    assert set(head) == {"head.weight", "head.bias", "gain", "bias"}
+    hf_config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert hf_config["architectures"] == ["LlamaForSequenceClassification"] and len(hf_config["id2label"]) == 1
+    assert hf_config["reward_normalisation"] == config["normalisation"] == {"gain": pytest.approx(1.7),
+                                                                            "bias": pytest.approx(-0.3)}
+    weights = load_file(str(tmp_path / "rm" / "model.safetensors"))
+    assert weights["score.weight"].shape == (1, 32) and not [k for k in weights if k.startswith(("head", "lm_head"))]
 
 
 def test_from_backbone_reads_the_causal_lm_body(backbone_dir):
     model = RewardModel.from_backbone(str(backbone_dir), pool="last")
-    assert model.kind == "causal" and type(model.backbone).__name__ == "LlamaModel"
+    assert model.kind == "causal" and type(model.backbone).__name__ == "LlamaForSequenceClassification"
+    assert type(model.body).__name__ == "LlamaModel" and model.head is model.backbone.score
+    assert model.head.bias is None and model.backbone.config.pad_token_id == model.tokenizer.pad_token_id
+    lm = load_file(str(backbone_dir / "model.safetensors"))
+    torch.testing.assert_close(model.body.embed_tokens.weight, lm["model.embed_tokens.weight"], atol=0, rtol=0)
+    # tether's head init (Stiennon et al.): std 1/sqrt(33) ≈ 0.174, not transformers' 0.02
+    assert float(model.head.weight.detach().std()) > 0.1
     with pytest.raises(Exception, match="pool: 'cls'"):
         RewardModel.from_backbone(str(backbone_dir), pool="cls")
 
@@ -396,7 +413,7 @@ def test_sequence_classification_backbone(tok, tmp_path):
     torch.manual_seed(0)
     save_pretrained(LlamaForSequenceClassification(config), tok, str(tmp_path / "cls"))
     model = RewardModel.from_backbone(str(tmp_path / "cls"))
-    assert model.kind == "seqcls" and model.head is None
+    assert model.kind == "seqcls" and model.head is model.backbone.score
     prompt, a, b = "Tell me about ports.", "the splendid harbour.", "a small stone road by the quiet river hill."
     torch.testing.assert_close(model.score([prompt, prompt], [a, b]), model.score([prompt, prompt], [a, b], 1),
                                atol=1e-5, rtol=0)  # HF's own last-non-pad pooling under right padding

@@ -4,8 +4,9 @@ LoRA (Hu et al. 2021, arXiv:2106.09685, eq. 3): each adapted linear layer W (d_o
 
     h = W x + (α / r) B A x,        A (r, d_in) random, B (d_out, r) zero at the start,
 
-so the adapted model starts equal to its base. Only A and B train (and a reward model's head, which is
-outside the backbone); W stays frozen, so AdamW keeps moments for the adapters only.
+so the adapted model starts equal to its base. Only A and B train (and a reward model's head: a sequence
+classifier's `score`, which peft trains fully, or an encoder's head outside the backbone); W stays frozen, so AdamW
+keeps moments for the adapters and the head only.
 
 The reference model of DPO, KTO and online RL is the base: the same model run with its adapters disabled
 (`AdaptersDisabled`, peft's `disable_adapter`), not a second copy in memory.
@@ -16,7 +17,8 @@ On disk:
   adapter_config.json and adapter_model.safetensors) for reuse on the base. A merge makes one transient
   copy of the model.
 - checkpoints (`save_adapter_checkpoint`): the adapter only (peft format) and, for a reward model, the
-  weights outside the backbone (`outside_adapter.safetensors`: head, normalisation); resume loads them onto
+  weights outside the backbone (`outside_adapter.safetensors`: normalisation, an encoder's head; a classifier's
+  `score` is in the adapter, as peft's modules_to_save); resume loads them onto
   the run's base model, which did not change.
 
 peft is imported on first use: `import tether.lora` stays cheap for the stages that never adapt a model.
@@ -101,9 +103,10 @@ def apply_lora(model: nn.Module, opts: LoraOptions, seed: int = 0) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     inner = getattr(model, "backbone", model)
-    # A causal LM, or a reward model's backbone: a body (no task), or a sequence classifier, whose own head
-    # (score/classifier) peft's SEQ_CLS keeps trainable and saved.
-    task = "CAUSAL_LM" if inner is model else ("SEQ_CLS" if getattr(model, "kind", None) == "seqcls" else None)
+    # A causal LM, or a reward model's backbone: a sequence classifier, whose own head (score/classifier) peft's
+    # SEQ_CLS keeps trainable and saved, or an encoder's body (no task; the head is outside it).
+    classifier = type(inner).__name__.endswith("ForSequenceClassification")
+    task = "CAUSAL_LM" if inner is model else ("SEQ_CLS" if classifier else None)
     targets = ALL_LINEAR if opts.target_modules == [ALL_LINEAR] else check_targets(inner, opts.target_modules)
     config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets,
                         task_type=task)
@@ -260,7 +263,8 @@ def save_adapter(model: nn.Module, folder: str | Path) -> None:
 
 
 def _outside(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state of `model` outside its peft part (a reward model's head, gain and bias); {} for a peft model."""
+    """The state of `model` outside its peft part (a reward model's gain and bias, an encoder's head); {} for a peft
+    model."""
     peft = peft_model(model)
     if peft is model:
         return {}
@@ -269,7 +273,7 @@ def _outside(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter_checkpoint(model: nn.Module, folder: str | Path) -> None:
-    """What a LoRA run's checkpoint holds of the model: the adapter, and the weights outside it (reward head)."""
+    """What a LoRA run's checkpoint holds of the model: the adapter, and the weights outside it (reward model)."""
     save_adapter(model, folder)
     outside = _outside(model)
     if outside:

@@ -6,7 +6,8 @@ A step's pairs come in whole prompt groups. Three savings, each leaving every re
 2. length chunks: sorted by length and cut where padding would cost more than one more forward pass
    (`length_chunks`);
 3. shared prompt prefixes (causal backbones): the tokens every sequence of a prompt group starts with are run once,
-   and each sequence runs only its own tail, attending to the prefix's cached keys and values. A pair's two
+   and each sequence runs only its own tail (holding the token the reward is read at), attending to the prefix's
+   cached keys and values. A pair's two
    sequences repeat the prompt; on the world's comparisons the prompt is about a fifth of the tokens.
 """
 from __future__ import annotations
@@ -85,18 +86,21 @@ def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> 
     return ends[::-1]
 
 
-def shared_prefixes(pairs: list[Pair]) -> dict[tuple, tuple]:
+def shared_prefixes(pairs: list[Pair], pad_id: int | None = None) -> dict[tuple, tuple]:
     """Distinct sequence -> the prefix it shares with the other sequences of its prompt group: their longest common
-    prefix, cut so that every sequence keeps at least one token of its own (a sequence alone in its group: all but
-    its last token; sequences with no common start: each its own first token)."""
+    prefix, cut so that every sequence keeps in its tail at least one token of its own and its last token that is
+    not `pad_id`, where the classifier reads the reward (when eos pads, a sequence ending in eos is read before it).
+    A sequence alone in its group: all but its last token (its last non-pad token); sequences with no common start:
+    each its own first token."""
     groups: dict[str, set[tuple]] = {}
     for p in pairs:
         groups.setdefault(p.prompt_key, set()).update((tuple(p.ids_a), tuple(p.ids_b)))
-    if any(len(s) < 2 for sequences in groups.values() for s in sequences):
-        return {}  # a one-token sequence has no tail to run after a prefix
+    read_at = {s: max((i for i, t in enumerate(s) if t != pad_id), default=0) for g in groups.values() for s in g}
+    if any(i < 1 for i in read_at.values()):
+        return {}  # a sequence read at its first token has no tail to run after a prefix
     prefix_of = {}
     for sequences in groups.values():
-        first, n = next(iter(sequences)), min(len(s) for s in sequences) - 1
+        first, n = next(iter(sequences)), min(read_at[s] for s in sequences)
         common = next((i for i in range(n) if any(s[i] != first[i] for s in sequences)), n)
         for s in sequences:
             prefix_of.setdefault(s, s[:max(common, 1)])
@@ -119,7 +123,7 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
     chunk with chunked=False: FSDP2 gathers the weights at every forward, a collective every rank must make
     equally often, while each rank's micro-batches cut into their own number of chunks). With share_prefixes
     (a model whose `shares_prefixes`), each prompt group's common prefix is run once when that saves tokens."""
-    prefix_of = shared_prefixes(pairs) if share_prefixes and chunked else {}
+    prefix_of = shared_prefixes(pairs, pad_id) if share_prefixes and chunked else {}
     if prefix_of and prefix_saving(prefix_of) <= 0:
         prefix_of = {}
     tail = (lambda s: s[len(prefix_of[s]):]) if prefix_of else (lambda s: s)  # noqa: E731

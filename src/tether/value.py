@@ -4,7 +4,6 @@ Both map (policy hidden (B, T, H) or None, input_ids, attention_mask, position_i
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -45,21 +44,22 @@ class ValueModel(nn.Module):
 
 
 def critic_from_reward_model(policy, tokenizer, cfg) -> ValueModel:
-    """The reward model's backbone and head, the head rescaled by its normalisation (gain, bias) so that the
-    first values are on the scale of the scores PPO trains on."""
-    from tether.reward import RewardModel
+    """The reward model's body and head, the head given a bias and rescaled by the normalisation (gain, bias), so
+    that the first values are on the scale of the scores PPO trains on: V = gain * w·h + bias."""
+    from tether.reward import RewardModel, decoder_only
 
     rm = RewardModel.from_pretrained(cfg.reward_model, trust_remote_code=cfg.trust_remote_code)
-    if rm.kind != "causal":
+    if rm.kind == "encoder" or not decoder_only(rm.classifier.config):
         raise ConfigError(f"value_model: 'separate' needs a causal reward model (a per-token value must not see "
                           f"later tokens), {cfg.reward_model} is {rm.kind!r}")
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"value_model: 'separate' needs the policy's tokenizer; {cfg.reward_model} has another")
-    head = copy.deepcopy(rm.head)
+    weight = rm.head.weight
+    head = nn.Linear(weight.size(1), 1, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        head.weight.mul_(rm.gain)
-        head.bias.mul_(rm.gain).add_(rm.bias)
-    return ValueModel(rm.backbone, head)
+        head.weight.copy_(rm.gain * weight)
+        head.bias.fill_(float(rm.bias) + float(rm.gain) * (float(rm.head.bias) if rm.head.bias is not None else 0.0))
+    return ValueModel(rm.body, head)
 
 
 VALUE_MODELS: dict[str, Callable[..., nn.Module]] = {

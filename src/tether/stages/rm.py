@@ -63,9 +63,11 @@ class RMConfig(TrainConfig):
     eval_data: str | None = None
     """Held-out preference JSONL; None: hold out `eval_fraction` of the prompts of `data` (split by prompt)."""
     backbone: str = "runs/sft/model"
-    """Hugging Face folder the reward model starts from (e.g. the SFT model), with its tokenizer."""
+    """Hugging Face folder the reward model starts from (e.g. the SFT model), with its tokenizer. A causal LM becomes
+    its architecture's sequence classifier: `model/` loads with AutoModelForSequenceClassification (`tether.reward`)."""
     pool: Literal["last", "cls", "mean"] = "last"
-    """Where the head reads the backbone: last non-pad token, first token (encoders), or the masked mean."""
+    """Where the head reads the backbone: the last token that is not the pad token, first token (encoders), or the
+    masked mean. On a causal backbone only "last" is what plain transformers' classifier computes from `model/`."""
     margin: bool = False
     """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
     label_smoothing: float = 0.0
@@ -345,6 +347,8 @@ def run(cfg: RMConfig) -> Path:
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if main:
         write_inputs(cfg, run_dir, report)
+        if model.kind == "causal" and cfg.pool == "mean":
+            console.print("rm: pool=mean: model/ is read by tether only; plain transformers reads the last token")
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
     #    RNG. The step plan is a pure function.
     net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
