@@ -19,6 +19,7 @@ import tether.stages.rm as rm
 from tether import distributed
 from tether.checkpoint import latest_checkpoint
 from tether.config import load_config
+from tether.data.formats import load_comparisons
 from tether.errors import ConfigError, TetherError
 from tether.lora import (
     ADAPTER_CONFIG,
@@ -416,7 +417,7 @@ def test_dpo_and_kto_with_lora(loss, tmp_path, prefs, model_dir, monkeypatch):
         from safetensors import safe_open
 
         cfg = _dpo_cfg(tmp_path, prefs, model_dir)
-        pairs = dpo.load_pairs(cfg, load_tokenizer(str(model_dir)), dpo.read_labelled(prefs))[0]
+        pairs = dpo.load_pairs(cfg, load_tokenizer(str(model_dir)), load_comparisons(prefs, labelled=True))[0]
         with safe_open(str(tmp_path / "run" / CACHE), "pt") as f:
             assert f.metadata()["key"] == reference_key(initial, pairs)
 
