@@ -413,3 +413,13 @@ def test_collect_on_hh_prompts(tmp_path, model_dir):
                  "max_new_tokens=4", f"out={tmp_path / 'collect'}"]) == 0
     queue = [json.loads(line) for line in (tmp_path / "collect" / "queue.jsonl").read_text().splitlines()]
     assert {json.dumps(r["prompt"]) for r in queue} <= {json.dumps(p) for p in load_prompts(hh)[:2]}
+
+
+def test_rm_reads_train_and_eval_splits_of_one_folder(arrow_data, tokenizer):
+    from tether.stages.rm import RMConfig, load_pairs
+
+    out, _ = arrow_data
+    cfg = RMConfig(data=str(out / "dd"), split="train_prefs", eval_data=str(out / "dd"), eval_split="test_prefs",
+                   max_length=32)
+    train, held_out, report = load_pairs(cfg, tokenizer)
+    assert (len(train), len(held_out), report["eval_prompts_in_train"]) == (3, 1, 0)
