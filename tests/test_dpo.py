@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
 from tether.chat import chat_format
+from tether.data.preferences import read_labelled
 from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
@@ -22,7 +23,6 @@ from tether.stages.dpo import (
     encode_comparisons,
     encode_responses,
     forward_pairs,
-    read_labelled,
     reference_logps,
     train_step,
 )

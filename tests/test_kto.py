@@ -113,7 +113,7 @@ def test_comparisons_are_converted_and_ties_dropped(tmp_path, model_dir):
     cfg = _cfg(tmp_path, _write(tmp_path / "prefs.jsonl", rows), model_dir, max_steps=1, eval_every=0)
     dpo.run(cfg)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
-    assert (report["format"], report["ties_dropped"], report["rows"]) == ("comparison", 2, 28)
+    assert (report["format"], report["ties_dropped"], report["rows"]) == ("tether", 2, 28)
     assert (report["desirable"], report["undesirable"]) == (14, 14)
 
 
@@ -258,7 +258,8 @@ def test_kto_trains(tmp_path, data, model_dir):
     before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(final / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
-    assert report["train_rows"] + report["eval_rows"] == 24 and report["format"] == "plain"
+    assert report["train_rows"] + report["eval_rows"] == 24
+    assert (report["format"], report["shape"]) == ("trl_unpaired", "plain")
 
 
 @pytest.mark.parametrize("policy", ["skip", "halt"])

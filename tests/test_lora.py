@@ -20,6 +20,7 @@ from tether import distributed
 from tether.chat import chat_format
 from tether.checkpoint import latest_checkpoint
 from tether.config import load_config
+from tether.data.formats import load_comparisons
 from tether.errors import ConfigError, TetherError
 from tether.lora import (
     ADAPTER_CONFIG,
@@ -88,7 +89,8 @@ def sft_examples(world_dir, tokenizer):
     from tether.chat import chat_format
 
     conversations = read_conversations(world_dir / "sft.jsonl")
-    return [Example(c.input_ids, c.loss_mask) for c in chat_format(tokenizer).encode_many([(c, None) for c in conversations])]
+    encoded = chat_format(tokenizer).encode_many([(c, None) for c in conversations])
+    return [Example(c.input_ids, c.loss_mask) for c in encoded]
 
 
 def _assert_plain_merged_folder(folder, model_dir, body: bool = False) -> dict:
@@ -427,7 +429,8 @@ def test_dpo_and_kto_with_lora(loss, tmp_path, prefs, model_dir, monkeypatch):
         from safetensors import safe_open
 
         cfg = _dpo_cfg(tmp_path, prefs, model_dir)
-        pairs = dpo.load_pairs(cfg, chat_format(load_tokenizer(str(model_dir))), dpo.read_labelled(prefs))[0]
+        fmt = chat_format(load_tokenizer(str(model_dir)))
+        pairs = dpo.load_pairs(cfg, fmt, load_comparisons(prefs, labelled=True))[0]
         with safe_open(str(tmp_path / "run" / CACHE), "pt") as f:
             assert f.metadata()["key"] == reference_key(initial, pairs)
 

@@ -47,7 +47,7 @@ def test_reads_all_three_shapes_and_skips_blank_lines(tmp_path):
     )
     assert read_conversations(path) == [
         [{"role": "system", "content": "Be brief."}, USER, BOT],
-        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": " 4"}],  # content not stripped
+        ("2+2?", " 4"),  # a plain pair stays a (prompt, completion) tuple; content not stripped
         [
             {"role": "system", "content": "S"},
             {"role": "user", "content": "Q"},
@@ -129,11 +129,13 @@ def test_write_then_read_round_trips(tmp_path):
     conversations = [
         [{"role": "system", "content": "S"}, USER, BOT],
         [{"role": "user", "content": "line\nbreak \u2028 é"}, {"role": "assistant", "content": "ok"}],
+        ("plain prompt", "plain completion"),
     ]
     path = tmp_path / "out" / "sft.jsonl"
     write_conversations(path, conversations)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 2 and json.loads(lines[0]) == {"messages": conversations[0]}
+    assert len(lines) == 3 and json.loads(lines[0]) == {"messages": conversations[0]}
+    assert json.loads(lines[2]) == {"prompt": "plain prompt", "completion": "plain completion"}
     assert read_conversations(path) == conversations
 
 

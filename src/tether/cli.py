@@ -58,6 +58,7 @@ STAGES: dict[str, Stage] = {
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "raters": ("tether.raters.cli", "The rater web app: init | add-rater | import | export | serve ('tether raters --help')."),
+    "data": ("tether.data.cli", "Data files: convert between TRL, HH-RLHF, UltraFeedback, tether, Parquet ('tether data --help')."),
 }
 """Commands with their own sub-commands and options: name -> (module with `main(argv) -> int`, summary)."""
 

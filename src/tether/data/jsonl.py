@@ -26,6 +26,11 @@ class RowError(Exception):
         super().__init__(f"{field}: {problem}")
 
 
+class SkipRow(RowError):
+    """A well-formed row with nothing to learn from (an empty reply, two identical replies), as public datasets
+    have a few of: `tether.data.formats` counts and skips it, the strict readers report it like any bad row."""
+
+
 def _read_bytes(path: str | Path) -> bytes:
     try:
         return Path(path).read_bytes()

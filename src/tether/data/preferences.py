@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, overload
 
-from tether.data.jsonl import RowError, Skipped, json_kind, read_rows
+from tether.data.jsonl import RowError, Skipped, SkipRow, json_kind, read_rows
 from tether.data.sft_data import _messages, _text
 from tether.errors import DataError
 
@@ -393,9 +393,9 @@ def _hh_row(row: dict, lineno: int) -> Comparison:
     prompt = _hh_turns(prefix)
     for name, reply in (("chosen", chosen), ("rejected", rejected)):
         if not reply.strip():
-            raise RowError(name, "empty final assistant reply")
+            raise SkipRow(name, "empty final assistant reply")
     if chosen.strip() == rejected.strip():
-        raise RowError("rejected", "final assistant reply identical to chosen's")
+        raise SkipRow("rejected", "final assistant reply identical to chosen's")
     return Comparison(prompt, chosen, rejected, choice="A", source_a="hh-rlhf", source_b="hh-rlhf",
                       meta={"source": "hh-rlhf", "line": lineno})
 

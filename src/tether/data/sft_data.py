@@ -3,8 +3,12 @@
 One JSON object per line (blank lines are skipped), in one of three shapes:
 
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
-    {"prompt": "Hi", "completion": "Hello!"}                      -> [user "Hi", assistant "Hello!"]
+    {"prompt": "Hi", "completion": "Hello!"}                      -> ("Hi", "Hello!"), a plain pair
     {"prompt": [...messages], "completion": [...messages]}       TRL's conversational prompt-completion
+
+A plain pair stays a tuple of two strings so that the chat-format code can render it as text for a model
+without a chat template and as [user, assistant] messages for one with a template; every other row reads
+as a message list (a string prompt or completion beside a message list becomes one user/assistant message).
 
 Roles are system, user, assistant; a system message may only come first; every content is a
 non-blank string; every conversation has an assistant message (SFT's loss is on assistant tokens,
@@ -17,23 +21,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from tether.data.jsonl import RowError, json_kind, read_rows
 from tether.errors import DataError
 
-__all__ = ["ROLES", "Conversation", "Message", "read_conversations", "write_conversations"]
+__all__ = ["ROLES", "Conversation", "Example", "Message", "as_messages", "read_conversations", "write_conversations"]
 
 ROLES = ("system", "user", "assistant")
 
 Message = dict[str, str]
 """`{"role": one of ROLES, "content": non-blank str}`."""
 Conversation = list[Message]
+Example = Union[Conversation, tuple[str, str]]
+"""An SFT example: a conversation, or a plain (prompt, completion) pair of strings."""
 
 
-
-def read_conversations(path: str | Path) -> list[Conversation]:
-    """All conversations in the JSONL file at `path`; raises DataError at the first bad row.
+def read_conversations(path: str | Path) -> list[Example]:
+    """All examples in the JSONL file at `path` (plain prompt/completion rows as (prompt, completion) tuples);
+    raises DataError at the first bad row.
 
     Lines are decoded one by one as strict UTF-8, so a bad byte is reported with its line
     (`<utf-8>: invalid UTF-8 at byte N`, N counted from 1 within the line).
@@ -41,8 +47,9 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     return read_rows(path, lambda row, lineno: _parse_row(row))[0]
 
 
-def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> None:
-    """Write `{"messages": [...]}` rows, validated by the same rules `read_conversations` applies.
+def write_conversations(path: str | Path, conversations: Iterable[Example]) -> None:
+    """Write `{"messages": [...]}` rows (a (prompt, completion) tuple as a plain prompt/completion row), validated
+    by the same rules `read_conversations` applies.
 
     Checking before writing means a file this writes always reads back; a bad conversation
     raises DataError as `path:N: messages...`, N being the line it would have had.
@@ -50,11 +57,15 @@ def write_conversations(path: str | Path, conversations: Iterable[Conversation])
     lines = []
     for lineno, conversation in enumerate(conversations, start=1):
         try:
-            messages = _messages(conversation, "messages")
-            _require_assistant(messages, "messages")
+            if isinstance(conversation, tuple):
+                row = {"prompt": conversation[0], "completion": conversation[1]}
+                _parse_row(row)
+            else:
+                row = {"messages": _messages(conversation, "messages")}
+                _require_assistant(row["messages"], "messages")
         except RowError as bad:
             raise DataError(f"{path}:{lineno}: {bad}") from None
-        line = json.dumps({"messages": messages}, ensure_ascii=False)
+        line = json.dumps(row, ensure_ascii=False)
         # U+2028/2029 are line breaks to str.splitlines and some editors; escaped, a row stays one line
         lines.append(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
     if not lines:
@@ -64,7 +75,14 @@ def write_conversations(path: str | Path, conversations: Iterable[Conversation])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _parse_row(row: dict[str, Any]) -> Conversation:
+def as_messages(example: Example) -> Conversation:
+    """A plain (prompt, completion) pair as [user, assistant] messages; a conversation unchanged."""
+    if isinstance(example, tuple):
+        return [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
+    return example
+
+
+def _parse_row(row: dict[str, Any]) -> Example:
     has_messages = "messages" in row
     has_pair = "prompt" in row or "completion" in row
     if has_messages and has_pair:
@@ -79,6 +97,10 @@ def _parse_row(row: dict[str, Any]) -> Conversation:
         raise RowError("completion", "missing (a row with 'prompt' needs 'completion')")
     if "prompt" not in row:
         raise RowError("prompt", "missing (a row with 'completion' needs 'prompt')")
+    if isinstance(row["prompt"], str) and isinstance(row["completion"], str):
+        _text(row["prompt"], "prompt")
+        _text(row["completion"], "completion")
+        return (row["prompt"], row["completion"])
     prompt = _turns(row["prompt"], "prompt", "user")
     completion = _turns(row["completion"], "completion", "assistant")
     _require_assistant(completion, "completion")

@@ -19,7 +19,7 @@ from rich.console import Console
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
-from tether.data.corpus import read_prompts
+from tether.data.formats import check_format, load_prompts
 from tether.data.preferences import Comparison, write_comparisons
 from tether.generation import generate
 from tether.models import load_policy, load_tokenizer
@@ -34,7 +34,14 @@ class CollectConfig:
     policies: list[str] = field(default_factory=lambda: ["runs/sft/model"])
     """Policy model folders; the K responses of a prompt are shared round-robin among them."""
     prompts: str = "runs/world/prompts.jsonl"
-    """JSONL of {"prompt": str or messages} rows."""
+    """Prompts: {"prompt": str or messages} rows, or the prompts of TRL, HH-RLHF or UltraFeedback data (each
+    distinct prompt once); JSONL, Parquet, Arrow or a save_to_disk folder."""
+    format: str = "auto"
+    """Format of prompts: auto (told from the first row's keys) or a name from `tether data --help`:
+    prompts, hh, trl, ultrafeedback_binarized, ultrafeedback, ..."""
+    split: str | None = None
+    """Split of prompts when it is a `datasets` save_to_disk DatasetDict folder (e.g. train_prefs);
+    None for a file."""
     n_prompts: int | None = None
     """Use only the first n prompts (None: all)."""
     responses_per_prompt: int = 4
@@ -63,6 +70,7 @@ class CollectConfig:
 
     def validate(self) -> None:
         check(len(self.policies) >= 1, "policies", "needs at least one model folder")
+        check_format(self.format, "prompts")
         check(self.responses_per_prompt >= 2, "responses_per_prompt", "must be >= 2 to form pairs")
         check(self.temperature > 0, "temperature", "must be > 0 (greedy decoding gives identical responses)")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -115,7 +123,7 @@ def make_pairs(prompt, samples: list[tuple[str, str]], cfg: CollectConfig, rng: 
 
 
 def run(cfg: CollectConfig) -> Path:
-    prompts = read_prompts(cfg.prompts)[:cfg.n_prompts]
+    prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)[:cfg.n_prompts]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -64,10 +64,10 @@ from tether.checkpoint import (
     save_checkpoint,
 )
 from tether.config import check, save_config
+from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
     Comparison,
     prompt_key,
-    read_labelled,
     split_by_prompt,
 )
 from tether.dpo_losses import (
@@ -116,7 +116,14 @@ class DPOConfig(TrainConfig):
     data: str = "runs/collect/preferences.jsonl"
     """tether preference JSONL, every row labelled ("A", "B" or "tie"; null is an error). One row per rating:
     several ratings of one pair are separate rows and each counts. loss=kto also reads TRL unpaired rows
-    {"prompt", "completion", "label": true|false} (tether.data.unpaired)."""
+    {"prompt", "completion", "label": true|false} (tether.data.unpaired). Also TRL, HH-RLHF or UltraFeedback
+    preference data (tether.data.formats); JSONL, Parquet, Arrow or a save_to_disk folder."""
+    format: str = "auto"
+    """Format of data: auto (told from the first row's keys) or a name from `tether data --help`:
+    tether, trl, hh, ultrafeedback_binarized, ultrafeedback; loss=kto also trl_unpaired."""
+    split: str | None = None
+    """Split of data when it is a `datasets` save_to_disk DatasetDict folder (e.g. train_prefs);
+    None for a file."""
     model: str = "runs/sft/model"
     """HF folder of the policy's initial weights, with its tokenizer; also the reference unless ref_model is set."""
     ref_model: str | None = None
@@ -169,6 +176,7 @@ class DPOConfig(TrainConfig):
         check(bool(self.model), "model", "is required")
         check(self.loss in {**DPO_LOSSES, **UNPAIRED_LOSSES}, "loss",
               f"must be one of {', '.join({**DPO_LOSSES, **UNPAIRED_LOSSES})}")
+        check_format(self.format, "unpaired" if self.loss in UNPAIRED_LOSSES else "comparisons")
         check(self.desirable_weight > 0, "desirable_weight", "must be > 0")
         check(self.undesirable_weight > 0, "undesirable_weight", "must be > 0")
         check(self.beta > 0, "beta", "must be > 0")
@@ -491,7 +499,7 @@ def run(cfg: DPOConfig) -> Path:
 
         return run_unpaired(cfg)
     # 1. Data read and validated before any model work, encoded, split by prompt.
-    comparisons = read_labelled(cfg.data)
+    comparisons = load_comparisons(cfg.data, cfg.format, cfg.split, labelled=True)
     fmt = chat_format(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.chat_template, cfg.model)
     pairs, train, held_out, report = load_pairs(cfg, fmt, comparisons)
     run_dir = Path(cfg.out)

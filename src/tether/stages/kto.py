@@ -6,7 +6,7 @@ must be known before the first micro-batch's loss. Folding that into dpo.py woul
 its encoder, cache, step and metrics; here the config, the encoder of responses, the monitor and the sampled
 KL are dpo's, and only what differs is written again.
 
-Data (`tether.data.unpaired.read_kto_rows`). cfg.data holds TRL unpaired rows {"prompt", "completion",
+Data (`tether.data.formats.load_unpaired`). cfg.data holds TRL unpaired rows {"prompt", "completion",
 "label": true|false}, or tether comparisons converted: chosen -> desirable, rejected -> undesirable, ties
 dropped and counted (a tie labels neither response), null an error naming its line. Each row is encoded as
 prompt + completion, the mask on the completion and its <eos> (truncation counted, rows without a completion
@@ -42,8 +42,9 @@ from tether import distributed
 from tether.chat import ChatFormat, chat_format
 from tether.checkpoint import cached_tensors
 from tether.config import check, save_config
+from tether.data.formats import load_unpaired
 from tether.data.preferences import split_by_prompt
-from tether.data.unpaired import Unpaired, mismatched_partners, read_kto_rows
+from tether.data.unpaired import Unpaired, mismatched_partners
 from tether.dpo_losses import (
     UNPAIRED_LOSSES,
     implicit_rewards,
@@ -311,7 +312,7 @@ def prepare_reference(cfg: DPOConfig, model, rows: list[KTORow], run_dir: Path, 
 def run(cfg: DPOConfig) -> Path:
     """Train the policy with KTO; returns the folder of the final model (`out/model`)."""
     # 1. Data read and validated before any model work, encoded, split by prompt, paired for z_ref.
-    unpaired, read_report = read_kto_rows(cfg.data)
+    unpaired, read_report = load_unpaired(cfg.data, cfg.format, cfg.split)
     fmt = chat_format(load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg.chat_template, cfg.model)
     rows, train, held_out, report = load_rows(cfg, fmt, unpaired, read_report)
     run_dir = Path(cfg.out)

@@ -66,7 +66,7 @@ from tether.checkpoint import (
     save_checkpoint,
 )
 from tether.config import check, save_config
-from tether.data.corpus import read_prompts
+from tether.data.formats import check_format, load_prompts
 from tether.distributed import DistributedConfig
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
@@ -123,7 +123,14 @@ class OnlineConfig(DistributedConfig):
     policy: str = "runs/sft/model"
     """HF folder of the initial policy (with its tokenizer); its frozen copy is the reference π_ref."""
     prompts: str = "runs/world/prompts.jsonl"
-    """JSONL of training prompts, rows {"prompt": str or messages}; visited in a seeded shuffle per epoch."""
+    """Training prompts, rows {"prompt": str or messages}, or the prompts of TRL, HH-RLHF or UltraFeedback data
+    (each distinct prompt once); JSONL, Parquet, Arrow or a save_to_disk folder; a seeded shuffle per epoch."""
+    format: str = "auto"
+    """Format of prompts: auto (told from the first row's keys) or a name from `tether data --help`:
+    prompts, hh, trl, ultrafeedback_binarized, ultrafeedback, ..."""
+    split: str | None = None
+    """Split of prompts when it is a `datasets` save_to_disk DatasetDict folder (e.g. train_prefs);
+    None for a file."""
     chat_template: str = ""
     """How prompts are formatted (tether.chat): "" the tokenizer's own template, a built-in name (chatml, llama3, gemma,
     zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
@@ -253,6 +260,7 @@ class OnlineConfig(DistributedConfig):
         super().validate()
         check(self.strategy == "ddp", "strategy", "online RL samples from whole weights on every rank: use ddp")
         check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+        check_format(self.format, "prompts")
         check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
         check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
         check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
@@ -373,7 +381,7 @@ class Session:
 def setup(cfg: OnlineConfig) -> Session:
     """Read prompts, load world, reward source, policy, reference and critic (on the device); build the optimizer;
     resume (every rank reads the checkpoint)."""
-    prompts = read_prompts(cfg.prompts)  # bad data fails before any model work
+    prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)  # bad data fails before any model work
     device = distributed.setup(cfg)
     check(cfg.rollout_batch % distributed.world_size() == 0, "rollout_batch",
           f"must be a multiple of the {distributed.world_size()} ranks (each samples its share of the prompts)")

@@ -28,10 +28,10 @@ from tether.checkpoint import (
     set_rng_state,
 )
 from tether.config import check, save_config
+from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
     Comparison,
     prompt_key,
-    read_comparisons,
     split_by_prompt,
 )
 from tether.guard import NonFiniteGuard
@@ -59,9 +59,18 @@ class RMConfig(TrainConfig):
     """Reward-model training on tether preference JSONL (Bradley-Terry loss, head on an HF backbone)."""
 
     data: str = "runs/label/comparisons.jsonl"
-    """tether preference JSONL (prompt, response_a, response_b, choice, strength, ...); unlabelled rows are skipped."""
+    """tether preference JSONL (prompt, response_a, response_b, choice, strength, ...); unlabelled rows are skipped.
+    Also TRL, HH-RLHF or UltraFeedback data (tether.data.formats); JSONL, Parquet, Arrow or a save_to_disk folder."""
     eval_data: str | None = None
-    """Held-out preference JSONL; None: hold out `eval_fraction` of the prompts of `data` (split by prompt)."""
+    """Held-out preference data; None: hold out `eval_fraction` of the prompts of `data` (split by prompt)."""
+    format: str = "auto"
+    """Format of data and eval_data: auto (told from the first row's keys) or a name from `tether data --help`:
+    tether, trl, hh, ultrafeedback_binarized, ultrafeedback, ..."""
+    split: str | None = None
+    """Split of data when it is a `datasets` save_to_disk DatasetDict folder (e.g. train_prefs);
+    None for a file."""
+    eval_split: str | None = None
+    """Split of eval_data when it is a save_to_disk DatasetDict folder (e.g. test_prefs); None for a file."""
     backbone: str = "runs/sft/model"
     """Hugging Face folder the reward model starts from (e.g. the SFT model), with its tokenizer. A causal LM becomes
     its architecture's sequence classifier: `model/` loads with AutoModelForSequenceClassification (`tether.reward`)."""
@@ -104,6 +113,7 @@ class RMConfig(TrainConfig):
         super().validate()
         check(bool(self.data), "data", "is required")
         check(bool(self.backbone), "backbone", "is required")
+        check_format(self.format, "comparisons")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         check(self.normalise_sequences >= 2, "normalise_sequences", "must be >= 2")
         check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
@@ -311,10 +321,11 @@ def normalise(model: RewardModel, pairs: list[Pair], batch_size: int, limit: int
 
 def load_pairs(cfg: RMConfig, tokenizer, pair_encoding: bool = False) -> tuple[list[Pair], list[Pair], dict]:
     """(train, held-out, report): held-out from eval_data, else a split by prompt of data."""
-    pairs, report = encode_comparisons(tokenizer, read_comparisons(cfg.data), cfg, pair_encoding)
+    pairs, report = encode_comparisons(tokenizer, load_comparisons(cfg.data, cfg.format, cfg.split), cfg,
+                                       pair_encoding)
     if cfg.eval_data:
-        held_out, eval_report = encode_comparisons(tokenizer, read_comparisons(cfg.eval_data), cfg, pair_encoding)
-        train = pairs
+        held = load_comparisons(cfg.eval_data, cfg.format, cfg.eval_split)
+        train, (held_out, eval_report) = pairs, encode_comparisons(tokenizer, held, cfg, pair_encoding)
         report["eval_file"] = eval_report
     else:
         train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)

@@ -10,7 +10,7 @@ from rich.console import Console
 from tether import distributed
 from tether.chat import ChatFormat, chat_format
 from tether.config import check
-from tether.data.sft_data import read_conversations
+from tether.data.formats import check_format, load_conversations
 from tether.models import check_positions, load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
 
@@ -22,7 +22,14 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning of a causal LM on JSONL conversations (`messages` or `prompt`/`completion`)."""
 
     data: str = "runs/world/sft.jsonl"
-    """JSONL of conversations: {"messages": [...]} or {"prompt": ..., "completion": ...} rows."""
+    """Conversations: {"messages": [...]} or {"prompt": ..., "completion": ...} rows, or HH-RLHF, UltraFeedback,
+    TRL or tether preference data (the chosen responses); JSONL, Parquet, Arrow or a save_to_disk folder."""
+    format: str = "auto"
+    """Format of data: auto (told from the first row's keys) or a name from `tether data --help`:
+    messages, prompt_completion, hh, ultrafeedback_binarized, trl, tether, ..."""
+    split: str | None = None
+    """Split of data when it is a `datasets` save_to_disk DatasetDict folder (e.g. train_prefs);
+    None for a file."""
     model: str = "runs/pretrain/model"
     """Hugging Face model folder to fine-tune (its tokenizer must be in the same folder)."""
     trust_remote_code: bool = False
@@ -38,6 +45,7 @@ class SFTConfig(TrainConfig):
         super().validate()
         check(bool(self.data), "data", "is required")
         check(bool(self.model), "model", "is required")
+        check_format(self.format, "conversations")
 
 
 def encode_conversations(fmt: ChatFormat, conversations: list, max_length: int) -> tuple[list[Example], dict]:
@@ -58,7 +66,7 @@ def encode_conversations(fmt: ChatFormat, conversations: list, max_length: int) 
 
 
 def run(cfg: SFTConfig) -> Path:
-    conversations = read_conversations(cfg.data)  # bad data fails before any model work
+    conversations = load_conversations(cfg.data, cfg.format, cfg.split)  # bad data fails before any model work
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_positions(model, cfg.max_length, "max_length")
