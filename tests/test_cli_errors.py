@@ -96,7 +96,7 @@ def test_unknown_key_names_the_field_and_suggests(capsys):
     assert main(["sft", "lrr=1e-3"]) == 2
     err = _last_error(capsys)
     assert err.startswith("error: SFTConfig: unknown field 'lrr' (did you mean 'lr'?); known fields: strategy, device, "
-                          "bf16, gradient_checkpointing, out, seed,")
+                          "bf16, gradient_checkpointing, report_to, run_name, out, seed,")
     assert err.endswith(", data, format, split, model, trust_remote_code")
 
 

@@ -34,7 +34,7 @@ import os
 import types
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -44,6 +44,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from tether.config import check
+from tether.tracking import check_report_to
 
 T = TypeVar("T")
 
@@ -62,9 +63,17 @@ class DistributedConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations during backward instead of keeping them: less memory, about a
     third more compute."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that also get every metrics.jsonl row, under the same names and steps, with this config
+    as params (rank 0 only; tether.tracking): any of tensorboard (out/tensorboard/), mlflow (out/mlruns/mlflow.db),
+    wandb (out/wandb/, always offline), trackio (out/trackio/); each needs its library installed. Empty: only
+    metrics.jsonl."""
+    run_name: str | None = None
+    """The run's name in the trackers (null: the run folder's name); a resumed run adds "-resumed-STEP"."""
 
     def validate(self) -> None:
         check(not (self.bf16 and self.device == "cpu"), "bf16", "autocast is for CUDA; with device=cpu set bf16=false")
+        check_report_to(self.report_to)
 
 
 # ---------------------------------------------------------------------------------------------

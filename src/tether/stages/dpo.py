@@ -551,7 +551,7 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, fmt: ChatFormat, train: list,
     net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
-    log, guard = MetricsLog(run_dir / "metrics.jsonl", start), NonFiniteGuard.from_config(cfg, start)
+    log, guard = MetricsLog(run_dir / "metrics.jsonl", start, cfg), NonFiniteGuard.from_config(cfg, start)
     monitor = make_monitor(cfg, run_dir, start)
     monitor_prompts = list({x.prompt_key: x.prompt for x in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
@@ -594,6 +594,7 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, fmt: ChatFormat, train: list,
                 distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state,
                                                                          keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"], **{steps_of.bar_label: row[steps_of.bar_metric]})
+    log.close()
     # 9. The final model as a plain Hugging Face folder (rank 0).
     final = run_dir / "model"
     distributed.on_main(model, lambda plain: save_pretrained(plain, tokenizer, str(final)))

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from tether import distributed
+from tether import distributed, tracking
 from tether.chat_templates import check_template_setting
 from tether.checkpoint import (
     latest_checkpoint,
@@ -244,22 +244,31 @@ def total_steps(cfg: TrainConfig, n_examples: int) -> int:
 
 
 class MetricsLog:
-    """metrics.jsonl; on resume, lines past the resumed step are dropped so nothing is counted twice."""
+    """metrics.jsonl; on resume, lines past the resumed step are dropped so nothing is counted twice. Given the run's
+    `config`, every row also goes to the trackers of its `report_to` (tether.tracking) until `close()`."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, config: DistributedConfig | None = None):
         self.path, self.enabled = path, distributed.is_main()  # under torchrun only rank 0 writes
+        self.trackers = tracking.Trackers()
         if not self.enabled:
             return
         kept = []
         if resume_step > 0 and path.exists():
             kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
         path.write_text("".join(ln + "\n" for ln in kept))
+        if config is not None:
+            self.trackers = tracking.start(config, path.parent, resume_step)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self.trackers.log(row)
+
+    def close(self) -> None:
+        """Finish the trackers' runs (metrics.jsonl itself needs no closing)."""
+        self.trackers.finish()
 
 
 def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
@@ -307,7 +316,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
-    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    log = MetricsLog(run_dir / "metrics.jsonl", start, cfg)
     guard = NonFiniteGuard.from_config(cfg, start)
     model.train()
     pad_id = tokenizer.pad_token_id
@@ -338,6 +347,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
                 distributed.on_main(model, lambda plain: save_checkpoint(run_dir, step + 1, plain, tokenizer, state,
                                                                          keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"])
+    log.close()
     # 6. The final model as a plain Hugging Face folder (rank 0), refused if non-finite (tether.guard).
     final = run_dir / "model"
     distributed.on_main(model, lambda plain: save_pretrained(plain, tokenizer, str(final)))

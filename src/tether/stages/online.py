@@ -547,7 +547,8 @@ def train_online(cfg: OnlineConfig) -> Path:
     if main:
         save_config(cfg, run_dir / "config.yaml")
     s = setup(cfg)
-    metrics, samples = MetricsLog(run_dir / "metrics.jsonl", s.start), MetricsLog(run_dir / "samples.jsonl", s.start)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", s.start, cfg)  # also to cfg.report_to's trackers
+    samples = MetricsLog(run_dir / "samples.jsonl", s.start)
     evaluating = s.world is not None and cfg.eval_prompts > 0
     heldout = heldout_model(s, cfg)
     if main and evaluating and s.start == 0:  # the baseline: the initial policy, also the first candidate for out/best
@@ -598,4 +599,5 @@ def train_online(cfg: OnlineConfig) -> Path:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
                 save(s, cfg, step + 1)
             bar.update(1, score=row["score"], kl=row["kl/k1"])
+    metrics.close()
     return save_final(s, cfg)

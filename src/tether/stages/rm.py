@@ -368,7 +368,7 @@ def run(cfg: RMConfig) -> Path:
     groups = group_by_prompt(train)
     steps = total_steps(cfg, groups)
     plan = schedule(groups, cfg.batch_size, cfg.seed, steps, group_lengths(train, groups), cfg.bucket_size)
-    log, guard = MetricsLog(run_dir / "metrics.jsonl", start), NonFiniteGuard.from_config(cfg, start)
+    log, guard = MetricsLog(run_dir / "metrics.jsonl", start, cfg), NonFiniteGuard.from_config(cfg, start)
     final_eval = None
     model.train()
     with progress_bar("rm", total=steps, completed=start) as bar:
@@ -392,6 +392,7 @@ def run(cfg: RMConfig) -> Path:
                 distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state,
                                                                      keep=cfg.keep_checkpoints))
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
+    log.close()
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
     norm = normalise(model, train if cfg.normalise_on == "train" else held_out, cfg.micro_batch_size,
