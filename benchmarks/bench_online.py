@@ -125,7 +125,7 @@ def prepare(folder: Path, size: str, algos: list[str]):
 def tether_overrides(folder: Path, algo: str, steps: int, out: Path, variant: str = "tether") -> list[str]:
     a = ALGOS[algo]
     head = ["value_model=head"] if variant == "tether-head" else []
-    return [f"policy={folder / 'model'}", f"prompts={folder / 'prompts.jsonl'}", f"reward_model={folder / 'rm'}",
+    return [f"model={folder / 'model'}", f"prompts={folder / 'prompts.jsonl'}", f"reward_model={folder / 'rm'}",
             f"out={out}", f"algorithm={algo}", f"rollout_batch={PROMPTS_PER_STEP}", f"group_size={a['group']}",
             f"max_new_tokens={NEW_TOKENS}", "temperature=1.0", f"kl_coef={a['kl']}", f"ppo_epochs={a['epochs']}",
             f"minibatch_size={a['minibatch']}", f"micro_batch_size={a['micro']}", f"lr={LR}", f"max_steps={steps}",

@@ -118,7 +118,7 @@ def prepare(folder: Path, kind: str, size: str) -> tuple[object, dict]:
 
 
 def tether_overrides(folder: Path, steps: int) -> list[str]:
-    return [f"data={folder / 'rm.jsonl'}", f"backbone={folder / 'model'}", f"out={folder / 'tether-run'}",
+    return [f"data={folder / 'rm.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
             f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
             f"lr={LR}", "eval_fraction=0", "save_every=0", "log_every=1", f"seed={SEED}"]
 
@@ -170,7 +170,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
                         "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs)})
     from tether.models import load_tokenizer
 
-    pairs, _ = rm.encode_comparisons(load_tokenizer(cfg.backbone), read_comparisons(cfg.data), cfg)
+    pairs, _ = rm.encode_comparisons(load_tokenizer(cfg.model), read_comparisons(cfg.data), cfg)
     data = {"pairs": len(pairs), "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs), "filtered_out": 0}
     result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW fused",
               "sampler": "shuffled prompt groups (whole groups per step)",

@@ -172,7 +172,7 @@ def main() -> None:
     write_comparisons(eval_data, held_out)
 
     # 4. tether rm.
-    cmd = [sys.executable, "-m", "tether", "rm", f"data={data}", f"eval_data={eval_data}", f"backbone={backbone}",
+    cmd = [sys.executable, "-m", "tether", "rm", f"data={data}", f"eval_data={eval_data}", f"model={backbone}",
            f"pool={args.pool}", f"max_length={args.max_length}", f"lr={args.lr}", f"epochs={args.epochs}",
            f"batch_size={args.batch_size}", f"micro_batch_size={args.batch_size}",
            f"warmup_steps={args.warmup_steps}", f"seed={args.seed}", f"normalise_on={args.normalise_on}",

@@ -61,7 +61,7 @@ W="$OUT/world"
 SFT="sft data=$W/sft.jsonl model=$OUT/pre/model batch_size=16 micro_batch_size=4 max_steps=8 eval_every=4 save_every=4 log_every=1 lr=3e-3 $HW"
 RM="rm data=$OUT/prefs.jsonl backbone=$OUT/one/sft/model batch_size=8 micro_batch_size=4 max_steps=6 eval_every=3 save_every=3 log_every=1 max_length=128 $HW"
 DPO="dpo data=$OUT/prefs.jsonl model=$OUT/one/sft/model batch_size=8 micro_batch_size=4 max_steps=6 eval_every=3 save_every=3 log_every=1 max_length=128 kl_eval_prompts=4 $HW"
-PPO="ppo policy=$OUT/one/sft/model prompts=$W/prompts.jsonl world=$W reward=rm reward_model=$OUT/one/rm/model rollout_batch=16 minibatch_size=8 micro_batch_size=4 max_new_tokens=24 ppo_epochs=2 max_steps=4 save_every=2 eval_every=0 eval_prompts=8 lr=1e-4 $HW"
+PPO="ppo model=$OUT/one/sft/model prompts=$W/prompts.jsonl world=$W reward=rm reward_model=$OUT/one/rm/model rollout_batch=16 minibatch_size=8 micro_batch_size=4 max_new_tokens=24 ppo_epochs=2 max_steps=4 save_every=2 eval_every=0 eval_prompts=8 lr=1e-4 $HW"
 
 step "one process: pretrain, sft, rm, dpo, ppo"
 "$PY" -m tether pretrain corpus="$W/corpus.jsonl" tokenizer="$OUT/tok" preset=test out="$OUT/pre" max_steps=30 \

@@ -32,7 +32,7 @@ from tether.stages.failures import HELDOUT_ALERTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {"ppo": ppo.PPOConfig, "grpo": ppo.GRPOConfig, "rloo": ppo.RLOOConfig}
-SHARED = ("policy", "prompts", "reward_model", "world", "lr", "max_new_tokens", "temperature", "eval_prompts", "seed")
+SHARED = ("model", "prompts", "reward_model", "world", "lr", "max_new_tokens", "temperature", "eval_prompts", "seed")
 
 
 def config(run: Path, out: Path, algorithm: str, reward: str, args) -> ppo.OnlineConfig:

@@ -239,7 +239,7 @@ def test_max_length_past_the_positions_stops_the_stage(stage, gpt2_dir, world_di
             "pretrain": [f"corpus={world_dir}/corpus.jsonl", f"tokenizer={tokenizer_dir}", f"init={gpt2_dir}"],
             "dpo": [f"data={_prefs(tmp_path)}", f"model={gpt2_dir}"],
             "kto": ["dpo", "loss=kto", f"data={_prefs(tmp_path)}", f"model={gpt2_dir}"],
-            "rm": [f"data={_prefs(tmp_path)}", f"backbone={gpt2_dir}"]}[stage]
+            "rm": [f"data={_prefs(tmp_path)}", f"model={gpt2_dir}"]}[stage]
     argv = data if stage == "kto" else [stage, *data]
     assert main([*argv, "max_length=257", f"out={out}", "max_steps=1", "batch_size=4", "micro_batch_size=2"]) == 2
     assert _last_error(capsys) == (f"error: max_length: 257 is more than the 256 positions of model {gpt2_dir} "
@@ -252,7 +252,7 @@ def test_prompt_and_new_tokens_past_the_positions_stop_online_rl(algorithm, gpt2
                                                                  tmp_path, capsys):
     longest = max(map(len, chat_format(tokenizer).prompts_ids(read_prompts(str(world_dir / "prompts.jsonl")))))
     new = 257 - longest  # one token past the limit
-    assert main([algorithm, f"policy={gpt2_dir}", f"prompts={world_dir}/prompts.jsonl", "reward=gold",
+    assert main([algorithm, f"model={gpt2_dir}", f"prompts={world_dir}/prompts.jsonl", "reward=gold",
                  f"world={world_dir}", f"max_new_tokens={new}", f"out={tmp_path / 'run'}", "max_steps=1"]) == 2
     assert _last_error(capsys) == (
         f"error: max_new_tokens: {new} after the longest prompt ({longest} tokens) is more than the 256 positions of "

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from tether.chat import chat_format
 from tether.cli import main
 from tether.data.corpus import read_corpus
 from tether.data.sft_data import read_conversations
 from tether.stages.pretrain import encode_corpus
-from tether.chat import chat_format
 
 USER = {"role": "user", "content": "Hi"}
 BOT = {"role": "assistant", "content": "Hello!"}
@@ -98,6 +98,28 @@ def test_unknown_key_names_the_field_and_suggests(capsys):
     assert err.startswith("error: SFTConfig: unknown field 'lrr' (did you mean 'lr'?); known fields: strategy, device, "
                           "bf16, gradient_checkpointing, report_to, run_name, out, seed,")
     assert err.endswith(", data, format, split, model, trust_remote_code")
+
+
+@pytest.mark.parametrize("stage,config,old", [("ppo", "PPOConfig", "policy"), ("grpo", "GRPOConfig", "policy"),
+                                              ("rloo", "RLOOConfig", "policy"), ("redteam", "RedteamConfig", "policy"),
+                                              ("collect", "CollectConfig", "policies"), ("rm", "RMConfig", "backbone")])
+def test_old_model_setting_names_stop_with_the_new_one(stage, config, old, capsys):
+    # One name for the model on every stage; the old names are refused with the new one, from YAML paths as well.
+    assert main([stage, f"{old}=runs/sft/model"]) == 2
+    assert _last_error(capsys) == (f"error: {config}.{old}: renamed to 'model' (the same name on every stage); write "
+                                   "model=... instead")
+
+
+def test_every_stage_that_loads_a_model_calls_it_model():
+    import importlib
+    from dataclasses import fields
+
+    from tether.cli import STAGES
+
+    for name in ("sft", "rm", "dpo", "ppo", "grpo", "rloo", "collect", "evaluate", "redteam"):
+        stage = STAGES[name]
+        names = {f.name for f in fields(getattr(importlib.import_module(stage.module), stage.config))}
+        assert "model" in names and not names & {"policy", "policies", "backbone"}, name
 
 
 @pytest.mark.parametrize("override,message", [

@@ -28,7 +28,7 @@ def test_make_pairs_dedupes_counts_and_randomises_order():
 
 def test_collect_then_label(world_dir, model_dir, tmp_path):
     out = tmp_path / "collect"
-    code = main(["collect", f"policies={model_dir},{model_dir}", f"prompts={world_dir}/prompts.jsonl",
+    code = main(["collect", f"model={model_dir},{model_dir}", f"prompts={world_dir}/prompts.jsonl",
                  "n_prompts=6", "responses_per_prompt=3", "max_new_tokens=8", f"out={out}"])
     assert code == 0
     queue = read_comparisons(out / "queue.jsonl")

@@ -65,9 +65,9 @@ def _configs(world_dir: Path, model_dir: Path, prefs: str) -> dict[str, tuple[st
     offline = dict(eval_every=0, log_every=1, save_every=2, warmup_steps=1, lr=1e-2, max_length=128, max_steps=3)
     sft = dict(data=str(world_dir / "sft.jsonl"), model=str(model_dir), batch_size=8, micro_batch_size=2,
                eval_fraction=0.1, **offline)
-    rm = dict(data=prefs, backbone=str(model_dir), batch_size=8, micro_batch_size=2, eval_fraction=0.25, **offline)
+    rm = dict(data=prefs, model=str(model_dir), batch_size=8, micro_batch_size=2, eval_fraction=0.25, **offline)
     dpo = dict(data=prefs, model=str(model_dir), batch_size=4, micro_batch_size=1, eval_fraction=0.25, **offline)
-    online = dict(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), world=str(world_dir),
+    online = dict(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), world=str(world_dir),
                   reward="callable", reward_fn="distkit:letters", max_new_tokens=6, ppo_epochs=2, max_steps=2,
                   lr=3e-3, eval_every=0, eval_prompts=0, sample_every=1, save_every=1)
     quiet = {"monitor": {"enabled": False}}

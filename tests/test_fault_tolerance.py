@@ -267,7 +267,7 @@ def test_rm(monkeypatch, tmp_path, prefs, model_dir, policy):
     poison = Poison(2 if policy == "skip" else 3)
     monkeypatch.setattr(rm, "train_step", poison.step(rm.train_step, 1))
     monkeypatch.setattr(rm, "bradley_terry_loss", poison.loss(rm.bradley_terry_loss))
-    cfg = rm.RMConfig(data=str(prefs), backbone=str(model_dir), out=str(tmp_path / "rm"), max_steps=4, batch_size=4,
+    cfg = rm.RMConfig(data=str(prefs), model=str(model_dir), out=str(tmp_path / "rm"), max_steps=4, batch_size=4,
                       micro_batch_size=2, lr=1e-2, warmup_steps=1, eval_fraction=0.25, eval_every=0, save_every=2,
                       log_every=1, max_length=64, nonfinite=policy)
     cfg.validate()
@@ -305,7 +305,7 @@ def _ppo(monkeypatch, tmp_path, world_dir, model_dir, policy: str, poison: Poiso
     poisoned = poison.loss(algo.loss, lambda o: o[0], lambda o, x: (x, o[1]))
     monkeypatch.setitem(online_update.ALGORITHMS, "ppo", dataclasses.replace(algo, loss=poisoned))
     # N = 4 samples, one minibatch, ppo_epochs = 2: two optimizer updates per step.
-    cfg = PPOConfig(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
+    cfg = PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
                     world=str(world_dir), max_new_tokens=6, rollout_batch=4, minibatch_size=4, micro_batch_size=2,
                     ppo_epochs=2, max_steps=4, lr=3e-3, eval_every=0, eval_prompts=0, sample_every=0, save_every=2,
                     out=str(tmp_path / "ppo"), nonfinite=policy, **kw)

@@ -394,7 +394,7 @@ def test_dpo_on_trl_rows_and_kto_on_trl_unpaired_rows(tmp_path, model_dir):
 
 def test_rm_on_hh_and_sft_on_plain_pairs(tmp_path, model_dir):
     hh = _hh_subset(tmp_path / "hh.jsonl.gz", 24)
-    assert main(["rm", f"data={hh}", f"backbone={model_dir}", f"out={tmp_path / 'rm'}", "max_steps=1",
+    assert main(["rm", f"data={hh}", f"model={model_dir}", f"out={tmp_path / 'rm'}", "max_steps=1",
                  "batch_size=4", "micro_batch_size=4", "eval_fraction=0.25", "eval_every=0", "save_every=0",
                  "max_length=48", "normalise_sequences=8"]) == 0
     report = json.loads((tmp_path / "rm" / "data_report.json").read_text())
@@ -409,7 +409,7 @@ def test_rm_on_hh_and_sft_on_plain_pairs(tmp_path, model_dir):
 
 def test_collect_on_hh_prompts(tmp_path, model_dir):
     hh = _hh_subset(tmp_path / "hh.jsonl.gz", 4)
-    assert main(["collect", f"prompts={hh}", f"policies=[{model_dir}]", "n_prompts=2", "responses_per_prompt=2",
+    assert main(["collect", f"prompts={hh}", f"model=[{model_dir}]", "n_prompts=2", "responses_per_prompt=2",
                  "max_new_tokens=4", "max_prompt_length=128", f"out={tmp_path / 'collect'}"]) == 0
     queue = [json.loads(line) for line in (tmp_path / "collect" / "queue.jsonl").read_text().splitlines()]
     assert {json.dumps(r["prompt"]) for r in queue} <= {json.dumps(p) for p in load_prompts(hh)[:2]}

@@ -326,7 +326,7 @@ def test_resume_refuses_a_checkpoint_with_other_lora_settings(sft_runs, sft_exam
 
 
 def _rm_cfg(data, backbone, out, **kw) -> rm.RMConfig:
-    return rm.RMConfig(data=str(data), backbone=str(backbone), out=str(out), max_steps=8, batch_size=6,
+    return rm.RMConfig(data=str(data), model=str(backbone), out=str(out), max_steps=8, batch_size=6,
                        micro_batch_size=3, lr=1e-2, warmup_steps=1, eval_every=4, save_every=4, log_every=1,
                        eval_fraction=0.25, max_length=64, seed=0, lora=LORA, **kw)
 
@@ -454,7 +454,7 @@ def test_online_rl_with_lora(algorithm, tmp_path, world_dir, model_dir, monkeypa
     real_setup = online.setup
     monkeypatch.setattr(online, "setup", lambda cfg: sessions.append(real_setup(cfg)) or sessions[-1])
     cls = PPOConfig if algorithm == "ppo" else GRPOConfig
-    cfg = cls(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
+    cfg = cls(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
               reward_fn=f"{module.__name__}:letters", max_new_tokens=6, minibatch_size=4, micro_batch_size=2,
               ppo_epochs=2, max_steps=2, lr=1e-2, eval_every=0, eval_prompts=0, sample_every=0, save_every=0,
               rollout_batch=4 if algorithm == "ppo" else 2, out=str(tmp_path), lora=LORA,

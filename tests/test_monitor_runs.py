@@ -33,7 +33,7 @@ def alert_at_step_2(monkeypatch):
 
 
 def ppo_cfg(out, world_dir, model_dir, **monitor):
-    return PPOConfig(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
+    return PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
                      world=str(world_dir), rollout_batch=4, max_new_tokens=6, minibatch_size=4, micro_batch_size=2,
                      ppo_epochs=1, max_steps=4, lr=3e-3, eval_every=1, eval_prompts=4, sample_every=0, save_every=0,
                      out=str(out), monitor=MonitorConfig(baseline_steps=1, window=2, **monitor))

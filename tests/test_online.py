@@ -56,7 +56,7 @@ def rm_dir(model_dir, tmp_path_factory):
 
 def make_cfg(algorithm, out, world_dir, model_dir, **kw):
     cls = CONFIGS[algorithm]
-    settings = dict(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
+    settings = dict(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
                     reward_fn=f"{REWARDS}:letters", world=str(world_dir), max_new_tokens=6, minibatch_size=4,
                     micro_batch_size=2, ppo_epochs=2, max_steps=2, lr=3e-3, eval_every=0, eval_prompts=0,
                     sample_every=1, save_every=0, out=str(out))

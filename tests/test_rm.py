@@ -437,7 +437,7 @@ class Killed(Exception):
 
 
 def _cfg(data, backbone, out, **kw) -> RMConfig:
-    return RMConfig(data=str(data), backbone=str(backbone), out=str(out), max_steps=40, batch_size=8,
+    return RMConfig(data=str(data), model=str(backbone), out=str(out), max_steps=40, batch_size=8,
                     micro_batch_size=4, lr=1e-2, warmup_steps=3, eval_every=10, save_every=10, log_every=1,
                     eval_fraction=0.25, max_length=64, seed=0, **kw)
 

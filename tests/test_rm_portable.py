@@ -72,7 +72,7 @@ def prefs(root) -> Path:
 
 def train(backbone: Path, prefs: Path, out: Path, **kw) -> Path:
     """A 2-step `tether rm` run; returns out/model."""
-    cfg = rm.RMConfig(data=str(prefs), backbone=str(backbone), out=str(out), max_steps=2, batch_size=4,
+    cfg = rm.RMConfig(data=str(prefs), model=str(backbone), out=str(out), max_steps=2, batch_size=4,
                       micro_batch_size=2, lr=1e-2, warmup_steps=0, eval_fraction=0.25, eval_every=0, save_every=0,
                       log_every=1, max_length=MAX_LENGTH, seed=0, **kw)
     cfg.validate()

@@ -94,7 +94,7 @@ def test_sft_run_reports_its_metrics_jsonl_to_tensorboard_and_mlflow(tmp_path, w
 
 
 def test_grpo_run_reports_the_same_names_and_steps_including_evaluations(tmp_path, world_dir, model_dir):
-    cfg = GRPOConfig(policy=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
+    cfg = GRPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
                      world=str(world_dir), max_new_tokens=8, rollout_batch=2, group_size=2, minibatch_size=4,
                      micro_batch_size=2, ppo_epochs=1, max_steps=2, eval_every=0, eval_prompts=4, sample_every=0,
                      save_every=0, out=str(tmp_path), report_to=["tensorboard", "mlflow"])
@@ -127,7 +127,7 @@ def test_preference_stages_report_their_metrics_jsonl(stage, tmp_path, model_dir
                   micro_batch_size=4, max_steps=2, eval_fraction=0.25, eval_every=2, log_every=1, save_every=0,
                   warmup_steps=1, max_length=64, report_to=["tensorboard"])
     if stage == "rm":
-        cfg = RMConfig(backbone=str(model_dir), **common)
+        cfg = RMConfig(model=str(model_dir), **common)
     else:
         cfg = DPOConfig(model=str(model_dir), loss="sigmoid" if stage == "dpo" else "kto", kl_eval_prompts=0,
                         **common)

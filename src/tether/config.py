@@ -1,6 +1,7 @@
 """Typed stage configs: dataclass defaults, then a YAML file, then `key=value` overrides, then `validate()`.
 
-A stage config is a plain `@dataclass` with a docstring under each field (CleanRL style):
+A stage config is a plain `@dataclass` with a docstring under each field (CleanRL style); a class attribute
+`RENAMED: ClassVar[dict[str, str]]` (old name -> new) makes an old field name an error that names the new one:
 
     @dataclass
     class SFTConfig:
@@ -149,7 +150,7 @@ def _apply_override(cls: type, data: dict, text: str) -> None:
     for part in parts[:-1]:
         known = _settable(klass)
         if part not in known:
-            raise _unknown_field(where, part, known)
+            raise _unknown_field(where, part, known, klass)
         inner = _dataclass_in(_hints(klass)[part])
         if inner is None:
             kind = _type_name(_hints(klass)[part])
@@ -169,7 +170,7 @@ def _build(cls: type, mapping: Any, where: str, base: Any) -> Any:
     for key, value in mapping.items():
         name = str(key)
         if name not in known:
-            raise _unknown_field(where, name, known)
+            raise _unknown_field(where, name, known, cls)
         inner_base = getattr(base, name) if base is not None else _default(known[name])
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}", inner_base)
     if base is None:
@@ -360,7 +361,11 @@ def _dataclass_in(tp: Any) -> type | None:
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
-def _unknown_field(where: str, name: str, known: Mapping[str, Any]) -> ConfigError:
+def _unknown_field(where: str, name: str, known: Mapping[str, Any], cls: type | None = None) -> ConfigError:
+    """The error of a field `cls` does not have; a renamed one (the class's `RENAMED`, old -> new) names its new name."""
+    new = getattr(cls, "RENAMED", {}).get(name)
+    if new is not None:
+        return ConfigError(f"{where}.{name}: renamed to {new!r} (the same name on every stage); write {new}=... instead")
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"{where}: unknown field {name!r}{hint}; known fields: {', '.join(known)}")

@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rich.console import Console
 
@@ -31,8 +31,9 @@ console = Console(stderr=True)
 class CollectConfig:
     """Sample K responses per prompt and form comparison pairs with provenance."""
 
-    policies: list[str] = field(default_factory=lambda: ["runs/sft/model"])
-    """Policy model folders; the K responses of a prompt are shared round-robin among them."""
+    RENAMED: ClassVar[dict[str, str]] = {"policies": "model"}
+    model: list[str] = field(default_factory=lambda: ["runs/sft/model"])
+    """Policy model folder, or several (model=[a,b]): the K responses of a prompt are shared round-robin among them."""
     prompts: str = "runs/world/prompts.jsonl"
     """Prompts: {"prompt": str or messages} rows, or the prompts of TRL, HH-RLHF or UltraFeedback data (each
     distinct prompt once); JSONL, Parquet, Arrow or a save_to_disk folder."""
@@ -69,7 +70,7 @@ class CollectConfig:
     """Longest prompt in tokens; longer ones drop earlier turns, then tokens from their start (None: no limit)."""
 
     def validate(self) -> None:
-        check(len(self.policies) >= 1, "policies", "needs at least one model folder")
+        check(len(self.model) >= 1, "model", "needs at least one model folder")
         check_format(self.format, "prompts")
         check(self.responses_per_prompt >= 2, "responses_per_prompt", "must be >= 2 to form pairs")
         check(self.temperature > 0, "temperature", "must be > 0 (greedy decoding gives identical responses)")
@@ -84,8 +85,8 @@ class CollectConfig:
 def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
     """Per prompt, the (response, policy) samples, K in all shared round-robin among the policies."""
     samples: list[list[tuple[str, str]]] = [[] for _ in prompts]
-    for p, policy in enumerate(cfg.policies):
-        k = len(range(p, cfg.responses_per_prompt, len(cfg.policies)))
+    for p, policy in enumerate(cfg.model):
+        k = len(range(p, cfg.responses_per_prompt, len(cfg.model)))
         if k == 0:
             continue
         model, tokenizer = load_policy(policy), load_tokenizer(policy)

@@ -155,13 +155,13 @@ def _stage_configs(cfg: DemoConfig) -> dict:
                             preset=cfg.preset, seed=cfg.seed, out=str(root / "pretrain"), resume=cfg.resume),
         "sft": replace(cfg.sft, data=str(root / "world/sft.jsonl"), model=str(root / "pretrain/model"),
                        seed=cfg.seed, out=str(root / "sft"), resume=cfg.resume),
-        "collect": replace(cfg.collect, policies=[sft_model, base_model], prompts=str(root / "world/prompts.jsonl"),
+        "collect": replace(cfg.collect, model=[sft_model, base_model], prompts=str(root / "world/prompts.jsonl"),
                            seed=cfg.seed, out=str(root / "collect")),
         "label": label_stage.LabelConfig(queue=str(root / "collect/queue.jsonl"), world=str(root / "world"),
                                          raters=replace(cfg.raters, seed=cfg.seed), out=str(root / "label")),
-        "rm": replace(cfg.rm, data=str(root / "label/comparisons.jsonl"), backbone=sft_model, seed=cfg.seed,
+        "rm": replace(cfg.rm, data=str(root / "label/comparisons.jsonl"), model=sft_model, seed=cfg.seed,
                       out=str(root / "rm"), resume=cfg.resume),
-        "ppo": replace(cfg.ppo, policy=sft_model, prompts=str(root / "world/prompts.jsonl"), reward="rm",
+        "ppo": replace(cfg.ppo, model=sft_model, prompts=str(root / "world/prompts.jsonl"), reward="rm",
                        reward_model=str(root / "rm/model"), world=str(root / "world"), seed=cfg.seed,
                        out=str(root / "ppo"), resume=cfg.resume),
         "dpo": replace(cfg.dpo, data=str(root / "label/comparisons.jsonl"), model=sft_model, seed=cfg.seed,
@@ -282,7 +282,7 @@ def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     attacks = {}
     for name, path in policies.items():
         out = root / "redteam" / name
-        timed(f"redteam {name}", redteam.run, replace(stages["redteam"], policy=str(path), out=str(out)),
+        timed(f"redteam {name}", redteam.run, replace(stages["redteam"], model=str(path), out=str(out)),
               done=out / "summary.json")
         attacks[name] = json.loads((out / "summary.json").read_text())
     return {"policies": footing, "redteam": attacks}

@@ -232,17 +232,17 @@ def stage_configs(cfg: IterateConfig, parent: Parent, out: Path) -> dict:
     policy = str(out / cfg.optimiser / "model")
     retrain = cfg.rm_mode == "retrain"
     return {
-        "collect": replace(s["collect"], policies=[str(parent.policy), sft], prompts=str(out / "collect_prompts.jsonl"),
+        "collect": replace(s["collect"], model=[str(parent.policy), sft], prompts=str(out / "collect_prompts.jsonl"),
                            n_prompts=None, seed=s["collect"].seed + 1, out=str(out / "collect")),
         "label": label_stage.LabelConfig(queue=str(out / "collect/queue.jsonl"), world=world, raters=s["raters"],
                                          out=str(out / "label"), app=cfg.app),
         "rm": replace(s["rm"], data=str(out / ("all_comparisons.jsonl" if retrain else "label/comparisons.jsonl")),
-                      backbone=sft if retrain else str(parent.reward_model), out=str(out / "rm"), resume=cfg.resume),
-        "ppo": replace(s["ppo"], policy=init, prompts=str(out / "prompts.jsonl"), reward="rm",
+                      model=sft if retrain else str(parent.reward_model), out=str(out / "rm"), resume=cfg.resume),
+        "ppo": replace(s["ppo"], model=init, prompts=str(out / "prompts.jsonl"), reward="rm",
                        reward_model=str(out / "rm/model"), world=world, out=str(out / "ppo"), resume=cfg.resume),
         "dpo": replace(s["dpo"], data=str(out / "all_comparisons.jsonl"), model=init, out=str(out / "dpo"),
                        resume=cfg.resume, monitor=replace(s["dpo"].monitor, world=world)),
-        "redteam": replace(s["redteam"], policy=policy, world=world, reward_model=str(out / "rm/model"),
+        "redteam": replace(s["redteam"], model=policy, world=world, reward_model=str(out / "rm/model"),
                            out=str(out / "redteam" / cfg.optimiser)),
         "eval": replace(s["eval"], model=policy, world=world, out=str(out / "eval")),
     }
@@ -293,7 +293,7 @@ def parent_audit(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, ti
     attacks = parent.folder / "redteam" / name
     if not (attacks / "summary.json").exists():
         attacks = out / "parent/redteam"
-        timed("redteam parent", redteam.run, replace(stages["redteam"], policy=str(parent.policy),
+        timed("redteam parent", redteam.run, replace(stages["redteam"], model=str(parent.policy),
               reward_model=str(parent.reward_model), out=str(attacks)), done=attacks / "summary.json")
     sft_attacks = parent.root / "redteam/sft/summary.json"
     return {"eval": _json(evaluation), "redteam": _json(attacks / "summary.json"), "redteam_dir": attacks,
@@ -510,9 +510,9 @@ def _record(cfg: IterateConfig, parent: Parent, stages: dict, out: Path, n: int,
         "parent": {"round": parent.number, "folder": str(parent.folder), "optimiser": parent.optimiser,
                    "policy": str(parent.policy),
                    "reward_model": str(parent.reward_model), "audit": before["files"]},
-        "init_policy": stages[name].policy if name == "ppo" else stages[name].model,
+        "init_policy": stages[name].model,
         "policy": str(out / name / "model"), "reward_model": str(out / "rm/model"),
-        "rm": {"mode": cfg.rm_mode, "backbone": stages["rm"].backbone, "data": stages["rm"].data,
+        "rm": {"mode": cfg.rm_mode, "backbone": stages["rm"].model, "data": stages["rm"].data,
                "rounds": rounds if cfg.rm_mode == "retrain" else {str(n): rounds[str(n)]}},
         "guideline_versions": guideline_versions(this_round),
         "raters": asdict(stages["label"].raters),  # the pool's biases: what a guideline version stands for here

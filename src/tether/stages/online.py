@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -120,7 +120,8 @@ FIXED_METRICS = (
 class OnlineConfig(DistributedConfig):
     """Online RL of a policy against a reward with a KL tether to the initial policy (PPO, GRPO or RLOO)."""
 
-    policy: str = "runs/sft/model"
+    RENAMED: ClassVar[dict[str, str]] = {"policy": "model"}
+    model: str = "runs/sft/model"
     """HF folder of the initial policy (with its tokenizer); its frozen copy is the reference π_ref."""
     prompts: str = "runs/world/prompts.jsonl"
     """Training prompts, rows {"prompt": str or messages}, or the prompts of TRL, HH-RLHF or UltraFeedback data
@@ -394,8 +395,8 @@ def setup(cfg: OnlineConfig) -> Session:
                                 trust_remote_code=cfg.trust_remote_code)
     if hasattr(source, "model"):  # a reward model scores on the device too
         distributed.prepare(source.model, cfg, device)
-    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-    policy = adapt(load_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    policy = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
     policy = distributed.prepare(policy, cfg, device).eval()  # device, bf16, gradient checkpointing
     ref = frozen_reference(policy)  # π_ref: the initial weights, before any resume (LoRA: adapters disabled, no copy)
     critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
@@ -407,7 +408,7 @@ def setup(cfg: OnlineConfig) -> Session:
     controller = KL_CONTROLLERS[cfg.kl_controller](value=cfg.kl_coef, **(
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
-    fmt = chat_format(tokenizer, cfg.chat_template, cfg.policy)
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
     s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
                 eval_prompt_texts(world, cfg.eval_prompts) if world else [],

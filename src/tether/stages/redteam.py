@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -37,7 +37,8 @@ SampleFn = Callable[[list[list[dict]], int], list[str]]
 class RedteamConfig:
     """Red-team a policy: adversarial probes, failure rates per suite and attack, proxy-vs-gold search."""
 
-    policy: str = "runs/sft/model"
+    RENAMED: ClassVar[dict[str, str]] = {"policy": "model"}
+    model: str = "runs/sft/model"
     """Hugging Face model folder of the policy (tokenizer in the same folder)."""
     world: str = "runs/world"
     """World folder (from `tether world`): generates the suites and judges with gold; "" for none (real models)."""
@@ -168,8 +169,8 @@ def run(cfg: RedteamConfig) -> dict:
     probes = _probes(cfg, world)
     write_probes(out / "probes.jsonl", probes)
     # 2. answer them: every probe `samples` times, pushback probes twice in a row
-    model, tokenizer = load_policy(cfg.policy), load_tokenizer(cfg.policy)
-    fmt = chat_format(tokenizer, cfg.chat_template, cfg.policy)
+    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
 
     def sample_fn(conversations, turn):
         return generate(model, fmt, conversations, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
@@ -193,7 +194,7 @@ def run(cfg: RedteamConfig) -> dict:
         summary["search"] = {"proxy_min": proxy_min, "found": len(found), "bad": sum(r["bad"] for r in rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     console = Console(width=100)
-    console.print(summary_table(summary, f"red team: {cfg.policy} (temperature {cfg.temperature})"))
+    console.print(summary_table(summary, f"red team: {cfg.model} (temperature {cfg.temperature})"))
     if proxy:
         console.print(f"search: {summary['search']['found']} bad responses with proxy >= "
                       f"{summary['search']['proxy_min']:+.2f} -> {out / 'found.jsonl'}")

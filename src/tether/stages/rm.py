@@ -13,7 +13,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from rich.console import Console
@@ -71,7 +71,8 @@ class RMConfig(TrainConfig):
     None for a file."""
     eval_split: str | None = None
     """Split of eval_data when it is a save_to_disk DatasetDict folder (e.g. test_prefs); None for a file."""
-    backbone: str = "runs/sft/model"
+    RENAMED: ClassVar[dict[str, str]] = {"backbone": "model"}
+    model: str = "runs/sft/model"
     """Hugging Face folder the reward model starts from (e.g. the SFT model), with its tokenizer. A causal LM becomes
     its architecture's sequence classifier: `model/` loads with AutoModelForSequenceClassification (`tether.reward`)."""
     pool: Literal["last", "cls", "mean"] = "last"
@@ -112,7 +113,7 @@ class RMConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check(bool(self.data), "data", "is required")
-        check(bool(self.backbone), "backbone", "is required")
+        check(bool(self.model), "model", "is required")
         check_format(self.format, "comparisons")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         check(self.normalise_sequences >= 2, "normalise_sequences", "must be >= 2")
@@ -137,7 +138,7 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig, 
         encoded = [tuple(encode_pair(tokenizer, c.prompt, r, cfg.max_length, pair_encoding=True)
                          for r in (c.response_a, c.response_b)) for c in labelled]
     else:
-        fmt = chat_format(tokenizer, cfg.chat_template, cfg.backbone)
+        fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
         encoded = [tuple((e.input_ids, e.truncated) for e in pair) for pair in
                    fmt.encode_pairs([(c.prompt, c.response_a, c.response_b) for c in labelled], cfg.max_length)]
     pairs, truncated = [], 0
@@ -353,7 +354,7 @@ def run(cfg: RMConfig) -> Path:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = adapt(RewardModel.from_backbone(cfg.backbone, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
+    model = adapt(RewardModel.from_backbone(cfg.model, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
     check_positions(model, cfg.max_length, "max_length")
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if main:
@@ -432,7 +433,7 @@ def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
-    if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.backbone
+    if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.model
         load_adapter_checkpoint(model, ckpt)
     else:
         refuse_adapter_checkpoint(ckpt)
