@@ -354,7 +354,7 @@ def test_data_command_line_errors(tmp_path, capsys):
     assert main(["data", "convert", "--help"]) == 0 and "to (str, default tether)" in capsys.readouterr().out
     src = _jsonl(tmp_path / "t.jsonl", TETHER)
     for args, message in [
-        (["conv"], "tether data: unknown sub-command 'conv' (did you mean 'convert'?); sub-commands: convert"),
+        (["conv"], "tether data: unknown sub-command 'conv' (did you mean 'convert'?); sub-commands: convert, preview"),
         (["convert", f"in={src}", "out=x.jsonl", "to=xml"], "ConvertConfig.to: must be one of tether, trl, "
          "trl_conversational, hh, trl_unpaired, messages, prompt_completion, prompts, got 'xml'"),
         (["convert", f"in={src}", f"out={src}"], "ConvertConfig.out: is the input file; write elsewhere"),

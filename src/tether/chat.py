@@ -51,7 +51,7 @@ from transformers.utils.chat_template_utils import (
     render_jinja_template,
 )
 
-from tether.chat_templates import CHAT_TEMPLATE_HELP, resolve_template
+from tether.chat_templates import TEMPLATES, resolve_template
 from tether.errors import ConfigError, DataError
 
 Prompt = Union[str, list]
@@ -158,8 +158,10 @@ class ChatFormat:
             longest = max(len(e.input_ids) - e.prompt_length for e in pair)
             limits = [max_prompt_length, None if max_length is None else max_length - longest]
             budget = min([pair[0].prompt_length] + [x for x in limits if x is not None])
-            if budget < pair[0].prompt_length or (max_length is not None and budget < 1):
-                pair = tuple(self.encode(prompt, r, max_length, max(budget, 1)) for r in (a, b))
+            if budget < 2:  # a response alone (nearly) fills max_length: each keeps what prompt it can on its own
+                pair = tuple(self.encode(prompt, r, max_length, max_prompt_length) for r in (a, b))
+            elif budget < pair[0].prompt_length:
+                pair = tuple(self.encode(prompt, r, max_length, budget) for r in (a, b))
             out.append(pair)
         return out
 
@@ -218,9 +220,9 @@ class ChatFormat:
 
     def _plain_pieces(self, prompt: Prompt, response: str | None, generation: bool) -> tuple[list[str], list[bool]]:
         if _is_messages(prompt):
-            raise ConfigError(f"chat_template: the tokenizer of {self.source} has no chat template (or "
-                              f"chat_template=none) and the data holds conversations; set chat_template to "
-                              f"{CHAT_TEMPLATE_HELP.split(', or empty')[0]}")
+            raise ConfigError(f"chat_template: the data holds conversations, and the tokenizer of {self.source} has no "
+                              f"chat template to format them (or chat_template=none asked for plain text); set "
+                              f"chat_template to a built-in name ({', '.join(TEMPLATES)}) or a .jinja file")
         if generation:
             return [prompt], [False]
         if response is None:

@@ -50,9 +50,25 @@ def convert_main(args: list[str]) -> int:
     return 0
 
 
+def preview_main(args: list[str]) -> int:
+    from tether.data.preview import PreviewConfig, preview
+
+    usage = "usage: tether data preview data=FILE model=FOLDER [stage=sft] [chat_template=] [max_length=256] [rows=3]"
+    if any(a in ("-h", "--help") for a in args):
+        print(f"{usage}\n\n{SUBCOMMANDS['preview'].summary}\n\nsettings:\n{config_help(PreviewConfig)}")
+        return 0
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise DataCliError(f"tether data preview: expected key=value, got {bad[0]!r}; {usage}")
+    print(preview(load_config(PreviewConfig, None, args), colour=sys.stdout.isatty()))
+    return 0
+
+
 SUBCOMMANDS: dict[str, SubCommand] = {
     "convert": SubCommand(convert_main, "Convert a data file between formats (tether, TRL, HH-RLHF, UltraFeedback, "
                                         "SFT rows, prompts; JSONL, Parquet, Arrow, save_to_disk folders)."),
+    "preview": SubCommand(preview_main, "Show the first rows exactly as a stage trains on them: the model's chat "
+                                        "template, trained tokens marked, what truncation cut."),
 }
 
 
