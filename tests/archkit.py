@@ -26,7 +26,11 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+_HH_FILE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+# The shared data sits beside the checkout (/work/shared beside /work/main), or further up for a git worktree
+# (/work/wt/<name>): the nearest folder above that holds it.
+HH = next((p / _HH_FILE for p in Path(__file__).resolve().parents if (p / _HH_FILE).is_file()),
+          Path(__file__).resolve().parents[2] / _HH_FILE)
 FALLBACK_DIALOGUES = [
     {"chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt, knead, let it rise, "
                "then bake it at 220 C for about 30 minutes.",
@@ -159,7 +163,8 @@ ARCHITECTURES = {
     "opt": ("OPTConfig", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
                               word_embed_proj_dim=32, max_position_embeddings=256)),
     "gpt_neox": ("GPTNeoXConfig", dict(_SMALL, max_position_embeddings=256)),
-    "mistral": ("MistralConfig", dict(_SMALL, num_key_value_heads=1, max_position_embeddings=256)),
+    "mistral": ("MistralConfig", dict(_SMALL, num_key_value_heads=1, max_position_embeddings=256,
+                                      sliding_window=64)),  # its default, 4096, would never slide here
 }
 
 

@@ -63,3 +63,30 @@ def model_dir(tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     save_pretrained(build_model("test", tokenizer, seed=0), tokenizer, str(out))
     return out
+
+
+HH_ROWS = 48
+"""Rows of the real HH-RLHF file the real-model tests train on (test_real_models, test_hh_cli)."""
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory):
+    """One folder for tests/archkit's tokenizers and model folders, so each tokenizer shape is trained once a session
+    (the real-model tests: test_real_models, test_hh_cli)."""
+    return tmp_path_factory.mktemp("real")
+
+
+@pytest.fixture(scope="session")
+def hh_file(real_root):
+    """The first HH_ROWS rows of the real HH-RLHF file (archkit.HH; the built-in dialogues when it is absent) as
+    gzipped JSONL, as a user downloads it: {"chosen", "rejected"} dialogues that tether reads with format=hh (or
+    auto)."""
+    import gzip
+    import json
+
+    import archkit
+
+    path = real_root / "hh.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in archkit.hh_rows(HH_ROWS))
+    return path

@@ -1,9 +1,14 @@
-"""`tether evaluate`: a policy on the world's held-out prompts, judged by the gold reward.
+"""`tether evaluate`: a policy on the world's held-out prompts, judged by the gold reward, or on a prompts file.
 
-Reports, per category, the rates of each behaviour (correct, sycophantic, refused, over-refused,
+World (`world=`): per category, the rates of each behaviour (correct, sycophantic, refused, over-refused,
 hedged, padded, flattering, hallucinated) and the mean gold reward. Greedy decoding measures what
 the policy does; temperature 1 measures what its distribution *can* do (for the base model: which
 bad styles RL could later find and exploit).
+
+Prompts file (`prompts=`, `world=""`; any format collect reads, e.g. HH-RLHF): there is no gold, so the summary
+holds what text alone tells: response length in tokens, the share of responses that ended (on an end-of-turn
+token, not cut at max_new_tokens), and the refusal and hedging rates of the monitor's phrase detectors
+(`tether.monitor.text`, named in the summary as `detector`).
 """
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ from tether.agreement import agreement_report, predictor_majority_agreement
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
-from tether.generation import generate
+from tether.data.formats import check_format, load_prompts
+from tether.generation import generate, generate_records
 from tether.models import load_policy, load_tokenizer
+from tether.monitor.text import HEDGING, REFUSAL, marker_rate
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
 from tether.world.probes import probe_pairs
@@ -29,18 +36,33 @@ FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded"
 SHORT = {"sycophantic": "syco", "over_refused": "over-ref", "flattering": "flatter", "hallucinated": "halluc",
          "false_premise": "false-premise"}
 console = Console(stderr=True)
+DETECTOR = "tether.monitor.text phrase markers (REFUSAL, HEDGING)"
+"""The refusal and hedging detector of a prompts-file evaluation, written into its summary."""
 
 
 @dataclass
 class EvalConfig:
-    """Evaluate a policy on the world's held-out prompts with the gold reward."""
+    """Evaluate a policy on the world's held-out prompts with the gold reward, or on a prompts file."""
 
     model: str = "runs/sft/model"
     """Hugging Face model folder of the policy (tokenizer in the same folder)."""
     world: str = "runs/world"
-    """World folder (from `tether world`)."""
+    """World folder (from `tether world`); "" to evaluate on `prompts` instead."""
+    prompts: str = ""
+    """Prompts file to evaluate on instead of a world (with world=""): {"prompt": str or messages} rows, or the
+    prompts of TRL, HH-RLHF or UltraFeedback data (each distinct prompt once); JSONL, Parquet, Arrow or a
+    save_to_disk folder."""
+    format: str = "auto"
+    """Format of prompts: auto (told from the first row's keys) or a name from `tether data --help`:
+    prompts, hh, trl, ultrafeedback_binarized, ultrafeedback, ..."""
+    split: str | None = None
+    """Split of prompts when it is a `datasets` save_to_disk DatasetDict folder (e.g. test_prefs); None for a file."""
+    n_prompts: int | None = None
+    """Use only the first n prompts of `prompts` (None: all)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens; longer ones drop earlier turns, then tokens from their start (None: no limit)."""
     out: str = "runs/eval"
-    """Folder for samples.jsonl and summary.json."""
+    """Folder for eval_samples.jsonl, eval_summary.json, eval_settings.json and config.yaml."""
     temperature: float = 0.0
     """Sampling temperature; 0 is greedy decoding."""
     samples_per_prompt: int = 1
@@ -57,6 +79,12 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_template_setting(self.chat_template)
+        check(bool(self.world) != bool(self.prompts), "prompts", "give exactly one of world= and prompts= (to "
+              "evaluate on a prompts file: world=\"\" prompts=FILE)")
+        check_format(self.format, "prompts")
+        check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
+        check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
+              "must be >= 1 or null")
         check(self.temperature >= 0, "temperature", "must be >= 0")
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
@@ -126,7 +154,44 @@ def write_results(out: Path, rows: list[dict], summary: dict, name: str = "eval"
         (out / f"{name}_settings.json").write_text(json.dumps(decoding(cfg), indent=1))
 
 
+def summarize_responses(rows: list[dict]) -> dict:
+    """What text alone tells of responses without gold: n, mean tokens, the share that ended on an end-of-turn
+    token, the refusal and hedging rates (`DETECTOR`)."""
+    responses = [r["response"] for r in rows]
+    n = max(len(rows), 1)
+    return {"n": len(rows), "mean_tokens": sum(r["tokens"] for r in rows) / n,
+            "ended_rate": sum(r["ended"] for r in rows) / n, "refusal_rate": marker_rate(responses, REFUSAL) or 0.0,
+            "hedging_rate": marker_rate(responses, HEDGING) or 0.0, "detector": DETECTOR}
+
+
+def evaluate_prompts(model, tokenizer, prompts: list, cfg: EvalConfig) -> tuple[list[dict], dict]:
+    """samples_per_prompt responses per prompt, as rows {prompt, response, tokens, ended}, and their summary."""
+    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
+    generated = generate_records(model, fmt, repeated, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
+                                 cfg.seed, "evaluate", max_prompt_length=cfg.max_prompt_length)
+    rows = [{"prompt": p, "response": g.text, "tokens": g.tokens, "ended": g.ended}
+            for p, g in zip(repeated, generated)]
+    return rows, summarize_responses(rows)
+
+
+def run_prompts(cfg: EvalConfig) -> dict:
+    """`tether evaluate prompts=FILE world=""`: eval_samples.jsonl, eval_summary.json, eval_settings.json."""
+    prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)[:cfg.n_prompts]  # bad data fails before model work
+    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    rows, summary = evaluate_prompts(model, tokenizer, prompts, cfg)
+    write_results(Path(cfg.out), rows, summary, cfg=cfg)
+    console.print(f"evaluate: {summary['n']} responses to {len(prompts)} prompts of {cfg.prompts}: "
+                  f"{summary['mean_tokens']:.1f} tokens on average, {summary['ended_rate']:.0%} ended, "
+                  f"{summary['refusal_rate']:.0%} refused, {summary['hedging_rate']:.0%} hedged")
+    return summary
+
+
 def run(cfg: EvalConfig) -> dict:
+    if cfg.prompts:
+        return run_prompts(cfg)
     world = load_world(cfg.world)
     model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from tether.lora import (
     refuse_adapter_checkpoint,
 )
 from tether.losses import IGNORE_INDEX, shift_labels, token_nll_sum
-from tether.models import accepts, save_pretrained
+from tether.models import accepts, load_policy, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 
@@ -277,13 +277,15 @@ def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return 0
-    from safetensors.torch import load_file
     state = load_trainer_state(ckpt)
     if has_adapters(model):  # LoRA: the checkpoint holds the adapter; the frozen base is the run's input model
         load_adapter_checkpoint(model, ckpt)
     else:
         refuse_adapter_checkpoint(ckpt)
-        weights = load_file(str(ckpt / "model.safetensors"))
+        # Read as from_pretrained reads the folder, not key by key from its safetensors: transformers 5 saves some
+        # weights under their checkpoints' original names and renames them on load (GPT-NeoX's lm_head is saved as
+        # embed_out), so the file's keys need not be the model's.
+        weights = load_policy(str(ckpt), getattr(cfg, "trust_remote_code", False)).state_dict()
         missing, unexpected = distributed.load_weights(model, weights)
         tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
         if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
