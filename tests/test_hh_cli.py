@@ -46,7 +46,7 @@ TEMPLATE = {"chatml": archkit.CHATML, "base": HH, "llama3": archkit.LLAMA3}
 OUTPUTS = {"sft": ["model/config.json", "metrics.jsonl", "data_report.json"],
            "rm": ["model/config.json", "metrics.jsonl", "eval.json"],
            "dpo": ["model/config.json", "metrics.jsonl", "data_report.json"],
-           "grpo": ["model/config.json", "metrics.jsonl", "samples.jsonl"],
+           "grpo": ["model/config.json", "metrics.jsonl", "samples.jsonl", "data_report.json"],
            "collect": ["queue.jsonl", "report.json"]}
 
 
@@ -86,6 +86,13 @@ def test_the_queue_holds_hh_prompts_from_both_policies(walk, hh_file):
     assert {json.dumps(q["prompt"]) for q in queue} <= set(hh)
     assert {q["source_a"] for q in queue} | {q["source_b"] for q in queue} <= {
         str(runs / "grpo" / "model"), str(runs / "sft" / "model")}
+
+
+def test_prompts_are_cut_to_max_prompt_length_and_counted(walk, hh_file):
+    _, runs, _ = walk
+    report = json.loads((runs / "grpo" / "data_report.json").read_text())
+    assert report["prompts"] == len(load_prompts(hh_file)) and report["max_prompt_length"] == 96
+    assert report["longest_prompt"] <= 96 and report["earlier_turns_dropped"] + report["prompt_cut"] > 0
 
 
 def test_every_model_loads_with_plain_transformers_and_carries_the_template(walk):

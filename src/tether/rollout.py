@@ -105,6 +105,11 @@ def _draw(scaled: torch.Tensor, generator: torch.Generator | None, noise: torch.
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max_(cdf.size(-1) - 1)  # (B,)
 
 
+def sample_seed(seed: int, step: int, row: int) -> int:
+    """The seed of the sampling noise of global row `row` at `step`: who samples the row does not matter."""
+    return (seed * 1_000_003 + step) * 1_000_003 + row
+
+
 def row_noise(seeds: Sequence[int], steps: int, device=None) -> torch.Tensor:
     """(B, steps) float64 uniforms in [0, 1) for `sample(noise=...)`, row b from a generator seeded seeds[b].
 

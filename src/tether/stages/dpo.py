@@ -5,10 +5,10 @@ simpo) train the policy directly on pairs (x, y_chosen, y_rejected) against a fr
 `loss=kto` trains KTO on unpaired thumbs-up/down rows instead (or comparisons split into such rows, ties
 dropped and counted): another data shape and step, in `tether.stages.kto`, which this module's `run` enters.
 
-Data. tether preference JSONL, one row per rating. Unlabelled rows (choice null) are an error naming their
-line. Ties are dropped and counted, except for IPO, which has a target for them (`TIE_AWARE`). Each pair is
-encoded as prompt + chosen and prompt + rejected with the chat template; only the final response's tokens
-and its `<eos>` count. Truncation to max_length is counted; a pair left with no response token is dropped.
+Data. Comparisons in any format of tether.data.formats, one row per rating; an unlabelled row is an error naming
+its place. Ties are dropped and counted, except for IPO (`TIE_AWARE`). Each pair is prompt + chosen and prompt +
+rejected in the model's chat format (tether.chat): only the final response and its end-of-turn token count; the
+prompt is cut to fit the longer response; a pair whose response alone does not fit is dropped; both counted.
 
 Reference. π_ref's log-probs of every sequence are computed once, before training, in one no-grad pass,
 and cached in `out/ref_logps.safetensors` under a sha256 of the reference weights and of every scored
@@ -142,10 +142,9 @@ class DPOConfig(TrainConfig):
     undesirable_weight: float = 1.0
     """KTO's λ_U, the weight of undesirable rows."""
     max_length: int = 256
-    """Longest prompt + response in tokens. A pair's prompt is cut to fit its longer response (earlier turns first,
-    then tokens from its start; tether.chat); a pair whose response alone does not fit is dropped; both counted."""
+    """Longest prompt + response in tokens (module docstring, "Data": what is cut and what dropped)."""
     max_prompt_length: int | None = None
-    """Longest prompt in tokens (cut the same way; None: only max_length limits it)."""
+    """Longest prompt in tokens, cut the same way (None: only max_length limits it)."""
     trust_remote_code: bool = False
     """Allow the model folders' own Python code to run (only for models you trust)."""
     out: str = "runs/dpo"
@@ -237,13 +236,12 @@ class PairBatch:
 
 def encode_responses(fmt: ChatFormat, prompts: list, responses: list[str], max_length: int,
                      max_prompt_length: int | None = None) -> list[Encoded]:
-    """prompt + response of each row (tether.chat). The mask covers the response's tokens and its end-of-turn token
-    only: the assistant turns inside a conversation prompt are context, not targets."""
+    """prompt + response of each row (tether.chat), the mask on the response and its end-of-turn token only."""
     return fmt.encode_many(list(zip(prompts, responses)), max_length, max_prompt_length)
 
 
 def example(e: Encoded) -> Example:
-    return Example(e.input_ids, e.loss_mask)
+    return Example(e.input_ids, e.loss_mask)  # the ids and mask a training step reads
 
 
 def encode_comparisons(fmt: ChatFormat, comparisons: list[Comparison], cfg: DPOConfig) -> tuple[list[Pair], dict]:

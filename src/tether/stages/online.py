@@ -80,7 +80,7 @@ from tether.policy_losses import (
 )
 from tether.progress import progress_bar
 from tether.rewards_source import make_reward_source
-from tether.rollout import logprobs_of, row_noise, sample
+from tether.rollout import logprobs_of, row_noise, sample, sample_seed
 from tether.stages.lm import MetricsLog, resume_training
 from tether.stages.monitoring import (
     RunMonitor,
@@ -92,6 +92,7 @@ from tether.stages.monitoring import (
 )
 from tether.stages.online_eval import (
     decode,
+    encode_prompts,
     eval_prompt_texts,
     evaluate,
     score_metrics,
@@ -381,8 +382,11 @@ class Session:
 
 def setup(cfg: OnlineConfig) -> Session:
     """Read prompts, load world, reward source, policy, reference and critic (on the device); build the optimizer;
-    resume (every rank reads the checkpoint)."""
+    resume (every rank reads the checkpoint). Rank 0 writes config.yaml and data_report.json (the prompts' cuts)."""
     prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)  # bad data fails before any model work
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        save_config(cfg, Path(cfg.out) / "config.yaml")
     device = distributed.setup(cfg)
     check(cfg.rollout_batch % distributed.world_size() == 0, "rollout_batch",
           f"must be a multiple of the {distributed.world_size()} ranks (each samples its share of the prompts)")
@@ -409,7 +413,7 @@ def setup(cfg: OnlineConfig) -> Session:
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
-    encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
+    encoded = encode_prompts(fmt, prompts, cfg.max_prompt_length, Path(cfg.out) if distributed.is_main() else None)
     s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
                 eval_prompt_texts(world, cfg.eval_prompts) if world else [],
                 generator, distributed.wrap(trained, cfg.strategy))
@@ -509,11 +513,6 @@ def baseline_evaluation(s: Session, cfg: OnlineConfig, heldout) -> dict:
 # The loop
 
 
-def sample_seed(seed: int, step: int, row: int) -> int:
-    """The seed of the sampling noise of global row `row` at `step`: who samples the row does not matter."""
-    return (seed * 1_000_003 + step) * 1_000_003 + row
-
-
 def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, object, list[str]]:
     """Steps 1 and 2 of the loop: (prompts, rollout, decoded responses) of this rank's block of the step's N rows
     (whole groups), the next rollout_batch prompts each repeated group_size times, sampled with the KV cache from
@@ -542,11 +541,7 @@ def gather_samples(prompts: list, responses: list[str], source_scores: torch.Ten
 
 def train_online(cfg: OnlineConfig) -> Path:
     """Train the policy with cfg.algorithm (under torchrun: see "Ranks" above); returns `out/model`."""
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    main = distributed.is_main()
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir, main = Path(cfg.out), distributed.is_main()
     s = setup(cfg)
     metrics = MetricsLog(run_dir / "metrics.jsonl", s.start, cfg)  # also to cfg.report_to's trackers
     samples = MetricsLog(run_dir / "samples.jsonl", s.start)

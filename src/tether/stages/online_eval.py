@@ -3,6 +3,8 @@ their gold reward (an audit, never trained on) with its standard error, the prox
 Also the decoding the loop shares with it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,6 +15,19 @@ from tether.stages.monitoring import gold_rewards
 
 if TYPE_CHECKING:
     from tether.stages.online import OnlineConfig
+
+
+def encode_prompts(fmt, prompts: list, max_prompt_length: int | None, report_to: Path | None = None
+                   ) -> list[list[int]]:
+    """The generation prompts (tether.chat), and with `report_to` (a run folder) its data_report.json: how many prompts
+    lost earlier turns or the start of their text to max_prompt_length."""
+    encoded = fmt.prompts_encoded(prompts, max_prompt_length)
+    if report_to is not None:
+        report = {"prompts": len(encoded), "earlier_turns_dropped": sum(e.turns_dropped > 0 for e in encoded),
+                  "prompt_cut": sum(e.prompt_cut > 0 for e in encoded), "max_prompt_length": max_prompt_length,
+                  "longest_prompt": max((len(e.input_ids) for e in encoded), default=0), "chat_template": fmt.name}
+        (report_to / "data_report.json").write_text(json.dumps(report, indent=1))
+    return [e.input_ids for e in encoded]
 
 
 def decode(tokenizer, response_ids: torch.Tensor) -> list[str]:

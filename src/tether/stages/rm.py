@@ -358,9 +358,7 @@ def run(cfg: RMConfig) -> Path:
     check_positions(model, cfg.max_length, "max_length")
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if main:
-        write_inputs(cfg, run_dir, report)
-        if model.kind == "causal" and cfg.pool == "mean":
-            console.print("rm: pool=mean: model/ is read by tether only; plain transformers reads the last token")
+        write_inputs(cfg, run_dir, report, model.kind)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
     #    RNG. The step plan is a pure function.
     net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
@@ -410,8 +408,11 @@ def run(cfg: RMConfig) -> Path:
     return final
 
 
-def write_inputs(cfg: RMConfig, run_dir: Path, report: dict) -> None:
-    """config.yaml and data_report.json, and a warning when held-out prompts also appear in training."""
+def write_inputs(cfg: RMConfig, run_dir: Path, report: dict, kind: str) -> None:
+    """config.yaml and data_report.json; warnings when held-out prompts also appear in training, and when `model/`
+    will not read as plain transformers reads it (pool=mean on a causal backbone)."""
+    if kind == "causal" and cfg.pool == "mean":
+        console.print("rm: pool=mean: model/ is read by tether only; plain transformers reads the last token")
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     if report["eval_prompts_in_train"]:
