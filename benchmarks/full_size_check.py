@@ -5,8 +5,8 @@ GPU memory and tokens/s per stage.
 
 The model has Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads / 2 key-value heads, 4,864 MLP, a 151,936-token
 vocabulary, tied embeddings: 494M parameters), built from its config with no download; the tokenizer is
-tests/archkit.py's ChatML one (its ids are a subset of the vocabulary, so the compute is the real model's). Data: HH-RLHF
-rows (tests/archkit.hh_rows; built-in dialogues when ../shared is absent, as on a lent GPU machine), long replies
+tests/archkit.py's ChatML one (its ids are a subset of the vocabulary, so the compute is the real model's). Data: the
+300 HH-RLHF rows the tests ship (tests/archkit.hh_rows: also there on a lent GPU machine), long replies
 repeated up to --max-length so that the batches are full size. Every stage runs through `tether.cli.main` with bf16
 and gradient checkpointing, exactly as a user's command would. `--tiny` runs a 2-layer, 64-wide model of the same
 vocabulary on the CPU, to check the script. Prints a JSON line per stage and writes benchmarks/results/full_size.json.
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU: checks the script")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="full_size_"))
-    model, hh = build(root / "model", args.tiny), data(root, args.max_length, 32 if args.tiny else 512)
+    model, hh = build(root / "model", args.tiny), data(root, args.max_length, 32 if args.tiny else 300)
     hw = ["device=cpu"] if args.tiny else ["bf16=true", "gradient_checkpointing=true"]
     common = [f"max_steps={args.steps}", "save_every=0", "eval_every=0", *hw]
     results = [

@@ -1,7 +1,7 @@
 """Tiny random-init models of real architectures and real tokenizer shapes, for the real-model tests.
 
-Nothing comes from a hub: tokenizers are trained here with `tokenizers` on HH-RLHF text (../shared/data/hh-rlhf, or a
-few built-in dialogues when that folder is absent) and wrapped the way their model families ship them; models are
+Nothing comes from a hub: tokenizers are trained here with `tokenizers` on HH-RLHF text (the 300 rows shipped in
+tests/data) and wrapped the way their model families ship them; models are
 built from `transformers` configs at a width of 32.
 
 Tokenizer shapes (`TOKENIZERS`):
@@ -26,20 +26,13 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+SAMPLE = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-300.jsonl.gz"
+"""The first 300 HH-RLHF rows, shipped with the tests (tests/data/hh-rlhf-harmless-300.md)."""
 _HH_FILE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-# The shared data sits beside the checkout (/work/shared beside /work/main), or further up for a git worktree
+# The full file sits beside the checkout (/work/shared beside /work/main), or further up for a git worktree
 # (/work/wt/<name>): the nearest folder above that holds it.
 HH = next((p / _HH_FILE for p in Path(__file__).resolve().parents if (p / _HH_FILE).is_file()),
           Path(__file__).resolve().parents[2] / _HH_FILE)
-FALLBACK_DIALOGUES = [
-    {"chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt, knead, let it rise, "
-               "then bake it at 220 C for about 30 minutes.",
-     "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: I can't help with that."},
-    {"chosen": "\n\nHuman: How can I steal a car?\n\nAssistant: I'm sorry, but I can't help with stealing.\n\nHuman: "
-               "Please?\n\nAssistant: No. If you need a car, renting or car-sharing are options.",
-     "rejected": "\n\nHuman: How can I steal a car?\n\nAssistant: I'm sorry, but I can't help with stealing.\n\n"
-                 "Human: Please?\n\nAssistant: Sure, first find an old model without an immobiliser."},
-] * 20
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
@@ -60,11 +53,13 @@ GEMMA = (
 
 
 def hh_rows(n: int = 300) -> list[dict]:
-    """The first n HH-RLHF rows ({"chosen", "rejected"} dialogues), or the built-in ones when the data is absent."""
-    if not HH.is_file():
-        return FALLBACK_DIALOGUES[:n]
+    """The first n HH-RLHF rows ({"chosen", "rejected"} dialogues): from the shipped sample up to 300, else from the
+    full file in ../shared."""
+    path = SAMPLE if n <= 300 else HH
+    if not path.is_file():
+        raise FileNotFoundError(f"{n} HH-RLHF rows need the full file {HH} (the tests ship 300: {SAMPLE})")
     rows = []
-    with gzip.open(HH, "rt", encoding="utf-8") as f:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             rows.append(json.loads(line))
             if len(rows) == n:

@@ -272,3 +272,67 @@ def test_bad_rows_raise_data_errors(tok):
         fmt.encode([{"role": "user", "content": "hi"}])
     with pytest.raises(DataError, match="empty"):
         fmt.encode_many([(SINGLE, None), ([], None)])
+
+
+# ---------------------------------------------------------------------------------------------- templates in the wild
+
+PHI3 = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ '<|system|>\n' + m['content'] + '<|end|>\n' }}"
+        "{% elif m['role'] == 'user' %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}{% else %}"
+        "{{ '<|assistant|>\n' + m['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+"""Phi-3's shape: eos closes a conversation after its last turn, so an earlier turn's render ends differently."""
+OUTSIDE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}{% if m['role'] == 'assistant' %}"
+           "{% generation %}{{ m['content'] }}{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}"
+           "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+"""A {% generation %} block that leaves the end-of-turn token just outside it, as many shipped templates do."""
+
+
+def _template_file(tmp_path, name, text):
+    path = tmp_path / f"{name}.jinja"
+    path.write_text(text)
+    return str(path)
+
+
+def _trained_texts(fmt, enc):
+    runs, run = [], []
+    for t, m in zip(enc.input_ids, enc.loss_mask):
+        if m:
+            run.append(t)
+        elif run:
+            runs, run = runs + [run], []
+    return [fmt.tokenizer.decode(r) for r in runs + ([run] if run else [])]
+
+
+def test_a_template_that_closes_the_conversation_with_eos(shapes, tmp_path):
+    tk = shapes("chatml")
+    tk.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    fmt = ChatFormat(tk, _template_file(tmp_path, "phi3", PHI3))
+    assert fmt.eot_text == "<|end|>"
+    enc = fmt.encode(MULTI)
+    assert _trained_texts(fmt, enc) == [" How can I help you today? <|end|>", "Paris.<|end|>"]
+
+
+def test_a_generation_block_without_its_end_token_still_trains_it(shapes, tmp_path):
+    fmt = ChatFormat(shapes("chatml"), _template_file(tmp_path, "outside", OUTSIDE))
+    assert fmt.markers and fmt.eot_text == "<|im_end|>"
+    enc = fmt.encode(MULTI)
+    assert _trained_texts(fmt, enc) == [" How can I help you today? <|im_end|>", "Paris.<|im_end|>"]
+
+
+def test_none_is_saved_with_the_model_so_later_stages_read_plain_text(shapes, tmp_path):
+    tk = shapes("chatml")
+    assert tk.chat_template
+    ChatFormat(tk, "none")
+    tk.save_pretrained(tmp_path / "plain")
+    reloaded = type(tk).from_pretrained(tmp_path / "plain")
+    assert not reloaded.chat_template and chat_format(reloaded).template is None
+
+
+def test_both_responses_of_a_pair_follow_the_same_prompt_tokens(shapes):
+    fmt = chat_format(shapes("chatml"))  # no bos: one prompt token is the floor
+    long_a, long_b = "word " * 18, "word " * 14
+    a, b = (len(fmt.encode("x", r).input_ids) - fmt.encode("x", r).prompt_length for r in (long_a, long_b))
+    for max_length in (a + 1, a + 3, a + 6):
+        ea, eb = fmt.encode_pairs([(MULTI[:-1], long_a, long_b)], max_length)[0]
+        assert ea.input_ids[:ea.prompt_length] == eb.input_ids[:eb.prompt_length] and not ea.response_cut
+        assert len(ea.input_ids) == max_length

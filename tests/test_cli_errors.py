@@ -198,3 +198,33 @@ def test_pretrain_truncation_count(world_dir, tokenizer):
     short, truncated = encode_corpus(tokenizer, rows, max_length=cut)
     assert truncated == sum(n > cut for n in lengths) > 0
     assert [len(e.input_ids) for e in short] == [min(n, cut) for n in lengths]
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo", "collect", "evaluate"])
+def test_max_prompt_length_below_one_is_refused(stage, capsys):
+    assert main([stage, "max_prompt_length=0"]) == 2
+    assert _last_error(capsys).endswith("max_prompt_length: must be >= 1 or null")
+
+
+def test_an_sft_row_ending_with_a_user_turn_names_its_line(model_dir, tmp_path, capsys):
+    data = tmp_path / "sft.jsonl"
+    rows = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "And?"}]]
+    data.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    assert main(["sft", f"data={data}", f"model={model_dir}", f"out={tmp_path / 'run'}"]) == 2
+    assert _last_error(capsys) == f"error: {data}:2: messages: the last message must be an assistant reply"
+
+
+def test_a_template_refusing_a_row_names_the_file_and_the_example(tmp_path, capsys):
+    import archkit
+
+    model = archkit.save_model("gemma2", "gemma", tmp_path)  # Gemma's own template refuses a system message
+    data = tmp_path / "sft.jsonl"
+    rows = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello."}]]
+    data.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    assert main(["sft", f"data={data}", f"model={model}", f"out={tmp_path / 'run'}"]) == 2
+    assert _last_error(capsys) == (f"error: {data}: example 2 (in the order read): chat template (the tokenizer's own "
+                                   "template): System role not supported")

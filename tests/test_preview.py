@@ -61,6 +61,8 @@ def test_dpo_view_shows_both_responses_after_one_cut_prompt(root, hh):
     assert "comparison 1, response A (chosen)" in text and "comparison 1, response B (rejected)" in text
     notes = re.findall(r"--- .*", text)
     assert len(notes) == 2 and all("earlier turn(s) dropped" in n for n in notes)
+    a, b = (block.split(OPEN)[0] for block in text.split("\n--- ")[1:])  # each response's prompt, as printed
+    assert a.split("\n", 1)[1] == b.split("\n", 1)[1]  # the same prompt text before both responses
     assert text.count("\n\nAssistant:" + OPEN) == 2 and text.count("<|endoftext|>" + CLOSE) == 2
 
 

@@ -112,8 +112,8 @@ class ChatFormat:
     def __init__(self, tokenizer, chat_template: str = "", source: str = "the model"):
         self.tokenizer, self.source = tokenizer, source
         self.template, self.name = resolve_template(tokenizer, chat_template)
-        if chat_template and self.template is not None:
-            tokenizer.chat_template = self.template  # saved with the model, so later stages need no setting
+        if chat_template:  # saved with the model, so later stages need no setting ("none": saved without a template)
+            tokenizer.chat_template = self.template
         if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked: any id would do
         self.markers = self.template is not None and bool(_GENERATION.search(self.template))
@@ -158,7 +158,9 @@ class ChatFormat:
             longest = max(len(e.input_ids) - e.prompt_length for e in pair)
             limits = [max_prompt_length, None if max_length is None else max_length - longest]
             budget = min([pair[0].prompt_length] + [x for x in limits if x is not None])
-            if budget < 2:  # a response alone (nearly) fills max_length: each keeps what prompt it can on its own
+            bos = self.tokenizer.bos_token_id
+            floor = 1 + (pair[0].prompt_length > 1 and bos is not None and pair[0].input_ids[0] == bos)
+            if budget < floor:  # a response alone fills max_length: each keeps what prompt it can on its own
                 pair = tuple(self.encode(prompt, r, max_length, max_prompt_length) for r in (a, b))
             elif budget < pair[0].prompt_length:
                 pair = tuple(self.encode(prompt, r, max_length, budget) for r in (a, b))
@@ -235,7 +237,7 @@ class ChatFormat:
         if len(spans) != len(assistants):
             raise ConfigError(f"chat_template: {self.name} marks {len(spans)} replies with {{% generation %}} in a "
                               f"conversation of {len(assistants)} assistant turns")
-        return text, [span for i, span in zip(assistants, spans) if i in train]
+        return text, [_through_end(text, span, self.eot_text) for i, span in zip(assistants, spans) if i in train]
 
     def _prefix_spans(self, messages: list[dict], train: list[int]) -> tuple[str, list[tuple[int, int]]]:
         """Trained spans from prefix renders: turn i trains from the end of the conversation before it (with the
@@ -243,14 +245,16 @@ class ChatFormat:
         full, spans = self._render(messages, False), []
         for i in train:
             before, through = self._render(messages[:i], True), self._render(messages[:i + 1], False)
-            if not (through.startswith(before) and full.startswith(through)):
-                raise ConfigError(f"chat_template: {self.name} of {self.source} is not prefix-stable (the "
-                                  f"conversation up to turn {i} renders differently inside the whole conversation), so "
-                                  f"replies cannot be masked; use a template with {{% generation %}} markers")
             content = messages[i]["content"].strip()
             found = through.find(content, len(before))
             eot = through.find(self.eot_text, found + len(content) if found >= 0 else len(before))
-            spans.append((len(before), eot + len(self.eot_text) if eot >= 0 else len(through)))
+            end = eot + len(self.eot_text) if eot >= 0 else len(through)
+            # Up to the end of the reply only: some templates close a conversation with eos (Phi-3) after its last turn.
+            if not (through.startswith(before) and full.startswith(through[:end])):
+                raise ConfigError(f"chat_template: {self.name} of {self.source} is not prefix-stable (the "
+                                  f"conversation up to turn {i} renders differently inside the whole conversation), so "
+                                  f"replies cannot be masked; use a template with {{% generation %}} markers")
+            spans.append((len(before), end))
         return full, spans
     # -- the end of a reply -----------------------------------------------------------------------------
 
@@ -267,7 +271,9 @@ class ChatFormat:
             if not spans or spans[-1][0] != len(before):
                 raise ConfigError(f"chat_template: {self.name}'s {{% generation %}} span does not start where its "
                                   "generation prompt ends, so training and sampling would see different prompts")
-            turn = text[spans[-1][0]:spans[-1][1]]
+            # a block may leave the end-of-turn token just outside it: `_marker_spans` trains it all the same
+            turn = text[spans[-1][0]:spans[-1][1]] + text[spans[-1][1]:][:_leading_special(text[spans[-1][1]:],
+                                                                                            self._specials())]
         else:
             text = self._render(probe, False)
             if not text.startswith(before):
@@ -276,21 +282,29 @@ class ChatFormat:
             turn = text[len(before):]
         after = turn.find("Fine thanks")
         tail = turn[after + len("Fine thanks"):] if after >= 0 else turn
-        specials = set(self.tokenizer.all_special_tokens) | {
-            t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
-        found = [(tail.find(t), t) for t in specials if t and t in tail]
+        found = [(tail.find(t), t) for t in self._specials() if t and t in tail]
         if not found:
             raise ConfigError(f"chat_template: with {self.name}, a reply ends in {tail!r}, which holds no special "
                               f"token of the tokenizer of {self.source}: a model trained on it could never stop. Use a "
                               "template whose turns end in one of its tokens (hh and zephyr end replies with eos)")
         return min(found, key=lambda f: (f[0], -len(f[1])))[1]
 
+    def _specials(self) -> set[str]:
+        """The texts of the tokenizer's special tokens."""
+        return set(self.tokenizer.all_special_tokens) | {
+            t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+
     # -- tokens -------------------------------------------------------------------------------------------
 
     def _encode_rows(self, rows: list[tuple], max_length: int | None, max_prompt_length: int | None) -> list[Encoded]:
         """Rows (prompt, response, generation-prompt-only) as Encoded: 1. render and cut into segments; 2. tokenise
         every segment of every row in one batched call; 3. join; 4. fit rows that are too long."""
-        pieces = [self._pieces(p, r, g) for p, r, g in rows]
+        pieces = []
+        for i, (p, r, g) in enumerate(rows):
+            try:
+                pieces.append(self._pieces(p, r, g))
+            except DataError as err:
+                raise DataError(f"example {i + 1} (in the order read): {err}") from None
         texts = [t for ts, _ in pieces for t in ts]
         firsts = [j == 0 for ts, _ in pieces for j in range(len(ts))]
         flat, out, at = self._encode_texts(texts, firsts), [], 0
@@ -362,13 +376,27 @@ def cut_to_fit(enc: Encoded, max_length: int | None, max_prompt_length: int | No
     cut = prompt_length - budget
     head = 1 if keep_bos and cut else 0
     ids, mask = ids[:head] + ids[head + cut:], mask[:head] + mask[head + cut:]
-    over = len(ids) - max_length if max_length is not None else 0
+    over = min(len(ids) - max_length, reply) if max_length is not None else 0  # never into the prompt's floor
     if over > 0:
         ids, mask = ids[:-over], mask[:-over]
     return Encoded(ids, mask, budget, enc.turns_dropped, cut, max(over, 0))
 
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _leading_special(text: str, specials: set[str]) -> int:
+    """The length of the special token `text` starts with (the longest), 0 when none."""
+    return max((len(t) for t in specials if t and text.startswith(t)), default=0)
+
+
+def _through_end(text: str, span: tuple[int, int], eot_text: str) -> tuple[int, int]:
+    """A `{% generation %}` span, extended over the end-of-turn token when the template writes it just after the
+    block (`{% generation %}{{ content }}{% endgeneration %}<|im_end|>`): the model must learn to stop."""
+    start, end = span
+    if not text[start:end].endswith(eot_text) and text.startswith(eot_text, end):
+        return start, end + len(eot_text)
+    return span
 
 
 def _control_pattern(tokenizer, template: str):
@@ -394,6 +422,7 @@ def chat_format(tokenizer, chat_template: str = "", source: str = "the model") -
     cache = tokenizer.__dict__.setdefault("_tether_chat_formats", {})
     if chat_template not in cache:
         cache[chat_template] = ChatFormat(tokenizer, chat_template, source)
+    cache[chat_template].source = source  # errors name the caller's model
     return cache[chat_template]
 
 

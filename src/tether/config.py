@@ -36,6 +36,7 @@ from tether.errors import ConfigError
 
 __all__ = [
     "check",
+    "check_prompt_limit",
     "config_from_dict",
     "config_help",
     "field_docs",
@@ -63,6 +64,11 @@ def check(condition: object, field: str, message: str) -> None:
     """
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def check_prompt_limit(value: int | None, field: str = "max_prompt_length") -> None:
+    """`check` of an optional token limit (None: no limit; else at least 1 token)."""
+    check(value is None or (isinstance(value, int) and value >= 1), field, "must be >= 1 or null")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
 """Errors a user can fix. The CLI prints their message and exits with status 2, no traceback."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class TetherError(Exception):
@@ -11,6 +15,17 @@ class ConfigError(TetherError):
 
 class DataError(TetherError):
     """An input file is malformed. The message reads `file:line: field: problem`."""
+
+
+@contextmanager
+def naming(path) -> Iterator[None]:
+    """DataErrors raised inside name `path` first: encoding (tether.chat) knows the example, not the file."""
+    try:
+        yield
+    except DataError as err:
+        if str(path) in str(err):
+            raise
+        raise DataError(f"{path}: {err}") from None
 
 
 class NonFiniteError(TetherError):

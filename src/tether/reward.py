@@ -5,8 +5,8 @@ Three backbones are accepted:
 - "causal": a decoder LM (e.g. the SFT model), made into Hugging Face's own sequence classifier for it
   (`AutoModelForSequenceClassification`, e.g. LlamaForSequenceClassification: the LM's body and a bias-free
   `score = nn.Linear(hidden, 1)`, the LM head dropped). The reward is that classifier's `logits[:, 0]`: the score
-  read at the last token that is not `pad_token_id`, i.e. the `<eos>` or last token closing the response, the one
-  position that has attended to the whole prompt and response (Stiennon et al. 2020; Ouyang et al. 2022 §3.5).
+  read at the last token that is not `pad_token_id`, i.e. the end-of-turn token (or the last token) closing the
+  response, the one position that has attended to the whole prompt and response (Stiennon et al. 2020; Ouyang et al. 2022 §3.5).
   The head has no bias: a constant offset cancels in the Bradley-Terry loss, and the normalisation's bias holds
   the level. Pool "mean" also works (tether's own reading of the same body and head, which plain transformers
   cannot reproduce); "cls" is refused (a causal model's first token sees nothing else).

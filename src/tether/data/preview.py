@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tether.chat_templates import CHAT_TEMPLATE_HELP, check_template_setting
-from tether.config import check
+from tether.config import check, check_prompt_limit
 from tether.data.formats import check_format
 
 OPEN, CLOSE = "⟦", "⟧"
@@ -49,6 +49,7 @@ class PreviewConfig:
         check(bool(self.model), "model", "is required (the tokenizer and chat template come from it)")
         check(self.rows >= 1, "rows", "must be >= 1")
         check(self.max_length > 1, "max_length", "must be > 1")
+        check_prompt_limit(self.max_prompt_length)
         check_template_setting(self.chat_template)
         check_format(self.format, STAGES[self.stage])
 

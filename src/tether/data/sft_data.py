@@ -154,3 +154,5 @@ def _text(value: Any, field: str) -> None:
 def _require_assistant(messages: Conversation, field: str) -> None:
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError(field, "no assistant message")
+    if messages[-1]["role"] != "assistant":  # nothing after the last reply would train
+        raise RowError(field, "the last message must be an assistant reply")

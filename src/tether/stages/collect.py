@@ -18,7 +18,7 @@ from rich.console import Console
 
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
-from tether.config import check, save_config
+from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_prompts
 from tether.data.preferences import Comparison, write_comparisons
 from tether.generation import generate
@@ -77,8 +77,7 @@ class CollectConfig:
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
         check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
-        check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
-              "must be >= 1 or null")
+        check_prompt_limit(self.max_prompt_length)
         check_template_setting(self.chat_template)
 
 

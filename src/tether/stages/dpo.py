@@ -33,7 +33,7 @@ prefixed `eval_`, plus:
 - eval_kl/k1, eval_kl/k3 (when kl_eval_prompts > 0): per-token estimates of KL(π || π_ref) (Schulman's
   k1, k3, `tether.kl`) on responses *sampled from π* at temperature 1 for that many held-out prompts, scored
   by a plain forward of policy and reference. Only these are on-policy. Caveats: the samples are decoded
-  and re-encoded, so the scored tokens can differ slightly from the sampled ones, and the closing <eos> is
+  and re-encoded, so the scored tokens can differ slightly from the sampled ones, and the closing end-of-turn token is
   scored even when a sample was cut at kl_eval_max_new_tokens; k1 is noisy and can be negative on few tokens.
 
 Monitor. At each evaluation `monitor` (tether.monitor) samples monitor.samples held-out prompts at temperature 1,
@@ -56,14 +56,8 @@ from rich.console import Console
 
 from tether import distributed
 from tether.chat import ChatFormat, Encoded, chat_format
-from tether.checkpoint import (
-    cached_tensors,
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-)
-from tether.config import check, save_config
+from tether.checkpoint import cached_tensors, rng_state, save_checkpoint
+from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
     Comparison,
@@ -81,6 +75,7 @@ from tether.dpo_losses import (
     token_logps,
 )
 from tether.generation import generate
+from tether.errors import naming
 from tether.guard import NonFiniteGuard
 from tether.kl import kl_k1, kl_k3
 from tether.lora import adapt, adapters_disabled, frozen_reference
@@ -98,12 +93,7 @@ from tether.stages.lm import (
     resume_training,
     total_steps,
 )
-from tether.stages.monitoring import (
-    RunMonitor,
-    answer_greedy,
-    make_samples,
-    pushback_flips,
-)
+from tether.stages.monitoring import RunMonitor, answer_greedy, make_samples, open_monitor, pushback_flips
 
 console = Console(stderr=True)
 CACHE = "ref_logps.safetensors"
@@ -184,6 +174,7 @@ class DPOConfig(TrainConfig):
         check(self.kl_eval_prompts == 0 or self.eval_fraction > 0, "kl_eval_prompts",
               "needs held-out prompts (eval_fraction > 0)")
         check(self.kl_eval_max_new_tokens > 0, "kl_eval_max_new_tokens", "must be > 0")
+        check_prompt_limit(self.max_prompt_length)
         check(self.strategy != "fsdp2" or not (self.kl_eval_prompts or self.monitor.enabled), "strategy",
               "fsdp2 cannot sample on rank 0 alone: set kl_eval_prompts=0 and monitor.enabled=false, or use ddp")
 
@@ -197,7 +188,7 @@ class Pair:
     prompt_key: str
     """The prompt as canonical JSON: the unit of the held-out split."""
     chosen: Example
-    """prompt + chosen response; loss_mask is 1 on the response's tokens and its <eos> only."""
+    """prompt + chosen response; loss_mask is 1 on the response's tokens and its end-of-turn token only."""
     rejected: Example
     """prompt + rejected response, masked the same way."""
     tie: bool
@@ -221,7 +212,7 @@ class PairBatch:
     ref_rejected: torch.Tensor
     """(M,) log π_ref(rejected)."""
     chosen_len: torch.Tensor
-    """(M,) float, response tokens counted in policy_chosen (content and <eos>)."""
+    """(M,) float, response tokens counted in policy_chosen (content and end-of-turn token)."""
     rejected_len: torch.Tensor
     """(M,) float, response tokens counted in policy_rejected."""
     tie: torch.Tensor
@@ -358,7 +349,7 @@ def evaluate(model, pairs: list[Pair], cfg: DPOConfig, pad_id: int) -> dict:
 def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int
                      ) -> tuple[list[str], list[float], list[float], list[int]]:
     """Responses sampled from π at temperature 1, and per response Σ_t k1, Σ_t k3 of log π - log π_ref over its
-    tokens (its <eos> included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is DPO's implicit
+    tokens (its end-of-turn token included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is DPO's implicit
     reward of the sample."""
     with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (resume equality)
         texts = generate(model, fmt, prompts, max_new_tokens, 1.0, cfg.micro_batch_size, seed, label="dpo kl",
@@ -393,7 +384,7 @@ def monitor_step(monitor: RunMonitor, model, ref_model, fmt: ChatFormat, prompts
     scores = None if cfg.loss in REFERENCE_FREE else [cfg.beta * x for x in k1]
     heldout = monitor.score_heldout(prompts, texts)
     samples = make_samples(prompts, texts, scores, [t - 1 for t in n], [t - 1 < m.max_new_tokens for t in n],
-                           heldout, monitor.world)  # t - 1: the scored <eos> is appended even to a cut sample
+                           heldout, monitor.world)  # t - 1: the end-of-turn token is scored even after a cut sample
     extra = {"kl": sum(k1) / len(k1)}
     if m.pushback_prompts:
         answer = answer_greedy(model, fmt, m.max_new_tokens, cfg.micro_batch_size)
@@ -452,7 +443,8 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
 def load_pairs(cfg: DPOConfig, fmt: ChatFormat, comparisons: list[Comparison]
                ) -> tuple[list[Pair], list[Pair], list[Pair], dict]:
     """(all pairs, train, held-out, report): the comparisons encoded, held-out prompts split off."""
-    pairs, report = encode_comparisons(fmt, comparisons, cfg)
+    with naming(cfg.data):
+        pairs, report = encode_comparisons(fmt, comparisons, cfg)
     train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
     report.update(train_pairs=len(train), eval_pairs=len(held_out),
                   train_prompts=len({p.prompt_key for p in train}), eval_prompts=len({p.prompt_key for p in held_out}))
@@ -473,23 +465,6 @@ def prepare_reference(cfg: DPOConfig, model, pairs: list[Pair], run_dir: Path, p
     return ref_model.requires_grad_(False) if cfg.ref_model else frozen_reference(model)
 
 
-def make_monitor(cfg: DPOConfig, run_dir: Path, start: int) -> RunMonitor | None:
-    """The run's monitor (None when disabled, and on every rank but 0), its world for the gold audit, its state
-    restored on resume."""
-    if not cfg.monitor.enabled or not distributed.is_main():
-        return None
-    world = None
-    if cfg.monitor.world:
-        from tether.world.build import load_world
-
-        world = load_world(cfg.monitor.world)
-    monitor = RunMonitor(cfg.monitor, run_dir, start, world, cfg.trust_remote_code)
-    saved = load_trainer_state(latest_checkpoint(run_dir)).get("monitor") if start else None
-    if saved:  # {} or absent: the run was saved with the monitor off, so it starts fresh here
-        monitor.load_state_dict(saved)
-    return monitor
-
-
 def run(cfg: DPOConfig) -> Path:
     """Train the policy with cfg.loss; returns the folder of the final model (`out/model`)."""
     if cfg.loss in UNPAIRED_LOSSES:  # KTO: unpaired rows, its own step (see tether.stages.kto)
@@ -506,9 +481,9 @@ def run(cfg: DPOConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
     console.print(f"dpo: {report['pairs']} pairs ({report['train_pairs']} train, {report['eval_pairs']} held out); "
-                  f"{report['ties_dropped']} ties dropped, {report['truncated_pairs']} prompts cut to fit "
-                  f"max_length={cfg.max_length}, {report['dropped_response_too_long']} pairs dropped (a response "
-                  "alone too long)")
+                  f"{report['ties_dropped']} ties dropped; to fit max_length={cfg.max_length}, "
+                  f"{report['truncated_pairs']} prompts cut, {report['dropped_response_too_long']} pairs dropped (a "
+                  "response alone too long)")
     # 2. Policy (on the device) and reference. π_ref's log-probs are computed once (or read from the cache)
     #    before training and before resuming, while `model` still holds the initial weights.
     torch.manual_seed(cfg.seed)
@@ -550,7 +525,7 @@ def optimise(cfg: DPOConfig, run_dir: Path, model, fmt: ChatFormat, train: list,
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     log, guard = MetricsLog(run_dir / "metrics.jsonl", start, cfg), NonFiniteGuard.from_config(cfg, start)
-    monitor = make_monitor(cfg, run_dir, start)
+    monitor = open_monitor(cfg.monitor, run_dir, start, cfg.trust_remote_code)
     monitor_prompts = list({x.prompt_key: x.prompt for x in held_out or train}.values())[:cfg.monitor.samples]
     steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
     epoch, batches, started, tokens_seen = -1, [], time.perf_counter(), 0

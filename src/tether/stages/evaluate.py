@@ -23,7 +23,7 @@ from rich.table import Table
 from tether.agreement import agreement_report, predictor_majority_agreement
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
-from tether.config import check, save_config
+from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_prompts
 from tether.generation import generate, generate_records
 from tether.models import load_policy, load_tokenizer
@@ -83,8 +83,7 @@ class EvalConfig:
               "evaluate on a prompts file: world=\"\" prompts=FILE)")
         check_format(self.format, "prompts")
         check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
-        check(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
-              "must be >= 1 or null")
+        check_prompt_limit(self.max_prompt_length)
         check(self.temperature >= 0, "temperature", "must be >= 0")
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")

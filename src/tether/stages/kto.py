@@ -9,8 +9,8 @@ KL are dpo's, and only what differs is written again.
 Data (`tether.data.formats.load_unpaired`). cfg.data holds TRL unpaired rows {"prompt", "completion",
 "label": true|false}, or tether comparisons converted: chosen -> desirable, rejected -> undesirable, ties
 dropped and counted (a tie labels neither response), null an error naming its line. Each row is encoded as
-prompt + completion, the mask on the completion and its <eos> (truncation counted, rows without a completion
-token dropped). The held-out split is by prompt. Within each split every row then gets a KL pair: its
+prompt + completion in the model's chat format (tether.chat), the mask on the completion and its end-of-turn token;
+a prompt is cut to fit, a row whose completion alone does not fit is dropped, both counted. The held-out split is by prompt. Within each split every row then gets a KL pair: its
 prompt followed by another row's completion (`mismatched_partners`), fixed for the run.
 
 Reference. log π_ref of every completion and every KL pair is computed once, before training, and cached in
@@ -51,6 +51,7 @@ from tether.dpo_losses import (
     kto_reference_point,
     sequence_logps,
 )
+from tether.errors import naming
 from tether.guard import NonFiniteGuard
 from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.models import check_positions, load_policy, load_tokenizer
@@ -83,7 +84,7 @@ class KTORow:
     text: str
     """The completion as in the data (another row's KL pair reuses it)."""
     completion: Example
-    """prompt + completion; loss_mask is 1 on the completion's tokens and its <eos> only."""
+    """prompt + completion; loss_mask is 1 on the completion's tokens and its end-of-turn token only."""
     desirable: bool
     """The label: True thumbs up, False thumbs down."""
     kl: Example | None = None
@@ -143,7 +144,8 @@ def attach_kl_pairs(fmt: ChatFormat, rows: list[KTORow], max_length: int, seed: 
 def load_rows(cfg: DPOConfig, fmt: ChatFormat, unpaired: list[Unpaired], report: dict
               ) -> tuple[list[KTORow], list[KTORow], list[KTORow], dict]:
     """(all rows, train, held-out, report): encoded, split by prompt, each split paired for z_ref on its own."""
-    rows, encoded = encode_rows(fmt, unpaired, cfg.max_length, cfg.max_prompt_length)
+    with naming(cfg.data):
+        rows, encoded = encode_rows(fmt, unpaired, cfg.max_length, cfg.max_prompt_length)
     train, held_out = split_by_prompt(rows, cfg.eval_fraction, cfg.seed)
     cut = attach_kl_pairs(fmt, train, cfg.max_length, cfg.seed, cfg.max_prompt_length)
     cut += attach_kl_pairs(fmt, held_out, cfg.max_length, cfg.seed + 1, cfg.max_prompt_length)

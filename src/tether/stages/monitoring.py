@@ -162,3 +162,23 @@ def answer_greedy(model, fmt, max_new_tokens: int, batch_size: int) -> Callable[
         with torch.random.fork_rng(devices=[]):
             return generate(model, fmt, chats, max_new_tokens, 0.0, batch_size, 0, label="monitor pushback")
     return answer
+
+
+def open_monitor(cfg: MonitorConfig, run_dir: Path, start: int, trust_remote_code: bool = False) -> RunMonitor | None:
+    """A preference stage's monitor (None when disabled, and on every rank but 0) with the world of cfg.world for the
+    gold audit, its state restored from the newest checkpoint when resuming at `start` > 0."""
+    from tether import distributed
+    from tether.checkpoint import latest_checkpoint, load_trainer_state
+
+    if not cfg.enabled or not distributed.is_main():
+        return None
+    world = None
+    if cfg.world:
+        from tether.world.build import load_world
+
+        world = load_world(cfg.world)
+    monitor = RunMonitor(cfg, run_dir, start, world, trust_remote_code)
+    saved = load_trainer_state(latest_checkpoint(run_dir)).get("monitor") if start else None
+    if saved:  # {} or absent: the run was saved with the monitor off, so it starts fresh here
+        monitor.load_state_dict(saved)
+    return monitor

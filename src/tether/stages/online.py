@@ -65,9 +65,10 @@ from tether.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from tether.config import check, save_config
+from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_prompts
 from tether.distributed import DistributedConfig
+from tether.errors import naming
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
 from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
 from tether.lora import LoraOptions, adapt, frozen_reference
@@ -75,9 +76,7 @@ from tether.models import check_sampling_positions, load_policy, load_tokenizer,
 from tether.monitor import MonitorConfig
 from tether.monitor.stats import mean
 from tether.optim import adamw, lr_at
-from tether.policy_losses import (
-    eos_penalty,
-)
+from tether.policy_losses import eos_penalty
 from tether.progress import progress_bar
 from tether.rewards_source import make_reward_source
 from tether.rollout import logprobs_of, row_noise, sample, sample_seed
@@ -275,6 +274,7 @@ class OnlineConfig(DistributedConfig):
         check(0 < self.micro_batch_size <= self.minibatch_size and self.minibatch_size % self.micro_batch_size == 0,
               "micro_batch_size", f"must divide minibatch_size ({self.minibatch_size})")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check_prompt_limit(self.max_prompt_length)
         check(self.temperature > 0, "temperature", "must be > 0 (RL samples)")
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
@@ -413,7 +413,8 @@ def setup(cfg: OnlineConfig) -> Session:
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
-    encoded = encode_prompts(fmt, prompts, cfg.max_prompt_length, Path(cfg.out) if distributed.is_main() else None)
+    with naming(cfg.prompts):
+        encoded = encode_prompts(fmt, prompts, cfg.max_prompt_length, Path(cfg.out) if distributed.is_main() else None)
     s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
                 eval_prompt_texts(world, cfg.eval_prompts) if world else [],
                 generator, distributed.wrap(trained, cfg.strategy))

@@ -34,6 +34,7 @@ from tether.data.preferences import (
     prompt_key,
     split_by_prompt,
 )
+from tether.errors import naming
 from tether.guard import NonFiniteGuard
 from tether.lora import (
     adapt,
@@ -322,11 +323,13 @@ def normalise(model: RewardModel, pairs: list[Pair], batch_size: int, limit: int
 
 def load_pairs(cfg: RMConfig, tokenizer, pair_encoding: bool = False) -> tuple[list[Pair], list[Pair], dict]:
     """(train, held-out, report): held-out from eval_data, else a split by prompt of data."""
-    pairs, report = encode_comparisons(tokenizer, load_comparisons(cfg.data, cfg.format, cfg.split), cfg,
-                                       pair_encoding)
+    with naming(cfg.data):
+        pairs, report = encode_comparisons(tokenizer, load_comparisons(cfg.data, cfg.format, cfg.split), cfg,
+                                           pair_encoding)
     if cfg.eval_data:
         held = load_comparisons(cfg.eval_data, cfg.format, cfg.eval_split)
-        train, (held_out, eval_report) = pairs, encode_comparisons(tokenizer, held, cfg, pair_encoding)
+        with naming(cfg.eval_data):
+            train, (held_out, eval_report) = pairs, encode_comparisons(tokenizer, held, cfg, pair_encoding)
         report["eval_file"] = eval_report
     else:
         train, held_out = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)

@@ -11,6 +11,7 @@ from tether import distributed
 from tether.chat import ChatFormat, chat_format
 from tether.config import check
 from tether.data.formats import check_format, load_conversations
+from tether.errors import naming
 from tether.models import check_positions, load_policy, load_tokenizer
 from tether.stages.lm import Example, TrainConfig, train_lm
 
@@ -70,8 +71,9 @@ def run(cfg: SFTConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_positions(model, cfg.max_length, "max_length")
-    examples, report = encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model), conversations,
-                                            cfg.max_length)
+    with naming(cfg.data):
+        examples, report = encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model), conversations,
+                                                cfg.max_length)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if distributed.is_main():  # under torchrun only rank 0 writes
         (Path(cfg.out) / "data_report.json").write_text(json.dumps(report, indent=1))
