@@ -114,9 +114,9 @@ def test_reward_model_source_and_separate_value_model(tmp_path, world_dir, model
     assert "head.weight" in value and any(k.startswith("backbone.") for k in value)
 
 
-def test_separate_value_model_starts_at_the_normalised_reward(world_dir, model_dir, rm_dir, tokenizer):
+def test_separate_value_model_starts_at_the_normalised_reward(world_dir, model_dir, rm_dir, tokenizer, tmp_path):
     """The critic's head is the reward model's, rescaled: at the last token its value is the normalised score."""
-    cfg = make_cfg("ppo", "unused", world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
                    value_model="separate")
     critic = online.VALUE_MODELS["separate"](None, tokenizer, cfg)
     rm = make_reward_source("rm", reward_model=str(rm_dir))
@@ -130,8 +130,8 @@ def test_separate_value_model_starts_at_the_normalised_reward(world_dir, model_d
 
 
 # -- the policy pass ------------------------------------------------------------------------------------------
-def test_policy_forward_log_probs_equal_logprobs_of(world_dir, model_dir, tokenizer):
-    cfg = make_cfg("ppo", "unused", world_dir, model_dir, temperature=0.7)
+def test_policy_forward_log_probs_equal_logprobs_of(world_dir, model_dir, tokenizer, tmp_path):
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, temperature=0.7)
     s = online.setup(cfg)
     rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
@@ -144,8 +144,8 @@ def test_policy_forward_log_probs_equal_logprobs_of(world_dir, model_dir, tokeni
 
 
 @pytest.mark.parametrize("reuse", [True, False])
-def test_old_log_probs_from_the_sampler_equal_a_policy_pass(reuse, world_dir, model_dir, tokenizer, monkeypatch):
-    cfg = make_cfg("grpo", "unused", world_dir, model_dir, temperature=0.7, reuse_rollout_logprobs=reuse)
+def test_old_log_probs_from_the_sampler_equal_a_policy_pass(reuse, world_dir, model_dir, tokenizer, monkeypatch, tmp_path):
+    cfg = make_cfg("grpo", tmp_path, world_dir, model_dir, temperature=0.7, reuse_rollout_logprobs=reuse)
     s = online.setup(cfg)
     rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
@@ -158,9 +158,9 @@ def test_old_log_probs_from_the_sampler_equal_a_policy_pass(reuse, world_dir, mo
     assert (exp.logprobs[rollout.response_mask == 0] == 0).all()  # 0 where masked, as a policy pass gives
 
 
-def test_separate_critic_with_reused_log_probs_gives_the_policy_pass_values(world_dir, model_dir, rm_dir, tokenizer):
+def test_separate_critic_with_reused_log_probs_gives_the_policy_pass_values(world_dir, model_dir, rm_dir, tokenizer, tmp_path):
     def experience(reuse: bool):
-        cfg = make_cfg("ppo", "unused", world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+        cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
                        value_model="separate", temperature=0.7, reuse_rollout_logprobs=reuse)
         s = online.setup(cfg)
         rollout = sample(s.policy, s.encoded[:4], max_new_tokens=5, temperature=0.7,
@@ -176,8 +176,8 @@ def test_separate_critic_with_reused_log_probs_gives_the_policy_pass_values(worl
 
 # -- exact gradient accumulation --------------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tokenizer):
-    cfg = make_cfg(algorithm, "unused", world_dir, model_dir, minibatch_size=4, micro_batch_size=4, ppo_epochs=2,
+def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tokenizer, tmp_path):
+    cfg = make_cfg(algorithm, tmp_path, world_dir, model_dir, minibatch_size=4, micro_batch_size=4, ppo_epochs=2,
                    entropy_coef=0.01, lr=1e-3)
     s = online.setup(cfg)
     rollout = sample(s.policy, [s.encoded[i] for i in range(cfg.batch_size)], max_new_tokens=6, temperature=1.0,
