@@ -297,6 +297,50 @@ def test_malformed_bodies_and_routes_get_openai_error_json(qwen, path, body, sta
     assert message in error["message"] and error["type"] == "invalid_request_error"
 
 
+def test_a_sampling_failure_is_a_500_and_the_server_goes_on(qwen, monkeypatch):
+    import tether.serve.engine as engine_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine_module, "sample", broken)
+    with pytest.raises(openai.InternalServerError, match="internal server error"):
+        chat(qwen, max_tokens=4)
+    with pytest.raises(openai.APIError, match="internal server error"):  # the status line was sent: an error event
+        streamed(qwen, messages=HELLO, max_tokens=4)
+    monkeypatch.undo()
+    assert chat(qwen, max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_full_queue_is_a_429(real_root, monkeypatch):
+    """max_queued=1: while the worker holds request A, B waits in the queue and C is refused."""
+    import tether.serve.engine as engine_module
+
+    release, real = threading.Event(), engine_module.sample
+    monkeypatch.setattr(engine_module, "sample", lambda *a, **kw: (release.wait(30), real(*a, **kw))[1])
+    with live_server(archkit.save_model("qwen2", "chatml", real_root), max_queued=1, default_max_tokens=2,
+                     batch_wait_ms=0) as live:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(chat(live))) for _ in range(2)]
+        threads[0].start()
+        _wait_for(lambda: live.engine.stats["batches"] == 1)  # A is sampling (held)
+        threads[1].start()
+        _wait_for(lambda: live.engine.stats["queued"] == 1)  # B waits
+        with pytest.raises(openai.RateLimitError, match="the server is busy: 1 requests are waiting"):
+            chat(live)
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert len(answers) == 2 and live.engine.stats["requests"] == 2
+
+
+def _wait_for(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_prompt_and_max_tokens_beyond_the_models_positions(llama):
     # llama's 256 positions; the prompt is ~100 tokens, and 250 more do not fit
     with pytest.raises(openai.BadRequestError, match=r"positions; use max_tokens<=\d+") as err:
@@ -349,6 +393,15 @@ def test_serve_config_errors_are_one_line(capsys, monkeypatch):
                                                "set or empty; export TETHER_TEST_NO_KEY=<key> first")
     assert main(["serve", "model=x", "max_n=64"]) == 2
     assert "max_n: must be <= max_batch_rows (32)" in capsys.readouterr().err
+
+
+def test_serve_help_imports_neither_torch_nor_fastapi():
+    probe = ("import sys; from tether.cli import main; main(['serve', '--help']); "
+             "print('torch' in sys.modules, 'fastapi' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert "max_body_bytes (int, default 1000000)" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "False False"
 
 
 def test_tether_serve_command_serves_and_logs_one_line_per_request(real_root, tmp_path):

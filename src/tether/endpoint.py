@@ -41,7 +41,8 @@ class EndpointFields:
 
     endpoint: str = ""
     """Base URL of an OpenAI-compatible API to sample from instead of a model folder, e.g. http://127.0.0.1:8000/v1
-    (`tether serve`); needs model="". Responses are cached in <out>/endpoint_cache.jsonl, so a rerun resumes."""
+    (`tether serve`); needs model="". Responses are cached in <out>/endpoint_cache.jsonl, so a rerun resumes (use
+    a new out folder when the model behind the same name has changed)."""
     endpoint_model: str = ""
     """Model name sent to the endpoint; "" for the only model its /models lists."""
     api_key_env: str = ""

@@ -31,7 +31,8 @@ class ServeConfig:
     model: str = ""
     """Hugging Face model folder to serve (tokenizer in the same folder)."""
     name: str = ""
-    """Model id listed by /v1/models and expected in requests' "model"; "" for the folder's name."""
+    """Model id listed by /v1/models and expected in requests' "model"; "" for the folder's name, or for a tether
+    run's `<run>/model` folder the run's name (runs/ppo/model -> "ppo")."""
     host: str = "127.0.0.1"
     """Address to listen on; 127.0.0.1 keeps the server on this machine (use 0.0.0.0 with an api_key_env)."""
     port: int = 8000
@@ -80,7 +81,9 @@ class ServeConfig:
 
     @property
     def served_name(self) -> str:
-        return self.name or Path(self.model.rstrip("/\\")).name or self.model
+        path = Path(self.model.rstrip("/\\"))
+        # two policies must not share a name: endpoint caches (tether.endpoint) key responses by it
+        return self.name or (path.parent.name if path.name == "model" and path.parent.name else path.name) or self.model
 
 
 def api_key(env: str) -> str | None:

@@ -142,8 +142,14 @@ async def _answer(request: Request, engine: Engine, cfg: ServeConfig, kind: str,
     """Queue the job, then answer with one JSON object or a stream of server-sent events."""
     sampling = _sampling(cfg, engine, body, prompts, max_tokens)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(prompts, body.n or 1, sampling, bool(body.stream),
-              deliver=lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
+
+    def deliver(item) -> None:  # called from the worker thread
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+        except RuntimeError:  # the event loop is closed (the server is stopping): nobody waits for the rest
+            job.cancelled = True
+
+    job = Job(prompts, body.n or 1, sampling, bool(body.stream), deliver=deliver)
     try:
         engine.submit(job)
     except QueueFull as err:

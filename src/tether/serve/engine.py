@@ -12,8 +12,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
-
 import torch
 
 from tether.chat import chat_format
@@ -115,29 +113,35 @@ class Engine:
 
     def _run(self, batch: list[Job]) -> None:
         """Sample every choice of the batch's jobs together, delivering text as it comes."""
-        choices = [Choice(job, i, self.decode, self.stop_ids) for job in batch for i in range(job.rows)]
-        steps = max(job.sampling.max_tokens for job in batch)
-        seeds = [sample_seed(c.job.sampling.seed, 0, c.index) % SEED_MODULUS for c in choices]
-        device = next(self.model.parameters()).device
-        s = batch[0].sampling
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(choices)
-        self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], len(batch))
-        self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(choices))
-
-        def on_step(t: int, tokens: torch.Tensor) -> bool:
-            for choice, token in zip(choices, tokens.tolist()):
-                choice.push(token)
-            return all(c.done for c in choices)
-
+        choices: list[Choice] = []
         try:
+            choices = [Choice(job, i, self.decode, self.stop_ids) for job in batch for i in range(job.rows)]
+            self._count(len(batch), len(choices))
+            steps = max(job.sampling.max_tokens for job in batch)
+            seeds = [sample_seed(c.job.sampling.seed, 0, c.index) % SEED_MODULUS for c in choices]
+            device = next(self.model.parameters()).device
+            s = batch[0].sampling
+
+            def on_step(t: int, tokens: torch.Tensor) -> bool:
+                for choice, token in zip(choices, tokens.tolist()):
+                    choice.push(token)
+                return all(c.done for c in choices)
+
             sample(self.model, [c.prompt for c in choices], max_new_tokens=steps, temperature=s.temperature,
                    top_p=s.top_p, eos_token_id=self.stop_ids, pad_token_id=self.chat.pad_id,
                    noise=row_noise(seeds, steps, device), on_step=on_step)
         except Exception as err:  # a bug or the device failing: every request of the batch gets a 500, logged once
             log.exception("sampling failed for a batch of %d requests", len(batch))
-            for job in _unique(c.job for c in choices if not c.done):
-                job.deliver(Failure(f"{type(err).__name__}: {err}"))
+            waiting = {id(c.job) for c in choices if not c.done} if choices else {id(j) for j in batch}
+            for job in batch:
+                if id(job) in waiting:
+                    job.deliver(Failure(f"{type(err).__name__}: {err}"))
+
+    def _count(self, requests: int, rows: int) -> None:
+        self.stats["batches"] += 1
+        self.stats["rows"] += rows
+        self.stats["max_batch_requests"] = max(self.stats["max_batch_requests"], requests)
+        self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], rows)
 
 
 def _drain(q: queue.Queue) -> list[Job]:
@@ -148,6 +152,3 @@ def _drain(q: queue.Queue) -> list[Job]:
         except queue.Empty:
             return out
 
-
-def _unique(jobs) -> Sequence[Job]:
-    return list({id(j): j for j in jobs}.values())

@@ -74,7 +74,7 @@ class CollectConfig(EndpointFields):
     def validate(self) -> None:
         self.check_source(bool(self.model))
         check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
-              "formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
+              "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
         check_format(self.format, "prompts")
         check(self.responses_per_prompt >= 2, "responses_per_prompt", "must be >= 2 to form pairs")
         check(self.temperature > 0, "temperature", "must be > 0 (greedy decoding gives identical responses)")

@@ -82,7 +82,7 @@ class EvalConfig(EndpointFields):
         check_template_setting(self.chat_template)
         self.check_source(bool(self.model))
         check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
-              "formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
+              "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
         check(bool(self.world) != bool(self.prompts), "prompts", "give exactly one of world= and prompts= (to "
               "evaluate on a prompts file: world=\"\" prompts=FILE)")
         check_format(self.format, "prompts")
