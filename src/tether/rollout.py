@@ -28,7 +28,7 @@ Greedy decoding (temperature 0) reports the log-probs of softmax(logits), i.e. t
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -144,6 +144,7 @@ def sample(
     generator: torch.Generator | None = None,
     cache: str = "dynamic",
     noise: torch.Tensor | None = None,
+    on_step: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> Rollout:
     """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
 
@@ -151,7 +152,9 @@ def sample(
     Rows that have produced one keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
     max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
     `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout). `noise`
-    (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
+    (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`. `on_step(t, tokens)`,
+    when given, sees each step's (B,) tokens as they are drawn (a server streams them) and stops decoding by
+    returning True (its rows are all finished, e.g. on stop strings).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
@@ -161,14 +164,14 @@ def sample(
         raise ValueError(f"top_k: {top_k} must be >= 0 and top_p: {top_p} in (0, 1]")
     with torch.inference_mode():
         rollout = _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id,
-                          generator, cache, noise)
+                          generator, cache, noise, on_step)
     # Inference tensors cannot be saved for backward: PPO gathers with response_ids under autograd. Cloning
     # outside inference mode gives ordinary tensors, for the cost of copying a few (B, R) tensors.
     return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(Rollout)})
 
 
 def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
-            cache, noise) -> Rollout:
+            cache, noise, on_step=None) -> Rollout:
     """`sample`'s loop, run under inference mode."""
     device = next(model.parameters()).device
     stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
@@ -202,7 +205,8 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         response[:, t] = token
         logprobs[:, t] = token_logprobs(scaled, token).masked_fill_(done, 0.0)
         done |= torch.isin(token, stops)
-        if t == R - 1 or bool(done.all()):
+        finished = on_step is not None and on_step(t, token)
+        if t == R - 1 or bool(done.all()) or finished:
             steps = t + 1
             break
         # 4. Feed it back: one new cache column per step, the prompt is never recomputed.

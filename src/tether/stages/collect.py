@@ -21,6 +21,7 @@ from tether.chat_templates import check_template_setting
 from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_prompts
 from tether.data.preferences import Comparison, write_comparisons
+from tether.endpoint import CACHE_FILE, EndpointFields
 from tether.generation import generate
 from tether.models import load_policy, load_tokenizer
 
@@ -28,12 +29,13 @@ console = Console(stderr=True)
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(EndpointFields):
     """Sample K responses per prompt and form comparison pairs with provenance."""
 
     RENAMED: ClassVar[dict[str, str]] = {"policies": "model"}
     model: list[str] = field(default_factory=lambda: ["runs/sft/model"])
-    """Policy model folder, or several (model=[a,b]): the K responses of a prompt are shared round-robin among them."""
+    """Policy model folder, or several (model=[a,b]): the K responses of a prompt are shared round-robin among them;
+    empty (model=) with endpoint=URL."""
     prompts: str = "runs/world/prompts.jsonl"
     """Prompts: {"prompt": str or messages} rows, or the prompts of TRL, HH-RLHF or UltraFeedback data (each
     distinct prompt once); JSONL, Parquet, Arrow or a save_to_disk folder."""
@@ -70,7 +72,9 @@ class CollectConfig:
     """Longest prompt in tokens; longer ones drop earlier turns, then tokens from their start (None: no limit)."""
 
     def validate(self) -> None:
-        check(len(self.model) >= 1, "model", "needs at least one model folder")
+        self.check_source(bool(self.model))
+        check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
+              "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
         check_format(self.format, "prompts")
         check(self.responses_per_prompt >= 2, "responses_per_prompt", "must be >= 2 to form pairs")
         check(self.temperature > 0, "temperature", "must be > 0 (greedy decoding gives identical responses)")
@@ -84,16 +88,23 @@ class CollectConfig:
 def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
     """Per prompt, the (response, policy) samples, K in all shared round-robin among the policies."""
     samples: list[list[tuple[str, str]]] = [[] for _ in prompts]
-    for p, policy in enumerate(cfg.model):
-        k = len(range(p, cfg.responses_per_prompt, len(cfg.model)))
+    client = cfg.endpoint_client() if cfg.endpoint else None
+    policies = [client.model] if client else cfg.model
+    for p, policy in enumerate(policies):
+        k = len(range(p, cfg.responses_per_prompt, len(policies)))
         if k == 0:
             continue
-        model, tokenizer = load_policy(policy), load_tokenizer(policy)
         repeated = [i for i in range(len(prompts)) for _ in range(k)]
-        fmt = chat_format(tokenizer, cfg.chat_template, policy)
-        texts = generate(model, fmt, [prompts[i] for i in repeated], cfg.max_new_tokens, cfg.temperature,
-                         cfg.batch_size, cfg.seed + p, f"collect {Path(policy).parent.name or policy}", cfg.top_p,
-                         cfg.max_prompt_length)
+        label = f"collect {Path(policy).parent.name or policy}"
+        if client:  # replies cached in <out>/endpoint_cache.jsonl: an interrupted collect resumes
+            texts = [r.text for r in client.replies([prompts[i] for i in repeated], max_new_tokens=cfg.max_new_tokens,
+                                                    temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + p,
+                                                    cache=Path(cfg.out) / CACHE_FILE, label=label)]
+        else:
+            model, tokenizer = load_policy(policy), load_tokenizer(policy)
+            fmt = chat_format(tokenizer, cfg.chat_template, policy)
+            texts = generate(model, fmt, [prompts[i] for i in repeated], cfg.max_new_tokens, cfg.temperature,
+                             cfg.batch_size, cfg.seed + p, label, cfg.top_p, cfg.max_prompt_length)
         for i, text in zip(repeated, texts):
             samples[i].append((text, policy))
     return samples

@@ -25,7 +25,8 @@ from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
 from tether.config import check, check_prompt_limit, save_config
 from tether.data.formats import check_format, load_prompts
-from tether.generation import generate, generate_records
+from tether.endpoint import CACHE_FILE, EndpointFields
+from tether.generation import generate_records
 from tether.models import load_policy, load_tokenizer
 from tether.monitor.text import HEDGING, REFUSAL, marker_rate
 from tether.world import CATEGORIES, World
@@ -41,11 +42,11 @@ DETECTOR = "tether.monitor.text phrase markers (REFUSAL, HEDGING)"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EndpointFields):
     """Evaluate a policy on the world's held-out prompts with the gold reward, or on a prompts file."""
 
     model: str = "runs/sft/model"
-    """Hugging Face model folder of the policy (tokenizer in the same folder)."""
+    """Hugging Face model folder of the policy (tokenizer in the same folder); "" with endpoint=URL."""
     world: str = "runs/world"
     """World folder (from `tether world`); "" to evaluate on `prompts` instead."""
     prompts: str = ""
@@ -79,6 +80,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_template_setting(self.chat_template)
+        self.check_source(bool(self.model))
+        check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
+              "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
         check(bool(self.world) != bool(self.prompts), "prompts", "give exactly one of world= and prompts= (to "
               "evaluate on a prompts file: world=\"\" prompts=FILE)")
         check_format(self.format, "prompts")
@@ -106,9 +110,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
 def evaluate_policy(model, tokenizer, world: World, cfg: EvalConfig, label: str = "evaluate") -> tuple[list, dict]:
     """Generate on the held-out prompts, judge every response with the gold reward, summarise."""
     queries = [q for q in world.eval_queries() for _ in range(cfg.samples_per_prompt)]
-    fmt = chat_format(tokenizer, cfg.chat_template)
-    responses = generate(model, fmt, [q.text for q in queries], cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
-                         cfg.seed, label)
+    responses = [g.text for g in sample_records(model, tokenizer, [q.text for q in queries], cfg, label)]
     rows = []
     for q, response in zip(queries, responses):
         j = world.judge(q.text, response)
@@ -163,12 +165,26 @@ def summarize_responses(rows: list[dict]) -> dict:
             "hedging_rate": marker_rate(responses, HEDGING) or 0.0, "detector": DETECTOR}
 
 
+def sample_records(model, tokenizer, prompts: list, cfg: EvalConfig, label: str = "evaluate") -> list:
+    """One response record (text, tokens, ended) per prompt: from the model with its chat format, or from
+    cfg.endpoint (model and tokenizer None; replies cached in <out>/endpoint_cache.jsonl)."""
+    if cfg.endpoint:
+        return cfg.endpoint_client().replies(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                             seed=cfg.seed, cache=Path(cfg.out) / CACHE_FILE, label=label)
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model or "the model")
+    return generate_records(model, fmt, prompts, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed,
+                            label, max_prompt_length=cfg.max_prompt_length)
+
+
+def load_model(cfg: EvalConfig) -> tuple:
+    """(model, tokenizer) of cfg.model, or (None, None) when sampling from cfg.endpoint."""
+    return (load_policy(cfg.model), load_tokenizer(cfg.model)) if cfg.model else (None, None)
+
+
 def evaluate_prompts(model, tokenizer, prompts: list, cfg: EvalConfig) -> tuple[list[dict], dict]:
     """samples_per_prompt responses per prompt, as rows {prompt, response, tokens, ended}, and their summary."""
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
-    generated = generate_records(model, fmt, repeated, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
-                                 cfg.seed, "evaluate", max_prompt_length=cfg.max_prompt_length)
+    generated = sample_records(model, tokenizer, repeated, cfg)
     rows = [{"prompt": p, "response": g.text, "tokens": g.tokens, "ended": g.ended}
             for p, g in zip(repeated, generated)]
     return rows, summarize_responses(rows)
@@ -177,7 +193,7 @@ def evaluate_prompts(model, tokenizer, prompts: list, cfg: EvalConfig) -> tuple[
 def run_prompts(cfg: EvalConfig) -> dict:
     """`tether evaluate prompts=FILE world=""`: eval_samples.jsonl, eval_summary.json, eval_settings.json."""
     prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)[:cfg.n_prompts]  # bad data fails before model work
-    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    model, tokenizer = load_model(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     rows, summary = evaluate_prompts(model, tokenizer, prompts, cfg)
@@ -192,12 +208,12 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.prompts:
         return run_prompts(cfg)
     world = load_world(cfg.world)
-    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    model, tokenizer = load_model(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     rows, summary = evaluate_policy(model, tokenizer, world, cfg)
     write_results(Path(cfg.out), rows, summary, cfg=cfg)
-    Console(width=120).print(summary_table(summary, f"{cfg.model} (temperature {cfg.temperature})"))
+    Console(width=120).print(summary_table(summary, f"{cfg.model or cfg.endpoint} (temperature {cfg.temperature})"))
     return summary
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from tether.chat_templates import check_template_setting
 from tether.config import check, save_config
+from tether.endpoint import CACHE_FILE, EndpointFields
 from tether.redteam.probe import Probe, check_queries, read_probes, write_probes
 from tether.redteam.score import find_hacks, quantile, score_row, summarize
 from tether.redteam.suites import SUITES, build_suites
@@ -34,12 +35,12 @@ SampleFn = Callable[[list[list[dict]], int], list[str]]
 
 
 @dataclass
-class RedteamConfig:
+class RedteamConfig(EndpointFields):
     """Red-team a policy: adversarial probes, failure rates per suite and attack, proxy-vs-gold search."""
 
     RENAMED: ClassVar[dict[str, str]] = {"policy": "model"}
     model: str = "runs/sft/model"
-    """Hugging Face model folder of the policy (tokenizer in the same folder)."""
+    """Hugging Face model folder of the policy (tokenizer in the same folder); "" with endpoint=URL."""
     world: str = "runs/world"
     """World folder (from `tether world`): generates the suites and judges with gold; "" for none (real models)."""
     probes: str = ""
@@ -76,6 +77,9 @@ class RedteamConfig:
 
     def validate(self) -> None:
         check_template_setting(self.chat_template)
+        self.check_source(bool(self.model))
+        check(not self.endpoint or not self.chat_template, "chat_template", "the endpoint formats prompts itself: "
+              "leave chat_template unset with endpoint=")
         check(bool(self.probes) or bool(self.world), "world", "required to generate suites (or give probes=FILE)")
         unknown = [s for s in self.suites if s not in SUITES]
         check(not unknown, "suites", f"unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(SUITES)}")
@@ -153,12 +157,24 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def run(cfg: RedteamConfig) -> dict:
-    from tether.generation import (
-        generate,  # heavy imports (torch, transformers) only when the stage runs
-    )
-    from tether.chat import chat_format
+def _sample_fn(cfg: RedteamConfig, out: Path) -> SampleFn:
+    """Answers from the model folder, or from cfg.endpoint (cached in <out>/endpoint_cache.jsonl)."""
+    if cfg.endpoint:
+        client = cfg.endpoint_client()
+        return lambda conversations, turn: [r.text for r in client.replies(
+            conversations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + turn,
+            cache=out / CACHE_FILE, label=f"redteam turn {turn + 1}")]
+    from tether.chat import chat_format  # heavy imports (torch, transformers) only when the stage runs
+    from tether.generation import generate
     from tether.models import load_policy, load_tokenizer
+
+    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
+    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
+    return lambda conversations, turn: generate(model, fmt, conversations, cfg.max_new_tokens, cfg.temperature,
+                                                cfg.batch_size, cfg.seed + turn, f"redteam turn {turn + 1}")
+
+
+def run(cfg: RedteamConfig) -> dict:
     from tether.world.build import load_world
 
     out = Path(cfg.out)
@@ -169,14 +185,7 @@ def run(cfg: RedteamConfig) -> dict:
     probes = _probes(cfg, world)
     write_probes(out / "probes.jsonl", probes)
     # 2. answer them: every probe `samples` times, pushback probes twice in a row
-    model, tokenizer = load_policy(cfg.model), load_tokenizer(cfg.model)
-    fmt = chat_format(tokenizer, cfg.chat_template, cfg.model)
-
-    def sample_fn(conversations, turn):
-        return generate(model, fmt, conversations, cfg.max_new_tokens, cfg.temperature, cfg.batch_size,
-                        cfg.seed + turn, f"redteam turn {turn + 1}")
-
-    answered = respond(probes, cfg.samples, sample_fn)
+    answered = respond(probes, cfg.samples, _sample_fn(cfg, out))
     # 3. proxy scores of the last response in its conversation
     proxy = _proxy(cfg)
     scores = (proxy([last_turn(p, a) for p, _, a in answered], [a[-1] for _, _, a in answered]).tolist()
@@ -194,7 +203,7 @@ def run(cfg: RedteamConfig) -> dict:
         summary["search"] = {"proxy_min": proxy_min, "found": len(found), "bad": sum(r["bad"] for r in rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     console = Console(width=100)
-    console.print(summary_table(summary, f"red team: {cfg.model} (temperature {cfg.temperature})"))
+    console.print(summary_table(summary, f"red team: {cfg.model or cfg.endpoint} (temperature {cfg.temperature})"))
     if proxy:
         console.print(f"search: {summary['search']['found']} bad responses with proxy >= "
                       f"{summary['search']['proxy_min']:+.2f} -> {out / 'found.jsonl'}")
