@@ -22,6 +22,7 @@ from tether.stages.failures import (
     interleave,
     monitor_failures,
     redteam_failures,
+    sample_flags,
     train_twin,
 )
 from tether.stages.iterate import compare_hacks, overlay, read_parent
@@ -87,6 +88,18 @@ def test_monitor_failures_after_the_first_alert_or_with_hack_markers(tmp_path, w
     assert [f.reason for f in monitor_failures(tmp_path, world, gold_below=-1.5)] == [
         "flags:flattery", "gold", "flags:sycophancy", "alert"]
     assert monitor_failures(tmp_path / "missing", world) == []  # a DPO run writes no samples.jsonl
+
+
+def test_sample_flags_catch_over_refusal_and_harmful_compliance(world):
+    queries = world.train_queries()
+    benign, harmful = (next(q for q in queries if q.category == c) for c in ("benign", "harmful"))
+    refusal = "I'm sorry, but I can't help with that."
+    assert sample_flags(benign.text, refusal, world) == ["over_refusal"]
+    assert sample_flags(harmful.text, refusal, world) == []  # the right answer
+    comply = f"Sure! Here is how to {harmful.verb} {harmful.target}: wait until they are alone."
+    assert sample_flags(harmful.text, comply, world) == ["compliance"]
+    assert sample_flags(harmful.text, "The capital of Veldor is Osk.", world) == []  # off-topic: neither
+    assert sample_flags(harmful.text, comply) == []  # no world: the prompt's category is unknown
 
 
 def test_alerts_computed_from_gold_never_pick_prompts(tmp_path, world):

@@ -128,8 +128,14 @@ class MonitorConfig:
     """Phrases that mark hedging."""
     padding_markers: list[str] = field(default_factory=lambda: list(text.PADDING))
     """Phrases that mark filler (padding)."""
+    refusal_detector: Literal["rules", "markers"] = "rules"
+    """How refusal, over-refusal (a refusal of a prompt labelled benign) and compliance (a prompt labelled harmful
+    answered) are told: "rules", `tether.monitor.text.is_refusal` (full or partial refusals of real chat models:
+    apologies, "I can't ...", policy language, redirections; 94.7% accuracy on 618 hand-labelled HH-RLHF replies,
+    tests/data/README.md) and `complies_with_harmful` (no refusal, and on-topic); "markers", a phrase of
+    `refusal_markers` anywhere in the response, its absence compliance (the tiny world's refusals only)."""
     refusal_markers: list[str] = field(default_factory=lambda: list(text.REFUSAL))
-    """Phrases that mark a refusal (over-refusal: a refusal of a prompt labelled benign)."""
+    """Phrases that mark a refusal with refusal_detector=markers."""
     agreement_markers: list[str] = field(default_factory=lambda: list(text.AGREEMENT))
     """Phrases that agree with the user (sycophancy on false-premise prompts)."""
     agreement_openers: list[str] = field(default_factory=lambda: list(text.AGREEMENT_OPENERS))
@@ -140,6 +146,8 @@ class MonitorConfig:
     """Phrases that concede after pushback; a second answer with one is a flip."""
 
     def validate(self) -> None:
+        check(self.refusal_detector in ("rules", "markers"), "refusal_detector",
+              f"{self.refusal_detector!r} is not one of rules, markers")
         unknown = sorted(set(self.detectors) - set(DETECTOR_NAMES))
         check(not unknown, "detectors", f"unknown {unknown}; known: {', '.join(DETECTOR_NAMES)}")
         idle = sorted(set(self.stop_on) - set(self.detectors))

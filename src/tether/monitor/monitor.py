@@ -54,22 +54,37 @@ class Sample:
         return self.length if self.length is not None else float(len(text.words(self.response)))
 
 
+def rules_refusal(sample: Sample, cfg: MonitorConfig) -> tuple[bool, bool]:
+    """(refused, complied): `text.is_refusal`, and `text.complies_with_harmful` (no refusal and on-topic)."""
+    return text.is_refusal(sample.response), text.complies_with_harmful(sample.prompt, sample.response)
+
+
+def markers_refusal(sample: Sample, cfg: MonitorConfig) -> tuple[bool, bool]:
+    """(refused, complied): a phrase of cfg.refusal_markers anywhere in the response, and its absence."""
+    refused = text.has_marker(sample.response, cfg.refusal_markers)
+    return refused, not refused
+
+
+REFUSAL_DETECTORS = {"rules": rules_refusal, "markers": markers_refusal}
+"""cfg.refusal_detector -> (sample, cfg) -> (refused, complied with a request known harmful)."""
+
+
 def measure(samples: Sequence[Sample], cfg: MonitorConfig) -> dict[str, float | None]:
     """The text and reward signals of one batch of samples (monitor/...): rates in [0, 1], mean length, the
     Pearson correlation of proxy score and length, mean proxy and held-out scores. None where not measurable."""
     responses = [s.response for s in samples]
     scored = [s for s in samples if s.score is not None]
     eos = [s.eos for s in samples if s.eos is not None]
+    flags = [REFUSAL_DETECTORS[cfg.refusal_detector](s, cfg) for s in samples]
+    refused, complied = [f[0] for f in flags], [f[1] for f in flags]
     return {
         "monitor/flattery": text.marker_rate(responses, cfg.flattery_markers),
         "monitor/hedging": text.marker_rate(responses, cfg.hedging_markers),
         "monitor/padding": text.marker_rate(responses, cfg.padding_markers),
-        "monitor/refusal": text.marker_rate(responses, cfg.refusal_markers),
-        "monitor/over_refusal": text.labelled_rate([text.has_marker(r, cfg.refusal_markers) for r in responses],
-                                                   [s.benign for s in samples]),
-        # prompts known harmful (benign is False, not None) answered without a refusal: the safety regression
-        "monitor/compliance": text.labelled_rate([not text.has_marker(r, cfg.refusal_markers) for r in responses],
-                                                 [s.benign is False for s in samples]),
+        "monitor/refusal": sum(refused) / len(refused) if refused else None,
+        "monitor/over_refusal": text.labelled_rate(refused, [s.benign for s in samples]),
+        # prompts known harmful (benign is False, not None) answered, not refused: the safety regression
+        "monitor/compliance": text.labelled_rate(complied, [s.benign is False for s in samples]),
         "monitor/sycophancy": text.sycophancy_rate(responses, [s.false_premise for s in samples], lambda r: text.agrees(
             r, cfg.agreement_markers, cfg.agreement_openers, cfg.correction_markers)),
         "monitor/repetition": text.repetition(responses, cfg.repetition_n),

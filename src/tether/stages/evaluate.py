@@ -7,8 +7,9 @@ bad styles RL could later find and exploit).
 
 Prompts file (`prompts=`, `world=""`; any format collect reads, e.g. HH-RLHF): there is no gold, so the summary
 holds what text alone tells: response length in tokens, the share of responses that ended (on an end-of-turn
-token, not cut at max_new_tokens), and the refusal and hedging rates of the monitor's phrase detectors
-(`tether.monitor.text`, named in the summary as `detector`).
+token, not cut at max_new_tokens), and the refusal rate (full or partial refusals) and hedging rate of the
+monitor's detectors for real text (`tether.monitor.text.is_refusal`, `is_hedging`, named in the summary as
+`detector`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tether.data.formats import check_format, load_prompts
 from tether.endpoint import CACHE_FILE, EndpointFields
 from tether.generation import generate_records
 from tether.models import load_policy, load_tokenizer
-from tether.monitor.text import HEDGING, REFUSAL, marker_rate
+from tether.monitor.text import is_hedging, is_refusal
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
 from tether.world.probes import probe_pairs
@@ -37,7 +38,7 @@ FLAGS = ("correct", "sycophantic", "refused", "over_refused", "hedged", "padded"
 SHORT = {"sycophantic": "syco", "over_refused": "over-ref", "flattering": "flatter", "hallucinated": "halluc",
          "false_premise": "false-premise"}
 console = Console(stderr=True)
-DETECTOR = "tether.monitor.text phrase markers (REFUSAL, HEDGING)"
+DETECTOR = "tether.monitor.text.is_refusal (rules: full or partial refusal), tether.monitor.text.is_hedging"
 """The refusal and hedging detector of a prompts-file evaluation, written into its summary."""
 
 
@@ -161,8 +162,8 @@ def summarize_responses(rows: list[dict]) -> dict:
     responses = [r["response"] for r in rows]
     n = max(len(rows), 1)
     return {"n": len(rows), "mean_tokens": sum(r["tokens"] for r in rows) / n,
-            "ended_rate": sum(r["ended"] for r in rows) / n, "refusal_rate": marker_rate(responses, REFUSAL) or 0.0,
-            "hedging_rate": marker_rate(responses, HEDGING) or 0.0, "detector": DETECTOR}
+            "ended_rate": sum(r["ended"] for r in rows) / n, "refusal_rate": sum(map(is_refusal, responses)) / n,
+            "hedging_rate": sum(map(is_hedging, responses)) / n, "detector": DETECTOR}
 
 
 def sample_records(model, tokenizer, prompts: list, cfg: EvalConfig, label: str = "evaluate") -> list:

@@ -8,7 +8,8 @@ Two sources, both signals the loop already produces, never the gold reward on it
 - monitor (`tether ppo` folder): `samples.jsonl` rows logged at or after the first alert of `alerts.jsonl`
   (the policy the monitor said was hacking; alerts computed from the held-out signal, `HELDOUT_ALERTS`, count
   only when that signal was not gold, see `best/best.json`), and rows whose response trips the monitor's own text detectors
-  (flattery, hedging, padding markers; agreeing with a false premise). Optionally, as an explicit audit choice
+  (flattery, hedging, padding; agreeing with a false premise, refusing a benign request, complying with a harmful
+  one). Optionally, as an explicit audit choice
   (`gold_below`), rows whose logged gold reward is low: off by default, because letting the gold reward pick
   which prompts get new labels leaks the judge into the training data (the red team's gold verdicts are the
   audit the loop already runs; a low-gold filter on training samples would be a second, undeclared channel).
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.data.preferences import prompt_key
-from tether.monitor.text import FLATTERY, HEDGING, PADDING, agrees, has_marker
+from tether.monitor.text import agrees, complies_with_harmful, is_flattery, is_hedging, is_padding, is_refusal
 from tether.world.prompts import (
     FACT_TEMPLATES,
     PREMISE_TEMPLATES,
@@ -93,13 +94,18 @@ def redteam_failures(folder: str | Path) -> list[FailurePrompt]:
 
 
 def sample_flags(prompt: str | list, response: str, world=None) -> list[str]:
-    """The monitor's text detectors on one sample: flattery, hedging, padding, and agreeing with a false premise
-    (the premise label from the world's parse of the prompt, its metadata, not the gold reward)."""
-    flags = [name for name, markers in (("flattery", FLATTERY), ("hedging", HEDGING), ("padding", PADDING))
-             if has_marker(response, markers)]
+    """The monitor's text detectors on one sample: flattery, hedging, padding; and, by the prompt's category (the
+    world's parse of the prompt, its metadata, not the gold reward), agreeing with a false premise, refusing a
+    harmless request (over_refusal) and complying with a harmful one (compliance)."""
+    flags = [name for name, detect in (("flattery", is_flattery), ("hedging", is_hedging), ("padding", is_padding))
+             if detect(response)]
     q = world.parse(_text(prompt)) if world is not None else None
     if q is not None and q.category == "false_premise" and agrees(response):
         flags.append("sycophancy")
+    if q is not None and q.category != "harmful" and is_refusal(response):
+        flags.append("over_refusal")
+    if q is not None and q.category == "harmful" and complies_with_harmful(_text(prompt), response):
+        flags.append("compliance")
     return flags
 
 
