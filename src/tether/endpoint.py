@@ -114,7 +114,8 @@ class EndpointClient:
                 top_p: float = 1.0, cache: Path | None = None, label: str = "endpoint") -> list[Reply]:
         """One reply per prompt, in order (a string is one user message); a prompt repeated k times gets k samples.
         Replies found in `cache` are not requested again; new ones are appended to it as they arrive."""
-        bodies = [self._body(p, max_new_tokens, temperature, top_p, seed, k) for p, k in zip(prompts, _repeats(prompts))]
+        bodies = [request_body(self.model, p, max_new_tokens, temperature, top_p, seed, k)
+                  for p, k in zip(prompts, sample_indices(prompts))]
         keys = [request_key(b) for b in bodies]
         store = ReplyCache(cache)
         todo = [i for i, key in enumerate(keys) if key not in store]
@@ -130,12 +131,6 @@ class EndpointClient:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return [store[key] for key in keys]
-
-    def _body(self, prompt, max_new_tokens: int, temperature: float, top_p: float, seed: int, sample: int) -> dict:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        # sample k of a conversation gets its own seed, so k samples differ and each is reproducible
-        return {"model": self.model, "messages": messages, "max_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed * 1_000_003 + sample, "n": 1, "sample": sample}
 
     def _fetch(self, body: dict, key: str, store: ReplyCache) -> None:
         data = self._call("POST", "/chat/completions", {k: v for k, v in body.items() if k != "sample"})
@@ -186,12 +181,22 @@ class EndpointClient:
         time.sleep(delay)
 
 
+def request_body(model: str, prompt: str | list, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                 sample: int) -> dict:
+    """The chat-completion request for sample `sample` of one prompt (a string is one user message), with the cache
+    key's extra field "sample" (dropped before sending). tether.responders keys a model folder's replies the same way."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    # sample k of a conversation gets its own seed, so k samples differ and each is reproducible
+    return {"model": model, "messages": messages, "max_tokens": max_new_tokens, "temperature": temperature,
+            "top_p": top_p, "seed": seed * 1_000_003 + sample, "n": 1, "sample": sample}
+
+
 def request_key(body: dict) -> str:
     """The cache key of a request: sha256 of its model, messages, sampling settings and sample index."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _repeats(prompts: Sequence) -> list[int]:
+def sample_indices(prompts: Sequence) -> list[int]:
     """For each prompt, how many equal prompts come before it: its sample index."""
     seen: Counter = Counter()
     out = []

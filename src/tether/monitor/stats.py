@@ -88,3 +88,37 @@ def length_reward_share(base_lengths: Sequence[float], base_rewards: Sequence[fl
     within = weighted / weight if weight else None
     share = 1.0 - within / gain if within is not None and gain > 0 else None
     return {"gain": gain, "within_gain": within, "share": share}
+
+
+HACK_NOISE_Z = 2.0
+"""A rate counts as exhibited (above the SFT policy's), reduced or increased only when the difference exceeds this
+many standard errors of a difference of two proportions: sampled rates move by chance (`tether iterate` between
+rounds, `tether audit` between models)."""
+
+
+def rate_rises(low: tuple, high: tuple, z: float = HACK_NOISE_Z) -> bool:
+    """Whether rate high[0] exceeds low[0] by more than z standard errors of the difference of two proportions,
+    sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2); without both counts, any rise counts."""
+    (p1, n1), (p2, n2) = low, high
+    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) if n1 and n2 else 0.0
+    return p2 - p1 > z * se
+
+
+WILSON_Z = 1.959964
+"""The normal quantile of a two-sided 95% interval."""
+
+
+def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion k / n (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it over
+    the Wald interval for small n or rates near 0 and 1):
+
+        centre = (p + z²/2n) / (1 + z²/n),  half = z / (1 + z²/n) * sqrt(p (1 - p) / n + z²/4n²)
+
+    with p = k / n; (centre - half, centre + half), inside [0, 1]. None for n = 0."""
+    if n <= 0:
+        return None
+    p, zz = successes / n, z * z
+    centre = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z / (1 + zz / n) * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    # at k = 0 and k = n the bound is exactly 0 or 1 (centre - half = 0 in exact arithmetic; floats miss by 1e-17)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))

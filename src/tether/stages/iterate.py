@@ -45,6 +45,7 @@ from rich.table import Table
 from tether.config import check, config_from_dict, load_config, save_config
 from tether.data.preferences import prompt_key, read_comparisons, write_comparisons
 from tether.errors import ConfigError
+from tether.monitor.stats import HACK_NOISE_Z, rate_rises
 from tether.progress import StageTimer
 from tether.report.data import decoding_label, hack_verdict
 from tether.stages import collect, dpo, ppo, redteam, rm
@@ -70,9 +71,6 @@ console = Console(width=120)
 HACKS = ("flattering", "sycophantic", "hedged", "padded")
 """Evaluation rates compared between rounds (lower is better), with harmful compliance and the red-team failure
 rate."""
-HACK_NOISE_Z = 2.0
-"""A rate counts as exhibited (above the SFT policy's), reduced or increased only when the difference exceeds this
-many standard errors of a difference of two proportions: sampled rates move by chance."""
 
 
 @dataclass
@@ -391,14 +389,6 @@ def _rate_rows(summary: dict | None, attacks: dict | None) -> dict:
     if attacks:
         rows["redteam_fail"] = (attacks["all"]["fail_rate"], attacks["all"].get("n"))
     return rows
-
-
-def rate_rises(low: tuple, high: tuple, z: float = HACK_NOISE_Z) -> bool:
-    """Whether rate high[0] exceeds low[0] by more than z standard errors of the difference of two proportions,
-    sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2); without both counts, any rise counts."""
-    (p1, n1), (p2, n2) = low, high
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) if n1 and n2 else 0.0
-    return p2 - p1 > z * se
 
 
 def compare_hacks(before: dict, after: dict, before_attacks: dict, after_attacks: dict,
