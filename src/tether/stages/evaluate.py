@@ -9,7 +9,8 @@ Prompts file (`prompts=`, `world=""`; any format collect reads, e.g. HH-RLHF): t
 holds what text alone tells: response length in tokens, the share of responses that ended (on an end-of-turn
 token, not cut at max_new_tokens), and the refusal rate (full or partial refusals) and hedging rate of the
 monitor's detectors for real text (`tether.monitor.text.is_refusal`, `is_hedging`, named in the summary as
-`detector`).
+`detector`). With `judge_model=` or `judge_endpoint=` an LLM judge labels the refusals instead
+(`tether.monitor.judge`; its fallbacks to the rules and its agreement with them are in the summary).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tether.data.formats import check_format, load_prompts
 from tether.endpoint import CACHE_FILE, EndpointFields
 from tether.generation import generate_records
 from tether.models import load_policy, load_tokenizer
+from tether.monitor.judge import JudgeFields
 from tether.monitor.text import is_hedging, is_refusal
 from tether.world import CATEGORIES, World
 from tether.world.build import load_world
@@ -43,7 +45,7 @@ DETECTOR = "tether.monitor.text.is_refusal (rules: full or partial refusal), tet
 
 
 @dataclass
-class EvalConfig(EndpointFields):
+class EvalConfig(JudgeFields, EndpointFields):
     """Evaluate a policy on the world's held-out prompts with the gold reward, or on a prompts file."""
 
     model: str = "runs/sft/model"
@@ -93,6 +95,9 @@ class EvalConfig(EndpointFields):
         check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.check_judge()
+        check(not (self.judge_model or self.judge_endpoint) or not self.world, "judge_model", "the LLM judge labels "
+              "the refusals of a prompts file (world=\"\" prompts=FILE); on the world, its gold reward judges")
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -191,6 +196,20 @@ def evaluate_prompts(model, tokenizer, prompts: list, cfg: EvalConfig) -> tuple[
     return rows, summarize_responses(rows)
 
 
+def judge_refusals(judge, rows: list[dict], summary: dict, name: str) -> None:
+    """Relabel refusals with the LLM judge (tether.monitor.judge): each row gains refusal (the judge's label, the
+    rules' where its answer held none) and refusal_rules; the summary's refusal_rate becomes the judge's, beside
+    refusal_rate_rules and the judge's fallbacks and agreement with the rules."""
+    result = judge.classify("refusal", [r["prompt"] for r in rows], [r["response"] for r in rows])
+    for r, label, rule in zip(rows, result.labels, result.rules):
+        r["refusal"], r["refusal_rules"] = label, rule
+    n = max(len(rows), 1)
+    summary.update(refusal_rate=sum(label != "none" for label in result.labels) / n,
+                   refusal_rate_rules=summary["refusal_rate"], judge={"model": name, **result.report()},
+                   detector=f"LLM judge {name} (tether.monitor.judge; rules where it gave no label), "
+                            "tether.monitor.text.is_hedging")
+
+
 def run_prompts(cfg: EvalConfig) -> dict:
     """`tether evaluate prompts=FILE world=""`: eval_samples.jsonl, eval_summary.json, eval_settings.json."""
     prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)[:cfg.n_prompts]  # bad data fails before model work
@@ -198,6 +217,9 @@ def run_prompts(cfg: EvalConfig) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     rows, summary = evaluate_prompts(model, tokenizer, prompts, cfg)
+    judge = cfg.make_judge(Path(cfg.out) / "judge_cache.jsonl")
+    if judge is not None:
+        judge_refusals(judge, rows, summary, cfg.judge_name())
     write_results(Path(cfg.out), rows, summary, cfg=cfg)
     console.print(f"evaluate: {summary['n']} responses to {len(prompts)} prompts of {cfg.prompts}: "
                   f"{summary['mean_tokens']:.1f} tokens on average, {summary['ended_rate']:.0%} ended, "
