@@ -54,6 +54,7 @@ STAGES: dict[str, Stage] = {
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),
     "iterate": Stage("tether.stages.iterate", "IterateConfig", "run", "One more round: failure prompts -> collect -> raters -> RM -> PPO or DPO -> audit."),
     "report": Stage("tether.stages.report", "ReportConfig", "run", "Write a run folder's report.html: stages, RM vs raters, proxy vs gold, alerts, red team."),
+    "audit": Stage("tether.audit", "AuditConfig", "run", "Audit models or endpoints side by side: over-refusal and harmful compliance (XSTest), sycophancy, style, on your prompts."),
     "serve": Stage("tether.serve", "ServeConfig", "run", "Serve a model folder over an OpenAI-compatible HTTP API (chat, completions, streaming)."),
 }  # fmt: skip
 

@@ -110,6 +110,9 @@ class RunData:
     rounds: list[dict] = field(default_factory=list)
     """round<n>/round.json of each `tether iterate` round: its number, optimiser and `hacks` (the comparison with
     the round before)."""
+    audits: list[tuple[str, dict]] = field(default_factory=list)
+    """(folder relative to the run, its audit.json) of each `tether audit` written into the run folder itself or a
+    folder directly under it (e.g. runs/demo/audit)."""
 
 
 def read_json(path: Path) -> dict | list | None:
@@ -282,4 +285,15 @@ def load_run(run_dir: str | Path) -> RunData:
         record = read_json(base / "round.json") if prefix else None
         if isinstance(record, dict) and isinstance(record.get("hacks"), dict):
             data.rounds.append(record)
+    data.audits = read_audits(root)
     return data
+
+
+def read_audits(root: Path) -> list[tuple[str, dict]]:
+    """(folder, audit.json) of the audits in the run folder and the folders directly under it, in name order."""
+    found = []
+    for path in [root / "audit.json", *sorted(root.glob("*/audit.json"))]:
+        summary = read_json(path)
+        if isinstance(summary, dict) and isinstance(summary.get("results"), dict) and summary.get("targets"):
+            found.append((str(path.parent.relative_to(root)), summary))
+    return found

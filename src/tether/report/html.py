@@ -29,6 +29,8 @@ class Section:
     build: Callable[[RunData], dict | None]
     needs: str
     """What the section reads, shown when it is skipped."""
+    optional: bool = False
+    """Left out of the page, not shown as skipped, when its inputs are absent (an audit most runs do not have)."""
 
 
 def _pct(x) -> str:
@@ -289,6 +291,25 @@ def rounds(d: RunData) -> dict | None:
     return {"rounds": out}
 
 
+def audits(d: RunData) -> dict | None:
+    """Each `tether audit` in the run folder: its headline rates per model with 95% intervals, marked where they
+    differ from the first model's beyond noise (tether.audit.html), and a link to its own audit.html."""
+    if not d.audits:
+        return None
+    from tether.audit.html import headline_rows
+
+    blocks = []
+    for folder, summary in d.audits:
+        dec = summary.get("decoding") or {}
+        link = Path(folder) / "audit.html"
+        blocks.append({"folder": folder, "names": [t.get("name") for t in summary["targets"]],
+                       "rows": headline_rows(summary), "decoding": decoding_label(dec),
+                       "suites": summary.get("suites") or {}, "detector": summary.get("detector", ""),
+                       "link": link.as_posix() if (d.root / link).is_file() else None,
+                       "noise_z": summary.get("noise_z")})
+    return {"audits": blocks}
+
+
 def _signed_pct(x) -> str:
     return "–" if not isinstance(x, (int, float)) else f"{round(x * 100):+d}"
 
@@ -301,6 +322,8 @@ SECTIONS = [
     Section("optimisers", "Optimisation against the proxy", optimisers, "ppo/, grpo/, rloo/ or dpo/ metrics.jsonl"),
     Section("redteam", "Red team", redteam, "redteam/<policy>/summary.json (tether redteam)"),
     Section("rounds", "Rounds: did the next round reduce the hacks?", rounds, "round<n>/round.json (tether iterate)"),
+    Section("audit", "Audit: models side by side", audits, "audit.json in the run folder or one under it "
+            "(tether audit)", optional=True),
 ]
 
 
@@ -342,6 +365,8 @@ def render(d: RunData) -> str:
     sections = []
     for s in SECTIONS:
         ctx = s.build(d)
+        if ctx is None and s.optional:
+            continue
         sections.append({"id": s.id, "title": s.title, "ctx": ctx, "needs": s.needs})
     env = jinja2.Environment(loader=jinja2.PackageLoader("tether.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

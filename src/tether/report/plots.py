@@ -243,3 +243,35 @@ def attack_success(groups: dict[str, dict[str, float]]) -> str | None:
         ax.legend(loc="lower right")
     _bar_title(fig, "Attack success rate by suite")
     return to_data_uri(fig)
+
+
+@_draw
+def rates_with_intervals(groups: dict[str, dict[str, tuple[float, float, float]]], title: str) -> str | None:
+    """Grouped horizontal bars with their 95% intervals: rate per measure (rows), one colour per model;
+    groups[model][measure] = (rate, lo, hi). `tether audit`'s models side by side."""
+    measures = list(dict.fromkeys(m for g in groups.values() for m in g))
+    if not measures:
+        return None
+    labels = list(groups)
+    fig = _figure(6.2, 0.3 * len(measures) * max(1, len(labels)) + 1.0)
+    ax = fig.add_subplot()
+    h = 0.8 / len(labels)
+    palette = ["#475569", PROXY, GOLD, "#7c3aed", "#0891b2", "#db2777"]
+    for i, label in enumerate(labels):
+        ys = [len(measures) - 1 - j + ((len(labels) - 1) / 2 - i) * h for j in range(len(measures))]
+        cells = [groups[label].get(m) for m in measures]
+        ys, cells = zip(*[(y, c) for y, c in zip(ys, cells) if c is not None]) if any(cells) else ((), ())
+        if not cells:
+            continue
+        vals = [c[0] for c in cells]
+        err = [[max(0.0, c[0] - c[1]) for c in cells], [max(0.0, c[2] - c[0]) for c in cells]]
+        ax.barh(ys, vals, height=h * 0.9, color=palette[i % len(palette)], label=label, xerr=err,
+                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": INK})
+    ax.set_yticks([len(measures) - 1 - j for j in range(len(measures))], measures)
+    ax.set_xlim(0, 1.05)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.grid(axis="y", visible=False)
+    if len(labels) > 1:
+        fig.legend(loc="outside lower center", ncol=min(4, len(labels)))
+    _bar_title(fig, title)
+    return to_data_uri(fig)
