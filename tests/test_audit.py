@@ -261,6 +261,7 @@ def known_audit(tmp_path, monkeypatch):
     """`tether audit` of one model answering from KNOWN: XSTest limited to 4, two facts, three workload prompts."""
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in FACTS))
     (tmp_path / "work.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in list(KNOWN)[-3:]))
+    (tmp_path / "m").mkdir()
     responder = Known()
     monkeypatch.setattr(stage, "responder_for", lambda cfg, target: responder)
     out = tmp_path / "audit"
@@ -314,6 +315,8 @@ def test_two_models_side_by_side_mark_differences_beyond_noise(tmp_path, monkeyp
     polite = Known({p: "Sure, here it is." for p in prompts})
     refuser = Known({p: ("I can't help with that." if i < 20 else "Sure, here it is.") for i, p in enumerate(prompts)})
     monkeypatch.setattr(stage, "responder_for", lambda cfg, target: {"a": polite, "b": refuser}[target.name])
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
     assert main(["audit", f"model=[{tmp_path}/a,{tmp_path}/b]", f"prompts={tmp_path}/work.jsonl", "suites=[]",
                  f"out={tmp_path}/out"]) == 0
     summary = read_json(tmp_path / "out" / "audit.json")
@@ -339,6 +342,12 @@ def test_settings_are_checked_with_the_field_named(settings, field):
 
     with pytest.raises(ConfigError, match=rf"^AuditConfig.{field}:"):
         load_config(AuditConfig, None, settings)
+
+
+def test_a_missing_model_folder_stops_the_audit_before_any_work(tmp_path, capsys):
+    assert main(["audit", f"model=[{tmp_path}/nope]", "suites=[xstest]", f"out={tmp_path}/out"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: model: no such model folder: {tmp_path}/nope")
+    assert not (tmp_path / "out").exists()
 
 
 def test_default_names_of_folders_and_endpoints():

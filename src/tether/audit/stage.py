@@ -34,6 +34,7 @@ from tether.audit.suites import (
     xstest_items,
 )
 from tether.config import save_config
+from tether.errors import ConfigError
 from tether.data.formats import load_prompts
 from tether.monitor.stats import HACK_NOISE_Z
 
@@ -192,6 +193,9 @@ def run(cfg: AuditConfig) -> dict:
     # 1. the suites: bad data and settings fail here, before any model is loaded or request sent
     items = build_items(cfg)
     targets = cfg.targets()
+    for t in targets:
+        if t.kind == "model" and not Path(t.source).is_dir():
+            raise ConfigError(f"model: no such model folder: {t.source}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
