@@ -117,7 +117,6 @@ def _examples(rows: Sequence[dict], names: Sequence[str]) -> list[dict]:
 def context(summary: dict, rows: Sequence[dict]) -> dict:
     """Everything the template shows."""
     names = [t["name"] for t in summary["targets"]]
-    first = summary["results"][names[0]] if names else {}
     any_res = {k for res in summary["results"].values() for k in res}
     styles = sorted({s for res in summary["results"].values() for s in (res.get("style") or {})},
                     key=["workload", "xstest", "sycophancy"].index)
@@ -139,7 +138,7 @@ def context(summary: dict, rows: Sequence[dict]) -> dict:
                     "words": [_lookup(summary["results"][n], f"style.{s}.mean_words") for n in names],
                     "tokens": [_lookup(summary["results"][n], f"style.{s}.mean_tokens") for n in names]}
                    for s in styles],
-        "judge": summary.get("judge"), "examples": _examples(rows, names), "first": first,
+        "judge": summary.get("judge"), "examples": _examples(rows, names),
     }
 
 
