@@ -15,7 +15,7 @@ TINY = ["preset=test", "vocab_size=400", "base_samples=1", "world.n_countries=8"
         "ppo.minibatch_size=4", "ppo.micro_batch_size=4", "ppo.max_new_tokens=6", "ppo.eval_every=1",
         "ppo.eval_prompts=5", "ppo.save_every=0", "dpo.max_steps=2", "dpo.batch_size=4", "dpo.micro_batch_size=4",
         "dpo.eval_every=1", "dpo.kl_eval_prompts=2", "dpo.kl_eval_max_new_tokens=6", "dpo.monitor.samples=2",
-        "dpo.monitor.max_new_tokens=6", "kl_prompts=3", "redteam.topics=1", "redteam.max_new_tokens=6"]
+        "dpo.monitor.max_new_tokens=6", "kl_prompts=3", "redteam.topics=1", "redteam.max_new_tokens=6", "audit.limit=4", "audit.max_new_tokens=6"]
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -24,7 +24,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
                                          "collect", "label", "rm", "rm report", "ppo", "dpo", "evaluate ppo",
-                                         "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo", "round 2"}
+                                         "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo", "audit (served)",
+                                         "round 2"}
     for key in ("base_temperature_1", "sft_greedy"):
         assert set(summary[key]) >= {"fact", "harmful", "benign", "all"}
     rm = summary["reward_model"]
@@ -43,12 +44,18 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     for folder in ("world", "tokenizer", "pretrain/model", "sft/model", "collect", "label/raters", "rm/model",
                    "ppo/model", "dpo/model", "redteam/ppo"):
         assert (root / folder).is_dir(), folder
+    # the three policies, served on loopback and audited over HTTP like a vendor's endpoints
+    audit = json.loads((root / "audit/audit.json").read_text())
+    assert [(t["name"], t["kind"]) for t in audit["targets"]] == [("sft", "endpoint"), ("ppo", "endpoint"),
+                                                                  ("dpo", "endpoint")]
+    assert set(summary["audit"]) == {"sft", "ppo", "dpo"} and set(audit["suites"]) == {"xstest", "sycophancy", "workload"}
+    assert audit["suites"]["xstest"] == audit["suites"]["workload"] == 4 and audit["suites"]["sycophancy"] > 0
     round2 = summary["round2"]  # the iterate round: provenance and the hack comparison
     assert round2["round"] == 2 and (root / "round2/ppo/model").is_dir()
     assert set(round2["hacks"]) >= {"reduced_hacks"}
     report = (root / "report.html").read_text()
-    assert "<html" in report and "data:image/png;base64," in report
+    assert "<html" in report and "data:image/png;base64," in report and "XSTest" in report
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
-    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo", "round 2"} & set(again["timings_s"])
+    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo", "audit (served)", "round 2"} & set(again["timings_s"])

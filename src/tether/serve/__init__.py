@@ -11,8 +11,10 @@ so `tether serve --help` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,42 @@ def load_engine(cfg: ServeConfig):
     return Engine(model, load_tokenizer(cfg.model), name=cfg.served_name, chat_template=cfg.chat_template,
                   source=cfg.model, max_batch_rows=cfg.max_batch_rows, batch_wait=cfg.batch_wait_ms / 1000,
                   max_queued=cfg.max_queued)
+
+
+@contextlib.contextmanager
+def in_background(cfg: ServeConfig, api_key: str | None = None) -> Iterator[str]:
+    """`tether serve` of cfg.model in this process, on a free loopback port, for as long as the `with` block runs (the
+    demo serves its policies this way to audit them over HTTP); yields the API's base URL, ending in /v1. The engine's
+    worker and uvicorn run in threads; both stop on exit."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from tether.serve.api import create_app
+
+    engine = load_engine(cfg)
+    engine.start()
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else delayed ACKs add ~40 ms per request
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, cfg, api_key), log_level="warning", lifespan="off",
+                                           timeout_keep_alive=30))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"tether serve of {cfg.model} did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        engine.stop()
 
 
 def run(cfg: ServeConfig) -> None:

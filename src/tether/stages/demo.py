@@ -5,13 +5,16 @@ with the gold reward -> collect comparisons (SFT and base policies) -> simulated
 app's storage -> reward model, and how it compares with the raters, the gold preference, and which rater
 biases it inherited -> PPO against that reward model (the monitor watching for hacks, gold logged beside
 the proxy) and DPO on the same comparisons -> the audit: SFT, PPO and DPO on one footing (gold, KL to SFT,
-behaviour rates), red-team suites against each -> round 2 (`tether iterate`: the caught failures feed new
-comparisons, a retrained RM and PPO again; did the hacks shrink?) -> `report.html`.
+behaviour rates), red-team suites against each -> the same three policies behind `tether serve`, audited over HTTP
+as a vendor's endpoint would be (`tether audit`: XSTest, sycophancy on the world's facts, style on its held-out
+prompts) -> round 2 (`tether iterate`: the caught failures feed new comparisons, a retrained RM and PPO again; did the
+hacks shrink?) -> `report.html`.
 Every stage reads the previous stage's output folder, so any of them can be rerun alone with
 `tether <stage>`; `--resume` skips finished stages and resumes an interrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tether.audit.config import AuditConfig
 from tether.chat import chat_format
 from tether.config import check, save_config
 from tether.data.preferences import read_comparisons, split_by_prompt
@@ -51,6 +55,8 @@ from tether.world.raters import RaterPoolConfig, population_preference
 from tether.world.world import WorldConfig
 
 console = Console(width=120)
+POLICIES = ("sft", "ppo", "dpo")
+"""The policies the audit compares, each at <root>/<name>/model."""
 
 
 def _pretrain_defaults() -> pretrain.PretrainConfig:
@@ -80,6 +86,14 @@ def _ppo_defaults() -> ppo.PPOConfig:
 def _dpo_defaults() -> dpo.DPOConfig:
     # The RM's preferences, the same held-out split; a step count comparable to PPO's updates.
     return dpo.DPOConfig(max_steps=60, lr=1e-4, beta=0.1, eval_every=20, save_every=0, kl_eval_prompts=32)
+
+
+def _audit_defaults() -> AuditConfig:
+    # greedy (the policies' modes), the world's facts rather than the real-world starter set the tiny models never saw;
+    # the endpoints are placeholders until the demo serves its policies (`_served_audit`)
+    return AuditConfig(endpoint=[f"http://127.0.0.1:0/{name}" for name in POLICIES], names=list(POLICIES),
+                       suites=["xstest", "sycophancy", "style"], starter_facts=False, world="runs/world",
+                       max_new_tokens=48, endpoint_concurrency=32)
 
 
 def _redteam_defaults() -> redteam.RedteamConfig:
@@ -126,6 +140,9 @@ class DemoConfig:
     """DPO from the SFT policy on the raters' comparisons that trained the reward model (paths set by the demo)."""
     redteam: redteam.RedteamConfig = field(default_factory=_redteam_defaults)
     """Red-team suites run against the SFT policy and each optimised one (paths set by the demo)."""
+    audit: AuditConfig = field(default_factory=_audit_defaults)
+    """`tether audit` of the SFT, PPO and DPO policies, each behind `tether serve` on loopback (endpoints, names,
+    world, prompts and out set by the demo)."""
     kl_prompts: int = 64
     """Held-out prompts sampled (temperature 1) to measure each policy's KL to the SFT policy on one footing."""
     rounds: int = 2
@@ -272,7 +289,7 @@ def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
 def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     """Each policy on one footing (gold, behaviour, KL to SFT), and the red-team suites against each."""
     root = cfg.root
-    policies = {"sft": root / "sft/model", "ppo": root / "ppo/model", "dpo": root / "dpo/model"}
+    policies = {name: root / name / "model" for name in POLICIES}
     # 8. PPO and DPO against the SFT policy: gold gained per unit of KL, and which behaviours moved.
     footing = {name: timed(f"evaluate {name}", _policy_footing, cfg, path, name) for name, path in policies.items()}
     # The settings those evaluations ran with (the run's seed): `tether iterate` reads them to stay on this footing.
@@ -285,7 +302,27 @@ def _audit_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
         timed(f"redteam {name}", redteam.run, replace(stages["redteam"], model=str(path), out=str(out)),
               done=out / "summary.json")
         attacks[name] = json.loads((out / "summary.json").read_text())
-    return {"policies": footing, "redteam": attacks}
+    return {"policies": footing, "redteam": attacks, "audit": _served_audit(cfg, policies, timed)}
+
+
+def _served_audit(cfg: DemoConfig, policies: dict[str, Path], timed: StageTimer) -> dict:
+    """10. The policies served over an OpenAI-compatible API on loopback (`tether serve`) and audited through it like
+    any vendor's endpoint (`tether audit`): XSTest's over-refusal and harmful compliance, the two sycophancy
+    protocols on the world's held-out facts, style on its held-out prompts."""
+    from tether.audit.stage import run as audit
+    from tether.serve import ServeConfig, in_background
+
+    root, out = cfg.root, cfg.root / "audit"
+
+    def serve_and_audit() -> None:
+        with contextlib.ExitStack() as servers:
+            urls = [servers.enter_context(in_background(ServeConfig(model=str(path), name=name)))
+                    for name, path in policies.items()]
+            audit(replace(cfg.audit, endpoint=urls, names=list(policies), world=str(root / "world"),
+                          prompts=str(root / "world/eval.jsonl"), seed=cfg.seed, out=str(out)))
+
+    timed("audit (served)", serve_and_audit, done=out / "audit.json")
+    return json.loads((out / "audit.json").read_text())["results"]
 
 
 def _iterate_phase(cfg: DemoConfig, timed: StageTimer) -> dict:
@@ -296,7 +333,7 @@ def _iterate_phase(cfg: DemoConfig, timed: StageTimer) -> dict:
                                  rm=cfg.rm, ppo=cfg.ppo, dpo=cfg.dpo, redteam=cfg.redteam,
                                  eval=replace(cfg.eval, seed=cfg.seed),  # round 1's footing: same draw
                                  resume=cfg.resume)
-    # 10. Collect from the PPO policy plus the caught failures, label, retrain the RM, PPO again, audit.
+    # 11. Collect from the PPO policy plus the caught failures, label, retrain the RM, PPO again, audit.
     record = timed("round 2", iterate.run_round, icfg, cfg.root, done=cfg.root / "round2/round.json")
     if record is None:  # --resume of a finished round
         record = json.loads((cfg.root / "round2/round.json").read_text())
