@@ -353,8 +353,10 @@ def test_config_error_messages(capsys, tmp_path):
     main(["judge", "simulated=true", f"out={tmp_path}"])
     assert capsys.readouterr().err.strip() == "error: JudgeConfig.world: the simulated judge needs the world folder: " \
                                               "world=DIR"
-    main(["judge", f"out={tmp_path}"])
-    assert "JudgeConfig.endpoint: give exactly one of model= and endpoint=" in capsys.readouterr().err
+    for settings in ([], ["simulated=true", "world=w", "model=m"], ["model=m", "endpoint=http://x"]):
+        main(["judge", *settings, f"out={tmp_path}"])
+        assert capsys.readouterr().err.strip() == "error: JudgeConfig.model: give one judge: model=FOLDER, " \
+                                                  "endpoint=URL, or simulated=true world=DIR"
 
 
 # ---------------------------------------------------------------------------------------------- soft labels into rm

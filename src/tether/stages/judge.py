@@ -101,9 +101,9 @@ class JudgeConfig(EndpointFields):
     """Folder for comparisons.jsonl, judge_report.json, config.yaml (and endpoint_cache.jsonl)."""
 
     def validate(self) -> None:
-        check(not (self.simulated and (self.model or self.endpoint)), "simulated",
-              "give one judge: simulated=true, model=FOLDER or endpoint=URL")
-        self.check_source(bool(self.model) or self.simulated)
+        check(bool(self.model) + bool(self.endpoint) + self.simulated == 1, "model",
+              "give one judge: model=FOLDER, endpoint=URL, or simulated=true world=DIR")
+        self.check_source(bool(self.model) or self.simulated)  # the endpoint settings
         check(not self.simulated or bool(self.world), "world", "the simulated judge needs the world folder: world=DIR")
         check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
               "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
