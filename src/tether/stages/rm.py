@@ -34,7 +34,7 @@ from tether.data.preferences import (
     prompt_key,
     split_by_prompt,
 )
-from tether.errors import naming
+from tether.errors import DataError, naming
 from tether.guard import NonFiniteGuard
 from tether.lora import (
     adapt,
@@ -83,6 +83,10 @@ class RMConfig(TrainConfig):
     """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
     label_smoothing: float = 0.0
     """Take each label as flipped with this probability (conservative targets, in [0, 0.5))."""
+    soft_labels: bool = False
+    """Train toward each comparison's meta.p_a, P(response_a preferred) in [0, 1] (e.g. an AI judge's, from `tether
+    judge`), as the Bradley-Terry target instead of 1 / 0 / 0.5 from its choice; a labelled row without it is an
+    error. Held-out accuracy still counts a pair for the side its target favours."""
     share_prefixes: bool = True
     """Run the prompt tokens a prompt group's sequences start with once per step, each sequence only its own tail
     (causal backbones read at the last token; the rewards are unchanged, `tether.rm_batch`)."""
@@ -146,12 +150,24 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig, 
     for c, ((ids_a, cut_a), (ids_b, cut_b)) in zip(labelled, encoded):
         truncated += cut_a + cut_b
         m = c.strength if cfg.margin and c.strength is not None and c.choice != "tie" else 0.0
-        pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, TARGETS[c.choice], float(m),
+        target = soft_target(c) if cfg.soft_labels else TARGETS[c.choice]
+        pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, target, float(m),
                           lengths[c.response_a], lengths[c.response_b]))
     report = {"comparisons": len(comparisons), "unlabelled_skipped": len(comparisons) - len(labelled),
               "ties": sum(c.choice == "tie" for c in labelled), "truncated_sequences": truncated,
               "max_length": cfg.max_length}
     return pairs, report
+
+
+def soft_target(c: Comparison) -> float:
+    """meta.p_a of a comparison (soft_labels=true); DataError `meta.p_a: ...` when absent or not in [0, 1]."""
+    p = c.meta.get("p_a")
+    if p is None:
+        raise DataError(f"comparison {c.id}: meta.p_a: missing (soft_labels=true trains on it; label with `tether "
+                        "judge`, or set soft_labels=false)")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise DataError(f"comparison {c.id}: meta.p_a: {p!r} is not a probability in [0, 1]")
+    return float(p)
 
 
 def group_by_prompt(pairs: list[Pair]) -> list[list[int]]:
@@ -260,7 +276,7 @@ def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tupl
     """Over the non-tie pairs (D of P): whether the chosen response scored higher (1, 0.5 if equal, 0),
     and r_chosen - r_rejected. Shapes: (P,), (P,), (P,) -> (D,), (D,)."""
     keep = target != 0.5
-    chosen_minus_rejected = ((2 * target - 1) * (r_a - r_b))[keep]  # (D,)  sign +1 when A was chosen
+    chosen_minus_rejected = (torch.sign(2 * target - 1) * (r_a - r_b))[keep]  # (D,)  sign +1 when A is favoured
     return (torch.sign(chosen_minus_rejected) + 1) / 2, chosen_minus_rejected
 
 
