@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tether.endpoint import EndpointClient, _error_message
+from tether.endpoint import EndpointClient, error_message
 from tether.errors import TetherError
 from tether.judge.pairwise import PairwiseItem, parse_vote, vote_probability
 
@@ -71,10 +71,10 @@ class EndpointJudge:
         """"logprobs" when the endpoint answers a logprobs request with them, else "votes"."""
         response = self.client.http.post(self.client.url + "/chat/completions", json=self._body(text))
         if response.status_code in (400, 422):
-            self._stats["logprobs_refused"] = f"{response.status_code}: {_error_message(response)}"
+            self._stats["logprobs_refused"] = f"{response.status_code}: {error_message(response)}"
             return "votes"
         if response.status_code >= 400:  # anything else: the usual retries and error message
-            self.client._call("POST", "/chat/completions", self._body(text))
+            self.client.call("POST", "/chat/completions", self._body(text))
         try:
             response.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -84,7 +84,7 @@ class EndpointJudge:
 
     def _logprobs(self, items: Sequence[PairwiseItem]) -> list[float]:
         def ask(item: PairwiseItem) -> tuple[float | None, float]:
-            data = self.client._call("POST", "/chat/completions", self._body(item.text))
+            data = self.client.call("POST", "/chat/completions", self._body(item.text))
             try:
                 top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             except (KeyError, IndexError, TypeError):
