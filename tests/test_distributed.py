@@ -30,7 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tether import distributed
-from tether.advantages import explained_variance, masked_var, masked_whiten
+from tether.math.advantages import explained_variance, masked_var, masked_whiten
 from tether.cli import UsageError, _dispatch
 from tether.config import load_config
 from tether.errors import ConfigError

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import tether.stages.dpo as dpo
 from tether.chat import chat_format
 from tether.data.preferences import read_labelled
-from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
+from tether.math.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
 from tether.optim import adamw

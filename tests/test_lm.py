@@ -19,7 +19,7 @@ from tether.checkpoint import (
     load_trainer_state,
 )
 from tether.data.sft_data import read_conversations
-from tether.losses import IGNORE_INDEX, token_nll_sum
+from tether.math.losses import IGNORE_INDEX, token_nll_sum
 from tether.optim import adamw
 from tether.stages.lm import (
     Example,

@@ -38,7 +38,7 @@ from tether.chat import chat_format
 from tether.chat_templates import HH
 from tether.cli import main
 from tether.data.formats import load_comparisons, load_conversations, load_prompts
-from tether.dpo_losses import DPO_LOSSES
+from tether.math.dpo_losses import DPO_LOSSES
 from tether.generation import generate_records
 from tether.reward import RewardModel
 from tether.rm_batch import Pair, collate_pairs, pair_rewards

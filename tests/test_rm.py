@@ -22,7 +22,7 @@ from transformers import (
 import tether.stages.rm as rm
 from tether.data.preferences import Comparison, write_comparisons
 from tether.distributed import checkpoint_layers
-from tether.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss
 from tether.models import PRESETS, build_model, save_pretrained
 from tether.optim import adamw
 from tether.reward import (
@@ -506,7 +506,7 @@ def test_resumed_run_equals_an_uninterrupted_one(smoke):
 def test_ece_does_not_depend_on_which_response_is_called_a():
     """A calibrated model (P(A wins) = σ(d)) keeps a small ECE when every pair is written chosen-first,
     as HH and TRL files are; one-sided binning would report 1 - mean confidence instead."""
-    from tether.rm_metrics import expected_calibration_error
+    from tether.math.rm_metrics import expected_calibration_error
     from tether.stages.rm import _symmetric_ece
 
     g = torch.Generator().manual_seed(0)

@@ -15,7 +15,7 @@ practice 5: 2 ranks x accumulation A equal 1 rank x accumulation 2A):
    Every rank runs ceil(n / W) micro-batches, a short share padded with weight-0 repeats: the all-reduce
    needs every rank, and under FSDP2 every forward and backward is a collective too.
 3. Metrics are sums, all-reduced before they are divided (`all_reduce_sum`); whitening over the global batch
-   takes the same reduction as a hook (`tether.advantages.masked_whiten(..., reduce=...)`).
+   takes the same reduction as a hook (`tether.math.advantages.masked_whiten(..., reduce=...)`).
 4. Only rank 0 writes (`is_main`, `on_main`); every rank reads checkpoints on resume.
 
 Strategies (`STRATEGIES`): "ddp" keeps a full copy per rank and all-reduces gradients (DistributedDataParallel);

@@ -10,7 +10,7 @@ import pytest
 from raterkit import GUIDELINES, make_queue, open_project
 from sqlalchemy import func, select
 
-from tether.agreement import agreement_report
+from tether.math.agreement import agreement_report
 from tether.data.preferences import (
     Comparison,
     read_comparisons,

@@ -6,7 +6,7 @@ Layers, each usable without the one above it:
     security.py  password hashing, token hashing, the per-install secret key
     accounts.py  users, invites, sessions, login rate limiting
     service.py   the queue, assignment, ratings, guidelines and exports (no HTTP)
-    stats.py     the dashboard figures, agreement from `tether.agreement`
+    stats.py     the dashboard figures, agreement from `tether.math.agreement`
     web.py/api.py the FastAPI app: HTML pages for raters and admins, a JSON API under /api/
     cli.py       `tether raters init | add-rater | import | export | serve`
 

@@ -1,6 +1,6 @@
 """`tether dpo`: direct preference optimisation of a policy on labelled comparisons, with no reward model.
 
-DPO (Rafailov et al. 2023) and its family (`tether.dpo_losses.DPO_LOSSES`: sigmoid, ipo, cdpo, robust,
+DPO (Rafailov et al. 2023) and its family (`tether.math.dpo_losses.DPO_LOSSES`: sigmoid, ipo, cdpo, robust,
 simpo) train the policy directly on pairs (x, y_chosen, y_rejected) against a frozen reference π_ref.
 `loss=kto` trains KTO on unpaired thumbs-up/down rows instead (or comparisons split into such rows, ties
 dropped and counted): another data shape and step, in `tether.stages.kto`, which this module's `run` enters.
@@ -31,7 +31,7 @@ prefixed `eval_`, plus:
   how far the policy moved on the data, but it is NOT a KL: the responses are not samples from π, and it
   can be negative.
 - eval_kl/k1, eval_kl/k3 (when kl_eval_prompts > 0): per-token estimates of KL(π || π_ref) (Schulman's
-  k1, k3, `tether.kl`) on responses *sampled from π* at temperature 1 for that many held-out prompts, scored
+  k1, k3, `tether.math.kl`) on responses *sampled from π* at temperature 1 for that many held-out prompts, scored
   by a plain forward of policy and reference. Only these are on-policy. Caveats: the samples are decoded
   and re-encoded, so the scored tokens can differ slightly from the sampled ones, and the closing end-of-turn token is
   scored even when a sample was cut at kl_eval_max_new_tokens; k1 is noisy and can be negative on few tokens.
@@ -64,22 +64,23 @@ from tether.data.preferences import (
     prompt_key,
     split_by_prompt,
 )
-from tether.dpo_losses import (
+from tether.math.dpo_losses import (
     DPO_LOSSES,
     LENGTH_NORMALISED,
     REFERENCE_FREE,
     TIE_AWARE,
     UNPAIRED_LOSSES,
     implicit_rewards,
+    loss_keywords,
     sequence_logps,
     token_logps,
 )
 from tether.generation import generate
 from tether.errors import naming
 from tether.guard import NonFiniteGuard
-from tether.kl import kl_k1, kl_k3
+from tether.math.kl import kl_k1, kl_k3
 from tether.lora import adapt, adapters_disabled, frozen_reference
-from tether.losses import IGNORE_INDEX
+from tether.math.losses import IGNORE_INDEX
 from tether.models import check_positions, load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
@@ -119,7 +120,7 @@ class DPOConfig(TrainConfig):
     ref_model: str | None = None
     """Another HF folder as the frozen reference π_ref (same tokenizer as model); None: the initial policy."""
     loss: Literal["sigmoid", "ipo", "cdpo", "robust", "simpo", "kto"] = "sigmoid"
-    """A key of tether.dpo_losses.DPO_LOSSES: sigmoid (DPO), ipo, cdpo, robust (rDPO) or simpo; or kto
+    """A key of tether.math.dpo_losses.DPO_LOSSES: sigmoid (DPO), ipo, cdpo, robust (rDPO) or simpo; or kto
     (UNPAIRED_LOSSES: unpaired rows, tether.stages.kto). Ties are kept by ipo only."""
     beta: float = 0.1
     """β: how tightly the policy is tethered to the reference (IPO's τ); SimPO's reward scale (use ~2)."""
@@ -272,10 +273,12 @@ def forward_pairs(model, pairs: list[Pair], pad_id: int) -> PairBatch:
 
 
 def pair_losses(b: PairBatch, cfg: DPOConfig) -> torch.Tensor:
-    """The per-pair losses (M,) of cfg.loss; every loss gets every keyword and reads what it needs."""
-    return DPO_LOSSES[cfg.loss](b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=cfg.beta,
-                                label_smoothing=cfg.label_smoothing, gamma=cfg.simpo_gamma,
-                                chosen_len=b.chosen_len, rejected_len=b.rejected_len, tie=b.tie)
+    """The per-pair losses (M,) of cfg.loss, given the settings it reads (`loss_keywords`)."""
+    available = dict(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.simpo_gamma,
+                     chosen_len=b.chosen_len, rejected_len=b.rejected_len, tie=b.tie)
+    fn = DPO_LOSSES[cfg.loss]
+    return fn(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected,
+              **{k: available[k] for k in loss_keywords(fn)})
 
 
 def pair_sums(b: PairBatch, losses: torch.Tensor, cfg: DPOConfig) -> dict[str, float]:

@@ -45,7 +45,7 @@ from tether.config import check, save_config
 from tether.data.formats import load_unpaired
 from tether.data.preferences import split_by_prompt
 from tether.data.unpaired import Unpaired, mismatched_partners
-from tether.dpo_losses import (
+from tether.math.dpo_losses import (
     UNPAIRED_LOSSES,
     implicit_rewards,
     kto_reference_point,

@@ -34,7 +34,7 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.losses import IGNORE_INDEX, shift_labels, token_nll_sum
+from tether.math.losses import IGNORE_INDEX, shift_labels, token_nll_sum
 from tether.models import accepts, load_policy, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar

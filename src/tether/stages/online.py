@@ -11,7 +11,7 @@ Each step samples responses from the policy, scores them, and improves the polic
 - RLOO (Ahmadian et al. 2024): `group_size` samples per prompt, reward = score - β·(sequence KL), advantage =
   reward minus the mean reward of the other samples of its group, no critic.
 
-The math lives in tether.advantages, tether.kl and tether.policy_losses; rollouts in tether.rollout; rewards in
+The math lives in tether.math (advantages, kl, policy_losses); rollouts in tether.rollout; rewards in
 tether.rewards_source. This module is the orchestration only: `train_online` is one loop with numbered steps.
 
 The policy stays in eval mode throughout (no dropout), so old, reference and current log-probs agree on
@@ -70,13 +70,13 @@ from tether.data.formats import check_format, load_prompts
 from tether.distributed import DistributedConfig
 from tether.errors import naming
 from tether.guard import NONFINITE_POLICIES, NonFiniteGuard, check_finite
-from tether.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
+from tether.math.kl import KL_CONTROLLERS, KL_ESTIMATORS, kl_k1
 from tether.lora import LoraOptions, adapt, frozen_reference
 from tether.models import check_sampling_positions, load_policy, load_tokenizer, save_pretrained
 from tether.monitor import MonitorConfig
 from tether.monitor.stats import mean
 from tether.optim import adamw, lr_at
-from tether.policy_losses import eos_penalty
+from tether.math.policy_losses import eos_penalty
 from tether.progress import progress_bar
 from tether.rewards_source import make_reward_source
 from tether.rollout import logprobs_of, row_noise, sample, sample_seed
@@ -161,7 +161,7 @@ class OnlineConfig(DistributedConfig):
     kl_coef: float = 0.05
     """β, the initial weight of the KL to π_ref (in the reward for ppo and rloo, in the loss for grpo)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator in the reward of ppo and rloo (tether.kl); grpo's loss always uses k3."""
+    """Per-token KL estimator in the reward of ppo and rloo (tether.math.kl); grpo's loss always uses k3."""
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     """fixed β, or adaptive β steered to kl_target (Ziegler et al. 2019)."""
     kl_target: float = 6.0

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tether import distributed
-from tether.advantages import (
+from tether.math.advantages import (
     explained_variance,
     gae,
     grpo_advantages,
@@ -24,8 +24,8 @@ from tether.advantages import (
     rloo_advantages,
 )
 from tether.guard import NonFiniteGuard
-from tether.kl import KL_ESTIMATORS, kl_k1, kl_k3
-from tether.policy_losses import (
+from tether.math.kl import KL_ESTIMATORS, kl_k1, kl_k3
+from tether.math.policy_losses import (
     LOSS_AGGREGATIONS,
     grpo_loss,
     ppo_policy_loss,

@@ -42,13 +42,13 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss
 from tether.models import check_positions
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
-from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
+from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
 from tether.stages.lm import MetricsLog, TrainConfig
 
 console = Console(stderr=True)
