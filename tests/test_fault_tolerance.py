@@ -30,6 +30,7 @@ import tether.stages.dpo as dpo
 import tether.stages.lm as lm
 import tether.stages.online_update as online_update
 import tether.stages.rm as rm
+import tether.training as training
 from tether.checkpoint import (
     COMPLETE,
     complete_checkpoints,
@@ -114,9 +115,9 @@ def test_guard_halts_naming_the_step_and_after_too_many_consecutive_skips():
 
 def test_config_fields_are_validated():
     with pytest.raises(ConfigError, match="nonfinite"):
-        lm.TrainConfig(nonfinite="ignore").validate()
+        training.TrainConfig(nonfinite="ignore").validate()
     with pytest.raises(ConfigError, match="max_nonfinite_skips"):
-        lm.TrainConfig(max_nonfinite_skips=0).validate()
+        training.TrainConfig(max_nonfinite_skips=0).validate()
     with pytest.raises(ConfigError, match="nonfinite"):
         PPOConfig(nonfinite="ignore").validate()
 
@@ -220,13 +221,13 @@ def _check_halt(run: Path, poison: Poison, load) -> None:
 @pytest.fixture(scope="module")
 def sft_examples(world_dir, tokenizer):
     chats = chat_format(tokenizer).encode_many([(c, None) for c in read_conversations(world_dir / "sft.jsonl")])
-    return [lm.Example(c.input_ids, c.loss_mask) for c in chats]
+    return [training.Example(c.input_ids, c.loss_mask) for c in chats]
 
 
 def _sft(monkeypatch, tmp_path, tokenizer, new_model, examples, policy: str, poison: Poison) -> Path:
     monkeypatch.setattr(lm, "train_step", poison.step(lm.train_step, 1))
     monkeypatch.setattr(lm, "batch_loss", poison.loss(lm.batch_loss, lambda o: o[0], lambda o, x: (x, o[1])))
-    cfg = lm.TrainConfig(out=str(tmp_path / "sft"), max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-2,
+    cfg = training.TrainConfig(out=str(tmp_path / "sft"), max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-2,
                          warmup_steps=1, eval_fraction=0.0, save_every=2, log_every=1, nonfinite=policy)
     cfg.validate()
     lm.train_lm(cfg, new_model(), tokenizer, examples, "sft")
@@ -477,6 +478,6 @@ def test_keep_checkpoints_prunes_to_the_newest_or_keeps_all(tmp_path, tokenizer,
 
 def test_keep_checkpoints_is_validated():
     with pytest.raises(ConfigError, match="keep_checkpoints"):
-        validate_config(lm.TrainConfig(keep_checkpoints=-1))
+        validate_config(training.TrainConfig(keep_checkpoints=-1))
     with pytest.raises(ConfigError, match="keep_checkpoints"):
         validate_config(PPOConfig(keep_checkpoints=-1))

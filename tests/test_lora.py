@@ -14,7 +14,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-import tether.stages.lm as lm
+import tether.training as training
 import tether.stages.rm as rm
 from tether import distributed
 from tether.chat import chat_format
@@ -38,7 +38,8 @@ from tether.models import build_model, load_policy, load_tokenizer, save_pretrai
 from tether.reward import RewardModel
 from tether.rollout import logprobs_of, sample
 from tether.stages.dpo import CACHE, DPOConfig, reference_key
-from tether.stages.lm import Example, TrainConfig, train_lm
+from tether.stages.lm import train_lm
+from tether.training import Example, TrainConfig
 from tether.stages.pretrain import PretrainConfig
 from tether.stages.sft import SFTConfig
 
@@ -273,7 +274,7 @@ def sft_runs(sft_examples, tokenizer, tmp_path_factory):
     model_a = build_model("test", tokenizer, seed=0)
     initial = {k: v.clone() for k, v in model_a.state_dict().items()}
     train_lm(_sft_cfg(root / "a"), model_a, tokenizer, sft_examples, "sft")
-    killed_after_first_checkpoint(lm, lambda: train_lm(_sft_cfg(root / "b", gradient_checkpointing=True),
+    killed_after_first_checkpoint(training, lambda: train_lm(_sft_cfg(root / "b", gradient_checkpointing=True),
                                                        build_model("test", tokenizer, seed=0), tokenizer,
                                                        sft_examples, "sft"))
     train_lm(_sft_cfg(root / "b", resume=True, gradient_checkpointing=True), build_model("test", tokenizer, seed=0),
@@ -335,7 +336,7 @@ def _rm_cfg(data, backbone, out, **kw) -> rm.RMConfig:
 def rm_runs(prefs, model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_rm")
     rm.run(_rm_cfg(prefs, model_dir, root / "a"))
-    killed_after_first_checkpoint(rm, lambda: rm.run(_rm_cfg(prefs, model_dir, root / "b")))
+    killed_after_first_checkpoint(training, lambda: rm.run(_rm_cfg(prefs, model_dir, root / "b")))
     rm.run(_rm_cfg(prefs, model_dir, root / "b", resume=True))
     return dict(a=root / "a", b=root / "b")
 

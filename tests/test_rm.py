@@ -20,6 +20,7 @@ from transformers import (
 )
 
 import tether.stages.rm as rm
+import tether.training as training
 from tether.data.preferences import Comparison, write_comparisons
 from tether.distributed import checkpoint_layers
 from tether.math.losses import bradley_terry_loss
@@ -454,14 +455,14 @@ def smoke(backbone_dir, tmp_path_factory):
     write_comparisons(data, synthetic_comparisons())
     rm.run(_cfg(data, backbone_dir, root / "a"))
 
-    real_save = rm.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_die(run_dir, step, *args, **kw):
         real_save(run_dir, step, *args, **kw)
         raise Killed(step)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rm, "save_checkpoint", save_then_die)
+        mp.setattr(training, "save_checkpoint", save_then_die)
         with pytest.raises(Killed):
             rm.run(_cfg(data, backbone_dir, root / "b"))
     partial = _metrics(root / "b")

@@ -85,7 +85,7 @@ from tether.models import check_positions, load_policy, load_tokenizer, save_pre
 from tether.monitor import MonitorConfig
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
-from tether.stages.lm import (
+from tether.training import (
     Example,
     MetricsLog,
     TrainConfig,

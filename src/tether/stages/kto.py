@@ -67,7 +67,7 @@ from tether.stages.dpo import (
     optimise,
 )
 from tether.stages.dpo import reference_key as weights_key
-from tether.stages.lm import (
+from tether.training import (
     Example,
     collate,
 )

@@ -80,7 +80,7 @@ from tether.math.policy_losses import eos_penalty
 from tether.progress import progress_bar
 from tether.rewards_source import make_reward_source
 from tether.rollout import logprobs_of, row_noise, sample, sample_seed
-from tether.stages.lm import MetricsLog, resume_training
+from tether.training import MetricsLog, resume_training
 from tether.stages.monitoring import (
     RunMonitor,
     answer_greedy,
