@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 import tether.checkpoint as checkpoint
 import tether.stages.dpo as dpo
+import tether.stages.dpo.pairs as dpo_pairs
 import tether.stages.lm as lm
 import tether.stages.online_update as online_update
 import tether.stages.rm as rm
@@ -285,8 +286,8 @@ def test_rm(monkeypatch, tmp_path, prefs, model_dir, policy):
 @pytest.mark.parametrize("policy", ["skip", "halt"])
 def test_dpo(monkeypatch, tmp_path, prefs, model_dir, policy):
     poison = Poison(2 if policy == "skip" else 3)
-    monkeypatch.setattr(dpo, "train_step", poison.step(dpo.train_step, 1))
-    monkeypatch.setattr(dpo, "pair_losses", poison.loss(dpo.pair_losses))
+    monkeypatch.setattr(dpo_pairs, "train_step", poison.step(dpo_pairs.train_step, 1))
+    monkeypatch.setattr(dpo_pairs, "pair_losses", poison.loss(dpo_pairs.pair_losses))
     cfg = dpo.DPOConfig(data=str(prefs), model=str(model_dir), out=str(tmp_path / "dpo"), max_steps=4, batch_size=4,
                         micro_batch_size=2, lr=1e-2, warmup_steps=1, eval_fraction=0.25, eval_every=0, save_every=2,
                         log_every=1, max_length=64, nonfinite=policy)

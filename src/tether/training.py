@@ -145,6 +145,22 @@ def epoch_batches(lengths: list[int], batch_size: int, bucket_size: int, seed: i
     return batches
 
 
+class BatchPlan:
+    """The batches of a run: step -> the indices of its examples, from `epoch_batches` of the step's epoch (kept
+    while the epoch lasts). A pure function of (seed, step), so resuming needs only the step."""
+
+    def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, seed: int):
+        self.lengths, self.batch_size, self.bucket_size, self.seed = lengths, batch_size, bucket_size, seed
+        self.per_epoch = len(lengths) // batch_size
+        self.epoch, self.batches = -1, []
+
+    def __call__(self, step: int) -> list[int]:
+        if step // self.per_epoch != self.epoch:
+            self.epoch = step // self.per_epoch
+            self.batches = epoch_batches(self.lengths, self.batch_size, self.bucket_size, self.seed, self.epoch)
+        return self.batches[step % self.per_epoch]
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch. Right padding never changes a causal model's earlier positions."""
     width = max(len(e.input_ids) for e in examples)

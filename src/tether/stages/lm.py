@@ -20,12 +20,12 @@ from tether.models import accepts, save_pretrained
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.training import (
+    BatchPlan,
     Example,
     MetricsLog,
     TrainConfig,
     collate,
     due,
-    epoch_batches,
     resume_training,
     save_training_state,
     total_steps,
@@ -112,9 +112,8 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     torch.manual_seed(cfg.seed)
     train, held_out = split_eval(examples, cfg.eval_fraction, cfg.seed)
     check(len(train) >= cfg.batch_size, "batch_size", f"larger than the {len(train)} training examples")
-    lengths = [len(e.input_ids) for e in train]
-    steps = total_steps(cfg, len(train))
-    per_epoch = len(train) // cfg.batch_size
+    steps, per_epoch = total_steps(cfg, len(train)), len(train) // cfg.batch_size
+    plan = BatchPlan([len(e.input_ids) for e in train], cfg.batch_size, cfg.bucket_size, cfg.seed)
     # 2. LoRA; the model on the device (bf16, gradient checkpointing) and wrapped for the ranks (DDP: `net` is a
     #    wrapper; FSDP2: the model, sharded); optimizer (trainable weights only); resume restores weights,
     #    optimizer moments and RNG.
@@ -126,15 +125,11 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     guard = NonFiniteGuard.from_config(cfg, start)
     model.train()
     pad_id = tokenizer.pad_token_id
-    epoch, batches = -1, []
     started, tokens_seen = time.perf_counter(), 0
     with progress_bar(f"{stage}", total=steps, completed=start) as bar:
         for step in range(start, steps):
             # 3. The step's batch is a pure function of (seed, step): nothing else to restore.
-            if step // per_epoch != epoch:
-                epoch = step // per_epoch
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.bucket_size, cfg.seed, epoch)
-            batch = [train[i] for i in batches[step % per_epoch]]
+            batch = [train[i] for i in plan(step)]
             # 4. Forward, backward (accumulated), clip, step at the scheduled learning rate.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
             row = {"step": step + 1, "epoch": step / per_epoch,
