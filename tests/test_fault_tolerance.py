@@ -29,7 +29,7 @@ import tether.checkpoint as checkpoint
 import tether.stages.dpo as dpo
 import tether.stages.dpo.pairs as dpo_pairs
 import tether.stages.lm as lm
-import tether.stages.online_update as online_update
+import tether.stages.online.algorithms as online_algorithms
 import tether.stages.rm as rm
 import tether.training as training
 from tether.checkpoint import (
@@ -303,9 +303,9 @@ def test_dpo(monkeypatch, tmp_path, prefs, model_dir, policy):
 
 def _ppo(monkeypatch, tmp_path, world_dir, model_dir, policy: str, poison: Poison, **kw) -> PPOConfig:
     monkeypatch.setattr(online, "update", poison.step(online.update, 2))
-    algo = online_update.ALGORITHMS["ppo"]
+    algo = online_algorithms.ALGORITHMS["ppo"]
     poisoned = poison.loss(algo.loss, lambda o: o[0], lambda o, x: (x, o[1]))
-    monkeypatch.setitem(online_update.ALGORITHMS, "ppo", dataclasses.replace(algo, loss=poisoned))
+    monkeypatch.setitem(online_algorithms.ALGORITHMS, "ppo", dataclasses.replace(algo, loss=poisoned))
     # N = 4 samples, one minibatch, ppo_epochs = 2: two optimizer updates per step.
     cfg = PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
                     world=str(world_dir), max_new_tokens=6, rollout_batch=4, minibatch_size=4, micro_batch_size=2,

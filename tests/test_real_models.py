@@ -42,7 +42,7 @@ from tether.generation import generate_records
 from tether.reward import RewardModel
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.rollout import logprobs_of, sample
-from tether.stages.online_eval import decode
+from tether.stages.online.evaluation import decode
 
 ARCHS = list(archkit.ARCHITECTURES)
 CHAT_SHAPE = {"llama": "llama3", "gemma2": "gemma", "gemma3": "gemma"}  # the others: chatml
