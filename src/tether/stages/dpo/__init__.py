@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from rich.console import Console
@@ -46,6 +47,24 @@ __all__ = ["DPOConfig", "run"]
 console = Console(stderr=True)
 
 
+class Variant(Protocol):
+    """What the loop reads from a variant: the modules `pairs` (the DPO family) and `unpaired` (KTO) both have it."""
+
+    NAME: str
+    """Progress-bar label and console prefix."""
+    BAR: tuple[str, str]
+    """The metric shown beside the loss on the progress bar, and its short name there."""
+
+    def read(self, cfg: DPOConfig) -> tuple: ...  # the data, read and validated before any model work
+    def load(self, cfg: DPOConfig, fmt: ChatFormat, *data) -> tuple[list, list, list, dict]: ...  # all, train, held out
+    def summary(self, report: dict) -> str: ...
+    def length(self, item) -> int: ...  # what the batches are bucketed by
+    def reference_logps(self, ref_model, items: list, pad_id: int, batch_size: int, cache: Path) -> bool: ...
+    def train_step(self, model, optimizer, batch: list, cfg: DPOConfig, pad_id: int, lr: float,
+                   guard: NonFiniteGuard | None = None) -> dict: ...
+    def evaluate(self, model, held_out: list, cfg: DPOConfig, pad_id: int) -> dict: ...  # eval_... metrics
+
+
 def run(cfg: DPOConfig) -> Path:
     """Train the policy with cfg.loss; returns the folder of the final model (`out/model`)."""
     variant = unpaired if cfg.loss in UNPAIRED_LOSSES else pairs
@@ -66,8 +85,10 @@ def run(cfg: DPOConfig) -> Path:
     check_positions(model, cfg.max_length, "max_length")
     model = distributed.prepare(model, cfg, distributed.setup(cfg))  # device, bf16, gradient checkpointing
     model.eval()  # no dropout: policy and reference log-probs agree on identical weights
-    fill = lambda ref: variant.reference_logps(ref, items, fmt.pad_id, cfg.micro_batch_size, run_dir / CACHE)  # noqa: E731
-    kl_ref = prepare_reference(cfg, model, fill, run_dir / CACHE, variant.NAME)
+    cache = run_dir / CACHE
+    kl_ref = prepare_reference(cfg, model, lambda ref: variant.reference_logps(ref, items, fmt.pad_id,
+                                                                               cfg.micro_batch_size, cache),
+                               cache, variant.NAME)
     return train_preferences(cfg, variant, run_dir, model, fmt, train, held_out, kl_ref)
 
 
@@ -90,8 +111,8 @@ def distinct_prompts(items: list) -> list:
     return list({x.prompt_key: x.prompt for x in items}.values())
 
 
-def train_preferences(cfg: DPOConfig, variant, run_dir: Path, model, fmt: ChatFormat, train: list, held_out: list,
-                      kl_ref) -> Path:
+def train_preferences(cfg: DPOConfig, variant: Variant, run_dir: Path, model, fmt: ChatFormat, train: list,
+                      held_out: list, kl_ref) -> Path:
     """The training loop of both variants over their encoded items; returns the folder of the final model."""
     pad_id, tokenizer, (bar_metric, bar_label) = fmt.pad_id, fmt.tokenizer, variant.BAR
     # 3. Wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded); optimizer; resume restores
@@ -137,8 +158,8 @@ def train_preferences(cfg: DPOConfig, variant, run_dir: Path, model, fmt: ChatFo
     return final
 
 
-def evaluate_step(cfg: DPOConfig, variant, model, kl_ref, fmt: ChatFormat, monitor: RunMonitor | None, train: list,
-             held_out: list, step: int, row: dict) -> bool:
+def evaluate_step(cfg: DPOConfig, variant: Variant, model, kl_ref, fmt: ChatFormat, monitor: RunMonitor | None,
+                  train: list, held_out: list, step: int, row: dict) -> bool:
     """An evaluation after `step`: the held-out metrics, the sampled KL and the monitor's into `row`; returns
     whether to stop (the same on every rank)."""
     if held_out:
