@@ -363,7 +363,7 @@ def test_config_error_messages(capsys, tmp_path):
 
 
 def test_the_soft_bradley_terry_loss_by_hand():
-    from tether.losses import bradley_terry_loss
+    from tether.math.losses import bradley_terry_loss
 
     # d = ln 3: sigmoid(d) = 3/4, sigmoid(-d) = 1/4; p = 0.7:
     # loss = -(0.7 ln 0.75 + 0.3 ln 0.25) = 0.7 * 0.287682 + 0.3 * 1.386294 = 0.201378 + 0.415888 = 0.617266

@@ -18,7 +18,7 @@ With the gold preference (a world: gold(a) - gold(b) per pair), over pairs gold 
 With people's ratings of the same pairs (`reference`, one row per rating, in either order):
 
     reference.majority_agreement   share of pairs with a strict majority label where the judge's choice equals it
-    reference.judge_as_rater       the judge scored as one more rater (tether.agreement.predictor_majority_agreement:
+    reference.judge_as_rater       the judge scored as one more rater (tether.math.agreement.predictor_majority_agreement:
                                    against each rater's leave-one-out majority), beside `raters_majority_agreement`,
                                    the raters' own figure on the same pairs
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
-from tether.agreement import agreement_report, predictor_majority_agreement
+from tether.math.agreement import agreement_report, predictor_majority_agreement
 from tether.data.preferences import Comparison
 
 __all__ = ["FLIP", "gold_agreement", "judge_report", "reference_agreement"]

@@ -20,13 +20,7 @@ from rich.console import Console
 
 from tether import distributed
 from tether.chat import chat_format
-from tether.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from tether.checkpoint import latest_checkpoint, load_trainer_state, set_rng_state
 from tether.config import check, save_config
 from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
@@ -42,14 +36,14 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss
 from tether.models import check_positions
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
-from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
-from tether.stages.lm import MetricsLog, TrainConfig
+from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
+from tether.training import MetricsLog, TrainConfig, due, save_training_state
 
 console = Console(stderr=True)
 TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
@@ -202,7 +196,7 @@ def schedule(groups: list[list[int]], batch_size: int, seed: int, steps: int,
 
     With `lengths` (the longest sequence of each group) and bucket_size > 1, the groups of each window
     of about `bucket_size` batches are sorted by length before packing, then all batches are shuffled:
-    batches of similar lengths pad less (the length bucketing of `lm.epoch_batches`, by whole groups).
+    batches of similar lengths pad less (the length bucketing of `training.epoch_batches`, by whole groups).
     """
     bucketed = lengths is not None and bucket_size > 1
     plan: list[tuple[int, list[int]]] = []
@@ -399,16 +393,13 @@ def run(cfg: RMConfig) -> Path:
             row = {"step": step + 1, "epoch": epoch, **train_step(net, optimizer, batch, cfg, lr, guard)}
             # 5. Held-out metrics, metric lines, checkpoints.
             last = step + 1 == steps
-            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            if held_out and due(step + 1, cfg.eval_every, last):
                 final_eval = evaluate(model, held_out, cfg)
                 row.update({f"eval_{k}": v for k, v in final_eval.items()})
-            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+            if due(step + 1, cfg.log_every, last) or "eval_loss" in row:
                 log.write(row)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
-                         "rng": rng_state()}
-                distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state,
-                                                                     keep=cfg.keep_checkpoints))
+            if due(step + 1, cfg.save_every) and not last:
+                save_training_state(run_dir, step + 1, model, optimizer, model.tokenizer, cfg.keep_checkpoints)
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     log.close()
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out
