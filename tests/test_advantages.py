@@ -157,8 +157,8 @@ def test_grpo_hand():
     a, b = 1 + 1e-4, math.sqrt(3) + 1e-4
     torch.testing.assert_close(grpo_advantages(SCORES, 3), t([-1 / a, 0.0, 1 / a, -1 / b, -1 / b, 2 / b]))
     assert 2 / b == pytest.approx(1.154634, abs=1e-6)
-    # Dr. GRPO (scale=False): only the mean is removed.
-    torch.testing.assert_close(grpo_advantages(SCORES, 3, scale=False), t([-1.0, 0.0, 1.0, -1.0, -1.0, 2.0]))
+    # Dr. GRPO (scale="none"): only the mean is removed.
+    torch.testing.assert_close(grpo_advantages(SCORES, 3, scale="none"), t([-1.0, 0.0, 1.0, -1.0, -1.0, 2.0]))
 
 
 def test_rloo_hand():
@@ -185,8 +185,8 @@ def test_bad_group_size(fn, group_size):
 def test_group_advantages_match_references(k):
     s = torch.randn(5 * k, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
     torch.testing.assert_close(grpo_advantages(s, k), grpo_advantages_reference(s, k))
-    torch.testing.assert_close(grpo_advantages(s, k, eps=0.1, scale=False),
-                               grpo_advantages_reference(s, k, eps=0.1, scale=False))
+    torch.testing.assert_close(grpo_advantages(s, k, eps=0.1, scale="none"),
+                               grpo_advantages_reference(s, k, eps=0.1, scale="none"))
     torch.testing.assert_close(rloo_advantages(s, k), rloo_advantages_reference(s, k))
 
 

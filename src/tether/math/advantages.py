@@ -154,29 +154,50 @@ def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return scores.view(-1, group_size)  # (G, k)
 
 
-def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
-    """GRPO outcome advantages (Shao et al. 2024, DeepSeekMath §4.1.2): Â_i = (s_i - mean_g) / (std_g + eps).
+REWARD_SCALES = ("group", "batch", "none")
+"""How grpo_advantages divides the centred scores (TRL's scale_rewards): by the group's std, the batch's, or not."""
 
-    std_g is the unbiased (Bessel) std of the group, as in TRL; eps = 1e-4 as TRL. scale=False drops the
-    division (Liu et al. 2025, "Understanding R1-Zero-like training", Dr. GRPO): groups whose scores barely
-    differ no longer get their noise blown up. Shapes: (N,) -> (N,).
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4, scale: str = "group",
+                    reduce: Reduce | None = None) -> torch.Tensor:
+    """GRPO outcome advantages (Shao et al. 2024, DeepSeekMath §4.1.2), centred on the group mean:
+
+        group  Â_i = (s_i - mean_g) / (std_g + eps)       the paper; std_g over the k samples of i's group
+        batch  Â_i = (s_i - mean_g) / (std_B + eps)       std_B over all N scores of the batch (TRL's "batch")
+        none   Â_i =  s_i - mean_g                         Dr. GRPO (Liu et al. 2025, §3.1)
+
+    The stds are unbiased (Bessel), as in TRL; eps = 1e-4 as TRL. "none" removes the question-difficulty bias Liu et
+    al. point out: a group whose scores barely differ (too easy or too hard) no longer has its noise blown up to
+    unit scale. "batch" keeps one scale for the whole batch, so such groups stay small too, while the advantages
+    still have a comparable size from step to step. With `reduce`, std_B is over the whole distributed batch.
+    Shapes: (N,) -> (N,).
     """
+    if scale not in REWARD_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(REWARD_SCALES)}, got {scale!r}")
     g = _groups(scores, group_size)
     adv = g - g.mean(dim=1, keepdim=True)
-    if scale:
+    if scale == "group":
         adv = adv / (g.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        std = masked_var(scores, torch.ones_like(scores, dtype=torch.bool), reduce=reduce).sqrt()
+        adv = adv / (std + eps)
     return adv.reshape(-1)
 
 
 def grpo_advantages_reference(scores: torch.Tensor, group_size: int, eps: float = 1e-4,
-                              scale: bool = True) -> torch.Tensor:
+                              scale: str = "group") -> torch.Tensor:
     """Slow GRPO advantages, one group at a time in pure Python."""
     s, out = scores.tolist(), []
+
+    def std(xs):
+        mean = sum(xs) / len(xs)
+        return (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
     for i in range(0, len(s), group_size):
         grp = s[i:i + group_size]
         mean = sum(grp) / len(grp)
-        std = (sum((x - mean) ** 2 for x in grp) / (len(grp) - 1)) ** 0.5
-        out += [(x - mean) / (std + eps) if scale else x - mean for x in grp]
+        div = {"group": std(grp) + eps, "batch": std(s) + eps, "none": 1.0}[scale]
+        out += [(x - mean) / div for x in grp]
     return torch.tensor(out, dtype=scores.dtype, device=scores.device)
 
 

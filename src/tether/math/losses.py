@@ -72,3 +72,16 @@ def bradley_terry_loss(
     p = target.to(dtype)  # (N,)
     p = p * (1 - label_smoothing) + (1 - p) * label_smoothing
     return -(p * F.logsigmoid(d - m) + (1 - p) * F.logsigmoid(-d - m))
+
+
+def center_penalty(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+    """Per-pair auxiliary loss that keeps a reward model's rewards centred on zero: (r_a + r_b)².
+
+    Eisenstein et al. 2023 ("Helping or herding? Reward model ensembles mitigate but do not eliminate reward
+    hacking", §3) add it because the Bradley-Terry loss only sees r_a - r_b, so the level of the rewards drifts
+    freely (and differs between models of an ensemble); TRL's RewardTrainer adds c · mean((r_chosen + r_rejected)²)
+    with c = center_rewards_coefficient (0.01 suggested). Symmetric in A and B, so which side was chosen does not
+    matter. Shapes: (N,), (N,) -> (N,), float32 or wider.
+    """
+    dtype = torch.promote_types(torch.promote_types(r_a.dtype, r_b.dtype), torch.float32)
+    return (r_a.to(dtype) + r_b.to(dtype)) ** 2

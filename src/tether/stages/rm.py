@@ -36,7 +36,7 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.math.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss, center_penalty
 from tether.models import check_positions
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
@@ -77,6 +77,9 @@ class RMConfig(TrainConfig):
     """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
     label_smoothing: float = 0.0
     """Take each label as flipped with this probability (conservative targets, in [0, 0.5))."""
+    center_rewards_coefficient: float | None = None
+    """c of the auxiliary loss c · mean((r_a + r_b)²) that keeps rewards centred on 0 (Eisenstein et al. 2023; TRL's
+    center_rewards_coefficient, e.g. 0.01); null or 0: off, the plain Bradley-Terry loss."""
     soft_labels: bool = False
     """Train toward each comparison's meta.p_a, P(response_a preferred) in [0, 1] (e.g. an AI judge's, from `tether
     judge`), as the Bradley-Terry target instead of 1 / 0 / 0.5 from its choice; a labelled row without it is an
@@ -115,6 +118,8 @@ class RMConfig(TrainConfig):
         check(bool(self.model), "model", "is required")
         check_format(self.format, "comparisons")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        check(self.center_rewards_coefficient is None or self.center_rewards_coefficient >= 0,
+              "center_rewards_coefficient", "must be >= 0 (or null: off)")
         check(self.normalise_sequences >= 2, "normalise_sequences", "must be >= 2")
         check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
               "'eval' needs eval_data or eval_fraction > 0")
@@ -242,7 +247,7 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     (`distributed.shard`), the count divided by the ranks, whose gradients DDP averages; the sums are all-reduced.
     """
     total, raw = len(pairs), distributed.unwrap(model)
-    sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences"), 0.0)
+    sums = dict.fromkeys(("loss", "correct", "decided", "margins", "scores", "sequences", "centre"), 0.0)
     share = distributed.shard(micro_batches(pairs, cfg.micro_batch_size))
     prefixes = cfg.share_prefixes and raw.shares_prefixes
     for i, (micro, real) in enumerate(share):
@@ -250,20 +255,31 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
                               share_prefixes=prefixes)
         with distributed.accumulating(model, last=i == len(share) - 1):
             r_a, r_b, r = pair_rewards(model, batch)
-            losses = bradley_terry_loss(r_a, r_b, batch.target, batch.margin, cfg.label_smoothing)  # (P,)
+            losses = pair_losses(r_a, r_b, batch.target, batch.margin, cfg)  # (P,)
             distributed.normalised(losses.sum(), total, real).backward()
         if real:
             won, gap = _decided(r_a.detach(), r_b.detach(), batch.target)
+            centre = center_penalty(r_a.detach(), r_b.detach()).sum()
             for name, value in zip(sums, (losses.detach().sum(), won.sum(), len(won), gap.sum(), r.detach().sum(),
-                                          len(r))):
+                                          len(r), centre)):
                 sums[name] += float(value)
     s = distributed.all_reduce_sum(sums)
     guard = guard or NonFiniteGuard.from_config(cfg)
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, s["loss"] / total)
     return {"loss": s["loss"] / total, "accuracy": s["correct"] / max(s["decided"], 1),
             "margin": s["margins"] / max(s["decided"], 1), "score": s["scores"] / s["sequences"],
-            "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": int(s["sequences"]),
+            "center_penalty": s["centre"] / total, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": int(s["sequences"]),
             "nonfinite_skips": skipped}
+
+
+def pair_losses(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor, margin: torch.Tensor,
+                cfg: RMConfig) -> torch.Tensor:
+    """The per-pair training loss: Bradley-Terry (margin, smoothing), plus c (r_a + r_b)² with
+    center_rewards_coefficient c when set (its mean over pairs is TRL's term). Shapes: (P,) each -> (P,)."""
+    losses = bradley_terry_loss(r_a, r_b, target, margin, cfg.label_smoothing)  # (P,)
+    if cfg.center_rewards_coefficient:  # skipped at None and 0: the default loss stays bit for bit the same
+        losses = losses + cfg.center_rewards_coefficient * center_penalty(r_a, r_b)
+    return losses
 
 
 def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,9 +294,9 @@ def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tupl
 def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     """Held-out metrics from raw rewards (the Bradley-Terry scale the loss trained).
 
-    loss: the training objective (same margin and smoothing). accuracy: share of non-tie pairs whose
-    chosen response scored higher (ties are excluded and counted). ece: expected calibration error of
-    σ(r_a - r_b) against the non-tie labels, 10 bins. length_corr: Pearson correlation between reward
+    loss: the training objective (same margin, smoothing and centring term). center_penalty: mean (r_a + r_b)².
+    accuracy: share of non-tie pairs whose chosen response scored higher (ties are excluded and counted). ece:
+    expected calibration error of σ(r_a - r_b) against the non-tie labels, 10 bins. length_corr: Pearson correlation between reward
     and response length in tokens over the distinct responses (a reward that counts tokens is hackable).
     """
     was_training = model.training
@@ -301,7 +317,8 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     keep = target != 0.5
     rewards, lengths = zip(*by_sequence.values())
     corr = float(pearson(torch.tensor(rewards), torch.tensor(lengths, dtype=torch.float64)))
-    return {"loss": float(bradley_terry_loss(r_a, r_b, target, margin, cfg.label_smoothing).mean()),
+    return {"loss": float(pair_losses(r_a, r_b, target, margin, cfg).mean()),
+            "center_penalty": float(center_penalty(r_a, r_b).mean()),
             "accuracy": float(won.mean()) if len(won) else None,
             "ece": float(_symmetric_ece(torch.sigmoid(r_a - r_b)[keep], target[keep])),
             "length_corr": None if math.isnan(corr) else corr,

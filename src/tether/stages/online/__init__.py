@@ -68,14 +68,15 @@ __all__ = ["ALGORITHMS", "FIXED_METRICS", "OnlineConfig", "train_online"]
 VALUE_FILE = "value_model.safetensors"
 FIXED_METRICS = (
     "step", "score", "score_normalised", "non_score_reward", "rlhf_reward", "kl/k1", "kl/k3", "entropy",
-    "approxkl", "clipfrac", "vf_clipfrac", "value_loss", "policy_loss", "loss", "grad_norm", "explained_variance",
-    "response_length", "eos_rate", "lr", "kl_coef", "gold",
+    "approxkl", "clipfrac", "clipfrac/low", "clipfrac/high", "vf_clipfrac", "value_loss", "policy_loss", "loss",
+    "grad_norm", "explained_variance", "response_length", "eos_rate", "lr", "kl_coef", "gold",
 )  # fmt: skip
 """In every line of metrics.jsonl (null where they do not apply): score (the reward source's, before the EOS
 penalty; a reward model's raw scale) and score_normalised (a reward model's normalised score, what trains);
 non_score_reward (the KL part, -β Σ_t kl_t, mean per response; for GRPO the k3 term of its loss) and rlhf_reward
-(trained score + non_score_reward); kl/k1, kl/k3 (KL(π_old || π_ref) per response); entropy, approxkl, clipfrac,
-policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's optimizer steps); explained_variance
+(trained score + non_score_reward); kl/k1, kl/k3 (KL(π_old || π_ref) per response; null with kl_coef 0, which runs no
+reference); entropy, approxkl, clipfrac (and its two ends, clipfrac/low: A < 0 and ρ < 1 - cliprange, clipfrac/high:
+A > 0 and ρ > 1 + epsilon_high), policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's optimizer steps); explained_variance
 (old values vs returns, PPO); response_length, eos_rate, lr, kl_coef (the β used), gold (mean gold reward of the
 step's samples, with a world). Also nonfinite_skips (tether.guard), eval/... at evaluations and monitor/... metrics
 (tether.monitor.MONITOR_METRICS)."""
@@ -100,7 +101,8 @@ def prompt_batch(n_prompts: int, cursor: int, k: int, seed: int) -> list[int]:
 @torch.no_grad()
 def make_experience(policy, ref, critic, rollout, scores: torch.Tensor, cfg: OnlineConfig) -> Experience:
     """The rollout and scores with old log-probs (the sampler's with reuse_rollout_logprobs, else a policy pass),
-    values (critic) and reference log-probs (`rollout.logprobs_of`), micro_batch_size rows at a time."""
+    values (critic) and reference log-probs (`rollout.logprobs_of`; None and no forward without `ref`),
+    micro_batch_size rows at a time."""
     exp = Experience(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                      rollout.has_eos, scores.to(rollout.response_ids.device))
     reuse = cfg.reuse_rollout_logprobs and not (critic is not None and critic.reads_policy)
@@ -113,20 +115,22 @@ def make_experience(policy, ref, critic, rollout, scores: torch.Tensor, cfg: Onl
             out = policy_forward(policy, critic, rows, cfg.temperature)
             logprobs.append(out.logprobs)
             values.append(out.values)
-        ref_logprobs.append(logprobs_of(ref, rows.prompt_ids, rows.prompt_mask, rows.response_ids,
-                                        rows.response_mask, cfg.temperature))
+        if ref is not None:
+            ref_logprobs.append(logprobs_of(ref, rows.prompt_ids, rows.prompt_mask, rows.response_ids,
+                                            rows.response_mask, cfg.temperature))
     exp.logprobs = rollout.logprobs * rollout.response_mask if reuse else torch.cat(logprobs)  # (N, R)
-    exp.ref_logprobs = torch.cat(ref_logprobs)  # (N, R)
+    exp.ref_logprobs = torch.cat(ref_logprobs) if ref is not None else None  # (N, R)
     exp.values = torch.cat(values) if critic is not None else None  # (N, R)
     return exp
 
 
 def sample_rows(step: int, prompts, responses, source_scores, exp: Experience, gold, cfg: OnlineConfig) -> list:
     """A few samples (one per prompt) with their scores, gold and KL, for samples.jsonl."""
-    kl = seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    kl = None if exp.ref_logprobs is None else seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask)
     rows = range(0, exp.scores.size(0), cfg.group_size)
     return [{"step": step, "prompt": prompts[i], "response": responses[i], "score": float(source_scores[i]),
-             "reward": float(exp.scores[i]), "eos": bool(exp.has_eos[i]), "gold": gold[i], "kl/k1": float(kl[i])}
+             "reward": float(exp.scores[i]), "eos": bool(exp.has_eos[i]), "gold": gold[i],
+             "kl/k1": None if kl is None else float(kl[i])}
             for i in list(rows)[:cfg.n_samples]]
 
 
@@ -139,7 +143,8 @@ class Session:
     """Everything the loop reads or updates, built by `setup` (and restored from a checkpoint on resume)."""
 
     policy: nn.Module
-    ref: nn.Module
+    ref: nn.Module | None
+    """π_ref, frozen; None when kl_coef is 0 (cfg.uses_reference): no copy is kept and no reference pass runs."""
     critic: nn.Module | None
     tokenizer: object
     fmt: object
@@ -189,7 +194,8 @@ def setup(cfg: OnlineConfig) -> Session:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
     policy = distributed.prepare(policy, cfg, device).eval()  # device, bf16, gradient checkpointing
-    ref = frozen_reference(policy)  # π_ref: the initial weights, before any resume (LoRA: adapters disabled, no copy)
+    # π_ref: the initial weights, before any resume (LoRA: adapters disabled, no copy); none at all when β = 0.
+    ref = frozen_reference(policy) if cfg.uses_reference else None
     critic = VALUE_MODELS[cfg.value_model](policy, tokenizer, cfg) if ALGORITHMS[cfg.algorithm].critic else None
     if critic is not None:
         distributed.prepare(critic, cfg, device).eval()
@@ -366,7 +372,8 @@ def train_online(cfg: OnlineConfig) -> Path:
             train_stats = update(s.policy, s.critic, s.optimizer, exp, cfg, kl_coef, lr, s.generator, guard, s.net)
             # 7. The KL controller sees the measured KL per response (k1 summed, as lm-human-preferences).
             row = rollout_metrics(exp, non_score)
-            s.controller.update(row["kl/k1"], cfg.batch_size)
+            if row["kl/k1"] is not None:  # None without a reference, where β stays 0 (fixed)
+                s.controller.update(row["kl/k1"], cfg.batch_size)
             # 8. Metrics under fixed names over every rank's samples; gold (evaluation only, from the decoded text);
             #    samples; evaluation (rank 0).
             gold = gold_rewards(s.world, prompts, responses) if s.world is not None else [None] * len(prompts)

@@ -25,10 +25,12 @@ from tether.math.advantages import (
 from tether.guard import NonFiniteGuard
 from tether.math.kl import KL_ESTIMATORS, kl_k1, kl_k3
 from tether.math.policy_losses import (
+    GRPO_LOSS_TYPES,
     LOSS_AGGREGATIONS,
     grpo_loss,
     ppo_policy_loss,
     ppo_value_loss,
+    sequence_ratio_loss,
     token_entropy,
 )
 from tether.rollout import scale_logits, token_logprobs
@@ -61,7 +63,7 @@ class Experience:
     logprobs: torch.Tensor | None = None
     """(N, R) log π_old of the sampled tokens (temperature-scaled), 0 where masked."""
     ref_logprobs: torch.Tensor | None = None
-    """(N, R) log π_ref of the sampled tokens, 0 where masked."""
+    """(N, R) log π_ref of the sampled tokens, 0 where masked; None without a reference (kl_coef 0)."""
     values: torch.Tensor | None = None
     """(N, R) old values V(state before token t) (ppo); None without a critic."""
     advantages: torch.Tensor | None = None
@@ -81,9 +83,13 @@ def rollout_metrics(exp: Experience, non_score: torch.Tensor) -> dict:
     ev = float(explained_variance(exp.values, exp.returns, mask, reduce=distributed.reducer())) \
         if exp.values is not None else math.nan
     scores, non_score = cat(exp.scores), cat(non_score)  # (N,), (N,) over all ranks
+
+    def kl(estimator):  # None without a reference: a 0 would read as "the policy has not moved"
+        return None if exp.ref_logprobs is None else \
+            float(cat(seq_sum(estimator(exp.logprobs, exp.ref_logprobs), mask)).mean())
+
     return {"non_score_reward": float(non_score.mean()), "rlhf_reward": float((scores + non_score).mean()),
-            "kl/k1": float(cat(seq_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask)).mean()),
-            "kl/k3": float(cat(seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), mask)).mean()),
+            "kl/k1": kl(kl_k1), "kl/k3": kl(kl_k3),
             "explained_variance": ev if math.isfinite(ev) else None,  # undefined when the returns do not vary
             "response_length": float(cat(mask.sum(1).float()).mean()),
             "eos_rate": float(cat(exp.has_eos.float()).mean())}
@@ -144,6 +150,14 @@ def seq_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), per_token, 0).sum(1)
 
 
+def reference_kl(exp: Experience, estimator: str) -> torch.Tensor:
+    """(N, R) per-token KL estimate of the samples to π_ref (tether.math.kl); zeros without a reference, where β = 0
+    multiplies it (a loss or reward term of exactly 0 either way)."""
+    if exp.ref_logprobs is None:
+        return torch.zeros_like(exp.logprobs)
+    return KL_ESTIMATORS[estimator](exp.logprobs, exp.ref_logprobs)
+
+
 def _whiten_rows(adv: torch.Tensor, whiten: bool) -> torch.Tensor:
     """(N,) advantages whitened over the batch (all ranks' rows under torchrun) when `whiten`."""
     ones = torch.ones_like(adv, dtype=torch.bool)
@@ -154,7 +168,7 @@ def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
     """r_t = score·[t = last] - β kl_t (advantages.per_token_rewards), optional reward whitening, GAE. Whitening
     is over the valid tokens of the whole batch (all ranks' rows under torchrun)."""
     mask, reduce = exp.response_mask, distributed.reducer()
-    kl = KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs)  # (N, R)
+    kl = reference_kl(exp, cfg.kl_estimator)  # (N, R)
     rewards = per_token_rewards(exp.scores, kl, mask, kl_coef)  # (N, R)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce)
@@ -165,21 +179,23 @@ def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
 
 
 def grpo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
-    """Â_i = (s_i - mean_g) / std_g; the KL is in the loss, so the non-score part is only reported."""
-    non_score = -kl_coef * seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
-    return _whiten_rows(grpo_advantages(exp.scores, cfg.group_size), cfg.whiten_advantages), None, non_score
+    """Â_i = (s_i - mean_g) / std (std of the group, of the batch over all ranks, or 1: scale_rewards); the KL is in
+    the loss, so the non-score part is only reported."""
+    non_score = -kl_coef * seq_sum(reference_kl(exp, "k3"), exp.response_mask)  # (N,)
+    advantages = grpo_advantages(exp.scores, cfg.group_size, scale=cfg.scale_rewards, reduce=distributed.reducer())
+    return _whiten_rows(advantages, cfg.whiten_advantages), None, non_score
 
 
 def rloo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
     """Â_i = r_i - mean_{j≠i} r_j with r = score - β Σ_t kl_t (Ahmadian et al. 2024)."""
-    kl = seq_sum(KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
+    kl = seq_sum(reference_kl(exp, cfg.kl_estimator), exp.response_mask)  # (N,)
     advantages = rloo_advantages(exp.scores - kl_coef * kl, cfg.group_size)  # (N,)
     return _whiten_rows(advantages, cfg.whiten_advantages), None, -kl_coef * kl
 
 
 def ppo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
     pg, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
-                                "token", denom)
+                                "token", denom, cfg.epsilon_high)
     vf, vf_stats = ppo_value_loss(out.values, mb.values, mb.returns, mb.response_mask, cfg.cliprange_value,
                                   "token", denom)
     return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **stats, **vf_stats}
@@ -187,15 +203,34 @@ def ppo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: fl
 
 def grpo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
     loss, stats = grpo_loss(out.logprobs, mb.logprobs, mb.ref_logprobs, mb.advantages, mb.response_mask,
-                            cfg.cliprange, kl_coef, "sequence", denom)
-    stats["loss_kl"] = stats.pop("kl")  # mean per-token k3 of the current policy, the loss's KL term
+                            cfg.cliprange, kl_coef, GRPO_LOSS_TYPES[cfg.loss_type], denom, cfg.epsilon_high)
+    if "kl" in stats:  # absent without a reference (kl_coef 0)
+        stats["loss_kl"] = stats.pop("kl")  # mean per-token k3 of the current policy, the loss's KL term
     return loss, {"policy_loss": loss.detach(), **stats}
 
 
 def rloo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
-    loss, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
-                                  "token", denom)
+    if cfg.importance_ratio == "sequence":
+        loss, stats = sequence_ratio_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                          denom, cfg.epsilon_high)
+    else:
+        loss, stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask, cfg.cliprange,
+                                      "token", denom, cfg.epsilon_high)
     return loss, {"policy_loss": loss.detach(), **stats}
+
+
+# What each micro-batch's summed loss is divided by, per GRPO loss_type (TRL's names), as (cfg, tokens of the whole
+# minibatch over all ranks, the micro-batch's rows, micro-batches on this rank) -> denom. Tether's optimizer batch is
+# the minibatch (minibatch_size rows over all ranks), TRL's is per_device_batch x accumulation x processes; every
+# denominator but bnpo's counts the whole minibatch, so the update does not depend on micro_batch_size or the ranks
+# (distributed.rank_count: DDP averages the ranks' gradients). bnpo normalises each micro-batch by its own tokens
+# and averages the micro-batches, as TRL's per-device batch under accumulation: it does depend on micro_batch_size.
+LOSS_DENOMINATORS = {
+    "grpo": lambda cfg, tokens, micro, n_micro: distributed.rank_count(cfg.minibatch_size),
+    "bnpo": lambda cfg, tokens, micro, n_micro: micro.response_mask.sum().clamp(min=1) * n_micro,
+    "dr_grpo": lambda cfg, tokens, micro, n_micro: distributed.rank_count(cfg.minibatch_size * cfg.max_new_tokens),
+    "dapo": lambda cfg, tokens, micro, n_micro: distributed.rank_count(tokens),
+}
 
 
 @dataclass(frozen=True)
@@ -204,25 +239,30 @@ class Algorithm:
     """(exp, cfg, kl_coef) -> (advantages (N, R) or (N,), returns (N, R) or None, non_score_reward (N,))."""
     loss: Callable
     """(out, minibatch rows, cfg, kl_coef, denom) -> (loss, stats); loss parts named *_loss, the rest token means."""
-    norm: str
-    """How per-token losses aggregate (policy_losses.LOSS_AGGREGATIONS), which sets what `denom` counts."""
+    normaliser: Callable[[OnlineConfig], str]
+    """cfg -> the GRPO loss_type whose normalisation the policy loss (and the entropy bonus) use: its aggregation
+    (policy_losses.GRPO_LOSS_TYPES) and what `denom` counts (LOSS_DENOMINATORS)."""
     critic: bool
     """Needs a value model."""
 
 
 ALGORITHMS = {
-    "ppo": Algorithm(ppo_advantages, ppo_losses, "token", critic=True),
-    "grpo": Algorithm(grpo_group_advantages, grpo_losses, "sequence", critic=False),
-    "rloo": Algorithm(rloo_group_advantages, rloo_losses, "token", critic=False),
+    "ppo": Algorithm(ppo_advantages, ppo_losses, lambda cfg: "dapo", critic=True),
+    "grpo": Algorithm(grpo_group_advantages, grpo_losses, lambda cfg: cfg.loss_type, critic=False),
+    "rloo": Algorithm(rloo_group_advantages, rloo_losses,
+                      lambda cfg: "grpo" if cfg.importance_ratio == "sequence" else "dapo", critic=False),
 }
 """The online algorithms (`config.ALGORITHM_NAMES`):
 - ppo (Ziegler et al. 2019; Stiennon et al. 2020; the details of Huang et al. 2024, arXiv:2403.17031): the reward is
   the score at the response's last token minus β·KL(π || π_ref) at every token (`kl_estimator`, k1 by default),
   advantages by GAE against a learned value function, clipped policy and value losses.
-- grpo (Shao et al. 2024, DeepSeekMath): `group_size` samples per prompt, advantages = scores normalised within the
-  group, no critic; the KL (k3) sits in the loss with weight β.
+- grpo (Shao et al. 2024, DeepSeekMath): `group_size` samples per prompt, advantages = scores centred within the
+  group and scaled (`scale_rewards`), no critic; the KL (k3) sits in the loss with weight β; `loss_type` picks how
+  the per-token losses add up (grpo, bnpo, dr_grpo, dapo).
 - rloo (Ahmadian et al. 2024): `group_size` samples per prompt, reward = score - β·(sequence KL), advantage = reward
-  minus the mean reward of the other samples of its group, no critic.
+  minus the mean reward of the other samples of its group, no critic; one importance ratio per response by default
+  (`ratio`). Each of the three clips the ratio to [1 - cliprange, 1 + epsilon_high].
+(The names of the token-mean normaliser: ppo and rloo's token ratio are "dapo", rloo's sequence ratio "grpo".)
 """
 SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's denom: micro-batch parts add up
 
@@ -279,18 +319,20 @@ def minibatch_backward(net: nn.Module, exp: Experience, mb: Experience, algo: Al
     `normalised`). A rank holding no rows runs one weight-0 micro-batch (`distributed.with_stand_in`)."""
     world = distributed.world_size()
     tokens = distributed.reduce_sum(mb.response_mask.sum())
-    denom = distributed.rank_count(tokens if algo.norm == "token" else cfg.minibatch_size)
+    normaliser = algo.normaliser(cfg)
+    aggregate, denominator = LOSS_AGGREGATIONS[GRPO_LOSS_TYPES[normaliser]], LOSS_DENOMINATORS[normaliser]
     micros = distributed.with_stand_in([mb.select(slice(i, i + cfg.micro_batch_size))
                                         for i in range(0, mb.scores.size(0), cfg.micro_batch_size)],
                                        exp.select(slice(0, 1)))
     mb_loss = 0.0
     for j, (micro, real) in enumerate(micros):
         weight = float(real)
+        denom = denominator(cfg, tokens, micro, len(micros))
         with distributed.accumulating(net, last=j == len(micros) - 1):
             out = net(micro, cfg.temperature)
             loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
             entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
-            loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
+            loss = loss - cfg.entropy_coef * aggregate(entropy, micro.response_mask, denom)
             (loss if real else loss * 0.0).backward()
         share = weight * float(micro.response_mask.sum() / tokens)
         stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)

@@ -9,10 +9,14 @@ from tether.data.formats import check_format
 from tether.distributed import DistributedConfig
 from tether.guard import NONFINITE_POLICIES
 from tether.lora import LoraOptions
+from tether.math.advantages import REWARD_SCALES
 from tether.math.kl import KL_CONTROLLERS, KL_ESTIMATORS
+from tether.math.policy_losses import GRPO_LOSS_TYPES
 from tether.monitor import MonitorConfig
 from tether.value import VALUE_MODELS
 
+RATIOS = ("sequence", "token")
+"""Importance ratios of rloo (`OnlineConfig.ratio`)."""
 ALGORITHM_NAMES = ("ppo", "grpo", "rloo")
 """The keys of `algorithms.ALGORITHMS` (a test checks they agree), named here so that the settings need not import
 the algorithms, which read them."""
@@ -61,7 +65,8 @@ class OnlineConfig(DistributedConfig):
     missing_eos_penalty: float | None = None
     """Score given to a response without EOS instead of its reward (e.g. -1; Huang et al. 2024); null: off."""
     kl_coef: float = 0.05
-    """β, the initial weight of the KL to π_ref (in the reward for ppo and rloo, in the loss for grpo)."""
+    """β, the initial weight of the KL to π_ref (in the reward for ppo and rloo, in the loss for grpo). 0 (with the
+    fixed controller) drops π_ref altogether: no reference copy is made or run, and the kl/... metrics are null."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator in the reward of ppo and rloo (tether.math.kl); grpo's loss always uses k3."""
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
@@ -79,7 +84,21 @@ class OnlineConfig(DistributedConfig):
     whiten_advantages: bool = True
     """Whiten advantages over the batch: over valid tokens (ppo) or over responses (grpo, rloo)."""
     cliprange: float = 0.2
-    """ε of the clipped policy ratio."""
+    """ε (ε_low) of the clipped policy ratio: clip(ρ, 1 - cliprange, 1 + epsilon_high)."""
+    epsilon_high: float | None = None
+    """Upper clip ε_high of the policy ratio (DAPO's clip-higher, Yu et al. 2025: 0.28 with cliprange 0.2), for every
+    algorithm; null: cliprange (symmetric). clipfrac/low and clipfrac/high log how often each end clips."""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    """How grpo adds up its per-token losses over an optimizer step (TRL's names): grpo, a token mean per response
+    then a mean over responses (Shao et al. 2024); bnpo, a token mean over each micro-batch, averaged over them (TRL's
+    per-device batch: depends on micro_batch_size); dr_grpo, the token sum / (minibatch_size x max_new_tokens) (Liu et
+    al. 2025); dapo, the token sum / the tokens of the whole minibatch (Yu et al. 2025)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """grpo: divide the group-centred scores by the std of their group (the paper), of the whole batch, or not at all
+    (Dr. GRPO); batch and none need whiten_advantages=false, which would rescale them again."""
+    ratio: Literal["sequence", "token"] | None = None
+    """rloo's importance ratio: sequence, one per response, exp(Σ_t log π/π_old), clipped once (Ahmadian et al.
+    2024); token, one per token as PPO. null: sequence for rloo; ppo and grpo always use token."""
     cliprange_value: float = 0.2
     """Clip range of the value update around the old values (ppo)."""
     vf_coef: float = 0.1
@@ -155,6 +174,16 @@ class OnlineConfig(DistributedConfig):
     the policy with its adapters disabled; the critic (value head or separate value model) trains fully."""
 
     @property
+    def importance_ratio(self) -> str:
+        """The ratio the policy loss clips: `ratio`, or its default for the algorithm."""
+        return self.ratio or ("sequence" if self.algorithm == "rloo" else "token")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether π_ref is needed: not when β = 0 for good (kl_coef 0 with the fixed controller)."""
+        return self.kl_coef != 0 or self.kl_controller != "fixed"
+
+    @property
     def batch_size(self) -> int:
         """N, responses per step."""
         return self.rollout_batch * self.group_size
@@ -184,6 +213,19 @@ class OnlineConfig(DistributedConfig):
         check(self.kl_target > 0 and self.kl_horizon > 0, "kl_target", "and kl_horizon must be > 0")
         check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "and lam must be in [0, 1]")
         check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange", "and cliprange_value must be > 0")
+        check(self.kl_coef > 0 or self.kl_controller == "fixed", "kl_coef",
+              "must be > 0 with kl_controller=adaptive (it scales β, so 0 would stay 0)")
+        check(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0 (or null: cliprange)")
+        check(self.loss_type in GRPO_LOSS_TYPES, "loss_type", f"must be one of {', '.join(GRPO_LOSS_TYPES)}")
+        check(self.loss_type == "grpo" or self.algorithm == "grpo", "loss_type", "applies to algorithm=grpo only")
+        check(self.scale_rewards in REWARD_SCALES, "scale_rewards", f"must be one of {', '.join(REWARD_SCALES)}")
+        check(self.scale_rewards == "group" or self.algorithm == "grpo", "scale_rewards",
+              "applies to algorithm=grpo only")
+        check(self.scale_rewards == "group" or not self.whiten_advantages, "whiten_advantages",
+              f"must be false with scale_rewards={self.scale_rewards} (whitening would rescale the advantages)")
+        check(self.ratio is None or self.ratio in RATIOS, "ratio", f"must be one of {', '.join(RATIOS)}")
+        check(self.ratio != "sequence" or self.algorithm == "rloo", "ratio",
+              "sequence applies to algorithm=rloo only (ppo and grpo clip per token)")
         check(self.value_model in VALUE_MODELS, "value_model", f"must be one of {', '.join(VALUE_MODELS)}")
         check(self.value_model != "separate" or bool(self.reward_model), "reward_model",
               "is required when value_model=separate")
