@@ -517,3 +517,41 @@ def test_ece_does_not_depend_on_which_response_is_called_a():
     labels = torch.ones_like(p_chosen_first)
     assert float(_symmetric_ece(p_chosen_first, labels)) < 0.02
     assert float(expected_calibration_error(p_chosen_first, labels)) > 0.2  # the old, orientation-bound value
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. center_rewards_coefficient (Eisenstein et al. 2023; TRL's RewardTrainer)
+
+
+def test_center_rewards_coefficient_adds_c_times_the_mean_squared_sum(tok):
+    pairs, _ = encode_comparisons(tok, synthetic_comparisons()[:8], RMConfig(max_length=64))
+    model = new_rm(tok)
+    with torch.no_grad():
+        r_a, r_b, _ = pair_rewards(model, collate_pairs(pairs, model.pad_id))
+        batch = collate_pairs(pairs, model.pad_id)
+    plain = float(bradley_terry_loss(r_a, r_b, batch.target, batch.margin).mean())
+    centre = float(((r_a + r_b) ** 2).mean())  # TRL: mean((r_chosen + r_rejected)²); the order within a pair is moot
+    cfg = RMConfig(batch_size=len(pairs), micro_batch_size=3, grad_clip=0.0, center_rewards_coefficient=0.5)
+    out = train_step(model, adamw(model, 1e-3, 0.0, (0.9, 0.99)), pairs, cfg, lr=1e-3)
+    assert out["loss"] == pytest.approx(plain + 0.5 * centre, abs=TOL)
+    assert out["center_penalty"] == pytest.approx(centre, abs=TOL) and centre > 0.01
+    off = train_step(new_rm(tok), adamw(new_rm(tok), 1e-3, 0.0, (0.9, 0.99)), pairs,
+                     dataclasses.replace(cfg, center_rewards_coefficient=None), lr=1e-3)
+    assert off["loss"] == pytest.approx(plain, abs=TOL) and off["center_penalty"] == pytest.approx(centre, abs=TOL)
+
+
+def test_center_rewards_coefficient_from_the_cli_pulls_the_rewards_to_zero(backbone_dir, tmp_path):
+    from tether.cli import main
+
+    data = tmp_path / "prefs.jsonl"
+    write_comparisons(data, synthetic_comparisons())
+    common = [f"data={data}", f"model={backbone_dir}", "max_steps=8", "batch_size=8", "micro_batch_size=4",
+              "lr=1e-2", "eval_fraction=0.25", "max_length=64", "eval_every=0", "save_every=0", "log_every=1"]
+    assert main(["rm", *common, f"out={tmp_path / 'off'}"]) == 0
+    assert main(["rm", *common, f"out={tmp_path / 'on'}", "center_rewards_coefficient=1.0"]) == 0
+    off, on = _metrics(tmp_path / "off"), _metrics(tmp_path / "on")
+    assert all("center_penalty" in r for r in on + off)
+    assert "center_rewards_coefficient: 1.0" in (tmp_path / "on" / "config.yaml").read_text()
+    # Same first batch, same start: the penalty only starts to differ after the first update, and ends far lower.
+    assert on[0]["center_penalty"] == pytest.approx(off[0]["center_penalty"], abs=1e-6)
+    assert on[-1]["center_penalty"] < 0.5 * off[-1]["center_penalty"], (on[-1], off[-1])
