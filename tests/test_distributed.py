@@ -1,7 +1,8 @@
 """tether.distributed: training under torchrun equals training in one process.
 
 The acceptance test of issue 8: one torchrun of 2 CPU processes (gloo, `tests/distkit.py`) runs SFT, RM, DPO,
-KTO, PPO and GRPO on the "test" preset with DDP, SFT and DPO with LoRA and DDP, and SFT, RM and DPO with FSDP2;
+KTO, PPO, GRPO (also with scale_rewards=batch, loss_type=dapo, epsilon_high and kl_coef=0) and RLOO (its sequence
+ratio) on the "test" preset with DDP, SFT and DPO with LoRA and DDP, and SFT, RM and DPO with FSDP2;
 each run is compared with the same config run in this process, where a rank's micro-batches become more
 accumulation steps (2 ranks x accumulation A against 1 process x 2A). PPO, LoRA SFT and FSDP2 DPO also
 checkpoint activations on the ranks.
@@ -44,7 +45,7 @@ from tether.stages.sft import SFTConfig
 HERE = Path(__file__).parent
 LOSS_REL, METRIC_REL, METRIC_ABS, WEIGHTS_ABS = 1e-5, 1e-4, 1e-5, 2e-5
 # Token counts past a threshold: a token within rounding of the clip range may count on one side only.
-NOT_COMPARED = {"tokens_per_s", "samples_per_s", "clipfrac", "vf_clipfrac"}
+NOT_COMPARED = {"tokens_per_s", "samples_per_s", "clipfrac", "clipfrac/low", "clipfrac/high", "vf_clipfrac"}
 LORA = {"lora": {"r": 4, "alpha": 8.0}}  # DDP all-reduces the adapters' gradients only (the base is frozen)
 
 
@@ -78,6 +79,10 @@ def _configs(world_dir: Path, model_dir: Path, prefs: str) -> dict[str, tuple[st
         "kto": ("dpo", {**dpo, "loss": "kto", **quiet}),
         "ppo": ("ppo", dict(online, rollout_batch=4, minibatch_size=2, micro_batch_size=1)),
         "grpo": ("grpo", dict(online, rollout_batch=2, group_size=4, minibatch_size=4, micro_batch_size=2)),
+        # issue 20: the batch std over ranks, the token mean over the whole minibatch, no reference at all
+        "grpo_options": ("grpo", dict(online, rollout_batch=2, group_size=4, minibatch_size=4, micro_batch_size=2,
+                                      scale_rewards="batch", loss_type="dapo", epsilon_high=0.28, kl_coef=0.0)),
+        "rloo": ("rloo", dict(online, rollout_batch=2, group_size=4, minibatch_size=4, micro_batch_size=2)),
         "sft_lora": ("sft", {**sft, **LORA}),
         "dpo_lora": ("dpo", {**dpo, **LORA}),  # the reference: the policy with adapters disabled, on every rank
         "sft_fsdp2": ("sft", {**sft, "strategy": "fsdp2"}),
@@ -147,8 +152,8 @@ def _assert_same_run(one: Path, two: Path) -> None:
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= WEIGHTS_ABS
 
 
-@pytest.mark.parametrize("name", ["sft", "rm", "dpo", "kto", "ppo", "grpo", "sft_lora", "dpo_lora", "sft_fsdp2",
-                                  "rm_fsdp2", "dpo_fsdp2"])
+@pytest.mark.parametrize("name", ["sft", "rm", "dpo", "kto", "ppo", "grpo", "grpo_options", "rloo", "sft_lora",
+                                  "dpo_lora", "sft_fsdp2", "rm_fsdp2", "dpo_fsdp2"])
 def test_two_ranks_equal_one_process_with_twice_the_accumulation(runs, name):
     _assert_same_run(runs / "one" / name, runs / "work" / "rank0" / "two" / name)
 
