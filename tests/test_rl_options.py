@@ -27,7 +27,8 @@ def t(*rows, dtype=torch.float64):
 
 
 def close(actual, expected, tol=1e-9):
-    assert float(torch.as_tensor(actual).detach()) == pytest.approx(expected, abs=tol)
+    value = actual.detach().item() if isinstance(actual, torch.Tensor) else actual
+    assert value == pytest.approx(expected, abs=tol)
 
 
 # -- epsilon_high: DAPO clip-higher (Yu et al. 2025, eq. 10) ----------------------------------------------------------
@@ -126,7 +127,7 @@ def test_only_bnpo_depends_on_the_micro_batch_split():
     # with a single micro-batch bnpo is dapo; split in two it is 2.05 (above)
 
 
-# -- scale_rewards: group | batch | none --------------------------------------------------------------------------------
+# -- scale_rewards: group | batch | none -------------------------------------------------------------------------
 SCORES = t(1.0, 2.0, 3.0, 1.0, 1.0, 4.0)  # two groups of 3
 
 

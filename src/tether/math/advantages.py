@@ -164,7 +164,7 @@ def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4, sc
 
         group  Â_i = (s_i - mean_g) / (std_g + eps)       the paper; std_g over the k samples of i's group
         batch  Â_i = (s_i - mean_g) / (std_B + eps)       std_B over all N scores of the batch (TRL's "batch")
-        none   Â_i =  s_i - mean_g                         Dr. GRPO (Liu et al. 2025, §3.1)
+        none   Â_i =  s_i - mean_g                         Dr. GRPO (Liu et al. 2025)
 
     The stds are unbiased (Bessel), as in TRL; eps = 1e-4 as TRL. "none" removes the question-difficulty bias Liu et
     al. point out: a group whose scores barely differ (too easy or too hard) no longer has its noise blown up to

@@ -78,7 +78,7 @@ def center_penalty(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
     """Per-pair auxiliary loss that keeps a reward model's rewards centred on zero: (r_a + r_b)².
 
     Eisenstein et al. 2023 ("Helping or herding? Reward model ensembles mitigate but do not eliminate reward
-    hacking", §3) add it because the Bradley-Terry loss only sees r_a - r_b, so the level of the rewards drifts
+    hacking") add it because the Bradley-Terry loss only sees r_a - r_b, so the level of the rewards drifts
     freely (and differs between models of an ensemble); TRL's RewardTrainer adds c · mean((r_chosen + r_rejected)²)
     with c = center_rewards_coefficient (0.01 suggested). Symmetric in A and B, so which side was chosen does not
     matter. Shapes: (N,), (N,) -> (N,), float32 or wider.

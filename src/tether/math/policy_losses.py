@@ -51,10 +51,10 @@ def max_length_sum(per_token: torch.Tensor, mask: torch.Tensor, denom: float | t
                    max_len: int | None = None) -> torch.Tensor:
     """Σ_{b,t valid} ℓ[b, t] / denom, denom = B · max_len by default (max_len None: T, the padded width).
 
-    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training", §3.1): dividing by each response's length
-    (sequence_mean) favours short right answers and long wrong ones; a constant denominator, the batch size times
-    the generation budget (TRL's max_completion_length), weighs every token alike without making the weight
-    depend on how many tokens the batch happened to hold. Shapes: (B, T), (B, T) -> scalar.
+    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training: a critical perspective"): dividing by each
+    response's length (sequence_mean) favours short right answers and long wrong ones; a constant denominator,
+    the batch size times the generation budget (TRL's max_completion_length), weighs every token alike without
+    making the weight depend on how many tokens the batch happened to hold. Shapes: (B, T), (B, T) -> scalar.
     """
     m = mask.bool()
     if denom is None:
@@ -69,7 +69,7 @@ GRPO_LOSS_TYPES = {"grpo": "sequence", "bnpo": "token", "dr_grpo": "max_length",
 """GRPO `loss_type` (TRL's names) -> its LOSS_AGGREGATIONS entry. bnpo and dapo are the same token mean and differ
 only in the batch it is over: bnpo divides by the tokens of the *local micro-batch* (then averages the micro-batches,
 as TRL's per-device batch under gradient accumulation), dapo by the tokens of the whole optimizer batch (Yu et al.
-2025, DAPO eq. 8, "token-level policy gradient loss"). `loss_type_reference` spells out all four on a split batch."""
+2025, DAPO §3.3, "token-level policy gradient loss"). `loss_type_reference` spells out all four on a split batch."""
 
 
 def loss_type_reference(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, micro_size: int,
@@ -149,7 +149,7 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
         L   = mean_t  -min(ρ_t A_t, clip(ρ_t, 1 - ε_low, 1 + ε_high) A_t)
 
     ε_low = clip_eps; ε_high = clip_eps_high, or clip_eps when None (symmetric, the paper). A larger ε_high is
-    DAPO's "clip-higher" (Yu et al. 2025, eq. 10: ε_low 0.2, ε_high 0.28): low-probability tokens with A > 0 may
+    DAPO's "clip-higher" (Yu et al. 2025, §3.1: ε_low 0.2, ε_high 0.28): low-probability tokens with A > 0 may
     grow further before the clip stops them, which keeps entropy from collapsing.
     Mean over valid tokens by default (norm="token", as TRL and Huang et al. 2024). Stats: clipfrac (share of valid
     tokens where the clipped branch is strictly the larger loss, i.e. gets no gradient) = clipfrac/low (A < 0,
@@ -166,7 +166,7 @@ def sequence_ratio_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
                         clip_eps: float, denom: float | torch.Tensor | None = None,
                         clip_eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
     """The clipped surrogate with ONE importance ratio per response, the RLOO of Ahmadian et al. 2024 ("Back to
-    Basics", §3: the whole generation is a single action, so the ratio is that of its probability):
+    Basics"): the whole generation is a single action, so the ratio is that of its probability):
 
         log ρ_i = Σ_t (log π(a_{i,t}) - log π_old(a_{i,t}))          (a product of the token ratios)
         L       = Σ_i -min(ρ_i Â_i, clip(ρ_i, 1 - ε_low, 1 + ε_high) Â_i) / denom        (denom = B by default)

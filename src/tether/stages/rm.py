@@ -268,8 +268,8 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, s["loss"] / total)
     return {"loss": s["loss"] / total, "accuracy": s["correct"] / max(s["decided"], 1),
             "margin": s["margins"] / max(s["decided"], 1), "score": s["scores"] / s["sequences"],
-            "center_penalty": s["centre"] / total, "grad_norm": grad_norm, "lr": lr, "pairs": total, "sequences": int(s["sequences"]),
-            "nonfinite_skips": skipped}
+            "center_penalty": s["centre"] / total, "grad_norm": grad_norm, "lr": lr, "pairs": total,
+            "sequences": int(s["sequences"]), "nonfinite_skips": skipped}
 
 
 def pair_losses(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor, margin: torch.Tensor,
@@ -296,8 +296,9 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
 
     loss: the training objective (same margin, smoothing and centring term). center_penalty: mean (r_a + r_b)².
     accuracy: share of non-tie pairs whose chosen response scored higher (ties are excluded and counted). ece:
-    expected calibration error of σ(r_a - r_b) against the non-tie labels, 10 bins. length_corr: Pearson correlation between reward
-    and response length in tokens over the distinct responses (a reward that counts tokens is hackable).
+    expected calibration error of σ(r_a - r_b) against the non-tie labels, 10 bins. length_corr: Pearson correlation
+    between reward and response length in tokens over the distinct responses (a reward that counts tokens is
+    hackable).
     """
     was_training = model.training
     model.eval()

@@ -76,10 +76,10 @@ penalty; a reward model's raw scale) and score_normalised (a reward model's norm
 non_score_reward (the KL part, -β Σ_t kl_t, mean per response; for GRPO the k3 term of its loss) and rlhf_reward
 (trained score + non_score_reward); kl/k1, kl/k3 (KL(π_old || π_ref) per response; null with kl_coef 0, which runs no
 reference); entropy, approxkl, clipfrac (and its two ends, clipfrac/low: A < 0 and ρ < 1 - cliprange, clipfrac/high:
-A > 0 and ρ > 1 + epsilon_high), policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's optimizer steps); explained_variance
-(old values vs returns, PPO); response_length, eos_rate, lr, kl_coef (the β used), gold (mean gold reward of the
-step's samples, with a world). Also nonfinite_skips (tether.guard), eval/... at evaluations and monitor/... metrics
-(tether.monitor.MONITOR_METRICS)."""
+A > 0 and ρ > 1 + epsilon_high), policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's
+optimizer steps); explained_variance (old values vs returns, PPO); response_length, eos_rate, lr, kl_coef (the β
+used), gold (mean gold reward of the step's samples, with a world). Also nonfinite_skips (tether.guard), eval/... at
+evaluations and monitor/... metrics (tether.monitor.MONITOR_METRICS)."""
 
 
 # ---------------------------------------------------------------------------------------------

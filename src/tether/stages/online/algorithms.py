@@ -224,7 +224,8 @@ def rloo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: f
 # the minibatch (minibatch_size rows over all ranks), TRL's is per_device_batch x accumulation x processes; every
 # denominator but bnpo's counts the whole minibatch, so the update does not depend on micro_batch_size or the ranks
 # (distributed.rank_count: DDP averages the ranks' gradients). bnpo normalises each micro-batch by its own tokens
-# and averages the micro-batches, as TRL's per-device batch under accumulation: it does depend on micro_batch_size.
+# and averages the micro-batches (and DDP the ranks), as TRL's per-device batch under accumulation: it does depend on
+# micro_batch_size and on how the minibatch's rows fall on the ranks.
 LOSS_DENOMINATORS = {
     "grpo": lambda cfg, tokens, micro, n_micro: distributed.rank_count(cfg.minibatch_size),
     "bnpo": lambda cfg, tokens, micro, n_micro: micro.response_mask.sum().clamp(min=1) * n_micro,
