@@ -90,9 +90,9 @@ class OnlineConfig(DistributedConfig):
     algorithm; null: cliprange (symmetric). clipfrac/low and clipfrac/high log how often each end clips."""
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     """How grpo adds up its per-token losses over an optimizer step (TRL's names): grpo, a token mean per response
-    then a mean over responses (Shao et al. 2024); bnpo, a token mean over each micro-batch, averaged over them (TRL's
-    per-device batch: depends on micro_batch_size and the ranks); dr_grpo, the token sum / (minibatch_size x max_new_tokens) (Liu et
-    al. 2025); dapo, the token sum / the tokens of the whole minibatch (Yu et al. 2025)."""
+    then a mean over responses (Shao et al. 2024); bnpo, a token mean over each micro-batch, averaged over them
+    (TRL's per-device batch: depends on micro_batch_size and the ranks); dr_grpo, the token sum / (minibatch_size x
+    max_new_tokens) (Liu et al. 2025); dapo, the token sum / the tokens of the whole minibatch (Yu et al. 2025)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """grpo: divide the group-centred scores by the std of their group (the paper), of the whole batch, or not at all
     (Dr. GRPO); batch and none need whiten_advantages=false, which would rescale them again."""
