@@ -172,7 +172,9 @@ def sequence_ratio_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
         L       = Σ_i -min(ρ_i Â_i, clip(ρ_i, 1 - ε_low, 1 + ε_high) Â_i) / denom        (denom = B by default)
 
     One clip per response: either the whole response gets its gradient Â_i ∇log π(o_i) weighted by ρ_i, or none of
-    it does. Â (B,) per response. Stats as ppo_policy_loss, token-weighted so that micro-batches add up exactly:
+    it does. A product of many token ratios moves fast: after a few epochs over long responses ρ_i can be far above
+    1 (inf in float32 past log ρ ≈ 88), and with Â_i < 0 the unclipped branch keeps it, as in PPO; the run's
+    non-finite guard then skips that update (TRL's former RLOOTrainer behaves the same). Â (B,) per response. Stats as ppo_policy_loss, token-weighted so that micro-batches add up exactly:
     clipfrac (/low, /high) is the share of valid tokens whose response is clipped, ratio the token-weighted mean
     ρ_i, approxkl the per-token ½ mean (log ρ_t)² (comparable across algorithms). Shapes: logp, old_logp, mask
     (B, T); advantages (B,) -> scalar.
