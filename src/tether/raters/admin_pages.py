@@ -13,12 +13,13 @@ from fastapi.responses import HTMLResponse
 from tether.errors import TetherError
 from tether.raters.service import EXPORT_FORMATS
 from tether.raters.stats import dashboard
-from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, page, status_of
+from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, invite_url, page, status_of
 
 
 def _admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> HTMLResponse:
     ctx = ctx_of(request)
     context = {"user": user, "stats": dashboard(ctx.db), "users": ctx.accounts.users(),
+               "login_alerts": ctx.accounts.login_alerts(),
                "guideline": ctx.service.current_guideline(), "formats": EXPORT_FORMATS, **extra}
     return page(request, "admin.html", context, status)
 
@@ -46,7 +47,7 @@ def add_admin_pages(app: FastAPI) -> None:
             token = ctx_of(request).accounts.invite(username, role)
         except TetherError as err:
             return _admin_page(request, user, status_of(err), error=str(err))
-        url = f"{str(request.base_url).rstrip('/')}/invite/{token}"
+        url = invite_url(request, token)
         return _admin_page(request, user, notice=f"Invite for {username} (valid 7 days, one use):", invite_url=url)
 
     @app.post("/admin/guidelines", **hide)
@@ -61,10 +62,20 @@ def add_admin_pages(app: FastAPI) -> None:
         return _attempt(request, user, lambda: ctx_of(request).service.configure(overlap, gold_rate),
                         "Settings saved.")
 
+    @app.post("/admin/users/active", **hide)
+    def set_active(request: Request, user: CheckedAdmin, username: Annotated[str, Form(max_length=64)] = "",
+                   active: Annotated[bool, Form()] = False) -> HTMLResponse:
+        ctx = ctx_of(request)
+        done = (f"{username} is active again." if active else
+                f"{username} is deactivated: signed out, invites void, {{result}} open pair(s) back in the queue.")
+        return _attempt(request, user, lambda: ctx.accounts.set_active(username, active, ctx.service.release_rater),
+                        done)
+
     @app.post("/admin/export", **hide)
     def export(request: Request, user: CheckedAdmin, name: Annotated[str, Form(max_length=200)] = "",
-               format: Annotated[str, Form(max_length=10)] = "tether") -> HTMLResponse:
+               format: Annotated[str, Form(max_length=10)] = "tether",
+               overwrite: Annotated[bool, Form()] = False) -> HTMLResponse:
         def run() -> str:
-            path, n = ctx_of(request).service.export(name, format)
+            path, n = ctx_of(request).service.export(name, format, overwrite)
             return f"{n} rows written to exports/{path.name}"
         return _attempt(request, user, run, "Export done: {result}.")

@@ -16,8 +16,9 @@ from tether.raters import errors
 from tether.raters.accounts import ROLES
 from tether.raters.db import MAX_ID
 from tether.raters.errors import Invalid
+from tether.raters.intake import storable
 from tether.raters.security import cross_site
-from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso, storable
+from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso
 from tether.raters.stats import as_json, dashboard
 from tether.raters.dependencies import (
     SESSION_COOKIE,
@@ -27,6 +28,7 @@ from tether.raters.dependencies import (
     User,
     client_address,
     ctx_of,
+    invite_url,
     set_session_cookie,
 )
 
@@ -119,6 +121,20 @@ class SettingsIn(BaseModel):
 class ExportIn(BaseModel):
     name: Annotated[Text, Field(max_length=200)]
     format: Literal[EXPORT_FORMATS] = "tether"  # type: ignore[valid-type]
+    overwrite: bool = False
+    """Replace an existing export of that name (else 409)."""
+
+
+class ActiveIn(BaseModel):
+    username: Annotated[Text, Field(max_length=64)]
+    active: bool
+
+
+class ActiveOut(BaseModel):
+    username: str
+    active: bool
+    released: int
+    """Open assignments given back to the queue (on deactivation)."""
 
 
 class ExportOut(BaseModel):
@@ -193,7 +209,15 @@ def stats(request: Request, user: Admin) -> dict[str, Any]:
 @router.post("/admin/invites", response_model=InviteOut, status_code=201)
 def invite(body: InviteIn, request: Request, user: CheckedAdmin) -> InviteOut:
     token = ctx_of(request).accounts.invite(body.username, body.role)
-    return InviteOut(username=body.username, invite_url=f"{str(request.base_url).rstrip('/')}/invite/{token}")
+    return InviteOut(username=body.username, invite_url=invite_url(request, token))
+
+
+@router.post("/admin/users/active", response_model=ActiveOut)
+def set_active(body: ActiveIn, request: Request, user: CheckedAdmin) -> ActiveOut:
+    """Deactivate a user (sessions end, invites die, open assignments go back to the queue) or reactivate one."""
+    ctx = ctx_of(request)
+    released = ctx.accounts.set_active(body.username, body.active, ctx.service.release_rater)
+    return ActiveOut(username=body.username, active=body.active, released=released)
 
 
 @router.post("/admin/guidelines", status_code=204)
@@ -210,5 +234,5 @@ def settings(body: SettingsIn, request: Request, user: CheckedAdmin) -> Response
 
 @router.post("/admin/export", response_model=ExportOut, status_code=201)
 def export(body: ExportIn, request: Request, user: CheckedAdmin) -> ExportOut:
-    path, n = ctx_of(request).service.export(body.name, body.format)
+    path, n = ctx_of(request).service.export(body.name, body.format, body.overwrite)
     return ExportOut(path=f"exports/{path.name}", rows=n)
