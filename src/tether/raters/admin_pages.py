@@ -19,7 +19,7 @@ from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, invite_url, 
 def _admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> HTMLResponse:
     ctx = ctx_of(request)
     context = {"user": user, "stats": dashboard(ctx.db), "users": ctx.accounts.users(),
-               "login_alerts": ctx.accounts.login_alerts(),
+               "login_alerts": ctx.accounts.login_alerts(), "project": ctx.service.project(),
                "guideline": ctx.service.current_guideline(), "formats": EXPORT_FORMATS, **extra}
     return page(request, "admin.html", context, status)
 
@@ -58,8 +58,11 @@ def add_admin_pages(app: FastAPI) -> None:
 
     @app.post("/admin/settings", **hide)
     def settings(request: Request, user: CheckedAdmin, overlap: Annotated[int, Form(ge=1, le=100)],
-                 gold_rate: Annotated[float, Form(ge=0, le=0.5)]) -> HTMLResponse:
-        return _attempt(request, user, lambda: ctx_of(request).service.configure(overlap, gold_rate),
+                 gold_rate: Annotated[float, Form(ge=0, le=0.5)], criteria: Annotated[str, Form(max_length=300)] = "",
+                 daily_target: Annotated[int, Form(ge=0, le=10_000)] = 0) -> HTMLResponse:
+        names = [n.strip() for n in criteria.split(",") if n.strip()]
+        return _attempt(request, user,
+                        lambda: ctx_of(request).service.configure(overlap, gold_rate, names, daily_target),
                         "Settings saved.")
 
     @app.post("/admin/users/active", **hide)

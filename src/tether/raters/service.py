@@ -52,10 +52,20 @@ from tether.raters.db import (
 from tether.raters import exports
 from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
 from tether.raters.intake import check_row_text, first_bad_text, queue_problem, renderable, storable
+from tether.raters.ratings import (
+    VOTES,
+    Progress,
+    Submitted,
+    add_held,
+    check_criteria_names,
+    check_vote,
+    progress,
+    replay,
+    store,
+    undo_last,
+)
 
-VOTES = ("left", "right", "tie", "skip")
 EXPORT_FORMATS = exports.EXPORT_FORMATS
-SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ASSIGNMENT_TTL = timedelta(hours=1)
 """An open assignment older than this gives its slot back (the rater left); checked once a minute."""
@@ -74,13 +84,6 @@ class Task:
     guideline_version: str
     state: str
     shown_at: datetime
-
-
-@dataclass(frozen=True)
-class Submitted:
-    rating_id: int
-    created: bool
-    """False when an earlier submit with the same submission id made the row (a retry)."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,15 @@ class RaterService:
         with self.db.read() as s:
             return _project(s)
 
-    def configure(self, overlap: int | None = None, gold_rate: float | None = None) -> Project:
-        """Change k or the gold rate; k is fixed once any regular pair has been served."""
+    def configure(self, overlap: int | None = None, gold_rate: float | None = None, criteria: list[str] | None = None,
+                  daily_target: int | None = None) -> Project:
+        """Change k, the gold rate, the per-criterion questions or the daily target (0 clears it); None keeps
+        a setting. k is fixed once any regular pair has been served."""
+        if criteria is not None:
+            criteria = check_criteria_names(criteria)
+        if daily_target is not None and (isinstance(daily_target, bool) or not isinstance(daily_target, int)
+                                         or not 0 <= daily_target <= 10_000):
+            raise Invalid(f"daily_target: expected an integer in 0..10000, got {daily_target!r}")
         with self.db.write() as s:
             project = _project(s)
             _check_settings(project.overlap if overlap is None else overlap, project.gold_rate if gold_rate is None else gold_rate)
@@ -134,7 +144,16 @@ class RaterService:
                 project.overlap = overlap
             if gold_rate is not None:
                 project.gold_rate = gold_rate
+            if criteria is not None:
+                project.criteria = criteria or None
+            if daily_target is not None:
+                project.daily_target = daily_target or None
             return project
+
+    def criteria(self) -> list[str]:
+        """The names of the per-criterion questions asked beside the overall vote (none by default)."""
+        with self.db.read() as s:
+            return list(s.scalar(select(Project.criteria).where(Project.id == 1)) or [])
 
     # -- guidelines -----------------------------------------------------------------------------------------
 
@@ -258,7 +277,7 @@ class RaterService:
                 "pair_id": pair.id, "rater_id": user_id, "slot": slot, "state": "open", "left_is_a": left_is_a,
                 "guideline_id": guideline_id, "shown_at": shown_at}).scalar_one()
             if slot is not None:
-                _add_held(c, pair.id, 1)
+                add_held(c, pair.id, 1)
             return Task(assignment_id, pair.prompt, *_sides(pair, left_is_a), version, "open", shown_at)
         raise Conflict("queue: too many pairs set aside at once; try again")
 
@@ -274,24 +293,39 @@ class RaterService:
             return _task(a, pair, s.get(Guideline, a.guideline_id).version)
 
     def submit_rating(self, user_id: int, assignment_id: int, choice: str, strength: float | None = None,
-                      rationale: str | None = None, submission_id: str = "") -> Submitted:
+                      rationale: str | None = None, submission_id: str = "", criteria: dict | None = None,
+                      skip_reason: str | None = None) -> Submitted:
         """Store a rating; idempotent by `submission_id` (a retry returns the row the first try made).
 
-        `choice` is what the rater saw: left, right, tie or skip. A skip gives the pair's slot back to
-        the queue. The rating records the guideline version its assignment was shown under.
+        `choice` is what the rater saw: left, right, tie or skip; `criteria` maps some of the project's
+        criteria to left, right or tie; a skip may carry a `skip_reason` (ratings.SKIP_REASONS). A skip
+        gives the pair's slot back to the queue. The rating records its assignment's guideline version.
         """
-        strength, rationale = _check_vote(choice, strength, rationale, submission_id)
+        vote = check_vote(choice, strength, rationale, submission_id, criteria, skip_reason)
         if not _is_id(assignment_id):
             raise NotFound(f"assignment: no assignment {assignment_id} of yours")
         try:
             with self.db.write() as s:
-                return _store(s.connection(), user_id, assignment_id, choice, strength, rationale, submission_id)
+                return store(s.connection(), user_id, assignment_id, vote, submission_id)
         except IntegrityError:  # the same submission raced itself; the winner's row is the answer
             with self.db.read() as s:
                 prior = s.connection().execute(_PRIOR, {"submission_id": submission_id}).first()
                 if prior is None:
                     raise
-                return _replay(s.connection(), prior, user_id, assignment_id)
+                return replay(s.connection(), prior, user_id, assignment_id)
+
+    def undo_last(self, user_id: int) -> int:
+        """Take back the rater's last rating (within ratings.UNDO_WINDOW); its pair is their next one again."""
+        try:
+            with self.db.write() as s:
+                c = s.connection()
+                return undo_last(c, user_id, _project_row(c).overlap, utcnow())
+        except IntegrityError:  # another rater took the freed slot of an undone skip at the same moment
+            raise Conflict("undo: the pair you skipped has gone to other raters since") from None
+
+    def progress(self, user_id: int) -> Progress:
+        with self.db.read() as s:
+            return progress(s.connection(), user_id, utcnow())
 
     def release_stale(self, ttl: timedelta = ASSIGNMENT_TTL, force: bool = False) -> int:
         """Expire open assignments older than `ttl`, giving their slots back; at most once a minute."""
@@ -368,12 +402,8 @@ _GUIDELINE_ACK = (select(Guideline.id, Guideline.version, Acknowledgement.id.lab
                   .outerjoin(Acknowledgement, and_(Acknowledgement.guideline_id == Guideline.id,
                                                    Acknowledgement.user_id == bindparam("user_id")))
                   .order_by(Guideline.id.desc()).limit(1))
-_ADD_HELD = update(Pair).where(Pair.id == bindparam("pair_id")).values(held=Pair.held + bindparam("delta"))
 _PRIOR = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
-_TO_RATE = (select(Assignment.rater_id, Assignment.state, Assignment.left_is_a, Assignment.slot, Assignment.pair_id,
-                   Guideline.version).join(Guideline, Guideline.id == Assignment.guideline_id)
-            .where(Assignment.id == bindparam("assignment_id")))
-_PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at).where(Project.id == 1)
+_PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at, Project.criteria).where(Project.id == 1)
 
 
 class _SlotTaken(Exception):
@@ -439,7 +469,7 @@ def _expire(c: Connection, *where: Any) -> int:
                       .values(state="expired", slot=None).returning(Assignment.pair_id)).scalars().all()
     gold = c.execute(update(Assignment).where(*stale).values(state="expired")).rowcount
     for pair_id, n in sorted(Counter(freed).items()):  # in id order: concurrent releases lock alike
-        _add_held(c, pair_id, -n)
+        add_held(c, pair_id, -n)
     return len(freed) + gold
 
 
@@ -447,11 +477,6 @@ def _set_aside(c: Connection, pair_id: int, reason: str) -> None:
     """Take a pair out of the queue for good: it is never picked again, and its open assignments expire."""
     c.execute(update(Pair).where(Pair.id == pair_id).values(set_aside=reason))
     _expire(c, Assignment.pair_id == pair_id)
-
-
-def _add_held(c: Connection, pair_id: int, delta: int) -> None:
-    """Move `pairs.held` by `delta` slots, relative to the row's current value (no lost update on PostgreSQL)."""
-    c.execute(_ADD_HELD, {"pair_id": pair_id, "delta": delta})
 
 
 def _sides(pair: Pair | Row, left_is_a: bool) -> tuple[str, str]:
@@ -465,55 +490,3 @@ def _task(a: Assignment | Row, pair: Pair | Row, version: str) -> Task:
 def _is_id(value: Any) -> bool:
     """A plausible row id; anything else (a string, a huge number) cannot name a row."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
-
-
-def _store(c: Connection, user_id: int, assignment_id: int, choice: str, strength: float | None,
-           rationale: str | None, submission_id: str) -> Submitted:
-    """`submit_rating` in one transaction, with Core statements built once (it runs per rating)."""
-    prior = c.execute(_PRIOR, {"submission_id": submission_id}).first()
-    if prior is not None:
-        return _replay(c, prior, user_id, assignment_id)
-    a = c.execute(_TO_RATE, {"assignment_id": assignment_id}).first()
-    if a is None or a.rater_id != user_id:
-        raise NotFound(f"assignment: no assignment {assignment_id} of yours")
-    if a.state != "open":
-        raise Conflict(f"assignment: already {'rated' if a.state in ('done', 'skipped') else a.state}")
-    left, right = ("A", "B") if a.left_is_a else ("B", "A")
-    stored = {"left": left, "right": right}.get(choice, choice)
-    rating_id = c.execute(insert(Rating).returning(Rating.id), {
-        "assignment_id": assignment_id, "choice": stored, "strength": strength, "rationale": rationale,
-        "guideline_version": a.version, "submitted_at": utcnow(), "submission_id": submission_id}).scalar_one()
-    skip = choice == "skip"
-    c.execute(update(Assignment).where(Assignment.id == assignment_id),
-              {"state": "skipped" if skip else "done", "slot": None if skip else a.slot})
-    if skip and a.slot is not None:
-        _add_held(c, a.pair_id, -1)
-    return Submitted(rating_id, True)
-
-
-def _replay(c: Connection, prior: Row, user_id: int, assignment_id: int) -> Submitted:
-    rater_id = c.execute(select(Assignment.rater_id).where(Assignment.id == prior.assignment_id)).scalar_one()
-    if prior.assignment_id != assignment_id or rater_id != user_id:
-        raise Conflict("submission_id: already used for another submission")
-    return Submitted(prior.id, False)
-
-
-def _check_vote(choice: Any, strength: Any, rationale: Any, submission_id: Any) -> tuple[float | None, str | None]:
-    """(strength, rationale) cleaned; Invalid naming the field otherwise."""
-    if choice not in VOTES:
-        raise Invalid(f"choice: expected one of {', '.join(VOTES)}, got {choice!r}")
-    if strength is not None:
-        if choice not in ("left", "right"):
-            raise Invalid(f"strength: only for a left or right choice, not {choice}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise Invalid(f"strength: expected a number in (0, 1] or null, got {strength!r}")
-        strength = float(strength)
-    if rationale is not None:
-        if not isinstance(rationale, str):
-            raise Invalid("rationale: expected a string")
-        rationale = " ".join(storable(rationale, "rationale").split()) or None  # one line
-        if rationale and len(rationale) > 500:
-            raise Invalid("rationale: longer than 500 characters")
-    if not isinstance(submission_id, str) or not SUBMISSION_ID.fullmatch(submission_id):
-        raise Invalid("submission_id: 8-64 characters: letters, digits, - and _ (a client-made UUID)")
-    return strength, rationale

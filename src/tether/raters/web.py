@@ -12,7 +12,6 @@ Security, all enforced here on the server:
 """
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +26,9 @@ from tether.errors import TetherError
 from tether.raters import errors
 from tether.raters.accounts import Accounts
 from tether.raters.admin_pages import add_admin_pages
+from tether.raters.rater_pages import add_rater_pages
 from tether.raters.api import router
-from tether.raters.db import MAX_ID, Database, database_url, migrate
+from tether.raters.db import Database, database_url, migrate
 from tether.raters.dependencies import (
     SESSION_COOKIE,
     AppContext,
@@ -42,16 +42,10 @@ from tether.raters.dependencies import (
 )
 from tether.raters.markdown import render_markdown
 from tether.raters.middleware import IMPORT_PATHS, MAX_BODY, MAX_IMPORT_BODY, RaterApp, on_invalid_request
-from tether.raters.security import Passwords, cross_site, load_or_create_secret, new_token, same
+from tether.raters.security import Passwords, load_or_create_secret, new_token, same
 from tether.raters.service import RaterService, iso
 
 PRE_COOKIE = "tether_pre"
-VOTES = {"left-much": ("left", 1.0), "left": ("left", 0.5), "tie": ("tie", None), "right": ("right", 0.5),
-         "right-much": ("right", 1.0), "skip": ("skip", None)}
-"""Rating-page buttons: (choice, strength); "much better" is strength 1, "slightly better" 0.5."""
-NOTICES = {"expired": "Your last rating was not saved: that pair had been open over an hour, so it went back to "
-                      "the queue. Here is your next pair."}
-"""Messages the rating page shows after a redirect (`/rate?notice=<key>`); a key, never text from the URL."""
 
 
 def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwords | None = None,
@@ -173,45 +167,5 @@ def _add_pages(app: FastAPI) -> None:
             return _pre_session_form(request, "invite.html", context, 422)
         return RedirectResponse("/login?welcome=true", status_code=303)
 
-    _add_rater_pages(app)
+    add_rater_pages(app)
     add_admin_pages(app)
-
-
-def _add_rater_pages(app: FastAPI) -> None:
-    hide = {"include_in_schema": False}
-
-    @app.get("/guidelines", **hide)
-    def guidelines(request: Request, user: User) -> HTMLResponse:
-        service = ctx_of(request).service
-        context = {"user": user, "guideline": service.current_guideline(),
-                   "acknowledged": service.has_acknowledged(user.user_id)}
-        return page(request, "guidelines.html", context)
-
-    @app.post("/guidelines/ack", **hide)
-    def acknowledge(request: Request, user: Checked, version: Annotated[str, Form(max_length=64)] = "") -> Response:
-        ctx_of(request).service.acknowledge(user.user_id, version)
-        return RedirectResponse("/rate", status_code=303)
-
-    @app.get("/rate", **hide)
-    def rate_page(request: Request, user: User, notice: str = "") -> HTMLResponse:
-        if cross_site(request):  # taking a pair is a state change: never on another origin's say-so
-            return page(request, "continue.html", {"user": user})
-        task = ctx_of(request).service.next_assignment(user.user_id)
-        context = {"user": user, "task": task, "submission_id": uuid.uuid4().hex, "notice": NOTICES.get(notice)}
-        return page(request, "rate.html" if task else "done.html", context)
-
-    @app.post("/rate", **hide)
-    def rate(request: Request, user: Checked, assignment_id: Annotated[int, Form(gt=0, lt=MAX_ID + 1)],
-             vote: Annotated[str, Form(max_length=20)] = "", rationale: Annotated[str, Form(max_length=2000)] = "",
-             submission_id: Annotated[str, Form(max_length=64)] = "") -> Response:
-        if vote not in VOTES:
-            raise errors.Invalid(f"vote: expected one of {', '.join(VOTES)}")
-        choice, strength = VOTES[vote]
-        try:
-            ctx_of(request).service.submit_rating(user.user_id, assignment_id, choice, strength,
-                                                  rationale or None, submission_id)
-        except errors.Conflict as err:
-            if "expired" in str(err):  # the rating was not stored: the rater must know, and rate again if asked
-                return RedirectResponse("/rate?notice=expired", status_code=303)
-            # rated already (a double submit): the next pair is what to show
-        return RedirectResponse("/rate", status_code=303)

@@ -1,4 +1,4 @@
-// Keyboard shortcuts for the rating page: 1-5 rate, s skips; Esc leaves the rationale box.
+// Keyboard shortcuts for the rating page: 1-5 rate, s skips, u undoes the last rating; Esc leaves the rationale box.
 // Served as a file (the CSP allows no inline script); the page works without it.
 (function () {
   const form = document.getElementById("rate-form");
@@ -16,7 +16,7 @@
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const button = form.querySelector('button[data-key="' + event.key.toLowerCase() + '"]');
+    const button = document.querySelector('button[data-key="' + event.key.toLowerCase() + '"]');
     if (button) {
       event.preventDefault();
       button.click();
