@@ -190,7 +190,7 @@ def live(tmp_path) -> Iterator[Live]:
 def api_login(url: str, username: str, password: str = PASSWORD) -> httpx.Client:
     """An httpx client signed in through the API, sending its CSRF token on every request."""
     client = httpx.Client(base_url=url, timeout=30)
-    for _ in range(50):  # 503: password hashing is full; a client waits and retries
+    for _ in range(300):  # 503: password hashing is full; a client waits and retries
         r = client.post("/api/login", json={"username": username, "password": password})
         if r.status_code != 503:
             break
@@ -210,6 +210,7 @@ class LoadResult:
     submit_ms: list[float]
     errors: list[str]
     seconds: float
+    undone: int = 0
 
     @staticmethod
     def percentile(values: list[float], q: float) -> float:
@@ -217,16 +218,33 @@ class LoadResult:
         return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def run_load(url: str, usernames: list[str], per_rater: int) -> LoadResult:
+def run_load(url: str, usernames: list[str], per_rater: int, undo_every: int = 0) -> LoadResult:
     """Every rater signs in, then all at once take and rate `per_rater` pairs over HTTP (one thread each).
 
-    Each rating is GET /api/next then POST /api/ratings with a fresh submission id; latencies in ms.
+    Each rating is GET /api/next then POST /api/ratings with a fresh submission id; latencies in ms. With
+    `undo_every` = n, every n-th rating of the odd-numbered raters is taken back (POST /api/ratings/undo)
+    and rated again: GET /api/next must give the same assignment back, and the totals stay the same.
     """
     result = LoadResult(Counter(), [], [], [], 0.0)
     lock = threading.Lock()
     start = threading.Barrier(len(usernames) + 1)
 
+    def redo(client: httpx.Client, name: str, assignment_id: int) -> None:
+        """Undo the rating just made, check the pair comes back first, and rate it again (the other side)."""
+        u = client.post("/api/ratings/undo")
+        back = client.get("/api/next").json().get("assignment") or {}
+        again = client.post("/api/ratings", json={"assignment_id": assignment_id, "choice": "right",
+                                                  "submission_id": uuid.uuid4().hex})
+        with lock:
+            result.statuses.update([u.status_code, again.status_code])
+            result.undone += 1
+            if u.status_code != 200 or back.get("assignment_id") != assignment_id or again.status_code != 201:
+                result.errors.append(f"{name}: undo {u.status_code} {u.text[:100]}, back {back.get('assignment_id')} "
+                                     f"for {assignment_id}, re-rate {again.status_code}")
+
     def rater(name: str) -> None:
+        index = usernames.index(name)
+        done: list[int] = []
         try:
             client = api_login(url, name)
         finally:
@@ -250,6 +268,9 @@ def run_load(url: str, usernames: list[str], per_rater: int) -> LoadResult:
                     result.statuses.update([r.status_code, s.status_code])
                     result.next_ms.append(1000 * (t1 - t0))
                     result.submit_ms.append(1000 * (t2 - t1))
+                if undo_every and index % 2 and len(done) % undo_every == undo_every - 1:
+                    redo(client, name, task["assignment_id"])
+                done.append(task["assignment_id"])
         finally:
             client.close()
 

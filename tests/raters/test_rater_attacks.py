@@ -130,7 +130,10 @@ def test_a_busy_login_answers_503_with_retry_after(project, tmp_path):
 
     from tether.raters.web import create_app
 
-    class Full:  # every hashing slot taken
+    class Full:  # every hashing slot taken, and the queue full
+        def full(self):
+            return True
+
         def run(self, fn):
             raise Busy("login: the server is busy")
 
@@ -141,6 +144,8 @@ def test_a_busy_login_answers_503_with_retry_after(project, tmp_path):
     with TestClient(app) as client:
         r = client.post("/api/login", json={"username": "carol", "password": PASSWORD})
     assert r.status_code == 503 and r.headers["retry-after"] == "2" and r.headers["x-frame-options"] == "DENY"
+    with project.db.read() as s:
+        assert s.scalar(select(LoginAttempt.id)) is None  # refused before any database write
     app.state.ctx.db.close()
 
 

@@ -16,8 +16,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tether.raters.db import Database, Invite, LoginAttempt, LoginSession, User, utcnow
-from tether.raters.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
-from tether.raters.security import Passwords, new_token, password_problem, token_hash
+from tether.raters.errors import Busy, Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from tether.raters.security import BUSY, Passwords, new_token, password_problem, token_hash
 
 ROLES = ("admin", "rater")
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -180,6 +180,8 @@ class Accounts:
         message for both). Failures from other addresses never block this one."""
         if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise Unauthorized("wrong username or password")  # no such user can exist; nothing to count
+        if self.passwords.gate.full():  # refused before any database work: a flood costs next to nothing
+            raise Busy(BUSY)
         now, address = utcnow(), address_key(address)
         # Count and record the attempt in one writing transaction *before* the slow password check, so a burst
         # of parallel guesses cannot all read the same count; a correct password then takes its row back.

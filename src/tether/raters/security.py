@@ -23,6 +23,7 @@ from tether.errors import ConfigError
 from tether.raters.errors import Busy
 
 T = TypeVar("T")
+BUSY = "login: the server is busy checking passwords; try again in a few seconds"
 
 SECRET_FILE = "secret.key"
 MIN_PASSWORD = 10
@@ -91,22 +92,30 @@ class HashGate:
     """
 
     def __init__(self, slots: int, waiting: int, wait_seconds: float = 10.0):
-        self._admitted = threading.BoundedSemaphore(slots + waiting)
-        self._running = threading.BoundedSemaphore(slots)
-        self.wait_seconds = wait_seconds
+        self.slots, self.capacity, self.wait_seconds = slots, slots + waiting, wait_seconds
+        self._cond = threading.Condition()
+        self._admitted = self._running = 0
+
+    def full(self) -> bool:
+        """Whether a new computation would be refused now: callers check this before any other work."""
+        return self._admitted >= self.capacity
 
     def run(self, fn: Callable[[], T]) -> T:
-        if not self._admitted.acquire(blocking=False):
-            raise Busy("login: the server is busy checking passwords; try again in a few seconds")
+        with self._cond:
+            if self._admitted >= self.capacity:
+                raise Busy(BUSY)
+            self._admitted += 1
+            if not self._cond.wait_for(lambda: self._running < self.slots, timeout=self.wait_seconds):
+                self._admitted -= 1
+                raise Busy(BUSY)
+            self._running += 1
         try:
-            if not self._running.acquire(timeout=self.wait_seconds):
-                raise Busy("login: the server is busy checking passwords; try again in a few seconds")
-            try:
-                return fn()
-            finally:
-                self._running.release()
+            return fn()
         finally:
-            self._admitted.release()
+            with self._cond:
+                self._running -= 1
+                self._admitted -= 1
+                self._cond.notify()
 
 
 def default_hash_slots() -> int:
