@@ -286,3 +286,23 @@ def test_deactivate_and_reactivate_from_the_cli_and_the_admin_page(live, capsys)
         assert s.scalar(select(User.active).where(User.username == "alice")) is False
     with pytest.raises(Conflict):
         p.accounts.set_active("boss", False)
+
+
+def test_a_login_refused_as_busy_is_not_counted_as_a_failure(project):
+    """50 raters behind one address signing in at once: the ones told "busy" made no guess (the load run found
+    them counted, until the address was throttled)."""
+
+    class FullAfterAdmission:
+        def full(self):
+            return False
+
+        def run(self, fn):
+            raise Busy("login: the server is busy")
+
+    project.rater("carol", PASSWORD)
+    project.accounts.passwords = Passwords(FAST.hasher)
+    project.accounts.passwords.gate = FullAfterAdmission()
+    for _ in range(ADDRESS_FAILURES + 1):
+        assert outcome(project, "carol", PASSWORD, "10.7.7.7") == "Busy"
+    with project.db.read() as s:
+        assert s.scalar(select(LoginAttempt.id)) is None

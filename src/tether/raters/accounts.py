@@ -197,7 +197,13 @@ class Accounts:
             s.flush()
             attempt_id = attempt.id
             user = s.scalar(select(User).where(User.username == username, User.active.is_(True)))
-        if not self.passwords.verify(user.password_hash if user else None, password):
+        try:
+            correct = self.passwords.verify(user.password_hash if user else None, password)
+        except Busy:  # refused unchecked: no guess was made, so it must not count towards a throttle
+            with self.db.write() as s:
+                s.execute(delete(LoginAttempt).where(LoginAttempt.id == attempt_id))
+            raise
+        if not correct:
             raise Unauthorized("wrong username or password")
         token, csrf = new_token(), secrets.token_urlsafe(24)
         with self.db.write() as s:

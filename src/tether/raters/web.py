@@ -25,7 +25,9 @@ from jinja2 import Environment, PackageLoader
 from tether.errors import TetherError
 from tether.raters import errors
 from tether.raters.accounts import Accounts
+from tether.raters.admin_api import router as admin_router
 from tether.raters.admin_pages import add_admin_pages
+from tether.raters.review_pages import add_review_pages
 from tether.raters.rater_pages import add_rater_pages
 from tether.raters.api import router
 from tether.raters.db import Database, database_url, migrate
@@ -73,6 +75,7 @@ def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwo
     app.add_exception_handler(TetherError, _on_error)
     app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.include_router(router)
+    app.include_router(admin_router)
     _add_pages(app)
     return app
 
@@ -169,3 +172,4 @@ def _add_pages(app: FastAPI) -> None:
 
     add_rater_pages(app)
     add_admin_pages(app)
+    add_review_pages(app)
