@@ -6,9 +6,11 @@ Security, all enforced here on the server:
   `X-CSRF-Token`), compared in constant time; the login and invite forms, which have no session yet,
   use a double-submit cookie instead;
 - roles: admin routes answer 403 to raters; another rater's assignment answers 404;
-- output: templates autoescape everything (no `|safe` on any user or model text); guidelines go
-  through `markdown.render_markdown`, which escapes first; CSP allows only this origin's own scripts
-  and styles, with no inline script, and no framing.
+- output: templates autoescape everything (no `|safe` on any user or model text); guidelines, prompts
+  and responses go through `markdown.render_markdown` (raw HTML, links and images off); CSP allows only
+  this origin's own scripts and styles, with no inline script, and no framing;
+- middleware.py, outside the whole app: the security headers on every response (500s included) and
+  a 1 MiB body limit (413 before parsing); proxies' X-Forwarded-* only from `--forwarded-allow-ips`.
 """
 from __future__ import annotations
 

@@ -10,7 +10,10 @@
   });
   document.addEventListener("keydown", function (event) {
     const target = event.target;
-    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) {
+    // typing in a text box is text; a focused radio (a criterion just answered) still takes the keys
+    const typing = target instanceof HTMLTextAreaElement ||
+      (target instanceof HTMLInputElement && target.type !== "radio" && target.type !== "checkbox");
+    if (typing) {
       if (event.key === "Escape") target.blur();
       if (event.key === "Enter") event.preventDefault();  // Enter would submit with the first button
       return;
