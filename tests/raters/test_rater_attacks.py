@@ -62,6 +62,7 @@ def test_one_address_is_throttled_over_all_usernames_before_any_hashing(project)
     assert outcome(project, "carol", PASSWORD, "10.9.9.9") == "RateLimited"
     assert len(calls) == ADDRESS_FAILURES  # refused without hashing
     assert outcome(project, "carol", PASSWORD, "10.9.9.10") == "signed in"  # the next address is not affected
+    assert project.accounts.blocked_addresses() == [("10.9.9.9", ADDRESS_FAILURES)]  # shown on the dashboard
 
 
 def test_ipv6_clients_are_counted_per_64_network():
@@ -74,12 +75,14 @@ def test_ipv6_clients_are_counted_per_64_network():
 def test_the_dashboard_warns_admins_of_guessing(live):
     p = live.project
     p.accounts.accept_invite(p.accounts.invite("boss", "admin"), PASSWORD)
-    with p.db.write() as s:  # 25 failures from 5 addresses, as a spread attack leaves them
+    with p.db.write() as s:  # 25 failures from 5 addresses, as a spread attack leaves them; 30 from one address
         s.execute(insert(LoginAttempt), [{"username": "boss", "address": f"10.3.0.{i % 5}"} for i in range(25)])
+        s.execute(insert(LoginAttempt), [{"username": f"u{i}", "address": "10.4.0.1"} for i in range(ADDRESS_FAILURES)])
     client = httpx.Client(base_url=live.url)
     from test_rater_http import browser_login
     html = browser_login(live.url, "boss").get("/admin").text
     assert 'data-alert="boss"' in html and "25 failed sign-ins for <b>boss</b> from 5 address(es)" in html
+    assert f"Sign-ins from 10.4.0.1 are refused for up to 15 minutes: {ADDRESS_FAILURES} failed" in html
     client.close()
 
 

@@ -220,6 +220,15 @@ class Accounts:
         with self.db.read() as s:
             return [LoginAlert(name, n, addresses) for name, n, addresses in s.execute(q)]
 
+    def blocked_addresses(self) -> list[tuple[str, int]]:
+        """(address, failures) of the clients refused for now (ADDRESS_FAILURES within LOGIN_WINDOW): an
+        office behind one NAT address shows up here too, and the admin can tell its raters to wait."""
+        q = (select(LoginAttempt.address, func.count()).where(LoginAttempt.at > utcnow() - LOGIN_WINDOW)
+             .group_by(LoginAttempt.address).having(func.count() >= ADDRESS_FAILURES)
+             .order_by(func.count().desc(), LoginAttempt.address))
+        with self.db.read() as s:
+            return [(address, n) for address, n in s.execute(q)]
+
     def principal(self, token: str | None) -> Principal | None:
         """The user of a live session token, or None (no such session, expired, or user deactivated)."""
         if not token or len(token) > 200:

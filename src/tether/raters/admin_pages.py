@@ -27,7 +27,7 @@ def admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> 
     context = {"user": user, "stats": stats, "users": ctx.accounts.users(), "table": table, "exports": exports,
                "sort": params.get("sort", "username"), "desc": params.get("desc") == "1", "q": params.get("q", ""),
                "flagged": params.get("flagged") == "1",
-               "login_alerts": ctx.accounts.login_alerts(), "project": ctx.service.project(),
+               "login_alerts": ctx.accounts.login_alerts(), "blocked": ctx.accounts.blocked_addresses(), "project": ctx.service.project(),
                "guideline": ctx.service.current_guideline(), "formats": EXPORT_FORMATS, **extra}
     return page(request, "admin.html", context, status)
 

@@ -12,13 +12,13 @@ from tether.raters import review
 from tether.raters.admin_pages import admin_page
 from tether.raters.db import MAX_ID
 from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, page, status_of
+from tether.raters.errors import NotFound
 
 
 def download(request: Request, name: str) -> FileResponse:
     """An export file as an attachment (the name is checked like any export name)."""
     path = ctx_of(request).service.export_path(name)
     if not path.is_file():
-        from tether.raters.errors import NotFound
         raise NotFound(f"name: no export {name!r}")
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
@@ -45,7 +45,7 @@ def add_review_pages(app: FastAPI) -> None:
     def adjudicate(request: Request, user: CheckedAdmin, pair_id: int, choice: Annotated[str, Form(max_length=4)] = "",
                    gold: Annotated[bool, Form()] = False) -> Response:
         if not 0 < pair_id <= MAX_ID:
-            raise review.NotFound(f"pair: no pair {pair_id}")
+            raise NotFound(f"pair: no pair {pair_id}")
         review.adjudicate(ctx_of(request).db, pair_id, choice, gold)
         return RedirectResponse(f"/admin/disagreements?notice={'gold' if gold else 'adjudicated'}", status_code=303)
 
