@@ -309,3 +309,13 @@ def test_a_login_refused_as_busy_is_not_counted_as_a_failure(project):
         assert outcome(project, "carol", PASSWORD, "10.7.7.7") == "Busy"
     with project.db.read() as s:
         assert s.scalar(select(LoginAttempt.id)) is None
+
+
+def test_pairs_added_from_code_are_checked_too(project):
+    from tether.data.preferences import Comparison
+    from tether.raters.errors import Invalid
+
+    with pytest.raises(Invalid, match=r"prompt\[0\].content: not valid Unicode"):
+        project.service.add_pairs([Comparison([{"role": "user", "content": "x\udc00"}], "a", "b", id="p1")])
+    # a NUL (a tiny random model writes one now and then) renders, and SQLite stores it; PostgreSQL would refuse it
+    assert project.service.add_pairs([Comparison("p", "a\x00", "b", id="p2")]).added == 1

@@ -22,8 +22,9 @@ def storable(text: str, field: str) -> str:
     return text
 
 
-def text_problem(text: str) -> str | None:
-    if "\x00" in text:
+def text_problem(text: str, nul: bool = True) -> str | None:
+    """Why `text` cannot be stored and shown (a lone surrogate; a NUL too, unless `nul` is False), or None."""
+    if nul and "\x00" in text:
         return "contains a NUL character"
     try:
         text.encode("utf-8")
@@ -32,21 +33,22 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def first_bad_text(value: Any, path: str) -> tuple[str, str] | None:
-    """(field path, problem) of the first string (or object key) in a JSON value that cannot be stored."""
+def first_bad_text(value: Any, path: str, nul: bool = True) -> tuple[str, str] | None:
+    """(field path, problem) of the first string (or object key) in a JSON value that cannot be stored
+    (`text_problem`; NULs pass when `nul` is False)."""
     if isinstance(value, str):
-        problem = text_problem(value)
+        problem = text_problem(value, nul)
         return (path, problem) if problem else None
     if isinstance(value, list):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
     elif isinstance(value, dict):
         for key in value:
-            if isinstance(key, str) and text_problem(key):
-                return f"{path} key", text_problem(key)
+            if isinstance(key, str) and text_problem(key, nul):
+                return f"{path} key", text_problem(key, nul)
         items = ((f"{path}.{k}", v) for k, v in value.items())
     else:
         return None
-    return next((bad for sub, v in items if (bad := first_bad_text(v, sub))), None)
+    return next((bad for sub, v in items if (bad := first_bad_text(v, sub, nul))), None)
 
 
 def check_row_text(row: dict, lineno: int) -> int:

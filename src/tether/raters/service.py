@@ -212,9 +212,9 @@ class RaterService:
     def add_pairs(self, comparisons: Iterable[Comparison], gold: bool = False) -> Imported:
         """Add validated comparisons as pairs (gold pairs keep `choice` as their answer), one transaction."""
         comparisons = list(comparisons)
-        for c in comparisons:
+        for c in comparisons:  # a lone surrogate cannot be shown; a NUL only PostgreSQL refuses (SQLite keeps it)
             for name in ("prompt", "response_a", "response_b", "source_a", "source_b", "meta"):
-                bad = first_bad_text(getattr(c, name), name)
+                bad = first_bad_text(getattr(c, name), name, nul=not self.db.is_sqlite)
                 if bad:
                     raise Invalid(f"{c.id}: {bad[0]}: {bad[1]}")
         added = 0
