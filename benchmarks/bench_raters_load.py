@@ -1,6 +1,7 @@
 """Benchmark: the rater app under load, over HTTP on loopback, on SQLite and on PostgreSQL.
 
-    .venv/bin/python benchmarks/bench_raters_load.py [--raters 50] [--per-rater 20] [--backends sqlite,postgresql]
+    .venv/bin/python benchmarks/bench_raters_load.py [--raters 50] [--per-rater 20] [--undo-every 4]
+                                                     [--backends sqlite,postgresql]
 
 1. For each backend: a fresh project (`tether raters init` with k = 3), 50 raters made through invites,
    enough pairs for every rater to get 20 (k = 3: 50 x 20 / 3 pairs, plus 10%).
@@ -8,8 +9,10 @@
    configuration), so the 50 client threads do not share its interpreter lock.
 3. Every rater signs in, then all 50 at once run 20 rounds of GET /api/next + POST /api/ratings (one
    httpx client and thread each; the load driver is `run_load` in tests/raters/raterkit.py, shared with
-   the smaller test).
-4. Checked: exactly raters x per-rater rating rows, no 5xx, no pair with more than k raters.
+   the smaller test). With undo in the mix: every 4th rating of the odd-numbered raters is taken back
+   (POST /api/ratings/undo), the pair must come back first, and is rated again.
+4. Checked: exactly raters x per-rater rating rows (no rating lost or duplicated by the undos), no 5xx,
+   no pair with more than k raters.
    Reported: p50/p95 latency of each request kind, and ratings per second.
 
 PostgreSQL comes from the `pgserver` wheel (a server started for this run, on a Unix socket).
@@ -98,7 +101,7 @@ def bench(backend: str, args: argparse.Namespace, pg_server) -> dict:
     names = prepare(folder / "project", db_url, args.raters, args.per_rater)
     proc, url = serve(folder / "project", db_url)
     try:
-        result = run_load(url, names, args.per_rater)
+        result = run_load(url, names, args.per_rater, args.undo_every)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -107,7 +110,7 @@ def bench(backend: str, args: argparse.Namespace, pg_server) -> dict:
         print((folder / "project" / "server.log").read_text()[-4000:], file=sys.stderr)
     pct = LoadResult.percentile
     both = [a + b for a, b in zip(result.next_ms, result.submit_ms)]
-    row.update(backend=backend, seconds=round(result.seconds, 2),
+    row.update(backend=backend, seconds=round(result.seconds, 2), undone_and_rerated=result.undone,
                ratings_per_s=round(len(result.submit_ms) / result.seconds, 1),
                statuses=dict(result.statuses),
                **{f"{name}_p{q}_ms": round(pct(values, q), 1) for name, values in
@@ -120,6 +123,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--raters", type=int, default=50)
     p.add_argument("--per-rater", type=int, default=20)
+    p.add_argument("--undo-every", type=int, default=4, help="odd raters undo and re-rate every n-th rating; 0: none")
     p.add_argument("--backends", default="sqlite,postgresql")
     args = p.parse_args()
     backends = args.backends.split(",")
@@ -136,9 +140,9 @@ def main() -> None:
             shutil.rmtree(pg_folder, ignore_errors=True)
     print(f"\n{args.raters} raters x {args.per_rater} ratings, concurrently over HTTP on loopback "
           f"({os.cpu_count()} CPU cores, one uvicorn worker):")
-    print(f"{'backend':<11} {'rows':>6} {'5xx':>4} {'next p50/p95 ms':>16} {'submit p50/p95 ms':>18} {'ratings/s':>10}")
+    print(f"{'backend':<11} {'rows':>6} {'undos':>6} {'5xx':>4} {'next p50/p95 ms':>16} {'submit p50/p95 ms':>18} {'ratings/s':>10}")
     for r in rows:
-        print(f"{r['backend']:<11} {r['rating_rows']:>6} {r['server_errors']:>4} "
+        print(f"{r['backend']:<11} {r['rating_rows']:>6} {r['undone_and_rerated']:>6} {r['server_errors']:>4} "
               f"{r['next_p50_ms']:>7} / {r['next_p95_ms']:<6} {r['submit_p50_ms']:>8} / {r['submit_p95_ms']:<7} "
               f"{r['ratings_per_s']:>10}  {'OK' if r['ok'] else 'FAILED'}")
     out = ROOT / "benchmarks" / "results" / "raters_load.json"

@@ -30,7 +30,9 @@ from tether.raters.security import Passwords, load_or_create_secret
 from tether.raters.service import RaterService
 
 # argon2 at its lowest cost: the tests check the flows, not the hash's strength (the app's default is RFC 9106)
-FAST = Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+# and a hashing gate wide enough that parallel sign-ins of the load tests are never refused (test_rater_attacks
+# tests the gate itself)
+FAST = Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1), slots=8, waiting=64)
 PASSWORD = "a long enough password"
 GUIDELINES = "# Rate well\n\nPrefer the **correct** answer."
 
@@ -138,15 +140,18 @@ class Live:
     app: object
 
 
-def serve(app) -> Iterator[str]:
-    """Run `app` under uvicorn on a free loopback port in a thread; yields the base URL."""
+def serve(app, forwarded_allow_ips: str | None = None) -> Iterator[str]:
+    """Run `app` under uvicorn on a free loopback port in a thread, configured as `tether raters serve` does;
+    yields the base URL."""
     import uvicorn
+
+    from tether.raters.cli import uvicorn_config
 
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else delayed ACKs add ~40 ms per request
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30))
+    server = uvicorn.Server(uvicorn_config(app, forwarded_allow_ips=forwarded_allow_ips, timeout_keep_alive=30))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -162,13 +167,14 @@ def serve(app) -> Iterator[str]:
         sock.close()
 
 
-def live_server(folder: Path, db_url: str | None = None, overlap: int = 3, gold_rate: float = 0.0) -> Iterator[Live]:
+def live_server(folder: Path, db_url: str | None = None, overlap: int = 3, gold_rate: float = 0.0,
+                forwarded_allow_ips: str | None = None, public_url: str | None = None) -> Iterator[Live]:
     from tether.raters.web import create_app
 
     p = open_project(folder, db_url, overlap, gold_rate)
-    app = create_app(folder, db_url, passwords=FAST)
+    app = create_app(folder, db_url, passwords=FAST, public_url=public_url)
     try:
-        for url in serve(app):
+        for url in serve(app, forwarded_allow_ips):
             yield Live(url, p, app)
     finally:
         app.state.ctx.db.close()
@@ -184,7 +190,11 @@ def live(tmp_path) -> Iterator[Live]:
 def api_login(url: str, username: str, password: str = PASSWORD) -> httpx.Client:
     """An httpx client signed in through the API, sending its CSRF token on every request."""
     client = httpx.Client(base_url=url, timeout=30)
-    r = client.post("/api/login", json={"username": username, "password": password})
+    for _ in range(300):  # 503: password hashing is full; a client waits and retries
+        r = client.post("/api/login", json={"username": username, "password": password})
+        if r.status_code != 503:
+            break
+        time.sleep(float(r.headers.get("retry-after", "1")) / 10)
     assert r.status_code == 200, r.text
     client.headers["X-CSRF-Token"] = r.json()["csrf_token"]
     return client
@@ -200,6 +210,7 @@ class LoadResult:
     submit_ms: list[float]
     errors: list[str]
     seconds: float
+    undone: int = 0
 
     @staticmethod
     def percentile(values: list[float], q: float) -> float:
@@ -207,16 +218,33 @@ class LoadResult:
         return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def run_load(url: str, usernames: list[str], per_rater: int) -> LoadResult:
+def run_load(url: str, usernames: list[str], per_rater: int, undo_every: int = 0) -> LoadResult:
     """Every rater signs in, then all at once take and rate `per_rater` pairs over HTTP (one thread each).
 
-    Each rating is GET /api/next then POST /api/ratings with a fresh submission id; latencies in ms.
+    Each rating is GET /api/next then POST /api/ratings with a fresh submission id; latencies in ms. With
+    `undo_every` = n, every n-th rating of the odd-numbered raters is taken back (POST /api/ratings/undo)
+    and rated again: GET /api/next must give the same assignment back, and the totals stay the same.
     """
     result = LoadResult(Counter(), [], [], [], 0.0)
     lock = threading.Lock()
     start = threading.Barrier(len(usernames) + 1)
 
+    def redo(client: httpx.Client, name: str, assignment_id: int) -> None:
+        """Undo the rating just made, check the pair comes back first, and rate it again (the other side)."""
+        u = client.post("/api/ratings/undo")
+        back = client.get("/api/next").json().get("assignment") or {}
+        again = client.post("/api/ratings", json={"assignment_id": assignment_id, "choice": "right",
+                                                  "submission_id": uuid.uuid4().hex})
+        with lock:
+            result.statuses.update([u.status_code, again.status_code])
+            result.undone += 1
+            if u.status_code != 200 or back.get("assignment_id") != assignment_id or again.status_code != 201:
+                result.errors.append(f"{name}: undo {u.status_code} {u.text[:100]}, back {back.get('assignment_id')} "
+                                     f"for {assignment_id}, re-rate {again.status_code}")
+
     def rater(name: str) -> None:
+        index = usernames.index(name)
+        done: list[int] = []
         try:
             client = api_login(url, name)
         finally:
@@ -240,6 +268,9 @@ def run_load(url: str, usernames: list[str], per_rater: int) -> LoadResult:
                     result.statuses.update([r.status_code, s.status_code])
                     result.next_ms.append(1000 * (t1 - t0))
                     result.submit_ms.append(1000 * (t2 - t1))
+                if undo_every and index % 2 and len(done) % undo_every == undo_every - 1:
+                    redo(client, name, task["assignment_id"])
+                done.append(task["assignment_id"])
         finally:
             client.close()
 

@@ -80,10 +80,10 @@ def test_login_is_rate_limited_per_username_and_address(live):
     assert form.status_code == 429 and "too many failed logins" in form.text
 
 
-def test_parallel_and_spread_guesses_are_limited_too(project):
+def test_parallel_guesses_are_limited_too(project):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tether.raters.accounts import LOGIN_FAILURES, LOGIN_FAILURES_PER_USER
+    from tether.raters.accounts import LOGIN_FAILURES
     from tether.raters.errors import RateLimited, Unauthorized
 
     project.rater("carol", PASSWORD)
@@ -98,9 +98,8 @@ def test_parallel_and_spread_guesses_are_limited_too(project):
     with ThreadPoolExecutor(8) as pool:  # a burst from one address: counted before each slow password check
         outcomes = list(pool.map(guess, ["10.0.0.1"] * 16))
     assert outcomes.count("Unauthorized") == LOGIN_FAILURES and outcomes.count("RateLimited") == 16 - LOGIN_FAILURES
-    spread = [guess(f"10.0.1.{i}") for i in range(LOGIN_FAILURES_PER_USER)]  # one guess per address
-    assert spread.count("Unauthorized") == LOGIN_FAILURES_PER_USER - LOGIN_FAILURES
-    assert spread[-1] == "RateLimited"  # the per-username cap, whatever the address
+    # guesses spread over addresses are throttled per address and shown to admins (test_rater_attacks), never
+    # turned into a lockout of the account
 
 
 def test_every_state_changing_route_needs_the_csrf_token(live):
@@ -182,10 +181,7 @@ def test_session_cookies_are_httponly_and_samesite(live):
     for response in (httpx.post(f"{live.url}/api/login", json={"username": "alice", "password": PASSWORD}),):
         cookie = response.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
-    # behind a TLS proxy on loopback (X-Forwarded-Proto: https) the cookie is also Secure
-    r = httpx.post(f"{live.url}/api/login", json={"username": "bob", "password": PASSWORD},
-                   headers={"X-Forwarded-Proto": "https"})
-    assert "secure" in r.headers["set-cookie"].lower()
+    # behind a configured TLS proxy the cookie is also Secure (test_rater_hardening)
     client = httpx.Client(base_url=live.url)
     pre = form_token(client.get("/login").text, "pre_token")
     r = client.post("/login", data={"username": "alice", "password": PASSWORD, "pre_token": pre})
@@ -225,8 +221,9 @@ def test_xss_payloads_render_as_text(live):
 
 
 def markupsafe_escape(text: str) -> str:
+    """`text` HTML-escaped as markdown-it writes it (`&quot;`; markupsafe writes `&#34;`)."""
     from markupsafe import escape
-    return str(escape(text))
+    return str(escape(text)).replace("&#34;", "&quot;").replace("&#39;", "'")
 
 
 def test_sql_injection_strings_fail_harmlessly_everywhere(live):

@@ -21,6 +21,7 @@ from tether.errors import DataError
 from tether.raters.db import Assignment, Pair, Rating
 from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
 import tether.raters.service as service_module
+import tether.raters.ratings as ratings_module
 from tether.raters.service import Imported
 from tether.raters.stats import dashboard
 
@@ -311,6 +312,7 @@ def test_dashboard_position_bias_agreement_and_times(project, monkeypatch):
     # A clock that moves only while a rater reads a pair: lefty takes 2 s per pair, righty 4 s.
     clock = {"now": datetime(2025, 1, 1)}
     monkeypatch.setattr(service_module, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(ratings_module, "utcnow", lambda: clock["now"])  # submit_rating stores through it
     real_submit = project.service.submit_rating
 
     def submit_after_reading(uid, *args, **kwargs):

@@ -5,8 +5,10 @@ init`) created it, and gets a password only through a one-time invite link (or `
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,8 +16,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tether.raters.db import Database, Invite, LoginAttempt, LoginSession, User, utcnow
-from tether.raters.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
-from tether.raters.security import Passwords, new_token, password_problem, token_hash
+from tether.raters.errors import Busy, Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from tether.raters.security import BUSY, Passwords, new_token, password_problem, token_hash
 
 ROLES = ("admin", "rater")
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -24,9 +26,35 @@ SESSION_TTL = timedelta(hours=12)
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_FAILURES = 5
 """Failed logins allowed per (username, client address) within LOGIN_WINDOW; the next one gets 429."""
-LOGIN_FAILURES_PER_USER = 20
-"""Failed logins allowed per username from all addresses together within LOGIN_WINDOW: guessing spread over
-many addresses (IPv6, proxies) stops too, at the price of locking the name out for the window."""
+ADDRESS_FAILURES = 30
+"""Failed logins allowed per client address (all usernames together) within LOGIN_WINDOW: one client cannot
+spray guesses (or argon2 work) over many names. Refused before any password is hashed."""
+ALERT_FAILURES = 20
+"""Failed logins per username (all addresses) within LOGIN_WINDOW that put a warning on the admin dashboard.
+Never a lockout: a per-username cap would let any stranger lock anyone out, admins included."""
+
+
+def address_key(address: str) -> str:
+    """The unit a client is throttled by: its IPv4 address, or the /64 network of an IPv6 address (one host
+    usually holds a whole /64, so counting single IPv6 addresses would let it rotate past every limit)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class LoginAlert:
+    """A username with many recent failed logins (a guessing attack, or a user who forgot their password)."""
+
+    username: str
+    failures: int
+    addresses: int
 
 
 @dataclass(frozen=True)
@@ -146,27 +174,36 @@ class Accounts:
     # -- sessions -----------------------------------------------------------------------------------------
 
     def login(self, username: str, password: str, address: str) -> SignIn:
-        """A new session for correct credentials. Raises RateLimited after LOGIN_FAILURES recent failures
-        for this username from this address (checked before the password, so guessing stops), else
-        Unauthorized on a wrong username or password (the same message for both)."""
+        """A new session for correct credentials. Raises RateLimited after ADDRESS_FAILURES recent failures
+        from this address, or LOGIN_FAILURES for this username from it (checked before the password, so
+        guessing stops and costs no hashing), else Unauthorized on a wrong username or password (the same
+        message for both). Failures from other addresses never block this one."""
         if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise Unauthorized("wrong username or password")  # no such user can exist; nothing to count
-        now = utcnow()
+        if self.passwords.gate.full():  # refused before any database work: a flood costs next to nothing
+            raise Busy(BUSY)
+        now, address = utcnow(), address_key(address)
         # Count and record the attempt in one writing transaction *before* the slow password check, so a burst
         # of parallel guesses cannot all read the same count; a correct password then takes its row back.
         with self.db.write() as s:
             s.execute(delete(LoginAttempt).where(LoginAttempt.at < now - LOGIN_WINDOW))
-            recent = select(func.count()).select_from(LoginAttempt).where(LoginAttempt.username == username,
-                                                                          LoginAttempt.at > now - LOGIN_WINDOW)
-            if (s.scalar(recent.where(LoginAttempt.address == address[:64])) >= LOGIN_FAILURES
-                    or s.scalar(recent) >= LOGIN_FAILURES_PER_USER):
-                raise RateLimited("too many failed logins; wait 15 minutes and try again")
-            attempt = LoginAttempt(username=username, address=address[:64], at=now)
+            here = (select(func.count()).select_from(LoginAttempt)
+                    .where(LoginAttempt.address == address, LoginAttempt.at > now - LOGIN_WINDOW))
+            if (s.scalar(here) >= ADDRESS_FAILURES
+                    or s.scalar(here.where(LoginAttempt.username == username)) >= LOGIN_FAILURES):
+                raise RateLimited("too many failed logins from your address; wait 15 minutes and try again")
+            attempt = LoginAttempt(username=username, address=address, at=now)
             s.add(attempt)
             s.flush()
             attempt_id = attempt.id
             user = s.scalar(select(User).where(User.username == username, User.active.is_(True)))
-        if not self.passwords.verify(user.password_hash if user else None, password):
+        try:
+            correct = self.passwords.verify(user.password_hash if user else None, password)
+        except Busy:  # refused unchecked: no guess was made, so it must not count towards a throttle
+            with self.db.write() as s:
+                s.execute(delete(LoginAttempt).where(LoginAttempt.id == attempt_id))
+            raise
+        if not correct:
             raise Unauthorized("wrong username or password")
         token, csrf = new_token(), secrets.token_urlsafe(24)
         with self.db.write() as s:
@@ -174,6 +211,23 @@ class Accounts:
             s.add(LoginSession(token_hash=token_hash(self.secret, token), user_id=user.id, csrf_token=csrf,
                                created_at=now, expires_at=now + SESSION_TTL))
         return SignIn(token, csrf, Principal(user.id, user.username, user.role, csrf))
+
+    def login_alerts(self) -> list[LoginAlert]:
+        """Usernames with ALERT_FAILURES or more failed logins within LOGIN_WINDOW, most failures first."""
+        q = (select(LoginAttempt.username, func.count(), func.count(LoginAttempt.address.distinct()))
+             .where(LoginAttempt.at > utcnow() - LOGIN_WINDOW).group_by(LoginAttempt.username)
+             .having(func.count() >= ALERT_FAILURES).order_by(func.count().desc(), LoginAttempt.username))
+        with self.db.read() as s:
+            return [LoginAlert(name, n, addresses) for name, n, addresses in s.execute(q)]
+
+    def blocked_addresses(self) -> list[tuple[str, int]]:
+        """(address, failures) of the clients refused for now (ADDRESS_FAILURES within LOGIN_WINDOW): an
+        office behind one NAT address shows up here too, and the admin can tell its raters to wait."""
+        q = (select(LoginAttempt.address, func.count()).where(LoginAttempt.at > utcnow() - LOGIN_WINDOW)
+             .group_by(LoginAttempt.address).having(func.count() >= ADDRESS_FAILURES)
+             .order_by(func.count().desc(), LoginAttempt.address))
+        with self.db.read() as s:
+            return [(address, n) for address, n in s.execute(q)]
 
     def principal(self, token: str | None) -> Principal | None:
         """The user of a live session token, or None (no such session, expired, or user deactivated)."""
@@ -193,12 +247,26 @@ class Accounts:
             with self.db.write() as s:
                 s.execute(delete(LoginSession).where(LoginSession.token_hash == token_hash(self.secret, token)))
 
-    def set_active(self, username: str, active: bool) -> None:
-        """Deactivate (or reactivate) a user; a deactivated user's sessions stop working at once."""
+    def set_active(self, username: str, active: bool, release: Callable[[int], int] | None = None) -> int:
+        """Deactivate (or reactivate) a user. Deactivating ends their sessions and voids their invite links
+        at once, then `release(user_id)` (`RaterService.release_rater`) gives their open assignments to
+        other raters; returns how many it released. The last active admin who can sign in cannot be
+        deactivated (no one could undo it). A reactivated user signs in with their old password again."""
         with self.db.write() as s:
-            done = s.execute(update(User).where(User.username == username).values(active=active))
-            if done.rowcount == 0:
+            user = s.scalar(select(User).where(User.username == username))
+            if user is None:
                 raise NotFound(f"username: no user {username!r}")
+            if not active and user.role == "admin" and user.active and user.password_hash is not None:
+                admins = s.scalar(select(func.count()).select_from(User).where(
+                    User.role == "admin", User.active.is_(True), User.password_hash.is_not(None)))
+                if admins <= 1:
+                    raise Conflict(f"username: {username!r} is the last active admin")
+            user.active = active
+            if not active:
+                s.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+                _void_open_invites(s, user.id)
+            user_id = user.id
+        return release(user_id) if release is not None and not active else 0
 
 
 def _void_open_invites(s: Session, user_id: int) -> None:

@@ -12,13 +12,22 @@ from fastapi.responses import HTMLResponse
 
 from tether.errors import TetherError
 from tether.raters.service import EXPORT_FORMATS
-from tether.raters.stats import dashboard
-from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, page, status_of
+from tether.raters.stats import dashboard, rater_table
+from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, invite_url, page, status_of
 
 
-def _admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> HTMLResponse:
+def admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> HTMLResponse:
+    """The dashboard; its rater table sorted and filtered by the query (?sort=&desc=1&q=&flagged=1)."""
     ctx = ctx_of(request)
-    context = {"user": user, "stats": dashboard(ctx.db), "users": ctx.accounts.users(),
+    stats = dashboard(ctx.db)
+    params = request.query_params
+    table = rater_table(stats, params.get("sort", "username"), params.get("desc") == "1", params.get("q", "")[:64],
+                        params.get("flagged") == "1")
+    exports = sorted(p.name for p in (ctx.service.project_dir / "exports").glob("*") if p.is_file())
+    context = {"user": user, "stats": stats, "users": ctx.accounts.users(), "table": table, "exports": exports,
+               "sort": params.get("sort", "username"), "desc": params.get("desc") == "1", "q": params.get("q", ""),
+               "flagged": params.get("flagged") == "1",
+               "login_alerts": ctx.accounts.login_alerts(), "blocked": ctx.accounts.blocked_addresses(), "project": ctx.service.project(),
                "guideline": ctx.service.current_guideline(), "formats": EXPORT_FORMATS, **extra}
     return page(request, "admin.html", context, status)
 
@@ -28,8 +37,8 @@ def _attempt(request: Request, user: Any, action: Any, done: str) -> HTMLRespons
     try:
         result = action()
     except TetherError as err:
-        return _admin_page(request, user, status_of(err), error=str(err))
-    return _admin_page(request, user, notice=done.format(result=result))
+        return admin_page(request, user, status_of(err), error=str(err))
+    return admin_page(request, user, notice=done.format(result=result))
 
 
 def add_admin_pages(app: FastAPI) -> None:
@@ -37,7 +46,7 @@ def add_admin_pages(app: FastAPI) -> None:
 
     @app.get("/admin", **hide)
     def admin(request: Request, user: Admin) -> HTMLResponse:
-        return _admin_page(request, user)
+        return admin_page(request, user)
 
     @app.post("/admin/invites", **hide)
     def invite(request: Request, user: CheckedAdmin, username: Annotated[str, Form(max_length=200)] = "",
@@ -45,9 +54,9 @@ def add_admin_pages(app: FastAPI) -> None:
         try:
             token = ctx_of(request).accounts.invite(username, role)
         except TetherError as err:
-            return _admin_page(request, user, status_of(err), error=str(err))
-        url = f"{str(request.base_url).rstrip('/')}/invite/{token}"
-        return _admin_page(request, user, notice=f"Invite for {username} (valid 7 days, one use):", invite_url=url)
+            return admin_page(request, user, status_of(err), error=str(err))
+        url = invite_url(request, token)
+        return admin_page(request, user, notice=f"Invite for {username} (valid 7 days, one use):", invite_url=url)
 
     @app.post("/admin/guidelines", **hide)
     def guidelines(request: Request, user: CheckedAdmin, version: Annotated[str, Form(max_length=64)] = "",
@@ -57,14 +66,27 @@ def add_admin_pages(app: FastAPI) -> None:
 
     @app.post("/admin/settings", **hide)
     def settings(request: Request, user: CheckedAdmin, overlap: Annotated[int, Form(ge=1, le=100)],
-                 gold_rate: Annotated[float, Form(ge=0, le=0.5)]) -> HTMLResponse:
-        return _attempt(request, user, lambda: ctx_of(request).service.configure(overlap, gold_rate),
+                 gold_rate: Annotated[float, Form(ge=0, le=0.5)], criteria: Annotated[str, Form(max_length=300)] = "",
+                 daily_target: Annotated[int, Form(ge=0, le=10_000)] = 0) -> HTMLResponse:
+        names = [n.strip() for n in criteria.split(",") if n.strip()]
+        return _attempt(request, user,
+                        lambda: ctx_of(request).service.configure(overlap, gold_rate, names, daily_target),
                         "Settings saved.")
+
+    @app.post("/admin/users/active", **hide)
+    def set_active(request: Request, user: CheckedAdmin, username: Annotated[str, Form(max_length=64)] = "",
+                   active: Annotated[bool, Form()] = False) -> HTMLResponse:
+        ctx = ctx_of(request)
+        done = (f"{username} is active again." if active else
+                f"{username} is deactivated: signed out, invites void, {{result}} open pair(s) back in the queue.")
+        return _attempt(request, user, lambda: ctx.accounts.set_active(username, active, ctx.service.release_rater),
+                        done)
 
     @app.post("/admin/export", **hide)
     def export(request: Request, user: CheckedAdmin, name: Annotated[str, Form(max_length=200)] = "",
-               format: Annotated[str, Form(max_length=10)] = "tether") -> HTMLResponse:
+               format: Annotated[str, Form(max_length=10)] = "tether",
+               overwrite: Annotated[bool, Form()] = False) -> HTMLResponse:
         def run() -> str:
-            path, n = ctx_of(request).service.export(name, format)
+            path, n = ctx_of(request).service.export(name, format, overwrite)
             return f"{n} rows written to exports/{path.name}"
         return _attempt(request, user, run, "Export done: {result}.")

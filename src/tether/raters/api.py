@@ -16,8 +16,10 @@ from tether.raters import errors
 from tether.raters.accounts import ROLES
 from tether.raters.db import MAX_ID
 from tether.raters.errors import Invalid
+from tether.raters.intake import storable
 from tether.raters.security import cross_site
-from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso, storable
+from tether.raters.ratings import CRITERION_VOTES, MAX_CRITERIA, SKIP_REASONS
+from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso
 from tether.raters.stats import as_json, dashboard
 from tether.raters.dependencies import (
     SESSION_COOKIE,
@@ -27,6 +29,7 @@ from tether.raters.dependencies import (
     User,
     client_address,
     ctx_of,
+    invite_url,
     set_session_cookie,
 )
 
@@ -76,6 +79,8 @@ class TaskOut(BaseModel):
     guideline_version: str
     state: str
     shown_at: str
+    criteria: list[str]
+    """The project's per-criterion questions, answered in RatingIn.criteria (optional, each left/right/tie)."""
 
 
 class NextOut(BaseModel):
@@ -89,11 +94,29 @@ class RatingIn(BaseModel):
     strength: Annotated[float, Field(gt=0, le=1)] | None = None
     rationale: Annotated[Text, Field(max_length=500)] | None = None
     submission_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+    criteria: Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")],
+                             Literal[CRITERION_VOTES]], Field(max_length=MAX_CRITERIA)] | None = None  # type: ignore[valid-type]
+    """Per-criterion verdicts as seen (left, right, tie), for some of TaskOut.criteria; not on a skip."""
+    skip_reason: Literal[tuple(SKIP_REASONS)] | None = None  # type: ignore[valid-type]
+    """Why a pair is skipped (only with choice skip)."""
 
 
 class RatingOut(BaseModel):
     rating_id: int
     created: bool
+
+
+class UndoOut(BaseModel):
+    assignment_id: int
+    """The assignment open again: GET /api/next gives it back first."""
+
+
+class ProgressOut(BaseModel):
+    today: int
+    total: int
+    target: int | None
+    remaining: int
+    can_undo: bool
 
 
 class InviteIn(BaseModel):
@@ -114,11 +137,30 @@ class GuidelineIn(BaseModel):
 class SettingsIn(BaseModel):
     overlap: Annotated[int, Field(ge=1, le=100)] | None = None
     gold_rate: Annotated[float, Field(ge=0, le=0.5)] | None = None
+    criteria: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]],
+                        Field(max_length=MAX_CRITERIA)] | None = None
+    """Per-criterion questions, e.g. ["helpful", "honest", "harmless"]; [] asks none."""
+    daily_target: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    """Ratings per rater per day shown as a goal; 0 clears it."""
 
 
 class ExportIn(BaseModel):
     name: Annotated[Text, Field(max_length=200)]
     format: Literal[EXPORT_FORMATS] = "tether"  # type: ignore[valid-type]
+    overwrite: bool = False
+    """Replace an existing export of that name (else 409)."""
+
+
+class ActiveIn(BaseModel):
+    username: Annotated[Text, Field(max_length=64)]
+    active: bool
+
+
+class ActiveOut(BaseModel):
+    username: str
+    active: bool
+    released: int
+    """Open assignments given back to the queue (on deactivation)."""
 
 
 class ExportOut(BaseModel):
@@ -126,9 +168,10 @@ class ExportOut(BaseModel):
     rows: int
 
 
-def _task_out(task: Task) -> TaskOut:
+def _task_out(task: Task, criteria: list[str]) -> TaskOut:
     return TaskOut(assignment_id=task.assignment_id, prompt=task.prompt, left=task.left, right=task.right,
-                   guideline_version=task.guideline_version, state=task.state, shown_at=iso(task.shown_at))
+                   guideline_version=task.guideline_version, state=task.state, shown_at=iso(task.shown_at),
+                   criteria=criteria)
 
 
 @router.post("/login", response_model=LoginOut)
@@ -167,22 +210,36 @@ def next_pair(request: Request, user: User) -> NextOut:
     """The rater's current pair (409 until the current guidelines are acknowledged)."""
     if cross_site(request):
         raise errors.Forbidden("next: a pair is taken only on a request from this site")
-    task = ctx_of(request).service.next_assignment(user.user_id)
-    return NextOut(assignment=_task_out(task) if task else None)
+    service = ctx_of(request).service
+    task = service.next_assignment(user.user_id)
+    return NextOut(assignment=_task_out(task, service.criteria()) if task else None)
 
 
 @router.get("/assignments/{assignment_id}", response_model=TaskOut)
 def assignment(request: Request, user: User, assignment_id: Annotated[int, Path(gt=0, lt=MAX_ID + 1)]) -> TaskOut:
-    return _task_out(ctx_of(request).service.task(user.user_id, assignment_id))
+    service = ctx_of(request).service
+    return _task_out(service.task(user.user_id, assignment_id), service.criteria())
 
 
 @router.post("/ratings", response_model=RatingOut, status_code=201,
              responses={200: {"model": RatingOut, "description": "A retry: the rating this submission_id made"}})
 def submit(body: RatingIn, request: Request, user: Checked) -> Any:
     done = ctx_of(request).service.submit_rating(user.user_id, body.assignment_id, body.choice, body.strength,
-                                                 body.rationale, body.submission_id)
+                                                 body.rationale, body.submission_id, body.criteria, body.skip_reason)
     out = RatingOut(rating_id=done.rating_id, created=done.created)
     return out if done.created else JSONResponse(out.model_dump(), status_code=200)
+
+
+@router.post("/ratings/undo", response_model=UndoOut)
+def undo(request: Request, user: Checked) -> UndoOut:
+    """Take back your last rating (within 10 minutes); its pair is your next one again (409 when too late)."""
+    return UndoOut(assignment_id=ctx_of(request).service.undo_last(user.user_id))
+
+
+@router.get("/progress", response_model=ProgressOut)
+def progress(request: Request, user: User) -> ProgressOut:
+    """Your ratings today and in all, the daily target, and the pairs still open to you."""
+    return ProgressOut(**vars(ctx_of(request).service.progress(user.user_id)))
 
 
 @router.get("/admin/stats")
@@ -193,7 +250,15 @@ def stats(request: Request, user: Admin) -> dict[str, Any]:
 @router.post("/admin/invites", response_model=InviteOut, status_code=201)
 def invite(body: InviteIn, request: Request, user: CheckedAdmin) -> InviteOut:
     token = ctx_of(request).accounts.invite(body.username, body.role)
-    return InviteOut(username=body.username, invite_url=f"{str(request.base_url).rstrip('/')}/invite/{token}")
+    return InviteOut(username=body.username, invite_url=invite_url(request, token))
+
+
+@router.post("/admin/users/active", response_model=ActiveOut)
+def set_active(body: ActiveIn, request: Request, user: CheckedAdmin) -> ActiveOut:
+    """Deactivate a user (sessions end, invites die, open assignments go back to the queue) or reactivate one."""
+    ctx = ctx_of(request)
+    released = ctx.accounts.set_active(body.username, body.active, ctx.service.release_rater)
+    return ActiveOut(username=body.username, active=body.active, released=released)
 
 
 @router.post("/admin/guidelines", status_code=204)
@@ -204,11 +269,11 @@ def add_guideline(body: GuidelineIn, request: Request, user: CheckedAdmin) -> Re
 
 @router.post("/admin/settings", status_code=204)
 def settings(body: SettingsIn, request: Request, user: CheckedAdmin) -> Response:
-    ctx_of(request).service.configure(body.overlap, body.gold_rate)
+    ctx_of(request).service.configure(body.overlap, body.gold_rate, body.criteria, body.daily_target)
     return Response(status_code=204)
 
 
 @router.post("/admin/export", response_model=ExportOut, status_code=201)
 def export(body: ExportIn, request: Request, user: CheckedAdmin) -> ExportOut:
-    path, n = ctx_of(request).service.export(body.name, body.format)
+    path, n = ctx_of(request).service.export(body.name, body.format, body.overwrite)
     return ExportOut(path=f"exports/{path.name}", rows=n)

@@ -1,4 +1,4 @@
-"""`tether raters init | add-rater | guidelines | import | export | serve`: the rater app's command line.
+"""`tether raters init | add-rater | deactivate | reactivate | guidelines | import | export | serve`: the command line.
 
 A project is a folder holding the secret key, the SQLite database (unless `--db postgresql://...` is
 given to every command) and `exports/`. Errors exit with status 2 and `error: <message>` via
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("username")
     c.add_argument("--admin", action="store_true", help="an admin rather than a rater")
     c.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where the app is served, for the link")
+    c = command("deactivate", "Revoke a user: sign them out everywhere, void their invites, release their pairs.")
+    c.add_argument("username")
+    c = command("reactivate", "Let a deactivated user sign in again (with their old password).")
+    c.add_argument("username")
     c = command("guidelines", "Publish a new guideline version (raters must acknowledge it).")
     c.add_argument("file", help="Markdown file")
     c.add_argument("--version", required=True, help="version name, e.g. 2")
@@ -73,17 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     c = command("export", "Export ratings to <project>/exports/NAME.")
     c.add_argument("name", help="a plain file name, e.g. ratings.jsonl")
     c.add_argument("--format", choices=EXPORT_FORMATS, default="tether", help="tether preference JSONL or TRL rows")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing export of that name")
     c = command("serve", "Serve the app (upgrades the database first).")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--public-url", help="where raters reach the app (e.g. https://rate.example.org), for invite "
+                                        "links; default http://HOST:PORT")
+    c.add_argument("--forwarded-allow-ips", help="comma-separated addresses of reverse proxies whose "
+                                                 "X-Forwarded-For/-Proto are trusted; default: none")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `tether raters` command; TetherErrors propagate to `tether.cli.main` (status 2)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    {"init": _init, "add-rater": _add_rater, "guidelines": _guidelines, "import": _import,
-     "export": _export, "serve": _serve}[args.command](args)
+    {"init": _init, "add-rater": _add_rater, "deactivate": _set_active, "reactivate": _set_active,
+     "guidelines": _guidelines, "import": _import, "export": _export, "serve": _serve}[args.command](args)
     return 0
 
 
@@ -127,6 +136,15 @@ def _add_rater(args: argparse.Namespace) -> None:
     db.close()
 
 
+def _set_active(args: argparse.Namespace) -> None:
+    db, service, accounts = _open(args)
+    active = args.command == "reactivate"
+    released = accounts.set_active(args.username, active, service.release_rater)
+    print(f"{args.username} reactivated" if active else
+          f"{args.username} deactivated: signed out, invites void, {released} open pair(s) back in the queue")
+    db.close()
+
+
 def _guidelines(args: argparse.Namespace) -> None:
     db, service, _ = _open(args)
     service.add_guideline(args.version, _read_text(args.file, "guidelines"))
@@ -144,9 +162,21 @@ def _import(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     db, service, _ = _open(args)
-    path, n = service.export(args.name, args.format)
+    path, n = service.export(args.name, args.format, args.overwrite)
     print(f"{n} ratings written to {path}")
     db.close()
+
+
+def uvicorn_config(app: object, host: str = "127.0.0.1", port: int = 8000,
+                   forwarded_allow_ips: str | None = None, **extra: object) -> "uvicorn.Config":
+    """The server settings. X-Forwarded-For/-Proto are honoured only from `forwarded_allow_ips`: trusted
+    from any client (uvicorn's default trusts loopback), they let a local process pose as any address
+    (past the login throttle) or as https."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                          proxy_headers=bool(forwarded_allow_ips), forwarded_allow_ips=forwarded_allow_ips or "",
+                          **extra)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -156,6 +186,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     if not (Path(args.project) / SECRET_FILE).exists():
         raise CliError(f"{args.project}: not a rater project (no {SECRET_FILE}); run 'tether raters init' first")
-    app = create_app(args.project, args.db)
-    print(f"serving {args.project} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=True)
+    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    app = create_app(args.project, args.db, public_url=public_url)
+    print(f"serving {args.project} on http://{args.host}:{args.port}/ (invite links under {public_url}; Ctrl-C stops)")
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, args.forwarded_allow_ips)).run()

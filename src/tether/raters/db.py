@@ -69,6 +69,10 @@ class Project(Base):
     overlap: Mapped[int] = mapped_column(Integer)
     gold_rate: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    criteria: Mapped[list | None] = mapped_column(JSON)
+    """Names of the per-criterion questions asked beside the overall vote (e.g. helpful, honest, harmless)."""
+    daily_target: Mapped[int | None] = mapped_column(Integer)
+    """Ratings a rater is asked for per (UTC) day, shown as "12 of 40 today"; None: no target."""
     __table_args__ = (CheckConstraint("overlap >= 1", name="ck_project_overlap"),
                       CheckConstraint("gold_rate >= 0 AND gold_rate < 1", name="ck_project_gold_rate"))
 
@@ -161,6 +165,10 @@ class Pair(Base):
     gold_choice: Mapped[str | None] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    set_aside: Mapped[str | None] = mapped_column(String(200))
+    """Why the pair is never served (it cannot be rendered, or an admin took it out); None: in the queue."""
+    adjudication: Mapped[str | None] = mapped_column(String(3))
+    """An admin's verdict on a pair whose raters disagreed (A, B or tie); exported beside the votes."""
     __table_args__ = (CheckConstraint("gold_choice IS NULL OR gold_choice IN ('A', 'B', 'tie')",
                                       name="ck_pairs_gold_choice"),
                       Index("ix_pairs_pick", "is_gold", "held", "id"))
@@ -198,6 +206,10 @@ class Rating(Base):
     guideline_version: Mapped[str] = mapped_column(String(64))
     submitted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     submission_id: Mapped[str] = mapped_column(String(64), unique=True)
+    criteria: Mapped[dict | None] = mapped_column(JSON)
+    """Per-criterion verdicts as A/B/tie, e.g. {"helpful": "A", "harmless": "tie"}; None when none asked."""
+    skip_reason: Mapped[str | None] = mapped_column(String(20))
+    """Why a pair was skipped (see service.SKIP_REASONS); None for a rating or a skip without a reason."""
     __table_args__ = (CheckConstraint("choice IN ('A', 'B', 'tie', 'skip')", name="ck_ratings_choice"),)
 
 

@@ -19,7 +19,8 @@ from tether.raters.service import RaterService
 
 SESSION_COOKIE = "tether_session"
 STATUS: dict[type, int] = {errors.Invalid: 422, errors.NotFound: 404, errors.Unauthorized: 401,
-                           errors.Forbidden: 403, errors.Conflict: 409, errors.RateLimited: 429}
+                           errors.Forbidden: 403, errors.Conflict: 409, errors.RateLimited: 429,
+                           errors.Busy: 503, errors.TooLarge: 413}
 
 
 @dataclass
@@ -28,6 +29,8 @@ class AppContext:
     accounts: Accounts
     service: RaterService
     templates: Jinja2Templates
+    public_url: str | None = None
+    """Where raters reach the app (`serve --public-url`), for invite links; None: the listening address."""
 
 
 def status_of(err: Exception) -> int:
@@ -71,6 +74,16 @@ def checked_admin(user: Principal = Depends(checked_user)) -> Principal:
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def invite_url(request: Request, token: str) -> str:
+    """The invite link: under the configured public URL, else the address the server listens on, never
+    the Host header (a client could make an admin hand out a link to their own site)."""
+    base = ctx_of(request).public_url
+    if base is None:
+        host, port = request.scope.get("server") or ("127.0.0.1", 8000)
+        base = f"{request.url.scheme}://{host}:{port}"
+    return f"{base.rstrip('/')}/invite/{token}"
 
 
 def set_session_cookie(request: Request, response: Response, token: str) -> None:

@@ -35,4 +35,12 @@ class NeedsAcknowledgement(Conflict):
 
 
 class RateLimited(RaterAppError):
-    """Too many failed logins for this username from this address (HTTP 429)."""
+    """Too many failed logins from this address, or for this username from it (HTTP 429)."""
+
+
+class Busy(RaterAppError):
+    """The server refuses more work of this kind right now (password hashing is full); retry shortly (HTTP 503)."""
+
+
+class TooLarge(RaterAppError):
+    """A request body over the size limit (HTTP 413)."""

@@ -11,12 +11,19 @@ import hmac
 import os
 import secrets
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from tether.errors import ConfigError
+from tether.raters.errors import Busy
+
+T = TypeVar("T")
+BUSY = "login: the server is busy checking passwords; try again in a few seconds"
 
 SECRET_FILE = "secret.key"
 MIN_PASSWORD = 10
@@ -64,30 +71,79 @@ def same(a: str | None, b: str | None) -> bool:
 
 
 def cross_site(request) -> bool:
-    """Whether a browser says the request came from another site (the Fetch Metadata header `Sec-Fetch-Site`).
+    """Whether a browser says the request came from anywhere but this origin (Fetch Metadata `Sec-Fetch-Site`).
 
     SameSite=Lax cookies still ride on top-level GET navigations from other sites, so a GET that changes state
-    (taking the next pair) checks this; clients that send no such header (scripts, the API) are not browsers
-    carried along by another site and pass.
+    (taking the next pair) checks this. "same-site" counts as foreign too: a page on another port or
+    subdomain of the same host is another origin, and may be another person's app. "same-origin" and "none"
+    (a typed URL, a bookmark) pass, and so do clients that send no such header (scripts, the API), which
+    no other site carried along.
     """
-    return request.headers.get("sec-fetch-site") == "cross-site"
+    return request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
+
+
+class HashGate:
+    """At most `slots` argon2 computations at once, and at most `waiting` more queued; the rest refused at once.
+
+    Why: each argon2id hash takes ~64 MiB and ~0.3 s of a core, and the server runs requests on a pool of
+    40 threads. Unbounded, 40 parallel bad logins take 2.5 GB and every core, and a signed-in rater's page
+    waits behind them; queued without a bound, they hold every worker thread. Refusing (503, `Busy`) keeps
+    memory at `slots` x 64 MiB and leaves threads and cores for the raters.
+    """
+
+    def __init__(self, slots: int, waiting: int, wait_seconds: float = 10.0):
+        self.slots, self.capacity, self.wait_seconds = slots, slots + waiting, wait_seconds
+        self._cond = threading.Condition()
+        self._admitted = self._running = 0
+
+    def full(self) -> bool:
+        """Whether a new computation would be refused now: callers check this before any other work."""
+        return self._admitted >= self.capacity
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._cond:
+            if self._admitted >= self.capacity:
+                raise Busy(BUSY)
+            self._admitted += 1
+            if not self._cond.wait_for(lambda: self._running < self.slots, timeout=self.wait_seconds):
+                self._admitted -= 1
+                raise Busy(BUSY)
+            self._running += 1
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._admitted -= 1
+                self._cond.notify()
+
+
+def default_hash_slots() -> int:
+    """Half the cores (at least 1, at most 4): the other half stays free for serving pages."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 class Passwords:
     """argon2id hashing with the library's defaults (RFC 9106 low-memory profile) unless told otherwise.
 
     Tests pass a cheaper PasswordHasher; `verify` never raises on a wrong password or a damaged hash.
+    Every hash and check goes through a `HashGate` (`slots` at once, `waiting` queued).
     """
 
-    def __init__(self, hasher: PasswordHasher | None = None):
+    def __init__(self, hasher: PasswordHasher | None = None, slots: int | None = None, waiting: int | None = None):
         self.hasher = hasher or PasswordHasher()
         self._dummy = self.hasher.hash(secrets.token_hex(16))
+        slots = slots or default_hash_slots()
+        self.gate = HashGate(slots, 2 * slots if waiting is None else waiting)
 
     def hash(self, password: str) -> str:
-        return self.hasher.hash(password)
+        return self.gate.run(lambda: self.hasher.hash(password))
 
     def verify(self, stored: str | None, password: str) -> bool:
         """True if `password` matches; an unknown user costs the same time (checked against a dummy hash)."""
+        return self.gate.run(lambda: self._verify(stored, password))
+
+    def _verify(self, stored: str | None, password: str) -> bool:
         try:
             return self.hasher.verify(stored or self._dummy, password) and stored is not None
         except (VerificationError, InvalidHashError, UnicodeEncodeError):

@@ -35,12 +35,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from tether.data.jsonl import read_rows
-from tether.data.preferences import (
-    Comparison,
-    read_comparisons,
-    write_comparisons,
-    write_trl,
-)
+from tether.data.preferences import Comparison, read_comparisons
 from tether.errors import DataError
 from tether.raters.db import (
     MAX_ID,
@@ -54,16 +49,28 @@ from tether.raters.db import (
     User,
     utcnow,
 )
+from tether.raters import exports
 from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
+from tether.raters.intake import check_row_text, first_bad_text, queue_problem, renderable, storable
+from tether.raters.ratings import (
+    VOTES,
+    Progress,
+    Submitted,
+    add_held,
+    check_criteria_names,
+    check_vote,
+    progress,
+    replay,
+    store,
+    undo_last,
+)
 
-VOTES = ("left", "right", "tie", "skip")
-EXPORT_FORMATS = ("tether", "trl")
-EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+EXPORT_FORMATS = exports.EXPORT_FORMATS
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ASSIGNMENT_TTL = timedelta(hours=1)
 """An open assignment older than this gives its slot back (the rater left); checked once a minute."""
 MAX_TRIES = 20
+UNRENDERABLE = "its text cannot be shown (invalid Unicode)"
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,6 @@ class Task:
     guideline_version: str
     state: str
     shown_at: datetime
-
-
-@dataclass(frozen=True)
-class Submitted:
-    rating_id: int
-    created: bool
-    """False when an earlier submit with the same submission id made the row (a retry)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,15 @@ class RaterService:
         with self.db.read() as s:
             return _project(s)
 
-    def configure(self, overlap: int | None = None, gold_rate: float | None = None) -> Project:
-        """Change k or the gold rate; k is fixed once any regular pair has been served."""
+    def configure(self, overlap: int | None = None, gold_rate: float | None = None, criteria: list[str] | None = None,
+                  daily_target: int | None = None) -> Project:
+        """Change k, the gold rate, the per-criterion questions or the daily target (0 clears it); None keeps
+        a setting. k is fixed once any regular pair has been served."""
+        if criteria is not None:
+            criteria = check_criteria_names(criteria)
+        if daily_target is not None and (isinstance(daily_target, bool) or not isinstance(daily_target, int)
+                                         or not 0 <= daily_target <= 10_000):
+            raise Invalid(f"daily_target: expected an integer in 0..10000, got {daily_target!r}")
         with self.db.write() as s:
             project = _project(s)
             _check_settings(project.overlap if overlap is None else overlap, project.gold_rate if gold_rate is None else gold_rate)
@@ -137,7 +144,16 @@ class RaterService:
                 project.overlap = overlap
             if gold_rate is not None:
                 project.gold_rate = gold_rate
+            if criteria is not None:
+                project.criteria = criteria or None
+            if daily_target is not None:
+                project.daily_target = daily_target or None
             return project
+
+    def criteria(self) -> list[str]:
+        """The names of the per-criterion questions asked beside the overall vote (none by default)."""
+        with self.db.read() as s:
+            return list(s.scalar(select(Project.criteria).where(Project.id == 1)) or [])
 
     # -- guidelines -----------------------------------------------------------------------------------------
 
@@ -183,11 +199,11 @@ class RaterService:
         Errors read `file:line: field: problem` and leave the database unchanged. Pairs already
         imported (same id) are skipped and counted.
         """
+        lines, _ = read_rows(path, check_row_text)  # every text field storable, before ids are hashed
         comparisons = read_comparisons(path)
-        lines, _ = read_rows(path, lambda row, lineno: lineno)
         first_line: dict[str, int] = {}
         for c, line in zip(comparisons, lines):
-            problem = _queue_problem(c, gold, first_line.get(c.id))
+            problem = queue_problem(c, gold, first_line.get(c.id))
             if problem:
                 raise DataError(f"{path}:{line}: {problem}")
             first_line[c.id] = line
@@ -196,6 +212,11 @@ class RaterService:
     def add_pairs(self, comparisons: Iterable[Comparison], gold: bool = False) -> Imported:
         """Add validated comparisons as pairs (gold pairs keep `choice` as their answer), one transaction."""
         comparisons = list(comparisons)
+        for c in comparisons:  # a lone surrogate cannot be shown; a NUL only PostgreSQL refuses (SQLite keeps it)
+            for name in ("prompt", "response_a", "response_b", "source_a", "source_b", "meta"):
+                bad = first_bad_text(getattr(c, name), name, nul=not self.db.is_sqlite)
+                if bad:
+                    raise Invalid(f"{c.id}: {bad[0]}: {bad[1]}")
         added = 0
         with self.db.write() as s:
             known = dict(s.execute(select(Pair.key, Pair.is_gold).where(Pair.key.in_([c.id for c in comparisons]))).all())
@@ -232,23 +253,33 @@ class RaterService:
 
     def _assign(self, c: Connection, user_id: int) -> Task | None:
         """`next_assignment` in one transaction. Core statements built once (module level), not ORM objects:
-        this runs per rating, and building queries and flushing units of work cost more than the SQL."""
+        this runs per rating, and building queries and flushing units of work cost more than the SQL.
+        A pair that cannot be rendered is set aside (never served again) and the next one taken instead."""
         guideline_id, version = _require_ack(c, user_id)
-        mine = c.execute(_MY_OPEN, {"user_id": user_id}).first()
-        if mine is not None:
-            if mine.guideline_id != guideline_id:  # rated under what the rater has now accepted
-                c.execute(update(Assignment).where(Assignment.id == mine.id).values(guideline_id=guideline_id))
-            return _task(mine, c.execute(_PAIR_TEXT, {"pair_id": mine.pair_id}).one(), version)
-        pair, slot = self._pick(c, user_id, _project_row(c))
-        if pair is None:
-            return None
-        shown_at, left_is_a = utcnow(), self.rng.random() < 0.5
-        assignment_id = c.execute(insert(Assignment).returning(Assignment.id), {
-            "pair_id": pair.id, "rater_id": user_id, "slot": slot, "state": "open", "left_is_a": left_is_a,
-            "guideline_id": guideline_id, "shown_at": shown_at}).scalar_one()
-        if slot is not None:
-            _add_held(c, pair.id, 1)
-        return Task(assignment_id, pair.prompt, *_sides(pair, left_is_a), version, "open", shown_at)
+        for _ in range(MAX_TRIES):
+            mine = c.execute(_MY_OPEN, {"user_id": user_id}).first()
+            if mine is not None:
+                pair = c.execute(_PAIR_TEXT, {"pair_id": mine.pair_id}).one()
+                if not renderable(pair.prompt, pair.response_a, pair.response_b):
+                    _set_aside(c, pair.id, UNRENDERABLE)
+                    continue
+                if mine.guideline_id != guideline_id:  # rated under what the rater has now accepted
+                    c.execute(update(Assignment).where(Assignment.id == mine.id).values(guideline_id=guideline_id))
+                return _task(mine, pair, version)
+            pair, slot = self._pick(c, user_id, _project_row(c))
+            if pair is None:
+                return None
+            if not renderable(pair.prompt, pair.response_a, pair.response_b):
+                _set_aside(c, pair.id, UNRENDERABLE)
+                continue
+            shown_at, left_is_a = utcnow(), self.rng.random() < 0.5
+            assignment_id = c.execute(insert(Assignment).returning(Assignment.id), {
+                "pair_id": pair.id, "rater_id": user_id, "slot": slot, "state": "open", "left_is_a": left_is_a,
+                "guideline_id": guideline_id, "shown_at": shown_at}).scalar_one()
+            if slot is not None:
+                add_held(c, pair.id, 1)
+            return Task(assignment_id, pair.prompt, *_sides(pair, left_is_a), version, "open", shown_at)
+        raise Conflict("queue: too many pairs set aside at once; try again")
 
     def task(self, user_id: int, assignment_id: int) -> Task:
         """One of the rater's own assignments; another rater's id reads as NotFound (no IDOR oracle)."""
@@ -256,27 +287,45 @@ class RaterService:
             a = s.get(Assignment, assignment_id) if _is_id(assignment_id) else None
             if a is None or a.rater_id != user_id:
                 raise NotFound(f"assignment: no assignment {assignment_id} of yours")
-            return _task(a, s.get(Pair, a.pair_id), s.get(Guideline, a.guideline_id).version)
+            pair = s.get(Pair, a.pair_id)
+            if pair.set_aside or not renderable(pair.prompt, pair.response_a, pair.response_b):
+                raise Conflict(f"assignment: its pair was set aside ({pair.set_aside or UNRENDERABLE})")
+            return _task(a, pair, s.get(Guideline, a.guideline_id).version)
 
     def submit_rating(self, user_id: int, assignment_id: int, choice: str, strength: float | None = None,
-                      rationale: str | None = None, submission_id: str = "") -> Submitted:
+                      rationale: str | None = None, submission_id: str = "", criteria: dict | None = None,
+                      skip_reason: str | None = None) -> Submitted:
         """Store a rating; idempotent by `submission_id` (a retry returns the row the first try made).
 
-        `choice` is what the rater saw: left, right, tie or skip. A skip gives the pair's slot back to
-        the queue. The rating records the guideline version its assignment was shown under.
+        `choice` is what the rater saw: left, right, tie or skip; `criteria` maps some of the project's
+        criteria to left, right or tie; a skip may carry a `skip_reason` (ratings.SKIP_REASONS). A skip
+        gives the pair's slot back to the queue. The rating records its assignment's guideline version.
         """
-        strength, rationale = _check_vote(choice, strength, rationale, submission_id)
+        vote = check_vote(choice, strength, rationale, submission_id, criteria, skip_reason)
         if not _is_id(assignment_id):
             raise NotFound(f"assignment: no assignment {assignment_id} of yours")
         try:
             with self.db.write() as s:
-                return _store(s.connection(), user_id, assignment_id, choice, strength, rationale, submission_id)
+                return store(s.connection(), user_id, assignment_id, vote, submission_id)
         except IntegrityError:  # the same submission raced itself; the winner's row is the answer
             with self.db.read() as s:
                 prior = s.connection().execute(_PRIOR, {"submission_id": submission_id}).first()
                 if prior is None:
                     raise
-                return _replay(s.connection(), prior, user_id, assignment_id)
+                return replay(s.connection(), prior, user_id, assignment_id)
+
+    def undo_last(self, user_id: int) -> int:
+        """Take back the rater's last rating (within ratings.UNDO_WINDOW); its pair is their next one again."""
+        try:
+            with self.db.write() as s:
+                c = s.connection()
+                return undo_last(c, user_id, _project_row(c).overlap, utcnow())
+        except IntegrityError:  # another rater took the freed slot of an undone skip at the same moment
+            raise Conflict("undo: the pair you skipped has gone to other raters since") from None
+
+    def progress(self, user_id: int) -> Progress:
+        with self.db.read() as s:
+            return progress(s.connection(), user_id, utcnow())
 
     def release_stale(self, ttl: timedelta = ASSIGNMENT_TTL, force: bool = False) -> int:
         """Expire open assignments older than `ttl`, giving their slots back; at most once a minute."""
@@ -285,17 +334,14 @@ class RaterService:
         self._last_release = time.monotonic()
         try:
             with self.db.write() as s:
-                stale = (Assignment.state == "open", Assignment.shown_at < utcnow() - ttl)
-                freed = s.scalars(update(Assignment).where(*stale, Assignment.slot.is_not(None))
-                                  .values(state="expired", slot=None).returning(Assignment.pair_id)
-                                  .execution_options(synchronize_session=False)).all()
-                gold = s.execute(update(Assignment).where(*stale).values(state="expired")
-                                 .execution_options(synchronize_session=False)).rowcount
-                for pair_id, n in sorted(Counter(freed).items()):  # in id order: concurrent releases lock alike
-                    _add_held(s.connection(), pair_id, -n)
-                return len(freed) + gold
+                return _expire(s.connection(), Assignment.shown_at < utcnow() - ttl)
         except DBAPIError:  # e.g. a deadlock with a concurrent release: the next call tries again
             return 0
+
+    def release_rater(self, user_id: int) -> int:
+        """Expire a (deactivated) rater's open assignments, giving their slots to other raters; how many."""
+        with self.db.write() as s:
+            return _expire(s.connection(), Assignment.rater_id == user_id)
 
     def _pick(self, c: Connection, user_id: int, project: Row) -> tuple[Row | None, int | None]:
         """(pair, slot) for a new assignment: a gold pair (slot None) on the rater's gold turn, else a free slot."""
@@ -325,67 +371,27 @@ class RaterService:
     # -- exports --------------------------------------------------------------------------------------------
 
     def labelled(self) -> list[Comparison]:
-        """Every rating of a regular pair as a labelled comparison (skips and gold pairs left out).
-
-        `rater` is the username, `timestamp` the submit time; `meta` adds shown_at, which side was shown
-        on the left and the rationale (if any) to the pair's own meta.
-        """
-        q = (select(Rating, Assignment, Pair, User.username).join(Assignment, Rating.assignment_id == Assignment.id)
-             .join(Pair, Assignment.pair_id == Pair.id).join(User, Assignment.rater_id == User.id)
-             .where(Pair.is_gold.is_(False), Rating.choice != "skip").order_by(Rating.id))
-        out = []
-        with self.db.read() as s:
-            for r, a, p, username in s.execute(q):
-                meta = {**p.meta, "shown_at": iso(a.shown_at), "left_shown": "A" if a.left_is_a else "B"}
-                if r.rationale:
-                    meta["rationale"] = r.rationale
-                out.append(Comparison(p.prompt, p.response_a, p.response_b, r.choice, r.strength, username,
-                                      r.guideline_version, p.source_a, p.source_b, iso(r.submitted_at), p.key, meta))
-        return out
+        return exports.labelled(self.db)
 
     def export_path(self, name: str) -> Path:
-        """`<project>/exports/<name>`; a name with a separator, a leading dot or `..` is refused."""
-        if not isinstance(name, str) or not EXPORT_NAME.fullmatch(name) or ".." in name:
-            raise Invalid(f"name: {name!r} is not a plain file name (letters, digits, . _ -; no folders)")
-        folder = (self.project_dir / "exports").resolve()
-        path = folder / name
-        if path.resolve().parent != folder or path.is_symlink():
-            raise Invalid(f"name: {name!r} points outside the exports folder")
-        return path
+        return exports.export_path(self.project_dir, name)
 
-    def export(self, name: str, fmt: str = "tether") -> tuple[Path, int]:
-        """Write the ratings to `<project>/exports/<name>` as tether JSONL or TRL rows; (path, rows written).
-
-        TRL rows hold a winner and a loser, so ties are left out of them; conversational prompts make
-        the TRL file conversational.
-        """
-        if fmt not in EXPORT_FORMATS:
-            raise Invalid(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-        path = self.export_path(name)
-        comparisons = self.labelled()
-        if not comparisons:
-            raise Conflict("export: no ratings yet")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "tether":
-            write_comparisons(path, comparisons)
-            return path, len(comparisons)
-        decided = [c for c in comparisons if c.choice != "tie"]
-        if not decided:
-            raise Conflict("export: every rating is a tie; TRL rows need a chosen response")
-        n, _ = write_trl(path, decided, conversational=any(isinstance(c.prompt, list) for c in decided))
-        return path, n
+    def export(self, name: str, fmt: str = "tether", overwrite: bool = False) -> tuple[Path, int]:
+        return exports.export(self.db, self.project_dir, name, fmt, overwrite)
 
 
 # The statements run per rating, built once. `unseen` is an anti-join probing UNIQUE(pair_id, rater_id) per
 # candidate pair, not NOT IN over every pair the rater has seen.
 _unseen = ~select(Assignment.id).where(Assignment.pair_id == Pair.id, Assignment.rater_id == bindparam("user_id")).exists()
 _pair_cols = (Pair.id, Pair.prompt, Pair.response_a, Pair.response_b)
-_UNSEEN_GOLD = select(*_pair_cols).where(Pair.is_gold.is_(True), _unseen).order_by(Pair.id).limit(1)
+_UNSEEN_GOLD = select(*_pair_cols).where(Pair.is_gold.is_(True), Pair.set_aside.is_(None), _unseen).order_by(Pair.id).limit(1)
 # SKIP LOCKED (PostgreSQL; SQLite ignores it and serialises writers anyway): concurrent raters each lock a
 # different pair instead of all racing for the same slot and retrying
-_UNSEEN_OPEN = (select(*_pair_cols).where(Pair.is_gold.is_(False), Pair.held == bindparam("held"), _unseen)
+_UNSEEN_OPEN = (select(*_pair_cols).where(Pair.is_gold.is_(False), Pair.held == bindparam("held"),
+                                          Pair.set_aside.is_(None), _unseen)
                 .order_by(Pair.id).limit(1).with_for_update(of=Pair, skip_locked=True))
-_ANY_UNSEEN_OPEN = select(Pair.id).where(Pair.is_gold.is_(False), Pair.held < bindparam("overlap"), _unseen).limit(1)
+_ANY_UNSEEN_OPEN = select(Pair.id).where(Pair.is_gold.is_(False), Pair.held < bindparam("overlap"),
+                                         Pair.set_aside.is_(None), _unseen).limit(1)
 _PAIR_TEXT = select(*_pair_cols).where(Pair.id == bindparam("pair_id"))
 _USED_SLOTS = select(Assignment.slot).where(Assignment.pair_id == bindparam("pair_id"), Assignment.slot.is_not(None))
 _SERVED = select(func.count()).select_from(Assignment).where(Assignment.rater_id == bindparam("user_id"))
@@ -396,12 +402,8 @@ _GUIDELINE_ACK = (select(Guideline.id, Guideline.version, Acknowledgement.id.lab
                   .outerjoin(Acknowledgement, and_(Acknowledgement.guideline_id == Guideline.id,
                                                    Acknowledgement.user_id == bindparam("user_id")))
                   .order_by(Guideline.id.desc()).limit(1))
-_ADD_HELD = update(Pair).where(Pair.id == bindparam("pair_id")).values(held=Pair.held + bindparam("delta"))
 _PRIOR = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
-_TO_RATE = (select(Assignment.rater_id, Assignment.state, Assignment.left_is_a, Assignment.slot, Assignment.pair_id,
-                   Guideline.version).join(Guideline, Guideline.id == Assignment.guideline_id)
-            .where(Assignment.id == bindparam("assignment_id")))
-_PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at).where(Project.id == 1)
+_PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at, Project.criteria).where(Project.id == 1)
 
 
 class _SlotTaken(Exception):
@@ -460,9 +462,21 @@ def _gold_turn(project: Project | Row, user_id: int, served: int) -> bool:
     return served % block == int.from_bytes(digest[:8], "big") % block
 
 
-def _add_held(c: Connection, pair_id: int, delta: int) -> None:
-    """Move `pairs.held` by `delta` slots, relative to the row's current value (no lost update on PostgreSQL)."""
-    c.execute(_ADD_HELD, {"pair_id": pair_id, "delta": delta})
+def _expire(c: Connection, *where: Any) -> int:
+    """Expire the open assignments matching `where`, giving back their slots; how many."""
+    stale = (Assignment.state == "open", *where)
+    freed = c.execute(update(Assignment).where(*stale, Assignment.slot.is_not(None))
+                      .values(state="expired", slot=None).returning(Assignment.pair_id)).scalars().all()
+    gold = c.execute(update(Assignment).where(*stale).values(state="expired")).rowcount
+    for pair_id, n in sorted(Counter(freed).items()):  # in id order: concurrent releases lock alike
+        add_held(c, pair_id, -n)
+    return len(freed) + gold
+
+
+def _set_aside(c: Connection, pair_id: int, reason: str) -> None:
+    """Take a pair out of the queue for good: it is never picked again, and its open assignments expire."""
+    c.execute(update(Pair).where(Pair.id == pair_id).values(set_aside=reason))
+    _expire(c, Assignment.pair_id == pair_id)
 
 
 def _sides(pair: Pair | Row, left_is_a: bool) -> tuple[str, str]:
@@ -476,87 +490,3 @@ def _task(a: Assignment | Row, pair: Pair | Row, version: str) -> Task:
 def _is_id(value: Any) -> bool:
     """A plausible row id; anything else (a string, a huge number) cannot name a row."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
-
-
-def _store(c: Connection, user_id: int, assignment_id: int, choice: str, strength: float | None,
-           rationale: str | None, submission_id: str) -> Submitted:
-    """`submit_rating` in one transaction, with Core statements built once (it runs per rating)."""
-    prior = c.execute(_PRIOR, {"submission_id": submission_id}).first()
-    if prior is not None:
-        return _replay(c, prior, user_id, assignment_id)
-    a = c.execute(_TO_RATE, {"assignment_id": assignment_id}).first()
-    if a is None or a.rater_id != user_id:
-        raise NotFound(f"assignment: no assignment {assignment_id} of yours")
-    if a.state != "open":
-        raise Conflict(f"assignment: already {'rated' if a.state in ('done', 'skipped') else a.state}")
-    left, right = ("A", "B") if a.left_is_a else ("B", "A")
-    stored = {"left": left, "right": right}.get(choice, choice)
-    rating_id = c.execute(insert(Rating).returning(Rating.id), {
-        "assignment_id": assignment_id, "choice": stored, "strength": strength, "rationale": rationale,
-        "guideline_version": a.version, "submitted_at": utcnow(), "submission_id": submission_id}).scalar_one()
-    skip = choice == "skip"
-    c.execute(update(Assignment).where(Assignment.id == assignment_id),
-              {"state": "skipped" if skip else "done", "slot": None if skip else a.slot})
-    if skip and a.slot is not None:
-        _add_held(c, a.pair_id, -1)
-    return Submitted(rating_id, True)
-
-
-def _replay(c: Connection, prior: Row, user_id: int, assignment_id: int) -> Submitted:
-    rater_id = c.execute(select(Assignment.rater_id).where(Assignment.id == prior.assignment_id)).scalar_one()
-    if prior.assignment_id != assignment_id or rater_id != user_id:
-        raise Conflict("submission_id: already used for another submission")
-    return Submitted(prior.id, False)
-
-
-def storable(text: str, field: str) -> str:
-    """`text` unchanged, or Invalid if it holds a NUL or a lone surrogate (PostgreSQL and UTF-8 refuse them)."""
-    if "\x00" in text:
-        raise Invalid(f"{field}: contains a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid(f"{field}: not valid Unicode (a lone surrogate)") from None
-    return text
-
-
-def _check_vote(choice: Any, strength: Any, rationale: Any, submission_id: Any) -> tuple[float | None, str | None]:
-    """(strength, rationale) cleaned; Invalid naming the field otherwise."""
-    if choice not in VOTES:
-        raise Invalid(f"choice: expected one of {', '.join(VOTES)}, got {choice!r}")
-    if strength is not None:
-        if choice not in ("left", "right"):
-            raise Invalid(f"strength: only for a left or right choice, not {choice}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise Invalid(f"strength: expected a number in (0, 1] or null, got {strength!r}")
-        strength = float(strength)
-    if rationale is not None:
-        if not isinstance(rationale, str):
-            raise Invalid("rationale: expected a string")
-        rationale = " ".join(storable(rationale, "rationale").split()) or None  # one line
-        if rationale and len(rationale) > 500:
-            raise Invalid("rationale: longer than 500 characters")
-    if not isinstance(submission_id, str) or not SUBMISSION_ID.fullmatch(submission_id):
-        raise Invalid("submission_id: 8-64 characters: letters, digits, - and _ (a client-made UUID)")
-    return strength, rationale
-
-
-def _queue_problem(c: Comparison, gold: bool, earlier_line: int | None) -> str | None:
-    """`field: problem` of a queue row beyond the format's own rules, or None."""
-    if earlier_line is not None:
-        return f"id: duplicate of line {earlier_line} (the same pair twice)"
-    if len(c.id) > 64:
-        return "id: longer than 64 characters"
-    for name in ("source_a", "source_b"):
-        if getattr(c, name) is not None and len(getattr(c, name)) > 500:
-            return f"{name}: longer than 500 characters"
-    for name in ("response_a", "response_b", "source_a", "source_b"):
-        try:
-            storable(getattr(c, name) or "", name)
-        except Invalid as bad:
-            return str(bad)
-    if gold and c.choice is None:
-        return 'choice: a gold pair needs its answer ("A", "B" or "tie")'
-    if not gold and c.choice is not None:
-        return "choice: a queue item must be unlabelled (gold pairs with answers are imported with --gold)"
-    return None

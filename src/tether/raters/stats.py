@@ -18,6 +18,15 @@ from tether.math.agreement import agreement_report
 from tether.raters.db import Assignment, Database, Pair, Project, Rating, User
 
 
+LOW_GOLD_ACCURACY = 0.7
+"""A rater below this accuracy on gold pairs (after at least GOLD_MIN of them) is flagged."""
+GOLD_MIN = 3
+FAST_SECONDS = 5.0
+"""A rater whose median time per rating is under this (after at least FAST_MIN ratings) is flagged:
+too fast to have read two responses."""
+FAST_MIN = 5
+
+
 @dataclass
 class RaterStats:
     """One rater's figures; None where nothing was there to measure."""
@@ -29,10 +38,25 @@ class RaterStats:
     gold_seen: int = 0
     gold_correct: int = 0
     left_share: float | None = None
+    left_n: int = 0
+    """Non-tie choices behind left_share."""
+    shared: int = 0
+    """The rater's rated pairs that others rated too: the sample of their majority agreement."""
+    active: bool = True
 
     @property
     def gold_accuracy(self) -> float | None:
         return self.gold_correct / self.gold_seen if self.gold_seen else None
+
+    @property
+    def flags(self) -> list[str]:
+        """Warnings for the admin: low gold accuracy, very fast ratings."""
+        out = []
+        if self.gold_seen >= GOLD_MIN and self.gold_accuracy < LOW_GOLD_ACCURACY:
+            out.append("low gold accuracy")
+        if self.ratings >= FAST_MIN and self.median_seconds is not None and self.median_seconds < FAST_SECONDS:
+            out.append("very fast")
+        return out
 
 
 @dataclass
@@ -53,6 +77,14 @@ class Dashboard:
     agreement: dict[str, Any] | None
     agreement_note: str | None
     raters: list[RaterStats] = field(default_factory=list)
+    timed: int = 0
+    """Ratings behind median_seconds."""
+    gold_seen: int = 0
+    """Gold ratings behind gold_accuracy."""
+    left_n: int = 0
+    """Non-tie choices behind left_share."""
+    pairable: int = 0
+    """Pairs with 2+ votes: the sample of percent agreement, kappa and alpha."""
 
 
 def dashboard(db: Database) -> Dashboard:
@@ -66,8 +98,8 @@ def dashboard(db: Database) -> Dashboard:
         rows = s.execute(q).all()
         n_pairs = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(False)))
         n_gold = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(True)))
-        raters = list(s.scalars(select(User.username).where(User.role == "rater").order_by(User.username)))
-    per = {name: RaterStats(name) for name in raters}
+        raters = s.execute(select(User.username, User.active).where(User.role == "rater").order_by(User.username)).all()
+    per = {name: RaterStats(name, active=active) for name, active in raters}
     seconds: dict[str, list[float]] = defaultdict(list)
     left_picks: dict[str, list[bool]] = defaultdict(list)
     labels: dict[str, dict[str, str]] = defaultdict(dict)
@@ -87,7 +119,8 @@ def dashboard(db: Database) -> Dashboard:
             labels[key][username] = choice
     for name, r in per.items():
         r.median_seconds = statistics.median(seconds[name]) if seconds[name] else None
-        r.left_share = _share(left_picks[name])
+        r.left_share, r.left_n = _share(left_picks[name]), len(left_picks[name])
+        r.shared = sum(name in votes and len(votes) >= 2 for votes in labels.values())
     agreement, note = _agreement(labels)
     everyone = [x for xs in seconds.values() for x in xs]
     gold_seen = sum(r.gold_seen for r in per.values())
@@ -99,7 +132,9 @@ def dashboard(db: Database) -> Dashboard:
         median_seconds=statistics.median(everyone) if everyone else None,
         gold_accuracy=sum(r.gold_correct for r in per.values()) / gold_seen if gold_seen else None,
         left_share=_share([x for xs in left_picks.values() for x in xs]),
-        agreement=agreement, agreement_note=note, raters=sorted(per.values(), key=lambda r: r.username))
+        agreement=agreement, agreement_note=note, raters=sorted(per.values(), key=lambda r: r.username),
+        timed=len(everyone), gold_seen=gold_seen, left_n=sum(len(v) for v in left_picks.values()),
+        pairable=sum(len(v) >= 2 for v in labels.values()))
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -117,5 +152,24 @@ def _agreement(labels: dict[str, dict[str, str]]) -> tuple[dict[str, Any] | None
 def as_json(d: Dashboard) -> dict[str, Any]:
     """The dashboard as plain JSON (rater rows with their gold accuracy)."""
     out = {k: v for k, v in vars(d).items() if k != "raters"}
-    out["raters"] = [{**vars(r), "gold_accuracy": r.gold_accuracy} for r in d.raters]
+    out["raters"] = [{**vars(r), "gold_accuracy": r.gold_accuracy, "flags": r.flags} for r in d.raters]
     return out
+
+
+SORT_KEYS = ("username", "ratings", "skips", "median_seconds", "gold_accuracy", "left_share", "agreement")
+
+
+def rater_table(d: Dashboard, sort: str = "username", descending: bool = False, q: str = "",
+                flagged: bool = False) -> list[RaterStats]:
+    """The dashboard's raters filtered (name contains `q`; only flagged ones) and sorted; missing values last."""
+    if sort not in SORT_KEYS:
+        sort = "username"
+    agree = (d.agreement or {}).get("majority_agreement", {})
+    rows = [r for r in d.raters if q.lower() in r.username.lower() and (r.flags or not flagged)]
+
+    def key(r: RaterStats) -> Any:
+        value = agree.get(r.username) if sort == "agreement" else getattr(r, sort)
+        return value
+
+    present = sorted((r for r in rows if key(r) is not None), key=key, reverse=descending)
+    return present + [r for r in rows if key(r) is None]

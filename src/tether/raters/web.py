@@ -6,17 +6,19 @@ Security, all enforced here on the server:
   `X-CSRF-Token`), compared in constant time; the login and invite forms, which have no session yet,
   use a double-submit cookie instead;
 - roles: admin routes answer 403 to raters; another rater's assignment answers 404;
-- output: templates autoescape everything (no `|safe` on any user or model text); guidelines go
-  through `markdown.render_markdown`, which escapes first; CSP allows only this origin's own scripts
-  and styles, with no inline script, and no framing.
+- output: templates autoescape everything (no `|safe` on any user or model text); guidelines, prompts
+  and responses go through `markdown.render_markdown` (raw HTML, links and images off); CSP allows only
+  this origin's own scripts and styles, with no inline script, and no framing;
+- middleware.py, outside the whole app: the security headers on every response (500s included) and
+  a 1 MiB body limit (413 before parsing); proxies' X-Forwarded-* only from `--forwarded-allow-ips`.
 """
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -25,9 +27,12 @@ from jinja2 import Environment, PackageLoader
 from tether.errors import TetherError
 from tether.raters import errors
 from tether.raters.accounts import Accounts
+from tether.raters.admin_api import router as admin_router
 from tether.raters.admin_pages import add_admin_pages
+from tether.raters.review_pages import add_review_pages
+from tether.raters.rater_pages import add_rater_pages
 from tether.raters.api import router
-from tether.raters.db import MAX_ID, Database, database_url, migrate
+from tether.raters.db import Database, database_url, migrate
 from tether.raters.dependencies import (
     SESSION_COOKIE,
     AppContext,
@@ -40,23 +45,21 @@ from tether.raters.dependencies import (
     status_of,
 )
 from tether.raters.markdown import render_markdown
-from tether.raters.security import Passwords, cross_site, load_or_create_secret, new_token, same
+from tether.raters.middleware import IMPORT_PATHS, MAX_BODY, MAX_IMPORT_BODY, RaterApp, on_invalid_request
+from tether.raters.security import Passwords, load_or_create_secret, new_token, same
 from tether.raters.service import RaterService, iso
 
 PRE_COOKIE = "tether_pre"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-VOTES = {"left-much": ("left", 1.0), "left": ("left", 0.5), "tie": ("tie", None), "right": ("right", 0.5),
-         "right-much": ("right", 1.0), "skip": ("skip", None)}
-"""Rating-page buttons: (choice, strength); "much better" is strength 1, "slightly better" 0.5."""
 
 
 def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwords | None = None,
-               upgrade: bool = True) -> FastAPI:
+               upgrade: bool = True, public_url: str | None = None) -> FastAPI:
     """The rater app for the project in `project_dir` (its secret key and exports live there).
 
     `db` is a postgresql:// URL, or None for SQLite in the project folder; `upgrade` runs the
-    migrations to head first. `passwords` lets tests use a cheaper argon2 setting.
+    migrations to head first. `passwords` lets tests use a cheaper argon2 setting. `public_url` is where
+    raters reach the app, for invite links (never the request's Host header, which any client sets);
+    without it, the address the server listens on.
     """
     project_dir = Path(project_dir)
     database = Database(database_url(project_dir, db))
@@ -66,49 +69,34 @@ def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwo
     env.filters["markdown"] = render_markdown
     env.filters["iso"] = iso
     ctx = AppContext(database, Accounts(database, load_or_create_secret(project_dir), passwords),
-                     RaterService(database, project_dir), Jinja2Templates(env=env))
-    app = FastAPI(title="tether raters", version="1", docs_url=None, redoc_url=None)
+                     RaterService(database, project_dir), Jinja2Templates(env=env), public_url=public_url)
+    app = RaterApp(title="tether raters", version="1", docs_url=None, redoc_url=None)
     app.state.ctx = ctx
+    app.body_limit_for = lambda scope: body_limit(ctx.accounts, scope)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
-    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(TetherError, _on_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.include_router(router)
+    app.include_router(admin_router)
     _add_pages(app)
     return app
 
 
-HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"x-frame-options", b"DENY"),
-           (b"referrer-policy", b"no-referrer")]  # invite links carry their token in the path
-
-
-class SecurityHeaders:
-    """Pure ASGI middleware adding HEADERS (and no-store outside /static/) to every response.
-
-    Not `@app.middleware("http")`: that wraps each response in a stream, which costs more per request.
-    """
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        extra = HEADERS if scope["path"].startswith("/static/") else HEADERS + [(b"cache-control", b"no-store")]
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": list(message.get("headers", [])) + extra}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+def body_limit(accounts: Accounts, scope: dict) -> int:
+    """MAX_IMPORT_BODY for a queue import by a signed-in admin, else MAX_BODY (strangers never get the large one)."""
+    if scope.get("method") != "POST" or scope["path"] not in IMPORT_PATHS:
+        return MAX_BODY
+    cookies = Request(scope).cookies
+    user = accounts.principal(cookies.get(SESSION_COOKIE))
+    return MAX_IMPORT_BODY if user is not None and user.is_admin else MAX_BODY
 
 
 async def _on_error(request: Request, err: Exception) -> Response:
     """JSON {"detail": ...} under /api/; pages redirect to sign-in or guidelines, or show the message."""
     status = status_of(err)
+    headers = {"retry-after": "2"} if isinstance(err, errors.Busy) else None
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"detail": str(err)}, status_code=status)
+        return JSONResponse({"detail": str(err)}, status_code=status, headers=headers)
     if isinstance(err, errors.Unauthorized) and request.method == "GET":
         return RedirectResponse("/login", status_code=303)
     if isinstance(err, errors.NeedsAcknowledgement):
@@ -150,7 +138,7 @@ def _add_pages(app: FastAPI) -> None:
         _check_pre(request, pre_token)
         try:
             signed = ctx_of(request).accounts.login(username, password, client_address(request))
-        except (errors.Unauthorized, errors.RateLimited) as err:
+        except (errors.Unauthorized, errors.RateLimited, errors.Busy) as err:
             return _pre_session_form(request, "login.html", {"error": str(err), "username": username}, status_of(err))
         response = RedirectResponse("/", status_code=303)
         set_session_cookie(request, response, signed.token)
@@ -184,43 +172,6 @@ def _add_pages(app: FastAPI) -> None:
             return _pre_session_form(request, "invite.html", context, 422)
         return RedirectResponse("/login?welcome=true", status_code=303)
 
-    _add_rater_pages(app)
+    add_rater_pages(app)
     add_admin_pages(app)
-
-
-def _add_rater_pages(app: FastAPI) -> None:
-    hide = {"include_in_schema": False}
-
-    @app.get("/guidelines", **hide)
-    def guidelines(request: Request, user: User) -> HTMLResponse:
-        service = ctx_of(request).service
-        context = {"user": user, "guideline": service.current_guideline(),
-                   "acknowledged": service.has_acknowledged(user.user_id)}
-        return page(request, "guidelines.html", context)
-
-    @app.post("/guidelines/ack", **hide)
-    def acknowledge(request: Request, user: Checked, version: Annotated[str, Form(max_length=64)] = "") -> Response:
-        ctx_of(request).service.acknowledge(user.user_id, version)
-        return RedirectResponse("/rate", status_code=303)
-
-    @app.get("/rate", **hide)
-    def rate_page(request: Request, user: User) -> HTMLResponse:
-        if cross_site(request):  # taking a pair is a state change: never on another site's say-so
-            return page(request, "continue.html", {"user": user})
-        task = ctx_of(request).service.next_assignment(user.user_id)
-        context = {"user": user, "task": task, "submission_id": uuid.uuid4().hex}
-        return page(request, "rate.html" if task else "done.html", context)
-
-    @app.post("/rate", **hide)
-    def rate(request: Request, user: Checked, assignment_id: Annotated[int, Form(gt=0, lt=MAX_ID + 1)],
-             vote: Annotated[str, Form(max_length=20)] = "", rationale: Annotated[str, Form(max_length=2000)] = "",
-             submission_id: Annotated[str, Form(max_length=64)] = "") -> Response:
-        if vote not in VOTES:
-            raise errors.Invalid(f"vote: expected one of {', '.join(VOTES)}")
-        choice, strength = VOTES[vote]
-        try:
-            ctx_of(request).service.submit_rating(user.user_id, assignment_id, choice, strength,
-                                                  rationale or None, submission_id)
-        except errors.Conflict:
-            pass  # rated already (a double submit) or expired: either way the next pair is what to show
-        return RedirectResponse("/rate", status_code=303)
+    add_review_pages(app)

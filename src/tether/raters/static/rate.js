@@ -1,4 +1,4 @@
-// Keyboard shortcuts for the rating page: 1-5 rate, s skips; Esc leaves the rationale box.
+// Keyboard shortcuts for the rating page: 1-5 rate, s skips, u undoes the last rating; Esc leaves the rationale box.
 // Served as a file (the CSP allows no inline script); the page works without it.
 (function () {
   const form = document.getElementById("rate-form");
@@ -10,13 +10,16 @@
   });
   document.addEventListener("keydown", function (event) {
     const target = event.target;
-    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) {
+    // typing in a text box is text; a focused radio (a criterion just answered) still takes the keys
+    const typing = target instanceof HTMLTextAreaElement ||
+      (target instanceof HTMLInputElement && target.type !== "radio" && target.type !== "checkbox");
+    if (typing) {
       if (event.key === "Escape") target.blur();
       if (event.key === "Enter") event.preventDefault();  // Enter would submit with the first button
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const button = form.querySelector('button[data-key="' + event.key.toLowerCase() + '"]');
+    const button = document.querySelector('button[data-key="' + event.key.toLowerCase() + '"]');
     if (button) {
       event.preventDefault();
       button.click();
