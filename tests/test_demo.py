@@ -33,7 +33,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     as_rater = rm["held_out_as_rater"]  # the RM scored like a rater, beside the raters on the same pairs
     assert as_rater["items"] > 0 and 0 <= as_rater["rm_vs_majority"] <= 1
     assert 0 <= as_rater["rater_majority_agreement"] <= 1
-    assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "confident_invention"}
+    assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "agreement_common", "agreement_obscure",
+                               "confident_invention"}
     assert [p["step"] for p in summary["ppo"]] == [0, 1, 2]  # held-out proxy and gold at each evaluation
     assert all(p["sqrt_kl"] >= 0 and p["gold"] is not None for p in summary["ppo"])
     for name in ("sft", "ppo", "dpo"):  # one footing: greedy gold, KL to SFT, red-team failure rate
