@@ -122,3 +122,15 @@ def test_bon_curve_from_scores():
     assert curve[0]["gold_se"] == pytest.approx(0.5)  # sd of (2, 1) is 1/sqrt(2), over sqrt(2) prompts
     assert [p["sqrt_kl"] for p in curve] == pytest.approx([0.0, math.sqrt(math.log(2) - 0.5),
                                                            math.sqrt(math.log(3) - 2 / 3)])
+
+
+def test_rejection_sampling_round(tmp_path, world_dir, model_dir):
+    """The documented RAFT round: bon on training prompts -> sft on best.jsonl -> bon again from the new policy."""
+    first, tuned, second = tmp_path / "raft1", tmp_path / "raft1/sft", tmp_path / "raft2"
+    common = [f"world={world_dir}", "reward=gold", "n=3", "n_prompts=6", "max_new_tokens=6",
+              f"prompts={world_dir}/prompts.jsonl"]
+    assert main(["bon", f"model={model_dir}", *common, f"out={first}"]) == 0
+    assert main(["sft", f"model={model_dir}", f"data={first}/best.jsonl", f"out={tuned}", "max_steps=2",
+                 "batch_size=4", "micro_batch_size=4", "warmup_steps=1", "eval_every=0", "save_every=0"]) == 0
+    assert main(["bon", f"model={tuned}/model", *common, f"out={second}"]) == 0
+    assert json.loads((second / "bon.json").read_text())["model"] == f"{tuned}/model"
