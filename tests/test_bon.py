@@ -134,3 +134,13 @@ def test_rejection_sampling_round(tmp_path, world_dir, model_dir):
                  "batch_size=4", "micro_batch_size=4", "warmup_steps=1", "eval_every=0", "save_every=0"]) == 0
     assert main(["bon", f"model={tuned}/model", *common, f"out={second}"]) == 0
     assert json.loads((second / "bon.json").read_text())["model"] == f"{tuned}/model"
+
+
+def test_bon_without_a_world_has_no_gold(tmp_path, world_dir, model_dir, rm_dir):
+    out = tmp_path / "bon"
+    assert main(["bon", f"model={model_dir}", "world=", f"prompts={world_dir}/prompts.jsonl", "n_prompts=3", "n=2",
+                 f"reward_model={rm_dir}", "max_new_tokens=5", f"out={out}"]) == 0
+    result = json.loads((out / "bon.json").read_text())
+    assert result["prompts"] == 3 and all("gold" not in p for p in result["curve"])
+    assert set(result["fit"]) <= {"proxy"} and all("gold" not in json.loads(x) for x in
+                                                    (out / "samples.jsonl").read_text().splitlines())

@@ -53,8 +53,8 @@ class BoNConfig:
     model: str = "runs/sft/model"
     """Hugging Face model folder of the policy sampled from (tokenizer in the same folder)."""
     world: str = "runs/world"
-    """World folder: its gold reward is read off every sample (never used to pick), and without `prompts` its
-    held-out prompts are the ones sampled; "" for none (no gold)."""
+    """World folder: its gold reward is read off every sample (it picks only with reward=gold), and without `prompts`
+    its held-out prompts are the ones sampled; "" for none (no gold)."""
     prompts: str = ""
     """Prompts file ({"prompt": str or messages} rows, or the prompts of TRL, HH-RLHF or UltraFeedback data);
     "" for the world's held-out prompts."""
