@@ -120,6 +120,9 @@ def test_bon_curve_from_scores():
     # prompt 1: n=1 mean 1; n=2 -> (0 + 3 + 3)/3 = 2; n=3 -> 3
     assert [p["gold"] for p in curve] == pytest.approx([1.5, 13 / 6, 2.5])
     assert curve[0]["gold_se"] == pytest.approx(0.5)  # sd of (2, 1) is 1/sqrt(2), over sqrt(2) prompts
+    # paired by prompt: gold(2) - gold(1) is (1/3, 1), sd (2/3)/sqrt(2), se 1/3; gold(1) - gold(3) is (0, -2), se 1
+    assert curve[1]["gain_se"] == pytest.approx(1 / 3) and curve[0]["gain_se"] == 0.0
+    assert curve[0]["drop_se"] == pytest.approx(1.0) and curve[2]["drop_se"] == 0.0
     assert [p["sqrt_kl"] for p in curve] == pytest.approx([0.0, math.sqrt(math.log(2) - 0.5),
                                                            math.sqrt(math.log(3) - 2 / 3)])
 

@@ -204,6 +204,10 @@ def test_bon_fit_and_shape_on_synthetic_curves():
     # d(0.9 - 0.5 d) at d(32) = sqrt(log 32 - 31/32) = sqrt(2.4970) = 1.5802: 1.5802 * 0.1099 = 0.1737;
     # the peak at n = 5, d = sqrt(log 5 - 4/5) = 0.8997, is 0.8997 * 0.4502 = 0.4050
     assert shape["drop"] == pytest.approx(0.4050 - 0.1737, abs=2e-4)
+    # levels this noisy hide the rise; the paired standard errors of `tether bon` (the same samples for every n) do not
+    noisy = [p | {"gold_se": 0.2} for p in curve]
+    assert not findings.bon_shape(noisy)["rose"]
+    assert findings.bon_shape([p | {"gain_se": 0.02, "drop_se": 0.02} for p in noisy])["rose"]
     flat = findings.bon_shape(_bon_curve(0.9, 0.0))
     assert flat["peak_n"] == 32 and flat["rose"] and not flat["fell"]
     assert findings.bon_fit(curve[:3]) is None  # too few points for a fit that says anything

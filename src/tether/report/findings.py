@@ -67,20 +67,23 @@ def bon_fit(curve: list[dict], key: str = "gold") -> GaoFit | None:
 
 def bon_shape(curve: list[dict], z: float = 2.0) -> dict | None:
     """Whether best-of-n's gold rises with n, then falls: the peak n, its gain over n = 1 and its drop to the
-    largest n, each against z standard errors of the difference (sqrt(se_a² + se_b²): the estimates of every n come
-    from the same samples and are positively correlated, so this overstates the noise). None without gold."""
+    largest n, each against z standard errors of that difference: the paired ones of `tether bon` (gain_se, drop_se
+    at the peak), else sqrt(se_a² + se_b²) of the two levels, which overstates the noise (the estimates of every n
+    come from the same samples and are positively correlated). None without gold."""
     pts = [p for p in curve if isinstance(p.get("gold"), (int, float))]
     if len(pts) < 2:
         return None
     first, last = pts[0], pts[-1]
     peak = max(pts, key=lambda p: p["gold"])
 
-    def noise(a: dict, b: dict) -> float:
-        return z * math.hypot(a.get("gold_se") or 0.0, b.get("gold_se") or 0.0)
+    def noise(paired: str, other: dict) -> float:
+        se = peak.get(paired)
+        return z * (se if isinstance(se, (int, float)) else math.hypot(peak.get("gold_se") or 0.0,
+                                                                        other.get("gold_se") or 0.0))
 
     rise, drop = peak["gold"] - first["gold"], peak["gold"] - last["gold"]
     return {"peak_n": peak["n"], "peak": peak["gold"], "rise": rise, "drop": drop,
-            "rose": rise > noise(peak, first), "fell": drop > noise(peak, last)}
+            "rose": rise > noise("gain_se", first), "fell": drop > noise("drop_se", last)}
 
 
 def half_gain_step(curve: list[CurvePoint]) -> int | None:

@@ -4,8 +4,9 @@ Two uses:
 - **Evaluation policy** (Gao et al. 2022): best-of-n of the policy against the proxy, for every n <= N at once, with
   its KL in closed form (log n - (n-1)/n) and unbiased estimates of the proxy and gold of the kept response
   (`tether.best_of_n`: order statistics over the N samples, no resampling). `bon.json` holds the curve
-  {n, kl, sqrt_kl, proxy, proxy_se, gold, gold_se} and the fitted Gao form d(α - βd) of the gains over n = 1;
-  `tether report` draws it beside RL's curve. se is the standard error over prompts of the per-prompt estimates.
+  {n, kl, sqrt_kl, proxy, proxy_se, gold, gold_se, gain_se, drop_se} and the fitted Gao form d(α - βd) of the
+  gains over n = 1; `tether report` draws it beside RL's curve. Each se is a standard error over prompts of the
+  per-prompt estimates (gain_se and drop_se: of gold(n) - gold(1) and gold(n) - gold(N), paired by prompt).
 - **Rejection sampling** (expert iteration, RAFT: Dong et al. 2023): `best.jsonl`, the kept response of each
   prompt, is SFT data ({"prompt", "completion"} rows, or {"messages"} for message-list prompts). One round:
 
@@ -151,18 +152,26 @@ def _mean_se(per_prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bon_curve(proxy: torch.Tensor, gold: torch.Tensor | None) -> list[dict]:
-    """{n, kl, sqrt_kl, proxy, proxy_se[, gold, gold_se]} for n = 1..N from (P, N) proxy and gold scores."""
+    """{n, kl, sqrt_kl, proxy, proxy_se[, gold, gold_se, gain_se, drop_se]} for n = 1..N from (P, N) proxy and gold
+    scores. gain_se and drop_se are the standard errors of gold(n) - gold(1) and gold(n) - gold(N), paired by
+    prompt: the estimates of every n come from the same samples, so their differences are far less noisy than
+    either level."""
     n_max = proxy.size(1)
     proxy_mean, proxy_se = _mean_se(bon_estimates(proxy, proxy))
-    gold_mean, gold_se = _mean_se(bon_estimates(proxy, gold)) if gold is not None else (None, None)
+    per_prompt = bon_estimates(proxy, gold) if gold is not None else None  # (P, N)
     curve = []
     for n in range(1, n_max + 1):
         kl = bon_kl(n)
         point = {"n": n, "kl": kl, "sqrt_kl": kl ** 0.5, "proxy": float(proxy_mean[n - 1]),
                  "proxy_se": float(proxy_se[n - 1])}
-        if gold_mean is not None:
-            point |= {"gold": float(gold_mean[n - 1]), "gold_se": float(gold_se[n - 1])}
         curve.append(point)
+    if per_prompt is not None:
+        gold_mean, gold_se = _mean_se(per_prompt)
+        _, gain_se = _mean_se(per_prompt - per_prompt[:, :1])
+        _, drop_se = _mean_se(per_prompt - per_prompt[:, -1:])
+        for n, point in enumerate(curve):
+            point |= {"gold": float(gold_mean[n]), "gold_se": float(gold_se[n]), "gain_se": float(gain_se[n]),
+                      "drop_se": float(drop_se[n])}
     return curve
 
 
