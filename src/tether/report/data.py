@@ -116,7 +116,7 @@ class RunData:
     folder directly under it (e.g. runs/demo/audit)."""
     bon: dict | None = None
     """bon/bon.json of `tether bon`: {n_samples, prompts, reward, curve: [{n, kl, sqrt_kl, proxy, proxy_se, gold,
-    gold_se}], fit}."""
+    gold_se, gain_se, drop_se}], fit}."""
 
 
 def read_json(path: Path) -> dict | list | None:
