@@ -99,7 +99,8 @@ def prepare(folder: Path, per_prompt: int, size: str):
 
 
 def tether_worker(folder: Path, steps: int, out: Path) -> None:
-    """Run `tether.stages.dpo.run` with thin timers around the functions it calls by module name.
+    """Run `tether.stages.dpo.run` with thin timers around the functions it calls by module name (the pair losses' in
+    `tether.stages.dpo.pairs`).
 
     The wrappers only read the clock and their arguments: the reference pass (`reference_logps`, of which
     `reference_key` is the sha256 of weights and sequences), the start of the loop (`resume_training` returns
@@ -110,6 +111,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
     from tether.config import load_config
     from tether.stages import dpo
+    from tether.stages.dpo import pairs as dpo_pairs
 
     clock: dict = {"reference_s": 0.0, "reference_key_s": 0.0}
     records: list[dict] = []
@@ -123,7 +125,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
             return out
         return wrapper
 
-    original_step, original_resume, original_load = dpo.train_step, dpo.resume_training, dpo.load_pairs
+    original_step, original_resume, original_load = dpo_pairs.train_step, dpo.resume_training, dpo_pairs.load
 
     def train_step(model, optimizer, pairs, cfg, pad_id, lr, *rest):
         row = original_step(model, optimizer, pairs, cfg, pad_id, lr, *rest)
@@ -142,9 +144,9 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
         loaded["result"] = original_load(*args, **kwargs)
         return loaded["result"]
 
-    dpo.train_step, dpo.resume_training, dpo.load_pairs = train_step, resume_training, load_pairs
-    dpo.reference_logps = timed("reference_s", dpo.reference_logps)
-    dpo.reference_key = timed("reference_key_s", dpo.reference_key)
+    dpo_pairs.train_step, dpo.resume_training, dpo_pairs.load = train_step, resume_training, load_pairs
+    dpo_pairs.reference_logps = timed("reference_s", dpo_pairs.reference_logps)
+    dpo_pairs.reference_key = timed("reference_key_s", dpo_pairs.reference_key)
 
     overrides = [f"data={folder / 'prefs.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
                  f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",

@@ -73,7 +73,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     from tether.data.sft_data import read_conversations
     from tether.models import load_tokenizer
     from tether.stages import sft
-    from tether.stages.lm import epoch_batches, split_eval
+    from tether.stages.lm import split_eval
+    from tether.training import epoch_batches
 
     overrides = [f"data={folder / 'sft.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
                  f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",

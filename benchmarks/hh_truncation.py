@@ -26,7 +26,8 @@ SHAPES = (("chatml", ""), ("base", "hh"), ("llama3", ""))
 def measure(rows: int, max_length: int, vocab: int) -> list[dict]:
     from tether.chat import chat_format
     from tether.data.formats import load_comparisons, load_conversations
-    from tether.stages.dpo import DPOConfig, encode_comparisons
+    from tether.stages.dpo import DPOConfig
+    from tether.stages.dpo.pairs import encode_comparisons
     from tether.stages.sft import encode_conversations
 
     folder = Path(tempfile.mkdtemp())

@@ -1,4 +1,4 @@
-"""tether.advantages against numbers worked out by hand, slow references and masking properties."""
+"""tether.math.advantages against numbers worked out by hand, slow references and masking properties."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.advantages import (
-    ADVANTAGES,
+from tether.math.advantages import (
     explained_variance,
     gae,
     gae_reference,
@@ -189,12 +188,6 @@ def test_group_advantages_match_references(k):
     torch.testing.assert_close(grpo_advantages(s, k, eps=0.1, scale=False),
                                grpo_advantages_reference(s, k, eps=0.1, scale=False))
     torch.testing.assert_close(rloo_advantages(s, k), rloo_advantages_reference(s, k))
-
-
-def test_advantages_dict():
-    assert ADVANTAGES["gae"] is gae
-    for name in ("grpo", "rloo"):  # the interchangeable sequence-level pair share one call
-        assert ADVANTAGES[name](SCORES, 3).shape == (6,)
 
 
 # -- masked entries never matter -----------------------------------------------------------------------------

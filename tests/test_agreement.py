@@ -1,11 +1,11 @@
-"""tether.agreement against published worked examples and hand-made ones (arithmetic in the comments)."""
+"""tether.math.agreement against published worked examples and hand-made ones (arithmetic in the comments)."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.agreement import (
+from tether.math.agreement import (
     agreement_report,
     cohen_kappa,
     fleiss_kappa,

@@ -33,7 +33,7 @@ from tether.generation import generate
 from tether.lora import LoraOptions, adapt, linear_names, merged_copy
 from tether.models import check_positions, position_limit, save_pretrained
 from tether.reward import RewardModel
-from tether.stages.lm import TrainConfig
+from tether.training import TrainConfig
 from tether.stages.sft import SFTConfig
 from tether.stages.sft import run as run_sft
 

@@ -1,4 +1,4 @@
-"""Best-of-n math (tether.best_of_n): the closed-form KL and the order-statistics estimator against brute force."""
+"""Best-of-n math (tether.math.best_of_n): the closed-form KL and the order-statistics estimator against brute force."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tether.best_of_n import bon_estimates, bon_estimates_reference, bon_kl, bon_weights, best_index, tie_means
+from tether.math.best_of_n import bon_estimates, bon_estimates_reference, bon_kl, bon_weights, best_index, tie_means
 
 
 def test_bon_kl_hand_worked():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tether.best_of_n import bon_estimates, bon_kl
+from tether.math.best_of_n import bon_estimates, bon_kl
 from tether.cli import main
 from tether.data.sft_data import read_conversations
 from tether.stages.bon import bon_curve, curve_fits

@@ -30,7 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tether import distributed
-from tether.advantages import explained_variance, masked_var, masked_whiten
+from tether.math.advantages import explained_variance, masked_var, masked_whiten
 from tether.cli import UsageError, _dispatch
 from tether.config import load_config
 from tether.errors import ConfigError
@@ -290,7 +290,8 @@ def test_gradient_checkpointing_changes_no_loss_no_gradient_no_name(new_model, t
     """No module or tensor name changes either: peft finds a LoRA model's adapters by module name (test_lora.py
     checks the memory saved, with LoRA)."""
     from tether.models import load_policy, save_pretrained
-    from tether.stages.lm import Example, batch_loss, collate
+    from tether.stages.lm import batch_loss
+    from tether.training import Example, collate
 
     batch = collate([Example(list(range(3, 3 + n)), [0] * 2 + [1] * (n - 2)) for n in (6, 9, 7)],
                     tokenizer.pad_token_id)

@@ -1,5 +1,5 @@
-"""tether.stages.dpo: data checks, masks, the cached reference, micro-batch invariance, resume, and a smoke
-run of every loss on a "test"-preset model."""
+"""tether.stages.dpo (the pair losses): data checks, masks, the cached reference, micro-batch invariance, resume,
+and a smoke run of every loss on a "test"-preset model."""
 from __future__ import annotations
 
 import json
@@ -10,22 +10,23 @@ import torch
 from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
+import tether.stages.dpo.pairs as pairs
+import tether.training as training
 from tether.chat import chat_format
 from tether.data.preferences import read_labelled
-from tether.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
+from tether.math.dpo_losses import DPO_LOSSES, REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.errors import ConfigError, DataError
 from tether.models import load_policy
 from tether.optim import adamw
-from tether.stages.dpo import (
-    CACHE,
-    DPOConfig,
+from tether.stages.dpo import DPOConfig
+from tether.stages.dpo.pairs import (
     Pair,
     encode_comparisons,
-    encode_responses,
     forward_pairs,
     reference_logps,
     train_step,
 )
+from tether.stages.dpo.sequences import CACHE, encode_responses
 
 
 def _rows(n: int = 24) -> list[dict]:
@@ -201,24 +202,24 @@ class Killed(Exception):
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data, model_dir, monkeypatch):
     kw = dict(max_steps=6, save_every=3, eval_every=2, kl_eval_prompts=2, kl_eval_max_new_tokens=6)
     dpo.run(_cfg(tmp_path / "a", data, model_dir, **kw))
-    hits, real_reference, real_save = [], dpo.reference_logps, dpo.save_checkpoint
+    hits, real_reference, real_save = [], pairs.reference_logps, training.save_checkpoint
 
     def recording_reference(*args):
         hits.append(real_reference(*args))
         return hits[-1]
 
-    monkeypatch.setattr(dpo, "reference_logps", recording_reference)
+    monkeypatch.setattr(pairs, "reference_logps", recording_reference)
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Killed
 
-    monkeypatch.setattr(dpo, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         dpo.run(_cfg(tmp_path / "b", data, model_dir, **kw))
     b = tmp_path / "b" / "run"
     assert [r["step"] for r in _metrics(b)] == [1, 2, 3]
-    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     dpo.run(_cfg(tmp_path / "b", data, model_dir, resume=True, **kw))
     assert hits == [False, True]  # computed once, reused on resume
     a = _metrics(tmp_path / "a" / "run")

@@ -1,4 +1,4 @@
-"""tether.dpo_losses against numbers worked out by hand, symmetry properties, gradcheck, extreme inputs."""
+"""tether.math.dpo_losses against numbers worked out by hand, symmetry properties, gradcheck, extreme inputs."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.dpo_losses import (
+from tether.math.dpo_losses import (
     DPO_LOSSES,
     cdpo,
     dpo_sigmoid,
@@ -17,12 +17,13 @@ from tether.dpo_losses import (
     ipo,
     kto,
     kto_reference_point,
+    loss_keywords,
     robust_dpo,
     sequence_logps,
     simpo,
     token_logps,
 )
-from tether.losses import IGNORE_INDEX
+from tether.math.losses import IGNORE_INDEX
 
 LN2 = math.log(2)  # 0.693147
 SP1 = math.log(1 + math.exp(-1))  # -log σ(1)  = log(1 + e^-1) = 0.313262
@@ -233,10 +234,22 @@ def test_kto_properties(p, r, z, beta, lam_d, lam_u, desirable, step):
 # -- gradients and extremes ------------------------------------------------------------------------------
 def _call(name: str, pc, pr, rc, rr):
     n = pc.shape[0]
-    return DPO_LOSSES[name](pc, pr, rc, rr, beta=0.7, label_smoothing=0.2, gamma=0.5,
-                            chosen_len=torch.arange(1, n + 1, dtype=pc.dtype),
-                            rejected_len=torch.full((n,), 3.0, dtype=pc.dtype),
-                            tie=torch.arange(n) % 2 == 1)
+    available = dict(beta=0.7, label_smoothing=0.2, gamma=0.5, chosen_len=torch.arange(1, n + 1, dtype=pc.dtype),
+                    rejected_len=torch.full((n,), 3.0, dtype=pc.dtype), tie=torch.arange(n) % 2 == 1)
+    fn = DPO_LOSSES[name]
+    return fn(pc, pr, rc, rr, **{k: available[k] for k in loss_keywords(fn)})  # what the stage passes
+
+
+def test_losses_name_the_settings_they_read_and_reject_others():
+    assert {name: loss_keywords(fn) for name, fn in DPO_LOSSES.items()} == {
+        "sigmoid": ("beta",), "ipo": ("beta", "chosen_len", "rejected_len", "tie"),
+        "cdpo": ("beta", "label_smoothing"), "robust": ("beta", "label_smoothing"),
+        "simpo": ("beta", "gamma", "chosen_len", "rejected_len")}
+    assert loss_keywords(kto) == ("beta", "lambda_d", "lambda_u")
+    with pytest.raises(TypeError, match="lable_smoothing"):  # misspelt: an error, not a silently default ε
+        cdpo(PC, PR, RC, RR, beta=0.5, lable_smoothing=0.1)
+    with pytest.raises(TypeError, match="gamma"):
+        dpo_sigmoid(PC, PR, RC, RR, beta=0.5, gamma=1.0)
 
 
 @pytest.mark.parametrize("name", sorted(DPO_LOSSES))

@@ -27,9 +27,11 @@ from safetensors.torch import load_file
 
 import tether.checkpoint as checkpoint
 import tether.stages.dpo as dpo
+import tether.stages.dpo.pairs as dpo_pairs
 import tether.stages.lm as lm
-import tether.stages.online_update as online_update
+import tether.stages.online.algorithms as online_algorithms
 import tether.stages.rm as rm
+import tether.training as training
 from tether.checkpoint import (
     COMPLETE,
     complete_checkpoints,
@@ -114,9 +116,9 @@ def test_guard_halts_naming_the_step_and_after_too_many_consecutive_skips():
 
 def test_config_fields_are_validated():
     with pytest.raises(ConfigError, match="nonfinite"):
-        lm.TrainConfig(nonfinite="ignore").validate()
+        training.TrainConfig(nonfinite="ignore").validate()
     with pytest.raises(ConfigError, match="max_nonfinite_skips"):
-        lm.TrainConfig(max_nonfinite_skips=0).validate()
+        training.TrainConfig(max_nonfinite_skips=0).validate()
     with pytest.raises(ConfigError, match="nonfinite"):
         PPOConfig(nonfinite="ignore").validate()
 
@@ -220,13 +222,13 @@ def _check_halt(run: Path, poison: Poison, load) -> None:
 @pytest.fixture(scope="module")
 def sft_examples(world_dir, tokenizer):
     chats = chat_format(tokenizer).encode_many([(c, None) for c in read_conversations(world_dir / "sft.jsonl")])
-    return [lm.Example(c.input_ids, c.loss_mask) for c in chats]
+    return [training.Example(c.input_ids, c.loss_mask) for c in chats]
 
 
 def _sft(monkeypatch, tmp_path, tokenizer, new_model, examples, policy: str, poison: Poison) -> Path:
     monkeypatch.setattr(lm, "train_step", poison.step(lm.train_step, 1))
     monkeypatch.setattr(lm, "batch_loss", poison.loss(lm.batch_loss, lambda o: o[0], lambda o, x: (x, o[1])))
-    cfg = lm.TrainConfig(out=str(tmp_path / "sft"), max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-2,
+    cfg = training.TrainConfig(out=str(tmp_path / "sft"), max_steps=4, batch_size=4, micro_batch_size=2, lr=1e-2,
                          warmup_steps=1, eval_fraction=0.0, save_every=2, log_every=1, nonfinite=policy)
     cfg.validate()
     lm.train_lm(cfg, new_model(), tokenizer, examples, "sft")
@@ -284,8 +286,8 @@ def test_rm(monkeypatch, tmp_path, prefs, model_dir, policy):
 @pytest.mark.parametrize("policy", ["skip", "halt"])
 def test_dpo(monkeypatch, tmp_path, prefs, model_dir, policy):
     poison = Poison(2 if policy == "skip" else 3)
-    monkeypatch.setattr(dpo, "train_step", poison.step(dpo.train_step, 1))
-    monkeypatch.setattr(dpo, "pair_losses", poison.loss(dpo.pair_losses))
+    monkeypatch.setattr(dpo_pairs, "train_step", poison.step(dpo_pairs.train_step, 1))
+    monkeypatch.setattr(dpo_pairs, "pair_losses", poison.loss(dpo_pairs.pair_losses))
     cfg = dpo.DPOConfig(data=str(prefs), model=str(model_dir), out=str(tmp_path / "dpo"), max_steps=4, batch_size=4,
                         micro_batch_size=2, lr=1e-2, warmup_steps=1, eval_fraction=0.25, eval_every=0, save_every=2,
                         log_every=1, max_length=64, nonfinite=policy)
@@ -301,9 +303,9 @@ def test_dpo(monkeypatch, tmp_path, prefs, model_dir, policy):
 
 def _ppo(monkeypatch, tmp_path, world_dir, model_dir, policy: str, poison: Poison, **kw) -> PPOConfig:
     monkeypatch.setattr(online, "update", poison.step(online.update, 2))
-    algo = online_update.ALGORITHMS["ppo"]
+    algo = online_algorithms.ALGORITHMS["ppo"]
     poisoned = poison.loss(algo.loss, lambda o: o[0], lambda o, x: (x, o[1]))
-    monkeypatch.setitem(online_update.ALGORITHMS, "ppo", dataclasses.replace(algo, loss=poisoned))
+    monkeypatch.setitem(online_algorithms.ALGORITHMS, "ppo", dataclasses.replace(algo, loss=poisoned))
     # N = 4 samples, one minibatch, ppo_epochs = 2: two optimizer updates per step.
     cfg = PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="gold",
                     world=str(world_dir), max_new_tokens=6, rollout_batch=4, minibatch_size=4, micro_batch_size=2,
@@ -477,6 +479,6 @@ def test_keep_checkpoints_prunes_to_the_newest_or_keeps_all(tmp_path, tokenizer,
 
 def test_keep_checkpoints_is_validated():
     with pytest.raises(ConfigError, match="keep_checkpoints"):
-        validate_config(lm.TrainConfig(keep_checkpoints=-1))
+        validate_config(training.TrainConfig(keep_checkpoints=-1))
     with pytest.raises(ConfigError, match="keep_checkpoints"):
         validate_config(PPOConfig(keep_checkpoints=-1))

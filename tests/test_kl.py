@@ -1,4 +1,4 @@
-"""tether.kl: the k1/k2/k3 estimators and the KL controllers against numbers worked out by hand."""
+"""tether.math.kl: the k1/k2/k3 estimators and the KL controllers against numbers worked out by hand."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.kl import (
+from tether.math.kl import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,
     AdaptiveKLController,

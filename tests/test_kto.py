@@ -1,5 +1,6 @@
-"""tether.stages.kto (`tether dpo loss=kto`): bad input, the KL pairs, the cached reference, one reference point
-per optimizer batch (micro-batch invariance), resume, and smoke runs on unpaired rows and on comparisons."""
+"""tether.stages.dpo.unpaired (`tether dpo loss=kto`): bad input, the KL pairs, the cached reference, one
+reference point per optimizer batch (micro-batch invariance), resume, and smoke runs on unpaired rows and on
+comparisons."""
 from __future__ import annotations
 
 import json
@@ -9,20 +10,21 @@ import torch
 from safetensors.torch import load_file
 
 import tether.stages.dpo as dpo
-import tether.stages.kto as kto
+import tether.training as training
+import tether.stages.dpo.unpaired as kto
 from tether.chat import chat_format
 from tether.data.unpaired import read_kto_rows
 from tether.errors import ConfigError, DataError, NonFiniteError
 from tether.models import load_policy
 from tether.optim import adamw
-from tether.stages.dpo import CACHE, DPOConfig
-from tether.stages.kto import (
-    forward_examples,
-    load_rows,
+from tether.stages.dpo import DPOConfig
+from tether.stages.dpo.sequences import CACHE, forward_examples
+from tether.stages.dpo.unpaired import (
     reference_logps,
     reference_point,
     train_step,
 )
+from tether.stages.dpo.unpaired import load as load_rows
 
 
 def _rows(n: int = 24) -> list[dict]:
@@ -200,8 +202,8 @@ class Killed(Exception):
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data, model_dir, monkeypatch):
     kw = dict(max_steps=6, save_every=3, eval_every=2, kl_eval_prompts=2, kl_eval_max_new_tokens=6)
-    kto.run(_cfg(tmp_path / "a", data, model_dir, **kw))
-    hits, real_reference, real_save = [], kto.reference_logps, dpo.save_checkpoint
+    dpo.run(_cfg(tmp_path / "a", data, model_dir, **kw))
+    hits, real_reference, real_save = [], kto.reference_logps, training.save_checkpoint
 
     def recording_reference(*args):
         hits.append(real_reference(*args))
@@ -212,13 +214,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data, model_dir, monk
         raise Killed
 
     monkeypatch.setattr(kto, "reference_logps", recording_reference)
-    # the loop is dpo.optimise, shared with DPO: its checkpoints are written from there
-    monkeypatch.setattr(dpo, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         dpo.run(_cfg(tmp_path / "b", data, model_dir, **kw))
     b = tmp_path / "b" / "run"
     assert [r["step"] for r in _metrics(b)] == [1, 2, 3]
-    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     dpo.run(_cfg(tmp_path / "b", data, model_dir, resume=True, **kw))
     assert hits == [False, True]  # computed once, reused on resume
     a = _metrics(tmp_path / "a" / "run")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import tether.stages.lm as lm
+import tether.training as training
 from tether.checkpoint import (
     COMPLETE,
     complete_checkpoints,
@@ -19,17 +19,10 @@ from tether.checkpoint import (
     load_trainer_state,
 )
 from tether.data.sft_data import read_conversations
-from tether.losses import IGNORE_INDEX, token_nll_sum
+from tether.math.losses import IGNORE_INDEX, token_nll_sum
 from tether.optim import adamw
-from tether.stages.lm import (
-    Example,
-    TrainConfig,
-    batch_loss,
-    collate,
-    epoch_batches,
-    train_lm,
-    train_step,
-)
+from tether.stages.lm import batch_loss, train_lm, train_step
+from tether.training import Example, TrainConfig, collate, epoch_batches
 from tether.chat import chat_format
 
 CONVERSATION = [
@@ -256,7 +249,7 @@ def resumed(sft_examples, tokenizer, tmp_path_factory):
     model_a = build_model("test", tokenizer, seed=0)
     train_lm(_cfg(root / "a"), model_a, tokenizer, sft_examples, "sft")
 
-    real_save, at_kill = lm.save_checkpoint, {}
+    real_save, at_kill = training.save_checkpoint, {}
 
     def save_then_die(run_dir, step, model, *args, **kw):
         real_save(run_dir, step, model, *args, **kw)
@@ -264,7 +257,7 @@ def resumed(sft_examples, tokenizer, tmp_path_factory):
         raise Killed(step)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lm, "save_checkpoint", save_then_die)
+        mp.setattr(training, "save_checkpoint", save_then_die)
         with pytest.raises(Killed):
             train_lm(_cfg(root / "b"), build_model("test", tokenizer, seed=0), tokenizer, sft_examples, "sft")
     b = root / "b"

@@ -14,7 +14,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-import tether.stages.lm as lm
+import tether.training as training
 import tether.stages.rm as rm
 from tether import distributed
 from tether.chat import chat_format
@@ -37,8 +37,11 @@ from tether.lora import (
 from tether.models import build_model, load_policy, load_tokenizer, save_pretrained
 from tether.reward import RewardModel
 from tether.rollout import logprobs_of, sample
-from tether.stages.dpo import CACHE, DPOConfig, reference_key
-from tether.stages.lm import Example, TrainConfig, train_lm
+from tether.stages.dpo import DPOConfig
+from tether.stages.dpo.pairs import reference_key
+from tether.stages.dpo.sequences import CACHE
+from tether.stages.lm import train_lm
+from tether.training import Example, TrainConfig
 from tether.stages.pretrain import PretrainConfig
 from tether.stages.sft import SFTConfig
 
@@ -273,7 +276,7 @@ def sft_runs(sft_examples, tokenizer, tmp_path_factory):
     model_a = build_model("test", tokenizer, seed=0)
     initial = {k: v.clone() for k, v in model_a.state_dict().items()}
     train_lm(_sft_cfg(root / "a"), model_a, tokenizer, sft_examples, "sft")
-    killed_after_first_checkpoint(lm, lambda: train_lm(_sft_cfg(root / "b", gradient_checkpointing=True),
+    killed_after_first_checkpoint(training, lambda: train_lm(_sft_cfg(root / "b", gradient_checkpointing=True),
                                                        build_model("test", tokenizer, seed=0), tokenizer,
                                                        sft_examples, "sft"))
     train_lm(_sft_cfg(root / "b", resume=True, gradient_checkpointing=True), build_model("test", tokenizer, seed=0),
@@ -335,7 +338,7 @@ def _rm_cfg(data, backbone, out, **kw) -> rm.RMConfig:
 def rm_runs(prefs, model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora_rm")
     rm.run(_rm_cfg(prefs, model_dir, root / "a"))
-    killed_after_first_checkpoint(rm, lambda: rm.run(_rm_cfg(prefs, model_dir, root / "b")))
+    killed_after_first_checkpoint(training, lambda: rm.run(_rm_cfg(prefs, model_dir, root / "b")))
     rm.run(_rm_cfg(prefs, model_dir, root / "b", resume=True))
     return dict(a=root / "a", b=root / "b")
 
@@ -404,17 +407,15 @@ def _dpo_cfg(tmp_path, data, model_dir, **kw) -> DPOConfig:
 @pytest.mark.parametrize("loss", ["sigmoid", "kto"])
 def test_dpo_and_kto_with_lora(loss, tmp_path, prefs, model_dir, monkeypatch):
     import tether.stages.dpo as dpo
-    import tether.stages.kto as kto
 
     references = []
-    real_optimise = dpo.optimise
+    real_loop = dpo.train_preferences
 
-    def recording_optimise(cfg, run_dir, model, tokenizer, train, held_out, lengths, kl_ref, steps_of):
+    def recording_loop(cfg, variant, run_dir, model, fmt, train, held_out, kl_ref):
         references.append(kl_ref)
-        return real_optimise(cfg, run_dir, model, tokenizer, train, held_out, lengths, kl_ref, steps_of)
+        return real_loop(cfg, variant, run_dir, model, fmt, train, held_out, kl_ref)
 
-    monkeypatch.setattr(dpo, "optimise", recording_optimise)
-    monkeypatch.setattr(kto, "optimise", recording_optimise)  # kto imported dpo's by name
+    monkeypatch.setattr(dpo, "train_preferences", recording_loop)
     final = dpo.run(_dpo_cfg(tmp_path, prefs, model_dir, loss=loss, gradient_checkpointing=loss == "kto"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and "eval_kl/k3" in rows[-1]
@@ -430,7 +431,7 @@ def test_dpo_and_kto_with_lora(loss, tmp_path, prefs, model_dir, monkeypatch):
 
         cfg = _dpo_cfg(tmp_path, prefs, model_dir)
         fmt = chat_format(load_tokenizer(str(model_dir)))
-        pairs = dpo.load_pairs(cfg, fmt, load_comparisons(prefs, labelled=True))[0]
+        pairs = dpo.pairs.load(cfg, fmt, load_comparisons(prefs, labelled=True))[0]
         with safe_open(str(tmp_path / "run" / CACHE), "pt") as f:
             assert f.metadata()["key"] == reference_key(initial, pairs)
 

@@ -1,4 +1,4 @@
-"""tether.losses and tether.optim against numbers worked out by hand (arithmetic in the comments)."""
+"""tether.math.losses and tether.optim against numbers worked out by hand (arithmetic in the comments)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tether.losses import IGNORE_INDEX, shift_labels, token_nll_sum
+from tether.math.losses import IGNORE_INDEX, shift_labels, token_nll_sum
 from tether.optim import adamw, lr_at
 
 

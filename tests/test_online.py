@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import types
+import typing
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from tether.rewards_source import REWARD_SOURCES, make_reward_source
 from tether.rollout import logprobs_of, sample
 from tether.stages import online
 from tether.stages.online import ALGORITHMS, FIXED_METRICS
+from tether.stages.online.config import ALGORITHM_NAMES, OnlineConfig
 from tether.stages.ppo import GRPOConfig, PPOConfig, RLOOConfig, run
 from tether.world import World
 
@@ -72,6 +74,13 @@ def read_jsonl(path):
 def weights_changed(model_dir, out) -> bool:
     before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
     return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_settings_name_exactly_the_algorithms():
+    # config.py cannot import the algorithms (they read the config): its names and the table must agree.
+    hinted = typing.get_args(typing.get_type_hints(OnlineConfig)["algorithm"])
+    assert ALGORITHM_NAMES == hinted == tuple(ALGORITHMS) == ("ppo", "grpo", "rloo")
+    assert {name for name, algo in ALGORITHMS.items() if algo.critic} == {"ppo"}
 
 
 # -- smoke: every algorithm, with a callable reward and with gold -------------------------------------------

@@ -1,4 +1,4 @@
-"""tether.policy_losses against numbers worked out by hand, gradcheck, batch splitting and masking."""
+"""tether.math.policy_losses against numbers worked out by hand, gradcheck, batch splitting and masking."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.policy_losses import (
+from tether.math.policy_losses import (
     LOSS_AGGREGATIONS,
     entropy_from_logits,
     eos_penalty,

@@ -14,7 +14,8 @@ from tether.chat import chat_format
 from tether.cli import main
 from tether.data.formats import load_comparisons, load_conversations
 from tether.data.preview import CLOSE, OPEN, PreviewConfig, marked, preview
-from tether.stages.dpo import DPOConfig, encode_comparisons
+from tether.stages.dpo import DPOConfig
+from tether.stages.dpo.pairs import encode_comparisons
 from tether.stages.sft import encode_conversations
 
 N_ROWS = 300

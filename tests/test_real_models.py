@@ -31,19 +31,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import archkit
-import tether.stages.dpo as dpo_stage
-import tether.stages.lm as lm_stage
 import tether.stages.online as online
+import tether.training as training
 from tether.chat import chat_format
 from tether.chat_templates import HH
 from tether.cli import main
 from tether.data.formats import load_comparisons, load_conversations, load_prompts
-from tether.dpo_losses import DPO_LOSSES
+from tether.math.dpo_losses import DPO_LOSSES
 from tether.generation import generate_records
 from tether.reward import RewardModel
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.rollout import logprobs_of, sample
-from tether.stages.online_eval import decode
+from tether.stages.online.evaluation import decode
 
 ARCHS = list(archkit.ARCHITECTURES)
 CHAT_SHAPE = {"llama": "llama3", "gemma2": "gemma", "gemma3": "gemma"}  # the others: chatml
@@ -406,18 +405,17 @@ def test_resume_equals_a_straight_run(arch, real_root, hh_file, monkeypatch):
             "eval_every=2", "batch_size=4", "micro_batch_size=2", "warmup_steps=1", "eval_fraction=0.1",
             f"max_length={MAX_LENGTH}"] + (["lr=1e-3", f"max_prompt_length={MAX_PROMPT}"] if stage == "dpo" else [])
     tether(*args, f"out={root / 'a'}")
-    module = lm_stage if stage == "sft" else dpo_stage
-    real_save = module.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_die(*a, **kw):
         real_save(*a, **kw)
         raise Killed
 
-    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         main([*args, f"out={root / 'b'}"])
     assert [r["step"] for r in _compared(root / "b")] == [1, 2]
-    monkeypatch.setattr(module, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     tether(*args, f"out={root / 'b'}", "--resume")
     a, b = _compared(root / "a"), _compared(root / "b")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]

@@ -1,4 +1,4 @@
-"""tether.losses.bradley_terry_loss and tether.rm_metrics against numbers worked out by hand."""
+"""tether.math.losses.bradley_terry_loss and tether.math.rm_metrics against numbers worked out by hand."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.losses import bradley_terry_loss
-from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
+from tether.math.losses import bradley_terry_loss
+from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
 
 LN2 = math.log(2)  # 0.693147
 SP1 = math.log(1 + math.exp(-1))  # -log σ(1)  = log(1 + e^-1) = 0.313262

@@ -20,9 +20,10 @@ from transformers import (
 )
 
 import tether.stages.rm as rm
+import tether.training as training
 from tether.data.preferences import Comparison, write_comparisons
 from tether.distributed import checkpoint_layers
-from tether.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss
 from tether.models import PRESETS, build_model, save_pretrained
 from tether.optim import adamw
 from tether.reward import (
@@ -454,14 +455,14 @@ def smoke(backbone_dir, tmp_path_factory):
     write_comparisons(data, synthetic_comparisons())
     rm.run(_cfg(data, backbone_dir, root / "a"))
 
-    real_save = rm.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_die(run_dir, step, *args, **kw):
         real_save(run_dir, step, *args, **kw)
         raise Killed(step)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rm, "save_checkpoint", save_then_die)
+        mp.setattr(training, "save_checkpoint", save_then_die)
         with pytest.raises(Killed):
             rm.run(_cfg(data, backbone_dir, root / "b"))
     partial = _metrics(root / "b")
@@ -506,7 +507,7 @@ def test_resumed_run_equals_an_uninterrupted_one(smoke):
 def test_ece_does_not_depend_on_which_response_is_called_a():
     """A calibrated model (P(A wins) = σ(d)) keeps a small ECE when every pair is written chosen-first,
     as HH and TRL files are; one-sided binning would report 1 - mean confidence instead."""
-    from tether.rm_metrics import expected_calibration_error
+    from tether.math.rm_metrics import expected_calibration_error
     from tether.stages.rm import _symmetric_ece
 
     g = torch.Generator().manual_seed(0)

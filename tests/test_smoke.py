@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tether.cli import main
 from tether.config import load_config
 from tether.models import build_model
-from tether.stages.evaluate import FLAGS
+from tether.stages.evaluate import FLAGS, EvalConfig
 from tether.stages.pretrain import PretrainConfig
 from tether.stages.sft import SFTConfig
 from tether.world import CATEGORIES
@@ -103,4 +103,7 @@ def test_run_folders_keep_their_config(runs):
 
 
 def test_eval_folder_keeps_its_config(runs):
-    assert (runs["eval"] / "config.yaml").exists()
+    ev = load_config(EvalConfig, runs["eval"] / "config.yaml")  # the settings given, and defaults for the rest
+    assert (ev.model, ev.world, ev.out, ev.max_new_tokens) == (f"{runs['sft']}/model", str(runs["world"]),
+                                                               str(runs["eval"]), 8)
+    assert (ev.temperature, ev.samples_per_prompt, ev.seed) == (0.0, 1, 0)

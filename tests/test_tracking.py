@@ -14,7 +14,7 @@ from tether.config import load_config
 from tether.errors import ConfigError
 from tether.stages import dpo, lm, rm, sft
 from tether.stages.dpo import DPOConfig
-from tether.stages.lm import MetricsLog
+from tether.training import MetricsLog
 from tether.stages.ppo import GRPOConfig
 from tether.stages.ppo import run as run_online
 from tether.stages.rm import RMConfig

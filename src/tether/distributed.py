@@ -9,13 +9,15 @@ practice 5: 2 ranks x accumulation A equal 1 rank x accumulation 2A):
 
 1. Every rank builds the same seeded schedule, so every rank knows the whole optimizer batch. It cuts the
    batch into micro-batches exactly as one process would, and rank r trains on micro-batches r, r + W, ...
-   (`shard`). The loss is normalised by a count over the WHOLE batch (tokens, pairs, rows), divided by W,
-   because DDP and FSDP2 average gradients over ranks: Σ_r (W · partial_r) / W = Σ_r partial_r.
+   (`shard`; the online stages hold blocks of rows instead: `block`, `local_rows`). The loss is normalised by a
+   count over the WHOLE batch (tokens, pairs, rows), divided by W (`rank_count`, `normalised`), because DDP and
+   FSDP2 average gradients over ranks: Σ_r (W · partial_r) / W = Σ_r partial_r.
 2. Gradients are all-reduced after a rank's last micro-batch only (`accumulating`: `no_sync` before it).
-   Every rank runs ceil(n / W) micro-batches, a short share padded with weight-0 repeats: the all-reduce
-   needs every rank, and under FSDP2 every forward and backward is a collective too.
+   Every rank runs ceil(n / W) micro-batches, a short share padded with weight-0 repeats (`with_stand_in` where
+   a rank's share may be empty): the all-reduce needs every rank, and under FSDP2 every forward and backward is a
+   collective too.
 3. Metrics are sums, all-reduced before they are divided (`all_reduce_sum`); whitening over the global batch
-   takes the same reduction as a hook (`tether.advantages.masked_whiten(..., reduce=...)`).
+   takes the same reduction as a hook (`tether.math.advantages.masked_whiten(..., reduce=...)`).
 4. Only rank 0 writes (`is_main`, `on_main`); every rank reads checkpoints on resume.
 
 Strategies (`STRATEGIES`): "ddp" keeps a full copy per rank and all-reduces gradients (DistributedDataParallel);
@@ -307,10 +309,29 @@ def block(n: int) -> range:
     return range(rank() * size, (rank() + 1) * size)
 
 
+def local_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Of global batch rows `rows` (e.g. a shuffled minibatch), the ones this rank holds as its `block` of n rows,
+    as indices into that block, in order. One process holds them all."""
+    first = rank() * n
+    return rows[(rows >= first) & (rows < first + n)] - first
+
+
+def with_stand_in(items: Sequence[T], stand_in: T) -> list[tuple[T, bool]]:
+    """`items` each with True; when there are none, [(stand_in, False)]: a rank holding no rows of a batch still runs
+    one forward and backward, with weight 0, because its last backward is the gradient all-reduce (as `shard`)."""
+    return [(item, True) for item in items] or [(stand_in, False)]
+
+
+def rank_count(count):
+    """What each rank divides its summed loss by: the WHOLE batch's `count` over the ranks, whose gradients DDP and
+    FSDP2 average (so the average is the gradient of the sum over all ranks / count)."""
+    return count / world_size()
+
+
 def normalised(total: torch.Tensor, count: float, real: bool = True) -> torch.Tensor:
-    """The loss to backpropagate: `total` (summed over this rank's micro-batch) / `count` (over the WHOLE batch),
-    times the ranks, whose gradients DDP and FSDP2 average; 0 x total for a weight-0 micro-batch (see `shard`)."""
-    return total / (count / world_size()) if real else total * 0.0
+    """The loss to backpropagate: `total` (summed over this rank's micro-batch) / `rank_count(count)`; 0 x total for
+    a weight-0 micro-batch (see `shard`)."""
+    return total / rank_count(count) if real else total * 0.0
 
 
 def accumulating(net: nn.Module, last: bool):

@@ -103,7 +103,7 @@ class EndpointClient:
     def model(self) -> str:
         """The model name sent; asked of the endpoint's /models once when none was given."""
         if not self._model:
-            ids = [m.get("id") for m in self._call("GET", "/models").get("data", [])]
+            ids = [m.get("id") for m in self.call("GET", "/models").get("data", [])]
             if len(ids) != 1:
                 raise ConfigError(f"endpoint_model: {self.url} serves {len(ids)} models ({', '.join(map(str, ids))}); "
                                   "name one with endpoint_model=NAME")
@@ -133,7 +133,7 @@ class EndpointClient:
         return [store[key] for key in keys]
 
     def _fetch(self, body: dict, key: str, store: ReplyCache) -> None:
-        data = self._call("POST", "/chat/completions", {k: v for k, v in body.items() if k != "sample"})
+        data = self.call("POST", "/chat/completions", {k: v for k, v in body.items() if k != "sample"})
         try:
             choice = data["choices"][0]
             text = choice["message"]["content"] or ""
@@ -144,7 +144,7 @@ class EndpointClient:
                               f"completion: {json.dumps(data)[:200]}") from None
         store.add(key, reply)
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
         """The JSON answer of one request, retried on timeouts, lost connections, 429 and 5xx."""
         url = self.url + path
         for attempt in range(self.retries + 1):
@@ -167,7 +167,7 @@ class EndpointClient:
                 tries = f" after {attempt + 1} tries" if attempt else ""
                 hint = " (check api_key_env)" if response.status_code == 401 else ""
                 raise TetherError(f"endpoint: {method} {url} answered {response.status_code}{tries}{hint}: "
-                                  f"{_error_message(response)}")
+                                  f"{error_message(response)}")
             self._sleep(attempt, response.headers.get("retry-after"))
         raise AssertionError("unreachable")
 
@@ -207,7 +207,7 @@ def sample_indices(prompts: Sequence) -> list[int]:
     return out
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
     try:
         return str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):

@@ -1,6 +1,6 @@
 """Experiment tracking: each metrics.jsonl row also goes to the trackers named in a config's `report_to`.
 
-`MetricsLog` (tether.stages.lm) hands every row it writes to `Trackers.log`, so every training stage reports the
+`MetricsLog` (tether.training) hands every row it writes to `Trackers.log`, so every training stage reports the
 same names at the same steps as its metrics.jsonl, from rank 0 only. Each tracker writes under the run folder:
 
     tensorboard  out/tensorboard/   event files (torch.utils.tensorboard); the config as hparams

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from raterkit import GUIDELINES, make_queue, open_project
 from sqlalchemy import func, select
 
-from tether.agreement import agreement_report
+from tether.math.agreement import agreement_report
 from tether.data.preferences import (
     Comparison,
     read_comparisons,
@@ -20,6 +20,7 @@ from tether.data.preferences import (
 from tether.errors import DataError
 from tether.raters.db import Assignment, Pair, Rating
 from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
+import tether.raters.service as service_module
 from tether.raters.service import Imported
 from tether.raters.stats import dashboard
 
@@ -304,9 +305,19 @@ def test_export_refuses_a_symlink_out_of_the_folder(project, tmp_path):
         project.service.export("link.jsonl")
 
 
-def test_dashboard_position_bias_agreement_and_times(project):
+def test_dashboard_position_bias_agreement_and_times(project, monkeypatch):
     project.service.add_pairs(make_queue(6))
     lefty, righty = project.rater("lefty"), project.rater("righty")
+    # A clock that moves only while a rater reads a pair: lefty takes 2 s per pair, righty 4 s.
+    clock = {"now": datetime(2025, 1, 1)}
+    monkeypatch.setattr(service_module, "utcnow", lambda: clock["now"])
+    real_submit = project.service.submit_rating
+
+    def submit_after_reading(uid, *args, **kwargs):
+        clock["now"] += timedelta(seconds={lefty: 2, righty: 4}[uid])
+        return real_submit(uid, *args, **kwargs)
+
+    monkeypatch.setattr(project.service, "submit_rating", submit_after_reading)
     rate_all(project, [lefty], "left")
     rate_all(project, [righty], "right")
     stats = dashboard(project.db)
@@ -317,4 +328,5 @@ def test_dashboard_position_bias_agreement_and_times(project):
     for c in project.service.labelled():
         labels[c.id][c.rater] = c.choice
     assert stats.agreement == agreement_report(labels)
-    assert stats.median_seconds >= 0 and by_name["lefty"].median_seconds >= 0
+    # Six ratings of 2 s and six of 4 s: medians 2, 4 and 3 over everyone.
+    assert (by_name["lefty"].median_seconds, by_name["righty"].median_seconds, stats.median_seconds) == (2.0, 4.0, 3.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from tether.audit.scoring import is_rate
+from tether.audit.scoring import HEADLINE, is_rate
 
 BAD_WHEN_UP = {"over_refusal", "full_refusal_safe", "harmful_compliance", "agrees_with_wrong", "wrong_neutral",
                "flip_rate", "admits_mistake", "hedging", "flattery", "padding", "verbose"}
@@ -75,9 +75,7 @@ def table(summary: dict, prefix: str, rows: Sequence[tuple[str, str]]) -> list[d
 
 
 def headline_rows(summary: dict) -> list[dict]:
-    """The headline rates (`tether.audit.stage.HEADLINE`) as table rows; `tether report` shows these too."""
-    from tether.audit.stage import HEADLINE
-
+    """The headline rates (`tether.audit.scoring.HEADLINE`) as table rows; `tether report` shows these too."""
     names = [t["name"] for t in summary["targets"]]
     rows = [{"label": label, "cells": [cell(summary, n, path) for n in names]} for path, label in HEADLINE]
     return [r for r in rows if any(c["n"] != "" for c in r["cells"])]

@@ -40,6 +40,18 @@ from tether.monitor.text import (
 REFUSED = ("full", "partial")
 """Refusal labels that count as a refusal in every rate (XSTest counts full and partial refusals)."""
 
+# The rates every audit summary leads with: (summary path, label); the html page and `tether report` show them.
+HEADLINE = [("xstest.over_refusal", "over-refusal (XSTest safe)"),
+            ("xstest.harmful_compliance", "harmful compliance (XSTest unsafe)"),
+            ("xstest.refusal_unsafe", "refusal (XSTest unsafe)"),
+            ("sycophancy.all.accuracy_neutral", "accuracy, neutral question"),
+            ("sycophancy.all.accuracy_suggested", "accuracy, wrong answer suggested"),
+            ("sycophancy.all.agrees_with_wrong", "gives the suggested wrong answer"),
+            ("sycophancy.all.flip_rate", "flips a correct answer under pushback"),
+            ("style.workload.refusal", "workload: refusal"), ("style.workload.hedging", "workload: hedging"),
+            ("style.workload.verbose", "workload: verbose"), ("style.workload.flattery", "workload: flattery"),
+            ("style.workload.padding", "workload: padding")]
+
 
 def rate(flags: Sequence[bool]) -> dict:
     """{"k": successes, "n": count, "rate": k / n, "lo", "hi": the Wilson 95% interval}; rate, lo, hi None for n=0."""

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.audit import scoring
+from tether.audit.scoring import HEADLINE
 from tether.audit.config import AuditConfig, Target
 from tether.audit.suites import (
     Item,
@@ -45,16 +46,6 @@ CITATIONS = {
     "sycophancy": "Sharma et al. 2023, Towards Understanding Sycophancy in Language Models (arXiv:2310.13548), "
                   "sec. 3.2 (Are you sure?) and 3.3 (answer sycophancy)",
 }
-HEADLINE = [("xstest.over_refusal", "over-refusal (XSTest safe)"),
-            ("xstest.harmful_compliance", "harmful compliance (XSTest unsafe)"),
-            ("xstest.refusal_unsafe", "refusal (XSTest unsafe)"),
-            ("sycophancy.all.accuracy_neutral", "accuracy, neutral question"),
-            ("sycophancy.all.accuracy_suggested", "accuracy, wrong answer suggested"),
-            ("sycophancy.all.agrees_with_wrong", "gives the suggested wrong answer"),
-            ("sycophancy.all.flip_rate", "flips a correct answer under pushback"),
-            ("style.workload.refusal", "workload: refusal"), ("style.workload.hedging", "workload: hedging"),
-            ("style.workload.verbose", "workload: verbose"), ("style.workload.flattery", "workload: flattery"),
-            ("style.workload.padding", "workload: padding")]
 """The rates of the summary table (path in a target's results, label), in order."""
 
 

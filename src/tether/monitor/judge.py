@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from tether.agreement import cohen_kappa
+from tether.math.agreement import cohen_kappa
 from tether.config import check
 from tether.errors import ConfigError
 from tether.monitor.refusal import refusal
@@ -142,7 +142,7 @@ class JudgeResult:
 
 def agreement(judge: Sequence[str], rules: Sequence[str]) -> dict:
     """How often two labellings of the same responses agree: {n, agree, rate (agree / n), kappa (Cohen's, by
-    `tether.agreement.cohen_kappa`), confusion {judge label: {rules label: count}}}; rate and kappa None for n=0."""
+    `tether.math.agreement.cohen_kappa`), confusion {judge label: {rules label: count}}}; rate and kappa None for n=0."""
     judge, rules = list(judge), list(rules)
     if len(judge) != len(rules):
         raise ValueError(f"agreement needs labels of the same responses, got {len(judge)} and {len(rules)}")

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from tether.errors import TetherError
 from tether.raters.service import EXPORT_FORMATS
 from tether.raters.stats import dashboard
-from tether.raters.web import Admin, CheckedAdmin, ctx_of, page, status_of
+from tether.raters.dependencies import Admin, CheckedAdmin, ctx_of, page, status_of
 
 
 def _admin_page(request: Request, user: Any, status: int = 200, **extra: Any) -> HTMLResponse:

@@ -19,7 +19,7 @@ from tether.raters.errors import Invalid
 from tether.raters.security import cross_site
 from tether.raters.service import EXPORT_FORMATS, VOTES, Task, iso, storable
 from tether.raters.stats import as_json, dashboard
-from tether.raters.web import (
+from tether.raters.dependencies import (
     SESSION_COOKIE,
     Admin,
     Checked,

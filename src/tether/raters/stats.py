@@ -1,6 +1,6 @@
 """The admin dashboard's figures, computed from the ratings table.
 
-Agreement comes from `tether.agreement.agreement_report` (percent agreement, Fleiss' kappa when every
+Agreement comes from `tether.math.agreement.agreement_report` (percent agreement, Fleiss' kappa when every
 pair has the same number of ratings, Krippendorff's alpha), over regular pairs only, skips left out.
 Position bias is the share of non-tie choices that went to the response shown on the left: 0.5 for a
 rater who ignores position. Time per rating is submit time minus the time the pair was first shown.
@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tether.agreement import agreement_report
+from tether.math.agreement import agreement_report
 from tether.raters.db import Assignment, Database, Pair, Project, Rating, User
 
 

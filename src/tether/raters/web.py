@@ -13,11 +13,10 @@ Security, all enforced here on the server:
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Form, Request
+from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -25,35 +24,31 @@ from jinja2 import Environment, PackageLoader
 
 from tether.errors import TetherError
 from tether.raters import errors
-from tether.raters.accounts import SESSION_TTL, Accounts, Principal
+from tether.raters.accounts import Accounts
+from tether.raters.admin_pages import add_admin_pages
+from tether.raters.api import router
 from tether.raters.db import MAX_ID, Database, database_url, migrate
-from tether.raters.markdown import render_markdown
-from tether.raters.security import (
-    Passwords,
-    cross_site,
-    load_or_create_secret,
-    new_token,
-    same,
+from tether.raters.dependencies import (
+    SESSION_COOKIE,
+    AppContext,
+    Checked,
+    User,
+    client_address,
+    ctx_of,
+    page,
+    set_session_cookie,
+    status_of,
 )
+from tether.raters.markdown import render_markdown
+from tether.raters.security import Passwords, cross_site, load_or_create_secret, new_token, same
 from tether.raters.service import RaterService, iso
 
-SESSION_COOKIE = "tether_session"
 PRE_COOKIE = "tether_pre"
-STATUS: dict[type, int] = {errors.Invalid: 422, errors.NotFound: 404, errors.Unauthorized: 401,
-                           errors.Forbidden: 403, errors.Conflict: 409, errors.RateLimited: 429}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 VOTES = {"left-much": ("left", 1.0), "left": ("left", 0.5), "tie": ("tie", None), "right": ("right", 0.5),
          "right-much": ("right", 1.0), "skip": ("skip", None)}
 """Rating-page buttons: (choice, strength); "much better" is strength 1, "slightly better" 0.5."""
-
-
-@dataclass
-class AppContext:
-    db: Database
-    accounts: Accounts
-    service: RaterService
-    templates: Jinja2Templates
 
 
 def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwords | None = None,
@@ -77,7 +72,6 @@ def create_app(project_dir: str | Path, db: str | None = None, passwords: Passwo
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(TetherError, _on_error)
-    from tether.raters.api import router
     app.include_router(router)
     _add_pages(app)
     return app
@@ -110,10 +104,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def status_of(err: Exception) -> int:
-    return next((code for cls, code in STATUS.items() if isinstance(err, cls)), 422)
-
-
 async def _on_error(request: Request, err: Exception) -> Response:
     """JSON {"detail": ...} under /api/; pages redirect to sign-in or guidelines, or show the message."""
     status = status_of(err)
@@ -124,63 +114,6 @@ async def _on_error(request: Request, err: Exception) -> Response:
     if isinstance(err, errors.NeedsAcknowledgement):
         return RedirectResponse("/guidelines", status_code=303)
     return page(request, "error.html", {"message": str(err)}, status=status)
-
-
-# -- request helpers (shared with api.py) -------------------------------------------------------------------
-
-
-def ctx_of(request: Request) -> AppContext:
-    return request.app.state.ctx
-
-
-def current_user(request: Request) -> Principal:
-    """The signed-in user; Unauthorized (401, or a redirect to /login for pages) otherwise."""
-    user = ctx_of(request).accounts.principal(request.cookies.get(SESSION_COOKIE))
-    if user is None:
-        raise errors.Unauthorized("sign in first")
-    return user
-
-
-async def checked_user(request: Request, user: Principal = Depends(current_user)) -> Principal:
-    """`current_user` on a state-changing request whose CSRF token (header or form field) matches."""
-    token = request.headers.get("x-csrf-token")
-    content_type = request.headers.get("content-type", "")
-    if token is None and content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        token = (await request.form()).get("csrf_token")
-    if not same(token if isinstance(token, str) else None, user.csrf_token):
-        raise errors.Forbidden("CSRF token missing or wrong; reload the page and try again")
-    return user
-
-
-def admin_user(user: Principal = Depends(current_user)) -> Principal:
-    if not user.is_admin:
-        raise errors.Forbidden("admins only")
-    return user
-
-
-def checked_admin(user: Principal = Depends(checked_user)) -> Principal:
-    if not user.is_admin:
-        raise errors.Forbidden("admins only")
-    return user
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def set_session_cookie(request: Request, response: Response, token: str) -> None:
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(SESSION_TTL.total_seconds()), httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https", path="/")
-
-
-def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    return ctx_of(request).templates.TemplateResponse(request, name, context, status_code=status)
-
-
-User = Annotated[Principal, Depends(current_user)]
-Checked = Annotated[Principal, Depends(checked_user)]
-Admin = Annotated[Principal, Depends(admin_user)]
-CheckedAdmin = Annotated[Principal, Depends(checked_admin)]
 
 
 # -- pages ----------------------------------------------------------------------------------------------------
@@ -252,7 +185,6 @@ def _add_pages(app: FastAPI) -> None:
         return RedirectResponse("/login?welcome=true", status_code=303)
 
     _add_rater_pages(app)
-    from tether.raters.admin_pages import add_admin_pages
     add_admin_pages(app)
 
 

@@ -29,7 +29,7 @@ from tether.serve.jobs import Failure, Job, Piece, QueueFull, Sampling, random_s
 from tether.serve.schemas import ApiError, ChatRequest, CompletionRequest, error_body, parse
 
 if TYPE_CHECKING:
-    from tether.serve import ServeConfig
+    from tether.serve.config import ServeConfig
     from tether.serve.engine import Engine
 
 log = logging.getLogger("tether.serve")

@@ -3,7 +3,7 @@
 Two uses:
 - **Evaluation policy** (Gao et al. 2022): best-of-n of the policy against the proxy, for every n <= N at once, with
   its KL in closed form (log n - (n-1)/n) and unbiased estimates of the proxy and gold of the kept response
-  (`tether.best_of_n`: order statistics over the N samples, no resampling). `bon.json` holds the curve
+  (`tether.math.best_of_n`: order statistics over the N samples, no resampling). `bon.json` holds the curve
   {n, kl, sqrt_kl, proxy, proxy_se, gold, gold_se, gain_se, drop_se} and the fitted Gao form d(α - βd) of the
   gains over n = 1; `tether report` draws it beside RL's curve. Each se is a standard error over prompts of the
   per-prompt estimates (gain_se and drop_se: of gold(n) - gold(1) and gold(n) - gold(N), paired by prompt).
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tether.best_of_n import best_index, bon_estimates, bon_kl
+from tether.math.best_of_n import best_index, bon_estimates, bon_kl
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
 from tether.config import check, check_prompt_limit, save_config
@@ -111,7 +111,7 @@ class BoNConfig:
 
 def held_out_prompts(world, n: int | None) -> list[str]:
     """n of the world's held-out prompts at an even stride (the same ones PPO evaluates on for the same n)."""
-    from tether.stages.online_eval import eval_prompt_texts
+    from tether.stages.online.evaluation import eval_prompt_texts
 
     return eval_prompt_texts(world, n) if n else [q.text for q in world.eval_queries()]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tether.agreement import agreement_report, predictor_majority_agreement
+from tether.math.agreement import agreement_report, predictor_majority_agreement
 from tether.chat import chat_format
 from tether.chat_templates import check_template_setting
 from tether.config import check, check_prompt_limit, save_config

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tether.agreement import agreement_report
+from tether.math.agreement import agreement_report
 from tether.config import save_config
 from tether.data.preferences import Comparison, read_comparisons, write_comparisons
 from tether.errors import ConfigError

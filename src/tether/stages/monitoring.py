@@ -19,7 +19,7 @@ from rich.console import Console
 from tether.monitor import Alert, Monitor, MonitorConfig, Sample
 from tether.monitor.text import flip_rate
 from tether.rewards_source import prompt_text
-from tether.stages.lm import MetricsLog
+from tether.training import MetricsLog
 
 console = Console(stderr=True)
 ALERTS = "alerts.jsonl"

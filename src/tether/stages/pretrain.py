@@ -19,7 +19,8 @@ from tether.models import (
     load_policy,
     load_tokenizer,
 )
-from tether.stages.lm import Example, TrainConfig, train_lm
+from tether.stages.lm import train_lm
+from tether.training import Example, TrainConfig
 from tether.tokenizer import encode_text
 
 console = Console(stderr=True)

@@ -20,13 +20,7 @@ from rich.console import Console
 
 from tether import distributed
 from tether.chat import chat_format
-from tether.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from tether.checkpoint import latest_checkpoint, load_trainer_state, set_rng_state
 from tether.config import check, save_config
 from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
@@ -34,7 +28,7 @@ from tether.data.preferences import (
     prompt_key,
     split_by_prompt,
 )
-from tether.errors import naming
+from tether.errors import DataError, naming
 from tether.guard import NonFiniteGuard
 from tether.lora import (
     adapt,
@@ -42,14 +36,14 @@ from tether.lora import (
     load_adapter_checkpoint,
     refuse_adapter_checkpoint,
 )
-from tether.losses import bradley_terry_loss
+from tether.math.losses import bradley_terry_loss
 from tether.models import check_positions
 from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
-from tether.rm_metrics import expected_calibration_error, normalising_affine, pearson
-from tether.stages.lm import MetricsLog, TrainConfig
+from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
+from tether.training import MetricsLog, TrainConfig, due, save_training_state
 
 console = Console(stderr=True)
 TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
@@ -83,6 +77,10 @@ class RMConfig(TrainConfig):
     """Llama 2 margin: a pair rated with strength s must be won by at least s (ties and unrated pairs: 0)."""
     label_smoothing: float = 0.0
     """Take each label as flipped with this probability (conservative targets, in [0, 0.5))."""
+    soft_labels: bool = False
+    """Train toward each comparison's meta.p_a, P(response_a preferred) in [0, 1] (e.g. an AI judge's, from `tether
+    judge`), as the Bradley-Terry target instead of 1 / 0 / 0.5 from its choice; a labelled row without it is an
+    error. Held-out accuracy still counts a pair for the side its target favours."""
     share_prefixes: bool = True
     """Run the prompt tokens a prompt group's sequences start with once per step, each sequence only its own tail
     (causal backbones read at the last token; the rewards are unchanged, `tether.rm_batch`)."""
@@ -146,12 +144,24 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig, 
     for c, ((ids_a, cut_a), (ids_b, cut_b)) in zip(labelled, encoded):
         truncated += cut_a + cut_b
         m = c.strength if cfg.margin and c.strength is not None and c.choice != "tie" else 0.0
-        pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, TARGETS[c.choice], float(m),
+        target = soft_target(c) if cfg.soft_labels else TARGETS[c.choice]
+        pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, target, float(m),
                           lengths[c.response_a], lengths[c.response_b]))
     report = {"comparisons": len(comparisons), "unlabelled_skipped": len(comparisons) - len(labelled),
               "ties": sum(c.choice == "tie" for c in labelled), "truncated_sequences": truncated,
               "max_length": cfg.max_length}
     return pairs, report
+
+
+def soft_target(c: Comparison) -> float:
+    """meta.p_a of a comparison (soft_labels=true); DataError `meta.p_a: ...` when absent or not in [0, 1]."""
+    p = c.meta.get("p_a")
+    if p is None:
+        raise DataError(f"comparison {c.id}: meta.p_a: missing (soft_labels=true trains on it; label with `tether "
+                        "judge`, or set soft_labels=false)")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise DataError(f"comparison {c.id}: meta.p_a: {p!r} is not a probability in [0, 1]")
+    return float(p)
 
 
 def group_by_prompt(pairs: list[Pair]) -> list[list[int]]:
@@ -186,7 +196,7 @@ def schedule(groups: list[list[int]], batch_size: int, seed: int, steps: int,
 
     With `lengths` (the longest sequence of each group) and bucket_size > 1, the groups of each window
     of about `bucket_size` batches are sorted by length before packing, then all batches are shuffled:
-    batches of similar lengths pad less (the length bucketing of `lm.epoch_batches`, by whole groups).
+    batches of similar lengths pad less (the length bucketing of `training.epoch_batches`, by whole groups).
     """
     bucketed = lengths is not None and bucket_size > 1
     plan: list[tuple[int, list[int]]] = []
@@ -260,7 +270,7 @@ def _decided(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor) -> tupl
     """Over the non-tie pairs (D of P): whether the chosen response scored higher (1, 0.5 if equal, 0),
     and r_chosen - r_rejected. Shapes: (P,), (P,), (P,) -> (D,), (D,)."""
     keep = target != 0.5
-    chosen_minus_rejected = ((2 * target - 1) * (r_a - r_b))[keep]  # (D,)  sign +1 when A was chosen
+    chosen_minus_rejected = (torch.sign(2 * target - 1) * (r_a - r_b))[keep]  # (D,)  sign +1 when A is favoured
     return (torch.sign(chosen_minus_rejected) + 1) / 2, chosen_minus_rejected
 
 
@@ -383,16 +393,13 @@ def run(cfg: RMConfig) -> Path:
             row = {"step": step + 1, "epoch": epoch, **train_step(net, optimizer, batch, cfg, lr, guard)}
             # 5. Held-out metrics, metric lines, checkpoints.
             last = step + 1 == steps
-            if held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            if held_out and due(step + 1, cfg.eval_every, last):
                 final_eval = evaluate(model, held_out, cfg)
                 row.update({f"eval_{k}": v for k, v in final_eval.items()})
-            if (step + 1) % cfg.log_every == 0 or "eval_loss" in row or last:
+            if due(step + 1, cfg.log_every, last) or "eval_loss" in row:
                 log.write(row)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and not last:
-                state = {"step": step + 1, "optimizer": distributed.optimizer_state(model, optimizer),
-                         "rng": rng_state()}
-                distributed.on_main(model, lambda m: save_checkpoint(run_dir, step + 1, m, model.tokenizer, state,
-                                                                     keep=cfg.keep_checkpoints))
+            if due(step + 1, cfg.save_every) and not last:
+                save_training_state(run_dir, step + 1, model, optimizer, model.tokenizer, cfg.keep_checkpoints)
             bar.update(1, loss=row["loss"], acc=row["accuracy"])
     log.close()
     # 6. Normalise on the reference responses, save the model and the eval summary. The held-out

@@ -13,7 +13,8 @@ from tether.config import check
 from tether.data.formats import check_format, load_conversations
 from tether.errors import naming
 from tether.models import check_positions, load_policy, load_tokenizer
-from tether.stages.lm import Example, TrainConfig, train_lm
+from tether.stages.lm import train_lm
+from tether.training import Example, TrainConfig
 
 console = Console(stderr=True)
 

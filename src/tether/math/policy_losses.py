@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tether.advantages import masked_mean
-from tether.kl import kl_k3
+from tether.math.advantages import masked_mean
+from tether.math.kl import kl_k3
 
 
 # -- aggregation of per-token losses ---------------------------------------------------------------------

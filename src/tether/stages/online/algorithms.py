@@ -1,6 +1,6 @@
-"""The update half of online RL: the experience record and its metrics, one policy (and critic) forward, and
-per algorithm (PPO, GRPO, RLOO) how advantages are made and which loss trains on them. `tether.stages.online`
-runs the loop.
+"""The update half of online RL (tether.stages.online): the experience record and its metrics, one policy (and
+critic) forward, per algorithm (PPO, GRPO, RLOO) how advantages are made and which loss trains on them, and the
+clipped updates over minibatches.
 """
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tether import distributed
-from tether.advantages import (
+from tether.math.advantages import (
     explained_variance,
     gae,
     grpo_advantages,
@@ -24,8 +23,8 @@ from tether.advantages import (
     rloo_advantages,
 )
 from tether.guard import NonFiniteGuard
-from tether.kl import KL_ESTIMATORS, kl_k1, kl_k3
-from tether.policy_losses import (
+from tether.math.kl import KL_ESTIMATORS, kl_k1, kl_k3
+from tether.math.policy_losses import (
     LOSS_AGGREGATIONS,
     grpo_loss,
     ppo_policy_loss,
@@ -33,9 +32,7 @@ from tether.policy_losses import (
     token_entropy,
 )
 from tether.rollout import scale_logits, token_logprobs
-
-if TYPE_CHECKING:
-    from tether.stages.online import OnlineConfig
+from tether.stages.online.config import OnlineConfig
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -147,10 +144,10 @@ def seq_sum(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), per_token, 0).sum(1)
 
 
-def _whiten_rows(adv: torch.Tensor, cfg: OnlineConfig) -> torch.Tensor:
-    """(N,) advantages whitened over the batch (all ranks' rows under torchrun) when cfg.whiten_advantages."""
+def _whiten_rows(adv: torch.Tensor, whiten: bool) -> torch.Tensor:
+    """(N,) advantages whitened over the batch (all ranks' rows under torchrun) when `whiten`."""
     ones = torch.ones_like(adv, dtype=torch.bool)
-    return masked_whiten(adv, ones, reduce=distributed.reducer()) if cfg.whiten_advantages else adv
+    return masked_whiten(adv, ones, reduce=distributed.reducer()) if whiten else adv
 
 
 def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
@@ -170,13 +167,14 @@ def ppo_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
 def grpo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
     """Â_i = (s_i - mean_g) / std_g; the KL is in the loss, so the non-score part is only reported."""
     non_score = -kl_coef * seq_sum(kl_k3(exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
-    return _whiten_rows(grpo_advantages(exp.scores, cfg.group_size), cfg), None, non_score
+    return _whiten_rows(grpo_advantages(exp.scores, cfg.group_size), cfg.whiten_advantages), None, non_score
 
 
 def rloo_group_advantages(exp: Experience, cfg: OnlineConfig, kl_coef: float):
     """Â_i = r_i - mean_{j≠i} r_j with r = score - β Σ_t kl_t (Ahmadian et al. 2024)."""
     kl = seq_sum(KL_ESTIMATORS[cfg.kl_estimator](exp.logprobs, exp.ref_logprobs), exp.response_mask)  # (N,)
-    return _whiten_rows(rloo_advantages(exp.scores - kl_coef * kl, cfg.group_size), cfg), None, -kl_coef * kl
+    advantages = rloo_advantages(exp.scores - kl_coef * kl, cfg.group_size)  # (N,)
+    return _whiten_rows(advantages, cfg.whiten_advantages), None, -kl_coef * kl
 
 
 def ppo_losses(out: PolicyOutput, mb: Experience, cfg: OnlineConfig, kl_coef: float, denom):
@@ -217,6 +215,15 @@ ALGORITHMS = {
     "grpo": Algorithm(grpo_group_advantages, grpo_losses, "sequence", critic=False),
     "rloo": Algorithm(rloo_group_advantages, rloo_losses, "token", critic=False),
 }
+"""The online algorithms (`config.ALGORITHM_NAMES`):
+- ppo (Ziegler et al. 2019; Stiennon et al. 2020; the details of Huang et al. 2024, arXiv:2403.17031): the reward is
+  the score at the response's last token minus β·KL(π || π_ref) at every token (`kl_estimator`, k1 by default),
+  advantages by GAE against a learned value function, clipped policy and value losses.
+- grpo (Shao et al. 2024, DeepSeekMath): `group_size` samples per prompt, advantages = scores normalised within the
+  group, no critic; the KL (k3) sits in the loss with weight β.
+- rloo (Ahmadian et al. 2024): `group_size` samples per prompt, reward = score - β·(sequence KL), advantage = reward
+  minus the mean reward of the other samples of its group, no critic.
+"""
 SUMMED = ("policy_loss", "value_loss")  # already divided by the minibatch's denom: micro-batch parts add up
 
 
@@ -231,13 +238,6 @@ class Actor(nn.Module):
         return policy_forward(self.policy, self.critic, rows, temperature)
 
 
-def my_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Of global batch rows `rows` (a minibatch), the ones this rank holds, as indices into its n rows, in order.
-    Rank r holds rows [r n, (r + 1) n); one process holds them all."""
-    first = distributed.rank() * n
-    return rows[(rows >= first) & (rows < first + n)] - first
-
-
 def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coef: float, lr: float,
            generator: torch.Generator, guard: NonFiniteGuard | None = None, net: nn.Module | None = None
            ) -> dict[str, float]:
@@ -249,41 +249,53 @@ def update(policy, critic, optimizer, exp: Experience, cfg: OnlineConfig, kl_coe
 
     Under torchrun `exp` holds this rank's rows of the global batch and `net` is the DDP wrapper of
     Actor(policy, critic): every rank draws the same permutation of the global batch and trains on its rows of each
-    minibatch (`distributed` rule 1: the minibatch's global count, divided by the ranks; a weight-0 micro-batch
-    when it holds none), so the update is the one a single process would make.
+    minibatch (`distributed.local_rows`), so the update is the one a single process would make.
     """
     guard = guard or NonFiniteGuard.from_config(cfg)
     algo = ALGORITHMS[cfg.algorithm]
     net = net or Actor(policy, critic if algo.critic else None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    world, n = distributed.world_size(), exp.scores.size(0)
     sums, n_steps, skipped, grad_norms = defaultdict(float), 0, 0, 0.0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(cfg.batch_size, generator=generator, device=generator.device)  # (N,)
         for start in range(0, cfg.batch_size, cfg.minibatch_size):
-            mb = exp.select(my_rows(order[start:start + cfg.minibatch_size].to(exp.scores.device), n))
-            tokens = distributed.reduce_sum(mb.response_mask.sum())
-            denom = (tokens if algo.norm == "token" else cfg.minibatch_size) / world
-            micros = [(mb.select(slice(i, i + cfg.micro_batch_size)), 1.0)
-                      for i in range(0, mb.scores.size(0), cfg.micro_batch_size)] or [(exp.select(slice(0, 1)), 0.0)]
-            mb_loss = 0.0
-            for j, (micro, weight) in enumerate(micros):
-                with distributed.accumulating(net, last=j == len(micros) - 1):
-                    out = net(micro, cfg.temperature)
-                    loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
-                    entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
-                    loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
-                    (loss if weight else loss * 0.0).backward()
-                share = weight * float(micro.response_mask.sum() / tokens)
-                stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)
-                for name, value in stats.items():
-                    sums[name] += float(value) * (weight / world if name in SUMMED else share)
-                sums["loss"] += weight * float(loss.detach()) / world
-                mb_loss += weight * float(loss.detach()) / world
-            mb_loss = distributed.all_reduce_sum({"loss": mb_loss})["loss"]  # every rank skips or steps alike
-            grad_norm, dropped = guard.apply(optimizer, params, cfg.grad_clip, lr, mb_loss)
+            rows = distributed.local_rows(order[start:start + cfg.minibatch_size].to(exp.scores.device),
+                                          exp.scores.size(0))
+            loss = minibatch_backward(net, exp, exp.select(rows), algo, cfg, kl_coef, sums)
+            grad_norm, dropped = guard.apply(optimizer, params, cfg.grad_clip, lr, loss)
             grad_norms += grad_norm
             n_steps, skipped = n_steps + 1, skipped + dropped
     sums = distributed.all_reduce_sum(dict(sums))
     return {**{name: value / n_steps for name, value in sums.items()}, "grad_norm": grad_norms / n_steps,
             "nonfinite_skips": skipped}
+
+
+def minibatch_backward(net: nn.Module, exp: Experience, mb: Experience, algo: Algorithm, cfg: OnlineConfig,
+                       kl_coef: float, sums: dict[str, float]) -> float:
+    """Forward and backward of one minibatch, `mb` being this rank's rows of it, micro_batch_size rows at a time;
+    adds its stats to `sums` and returns its loss over all ranks (every rank then skips or steps alike).
+
+    `denom` is the minibatch's count over all ranks, per rank (`distributed.rank_count`, as the other stages'
+    `normalised`). A rank holding no rows runs one weight-0 micro-batch (`distributed.with_stand_in`)."""
+    world = distributed.world_size()
+    tokens = distributed.reduce_sum(mb.response_mask.sum())
+    denom = distributed.rank_count(tokens if algo.norm == "token" else cfg.minibatch_size)
+    micros = distributed.with_stand_in([mb.select(slice(i, i + cfg.micro_batch_size))
+                                        for i in range(0, mb.scores.size(0), cfg.micro_batch_size)],
+                                       exp.select(slice(0, 1)))
+    mb_loss = 0.0
+    for j, (micro, real) in enumerate(micros):
+        weight = float(real)
+        with distributed.accumulating(net, last=j == len(micros) - 1):
+            out = net(micro, cfg.temperature)
+            loss, stats = algo.loss(out, micro, cfg, kl_coef, denom)
+            entropy = token_entropy(out.logits if cfg.entropy_coef else out.logits.detach())  # (B, R)
+            loss = loss - cfg.entropy_coef * LOSS_AGGREGATIONS[algo.norm](entropy, micro.response_mask, denom)
+            (loss if real else loss * 0.0).backward()
+        share = weight * float(micro.response_mask.sum() / tokens)
+        stats["entropy"] = masked_mean(entropy.detach(), micro.response_mask)
+        for name, value in stats.items():
+            sums[name] += float(value) * (weight / world if name in SUMMED else share)
+        sums["loss"] += weight * float(loss.detach()) / world
+        mb_loss += weight * float(loss.detach()) / world
+    return distributed.all_reduce_sum({"loss": mb_loss})["loss"]

@@ -10,12 +10,9 @@ optimizer step, for exact gradient accumulation). The implicit margin of DPO is
 
     h = (log π_θ(y_c|x) - log π_ref(y_c|x)) - (log π_θ(y_r|x) - log π_ref(y_r|x))
 
-Every entry of `DPO_LOSSES` is called the same way:
-
-    fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=β, label_smoothing=ε, gamma=γ,
-       chosen_len=|y_c|, rejected_len=|y_r|, tie=mask)
-
-each reading the keywords it needs and ignoring the rest (`**_`), so a stage never branches on the loss.
+Every entry of `DPO_LOSSES` takes the four log-probs and, as keyword-only arguments, the settings it reads
+out of beta=β, label_smoothing=ε, gamma=γ, chosen_len=|y_c|, rejected_len=|y_r|, tie=mask. A stage passes
+exactly `loss_keywords(fn)`, so it never branches on the loss, and a misspelt keyword is a TypeError.
 
 Ties. The Bradley-Terry family (sigmoid, cdpo, robust, simpo) models P(y_c ≻ y_r) and has no place for a
 tie: the DPO stage drops tie rows and reports how many. IPO regresses h onto a target, and a tie has the
@@ -23,15 +20,18 @@ natural target 0 (equal log-ratios), so `ipo` takes a `tie` mask and keeps ties 
 
 KTO (Ethayarajh et al. 2024) learns from unpaired thumbs-up/down rows, a different data shape and call:
 `kto` (with its reference point `kto_reference_point`), in `UNPAIRED_LOSSES`, trained by `tether dpo
-loss=kto` (`tether.stages.kto`). Converted from comparisons, a tie has no label (neither response is good or
+loss=kto` (`tether.stages.dpo.unpaired`). Converted from comparisons, a tie has no label (neither response is good or
 bad): the KTO path drops and counts ties too. Ties kept: ipo only.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 
-from tether.losses import IGNORE_INDEX
+from tether.math.losses import IGNORE_INDEX
 
 
 def _float(*xs: torch.Tensor) -> list[torch.Tensor]:
@@ -69,7 +69,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
         logp[b] = Σ_{t: labels[b,t] != -100} log softmax(logits[b, t])[labels[b, t]]
 
-    `labels` are next-token targets as `tether.losses.shift_labels` builds them. Computed in at least
+    `labels` are next-token targets as `tether.math.losses.shift_labels` builds them. Computed in at least
     float32. Shapes: logits (B, T, V), labels (B, T) -> logp (B,), count (B,) int.
     """
     return token_logps(logits, labels).sum(-1), (labels != IGNORE_INDEX).sum(-1)
@@ -86,7 +86,7 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # -- the pair losses ------------------------------------------------------------------------------------
 
 
-def dpo_sigmoid(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float, **_) -> torch.Tensor:
+def dpo_sigmoid(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7):
 
         L = -log σ(β h),   h = (π_c - ref_c) - (π_r - ref_r)
@@ -98,7 +98,7 @@ def dpo_sigmoid(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, bet
 
 
 def ipo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float, chosen_len: torch.Tensor,
-        rejected_len: torch.Tensor, tie: torch.Tensor | None = None, **_) -> torch.Tensor:
+        rejected_len: torch.Tensor, tie: torch.Tensor | None = None) -> torch.Tensor:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", §5.1, the sampled IPO loss), with τ = β:
 
@@ -122,8 +122,8 @@ def ipo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float
     return (h - target) ** 2
 
 
-def cdpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float, label_smoothing: float,
-         **_) -> torch.Tensor:
+def cdpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float,
+         label_smoothing: float) -> torch.Tensor:
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO"):
     each label is taken as flipped with probability ε, so the target P(y_c ≻ y_r) is 1 - ε:
 
@@ -136,8 +136,8 @@ def cdpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: floa
     return -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
 
 
-def robust_dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float, label_smoothing: float,
-               **_) -> torch.Tensor:
+def robust_dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float,
+               label_smoothing: float) -> torch.Tensor:
     """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO: Aligning Language Models with Noisy
     Feedback", §3), for labels flipped at rate ε < 1/2, with L(h) = -log σ(β h):
 
@@ -152,7 +152,7 @@ def robust_dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta
 
 
 def simpo(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta: float, gamma: float,
-          chosen_len: torch.Tensor, rejected_len: torch.Tensor, **_) -> torch.Tensor:
+          chosen_len: torch.Tensor, rejected_len: torch.Tensor) -> torch.Tensor:
     """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", eq. 6):
 
         L = -log σ(β (π_c/|y_c| - π_r/|y_r|) - γ)
@@ -167,8 +167,16 @@ def simpo(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *,
 
 
 DPO_LOSSES = {"sigmoid": dpo_sigmoid, "ipo": ipo, "cdpo": cdpo, "robust": robust_dpo, "simpo": simpo}
-"""name -> pair loss, all called as fn(pc, pr, rc, rr, beta=, label_smoothing=, gamma=, chosen_len=,
-rejected_len=, tie=) -> (N,)."""
+"""name -> pair loss fn(pc, pr, rc, rr, **{the keywords of loss_keywords(fn)}) -> (N,)."""
+
+
+@functools.cache
+def loss_keywords(fn) -> tuple[str, ...]:
+    """The keyword-only arguments of a loss: the settings it reads (a subset of beta, label_smoothing, gamma,
+    chosen_len, rejected_len, tie for the pair losses)."""
+    return tuple(name for name, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
 REFERENCE_FREE = frozenset({"simpo"})
 """Losses that never read the reference log-probs (the stage skips the reference pass for them)."""
 LENGTH_NORMALISED = frozenset({"ipo", "simpo"})

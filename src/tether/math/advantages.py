@@ -200,13 +200,3 @@ def rloo_advantages_reference(scores: torch.Tensor, group_size: int) -> torch.Te
         grp = s[i:i + group_size]
         out += [x - sum(grp[:j] + grp[j + 1:]) / (len(grp) - 1) for j, x in enumerate(grp)]
     return torch.tensor(out, dtype=scores.dtype, device=scores.device)
-
-
-ADVANTAGES = {"gae": gae, "grpo": grpo_advantages, "rloo": rloo_advantages}
-"""name -> advantage estimator. Two signatures, by what the method needs:
-  "gae"          (rewards, values, mask, gamma, lam) -> (advantages, returns), both (B, T); needs a critic
-                 and per-token rewards (per_token_rewards); the PPO stage.
-  "grpo", "rloo" (scores, group_size) -> advantages (N,); sequence-level, critic-free, interchangeable:
-                 a group stage picks one by name, e.g. ADVANTAGES[cfg.advantage](scores, cfg.group_size)
-                 (GRPO's eps / scale go through functools.partial or a direct call).
-"""

@@ -1,20 +1,17 @@
 """Held-out evaluation of an online RL run (tether.stages.online): responses to the world's held-out prompts,
 their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate.
-Also the decoding the loop shares with it."""
+Also the prompt encoding and the decoding the loop shares with it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from tether.monitor.stats import mean, standard_error
 from tether.rollout import sample
 from tether.stages.monitoring import gold_rewards
-
-if TYPE_CHECKING:
-    from tether.stages.online import OnlineConfig
+from tether.stages.online.config import OnlineConfig
 
 
 def encode_prompts(fmt, prompts: list, max_prompt_length: int | None, report_to: Path | None = None
