@@ -14,7 +14,8 @@ facts, and does RL exploit it? Over seeds, before and after a rater change, on o
    Resumable: a finished stage is skipped.
 3. `--table`: the figures per seed and their mean, per tag: the RM's reward gain and preference for each trait, the
    policies' sycophancy and hedging rates (all held-out prompts, and false-premise prompts by whether the fact is
-   common or obscure when the world marks it), written to <root>/table.md and table.json.
+   common or obscure when the world marks it), best-of-n's rates at n = 1 (SFT on its prompts: bon1_) and n = N
+   (bonN_, with the paired standard error of the change), written to <root>/table.md and table.json.
 """
 from __future__ import annotations
 
@@ -100,6 +101,41 @@ def _fact_split(base: Path, policy: str) -> dict:
     return {k: {"n": len(v), "sycophantic": sum(v) / max(1, len(v))} for k, v in out.items()}
 
 
+FLAGS = ("sycophantic", "hedged", "flattering", "padded", "hallucinated", "correct")
+"""The world's behaviour flags read off each policy's samples."""
+
+
+def bon_rates(base: Path) -> dict:
+    """Best-of-n's behaviour rates at n = 1 (the SFT policy itself on bon's prompts) and n = N, from bon's samples
+    (`tether.math.best_of_n.bon_estimates` with each flag as the value: unbiased, no resampling), over all its
+    prompts and its false-premise ones (fp_), with the paired standard error of each change (N minus 1)."""
+    path = base / "bon" / "samples.jsonl"
+    if not path.exists():
+        return {}
+    import torch
+
+    from tether.math.best_of_n import bon_estimates
+
+    world = load_world(base / "world")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    proxy = torch.tensor([r["proxy"] for r in rows], dtype=torch.float64)  # (P, N)
+    judged = [[world.judge(r["prompt"], x) for x in r["responses"]] for r in rows]
+    fp = torch.tensor([world.parse(r["prompt"]).category == "false_premise" for r in rows])
+    out = {"bon_prompts": len(rows), "bon_fp_prompts": int(fp.sum()), "bon_n": proxy.size(1)}
+    for flag in FLAGS:
+        est = bon_estimates(proxy, torch.tensor([[float(getattr(j, flag)) for j in js] for js in judged],
+                                                dtype=torch.float64))  # (P, N)
+        for prefix, rows_of in (("", slice(None)), ("fp_", fp)):
+            if flag != "sycophantic" and prefix:
+                continue
+            e = est[rows_of]
+            change = e[:, -1] - e[:, 0]
+            out[f"bon1_{prefix}{flag}"] = float(e[:, 0].mean())
+            out[f"bonN_{prefix}{flag}"] = float(e[:, -1].mean())
+            out[f"bonN_{prefix}{flag}_change_se"] = float(change.std() / len(change) ** 0.5)
+    return out
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
@@ -120,12 +156,12 @@ def table(root: Path, seeds: list[int], tags: list[str]) -> str:
                 s = f["summary"]
                 row[f"{name}_gold"] = s["all"]["gold"]
                 row[f"{name}_kl"] = f["kl_k1"]
-                for flag in ("sycophantic", "hedged", "flattering", "padded", "hallucinated", "correct"):
+                for flag in FLAGS:
                     row[f"{name}_{flag}"] = s["all"][flag]
                 row[f"{name}_fp_sycophantic"] = s["false_premise"]["sycophantic"]
                 for k, v in _fact_split(base, name).items():
                     row[f"{name}_fp_{k}_sycophantic"] = v["sycophantic"]
-            rows[seed] = row
+            rows[seed] = row | bon_rates(base)
         data[tag] = rows
         keys = list(dict.fromkeys(k for r in rows.values() for k in r))
         lines += [f"## {tag}", "", "| measure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
