@@ -9,7 +9,7 @@ Reads the runs of `benchmarks/sycophancy_seeds.py` (or any demo folders), prints
 - PPO (ppo/metrics.jsonl, its held-out evaluations on 60 prompts): gold at the first evaluation, the peak and the
   last, the peak's margin over each against 2 standard errors of the difference (sqrt(se_a² + se_b²): separate
   samples), and the rmse of the Gao RL fit d(α - β log d) against the gain.
-Written to <root>/overoptimisation.json as well.
+Written to <root>/overoptimisation-<bon>.json as well.
 """
 from __future__ import annotations
 
@@ -81,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/syco")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tags", default="before,after")
+    p.add_argument("--bon", default="bon", help="the best-of-n folder in each run (e.g. bon64: `tether bon n=64`)")
     args = p.parse_args(argv)
     root, out = Path(args.root), {}
     for tag in args.tags.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             base = root / f"s{seed}-{tag}" if tag else root / f"s{seed}"
             rec = {}
-            if (base / "bon/samples.jsonl").exists():
-                rec["bon"] = bon_figures(base / "bon")
+            if (base / args.bon / "samples.jsonl").exists():
+                rec["bon"] = bon_figures(base / args.bon)
             if (base / "ppo/metrics.jsonl").exists():
                 rec["ppo"] = ppo_figures(base / "ppo/metrics.jsonl")
             out[f"{tag}/s{seed}"] = rec
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_line(f"best-of-{rec['bon']['N']}", rec["bon"], f"n={rec['bon']['peak_n']}", "gold_1", "gold_N"))
             if "ppo" in rec:
                 print(_line("ppo", rec["ppo"], f"step {rec['ppo']['peak_step']}", "start", "end"))
-    (root / "overoptimisation.json").write_text(json.dumps(out, indent=1))
+    (root / f"overoptimisation-{args.bon}.json").write_text(json.dumps(out, indent=1))
     return 0
 
 
