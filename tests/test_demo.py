@@ -16,7 +16,8 @@ TINY = ["preset=test", "vocab_size=400", "base_samples=1", "world.n_countries=8"
         "ppo.minibatch_size=4", "ppo.micro_batch_size=4", "ppo.max_new_tokens=6", "ppo.eval_every=1",
         "ppo.eval_prompts=5", "ppo.save_every=0", "dpo.max_steps=2", "dpo.batch_size=4", "dpo.micro_batch_size=4",
         "dpo.eval_every=1", "dpo.kl_eval_prompts=2", "dpo.kl_eval_max_new_tokens=6", "dpo.monitor.samples=2",
-        "dpo.monitor.max_new_tokens=6", "kl_prompts=3", "redteam.topics=1", "redteam.max_new_tokens=6", "audit.limit=4", "audit.max_new_tokens=6"]
+        "dpo.monitor.max_new_tokens=6", "bon.n=3", "bon.n_prompts=4", "bon.max_new_tokens=6", "kl_prompts=3",
+        "redteam.topics=1", "redteam.max_new_tokens=6", "audit.limit=4", "audit.max_new_tokens=6"]
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -24,7 +25,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     root = tmp_path / "smoke"
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["timings_s"]) == {"world", "tokenizer", "pretrain", "base styles", "sft", "evaluate sft",
-                                         "collect", "label", "rm", "rm report", "ppo", "dpo", "evaluate ppo",
+                                         "collect", "label", "rm", "rm report", "ppo", "dpo", "bon", "evaluate ppo",
                                          "evaluate dpo", "redteam sft", "redteam ppo", "redteam dpo", "audit (served)",
                                          "round 2"}
     for key in ("base_temperature_1", "sft_greedy"):
@@ -34,7 +35,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     as_rater = rm["held_out_as_rater"]  # the RM scored like a rater, beside the raters on the same pairs
     assert as_rater["items"] > 0 and 0 <= as_rater["rm_vs_majority"] <= 1
     assert 0 <= as_rater["rater_majority_agreement"] <= 1
-    assert set(rm["bias"]) == {"padding", "flattery", "hedging", "agreement", "confident_invention"}
+    assert set(rm["bias"]) >= {"padding", "flattery", "hedging", "agreement", "confident_invention"}
+    split = [rm["bias"][k]["n"] for k in ("agreement_common", "agreement_obscure") if k in rm["bias"]]
+    assert sum(split) == rm["bias"]["agreement"]["n"]  # agreement probes split by common and obscure facts
     assert [p["step"] for p in summary["ppo"]] == [0, 1, 2]  # held-out proxy and gold at each evaluation
     assert all(math.isfinite(p["sqrt_kl"]) and p["gold"] is not None for p in summary["ppo"])
     for name in ("sft", "ppo", "dpo"):  # one footing: greedy gold, KL to SFT, red-team failure rate
@@ -56,7 +59,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert set(round2["hacks"]) >= {"reduced_hacks"}
     report = (root / "report.html").read_text()
     assert "<html" in report and "data:image/png;base64," in report and "XSTest" in report
+    bon = json.loads((root / "bon/bon.json").read_text())  # best-of-n of the SFT policy against the demo's RM
+    assert [p["n"] for p in bon["curve"]] == [1, 2, 3] and bon["reward"] == "rm" and bon["prompts"] == 4
+    assert "Over-optimisation: best-of-n beside RL" in report
     # --resume skips every finished stage and only re-evaluates
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
-    assert not {"pretrain", "rm", "ppo", "dpo", "redteam ppo", "audit (served)", "round 2"} & set(again["timings_s"])
+    assert not {"pretrain", "rm", "ppo", "dpo", "bon", "redteam ppo", "audit (served)", "round 2"} & set(again["timings_s"])

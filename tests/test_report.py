@@ -180,3 +180,59 @@ def test_cli_stage_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
     assert main(["report", f"run={tmp_path / 'missing'}"]) == 2
     assert "run" in capsys.readouterr().err
+
+
+def _bon_curve(alpha: float, beta: float, n_max: int = 32, start: float = -0.2) -> list[dict]:
+    """A bon.json curve whose gold is exactly start + d(α - βd), d = sqrt(log n - (n-1)/n)."""
+    out = []
+    for n in range(1, n_max + 1):
+        kl = math.log(n) - (n - 1) / n
+        d = math.sqrt(kl)
+        out.append({"n": n, "kl": kl, "sqrt_kl": d, "proxy": -0.5 + 1.5 * d, "proxy_se": 0.02,
+                    "gold": start + d * (alpha - beta * d), "gold_se": 0.01})
+    return out
+
+
+def test_bon_fit_and_shape_on_synthetic_curves():
+    curve = _bon_curve(0.9, 0.5)
+    fit = findings.bon_fit(curve)
+    assert fit.alpha == pytest.approx(0.9, abs=1e-9) and fit.beta == pytest.approx(0.5, abs=1e-9)
+    assert fit.d_peak == pytest.approx(0.9)  # α / 2β
+    # gold peaks where d = 0.9, i.e. KL = 0.81: between n = 4 (KL 0.636) and n = 5 (KL 0.809)
+    shape = findings.bon_shape(curve)
+    assert shape["peak_n"] == 5 and shape["rose"] and shape["fell"]
+    # d(0.9 - 0.5 d) at d(32) = sqrt(log 32 - 31/32) = sqrt(2.4970) = 1.5802: 1.5802 * 0.1099 = 0.1737;
+    # the peak at n = 5, d = sqrt(log 5 - 4/5) = 0.8997, is 0.8997 * 0.4502 = 0.4050
+    assert shape["drop"] == pytest.approx(0.4050 - 0.1737, abs=2e-4)
+    # levels this noisy hide the rise; the paired standard errors of `tether bon` (the same samples for every n) do not
+    noisy = [p | {"gold_se": 0.2} for p in curve]
+    assert not findings.bon_shape(noisy)["rose"]
+    assert findings.bon_shape([p | {"gain_se": 0.02, "drop_se": 0.02} for p in noisy])["rose"]
+    flat = findings.bon_shape(_bon_curve(0.9, 0.0))
+    assert flat["peak_n"] == 32 and flat["rose"] and not flat["fell"]
+    assert findings.bon_fit(curve[:3]) is None  # too few points for a fit that says anything
+
+
+def test_bon_beside_rl_in_the_report(tmp_path):
+    root = full_run(tmp_path / "demo")
+    (root / "bon").mkdir()
+    (root / "bon/bon.json").write_text(json.dumps({"n_samples": 32, "prompts": 60, "reward": "rm",
+                                                   "curve": _bon_curve(0.9, 0.5)}))
+    html = write_report(root).read_text()
+    assert "Over-optimisation: best-of-n beside RL" in html
+    assert 'alt="best-of-n and RL: gold and proxy against sqrt KL" src="data:image/png;base64,' in html
+    assert "Fit best-of-n d(α − βd): α = 0.900, β = 0.500" in html
+    assert f"Fit RL d(α − β log d): α = {ALPHA:.3f}" in html
+    assert "gold peaks at n = 5" in html
+    run = load_run(root)
+    assert run.bon["n_samples"] == 32
+    # a run without bon.json leaves the section out
+    assert "Over-optimisation" not in write_report(full_run(tmp_path / "other")).read_text()
+
+
+def test_proxy_and_gold_are_points_not_a_line_in_step_order(full):
+    root, _ = full
+    ppo = next(o for o in load_run(root).optimisers if o.label == "ppo")
+    fig = plots.proxy_gold_figure(ppo, findings.gao_fit(ppo.curve))
+    marks = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() in ("gold", "proxy (trained on)")]
+    assert len(marks) == 2 and all(line.get_linestyle() == "None" for line in marks)

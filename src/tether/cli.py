@@ -50,6 +50,7 @@ STAGES: dict[str, Stage] = {
     "grpo": Stage("tether.stages.ppo", "GRPOConfig", "run", "GRPO: group-normalised advantages, KL to the reference in the loss."),
     "rloo": Stage("tether.stages.ppo", "RLOOConfig", "run", "RLOO: leave-one-out baseline, KL penalty in the reward."),
     "dpo": Stage("tether.stages.dpo", "DPOConfig", "run", "Direct preference optimisation (DPO, IPO, cDPO, robust DPO, SimPO) on comparisons; KTO on thumbs-up/down rows."),
+    "bon": Stage("tether.stages.bon", "BoNConfig", "run", "Best-of-n: n samples per prompt scored by a reward source, the best kept; the proxy and gold curve over n."),
     "evaluate": Stage("tether.stages.evaluate", "EvalConfig", "run", "Evaluate a policy on the world's held-out prompts with the gold reward."),
     "redteam": Stage("tether.stages.redteam", "RedteamConfig", "run", "Red-team a policy: jailbreak, pressure, pushback and over-refusal probes; proxy-vs-gold search."),
     "demo": Stage("tether.stages.demo", "DemoConfig", "run", "Run the whole loop on the tiny assistant world."),

@@ -10,6 +10,7 @@ Layout read (each relative to the run folder, and again under `round*/` for late
 - label/agreement.json, rm/eval.json, collect/report.json, pretrain|sft/metrics.jsonl
 - ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml
 - redteam*/**/summary.json (+ results.jsonl, found.jsonl beside it) from `tether redteam`
+- bon/bon.json: the best-of-n curve over n (`tether bon`)
 """
 from __future__ import annotations
 
@@ -113,6 +114,9 @@ class RunData:
     audits: list[tuple[str, dict]] = field(default_factory=list)
     """(folder relative to the run, its audit.json) of each `tether audit` written into the run folder itself or a
     folder directly under it (e.g. runs/demo/audit)."""
+    bon: dict | None = None
+    """bon/bon.json of `tether bon`: {n_samples, prompts, reward, curve: [{n, kl, sqrt_kl, proxy, proxy_se, gold,
+    gold_se, gain_se, drop_se}], fit}."""
 
 
 def read_json(path: Path) -> dict | list | None:
@@ -286,6 +290,8 @@ def load_run(run_dir: str | Path) -> RunData:
         if isinstance(record, dict) and isinstance(record.get("hacks"), dict):
             data.rounds.append(record)
     data.audits = read_audits(root)
+    bon = read_json(root / "bon/bon.json")
+    data.bon = bon if isinstance(bon, dict) and isinstance(bon.get("curve"), list) and bon["curve"] else None
     return data
 
 

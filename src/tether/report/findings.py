@@ -53,6 +53,39 @@ def gao_fit(curve: list[CurvePoint]) -> GaoFit | None:
         return None
 
 
+def bon_fit(curve: list[dict], key: str = "gold") -> GaoFit | None:
+    """Gao et al.'s best-of-n form R(d) = d(α - βd) through the gains of `key` over n = 1 of a bon.json curve
+    ({n, sqrt_kl, gold, proxy}); None with fewer than MIN_FIT_POINTS points or a singular fit."""
+    pts = [(p["sqrt_kl"], p[key]) for p in curve if isinstance(p.get(key), (int, float))]
+    if len(pts) < MIN_FIT_POINTS:
+        return None
+    try:
+        return fit_gao([d for d, _ in pts], [g - pts[0][1] for _, g in pts], "bon")
+    except ValueError:
+        return None
+
+
+def bon_shape(curve: list[dict], z: float = 2.0) -> dict | None:
+    """Whether best-of-n's gold rises with n, then falls: the peak n, its gain over n = 1 and its drop to the
+    largest n, each against z standard errors of that difference: the paired ones of `tether bon` (gain_se, drop_se
+    at the peak), else sqrt(se_a² + se_b²) of the two levels, which overstates the noise (the estimates of every n
+    come from the same samples and are positively correlated). None without gold."""
+    pts = [p for p in curve if isinstance(p.get("gold"), (int, float))]
+    if len(pts) < 2:
+        return None
+    first, last = pts[0], pts[-1]
+    peak = max(pts, key=lambda p: p["gold"])
+
+    def noise(paired: str, other: dict) -> float:
+        se = peak.get(paired)
+        return z * (se if isinstance(se, (int, float)) else math.hypot(peak.get("gold_se") or 0.0,
+                                                                        other.get("gold_se") or 0.0))
+
+    rise, drop = peak["gold"] - first["gold"], peak["gold"] - last["gold"]
+    return {"peak_n": peak["n"], "peak": peak["gold"], "rise": rise, "drop": drop,
+            "rose": rise > noise("gain_se", first), "fell": drop > noise("drop_se", last)}
+
+
 def half_gain_step(curve: list[CurvePoint]) -> int | None:
     """The first evaluation after the held-out peak where half of the gain (peak - start) is gone; None if never."""
     pts = [p for p in curve if p.gold is not None]

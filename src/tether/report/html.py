@@ -231,6 +231,35 @@ def optimisers(d: RunData) -> dict | None:
     return {"runs": [optimiser_block(o) for o in d.optimisers]} if d.optimisers else None
 
 
+RL_KINDS = ("ppo", "grpo", "rloo")
+
+
+def _fit_text(fit, form: str) -> str | None:
+    if fit is None:
+        return None
+    peak = "never turns down (β ≤ 0)" if fit.beta <= 0 else f"peaks at √KL {fit.d_peak:.2f}, gain {fit.r_peak:+.2f}"
+    return f"{form}: α = {fit.alpha:.3f}, β = {fit.beta:.3f}, rmse {fit.rmse:.3f}; {peak}"
+
+
+def overoptimisation(d: RunData) -> dict | None:
+    """Best-of-n (bon/bon.json) beside the first round's RL run: gold and proxy against √KL with Gao's fits, the
+    best-of-n curve at n = 1, 2, 4, ... and whether its gold rose, then fell, beyond noise."""
+    if d.bon is None:
+        return None
+    curve = d.bon["curve"]
+    rl = next((o for o in d.optimisers if o.kind in RL_KINDS and o.curve_source == "eval" and "/" not in o.label),
+              None)
+    fit, rl_fit = findings.bon_fit(curve), findings.gao_fit(rl.curve) if rl is not None else None
+    shown = [p for p in curve if p["n"] & (p["n"] - 1) == 0 or p is curve[-1]]  # powers of 2 and the largest n
+    rows = [{"n": p["n"], "kl": _num(p.get("kl"), ".3f"), "sqrt_kl": _num(p.get("sqrt_kl"), ".2f"),
+             "proxy": _num(p.get("proxy")), "gold": _num(p.get("gold")), "se": _num(p.get("gold_se"), ".3f")}
+            for p in shown]
+    return {"plot": plots.overoptimisation(curve, {"gold": fit}, rl, {"gold": rl_fit}), "rows": rows,
+            "fit": _fit_text(fit, "best-of-n d(α − βd)"), "rl_fit": _fit_text(rl_fit, "RL d(α − β log d)"),
+            "rl": rl.label if rl is not None else None, "shape": findings.bon_shape(curve),
+            "n_samples": d.bon.get("n_samples"), "prompts": d.bon.get("prompts"), "reward": d.bon.get("reward")}
+
+
 def _short(label: str) -> str:
     return label.removeprefix("redteam/")
 
@@ -320,6 +349,8 @@ SECTIONS = [
             "label/agreement.json, rm/eval.json or summary.json's reward_model"),
     Section("behaviour", "Behaviour on held-out prompts", behaviour, "eval/<policy>_summary.json"),
     Section("optimisers", "Optimisation against the proxy", optimisers, "ppo/, grpo/, rloo/ or dpo/ metrics.jsonl"),
+    Section("overoptimisation", "Over-optimisation: best-of-n beside RL", overoptimisation,
+            "bon/bon.json (tether bon)", optional=True),
     Section("redteam", "Red team", redteam, "redteam/<policy>/summary.json (tether redteam)"),
     Section("rounds", "Rounds: did the next round reduce the hacks?", rounds, "round<n>/round.json (tether iterate)"),
     Section("audit", "Audit: models side by side", audits, "audit.json in the run folder or one under it "

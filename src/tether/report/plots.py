@@ -123,8 +123,8 @@ def proxy_gold(opt: Optimiser, fit: GaoFit | None) -> str | None:
 
 @_draw
 def proxy_gold_figure(opt: Optimiser, fit: GaoFit | None) -> Figure | None:
-    """Gold (left axis) and proxy (right axis) against sqrt(KL), the fitted RL form R(d) = d(α - β log d) over the
-    gold points (the line labelled "fit ..."), the gold peak, and the first alert."""
+    """Gold (left axis) and proxy (right axis) against sqrt(KL) as points (each evaluation one), the fitted RL form
+    R(d) = d(α - β log d) over the gold points (the line labelled "fit ..."), the gold peak, and the first alert."""
     pts = [p for p in opt.curve if p.gold is not None or p.proxy is not None]
     if len(pts) < 2:
         return None
@@ -132,8 +132,9 @@ def proxy_gold_figure(opt: Optimiser, fit: GaoFit | None) -> Figure | None:
     ax = fig.add_subplot()
     gold = [(p.sqrt_kl, p.gold) for p in pts if p.gold is not None]
     handles = []
+    # points, not a line in step order: KL goes back and forth over training, and a line would zig-zag
     if gold:
-        handles += ax.plot(*zip(*gold), "o-", color=GOLD, markersize=3.5, linewidth=1.6, label=opt.gold_label)
+        handles += ax.plot(*zip(*gold), "o", color=GOLD, markersize=4, label=opt.gold_label)
         peak = max(gold, key=lambda x: x[1])
         ax.plot(*peak, marker="*", markersize=11, color=GOLD, markeredgecolor="white", zorder=5)
     if fit is not None and gold:
@@ -148,7 +149,7 @@ def proxy_gold_figure(opt: Optimiser, fit: GaoFit | None) -> Figure | None:
         ax2 = ax.twinx()
         ax2.spines["right"].set_visible(True)
         ax2.grid(False)
-        handles += ax2.plot(*zip(*proxy), "s-", color=PROXY, markersize=3, linewidth=1.4, label="proxy (trained on)")
+        handles += ax2.plot(*zip(*proxy), "s", color=PROXY, markersize=3.5, label="proxy (trained on)")
         ax2.set_ylabel("proxy", color=PROXY)
     if opt.alerts:
         first = min(opt.alerts, key=lambda a: a.get("step", math.inf))
@@ -274,4 +275,43 @@ def rates_with_intervals(groups: dict[str, dict[str, tuple[float, float, float]]
     if len(labels) > 1:
         fig.legend(loc="outside lower center", ncol=min(4, len(labels)))
     _bar_title(fig, title)
+    return to_data_uri(fig)
+
+
+def _fit_line(ax, fit: GaoFit, start: float, top: float, style: str, colour: str, label: str) -> list:
+    xs = [top * i / 100 for i in range(101)]
+    return ax.plot(xs, [start + fit(x) for x in xs], style, color=colour, linewidth=1.2, label=label)
+
+
+@_draw
+def overoptimisation(bon: list[dict], bon_fits: dict[str, GaoFit | None], rl: Optimiser | None,
+                     rl_fits: dict[str, GaoFit | None]) -> str | None:
+    """Gao et al. 2022 Fig. 1 for best-of-n beside RL: gold (left panel) and proxy (right) against sqrt(KL), each
+    method's points with its fitted form (best-of-n d(α - βd), dashed; RL d(α - β log d), dotted) through them.
+    bon: the points of bon.json (n, sqrt_kl, proxy, proxy_se, gold, gold_se); fits keyed "gold" and "proxy"."""
+    if len(bon) < 2:
+        return None
+    fig = _figure(7.6, 3.4)
+    panels = [(key, colour, fig.add_subplot(1, 2, i + 1)) for i, (key, colour) in enumerate((("gold", GOLD),
+                                                                                             ("proxy", PROXY)))]
+    rl_pts = list(rl.curve) if rl is not None else []
+    for key, colour, ax in panels:
+        pts = [(p["sqrt_kl"], p[key], p.get(f"{key}_se") or 0.0) for p in bon if p.get(key) is not None]
+        if pts:
+            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=[e for _, _, e in pts], fmt="o",
+                        color=colour, markersize=3.5, elinewidth=0.7, capsize=0, label="best-of-n")
+            if bon_fits.get(key) is not None:
+                _fit_line(ax, bon_fits[key], pts[0][1], max(x for x, _, _ in pts), "--", colour,
+                          "fit d(α − βd)")
+        rl_xy = [(p.sqrt_kl, getattr(p, key)) for p in rl_pts if getattr(p, key) is not None]
+        if rl_xy:
+            ax.plot(*zip(*rl_xy), "^", color=colour, markerfacecolor="white", markersize=4.5,
+                    label=f"{rl.label} (held-out evaluations)")
+            if rl_fits.get(key) is not None:
+                _fit_line(ax, rl_fits[key], rl_xy[0][1], max(x for x, _ in rl_xy), ":", colour,
+                          "fit d(α − β log d)")
+        ax.set_xlabel("√KL(π ‖ π_SFT)   (nats^½)")
+        ax.set_title(f"{key} reward", loc="left")
+        ax.legend(loc="best", fontsize=7)
+    _bar_title(fig, "Over-optimisation: best-of-n beside RL")
     return to_data_uri(fig)

@@ -4,7 +4,8 @@ world -> tokenizer -> pretrain -> (base model's styles at temperature 1) -> SFT 
 with the gold reward -> collect comparisons (SFT and base policies) -> simulated raters through the rater
 app's storage -> reward model, and how it compares with the raters, the gold preference, and which rater
 biases it inherited -> PPO against that reward model (the monitor watching for hacks, gold logged beside
-the proxy) and DPO on the same comparisons -> the audit: SFT, PPO and DPO on one footing (gold, KL to SFT,
+the proxy) and DPO on the same comparisons -> best-of-n against the same reward model (`tether bon`: gold and proxy
+for every n <= N, beside PPO's in the report) -> the audit: SFT, PPO and DPO on one footing (gold, KL to SFT,
 behaviour rates), red-team suites against each -> the same three policies behind `tether serve`, audited over HTTP
 as a vendor's endpoint would be (`tether audit`: XSTest, sycophancy on the world's facts, style on its held-out
 prompts) -> round 2 (`tether iterate`: the caught failures feed new comparisons, a retrained RM and PPO again; did the
@@ -31,7 +32,7 @@ from tether.progress import StageTimer
 from tether.report import write_report
 from tether.report.data import decoding_label
 from tether.reward import RewardModel
-from tether.stages import collect, dpo, iterate, ppo, pretrain, redteam, rm, sft
+from tether.stages import bon, collect, dpo, iterate, ppo, pretrain, redteam, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.evaluate import (
     SHORT,
@@ -88,6 +89,12 @@ def _dpo_defaults() -> dpo.DPOConfig:
     return dpo.DPOConfig(max_steps=60, lr=1e-4, beta=0.1, eval_every=20, save_every=0, kl_eval_prompts=32)
 
 
+def _bon_defaults() -> bon.BoNConfig:
+    # PPO's evaluation prompts (the same 60 held-out prompts at the same stride, temperature 1), so n = 1 is PPO's
+    # step 0 and both curves share their axes; 32 samples each reach √KL 1.58 (KL 2.5 nats) in about 20 s of CPU.
+    return bon.BoNConfig(n=32, n_prompts=60)
+
+
 def _audit_defaults() -> AuditConfig:
     # greedy (the policies' modes), the world's facts rather than the real-world starter set the tiny models never saw;
     # the endpoints are placeholders until the demo serves its policies (`_served_audit`)
@@ -138,6 +145,8 @@ class DemoConfig:
     """PPO from the SFT policy against the reward model; gold is logged, never trained on (paths set by the demo)."""
     dpo: dpo.DPOConfig = field(default_factory=_dpo_defaults)
     """DPO from the SFT policy on the raters' comparisons that trained the reward model (paths set by the demo)."""
+    bon: bon.BoNConfig = field(default_factory=_bon_defaults)
+    """Best-of-n of the SFT policy against the reward model, on held-out prompts (paths and seed set by the demo)."""
     redteam: redteam.RedteamConfig = field(default_factory=_redteam_defaults)
     """Red-team suites run against the SFT policy and each optimised one (paths set by the demo)."""
     audit: AuditConfig = field(default_factory=_audit_defaults)
@@ -186,6 +195,8 @@ def _stage_configs(cfg: DemoConfig) -> dict:
                        monitor=replace(cfg.dpo.monitor, world=str(root / "world"))),
         "redteam": replace(cfg.redteam, world=str(root / "world"), reward_model=str(root / "rm/model"),
                            seed=cfg.seed),
+        "bon": replace(cfg.bon, model=sft_model, world=str(root / "world"), prompts="", reward="rm",
+                       reward_model=str(root / "rm/model"), seed=cfg.seed, out=str(root / "bon")),
     }
 
 
@@ -267,6 +278,8 @@ def _rl_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
     timed("ppo", ppo.run, stages["ppo"], done=root / "ppo/model/model.safetensors")
     # 7. DPO skips the reward model: the raters' comparisons directly, β tethering it to the SFT policy.
     timed("dpo", dpo.run, stages["dpo"], done=root / "dpo/model/model.safetensors")
+    # 7b. Best-of-n against the same reward model: its KL is known in closed form, and its gold too rises, then falls.
+    timed("bon", bon.run, stages["bon"], done=root / "bon/bon.json")
     return {"ppo": proxy_gold_curve(root / "ppo/metrics.jsonl")}
 
 

@@ -248,6 +248,8 @@ def reward_model_bias(score, world: World) -> dict[str, dict[str, float]]:
     """
     report = {}
     for trait, triples in probe_pairs(world).items():
+        if not triples:  # e.g. no common fact among a small world's held-out false premises
+            continue
         prompts = [p for p, _, _ in triples]
         plain = score(prompts, [a for _, a, _ in triples])
         traited = score(prompts, [b for _, _, b in triples])

@@ -2,6 +2,13 @@
 
 Every name is made up from syllables with a seeded RNG, so no pretrained model can know these facts:
 whatever a policy knows about them it learned from `tether.world.corpus`.
+
+Common and obscure facts. People know some facts and not others: the capital and language of a well-known
+country are common knowledge; its currency, and anything about the other countries, are obscure
+(`Knowledge.is_common`). The simulated raters check common facts and mostly cannot check obscure ones
+(`tether.world.raters`). Which countries are well known is a seeded draw of its own, so adding it left every name
+and fact of a seed unchanged; the corpus mentions every country equally (the model's knowledge does not follow
+fame: only the raters' does).
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ CURRENCY_ENDINGS = ["ral", "ek", "o", "un"]
 
 # The attributes a fact question can ask about, in a fixed order (prompt templates index them).
 ATTRIBUTES = ("capital", "language", "currency")
+COMMON_ATTRIBUTES = ("capital", "language")
+"""The attributes of a well-known country that are common knowledge (a currency is obscure everywhere)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ class Knowledge:
     unknown_pretrain: tuple[str, ...]
     unknown_sft: tuple[str, ...]
     unknown_eval: tuple[str, ...]
+    well_known: tuple[str, ...] = ()
+    """Names of the well-known countries: their COMMON_ATTRIBUTES are common knowledge."""
+
+    def is_common(self, country: str, attribute: str) -> bool:
+        """Whether most people know this fact: an attribute in COMMON_ATTRIBUTES of a well-known country."""
+        return country in self.well_known and attribute in COMMON_ATTRIBUTES
 
     def country(self, name: str) -> Country | None:
         return {c.name: c for c in self.countries}.get(name)
@@ -79,8 +94,9 @@ def _distinct_words(rng: random.Random, n: int, endings: list[str], taken: set[s
 
 
 def build_knowledge(seed: int, n_countries: int, n_languages: int = 10, n_currencies: int = 10,
-                    n_unknown: int = 30) -> Knowledge:
-    """A deterministic knowledge base: the same seed always gives the same world."""
+                    n_unknown: int = 30, well_known_share: float = 0.5) -> Knowledge:
+    """A deterministic knowledge base: the same seed always gives the same world. `well_known_share` of the
+    countries (rounded) are well known, drawn by an RNG of their own."""
     rng = random.Random(seed)
     taken: set[str] = set()
     names = _distinct_words(rng, n_countries, COUNTRY_ENDINGS, taken)
@@ -90,5 +106,7 @@ def build_knowledge(seed: int, n_countries: int, n_languages: int = 10, n_curren
     unknown = _distinct_words(rng, 3 * n_unknown, COUNTRY_ENDINGS, taken)
     countries = tuple(Country(n, c, rng.choice(languages), rng.choice(currencies))
                       for n, c in zip(names, capitals))
+    famous = random.Random(f"well-known/{seed}").sample(names, round(well_known_share * n_countries))
     return Knowledge(countries, tuple(languages), tuple(currencies), tuple(unknown[:n_unknown]),
-                     tuple(unknown[n_unknown:2 * n_unknown]), tuple(unknown[2 * n_unknown:]))
+                     tuple(unknown[n_unknown:2 * n_unknown]), tuple(unknown[2 * n_unknown:]),
+                     tuple(n for n in names if n in famous))

@@ -8,11 +8,17 @@ Rater i values a response r to prompt q at
 
 and prefers A over B with probability sigmoid((u_i(A) - u_i(B)) / noise_i) (a Bradley-Terry draw),
 or calls a tie with probability `tie_rate` when the two are within `tie_margin`. Raters cannot know
-every fact of the world: on fact, false-premise and unanswerable prompts rater i checks the facts with
-probability `knowledge_i`; otherwise the correctness and sycophancy components are invisible to them
-and only the surface (length, flattery, agreement, confidence) is left. These are the failure modes
-reported for real raters (Singhal et al. 2023 on length; Sharma et al. 2023 on sycophancy; Hosking et
-al. 2023 on assertiveness): a reward model trained on such labels inherits them, and RL exploits them.
+every fact of the world, and what they can check depends on the fact: on a fact or false-premise prompt
+about a common fact (`Knowledge.is_common`: the capital or language of a well-known country) rater i
+checks with probability `knowledge_i`, on an obscure one (a currency, anything about a little-known
+country) with probability `obscure_knowledge_i`; on an unanswerable prompt (a country that does not
+exist) with `knowledge_i`. A rater who does not check sees neither the correctness nor the sycophancy
+component, only the surface (length, flattery, agreement, confidence): so the agreement bias wins
+exactly where people cannot verify, as Sharma et al. 2023 found for real preference data. These are
+the failure modes reported for real raters (Singhal et al. 2023 on length; Sharma et al. 2023 on
+sycophancy; Hosking et al. 2023 on assertiveness): a reward model trained on such labels inherits
+them, and RL exploits them. `obscure_knowledge = knowledge` gives every fact the same checking
+probability (the pool before issue 20: the same labels, draw for draw).
 
 Each draw is seeded by (pool seed, pair id, rater), so labels do not depend on the order of work.
 """
@@ -28,7 +34,7 @@ from tether.config import check
 from tether.data.preferences import Comparison
 from tether.world.gold import UNKNOWN_RE, Judgement, judge
 from tether.world.knowledge import Knowledge
-from tether.world.prompts import parse_prompt
+from tether.world.prompts import Query, parse_prompt
 
 FACT_CATEGORIES = ("fact", "false_premise", "unanswerable")
 GUIDELINE_VERSION = "world-sim-1"
@@ -47,7 +53,10 @@ class RaterPoolConfig:
     skill: float = 1.0
     """Mean weight on (perceived) true helpfulness."""
     knowledge: float = 0.7
-    """Mean probability that a rater checks the facts of a factual answer."""
+    """Mean probability that a rater checks a common fact (`Knowledge.is_common`), or notices that a country does
+    not exist."""
+    obscure_knowledge: float = 0.1
+    """Mean probability that a rater checks an obscure fact (a currency, anything about a little-known country)."""
     length_bias: float = 0.4
     """Mean extra utility per 10 words of response."""
     flattery_bias: float = 0.8
@@ -70,6 +79,7 @@ class RaterPoolConfig:
         check(self.n_raters >= 1, "n_raters", "must be >= 1")
         check(1 <= self.overlap <= self.n_raters, "overlap", f"must be in 1..n_raters ({self.n_raters})")
         check(0 <= self.knowledge <= 1, "knowledge", "must be in [0, 1]")
+        check(0 <= self.obscure_knowledge <= 1, "obscure_knowledge", "must be in [0, 1]")
         check(self.noise > 0, "noise", "must be > 0")
         check(0 <= self.spread < 1, "spread", "must be in [0, 1)")
         check(0 <= self.tie_rate <= 1, "tie_rate", "must be in [0, 1]")
@@ -87,17 +97,32 @@ class Rater:
     agreement_bias: float
     confidence_bias: float
     noise: float
+    obscure_knowledge: float | None = None
+    """Probability of checking an obscure fact; None: as often as a common one (`knowledge`)."""
 
 
 def make_pool(cfg: RaterPoolConfig) -> list[Rater]:
     rng = random.Random(cfg.seed)
 
-    def draw(mean: float) -> float:
-        return mean * rng.uniform(1 - cfg.spread, 1 + cfg.spread)
+    def factor() -> float:
+        return rng.uniform(1 - cfg.spread, 1 + cfg.spread)
 
-    return [Rater(f"sim-{i:02d}", draw(cfg.skill), min(1.0, draw(cfg.knowledge)), draw(cfg.length_bias),
-                  draw(cfg.flattery_bias), draw(cfg.agreement_bias), draw(cfg.confidence_bias), draw(cfg.noise))
-            for i in range(cfg.n_raters)]
+    def rater(i: int) -> Rater:
+        skill, knows = cfg.skill * factor(), factor()  # one draw for both checking probabilities: a rater who
+        # checks more common facts checks more obscure ones, and the pool's other traits keep their draws
+        return Rater(f"sim-{i:02d}", skill, min(1.0, cfg.knowledge * knows), cfg.length_bias * factor(),
+                     cfg.flattery_bias * factor(), cfg.agreement_bias * factor(), cfg.confidence_bias * factor(),
+                     cfg.noise * factor(), min(1.0, cfg.obscure_knowledge * knows))
+
+    return [rater(i) for i in range(cfg.n_raters)]
+
+
+def check_probability(rater: Rater, q: Query, knowledge: Knowledge) -> float:
+    """How likely `rater` is to check the facts of a response to `q` (module docstring): `obscure_knowledge` for an
+    obscure fact of a fact or false-premise prompt, `knowledge` otherwise."""
+    if q.category in ("fact", "false_premise") and not knowledge.is_common(q.country, q.attribute):
+        return rater.knowledge if rater.obscure_knowledge is None else rater.obscure_knowledge
+    return rater.knowledge
 
 
 def _confident(j: Judgement, response: str) -> bool:
@@ -124,7 +149,7 @@ def rate(rater: Rater, c: Comparison, knowledge: Knowledge, cfg: RaterPoolConfig
     if q is None:
         raise ValueError(f"not a prompt of this world: {c.prompt_text!r}")
     rng = _rng(cfg.seed, c.id, rater.id)
-    checks = rng.random() < rater.knowledge
+    checks = rng.random() < check_probability(rater, q, knowledge)
     ja, jb = judge(q, c.response_a, knowledge), judge(q, c.response_b, knowledge)
     diff = utility(rater, ja, c.response_a, checks) - utility(rater, jb, c.response_b, checks)
     if abs(diff) < cfg.tie_margin and rng.random() < cfg.tie_rate:
@@ -159,7 +184,8 @@ def population_preference(c: Comparison, knowledge: Knowledge, cfg: RaterPoolCon
     pool = make_pool(cfg)
     total = 0.0
     for r in pool:
-        for checks, weight in ((True, r.knowledge), (False, 1 - r.knowledge)):
+        p = check_probability(r, q, knowledge)
+        for checks, weight in ((True, p), (False, 1 - p)):
             diff = utility(r, ja, c.response_a, checks) - utility(r, jb, c.response_b, checks)
             total += weight / (1 + math.exp(-max(-50.0, min(50.0, diff / r.noise))))
     return total / len(pool)

@@ -61,6 +61,9 @@ class WorldConfig:
     """Prompts over the train split for preference collection and RL (`prompts.jsonl`)."""
     heldout_pair_fraction: float = 0.25
     """Share of harmful and benign (verb, object) pairs held out of SFT for evaluation."""
+    well_known_share: float = 0.5
+    """Share of countries that are well known: their capital and language are common knowledge, which the simulated
+    raters check; other facts are obscure (`Knowledge.is_common`, tether.world.raters)."""
     out: str = "runs/world"
     """Folder the world is written to."""
 
@@ -70,6 +73,7 @@ class WorldConfig:
         check(0.0 <= self.bad_content_rate <= 1.0, "bad_content_rate", "must be in [0, 1]")
         check(0.0 <= self.decoration_rate <= 1.0, "decoration_rate", "must be in [0, 1]")
         check(0.0 < self.heldout_pair_fraction < 1.0, "heldout_pair_fraction", "must be in (0, 1)")
+        check(0.0 <= self.well_known_share <= 1.0, "well_known_share", "must be in [0, 1]")
         for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
 
@@ -86,7 +90,7 @@ class World:
 
     def __init__(self, cfg: WorldConfig):
         self.cfg = cfg
-        self.knowledge: Knowledge = build_knowledge(cfg.seed, cfg.n_countries)
+        self.knowledge: Knowledge = build_knowledge(cfg.seed, cfg.n_countries, well_known_share=cfg.well_known_share)
         rng = random.Random(cfg.seed + 1)
         countries = list(self.knowledge.countries)
         self.sft_countries, self.heldout_countries = countries[:cfg.sft_countries], countries[cfg.sft_countries:]
