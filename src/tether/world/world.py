@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from tether.config import check
+from tether.world.critique import critique_dialogues
 from tether.world.gold import Judgement, judge
 from tether.world.knowledge import ATTRIBUTES, Country, Knowledge, build_knowledge
 from tether.world.prompts import (
@@ -61,6 +62,9 @@ class WorldConfig:
     """Prompts over the train split for preference collection and RL (`prompts.jsonl`)."""
     heldout_pair_fraction: float = 0.25
     """Share of harmful and benign (verb, object) pairs held out of SFT for evaluation."""
+    critique_dialogues: int = 0
+    """Critique-and-revision demonstrations over the train split in the pretraining corpus (tether.world.critique:
+    what `tether cai` asks of the world's models); 0: none, the world exactly as without them."""
     out: str = "runs/world"
     """Folder the world is written to."""
 
@@ -70,7 +74,8 @@ class WorldConfig:
         check(0.0 <= self.bad_content_rate <= 1.0, "bad_content_rate", "must be in [0, 1]")
         check(0.0 <= self.decoration_rate <= 1.0, "decoration_rate", "must be in [0, 1]")
         check(0.0 < self.heldout_pair_fraction < 1.0, "heldout_pair_fraction", "must be in (0, 1)")
-        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts"):
+        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts",
+                     "critique_dialogues"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
 
 
@@ -160,6 +165,9 @@ class World:
         """Rows `{"text": ...}` (encyclopedia) and `{"messages": [...]}` (dialogues in all styles), shuffled."""
         rng = random.Random(self.cfg.seed + 3)
         rows = self.encyclopedia() + [self._dialogue(rng) for _ in range(self.cfg.pretrain_dialogues)]
+        if self.cfg.critique_dialogues:  # their own seed: the other rows are drawn as without them
+            rows += critique_dialogues(lambda category, r: self.query(category, "sft", r), self.knowledge,
+                                       self.cfg.critique_dialogues, self.cfg.seed + 7)
         rng.shuffle(rows)
         return rows
 
