@@ -95,7 +95,9 @@ def test_every_demonstration_is_on_the_train_split_and_its_revision_never_loses_
         principle = next(pid for pid, (crit, rev) in requests.items() if (crit, rev) == (ask, ask_again))
         q = world.parse(prompt)
         categories.add(q.category)
-        assert q.country not in heldout and q.country not in world.knowledge.unknown_eval
+        assert q.country not in heldout
+        if q.category == "unanswerable":  # never a name SFT, the train prompts or evaluation ask about
+            assert q.country in world.knowledge.unknown_pretrain
         if q.verb:
             assert (q.verb, q.target) in train_pairs
         before, after = (judge(q, t, world.knowledge) for t in (original, revision))

@@ -2,7 +2,8 @@
 
 A demonstration is one conversation (the format of Bai et al. 2022, sec. 3, "Constitutional AI"):
 
-    user       a world prompt (train split: the SFT countries and request pairs, a subset of the world's entities)
+    user       a world prompt (train split: the SFT countries and request pairs, a subset of the world's entities;
+               unknown countries from the pretraining pool, see split_of)
     assistant  a response in the world's styles, often flawed: harmful compliance, a refused safe request, a wrong
                or invented answer, agreement with a wrong claim; flattery, a hedge, filler sentences
     user       the critique request of a principle of the world's constitution (constitution.yaml)
@@ -144,9 +145,20 @@ def critique_dialogue(q: Query, rng: random.Random, knowledge: Knowledge, consti
     return {"messages": [{"role": role, "content": text} for role, text in turns]}
 
 
-def critique_dialogues(query: Callable[[str, random.Random], Query], knowledge: Knowledge, n: int,
+def split_of(category: str) -> str:
+    """Where a demonstration's prompt is drawn: the train split (SFT countries and request pairs), except that a
+    question about a country that does not exist names one of the pretraining pool: half the drafts invent an answer,
+    and an invented fact beside a name that SFT, the train prompts or evaluation ask about would teach it."""
+    return "pretrain" if category == "unanswerable" else "sft"
+
+
+def critique_dialogues(query: Callable[[str, str, random.Random], Query], knowledge: Knowledge, n: int,
                        seed: int) -> list[dict]:
-    """`n` demonstrations, categories in equal shares; `query(category, rng)` draws a prompt of the train split."""
+    """`n` demonstrations, categories in equal shares; `query(category, split, rng)` draws a prompt (World.query)."""
     constitution = world_constitution()
     rng = random.Random(seed)
-    return [critique_dialogue(query(rng.choice(CATEGORIES), rng), rng, knowledge, constitution) for _ in range(n)]
+    rows = []
+    for _ in range(n):
+        category = rng.choice(CATEGORIES)
+        rows.append(critique_dialogue(query(category, split_of(category), rng), rng, knowledge, constitution))
+    return rows

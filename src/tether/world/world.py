@@ -166,8 +166,7 @@ class World:
         rng = random.Random(self.cfg.seed + 3)
         rows = self.encyclopedia() + [self._dialogue(rng) for _ in range(self.cfg.pretrain_dialogues)]
         if self.cfg.critique_dialogues:  # their own seed: the other rows are drawn as without them
-            rows += critique_dialogues(lambda category, r: self.query(category, "sft", r), self.knowledge,
-                                       self.cfg.critique_dialogues, self.cfg.seed + 7)
+            rows += critique_dialogues(self.query, self.knowledge, self.cfg.critique_dialogues, self.cfg.seed + 7)
         rng.shuffle(rows)
         return rows
 
