@@ -31,7 +31,9 @@ from tether.world.build import run as build_world
 from tether.world.world import WorldConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-POLICIES = ("sft", "cai_sft", "original_sft")
+MODELS = {"base": "pretrain/model", "sft": "sft/model"}
+"""The responders: the pretrained model (every style, as Bai et al.'s helpful-only model: its SL-CAI model is the
+pretrained LM fine-tuned on the revisions) and the SFT policy (fine-tuned on the world's demonstrations)."""
 
 
 def _once(done: Path, fn, *args) -> None:
@@ -39,7 +41,42 @@ def _once(done: Path, fn, *args) -> None:
         fn(*args)
 
 
-def one_seed(root: Path, seed: int, k: int, rounds: int) -> dict:
+def _gold(run: Path, name: str, how: str, cfg, temperature: float, samples: int) -> dict:
+    out = run / "eval" / f"{name}_{how}_summary.json"
+    if not out.exists():
+        demo._evaluate(cfg, run / name / "model" if name not in MODELS else run / MODELS[name], f"{name}_{how}",
+                       temperature, samples)
+    return json.loads(out.read_text())["all"]
+
+
+def one_responder(run: Path, cfg, stages: dict, responder: str, rounds: int) -> dict:
+    # 2. Critique and revise the responder's own temperature-1 answers.
+    cai_dir = run / f"cai_{responder}"
+    ccfg = cai.CaiConfig(model=str(run / MODELS[responder]), world=str(run / "world"), rounds=rounds, seed=cfg.seed,
+                         out=str(cai_dir))
+    _once(cai_dir / "summary.json", cai.run, ccfg)
+    summary = json.loads((cai_dir / "summary.json").read_text())
+    # 3. SFT from the responder on the revisions, and on the originals (the control).
+    rows = [json.loads(line) for line in (cai_dir / "cai.jsonl").read_text().splitlines()]
+    originals = [r["messages"][:-1] + [{"role": "assistant", "content": r["cai"]["original"]}]
+                 for r in rows if r["cai"]["original"]]
+    write_conversations(cai_dir / "originals.jsonl", originals)
+    for name, data in ((f"{responder}_cai", cai_dir / "cai.jsonl"), (f"{responder}_orig", cai_dir / "originals.jsonl")):
+        _once(run / name / "model/model.safetensors", sft.run,
+              replace(stages["sft"], data=str(data), model=str(run / MODELS[responder]), out=str(run / name)))
+    # 4. Held-out gold of the three policies, sampled (the audit's footing) and greedy.
+    evals = {f"{name}_{how}": _gold(run, name, how, cfg, temperature, samples)
+             for name in (responder, f"{responder}_cai", f"{responder}_orig")
+             for how, temperature, samples in (("t1", 1.0, 4), ("greedy", 0.0, 1))}
+    gold = summary["gold"]
+    return {"changed": summary["changed"], "principles": summary["principles"],
+            "revision_gold": {n: g["gold"] for n, g in gold.items()},
+            "revision_rates": {n: {f: g[f] for f in cai.FLAGS} for n, g in gold.items()},
+            "revision_by_category": {n: g["by_category"] for n, g in gold.items()},
+            "policy_gold": {n: e["gold"] for n, e in evals.items()}, "policy_rates": evals}
+
+
+def one_seed(root: Path, seed: int, k: int, rounds: int, responders: list[str]) -> dict:
     cfg = demo.DemoConfig(name=f"seed{seed}", runs=str(root), seed=seed,
                           world=WorldConfig(critique_dialogues=k))
     stages = demo._stage_configs(cfg)
@@ -49,53 +86,32 @@ def one_seed(root: Path, seed: int, k: int, rounds: int) -> dict:
     _once(run / "tokenizer/tokenizer.json", train_tokenizer, stages["tokenizer"])
     _once(run / "pretrain/model/model.safetensors", pretrain.run, stages["pretrain"])
     _once(run / "sft/model/model.safetensors", sft.run, stages["sft"])
-    # 2. Critique and revise the SFT policy's own temperature-1 answers.
-    ccfg = cai.CaiConfig(model=str(run / "sft/model"), world=str(run / "world"), rounds=rounds, seed=seed,
-                         out=str(run / "cai"))
-    _once(run / "cai/summary.json", cai.run, ccfg)
-    summary = json.loads((run / "cai/summary.json").read_text())
-    # 3. SFT on the revisions, and on the originals (the control).
-    rows = [json.loads(line) for line in (run / "cai/cai.jsonl").read_text().splitlines()]
-    originals = [r["messages"][:-1] + [{"role": "assistant", "content": r["cai"]["original"]}]
-                 for r in rows if r["cai"]["original"]]
-    write_conversations(run / "cai/originals.jsonl", originals)
-    for name, data in (("cai_sft", run / "cai/cai.jsonl"), ("original_sft", run / "cai/originals.jsonl")):
-        _once(run / name / "model/model.safetensors", sft.run,
-              replace(stages["sft"], data=str(data), model=str(run / "sft/model"), out=str(run / name)))
-    # 4. Held-out gold of the three policies, sampled (the audit's footing) and greedy.
-    evals = {}
-    for name in POLICIES:
-        for how, temperature, samples in (("t1", 1.0, 4), ("greedy", 0.0, 1)):
-            out = run / "eval" / f"{name}_{how}_summary.json"
-            if not out.exists():
-                demo._evaluate(cfg, run / name / "model", f"{name}_{how}", temperature, samples)
-            evals[f"{name}_{how}"] = json.loads(out.read_text())["all"]
-    gold = summary["gold"]
-    return {"seed": seed, "critique_dialogues": k, "rounds": rounds, "changed": summary["changed"],
-            "principles": summary["principles"], "revision_gold": {n: g["gold"] for n, g in gold.items()},
-            "revision_rates": {n: {f: g[f] for f in cai.FLAGS} for n, g in gold.items()},
-            "revision_by_category": {n: g["by_category"] for n, g in gold.items()},
-            "policy_gold": {n: e["gold"] for n, e in evals.items()}, "policy_rates": evals}
+    return {"seed": seed, "critique_dialogues": k, "rounds": rounds,
+            **{r: one_responder(run, cfg, stages, r, rounds) for r in responders}}
 
 
 def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):+.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], responders: list[str]) -> str:
     last = f"round_{rows[0]['rounds']}"
-    lines = ["| seed | originals | revisions | changed | SFT t=1 | +CAI t=1 | +originals t=1 | SFT greedy "
-             "| +CAI greedy | +originals greedy |", "|---" * 10 + "|"]
-    for r in rows:
-        g, p = r["revision_gold"], r["policy_gold"]
-        lines.append(f"| {r['seed']} | {g['original']:+.3f} | {g[last]:+.3f} | {r['changed']:.0%} | "
-                     + " | ".join(f"{p[f'{n}_{how}']:+.3f}" for how in ("t1", "greedy") for n in POLICIES) + " |")
-    col = lambda f: [f(r) for r in rows]  # noqa: E731
-    lines.append(f"| mean ± sd | {_mean_sd(col(lambda r: r['revision_gold']['original']))} | "
-                 f"{_mean_sd(col(lambda r: r['revision_gold'][last]))} | | "
-                 + " | ".join(_mean_sd(col(lambda r, k=f'{n}_{how}': r['policy_gold'][k]))
-                              for how in ("t1", "greedy") for n in POLICIES) + " |")
-    return "\n".join(lines) + "\n"
+    out = []
+    for m in responders:
+        names = [m, f"{m}_cai", f"{m}_orig"]
+        out += [f"responder: {m}", "", "| seed | originals | revisions | changed | " + " | ".join(
+            f"{n} {how}" for how in ("t=1", "greedy") for n in names) + " |", "|---" * 10 + "|"]
+        for r in rows:
+            g, p = r[m]["revision_gold"], r[m]["policy_gold"]
+            out.append(f"| {r['seed']} | {g['original']:+.3f} | {g[last]:+.3f} | {r[m]['changed']:.0%} | "
+                       + " | ".join(f"{p[f'{n}_{how}']:+.3f}" for how in ("t1", "greedy") for n in names) + " |")
+        col = lambda f: [f(r[m]) for r in rows]  # noqa: E731
+        out.append(f"| mean ± sd | {_mean_sd(col(lambda x: x['revision_gold']['original']))} | "
+                   f"{_mean_sd(col(lambda x: x['revision_gold'][last]))} | | "
+                   + " | ".join(_mean_sd(col(lambda x, k=f'{n}_{how}': x['policy_gold'][k]))
+                                for how in ("t1", "greedy") for n in names) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -103,15 +119,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--critique-dialogues", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--responders", default="base,sft")
     parser.add_argument("--out", default="runs/cai_seeds")
     args = parser.parse_args()
+    responders = args.responders.split(",")
     rows = []
     for seed in map(int, args.seeds.split(",")):
-        rows.append(one_seed(Path(args.out), seed, args.critique_dialogues, args.rounds))
+        rows.append(one_seed(Path(args.out), seed, args.critique_dialogues, args.rounds, responders))
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "cai_seeds.json").write_text(json.dumps(rows, indent=1))
-        (RESULTS / "cai_seeds.md").write_text(markdown(rows))
-        print(markdown(rows))
+        (RESULTS / "cai_seeds.md").write_text(markdown(rows, responders))
+        print(markdown(rows, responders))
 
 
 if __name__ == "__main__":
