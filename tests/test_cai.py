@@ -38,27 +38,18 @@ def _rows(out) -> list[dict]:
     return [json.loads(line) for line in (out / "cai.jsonl").read_text().splitlines()]
 
 
-def _check_rows(rows: list[dict], rounds: int, version: str, principles: set[str]) -> None:
+def _check_rows(rows: list[dict], rounds: int, constitution) -> None:
     """Well-formed provenance: the prompt then the last non-empty reply of the chain, every round recorded."""
-    constitution = {"better", "kinder"} if version == "c1" else principles
     for i, row in enumerate(rows):
         p = row["cai"]
         assert p["prompt_index"] == i and len(p["rounds"]) == rounds
         assert row["messages"][:-1] == [{"role": "user", "content": ["Name a fruit.", "Say hi.", "Name a colour."][i]}]
         chain = [p["original"], *(r["revision"] for r in p["rounds"])]
         assert row["messages"][-1] == {"role": "assistant", "content": next(t for t in reversed(chain) if t)}
-        assert {r["principle"] for r in p["rounds"]} <= constitution
         assert [r["principle"] for r in p["rounds"]] == [
-            cai.principle_for(load_constitution_for(version), 0, i, r).id for r in range(1, rounds + 1)]
+            cai.principle_for(constitution, 0, i, r).id for r in range(1, rounds + 1)]
         assert set(p["rounds"][0]) == {"principle", "critique", "revision"}
-        assert p["constitution"]["version"] == version
-
-
-_CONSTITUTIONS: dict = {}
-
-
-def load_constitution_for(version: str):
-    return _CONSTITUTIONS[version]
+        assert p["constitution"] == {"name": "", "version": "c1", "sha256": constitution.sha256}
 
 
 @pytest.mark.parametrize("arch, shape, extra", [("qwen2", "chatml", []), ("llama", "llama3", []),
@@ -66,14 +57,13 @@ def load_constitution_for(version: str):
 def test_a_real_chat_model_critiques_and_revises_and_sft_reads_the_rows(arch, shape, extra, files, real_root,
                                                                          tmp_path):
     folder = archkit.save_model(arch, shape, real_root)
-    _CONSTITUTIONS["c1"] = load_constitution(files / "short.yaml")
     out = tmp_path / "cai"
     args = ["cai", f"model={folder}", f"prompts={files / 'prompts.jsonl'}", f"constitution={files / 'short.yaml'}",
             "rounds=2", "max_new_tokens=6", f"out={out}", *extra]
     assert main(args) == 0
     rows = _rows(out)
     assert len(rows) == 3
-    _check_rows(rows, 2, "c1", set())
+    _check_rows(rows, 2, load_constitution(files / "short.yaml"))
     assert all(r["cai"]["responder"] == str(folder) for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prompts"] == summary["written"] == 3 and sum(summary["principles"].values()) == 6
@@ -108,7 +98,6 @@ def test_sft_trains_on_the_rows(files, real_root, tmp_path):
 
 def test_against_tether_serve_on_loopback(files, real_root, tmp_path):
     folder = archkit.save_model("qwen2", "chatml", real_root)
-    _CONSTITUTIONS["c1"] = load_constitution(files / "short.yaml")
     out = tmp_path / "cai"
     with live_server(folder, default_max_tokens=4) as live:
         args = ["cai", f"endpoint={live.url}", f"prompts={files / 'prompts.jsonl'}",
@@ -122,7 +111,7 @@ def test_against_tether_serve_on_loopback(files, real_root, tmp_path):
     assert sent == 3 * (1 + 2 * 2) and again == 0  # every reply cached: the rerun asks nothing
     assert len((out / CACHE_FILE).read_text().splitlines()) == sent
     rows = _rows(out)
-    _check_rows(rows, 2, "c1", set())
+    _check_rows(rows, 2, load_constitution(files / "short.yaml"))
     assert rows[0]["cai"]["responder"] == f"{live.url} ({folder.name})"
 
 
@@ -190,12 +179,15 @@ def test_principles_are_drawn_per_prompt_and_round_whatever_the_order():
     (["cai", "model=m"], "CaiConfig.prompts: give prompts=FILE, or world=DIR for the world's"),
     (["cai", "model=m", "world=w", "rounds=0"], "CaiConfig.rounds: must be >= 1"),
     (["cai", "endpoint=http://x/v1", "world=w", "chat_template=chatml"], "CaiConfig.endpoint: the server formats"),
-    (["cai", "model=m", "prompts=nope.jsonl"], "nope.jsonl"),
+    (["cai", "model=m", "prompts=nope.jsonl"], "nope.jsonl: file not found"),
+    (["cai", "model=m", "world=nowhere"], "nowhere: not a world folder (no world.yaml)"),
+    (["cai", "model=nowhere", "prompts=PROMPTS"], "model: nowhere is not a folder"),
 ])
-def test_the_cli_names_the_setting_to_change(capsys, argv, message):
+def test_the_cli_names_the_setting_to_change(capsys, argv, message, files):
+    argv = [a.replace("PROMPTS", str(files / "prompts.jsonl")) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") or (message in err and err.startswith("error: ")), err
+    assert err.startswith(f"error: {message}"), err
     assert "Traceback" not in err
 
 

@@ -196,18 +196,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def run(cfg: CaiConfig) -> Path:
-    # 1. Prompts (bad data fails before any model work), the constitution, the world, the responder.
-    prompts = load_cai_prompts(cfg)
+    # 1. The world, the prompts (bad data fails before any model work), the constitution, the responder.
     world = None
     if cfg.world:
         from tether.world.build import load_world
 
         world = load_world(cfg.world)
+    prompts = load_cai_prompts(cfg)
     constitution = _constitution(cfg)
+    responder, name, cache = build_responder(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    responder, name, cache = build_responder(cfg)
     # 2. The original responses (sampled at `temperature`: a model's ordinary, sometimes flawed, answers).
     originals = responder.replies(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                   seed=cfg.seed, cache=cache, label="cai: responses")
