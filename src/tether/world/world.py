@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from tether.config import check
+from tether.world.critique import critique_dialogues
 from tether.world.gold import Judgement, judge
 from tether.world.knowledge import ATTRIBUTES, Country, Knowledge, build_knowledge
 from tether.world.prompts import (
@@ -64,6 +65,9 @@ class WorldConfig:
     well_known_share: float = 0.5
     """Share of countries that are well known: their capital and language are common knowledge, which the simulated
     raters check; other facts are obscure (`Knowledge.is_common`, tether.world.raters)."""
+    critique_dialogues: int = 0
+    """Critique-and-revision demonstrations over the train split in the pretraining corpus (tether.world.critique:
+    what `tether cai` asks of the world's models); 0: none, the world exactly as without them."""
     out: str = "runs/world"
     """Folder the world is written to."""
 
@@ -74,7 +78,8 @@ class WorldConfig:
         check(0.0 <= self.decoration_rate <= 1.0, "decoration_rate", "must be in [0, 1]")
         check(0.0 < self.heldout_pair_fraction < 1.0, "heldout_pair_fraction", "must be in (0, 1)")
         check(0.0 <= self.well_known_share <= 1.0, "well_known_share", "must be in [0, 1]")
-        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts"):
+        for name in ("encyclopedia_docs", "pretrain_dialogues", "sft_demos", "eval_per_category", "train_prompts",
+                     "critique_dialogues"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
 
 
@@ -164,6 +169,8 @@ class World:
         """Rows `{"text": ...}` (encyclopedia) and `{"messages": [...]}` (dialogues in all styles), shuffled."""
         rng = random.Random(self.cfg.seed + 3)
         rows = self.encyclopedia() + [self._dialogue(rng) for _ in range(self.cfg.pretrain_dialogues)]
+        if self.cfg.critique_dialogues:  # their own seed: the other rows are drawn as without them
+            rows += critique_dialogues(self.query, self.knowledge, self.cfg.critique_dialogues, self.cfg.seed + 7)
         rng.shuffle(rows)
         return rows
 
