@@ -1,0 +1,190 @@
+"""Experiment: reward models from human labels, AI labels and hybrid labels on the demo's comparison queue, over seeds
+(issue 17 item 6): RM accuracy against gold on held-out pairs, and how many human ratings each used.
+
+    .venv/bin/python benchmarks/hybrid_seeds.py --run runs/demo [--seeds 0,1,2] [--out runs/hybrid_seeds]
+                                                [--budgets 0.4,0.3] [--prepare]
+
+--prepare first builds what the experiment reads with the demo's own settings (tether.stages.demo): the world, the
+tokenizer, the pretrained base, the SFT policy and the comparison queue (no PPO, DPO or audit). Resumable: every
+step skips when its output exists.
+
+Per seed s, on <run>/collect/queue.jsonl split by prompt (held-out fraction --heldout, seed s):
+1. `tether label app=false raters.seed=s`: the simulated people (3 ratings per pair) on the whole queue.
+2. `tether judge simulated=true sim.seed=s seed=s`: the simulated AI judge on the whole queue, both orders.
+3. Training sets (training pairs only): human = every rating; ai = the judge's labels; hybrid@b = `tether hybrid
+   budget=b`: the judge's labels where it is sure, the people's ratings of the routed pairs (the same raters'
+   decisions as in `human`: a rating is seeded by pair and rater).
+4. `tether rm` from the demo's SFT policy with the demo's RM settings on each (soft: soft_labels=true, the judge's
+   p_a as the target), with epochs scaled so that every set trains for as many comparisons as `human` (one epoch of
+   it), so that the sets differ in their labels, not in their compute.
+5. Each RM's accuracy against the gold preference on the held-out pairs (gold ties skipped), and the human ratings
+   its set used (the share of `human`'s).
+Writes benchmarks/results/hybrid_seeds.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from tether.cli import main
+from tether.data.preferences import read_comparisons, split_by_prompt, write_comparisons
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def prepare(run: Path, seed: int = 0) -> None:
+    """World, tokenizer, base model, SFT policy and comparison queue as `tether demo name=<run>` makes them."""
+    from tether.stages import collect, pretrain, sft
+    from tether.stages.demo import DemoConfig, _stage_configs
+    from tether.tokenizer import run as train_tokenizer
+    from tether.world.build import run as build_world
+
+    stages = _stage_configs(DemoConfig(name=run.name, runs=str(run.parent), seed=seed))
+    steps = [("world", build_world, "world/eval.jsonl"), ("tokenizer", train_tokenizer, "tokenizer/tokenizer.json"),
+             ("pretrain", pretrain.run, "pretrain/model/model.safetensors"),
+             ("sft", sft.run, "sft/model/model.safetensors"), ("collect", collect.run, "collect/queue.jsonl")]
+    for name, fn, done in steps:
+        if not (run / done).exists():
+            fn(stages[name])
+
+
+def tether(*args: str) -> None:
+    if main(list(args)) != 0:
+        raise SystemExit(f"tether {' '.join(args)} failed")
+
+
+def labels(run: Path, out: Path, seed: int) -> tuple[Path, Path]:
+    """Steps 1-2: the simulated people's ratings and the simulated judge's labels of the whole queue."""
+    queue, world = run / "collect/queue.jsonl", run / "world"
+    ratings, judged = out / f"label{seed}/comparisons.jsonl", out / f"judge{seed}/comparisons.jsonl"
+    if not ratings.exists():
+        tether("label", f"queue={queue}", f"world={world}", f"raters.seed={seed}", "app=false",
+               f"out={ratings.parent}")
+    if not judged.exists():
+        tether("judge", "simulated=true", f"world={world}", f"queue={queue}", f"reference={ratings}",
+               f"sim.seed={seed}", f"seed={seed}", f"out={judged.parent}")
+    return ratings, judged
+
+
+def training_sets(run: Path, out: Path, seed: int, budgets: list[float], heldout: float) -> dict[str, Path]:
+    """Step 3: the held-out pairs (people's ratings, for `tether rm`'s eval) and every training set."""
+    ratings_file, judged_file = labels(run, out, seed)
+    folder = out / f"s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    queue = read_comparisons(run / "collect/queue.jsonl")
+    train, test = split_by_prompt(queue, heldout, seed)
+    train_ids, test_ids = {c.id for c in train}, {c.id for c in test}
+    ratings = read_comparisons(ratings_file)
+    sets = {"heldout": folder / "heldout.jsonl", "human": folder / "human.jsonl", "ai": folder / "ai.jsonl"}
+    write_comparisons(sets["heldout"], [c for c in ratings if c.id in test_ids])
+    write_comparisons(sets["human"], [c for c in ratings if c.id in train_ids])
+    write_comparisons(sets["ai"], [c for c in read_comparisons(judged_file) if c.id in train_ids])
+    for budget in budgets:
+        hybrid = folder / f"hybrid{budget:g}"
+        settings = [f"judged={sets['ai']}", f"budget={budget}", f"world={run / 'world'}", f"out={hybrid}"]
+        tether("hybrid", *settings)  # 1. route
+        routed = {c.id for c in read_comparisons(hybrid / "people_queue.jsonl")}
+        write_comparisons(hybrid / "people.jsonl", [c for c in ratings if c.id in routed])  # people rate those
+        tether("hybrid", *settings, f"people={hybrid / 'people.jsonl'}")  # 2. merge
+        sets[f"hybrid{budget:g}"] = hybrid / "comparisons.jsonl"
+    return sets
+
+
+def train_rm(run: Path, data: Path, heldout: Path, folder: Path, seed: int, epochs: float, soft: bool) -> dict:
+    """Step 4-5: one reward model with the demo's RM settings; its accuracy against gold on the held-out pairs."""
+    from tether.reward import RewardModel
+    from tether.stages.demo import _rm_defaults
+    from tether.stages.evaluate import reward_model_gold_accuracy
+    from tether.world.build import load_world
+
+    result = folder / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    rm = _rm_defaults()
+    tether("rm", f"data={data}", f"eval_data={heldout}", f"model={run / 'sft/model'}", f"epochs={epochs:.6f}",
+           f"lr={rm.lr}", "eval_every=0", "save_every=0", f"seed={seed}", f"soft_labels={str(soft).lower()}",
+           f"out={folder}")
+    model = RewardModel.from_pretrained(str(folder / "model"))
+    held_out = read_comparisons(heldout)
+    row = {**reward_model_gold_accuracy(model.score, load_world(run / "world"), held_out),
+           "vs_raters": json.loads((folder / "eval.json").read_text())["eval"]["accuracy"], "epochs": epochs}
+    result.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def one_seed(run: Path, out: Path, seed: int, budgets: list[float], heldout: float) -> dict:
+    sets = training_sets(run, out, seed, budgets, heldout)
+    rows = {name: read_comparisons(path) for name, path in sets.items() if name != "heldout"}
+    human_ratings = len(rows["human"])
+    conditions = [("human", False), ("ai", False), ("ai", True)]
+    conditions += [(name, soft) for name in rows if name.startswith("hybrid") for soft in (False, True)]
+    out_row = {"seed": seed, "train_pairs": len({c.id for c in rows["ai"]}), "human_ratings_all": human_ratings,
+               "conditions": {}}
+    for name, soft in conditions:
+        used = sum(not (c.rater or "").startswith("judge:") for c in rows[name])
+        key = f"{name}{'-soft' if soft else ''}"
+        result = train_rm(run, sets[name], sets["heldout"], out / f"s{seed}/rm-{key}", seed,
+                          human_ratings / len(rows[name]), soft)
+        entry = {**result, "human_ratings": used, "human_share": used / human_ratings, "rows": len(rows[name])}
+        if name.startswith("hybrid"):
+            report = json.loads((sets[name].parent / "hybrid_report.json").read_text())
+            entry.update(threshold=report["routing"]["threshold"], routed_share=report["routing"]["routed_share"],
+                         labels_vs_gold=report["gold"])
+        out_row["conditions"][key] = entry
+    return out_row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| seed | training labels | human ratings (share) | RM vs gold | vs human-only | RM vs raters | threshold |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = row["conditions"]["human"]["accuracy_vs_gold"]
+        for key, c in row["conditions"].items():
+            threshold = f"{c['threshold']:.3f}" if "threshold" in c else ""
+            lines.append(f"| {row['seed']} | {key} | {c['human_ratings']} ({c['human_share']:.0%}) "
+                         f"| {c['accuracy_vs_gold']:.1%} | {100 * (c['accuracy_vs_gold'] - base):+.1f} "
+                         f"| {c['vs_raters']:.1%} | {threshold} |")
+    lines.append("")
+    for key in rows[0]["conditions"]:
+        acc = [r["conditions"][key]["accuracy_vs_gold"] for r in rows]
+        gap = [100 * (r["conditions"][key]["accuracy_vs_gold"] - r["conditions"]["human"]["accuracy_vs_gold"])
+               for r in rows]
+        share = [r["conditions"][key]["human_share"] for r in rows]
+        lines.append(f"{key}: RM vs gold mean {statistics.mean(acc):.1%} (sd "
+                     f"{statistics.stdev(acc) if len(acc) > 1 else 0:.1%}), vs human-only "
+                     f"{statistics.mean(gap):+.1f} points (worst seed {min(gap):+.1f}), human ratings "
+                     f"{statistics.mean(share):.0%}")
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/demo", help="a `tether demo` run folder (or one --prepare makes)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default="runs/hybrid_seeds")
+    parser.add_argument("--budgets", default="0.4", help="shares of the pairs routed to people, comma-separated")
+    parser.add_argument("--heldout", type=float, default=0.25, help="share of the queue's prompts held out")
+    parser.add_argument("--prepare", action="store_true", help="first build the demo's world, SFT and queue")
+    return parser.parse_args()
+
+
+def run() -> None:
+    args = parse_args()
+    run_dir, out = Path(args.run), Path(args.out)
+    if args.prepare:
+        prepare(run_dir)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    rows = []
+    for s in args.seeds.split(","):
+        rows.append(one_seed(run_dir, out, int(s), budgets, args.heldout))
+        RESULTS.mkdir(exist_ok=True)  # written after every seed, so a long run shows its progress
+        (RESULTS / "hybrid_seeds.json").write_text(json.dumps({"run": args.run, "budgets": budgets,
+                                                               "heldout": args.heldout, "rows": rows}, indent=1))
+        (RESULTS / "hybrid_seeds.md").write_text(table(rows) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    run()
