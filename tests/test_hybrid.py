@@ -110,8 +110,12 @@ def test_merge_keeps_provenance_and_soft_targets():
 
 def test_config_errors_name_the_setting(tmp_path, capsys):
     write_comparisons(tmp_path / "j.jsonl", [judged("q", 0.9)])
-    assert main(["hybrid", f"judged={tmp_path / 'j.jsonl'}", "threshold=0.8", f"out={tmp_path}"]) == 2
-    assert "HybridConfig.threshold: give one of threshold=CONFIDENCE or budget=SHARE" in capsys.readouterr().err
+    assert main(["hybrid", f"judged={tmp_path / 'j.jsonl'}", "budget=null", f"out={tmp_path}"]) == 2
+    assert "HybridConfig.budget: give threshold=CONFIDENCE or budget=SHARE (both are null)" in capsys.readouterr().err
+    assert main(["hybrid", f"judged={tmp_path / 'j.jsonl'}", "threshold=0.4", f"out={tmp_path}"]) == 2
+    assert "HybridConfig.threshold: must be in [0.5, 1]" in capsys.readouterr().err
+    assert main(["hybrid", f"judged={tmp_path / 'j.jsonl'}", "threshold=0.95", f"out={tmp_path}"]) == 0  # wins
+    assert json.loads((tmp_path / "hybrid_report.json").read_text())["routing"]["routed"] == 1  # 0.9 < 0.95
     assert main(["hybrid", f"judged={tmp_path / 'j.jsonl'}", "budget=1.5", f"out={tmp_path}"]) == 2
     assert "HybridConfig.budget: must be in [0, 1]" in capsys.readouterr().err
     write_comparisons(tmp_path / "q.jsonl", [Comparison("q", "a", "b", "A")])
@@ -152,5 +156,7 @@ def test_the_stage_routes_then_merges_simulated_people(world_dir, tmp_path):
     assert report["routing"]["routed"] == len(routed) and report["people"]["human_ratings"] == 3 * len(routed)
     assert report["people"]["routed_unrated"] == 0 and report["people"]["judge_vs_people_routed"]["pairs_rated"] \
         == len(routed)
-    assert report["gold"]["judge"]["pairs"] + report["gold"]["people"]["pairs"] == report["gold"]["all"]["pairs"]
+    gold = report["gold"]
+    assert gold["judge"]["pairs"] + gold["people"]["pairs"] == gold["all"]["pairs"]
+    assert gold["judge_on_people_pairs"]["pairs"] == gold["people"]["pairs"]  # the same pairs, gold ties skipped
 

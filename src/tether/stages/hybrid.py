@@ -53,7 +53,7 @@ class HybridConfig:
     inconsistent)."""
     threshold: float | None = None
     """Route a pair whose confidence max(p_a, 1 - p_a) is under this (in [0.5, 1]; 0.5: only inconsistent pairs);
-    None: set from `budget`."""
+    given, it overrides `budget`; None: set from `budget`."""
     budget: float | None = 0.4
     """With threshold=null: route at most this share of the pairs (inconsistent first, then the least
     confident); the threshold used is in the report."""
@@ -71,8 +71,8 @@ class HybridConfig:
 
     def validate(self) -> None:
         check(bool(self.judged), "judged", "is required: the judge's comparisons.jsonl")
-        check((self.threshold is None) != (self.budget is None), "threshold",
-              "give one of threshold=CONFIDENCE or budget=SHARE (set the other to null)")
+        check(self.threshold is not None or self.budget is not None, "budget",
+              "give threshold=CONFIDENCE or budget=SHARE (both are null)")
         check(self.threshold is None or 0.5 <= self.threshold <= 1, "threshold", "must be in [0.5, 1]")
         check(self.budget is None or 0 <= self.budget <= 1, "budget", "must be in [0, 1]")
         check(0 <= self.audit <= 1, "audit", "must be in [0, 1]")
@@ -115,15 +115,17 @@ def _majority(rows: list[Comparison], first: Comparison) -> str:
     return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else "tie"
 
 
-def gold_report(merged: list[Comparison], world_dir: str) -> dict:
-    """Each source's per-pair label (the judge's, or people's majority) against gold; a tie counts 1/2."""
+def gold_report(merged: list[Comparison], judged: list[Comparison], world_dir: str) -> dict:
+    """Each source's per-pair label (the judge's, or people's majority) against gold, a tie counting 1/2; and the
+    judge's own labels of the pairs people rated (`judge_on_people_pairs`), beside people's there."""
     from tether.stages.judge import gold_differences
     from tether.world.build import load_world
 
     by_pair: dict[str, list[Comparison]] = {}
     for c in merged:
         by_pair.setdefault(c.id, []).append(c)
-    diff = gold_differences(load_world(world_dir), [rows[0] for rows in by_pair.values()])
+    world = load_world(world_dir)
+    diff = gold_differences(world, [rows[0] for rows in by_pair.values()])
     hits: dict[str, list[float]] = {"judge": [], "people": []}
     for pair, rows in by_pair.items():
         if abs(diff.get(pair, 0.0)) < 1e-9:
@@ -131,9 +133,21 @@ def gold_report(merged: list[Comparison], world_dir: str) -> dict:
         label = _majority(rows, rows[0])
         hits[rows[0].meta["label_source"]].append(0.5 if label == "tie" else float(label == ("A" if diff[pair] > 0
                                                                                              else "B")))
-    every = hits["judge"] + hits["people"]
-    return {source: {"pairs": len(h), "agreement": sum(h) / len(h) if h else None}
-            for source, h in {**hits, "all": every}.items()}
+    rated = {pair for pair, rows in by_pair.items() if rows[0].meta["label_source"] == "people"}
+    mine = [c for c in judged if c.id in rated]
+    own = gold_differences(world, mine)  # in the judge's response order, which may be the reverse of people's rows
+    hits["judge_on_people_pairs"] = [0.5 if c.choice == "tie" else float(c.choice == ("A" if own[c.id] > 0 else "B"))
+                                     for c in mine if abs(own.get(c.id, 0.0)) >= 1e-9]
+    hits["all"] = hits["judge"] + hits["people"]
+    return {source: {"pairs": len(h), "agreement": sum(h) / len(h) if h else None} for source, h in hits.items()}
+
+
+def _write(path: Path, rows: list[Comparison]) -> None:
+    """write_comparisons, or an empty file when the routing sent nothing this way (a threshold of 0.5 or 1)."""
+    if rows:
+        write_comparisons(path, rows)
+    else:
+        path.write_text("")
 
 
 def run(cfg: HybridConfig) -> Path:
@@ -144,8 +158,8 @@ def run(cfg: HybridConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    write_comparisons(out / "ai_labels.jsonl", routing.ai)
-    write_comparisons(out / "people_queue.jsonl", [people_queue_row(c) for c in routing.people])
+    _write(out / "ai_labels.jsonl", routing.ai)
+    _write(out / "people_queue.jsonl", [people_queue_row(c) for c in routing.people])
     report = {"routing": routing_report(routing, len(labels), cfg.budget)}
     line = (f"hybrid: {report['routing']['routed']} of {len(labels)} pairs to people (confidence under "
             f"{threshold:.3f}: {routing.low_confidence}, orders disagree: {routing.inconsistent}, audit: "
@@ -158,7 +172,7 @@ def run(cfg: HybridConfig) -> Path:
         write_comparisons(out / "comparisons.jsonl", merged)
         report["people"] = people_report(routing, people, merged)
         if cfg.world:
-            report["gold"] = gold_report(merged, cfg.world)
+            report["gold"] = gold_report(merged, labels, cfg.world)
         line += f"; merged {len(merged)} rows ({report['people']['human_ratings']} human ratings)"
     report["settings"] = asdict(cfg)
     (out / "hybrid_report.json").write_text(json.dumps(report, indent=1))
