@@ -20,8 +20,8 @@ Per seed s, on <run>/collect/queue.jsonl split by prompt (held-out fraction --he
    it), so that the sets differ in their labels, not in their compute.
 5. Each RM's accuracy against the gold preference on the held-out pairs (gold ties skipped), and the human ratings
    its set used (the share of `human`'s).
-6. With --dpo: DPO from the SFT policy on each set (hard labels; the demo's DPO settings, 60 steps of 32
-   comparisons for every set) and the policy's mean gold on the world's held-out prompts (temperature 1, 4 samples
+6. With --dpo: DPO from the SFT policy on each set but the control (hard labels; the demo's DPO settings, 60
+   steps of 32 comparisons for every set) and the policy's mean gold on the world's held-out prompts (temperature 1, 4 samples
    per prompt), beside the SFT policy's.
 Writes benchmarks/results/hybrid_seeds.{json,md}.
 """
@@ -83,7 +83,9 @@ def training_sets(run: Path, out: Path, seed: int, budgets: list[float], heldout
     queue = read_comparisons(run / "collect/queue.jsonl")
     train, test = split_by_prompt(queue, heldout, seed)
     train_ids, test_ids = {c.id for c in train}, {c.id for c in test}
-    ratings = read_comparisons(ratings_file)
+    # one rating per (pair, rater), as the rater app collects them: the queue lists a few pairs twice (the same two
+    # responses sampled again), and `tether label` rates each listing
+    ratings = list({(c.id, c.rater): c for c in read_comparisons(ratings_file)}.values())
     sets = {"heldout": folder / "heldout.jsonl", "human": folder / "human.jsonl", "ai": folder / "ai.jsonl"}
     # people's ratings of the held-out pairs, with meta.p_a from the choice so that a soft-label run reads them too
     write_comparisons(sets["heldout"], [replace(c, meta={**c.meta, "p_a": PEOPLE_TARGET[c.choice]})
@@ -170,7 +172,7 @@ def one_seed(run: Path, out: Path, seed: int, budgets: list[float], heldout: flo
             report = json.loads((sets[name].parent / "hybrid_report.json").read_text())
             entry.update(threshold=report["routing"]["threshold"], routed_share=report["routing"]["routed_share"],
                          labels_vs_gold=report["gold"])
-        if dpo and not soft:
+        if dpo and not soft and not name.startswith("random"):
             entry["dpo_gold"] = train_dpo(run, sets[name], out / f"s{seed}/dpo-{name}", seed)
         out_row["conditions"][key] = entry
     if dpo:
@@ -189,7 +191,7 @@ def table(rows: list[dict]) -> str:
         base = row["conditions"]["human"]["accuracy_vs_gold"]
         for key, c in row["conditions"].items():
             threshold = f"{c['threshold']:.3f}" if "threshold" in c else ""
-            lines.append(f"| {row['seed']} | {key} | {c['human_ratings']} ({c['human_share']:.0%}) "
+            lines.append(f"| {row['seed']} | {key} | {c['human_ratings']} ({c['human_share']:.1%}) "
                          f"| {c['accuracy_vs_gold']:.1%} | {100 * (c['accuracy_vs_gold'] - base):+.1f} "
                          f"| {c['vs_raters']:.1%} | {threshold} | {_dpo(row, c)} |")
     lines.append("")
@@ -201,7 +203,16 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{key}: RM vs gold mean {statistics.mean(acc):.1%} (sd "
                      f"{statistics.stdev(acc) if len(acc) > 1 else 0:.1%}), vs human-only "
                      f"{statistics.mean(gap):+.1f} points (worst seed {min(gap):+.1f}), human ratings "
-                     f"{statistics.mean(share):.0%}")
+                     f"{statistics.mean(share):.1%} (most {max(share):.1%})")
+    lines += ["", "| seed | set | routed pairs | judge's kept labels vs gold | people's majority on the routed pairs "
+              "| the judge's labels of those |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        for key, c in row["conditions"].items():
+            if "labels_vs_gold" in c and not key.endswith("soft"):
+                g = c["labels_vs_gold"]
+                lines.append(f"| {row['seed']} | {key} | {c['routed_share']:.1%} | {g['judge']['agreement']:.1%} "
+                             f"| {g['people']['agreement']:.1%} ({g['people']['pairs']} not gold ties) "
+                             f"| {g['judge_on_people_pairs']['agreement']:.1%} |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ def test_the_dashboard_scores_the_judge_beside_the_raters(live, tmp_path):
             pair = next(r for r in rows if r.response_a in (task.left, task.right))
             a_side = "left" if task.left == pair.response_a else "right"
             b_side = "right" if a_side == "left" else "left"
-            project.service.submit_rating(user, task.assignment_id, a_side if picks[rows.index(pair)] == "A" else b_side,
+            side = a_side if picks[rows.index(pair)] == "A" else b_side
+            project.service.submit_rating(user, task.assignment_id, side,
                                           submission_id=f"{name}-{task.assignment_id:04d}")
     d = dashboard(project.db)
     # pair 0: ann A, bob A, judge A (hit); pair 1: ann B, bob A (split: not scored)
