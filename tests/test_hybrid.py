@@ -35,7 +35,7 @@ def test_route_by_hand():
     r = route(labels, 0.7)
     assert [c.prompt for c in r.people] == ["q0", "q3", "q4"]
     assert [c.prompt for c in r.ai] == ["q1", "q2", "q5"]
-    assert (r.inconsistent, r.low_confidence, r.audited, r.threshold) == (1, 2, 0, 0.7)
+    assert (r.inconsistent, r.low_confidence, len(r.audit), r.threshold) == (1, 2, 0, 0.7)
     assert [c.prompt for c in route(labels, 0.5).people] == ["q3"]
     assert len(route(labels, 1.0).people) == 6
 
@@ -81,7 +81,7 @@ def test_the_audit_draw_is_per_pair_and_seeded():
     assert {c.id for c in route(labels, 0.8, audit=0.25, seed=4).people} != audited
     assert 70 <= len(audited) <= 130  # about a quarter of 400 (binomial sd 8.7)
     r = route(labels, 0.8, audit=0.25, seed=3)
-    assert r.audited == len(audited) and len(r.ai) == 400  # audited pairs keep their AI label too
+    assert r.unsure == [] and r.audit == r.people and len(r.ai) == 400  # audited pairs keep their AI label too
     assert route(labels, 0.8, audit=0.0).people == [] and len(route(labels, 0.8, audit=1.0).people) == 400
 
 
@@ -138,10 +138,12 @@ def test_the_stage_routes_then_merges_simulated_people(world_dir, tmp_path):
     write_comparisons(tmp_path / "queue.jsonl", queue)
     assert main(["judge", "simulated=true", f"world={world_dir}", f"queue={tmp_path / 'queue.jsonl'}",
                  f"out={tmp_path / 'judge'}"]) == 0
-    settings = [f"judged={tmp_path / 'judge/comparisons.jsonl'}", "budget=0.4", f"out={tmp_path / 'hybrid'}"]
+    settings = [f"judged={tmp_path / 'judge/comparisons.jsonl'}", "budget=0.4", "audit=0.3",
+                f"out={tmp_path / 'hybrid'}"]
     assert main(["hybrid", *settings]) == 0
     routed, kept = (read_comparisons(tmp_path / f"hybrid/{f}.jsonl") for f in ("people_queue", "ai_labels"))
-    assert 1 <= len(routed) <= 12 and len(routed) + len(kept) == 30
+    audited = {c.id for c in routed} & {c.id for c in kept}  # confident pairs people also rate
+    assert 1 <= len(routed) - len(audited) <= 12 and len(routed) - len(audited) + len(kept) == 30 and audited
     assert all(c.choice is None and c.meta["judge"]["rater"] == "judge:world-sim" for c in routed)
     assert main(["label", f"queue={tmp_path / 'hybrid/people_queue.jsonl'}", f"world={world_dir}", "app=false",
                  f"out={tmp_path / 'people'}"]) == 0
@@ -151,11 +153,12 @@ def test_the_stage_routes_then_merges_simulated_people(world_dir, tmp_path):
     people = [c for c in merged if c.meta["label_source"] == "people"]
     assert len(people) == 3 * len(routed) and {c.id for c in people} == {c.id for c in routed}
     assert all(not c.rater.startswith("judge:") for c in people)
-    assert [c.id for c in merged if c.meta["label_source"] == "judge"] == [c.id for c in kept]
+    assert [c.id for c in merged if c.meta["label_source"] == "judge"] == [c.id for c in kept if c.id not in audited]
     assert all(c.rater == "judge:world-sim" for c in merged if c.meta["label_source"] == "judge")
     assert report["routing"]["routed"] == len(routed) and report["people"]["human_ratings"] == 3 * len(routed)
-    assert report["people"]["routed_unrated"] == 0 and report["people"]["judge_vs_people_routed"]["pairs_rated"] \
-        == len(routed)
+    assert report["routing"]["audited"] == len(audited) and report["people"]["routed_unrated"] == 0
+    assert report["people"]["judge_vs_people_routed"]["pairs_rated"] == len(routed) - len(audited)
+    assert report["people"]["judge_vs_people_audited"]["pairs_rated"] == len(audited)
     gold = report["gold"]
     assert gold["judge"]["pairs"] + gold["people"]["pairs"] == gold["all"]["pairs"]
     assert gold["judge_on_people_pairs"]["pairs"] == gold["people"]["pairs"]  # the same pairs, gold ties skipped

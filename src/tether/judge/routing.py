@@ -72,32 +72,38 @@ class Routing:
 
     ai: list[Comparison]
     """The judge's labels it keeps (confident and consistent), audited ones included."""
-    people: list[Comparison]
-    """The judge's labels of the pairs people rate: the unsure ones, then the audited confident ones."""
+    unsure: list[Comparison]
+    """The judge's labels of the pairs it is unsure of (`unsure`), which go to people instead."""
+    audit: list[Comparison]
+    """Confident pairs (also in `ai`) that go to people as well, to score the judge."""
     inconsistent: int
-    """Routed because the two orders disagree."""
-    low_confidence: int
-    """Routed because the confidence is under the threshold (consistent orders)."""
-    audited: int
-    """Confident pairs also sent to people to score the judge."""
+    """Of `unsure`, those whose two orders disagree (the rest: confidence under the threshold)."""
     threshold: float
+
+    @property
+    def people(self) -> list[Comparison]:
+        """Every pair people rate: the unsure ones, then the audited ones."""
+        return self.unsure + self.audit
+
+    @property
+    def low_confidence(self) -> int:
+        return len(self.unsure) - self.inconsistent
 
 
 def route(labels: Sequence[Comparison], threshold: float, audit: float = 0.0, seed: int = 0) -> Routing:
     """Split a judge's labels (one per pair, as `tether judge` writes them) by `unsure` (module docstring)."""
     ai, people, audits = [], [], []
-    inconsistent = low = 0
+    inconsistent = 0
     for label in labels:
         confidence, inc = _verdict(label)
         if unsure(confidence, inc, threshold):
             people.append(label)
             inconsistent += inc
-            low += not inc
             continue
         ai.append(label)
         if audit > 0 and _audited(label.id, audit, seed):
             audits.append(label)
-    return Routing(ai, people + audits, inconsistent, low, len(audits), threshold)
+    return Routing(ai, people, audits, inconsistent, threshold)
 
 
 def people_queue_row(label: Comparison) -> Comparison:

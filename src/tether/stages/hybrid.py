@@ -91,22 +91,19 @@ def routing_report(routing: Routing, n: int, budget: float | None) -> dict:
     routed = len(routing.people)
     return {"pairs": n, "threshold": routing.threshold, "budget": budget, "routed": routed,
             "routed_share": routed / n if n else None, "inconsistent": routing.inconsistent,
-            "low_confidence": routing.low_confidence, "audited": routing.audited, "kept_by_judge": len(routing.ai)}
+            "low_confidence": routing.low_confidence, "audited": len(routing.audit), "kept_by_judge": len(routing.ai)}
 
 
 def people_report(routing: Routing, people: list[Comparison], merged: list[Comparison]) -> dict:
     """Human ratings used, routed pairs left unrated, and the judge scored as one more rater against people."""
     rated = [r for r in people if r.choice is not None]
     rated_ids = {r.id for r in rated}
-    audited = {c.id for c in routing.people[len(routing.people) - routing.audited:]}
-    unsure = [c for c in routing.people if c.id not in audited]
     return {"human_ratings": len(rated), "pairs_rated_by_people": len(rated_ids),
             "routed_unrated": sum(c.id not in rated_ids for c in routing.people),
             "rated_not_routed": len(rated_ids - {c.id for c in routing.people}),
             "rows": len(merged), "rows_by_source": dict(Counter(c.meta["label_source"] for c in merged)),
-            "judge_vs_people_routed": reference_agreement([c for c in unsure if c.id in rated_ids], rated),
-            "judge_vs_people_audited": reference_agreement([c for c in routing.people if c.id in audited
-                                                            and c.id in rated_ids], rated)}
+            "judge_vs_people_routed": reference_agreement([c for c in routing.unsure if c.id in rated_ids], rated),
+            "judge_vs_people_audited": reference_agreement([c for c in routing.audit if c.id in rated_ids], rated)}
 
 
 def _majority(rows: list[Comparison], first: Comparison) -> str:
@@ -163,12 +160,11 @@ def run(cfg: HybridConfig) -> Path:
     report = {"routing": routing_report(routing, len(labels), cfg.budget)}
     line = (f"hybrid: {report['routing']['routed']} of {len(labels)} pairs to people (confidence under "
             f"{threshold:.3f}: {routing.low_confidence}, orders disagree: {routing.inconsistent}, audit: "
-            f"{routing.audited})")
+            f"{len(routing.audit)})")
     # 2. With people's ratings: one comparisons file, people's rows where they rated, the judge's elsewhere.
     if cfg.people:
         people = load_comparisons(cfg.people)
-        keep = {c.id for c in routing.ai}
-        merged = merge([c for c in labels if c.id in keep], people)
+        merged = merge(routing.ai, people)
         write_comparisons(out / "comparisons.jsonl", merged)
         report["people"] = people_report(routing, people, merged)
         if cfg.world:
