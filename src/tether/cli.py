@@ -46,6 +46,7 @@ STAGES: dict[str, Stage] = {
     "label": Stage("tether.stages.label", "LabelConfig", "run", "Label a comparison queue with the world's simulated raters."),
     "judge": Stage("tether.stages.judge", "JudgeConfig", "run", "Label a comparison queue with an AI judge under a constitution (model, endpoint or the world's simulated judge)."),
     "cai": Stage("tether.stages.cai", "CaiConfig", "run", "Constitutional AI, supervised stage: a model critiques and revises its own responses under sampled principles; the revisions become SFT data."),
+    "hybrid": Stage("tether.stages.hybrid", "HybridConfig", "run", "Hybrid labels: a judge's unsure pairs to people (a rater-app queue), its other labels kept; merge people's ratings in."),
     "rm": Stage("tether.stages.rm", "RMConfig", "run", "Train a Bradley-Terry reward model on preference comparisons."),
     "ppo": Stage("tether.stages.ppo", "PPOConfig", "run", "PPO against a reward model (or gold, or a callable) with a KL penalty to the SFT policy."),
     "grpo": Stage("tether.stages.ppo", "GRPOConfig", "run", "GRPO: group-normalised advantages, KL to the reference in the loss."),

@@ -4,6 +4,9 @@ Agreement comes from `tether.math.agreement.agreement_report` (percent agreement
 pair has the same number of ratings, Krippendorff's alpha), over regular pairs only, skips left out.
 Position bias is the share of non-tie choices that went to the response shown on the left: 0.5 for a
 rater who ignores position. Time per rating is submit time minus the time the pair was first shown.
+An AI judge whose verdict a pair carries in meta.judge (`tether hybrid` writes it on the queue it routes to
+people) is scored as one more rater on the pairs people rated: its label against the people's majority, the
+figure each person gets against the others' majority.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tether.math.agreement import agreement_report
+from tether.math.agreement import agreement_report, majority_agreement
 from tether.raters.db import Assignment, Database, Pair, Project, Rating, User
 
 
@@ -60,6 +63,18 @@ class RaterStats:
 
 
 @dataclass
+class JudgeStats:
+    """An AI judge scored as one more rater on the pairs people rated (its verdicts from the pairs' meta.judge)."""
+
+    name: str
+    """The judge's rater name, `judge:<name>`."""
+    pairs: int = 0
+    """Pairs it labelled that people rated."""
+    majority_agreement: float | None = None
+    """Share of those pairs (with a single majority among the people) where its label is the people's majority."""
+
+
+@dataclass
 class Dashboard:
     """Everything the admin page shows (also served as JSON by /api/admin/stats)."""
 
@@ -85,6 +100,7 @@ class Dashboard:
     """Non-tie choices behind left_share."""
     pairable: int = 0
     """Pairs with 2+ votes: the sample of percent agreement, kappa and alpha."""
+    judges: list[JudgeStats] = field(default_factory=list)
 
 
 def dashboard(db: Database) -> Dashboard:
@@ -99,6 +115,7 @@ def dashboard(db: Database) -> Dashboard:
         n_pairs = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(False)))
         n_gold = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(True)))
         raters = s.execute(select(User.username, User.active).where(User.role == "rater").order_by(User.username)).all()
+        metas = s.execute(select(Pair.key, Pair.meta).where(Pair.is_gold.is_(False))).all()
     per = {name: RaterStats(name, active=active) for name, active in raters}
     seconds: dict[str, list[float]] = defaultdict(list)
     left_picks: dict[str, list[bool]] = defaultdict(list)
@@ -134,7 +151,27 @@ def dashboard(db: Database) -> Dashboard:
         left_share=_share([x for xs in left_picks.values() for x in xs]),
         agreement=agreement, agreement_note=note, raters=sorted(per.values(), key=lambda r: r.username),
         timed=len(everyone), gold_seen=gold_seen, left_n=sum(len(v) for v in left_picks.values()),
-        pairable=sum(len(v) >= 2 for v in labels.values()))
+        pairable=sum(len(v) >= 2 for v in labels.values()),
+        judges=judge_stats(labels, {key: meta["judge"] for key, meta in metas
+                                    if isinstance(meta, dict) and isinstance(meta.get("judge"), dict)}))
+
+
+def judge_stats(labels: dict[str, dict[str, str]], verdicts: dict[str, dict]) -> list[JudgeStats]:
+    """Each judge (by verdict["rater"]) added as one more rater to the pairs people rated, and scored by
+    `majority_agreement` as the people are: its label against the majority of the others, here all the people."""
+    by_judge: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for key, verdict in verdicts.items():
+        if key in labels and verdict.get("choice") in ("A", "B", "tie"):
+            name = str(verdict.get("rater") or "judge")
+            by_judge[name][key] = {**labels[key], name: verdict["choice"]}
+    out = []
+    for name, table in sorted(by_judge.items()):
+        try:
+            agree = majority_agreement(table).get(name)
+        except ValueError:  # no pair with two labels: nothing to score yet
+            agree = None
+        out.append(JudgeStats(name, len(table), agree))
+    return out
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -151,8 +188,9 @@ def _agreement(labels: dict[str, dict[str, str]]) -> tuple[dict[str, Any] | None
 
 def as_json(d: Dashboard) -> dict[str, Any]:
     """The dashboard as plain JSON (rater rows with their gold accuracy)."""
-    out = {k: v for k, v in vars(d).items() if k != "raters"}
+    out = {k: v for k, v in vars(d).items() if k not in ("raters", "judges")}
     out["raters"] = [{**vars(r), "gold_accuracy": r.gold_accuracy, "flags": r.flags} for r in d.raters]
+    out["judges"] = [vars(j) for j in d.judges]
     return out
 
 
