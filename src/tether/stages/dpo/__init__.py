@@ -22,6 +22,7 @@ from tether.chat import ChatFormat, chat_format
 from tether.config import save_config
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
+from tether.logprobs import FastPaths
 from tether.lora import adapt, adapters_disabled, frozen_reference
 from tether.math.dpo_losses import REFERENCE_FREE, UNPAIRED_LOSSES, token_logps
 from tether.math.kl import kl_k1, kl_k3
@@ -31,7 +32,7 @@ from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.stages.dpo import pairs, unpaired
 from tether.stages.dpo.config import DPOConfig
-from tether.stages.dpo.sequences import CACHE, encode_responses, example
+from tether.stages.dpo.sequences import CACHE, encode_responses, example, fast_paths
 from tether.stages.monitoring import RunMonitor, answer_greedy, make_samples, open_monitor, pushback_flips
 from tether.training import (
     BatchPlan,
@@ -59,7 +60,8 @@ class Variant(Protocol):
     def load(self, cfg: DPOConfig, fmt: ChatFormat, *data) -> tuple[list, list, list, dict]: ...  # all, train, held out
     def summary(self, report: dict) -> str: ...
     def length(self, item) -> int: ...  # what the batches are bucketed by
-    def reference_logps(self, ref_model, items: list, pad_id: int, batch_size: int, cache: Path) -> bool: ...
+    def reference_logps(self, ref_model, items: list, pad_id: int, batch_size: int, cache: Path,
+                        fast: FastPaths = ...) -> bool: ...
     def train_step(self, model, optimizer, batch: list, cfg: DPOConfig, pad_id: int, lr: float,
                    guard: NonFiniteGuard | None = None) -> dict: ...
     def evaluate(self, model, held_out: list, cfg: DPOConfig, pad_id: int) -> dict: ...  # eval_... metrics
@@ -87,7 +89,8 @@ def run(cfg: DPOConfig) -> Path:
     model.eval()  # no dropout: policy and reference log-probs agree on identical weights
     cache = run_dir / CACHE
     kl_ref = prepare_reference(cfg, model, lambda ref: variant.reference_logps(ref, items, fmt.pad_id,
-                                                                               cfg.micro_batch_size, cache),
+                                                                               cfg.micro_batch_size, cache,
+                                                                               fast_paths(cfg)),
                                cache, variant.NAME)
     return train_preferences(cfg, variant, run_dir, model, fmt, train, held_out, kl_ref)
 
