@@ -66,11 +66,11 @@ def test_shared_prompts_break_without_the_prefix_positions(real_root, monkeypatc
 
 def test_prompt_prefixes_cut_before_each_prompts_last_token():
     # prompts of 10 tokens, responses of 2: each prefix is the prompt's first 9 tokens; padded cost
-    # plain 4 x 12 = 48 against shared 2 x 9 + 4 x 3 + 32 = 62: not worth a pass
+    # plain 4 x 12 = 48 against prefixes 2 x 9 + 32 and tails 4 x 3 + 32 = 94: not worth it
     seqs = [[5] * 10 + [1, 2], [5] * 10 + [3, 4], [6] * 10 + [1, 2], [6] * 10 + [3, 4]]
     masks = [[0] * 10 + [1, 1]] * 4
     assert prompt_prefixes(seqs, masks) is None
-    # prompts of 100: plain 4 x 102 = 408, shared 2 x 99 + 4 x 3 + 32 = 242
+    # prompts of 100: plain 4 x 102 = 408, shared 2 x 99 + 32 + 4 x 3 + 32 = 274
     seqs = [[5] * 100 + [1, 2], [5] * 100 + [3, 4], [6] * 100 + [1, 2], [6] * 100 + [3, 4]]
     assert prompt_prefixes(seqs, [[0] * 100 + [1, 1]] * 4) == [99] * 4
     # a sequence counted from its second token has no prefix to share
@@ -92,3 +92,26 @@ def test_unverified_architecture_takes_the_plain_path(real_root, monkeypatch):
     model = archkit.build_model("llama", archkit.tokenizer("base", real_root))
     monkeypatch.setattr(logprobs, "VERIFIED", frozenset())
     assert logprobs.head_parts(model) is None and not logprobs.shares_prompts(model)
+
+
+def test_prompts_and_tails_in_several_length_chunks_equal_the_plain_path(real_root):
+    """Prompts of 8 and 120 tokens, responses of 3 and 90: prefixes and tails each run in two length chunks, the
+    tails attending to the joined caches (the short prefixes padded)."""
+    model = archkit.build_model("qwen2", archkit.tokenizer("base", real_root)).eval()
+    rng = random.Random(1)
+    tok = lambda n: [rng.randrange(3, model.config.vocab_size) for _ in range(n)]  # noqa: E731
+    seqs, masks = [], []
+    for p_len, r_lens in ((8, (3, 90)), (120, (3, 90)), (9, (4, 88))):
+        prompt = tok(p_len)
+        for r in r_lens:
+            seqs.append(prompt + tok(r))
+            masks.append([0] * p_len + [1] * r)
+    cut = prompt_prefixes(seqs, masks)
+    assert cut == [7, 7, 119, 119, 8, 8]
+    assert len(logprobs.chunked_cost(sorted({7, 119, 8}))[0]) == 2
+    assert len(logprobs.chunked_cost(sorted(len(s) - k for s, k in zip(seqs, cut)))[0]) == 2
+    plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
+    got, grads = logps_and_grads(model, seqs, masks, FastPaths())
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -30,6 +30,7 @@ from tether import distributed
 from tether.math.dpo_losses import sequence_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
+from tether.rm_batch import joined_caches, length_chunks
 
 HEAD_CHUNK = 1024
 """Counted positions per LM-head chunk: bounds the (chunk, V) float32 logits alive at once in the forward."""
@@ -158,40 +159,67 @@ def padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def chunked_cost(lengths: list[int], overhead: int = PASS_OVERHEAD_TOKENS) -> tuple[list[int], int]:
+    """(chunk ends, padded tokens + overhead per pass) of ascending `lengths` cut by `rm_batch.length_chunks`."""
+    ends, cost, begin = length_chunks(lengths, overhead), 0, 0
+    for end in ends:
+        cost, begin = cost + (end - begin) * lengths[end - 1] + overhead, end
+    return ends, cost
+
+
 def prompt_prefixes(sequences: list[list[int]], masks: list[list[int]]) -> list[int] | None:
     """Per sequence, how many of its first tokens run in a shared prompt pass: its prompt less the prompt's last
-    token (which predicts the first counted one, so it stays in the tail). None when sharing saves no more than a
-    pass costs, in padded tokens: B x T against G x T_prefix + B x T_tail + PASS_OVERHEAD_TOKENS."""
+    token (which predicts the first counted one, so it stays in the tail). None when sharing saves no padded tokens:
+    B x T (one plain pass) against the distinct prefixes and the tails, each cut into length chunks (a pass costs
+    PASS_OVERHEAD_TOKENS)."""
     cut = [max(prompt_length(m) - 1, 0) for m in masks]
     if min(cut) == 0:
         return None  # a sequence with nothing to share would need an empty prefix row
-    prefixes = {tuple(s[:k]) for s, k in zip(sequences, cut)}
-    plain = len(sequences) * max(len(s) for s in sequences)
-    shared = (len(prefixes) * max(len(p) for p in prefixes) + len(sequences) * max(len(s) - k for s, k in
-                                                                                   zip(sequences, cut)))
-    return cut if shared + PASS_OVERHEAD_TOKENS < plain else None
+    prefixes = sorted(len(p) for p in {tuple(s[:k]) for s, k in zip(sequences, cut)})
+    tails = sorted(len(s) - k for s, k in zip(sequences, cut))
+    shared = chunked_cost(prefixes)[1] + chunked_cost(tails)[1]
+    return cut if shared < len(sequences) * max(len(s) for s in sequences) else None
+
+
+def prefix_caches(model, prefixes: list[tuple], pad_id: int, device) -> tuple[list, torch.Tensor]:
+    """The key/value caches of ascending `prefixes`, run in length chunks, joined (`rm_batch.joined_caches`): per
+    layer (keys, values) of (G, heads, T_p, d), right-padded to the longest, and the mask (G, T_p)."""
+    lm = causal_lm(model)
+    keep = {"logits_to_keep": 1} if accepts(lm, "logits_to_keep") else {}
+    caches, masks, begin = [], [], 0
+    for end in chunked_cost([len(p) for p in prefixes])[0]:
+        ids, mask = (t.to(device) for t in padded([list(p) for p in prefixes[begin:end]], pad_id))  # (G_c, T_c)
+        caches.append(output_cache(model(input_ids=ids, attention_mask=mask, use_cache=True, **keep)))
+        masks.append(mask)
+        begin = end
+    return joined_caches(caches, masks)
 
 
 def shared_prompt_logps(model, sequences: list[list[int]], masks: list[list[int]], cut: list[int], pad_id: int,
                         response_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`forward_logps` of the sequences, each distinct prefix s[:cut] run once (no LM head) and each tail s[cut:]
-    after that prefix's cached keys and values, at positions cut + t. Equal to the plain pass: a causal model's
-    tail sees exactly the prefix's keys and values."""
+    """`forward_logps` of the sequences, each distinct prefix s[:cut] run once (no LM head; in length chunks) and
+    the tails s[cut:] in length chunks, each after its prefix's cached keys and values at positions cut + t. Equal
+    to the plain pass: a causal model's tail sees exactly its prefix's keys and values (the padding masked)."""
     device, lm = distributed.device_of(model), causal_lm(model)
     prefixes = sorted({tuple(s[:k]) for s, k in zip(sequences, cut)}, key=lambda p: (len(p), p))
     row_of = {p: i for i, p in enumerate(prefixes)}
-    prefix_ids, prefix_mask = (t.to(device) for t in padded([list(p) for p in prefixes], pad_id))  # (G, T_p)
-    keep = {"logits_to_keep": 1} if accepts(lm, "logits_to_keep") else {}
-    cache = output_cache(model(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True, **keep))
-    rows = torch.tensor([row_of[tuple(s[:k])] for s, k in zip(sequences, cut)], device=device)  # (B,)
-    past = DynamicCache([(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
-                         for layer in cache.layers])
-    tail_ids, tail_attn = (t.to(device) for t in padded([s[k:] for s, k in zip(sequences, cut)], pad_id))
-    tail_loss, _ = padded([m[k:] for m, k in zip(masks, cut)], 0)  # (B, T_t): the loss masks, padded with 0
-    before = prefix_mask.index_select(0, rows)  # (B, T_p)
-    positions = before.sum(1, keepdim=True) + torch.arange(tail_ids.size(1), device=device)  # (B, T_t)
-    return forward_logps(model, tail_ids, torch.cat([before, tail_attn], 1), shift_labels(tail_ids, tail_loss.to(
-        device)), response_only, position_ids=positions, **{cache_kwarg(lm): past})
+    layers, prefix_mask = prefix_caches(model, prefixes, pad_id, device)  # per layer (G, h, T_p, d); (G, T_p)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]) - cut[i])
+    logps, counts, begin = [None] * len(sequences), [None] * len(sequences), 0
+    for end in chunked_cost([len(sequences[i]) - cut[i] for i in order])[0]:
+        idx = order[begin:end]
+        rows = torch.tensor([row_of[tuple(sequences[i][:cut[i]])] for i in idx], device=device)  # (B_c,)
+        past = DynamicCache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in layers])
+        ids, attn = (t.to(device) for t in padded([sequences[i][cut[i]:] for i in idx], pad_id))  # (B_c, T_t)
+        loss = padded([masks[i][cut[i]:] for i in idx], 0)[0].to(device)  # (B_c, T_t), padded with 0
+        before = prefix_mask.index_select(0, rows)  # (B_c, T_p)
+        positions = before.sum(1, keepdim=True) + torch.arange(ids.size(1), device=device)  # (B_c, T_t)
+        lp, n = forward_logps(model, ids, torch.cat([before, attn], 1), shift_labels(ids, loss), response_only,
+                              position_ids=positions, **{cache_kwarg(lm): past})
+        for j, i in enumerate(idx):
+            logps[i], counts[i] = lp[j], n[j]
+        begin = end
+    return torch.stack(logps), torch.stack(counts)
 
 
 def response_logps(model, sequences: list[list[int]], masks: list[list[int]], pad_id: int,
