@@ -56,6 +56,9 @@ from common import (
 )
 
 BATCH, MAX_LENGTH, BETA, LR, SEED = 16, 256, 0.1, 1e-4, 0
+HH_DATA = common.ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+if not HH_DATA.is_file():  # a git worktree (/work/wt/<name>) sits one level further from /work/shared
+    HH_DATA = common.ROOT.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 LABELS = {"tether": "tether", "trl": "TRL", "trl-precompute": "TRL pre"}
 
 
@@ -83,15 +86,31 @@ def preference_pairs(world, per_prompt: int, seed: int = SEED) -> list:
     return out
 
 
-def prepare(folder: Path, per_prompt: int, size: str):
-    """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model."""
+def hh_pairs(folder: Path, n: int) -> list:
+    """The first `n` HH-RLHF comparisons (common.HH_DATA: long multi-turn prompts, shared by chosen and rejected)
+    whose chosen and rejected both fit MAX_LENGTH whole under the benchmark tokenizer, so neither side cuts them."""
+    from tether.chat import chat_format
+    from tether.data.formats import load_comparisons
+    from tether.models import load_tokenizer
+
+    fmt = chat_format(load_tokenizer(str(folder / "model")))
+    comparisons = load_comparisons(HH_DATA, "hh", labelled=True)
+    fits = [not (a.truncated or b.truncated or a.response_cut or b.response_cut) for a, b in
+            fmt.encode_pairs([(c.prompt, c.chosen, c.rejected) for c in comparisons], MAX_LENGTH)]
+    return [c for c, ok in zip(comparisons, fits) if ok][:n]
+
+
+def prepare(folder: Path, per_prompt: int, size: str, data: str = "world", hh_n: int = 400):
+    """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model.
+    data="hh": HH-RLHF comparisons (`hh_pairs`) instead of the world's."""
     from tether.data.preferences import write_comparisons, write_trl
     from tether.world.world import World, WorldConfig
 
-    comparisons = preference_pairs(World(WorldConfig()), per_prompt)
+    model = world_model(folder / "model", SIZES[size], SEED)
+    comparisons = preference_pairs(World(WorldConfig()), per_prompt) if data == "world" else hh_pairs(folder, hh_n)
     write_comparisons(folder / "prefs.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
-    return world_model(folder / "model", SIZES[size], SEED)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +273,10 @@ def differences(raw: dict[str, dict], rows: dict[str, dict]) -> list[str]:
     notes.append("batch order: " + ", ".join(f"{LABELS[s]} {r['sampler']} (padding "
                                              f"{100 * r['padding_fraction']:.0f}%)" for s, r in rows.items()))
     notes.append("optimizer: " + ", ".join(f"{LABELS[s]} {r['optimizer']}" for s, r in raw.items()))
-    notes.append("log-probs: tether full (2M, T, V) logits + cross_entropy; TRL a chunked fused LM head over "
-                 "response positions only, that also computes entropy, mean logits and top-1 for its logs")
+    notes.append("log-probs: tether the LM head at response positions only, in chunks, and each prompt run once "
+                 "with chosen and rejected after its cached keys and values (tether.logprobs; settings "
+                 "response_only_head, share_prompts); TRL a chunked fused LM head over response positions only, "
+                 "that also computes entropy, mean logits and top-1 for its logs, every sequence whole")
     notes.append("TRL's DPOConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "
                  "as in tether (fp32, no recompute); dropout is off on both sides")
     notes.append("learning-rate schedule and weight decay differ (no effect on speed)")
@@ -271,13 +292,21 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     rows = {side: summaries[side][best[side]] for side in runs}
     raw = {side: runs[side][best[side]] for side in runs}
     versions = raw["trl"]["versions"]
-    print(f"\nDPO (sigmoid, beta {BETA}), {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
+    print(f"\nDPO (sigmoid, beta {BETA}) on {args.data} pairs, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
           f"{BATCH} pairs, max length {MAX_LENGTH}, {args.steps} steps, timed over the last "
           f"{args.steps - args.warmup}, best of {args.rounds} round(s) per side, torch threads "
           f"{rows['tether']['threads']}; TRL {versions['trl']}, transformers {versions['transformers']}")
     print_table(list(rows.values()), peak)
     r = ratios(rows)
-    for side in (s for s in rows if s != "tether"):
+    peers = [s for s in rows if s != "tether"]
+    best_peer = max(peers, key=lambda s: rows[s]["pairs_per_s"])
+    best_amortised = max(peers, key=lambda s: rows[s]["amortised_pairs_per_s"])
+    r["headline_steady_vs_trl_best"] = r[f"pairs_per_s_vs_{best_peer}"]
+    r["headline_amortised_vs_trl_best"] = r[f"amortised_pairs_per_s_vs_{best_amortised}"]
+    print(f"HEADLINE tether / TRL at its best here: {r['headline_steady_vs_trl_best']:.2f}x steady (vs "
+          f"{LABELS[best_peer]}), {r['headline_amortised_vs_trl_best']:.2f}x with precomputes amortised over one "
+          f"epoch (vs {LABELS[best_amortised]})")
+    for side in peers:
         print(f"ratio tether/{LABELS[side]}: pairs/s {r[f'pairs_per_s_vs_{side}']:.2f}x steady, "
               f"{r[f'amortised_pairs_per_s_vs_{side}']:.2f}x with the precompute amortised over one epoch, "
               f"{r[f'wall_pairs_per_s_vs_{side}']:.2f}x wall; padded tokens/s "
@@ -289,9 +318,10 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{LABELS[side]} pairs/s per round: " + ", ".join(f"{x['pairs_per_s']:.1f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    name = "dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}"
+    name = ("dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}") + (
+        "-hh" if args.data == "hh" else "")
     write_result(args.results_dir / f"{name}-{args.size}.json", {
-        "size": args.size, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
+        "size": args.size, "data": args.data, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
         "warmup": args.warmup, "batch_pairs": BATCH, "max_length": MAX_LENGTH, "beta": BETA,
         "parameters": count_parameters(model), "peak_flops": peak, "sides": rows, "ratios": r, "rounds": summaries,
         "versions": versions, "differences": notes, "raw": runs})
@@ -311,6 +341,10 @@ def main() -> None:
                    help="also run TRL with precompute_ref_log_probs=True (TRL's default is off)")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
+    p.add_argument("--data", choices=["world", "hh"], default="world",
+                   help="world: the tiny world's pairs (short prompts); hh: HH-RLHF comparisons (long multi-turn "
+                        "prompts shared by chosen and rejected) that fit --max-length whole")
+    p.add_argument("--hh-pairs", type=int, default=400, help="HH-RLHF comparisons used with --data hh")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating the order; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
@@ -332,7 +366,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-dpo-"))
     try:
         print(f"inputs in {folder}", flush=True)
-        model = prepare(folder, args.pairs_per_prompt, args.size)
+        model = prepare(folder, args.pairs_per_prompt, args.size, args.data, args.hh_pairs)
         peak = matmul_peak()
         runs = alternate(args.rounds, tuple(sides), lambda side: run_side(side, folder, args))
     finally:
