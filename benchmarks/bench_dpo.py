@@ -149,14 +149,15 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     def train_step(model, optimizer, pairs, cfg, pad_id, lr, *rest):
         row = original_step(model, optimizer, pairs, cfg, pad_id, lr, *rest)
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        records.append({"time": time.perf_counter() - clock["start"], "pairs": len(pairs), "tokens": row["tokens"],
+        records.append({"time": time.perf_counter() - clock["start"], "cpu": time.process_time() - clock["cpu_start"],
+                        "pairs": len(pairs), "tokens": row["tokens"],
                         "padded_tokens": len(seqs) * max(len(e.input_ids) for e in seqs),
                         "loss_tokens": sum(sum(e.loss_mask) for e in seqs)})
         return row
 
     def resume_training(*args, **kwargs):
         start = original_resume(*args, **kwargs)
-        clock["start"] = time.perf_counter()
+        clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
         return start
 
     def load_pairs(*args, **kwargs):
@@ -213,6 +214,8 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
 
     timed, durations = timed_steps(result["steps"], warmup)
     pairs_per_s = statistics.median(s["pairs"] / d for s, d in zip(timed, durations))
+    cpu = timed_steps(result["steps"], warmup, "cpu")[1] if "cpu" in result["steps"][0] else durations
+    cpu_pairs_per_s = sum(s["pairs"] for s in timed) / sum(cpu)  # pairs per second of this process's CPU time
     tokens = sum(s["tokens"] for s in timed)
     epoch = result["data"]["pairs"]
     pre = result.get("precompute_s", 0.0)
@@ -222,7 +225,7 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
     flops_per_token = model_flops_per_token(model, round(mean_len))  # policy training FLOPs only
     return {
         "side": result["side"], "timed_steps": len(timed), "step_seconds": durations,
-        "pairs_per_s": pairs_per_s, "wall_pairs_per_s": sum(s["pairs"] for s in timed) / sum(durations),
+        "pairs_per_s": pairs_per_s, "cpu_pairs_per_s": cpu_pairs_per_s, "wall_pairs_per_s": sum(s["pairs"] for s in timed) / sum(durations),
         "tokens_per_s": tokens_per_s, "padded_tokens_per_s": padded_per_s, "precompute_s": pre, "epoch_pairs": epoch,
         "amortised_pairs_per_s": epoch / (pre + epoch / pairs_per_s),
         "padding_fraction": 1 - tokens / sum(s["padded_tokens"] for s in timed), "mean_seq_len": mean_len,
@@ -233,10 +236,10 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
 
 
 def print_table(rows: list[dict], peak: float) -> None:
-    print(f"\n{'side':<9}{'pairs/s':>9}{'wall pairs/s':>14}{'precompute s':>14}{'amortised pairs/s':>19}"
+    print(f"\n{'side':<9}{'pairs/s':>9}{'cpu pairs/s':>13}{'wall pairs/s':>14}{'precompute s':>14}{'amortised pairs/s':>19}"
           f"{'tokens/s':>10}{'padded tok/s':>14}{'pad %':>7}{'peak RSS MB':>13}{'MFU':>8}")
     for r in rows:
-        print(f"{LABELS[r['side']]:<9}{r['pairs_per_s']:>9.1f}{r['wall_pairs_per_s']:>14.1f}{r['precompute_s']:>14.2f}"
+        print(f"{LABELS[r['side']]:<9}{r['pairs_per_s']:>9.1f}{r['cpu_pairs_per_s']:>13.1f}{r['wall_pairs_per_s']:>14.1f}{r['precompute_s']:>14.2f}"
               f"{r['amortised_pairs_per_s']:>19.1f}{r['tokens_per_s']:>10.0f}{r['padded_tokens_per_s']:>14.0f}"
               f"{100 * r['padding_fraction']:>7.1f}{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%")
     print("(pairs/s, tokens/s, padded tok/s, MFU: medians of per-step rates after warm-up; amortised: one epoch of "
@@ -252,6 +255,7 @@ def ratios(rows: dict[str, dict]) -> dict[str, float]:
         out[f"pairs_per_s_vs_{side}"] = t["pairs_per_s"] / p["pairs_per_s"]
         out[f"amortised_pairs_per_s_vs_{side}"] = t["amortised_pairs_per_s"] / p["amortised_pairs_per_s"]
         out[f"wall_pairs_per_s_vs_{side}"] = t["wall_pairs_per_s"] / p["wall_pairs_per_s"]
+        out[f"cpu_pairs_per_s_vs_{side}"] = t["cpu_pairs_per_s"] / p["cpu_pairs_per_s"]
         out[f"padded_tokens_per_s_vs_{side}"] = t["padded_tokens_per_s"] / p["padded_tokens_per_s"]
     return out
 
@@ -303,13 +307,16 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     best_amortised = max(peers, key=lambda s: rows[s]["amortised_pairs_per_s"])
     r["headline_steady_vs_trl_best"] = r[f"pairs_per_s_vs_{best_peer}"]
     r["headline_amortised_vs_trl_best"] = r[f"amortised_pairs_per_s_vs_{best_amortised}"]
+    best_cpu = max(peers, key=lambda s: rows[s]["cpu_pairs_per_s"])
+    r["headline_cpu_vs_trl_best"] = r[f"cpu_pairs_per_s_vs_{best_cpu}"]
     print(f"HEADLINE tether / TRL at its best here: {r['headline_steady_vs_trl_best']:.2f}x steady (vs "
           f"{LABELS[best_peer]}), {r['headline_amortised_vs_trl_best']:.2f}x with precomputes amortised over one "
-          f"epoch (vs {LABELS[best_amortised]})")
+          f"epoch (vs {LABELS[best_amortised]}), {r['headline_cpu_vs_trl_best']:.2f}x per CPU-second of the timed "
+          f"steps (vs {LABELS[best_cpu]}: one thread per side, so the time each side computed)")
     for side in peers:
         print(f"ratio tether/{LABELS[side]}: pairs/s {r[f'pairs_per_s_vs_{side}']:.2f}x steady, "
               f"{r[f'amortised_pairs_per_s_vs_{side}']:.2f}x with the precompute amortised over one epoch, "
-              f"{r[f'wall_pairs_per_s_vs_{side}']:.2f}x wall; padded tokens/s "
+              f"{r[f'wall_pairs_per_s_vs_{side}']:.2f}x wall, {r[f'cpu_pairs_per_s_vs_{side}']:.2f}x per CPU-second; padded tokens/s "
               f"{r[f'padded_tokens_per_s_vs_{side}']:.2f}x (padding-neutral)")
     notes = differences(raw, rows)
     busy = busy_note([run["load"] for rs in runs.values() for run in rs])

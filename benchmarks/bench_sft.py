@@ -114,7 +114,9 @@ def run_side(side: str, folder: Path, args) -> dict:
     return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
                            "peer_sft.py", ["--model", folder / "model", "--data", folder / "sft.jsonl", "--workdir",
                                            folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
-                                           "--max-length", MAX_LENGTH, "--sampler", args.trl_sampler])
+                                           "--max-length", MAX_LENGTH, "--sampler",
+                                           "random" if args.trl_sampler == "padding_free" else args.trl_sampler,
+                                           *(["--padding-free"] if args.trl_sampler == "padding_free" else [])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{side} tokens/s per round: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    write_result(args.results_dir / f"sft-{args.size}.json", {
+    name = "sft" if args.trl_sampler == "random" else f"sft-trl-{args.trl_sampler}"
+    write_result(args.results_dir / f"{name}-{args.size}.json", {
         "size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH, "max_length": MAX_LENGTH,
         "parameters": count_parameters(model), "peak_flops": peak, "tether": rows[0], "trl": rows[1],
         "rounds": summaries, "ratio_tokens_per_s": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"],
@@ -222,8 +225,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--size", choices=list(SFT_SIZES), default="5m", help="model size")
-    p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
-                   help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
+    p.add_argument("--trl-sampler", choices=["random", "group_by_length", "padding_free"], default="random",
+                   help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length); "
+                        "padding_free: random order with padding_free=True (no padding at all)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (also for the matmul peak)")

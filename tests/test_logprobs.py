@@ -115,3 +115,28 @@ def test_prompts_and_tails_in_several_length_chunks_equal_the_plain_path(real_ro
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "opt"])  # gemma2: the final logit softcap
+def test_sft_loss_with_the_response_only_head_equals_the_plain_loss(arch, real_root):
+    """tether sft's batch_loss: two assistant turns counted per conversation (the user turn between them not)."""
+    from tether.stages.lm import batch_loss
+    from tether.training import Example, collate
+
+    model = archkit.build_model(arch, archkit.tokenizer("base", real_root)).eval()
+    rng = random.Random(2)
+    examples = []
+    for n in (30, 22, 41):
+        ids = [rng.randrange(3, model.config.vocab_size) for _ in range(n)]
+        examples.append(Example(ids, [0] * 5 + [1] * 6 + [0] * 7 + [1] * (n - 18)))
+    batch = collate(examples, 0)
+    out = {}
+    for response_only in (False, True):
+        model.zero_grad()
+        nll, count = batch_loss(model, batch, response_only)
+        nll.backward()
+        out[response_only] = (float(nll.detach()), int(count), [p.grad.clone() for p in model.parameters()])
+    assert out[True][1] == out[False][1] == sum(sum(e.loss_mask[1:]) for e in examples)
+    assert out[True][0] == pytest.approx(out[False][0], abs=1e-5, rel=1e-6)
+    for g, ref in zip(out[True][2], out[False][2], strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-5)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tether import distributed
-from tether.math.dpo_losses import sequence_logps
+from tether.math.dpo_losses import token_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
 from tether.rm_batch import joined_caches, length_chunks
@@ -120,24 +120,29 @@ def caught_hidden(body: torch.nn.Module):
         handle.remove()
 
 
-def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                  response_only: bool = True, **extra) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probs (B,), counted tokens (B,)) of `labels` (next-token targets, IGNORE_INDEX elsewhere) under
-    one forward of `model`; `extra` goes to the forward (a cache, position ids). With response_only (and a model
-    `head_parts` knows), the LM head runs at counted positions only."""
+def forward_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                        response_only: bool = True, **extra) -> torch.Tensor:
+    """log p(labels[b, t]) (B, T) at counted positions (labels: next-token targets, IGNORE_INDEX elsewhere), 0
+    elsewhere, under one forward of `model`; `extra` goes to the forward (a cache, position ids). With response_only
+    (and a model `head_parts` knows), the LM head runs at counted positions only, in chunks."""
     parts = head_parts(model) if response_only else None
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, T, V)
-        return sequence_logps(logits, labels)
+        return token_logps(logits, labels)
     body, head, softcap = parts
     keep = {"logits_to_keep": 1} if accepts(causal_lm(model), "logits_to_keep") else {}
     with caught_hidden(body) as box:
         model(input_ids=input_ids, attention_mask=attention_mask, **extra, **keep)
-    counted = labels != IGNORE_INDEX  # (B, T)
-    rows, cols = counted.nonzero(as_tuple=True)  # (N,) each
+    rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,) each
     token = chunked_token_logps(box["hidden"][rows, cols], labels[rows, cols], head, softcap)  # (N,)
-    logps = token.new_zeros(labels.size(0)).index_add(0, rows, token)  # (B,)
-    return logps, counted.sum(-1)
+    return token.new_zeros(labels.shape).index_put((rows, cols), token)  # (B, T)
+
+
+def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                  response_only: bool = True, **extra) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs (B,), counted tokens (B,)) of `labels` under one forward (`forward_token_logps`)."""
+    token = forward_token_logps(model, input_ids, attention_mask, labels, response_only, **extra)  # (B, T)
+    return token.sum(-1), (labels != IGNORE_INDEX).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from tether.chat import ChatFormat, chat_format
 from tether.config import save_config
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
-from tether.logprobs import FastPaths
+from tether.logprobs import FastPaths, forward_token_logps
 from tether.lora import adapt, adapters_disabled, frozen_reference
-from tether.math.dpo_losses import REFERENCE_FREE, UNPAIRED_LOSSES, token_logps
+from tether.math.dpo_losses import REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.math.kl import kl_k1, kl_k3
 from tether.math.losses import IGNORE_INDEX
 from tether.models import check_positions, load_policy, load_tokenizer, save_pretrained
@@ -193,9 +193,9 @@ def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_t
     for i in range(0, len(samples), cfg.micro_batch_size):
         batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
                                                            fmt.pad_id).items()}
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logp = token_logps(model(**inputs).logits, batch["labels"])  # (B, T)
-        ref_logp = token_logps(ref_model(**inputs).logits, batch["labels"])  # (B, T)
+        inputs = (batch["input_ids"], batch["attention_mask"], batch["labels"], cfg.response_only_head)
+        logp = forward_token_logps(model, *inputs)  # (B, T)
+        ref_logp = forward_token_logps(ref_model, *inputs)  # (B, T)
         counted = batch["labels"] != IGNORE_INDEX  # (B, T)
         k1 += torch.where(counted, kl_k1(logp, ref_logp), 0).sum(1).tolist()  # (B,)
         k3 += torch.where(counted, kl_k3(logp, ref_logp), 0).sum(1).tolist()  # (B,)

@@ -68,9 +68,6 @@ class DPOConfig(TrainConfig):
     """Held-out prompts sampled from the policy at each evaluation for the KL(π || π_ref) estimate (0: off)."""
     kl_eval_max_new_tokens: int = 64
     """Longest sampled response of the KL estimate, in tokens."""
-    response_only_head: bool = True
-    """Run the LM head and log-softmax only at the response tokens, in chunks, never over the whole (2M, T, V)
-    logits (tether.logprobs; tested equal to the full head). false: the model's full logits."""
     share_prompts: bool = True
     """Run each prompt of a forward pass once (a pair's chosen and rejected share it) and the responses after its
     cached keys and values (tether.logprobs; tested equal, and used only where exact: full-attention models without
