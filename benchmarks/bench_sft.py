@@ -69,6 +69,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
     import torch
 
+    from tether.chat import chat_format
     from tether.config import load_config
     from tether.data.sft_data import read_conversations
     from tether.models import load_tokenizer
@@ -85,7 +86,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     rows = [json.loads(ln) for ln in (folder / "tether-run" / "metrics.jsonl").read_text().splitlines() if ln]
     # The batches are a pure function of (seed, epoch) in tether: rebuild them with its own functions.
     tokenizer = load_tokenizer(cfg.model)
-    examples, report = sft.encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
+    examples, report = sft.encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model),
+                                                read_conversations(cfg.data), cfg.max_length)
     train, _ = split_eval(examples, cfg.eval_fraction, cfg.seed)
     per_epoch = len(train) // cfg.batch_size
     lengths = [len(e.input_ids) for e in train]
@@ -179,8 +181,8 @@ def differences(tether: dict, trl: dict, s_tether: dict, s_trl: dict) -> list[st
                  f"{100 * s_tether['padding_fraction']:.0f}% vs {100 * s_trl['padding_fraction']:.0f}% "
                  "(tokens/s counts non-pad tokens only)")
     notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}")
-    notes.append("loss: tether full logits + cross_entropy; TRL a chunked fused LM head that also computes "
-                 "entropy and top-1 accuracy for its logs")
+    notes.append("loss: tether the LM head at trained positions only, in chunks (response_only_head); TRL a chunked "
+                 "fused LM head that also computes entropy and top-1 accuracy for its logs")
     notes.append("TRL's SFTConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "
                  "as in tether (fp32, no recompute)")
     notes.append("learning-rate schedule and weight decay differ (no effect on speed)")

@@ -62,7 +62,9 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     cfg = SFTConfig(
         output_dir=args.workdir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, max_length=args.max_length, assistant_only_loss=True,
+        gradient_accumulation_steps=1, assistant_only_loss=True,
+        # padding-free without packing refuses a max_length (it would not cut): the world's conversations fit it
+        max_length=None if args.padding_free else args.max_length,
         packing=False, padding_free=args.padding_free,
         gradient_checkpointing=False,  # SFTConfig turns it on by default; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True, learning_rate=5e-4, seed=0,
