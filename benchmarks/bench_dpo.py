@@ -56,6 +56,9 @@ from common import (
 )
 
 BATCH, MAX_LENGTH, BETA, LR, SEED = 16, 256, 0.1, 1e-4, 0
+HH_DATA = common.ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+if not HH_DATA.is_file():  # a git worktree (/work/wt/<name>) sits one level further from /work/shared
+    HH_DATA = common.ROOT.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 LABELS = {"tether": "tether", "trl": "TRL", "trl-precompute": "TRL pre"}
 
 
@@ -83,15 +86,31 @@ def preference_pairs(world, per_prompt: int, seed: int = SEED) -> list:
     return out
 
 
-def prepare(folder: Path, per_prompt: int, size: str):
-    """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model."""
+def hh_pairs(folder: Path, n: int) -> list:
+    """The first `n` HH-RLHF comparisons (common.HH_DATA: long multi-turn prompts, shared by chosen and rejected)
+    whose chosen and rejected both fit MAX_LENGTH whole under the benchmark tokenizer, so neither side cuts them."""
+    from tether.chat import chat_format
+    from tether.data.formats import load_comparisons
+    from tether.models import load_tokenizer
+
+    fmt = chat_format(load_tokenizer(str(folder / "model")))
+    comparisons = load_comparisons(HH_DATA, "hh", labelled=True)
+    fits = [not (a.truncated or b.truncated or a.response_cut or b.response_cut) for a, b in
+            fmt.encode_pairs([(c.prompt, c.chosen, c.rejected) for c in comparisons], MAX_LENGTH)]
+    return [c for c, ok in zip(comparisons, fits) if ok][:n]
+
+
+def prepare(folder: Path, per_prompt: int, size: str, data: str = "world", hh_n: int = 400):
+    """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model.
+    data="hh": HH-RLHF comparisons (`hh_pairs`) instead of the world's."""
     from tether.data.preferences import write_comparisons, write_trl
     from tether.world.world import World, WorldConfig
 
-    comparisons = preference_pairs(World(WorldConfig()), per_prompt)
+    model = world_model(folder / "model", SIZES[size], SEED)
+    comparisons = preference_pairs(World(WorldConfig()), per_prompt) if data == "world" else hh_pairs(folder, hh_n)
     write_comparisons(folder / "prefs.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
-    return world_model(folder / "model", SIZES[size], SEED)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,14 +149,15 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     def train_step(model, optimizer, pairs, cfg, pad_id, lr, *rest):
         row = original_step(model, optimizer, pairs, cfg, pad_id, lr, *rest)
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        records.append({"time": time.perf_counter() - clock["start"], "pairs": len(pairs), "tokens": row["tokens"],
+        records.append({"time": time.perf_counter() - clock["start"], "cpu": time.process_time() - clock["cpu_start"],
+                        "pairs": len(pairs), "tokens": row["tokens"],
                         "padded_tokens": len(seqs) * max(len(e.input_ids) for e in seqs),
                         "loss_tokens": sum(sum(e.loss_mask) for e in seqs)})
         return row
 
     def resume_training(*args, **kwargs):
         start = original_resume(*args, **kwargs)
-        clock["start"] = time.perf_counter()
+        clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
         return start
 
     def load_pairs(*args, **kwargs):
@@ -194,6 +214,8 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
 
     timed, durations = timed_steps(result["steps"], warmup)
     pairs_per_s = statistics.median(s["pairs"] / d for s, d in zip(timed, durations))
+    cpu = timed_steps(result["steps"], warmup, "cpu")[1] if "cpu" in result["steps"][0] else durations
+    cpu_pairs_per_s = sum(s["pairs"] for s in timed) / sum(cpu)  # pairs per second of this process's CPU time
     tokens = sum(s["tokens"] for s in timed)
     epoch = result["data"]["pairs"]
     pre = result.get("precompute_s", 0.0)
@@ -203,7 +225,7 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
     flops_per_token = model_flops_per_token(model, round(mean_len))  # policy training FLOPs only
     return {
         "side": result["side"], "timed_steps": len(timed), "step_seconds": durations,
-        "pairs_per_s": pairs_per_s, "wall_pairs_per_s": sum(s["pairs"] for s in timed) / sum(durations),
+        "pairs_per_s": pairs_per_s, "cpu_pairs_per_s": cpu_pairs_per_s, "wall_pairs_per_s": sum(s["pairs"] for s in timed) / sum(durations),
         "tokens_per_s": tokens_per_s, "padded_tokens_per_s": padded_per_s, "precompute_s": pre, "epoch_pairs": epoch,
         "amortised_pairs_per_s": epoch / (pre + epoch / pairs_per_s),
         "padding_fraction": 1 - tokens / sum(s["padded_tokens"] for s in timed), "mean_seq_len": mean_len,
@@ -214,10 +236,10 @@ def summarise(result: dict, warmup: int, model, peak: float) -> dict:
 
 
 def print_table(rows: list[dict], peak: float) -> None:
-    print(f"\n{'side':<9}{'pairs/s':>9}{'wall pairs/s':>14}{'precompute s':>14}{'amortised pairs/s':>19}"
+    print(f"\n{'side':<9}{'pairs/s':>9}{'cpu pairs/s':>13}{'wall pairs/s':>14}{'precompute s':>14}{'amortised pairs/s':>19}"
           f"{'tokens/s':>10}{'padded tok/s':>14}{'pad %':>7}{'peak RSS MB':>13}{'MFU':>8}")
     for r in rows:
-        print(f"{LABELS[r['side']]:<9}{r['pairs_per_s']:>9.1f}{r['wall_pairs_per_s']:>14.1f}{r['precompute_s']:>14.2f}"
+        print(f"{LABELS[r['side']]:<9}{r['pairs_per_s']:>9.1f}{r['cpu_pairs_per_s']:>13.1f}{r['wall_pairs_per_s']:>14.1f}{r['precompute_s']:>14.2f}"
               f"{r['amortised_pairs_per_s']:>19.1f}{r['tokens_per_s']:>10.0f}{r['padded_tokens_per_s']:>14.0f}"
               f"{100 * r['padding_fraction']:>7.1f}{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%")
     print("(pairs/s, tokens/s, padded tok/s, MFU: medians of per-step rates after warm-up; amortised: one epoch of "
@@ -233,6 +255,7 @@ def ratios(rows: dict[str, dict]) -> dict[str, float]:
         out[f"pairs_per_s_vs_{side}"] = t["pairs_per_s"] / p["pairs_per_s"]
         out[f"amortised_pairs_per_s_vs_{side}"] = t["amortised_pairs_per_s"] / p["amortised_pairs_per_s"]
         out[f"wall_pairs_per_s_vs_{side}"] = t["wall_pairs_per_s"] / p["wall_pairs_per_s"]
+        out[f"cpu_pairs_per_s_vs_{side}"] = t["cpu_pairs_per_s"] / p["cpu_pairs_per_s"]
         out[f"padded_tokens_per_s_vs_{side}"] = t["padded_tokens_per_s"] / p["padded_tokens_per_s"]
     return out
 
@@ -254,8 +277,10 @@ def differences(raw: dict[str, dict], rows: dict[str, dict]) -> list[str]:
     notes.append("batch order: " + ", ".join(f"{LABELS[s]} {r['sampler']} (padding "
                                              f"{100 * r['padding_fraction']:.0f}%)" for s, r in rows.items()))
     notes.append("optimizer: " + ", ".join(f"{LABELS[s]} {r['optimizer']}" for s, r in raw.items()))
-    notes.append("log-probs: tether full (2M, T, V) logits + cross_entropy; TRL a chunked fused LM head over "
-                 "response positions only, that also computes entropy, mean logits and top-1 for its logs")
+    notes.append("log-probs: tether the LM head at response positions only, in chunks, and each prompt run once "
+                 "with chosen and rejected after its cached keys and values (tether.logprobs; settings "
+                 "response_only_head, share_prompts); TRL a chunked fused LM head over response positions only, "
+                 "that also computes entropy, mean logits and top-1 for its logs, every sequence whole")
     notes.append("TRL's DPOConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "
                  "as in tether (fp32, no recompute); dropout is off on both sides")
     notes.append("learning-rate schedule and weight decay differ (no effect on speed)")
@@ -271,16 +296,27 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     rows = {side: summaries[side][best[side]] for side in runs}
     raw = {side: runs[side][best[side]] for side in runs}
     versions = raw["trl"]["versions"]
-    print(f"\nDPO (sigmoid, beta {BETA}), {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
+    print(f"\nDPO (sigmoid, beta {BETA}) on {args.data} pairs, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch "
           f"{BATCH} pairs, max length {MAX_LENGTH}, {args.steps} steps, timed over the last "
           f"{args.steps - args.warmup}, best of {args.rounds} round(s) per side, torch threads "
           f"{rows['tether']['threads']}; TRL {versions['trl']}, transformers {versions['transformers']}")
     print_table(list(rows.values()), peak)
     r = ratios(rows)
-    for side in (s for s in rows if s != "tether"):
+    peers = [s for s in rows if s != "tether"]
+    best_peer = max(peers, key=lambda s: rows[s]["pairs_per_s"])
+    best_amortised = max(peers, key=lambda s: rows[s]["amortised_pairs_per_s"])
+    r["headline_steady_vs_trl_best"] = r[f"pairs_per_s_vs_{best_peer}"]
+    r["headline_amortised_vs_trl_best"] = r[f"amortised_pairs_per_s_vs_{best_amortised}"]
+    best_cpu = max(peers, key=lambda s: rows[s]["cpu_pairs_per_s"])
+    r["headline_cpu_vs_trl_best"] = r[f"cpu_pairs_per_s_vs_{best_cpu}"]
+    print(f"HEADLINE tether / TRL at its best here: {r['headline_steady_vs_trl_best']:.2f}x steady (vs "
+          f"{LABELS[best_peer]}), {r['headline_amortised_vs_trl_best']:.2f}x with precomputes amortised over one "
+          f"epoch (vs {LABELS[best_amortised]}), {r['headline_cpu_vs_trl_best']:.2f}x per CPU-second of the timed "
+          f"steps (vs {LABELS[best_cpu]}: one thread per side, so the time each side computed)")
+    for side in peers:
         print(f"ratio tether/{LABELS[side]}: pairs/s {r[f'pairs_per_s_vs_{side}']:.2f}x steady, "
               f"{r[f'amortised_pairs_per_s_vs_{side}']:.2f}x with the precompute amortised over one epoch, "
-              f"{r[f'wall_pairs_per_s_vs_{side}']:.2f}x wall; padded tokens/s "
+              f"{r[f'wall_pairs_per_s_vs_{side}']:.2f}x wall, {r[f'cpu_pairs_per_s_vs_{side}']:.2f}x per CPU-second; padded tokens/s "
               f"{r[f'padded_tokens_per_s_vs_{side}']:.2f}x (padding-neutral)")
     notes = differences(raw, rows)
     busy = busy_note([run["load"] for rs in runs.values() for run in rs])
@@ -289,9 +325,10 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{LABELS[side]} pairs/s per round: " + ", ".join(f"{x['pairs_per_s']:.1f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    name = "dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}"
+    name = ("dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}") + (
+        "-hh" if args.data == "hh" else "")
     write_result(args.results_dir / f"{name}-{args.size}.json", {
-        "size": args.size, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
+        "size": args.size, "data": args.data, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
         "warmup": args.warmup, "batch_pairs": BATCH, "max_length": MAX_LENGTH, "beta": BETA,
         "parameters": count_parameters(model), "peak_flops": peak, "sides": rows, "ratios": r, "rounds": summaries,
         "versions": versions, "differences": notes, "raw": runs})
@@ -311,6 +348,10 @@ def main() -> None:
                    help="also run TRL with precompute_ref_log_probs=True (TRL's default is off)")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
+    p.add_argument("--data", choices=["world", "hh"], default="world",
+                   help="world: the tiny world's pairs (short prompts); hh: HH-RLHF comparisons (long multi-turn "
+                        "prompts shared by chosen and rejected) that fit --max-length whole")
+    p.add_argument("--hh-pairs", type=int, default=400, help="HH-RLHF comparisons used with --data hh")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating the order; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
@@ -332,7 +373,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-dpo-"))
     try:
         print(f"inputs in {folder}", flush=True)
-        model = prepare(folder, args.pairs_per_prompt, args.size)
+        model = prepare(folder, args.pairs_per_prompt, args.size, args.data, args.hh_pairs)
         peak = matmul_peak()
         runs = alternate(args.rounds, tuple(sides), lambda side: run_side(side, folder, args))
     finally:

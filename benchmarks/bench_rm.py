@@ -184,7 +184,7 @@ def run_side(side: str, folder: Path, args) -> dict:
     return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
                            "peer_rm.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
                                           folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
-                                          "--max-length", MAX_LENGTH, "--lr", LR])
+                                          "--max-length", MAX_LENGTH, "--lr", LR, "--sampler", args.trl_sampler])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +296,8 @@ def report(args, runs: dict[str, list[dict]], counts: dict, model, peak: float) 
     print(f"pairs/s ratio per round: {', '.join(f'{x:.2f}x' for x in round_ratios)} "
           f"(median {statistics.median(round_ratios):.2f}x)")
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    write_result(args.results_dir / f"rm-{args.data}-{args.size}.json", {
+    trl_name = "" if args.trl_sampler == "random" else f"-trl-{args.trl_sampler}"
+    write_result(args.results_dir / f"rm-{args.data}{trl_name}-{args.size}.json", {
         "data": args.data, "size": args.size, "counts": counts, "steps": args.steps, "warmup": args.warmup,
         "batch_size": BATCH, "max_length": MAX_LENGTH, "parameters": parameters, "peak_flops": peak,
         "tether": rows[0], "trl": rows[1], "rounds": summaries,
@@ -362,6 +363,8 @@ def main() -> None:
     p.add_argument("--data", choices=["rated", "unique"], default="rated",
                    help="rated: 3 simulated ratings per pair (ties dropped); unique: one row per pair")
     p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
+    p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
+                   help="TRL's train_sampling_strategy (random is TRL's default; group_by_length its fastest here)")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--rounds", type=int, default=2,

@@ -69,6 +69,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
     import torch
 
+    from tether.chat import chat_format
     from tether.config import load_config
     from tether.data.sft_data import read_conversations
     from tether.models import load_tokenizer
@@ -85,7 +86,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     rows = [json.loads(ln) for ln in (folder / "tether-run" / "metrics.jsonl").read_text().splitlines() if ln]
     # The batches are a pure function of (seed, epoch) in tether: rebuild them with its own functions.
     tokenizer = load_tokenizer(cfg.model)
-    examples, report = sft.encode_conversations(tokenizer, read_conversations(cfg.data), cfg.max_length)
+    examples, report = sft.encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model),
+                                                read_conversations(cfg.data), cfg.max_length)
     train, _ = split_eval(examples, cfg.eval_fraction, cfg.seed)
     per_epoch = len(train) // cfg.batch_size
     lengths = [len(e.input_ids) for e in train]
@@ -114,7 +116,9 @@ def run_side(side: str, folder: Path, args) -> dict:
     return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
                            "peer_sft.py", ["--model", folder / "model", "--data", folder / "sft.jsonl", "--workdir",
                                            folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
-                                           "--max-length", MAX_LENGTH, "--sampler", args.trl_sampler])
+                                           "--max-length", MAX_LENGTH, "--sampler",
+                                           "random" if args.trl_sampler == "padding_free" else args.trl_sampler,
+                                           *(["--padding-free"] if args.trl_sampler == "padding_free" else [])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,8 +181,8 @@ def differences(tether: dict, trl: dict, s_tether: dict, s_trl: dict) -> list[st
                  f"{100 * s_tether['padding_fraction']:.0f}% vs {100 * s_trl['padding_fraction']:.0f}% "
                  "(tokens/s counts non-pad tokens only)")
     notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}")
-    notes.append("loss: tether full logits + cross_entropy; TRL a chunked fused LM head that also computes "
-                 "entropy and top-1 accuracy for its logs")
+    notes.append("loss: tether the LM head at trained positions only, in chunks (response_only_head); TRL a chunked "
+                 "fused LM head that also computes entropy and top-1 accuracy for its logs")
     notes.append("TRL's SFTConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "
                  "as in tether (fp32, no recompute)")
     notes.append("learning-rate schedule and weight decay differ (no effect on speed)")
@@ -207,7 +211,8 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
     for side, ss in summaries.items():
         print(f"{side} tokens/s per round: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    write_result(args.results_dir / f"sft-{args.size}.json", {
+    name = "sft" if args.trl_sampler == "random" else f"sft-trl-{args.trl_sampler}"
+    write_result(args.results_dir / f"{name}-{args.size}.json", {
         "size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH, "max_length": MAX_LENGTH,
         "parameters": count_parameters(model), "peak_flops": peak, "tether": rows[0], "trl": rows[1],
         "rounds": summaries, "ratio_tokens_per_s": rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"],
@@ -222,8 +227,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--size", choices=list(SFT_SIZES), default="5m", help="model size")
-    p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
-                   help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
+    p.add_argument("--trl-sampler", choices=["random", "group_by_length", "padding_free"], default="random",
+                   help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length); "
+                        "padding_free: random order with padding_free=True (no padding at all)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, alternating which goes first; the fastest run of each side is reported")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP + " (also for the matmul peak)")

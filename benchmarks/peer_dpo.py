@@ -105,7 +105,8 @@ def main() -> None:
 
     trainer.train()
 
-    steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
+    steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, "cpu": clock.cpu_ends[i] - clock.cpu_start, **b}
+             for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl-precompute" if args.precompute else "trl", "steps": steps, "data": data,
         "precompute_s": CountingDPOTrainer.precompute_s, "constructor_s": built,

@@ -29,6 +29,13 @@ class CountingRewardTrainer(RewardTrainer):
     """RewardTrainer that records what each micro-batch holds; nothing about the step is changed."""
 
     batches: list[dict]
+    keep_length: bool = False
+
+    def _set_signature_columns_if_needed(self):
+        # group_by_length reads a `length` column; the fixed signature would drop it before the sampler sees it
+        super()._set_signature_columns_if_needed()
+        if self.keep_length and "length" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "length"]
 
     def training_step(self, model, inputs, *args, **kwargs):
         mask = inputs["attention_mask"]  # (2B, T): B chosen rows, then B rejected rows
@@ -47,6 +54,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per step")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--sampler", default="random", choices=["random", "group_by_length"],
+                   help="TRL's train_sampling_strategy; random is its default. group_by_length reads a `length` "
+                        "column, added here (the longer of chosen and rejected)")
     args = p.parse_args()
 
     with open(args.data) as f:
@@ -58,10 +68,15 @@ def main() -> None:
         gradient_accumulation_steps=1, max_length=args.max_length, learning_rate=args.lr, seed=0,
         gradient_checkpointing=False,  # RewardConfig turns it on by default; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True,  # RewardConfig defaults to bf16; both sides run fp32
+        train_sampling_strategy=args.sampler,
         save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10,
     )
     trainer = CountingRewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer)
+    if args.sampler == "group_by_length":
+        trainer.keep_length = True
+        trainer.train_dataset = trainer.train_dataset.map(
+            lambda x: {"length": max(len(x["chosen_ids"]), len(x["rejected_ids"]))})
     trainer.batches = []
     clock = StepClock()
     trainer.add_callback(clock)
@@ -75,7 +90,7 @@ def main() -> None:
     steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
-        "sampler": "random (TRL's default)",
+        "sampler": "random (TRL's default)" if args.sampler == "random" else args.sampler,
         "model_class": type(trainer.model).__name__,
     }
     write_result(args.out, result, cfg)

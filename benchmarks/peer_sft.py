@@ -28,10 +28,15 @@ class CountingSFTTrainer(SFTTrainer):
     batches: list[dict]
 
     def training_step(self, model, inputs, *args, **kwargs):
-        mask = inputs["attention_mask"]  # (B, T); present because padding-free is off
         labels = inputs["labels"]  # (B, T), unshifted: the model shifts them
-        self.batches.append({"sequences": int(mask.size(0)), "tokens": int(mask.sum()),
-                             "padded_tokens": int(mask.numel()), "loss_tokens": int((labels[:, 1:] != -100).sum())})
+        if "attention_mask" in inputs:
+            mask = inputs["attention_mask"]  # (B, T)
+            sequences, tokens, padded = int(mask.size(0)), int(mask.sum()), int(mask.numel())
+        else:  # padding-free: one (1, N) row of the batch's sequences, each starting at position 0
+            positions = inputs["position_ids"]
+            sequences, tokens, padded = int((positions == 0).sum()), int(positions.numel()), int(positions.numel())
+        self.batches.append({"sequences": sequences, "tokens": tokens, "padded_tokens": padded,
+                             "loss_tokens": int((labels[:, 1:] != -100).sum())})
         return super().training_step(model, inputs, *args, **kwargs)
 
 
@@ -46,6 +51,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--sampler", default="random", choices=["random", "group_by_length"],
                    help="TRL's train_sampling_strategy; random is its default")
+    p.add_argument("--padding-free", action="store_true",
+                   help="padding_free=True: each batch one row of its sequences with position ids reset per "
+                        "sequence (TRL's fastest setting on a model whose attention keeps the sequences apart)")
     args = p.parse_args()
 
     with open(args.data) as f:
@@ -54,8 +62,10 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     cfg = SFTConfig(
         output_dir=args.workdir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, max_length=args.max_length, assistant_only_loss=True,
-        packing=False, padding_free=False,
+        gradient_accumulation_steps=1, assistant_only_loss=True,
+        # padding-free without packing refuses a max_length (it would not cut): the world's conversations fit it
+        max_length=None if args.padding_free else args.max_length,
+        packing=False, padding_free=args.padding_free,
         gradient_checkpointing=False,  # SFTConfig turns it on by default; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True, learning_rate=5e-4, seed=0,
         train_sampling_strategy=args.sampler,
@@ -76,7 +86,7 @@ def main() -> None:
     steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
-        "sampler": args.sampler,
+        "sampler": args.sampler + (", padding-free" if args.padding_free else ""),
     }
     write_result(args.out, result, cfg)
 

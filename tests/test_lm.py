@@ -108,7 +108,7 @@ def test_logits_only_from_the_first_counted_position(tokenizer, new_model):
         nll.backward()
         return [nll.detach(), n] + [p.grad.clone() for p in model.parameters()]
 
-    cut = loss_and_grads(lambda: batch_loss(model, batch))
+    cut = loss_and_grads(lambda: batch_loss(model, batch, response_only=False))  # the logits_to_keep path
     full = loss_and_grads(lambda: token_nll_sum(model(input_ids=batch["input_ids"],
                                                       attention_mask=batch["attention_mask"]).logits, batch["labels"]))
     assert widths == [batch["input_ids"].size(1) - first, batch["input_ids"].size(1)]

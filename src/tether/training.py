@@ -79,6 +79,11 @@ class TrainConfig(DistributedConfig):
     """Steps between metric lines in metrics.jsonl."""
     bucket_size: int = 64
     """Batches sorted together by length, so each batch holds sequences of similar length (less padding)."""
+    response_only_head: bool = True
+    """Run the LM head and log-softmax only at the positions whose next token is trained (the responses in SFT and
+    DPO), in chunks, never over the whole (B, T, V) logits (tether.logprobs; tested equal to the full head, and
+    used only on architectures checked to compute logits as lm_head(hidden), in one process). false: the model's own
+    logits."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
     nonfinite: Literal["skip", "halt"] = "skip"

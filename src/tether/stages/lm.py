@@ -14,6 +14,7 @@ import torch
 from tether import distributed
 from tether.config import check, save_config
 from tether.guard import NonFiniteGuard
+from tether.logprobs import forward_token_logps, head_parts
 from tether.lora import adapt
 from tether.math.losses import IGNORE_INDEX, token_nll_sum
 from tether.models import accepts, save_pretrained
@@ -40,8 +41,11 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
     return [examples[i] for i in order[k:]], [examples[i] for i in order[:k]]
 
 
-def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_loss(model, batch: dict[str, torch.Tensor], response_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed NLL, counted tokens) of one micro-batch, moved to the model's device.
+
+    With response_only (and an architecture `tether.logprobs.head_parts` knows), the LM head and the softmax run
+    only at the counted positions, in chunks (`forward_token_logps`). Otherwise:
 
     Positions before the first counted one of any row (the prompts every row starts with, in SFT) train nothing:
     the model computes logits only from there on (HF's `logits_to_keep`), sparing the LM head and the softmax
@@ -49,6 +53,9 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"]  # (B, T)
+    if response_only and head_parts(model) is not None:
+        token = forward_token_logps(model, batch["input_ids"], batch["attention_mask"], labels)  # (B, T)
+        return -token.sum(), (labels != IGNORE_INDEX).sum()
     counted = (labels != IGNORE_INDEX).any(0).nonzero()
     keep = labels.size(1) - int(counted[0]) if len(counted) else 1
     extra = {"logits_to_keep": keep} if keep < labels.size(1) and accepts(model, "logits_to_keep") else {}
@@ -77,7 +84,7 @@ def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_
     for i, (examples_i, real) in enumerate(share):
         batch = collate(examples_i, pad_id)
         with distributed.accumulating(model, last=i == len(share) - 1):
-            nll, _ = batch_loss(model, batch)
+            nll, _ = batch_loss(model, batch, cfg.response_only_head)
             distributed.normalised(nll, n_tokens, real).backward()
         total += float(nll.detach()) if real else 0.0
         seq_tokens += int(batch["attention_mask"].sum()) if real else 0
@@ -89,12 +96,12 @@ def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_
 
 
 @torch.no_grad()
-def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32) -> float:
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32, response_only: bool = True) -> float:
     """Mean NLL per counted token of `examples` (every rank computes the same: it runs on all of them)."""
     model.eval()
     nll, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        s, n = batch_loss(model, collate(examples[i:i + batch_size], pad_id))
+        s, n = batch_loss(model, collate(examples[i:i + batch_size], pad_id), response_only)
         nll, count = nll + float(s), count + int(n)
     model.train()
     return nll / max(count, 1)
@@ -139,7 +146,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             # 5. Eval loss, metrics, checkpoints.
             last = step + 1 == steps
             if held_out and due(step + 1, cfg.eval_every, last):
-                row["eval_loss"] = eval_loss(model, held_out, pad_id, cfg.micro_batch_size)
+                row["eval_loss"] = eval_loss(model, held_out, pad_id, cfg.micro_batch_size, cfg.response_only_head)
             if due(step + 1, cfg.log_every, last) or "eval_loss" in row:
                 log.write(row)
             if due(step + 1, cfg.save_every) and not last:

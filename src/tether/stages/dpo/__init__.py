@@ -22,8 +22,9 @@ from tether.chat import ChatFormat, chat_format
 from tether.config import save_config
 from tether.generation import generate
 from tether.guard import NonFiniteGuard
+from tether.logprobs import FastPaths, forward_token_logps
 from tether.lora import adapt, adapters_disabled, frozen_reference
-from tether.math.dpo_losses import REFERENCE_FREE, UNPAIRED_LOSSES, token_logps
+from tether.math.dpo_losses import REFERENCE_FREE, UNPAIRED_LOSSES
 from tether.math.kl import kl_k1, kl_k3
 from tether.math.losses import IGNORE_INDEX
 from tether.models import check_positions, load_policy, load_tokenizer, save_pretrained
@@ -31,7 +32,7 @@ from tether.optim import adamw, lr_at
 from tether.progress import progress_bar
 from tether.stages.dpo import pairs, unpaired
 from tether.stages.dpo.config import DPOConfig
-from tether.stages.dpo.sequences import CACHE, encode_responses, example
+from tether.stages.dpo.sequences import CACHE, encode_responses, example, fast_paths
 from tether.stages.monitoring import RunMonitor, answer_greedy, make_samples, open_monitor, pushback_flips
 from tether.training import (
     BatchPlan,
@@ -59,7 +60,8 @@ class Variant(Protocol):
     def load(self, cfg: DPOConfig, fmt: ChatFormat, *data) -> tuple[list, list, list, dict]: ...  # all, train, held out
     def summary(self, report: dict) -> str: ...
     def length(self, item) -> int: ...  # what the batches are bucketed by
-    def reference_logps(self, ref_model, items: list, pad_id: int, batch_size: int, cache: Path) -> bool: ...
+    def reference_logps(self, ref_model, items: list, pad_id: int, batch_size: int, cache: Path,
+                        fast: FastPaths = ...) -> bool: ...
     def train_step(self, model, optimizer, batch: list, cfg: DPOConfig, pad_id: int, lr: float,
                    guard: NonFiniteGuard | None = None) -> dict: ...
     def evaluate(self, model, held_out: list, cfg: DPOConfig, pad_id: int) -> dict: ...  # eval_... metrics
@@ -87,7 +89,8 @@ def run(cfg: DPOConfig) -> Path:
     model.eval()  # no dropout: policy and reference log-probs agree on identical weights
     cache = run_dir / CACHE
     kl_ref = prepare_reference(cfg, model, lambda ref: variant.reference_logps(ref, items, fmt.pad_id,
-                                                                               cfg.micro_batch_size, cache),
+                                                                               cfg.micro_batch_size, cache,
+                                                                               fast_paths(cfg)),
                                cache, variant.NAME)
     return train_preferences(cfg, variant, run_dir, model, fmt, train, held_out, kl_ref)
 
@@ -190,9 +193,9 @@ def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_t
     for i in range(0, len(samples), cfg.micro_batch_size):
         batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
                                                            fmt.pad_id).items()}
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logp = token_logps(model(**inputs).logits, batch["labels"])  # (B, T)
-        ref_logp = token_logps(ref_model(**inputs).logits, batch["labels"])  # (B, T)
+        inputs = (batch["input_ids"], batch["attention_mask"], batch["labels"], cfg.response_only_head)
+        logp = forward_token_logps(model, *inputs)  # (B, T)
+        ref_logp = forward_token_logps(ref_model, *inputs)  # (B, T)
         counted = batch["labels"] != IGNORE_INDEX  # (B, T)
         k1 += torch.where(counted, kl_k1(logp, ref_logp), 0).sum(1).tolist()  # (B,)
         k3 += torch.where(counted, kl_k3(logp, ref_logp), 0).sum(1).tolist()  # (B,)

@@ -31,11 +31,13 @@ from tether.stages.dpo.sequences import (
     cached_logps,
     chunks,
     example,
+    fast_paths,
     forward_examples,
     held_out_sums,
     sequences_key,
     step_sums,
 )
+from tether.logprobs import FastPaths
 from tether.training import Example
 
 NAME = "dpo"
@@ -151,7 +153,8 @@ def reference_key(ref_model, pairs: list[Pair]) -> str:
     return sequences_key(NAME, ref_model, scored(pairs))
 
 
-def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, cache: Path) -> bool:
+def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, cache: Path,
+                    fast: FastPaths = FastPaths()) -> bool:
     """Fill each pair's ref_chosen / ref_rejected: from `cache` when its key matches, else by one no-grad pass over
     all pairs (longest first, the chosen and rejected of batch_size pairs in each forward), then saved to `cache`.
     True on a cache hit."""
@@ -159,7 +162,7 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
     order = sorted(range(n), key=lambda i: -length(pairs[i]))
     batches = [idx + [n + i for i in idx] for idx in chunks(order, batch_size)]
     logps, hit = cached_logps(reference_key(ref_model, pairs), ref_model, scored(pairs), batches, pad_id, cache,
-                              "dpo reference")
+                              "dpo reference", fast)
     for p, c, r in zip(pairs, logps[:n], logps[n:]):
         p.ref_chosen, p.ref_rejected = c, r
     return hit
@@ -169,9 +172,10 @@ def reference_logps(ref_model, pairs: list[Pair], pad_id: int, batch_size: int, 
 # Log-probs, losses, metrics
 
 
-def forward_pairs(model, pairs: list[Pair], pad_id: int) -> PairBatch:
-    """Chosen and rejected of every pair in ONE forward pass: rows 0..M-1 chosen, M..2M-1 rejected."""
-    logps, counts, tokens = forward_examples(model, scored(pairs), pad_id)  # (2M,), (2M,)
+def forward_pairs(model, pairs: list[Pair], pad_id: int, fast: FastPaths = FastPaths()) -> PairBatch:
+    """Chosen and rejected of every pair in ONE forward pass (their shared prompts once, where `fast` allows):
+    rows 0..M-1 chosen, M..2M-1 rejected."""
+    logps, counts, tokens = forward_examples(model, scored(pairs), pad_id, fast)  # (2M,), (2M,)
     m, device = len(pairs), logps.device
     floats = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
     return PairBatch(logps[:m], logps[m:], floats([p.ref_chosen for p in pairs]),
@@ -216,7 +220,7 @@ def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int,
     """One optimizer step over `pairs`, micro_batch_size pairs per forward (`step_sums`: exact accumulation, the
     ranks' shares); `guard` (the run's, else a fresh one from cfg) skips or halts it on a non-finite loss or
     gradient."""
-    total = step_sums(model, pairs, cfg.micro_batch_size, lambda micro: forward_pairs(model, micro, pad_id),
+    total = step_sums(model, pairs, cfg.micro_batch_size, lambda micro: forward_pairs(model, micro, pad_id, fast_paths(cfg)),
                       lambda b: pair_losses(b, cfg), lambda b, losses: pair_sums(b, losses, cfg))
     guard = guard or NonFiniteGuard.from_config(cfg)
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total["loss"] / len(pairs))
@@ -228,7 +232,8 @@ def train_step(model, optimizer, pairs: list[Pair], cfg: DPOConfig, pad_id: int,
 def evaluate(model, pairs: list[Pair], cfg: DPOConfig, pad_id: int) -> dict:
     """Held-out loss, rewards and log-probs (as in training), and eval_logratio/chosen: the mean per-token
     log π - log π_ref on the held-out chosen responses. Not a KL: the responses are not samples from π."""
-    total = held_out_sums(pairs, cfg.micro_batch_size, lambda micro: forward_pairs(model, micro, pad_id),
+    total = held_out_sums(pairs, cfg.micro_batch_size, lambda micro: forward_pairs(model, micro, pad_id,
+                                                                                   fast_paths(cfg)),
                           lambda b: pair_losses(b, cfg), lambda b, losses: pair_sums(b, losses, cfg))
     out = {f"eval_{k}": v for k, v in means(total).items()}
     if cfg.loss not in REFERENCE_FREE:

@@ -14,9 +14,9 @@ import torch
 from tether import distributed
 from tether.chat import ChatFormat, Encoded
 from tether.checkpoint import cached_tensors
-from tether.math.dpo_losses import sequence_logps
+from tether.logprobs import FastPaths, response_logps
 from tether.progress import progress_bar
-from tether.training import Example, collate
+from tether.training import Example
 
 CACHE = "ref_logps.safetensors"
 """The cached reference log-probs, in the run folder."""
@@ -28,6 +28,11 @@ def encode_responses(fmt: ChatFormat, prompts: list, responses: list[str], max_l
     return fmt.encode_many(list(zip(prompts, responses)), max_length, max_prompt_length)
 
 
+def fast_paths(cfg) -> FastPaths:
+    """The exact shortcuts cfg (a DPOConfig) allows the log-prob passes (`tether.logprobs`)."""
+    return FastPaths(response_only=cfg.response_only_head, share_prompts=cfg.share_prompts)
+
+
 def example(e: Encoded) -> Example:
     return Example(e.input_ids, e.loss_mask)  # the ids and mask a training step reads
 
@@ -36,14 +41,14 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def forward_examples(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Summed log-probs (B,) and counted tokens (B,) of each sequence in one forward pass, and its non-padding
-    tokens. `model` may be a DDP wrapper, or LoRA's base view."""
-    batch = collate(examples, pad_id)  # each (B, T)
-    device = distributed.device_of(model)
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    logps, counts = sequence_logps(logits, batch["labels"].to(device))  # (B,), (B,)
-    return logps, counts, int(batch["attention_mask"].sum())
+def forward_examples(model, examples: list[Example], pad_id: int, fast: FastPaths = FastPaths()
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed log-probs (B,) and counted tokens (B,) of each sequence in one forward pass (a shared-prompt pass and
+    a tail pass where `fast` allows and that is exact: `tether.logprobs`), and the sequences' non-padding tokens.
+    `model` may be a DDP wrapper, or LoRA's base view."""
+    logps, counts = response_logps(model, [e.input_ids for e in examples], [e.loss_mask for e in examples], pad_id,
+                                   fast)  # (B,), (B,)
+    return logps, counts, sum(len(e.input_ids) for e in examples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,23 +114,24 @@ def sequences_key(kind: str, ref_model, examples: list[Example]) -> str:
 
 
 @torch.no_grad()
-def summed_logps(model, examples: list[Example], batches: list[list[int]], pad_id: int, label: str) -> torch.Tensor:
+def summed_logps(model, examples: list[Example], batches: list[list[int]], pad_id: int, label: str,
+                 fast: FastPaths = FastPaths()) -> torch.Tensor:
     """Summed log-probs (E,) of `examples` in eval mode, one forward pass per batch of indices in `batches`."""
     out = torch.zeros(len(examples))  # (E,)
     was_training = model.training
     model.eval()
     with progress_bar(label, total=len(examples)) as bar:
         for idx in batches:
-            out[idx] = forward_examples(model, [examples[i] for i in idx], pad_id)[0].float().cpu()
+            out[idx] = forward_examples(model, [examples[i] for i in idx], pad_id, fast)[0].float().cpu()
             bar.update(len(idx))
     model.train(was_training)
     return out
 
 
 def cached_logps(key: str, ref_model, examples: list[Example], batches: list[list[int]], pad_id: int, cache: Path,
-                 label: str) -> tuple[list[float], bool]:
+                 label: str, fast: FastPaths = FastPaths()) -> tuple[list[float], bool]:
     """(log-probs, hit): π_ref's summed log-probs of `examples` from `cache` when its key is `key`, else computed by
     `summed_logps` and saved there (rank 0 writes)."""
-    compute = lambda: {"logps": summed_logps(ref_model, examples, batches, pad_id, label)}  # noqa: E731
+    compute = lambda: {"logps": summed_logps(ref_model, examples, batches, pad_id, label, fast)}  # noqa: E731
     logps, hit = cached_tensors(cache, key, compute, write=distributed.is_main())
     return logps["logps"].tolist(), hit

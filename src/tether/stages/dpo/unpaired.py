@@ -29,11 +29,13 @@ from tether.stages.dpo.sequences import (
     chunks,
     encode_responses,
     example,
+    fast_paths,
     forward_examples,
     held_out_sums,
     sequences_key,
     step_sums,
 )
+from tether.logprobs import FastPaths
 from tether.training import Example
 
 NAME = "kto"
@@ -147,14 +149,15 @@ def length(r: KTORow) -> int:
 # Reference log-probs
 
 
-def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int, cache: Path) -> bool:
+def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int, cache: Path,
+                    fast: FastPaths = FastPaths()) -> bool:
     """Fill each row's ref_logp and ref_kl_logp: from `cache` when its key matches, else by one no-grad pass over
     the completions and KL pairs (longest first, batch_size sequences per forward), then saved to `cache`. True on
     a cache hit."""
     n, examples = len(rows), [r.completion for r in rows] + [r.kl for r in rows]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
     logps, hit = cached_logps(sequences_key(NAME, ref_model, examples), ref_model, examples, chunks(order, batch_size),
-                              pad_id, cache, "kto reference")
+                              pad_id, cache, "kto reference", fast)
     for r, c, k in zip(rows, logps[:n], logps[n:]):
         r.ref_logp, r.ref_kl_logp = c, k
     return hit
@@ -164,17 +167,18 @@ def reference_logps(ref_model, rows: list[KTORow], pad_id: int, batch_size: int,
 # Log-probs, the reference point, losses, metrics
 
 
-def forward_rows(model, rows: list[KTORow], pad_id: int) -> RowBatch:
-    logps, _, tokens = forward_examples(model, [r.completion for r in rows], pad_id)  # (M,)
+def forward_rows(model, rows: list[KTORow], pad_id: int, fast: FastPaths = FastPaths()) -> RowBatch:
+    logps, _, tokens = forward_examples(model, [r.completion for r in rows], pad_id, fast)  # (M,)
     device = logps.device
     return RowBatch(logps, torch.tensor([r.ref_logp for r in rows], dtype=torch.float32, device=device),
                     torch.tensor([r.desirable for r in rows], device=device), tokens)
 
 
 @torch.no_grad()
-def reference_point(model, rows: list[KTORow], micro_batch_size: int, pad_id: int) -> tuple[torch.Tensor, int]:
+def reference_point(model, rows: list[KTORow], micro_batch_size: int, pad_id: int, fast: FastPaths = FastPaths()
+                    ) -> tuple[torch.Tensor, int]:
     """z_ref of `rows` (a whole optimizer batch, or the held-out set) from their KL pairs, and the tokens read."""
-    parts = [forward_examples(model, [r.kl for r in micro], pad_id) for micro in chunks(rows, micro_batch_size)]
+    parts = [forward_examples(model, [r.kl for r in micro], pad_id, fast) for micro in chunks(rows, micro_batch_size)]
     policy = torch.cat([logps for logps, _, _ in parts])  # (N,)
     ref = torch.tensor([r.ref_kl_logp for r in rows], dtype=torch.float32, device=policy.device)  # (N,)
     return kto_reference_point(policy, ref), sum(n for _, _, n in parts)
@@ -214,8 +218,9 @@ def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int
     """One optimizer step over `rows`: z_ref once for all of them (every rank computes it for the whole batch), then
     micro_batch_size rows per forward (`step_sums`: exact accumulation, the ranks' shares); `guard` (the run's, else
     a fresh one from cfg) skips or halts it on a non-finite loss or gradient."""
-    z_ref, kl_tokens = reference_point(distributed.unwrap(model), rows, cfg.micro_batch_size, pad_id)
-    total = step_sums(model, rows, cfg.micro_batch_size, lambda micro: forward_rows(model, micro, pad_id),
+    fast = fast_paths(cfg)
+    z_ref, kl_tokens = reference_point(distributed.unwrap(model), rows, cfg.micro_batch_size, pad_id, fast)
+    total = step_sums(model, rows, cfg.micro_batch_size, lambda micro: forward_rows(model, micro, pad_id, fast),
                       lambda b: row_losses(b, z_ref, cfg), lambda b, losses: row_sums(b, losses, cfg))
     total["tokens"] += kl_tokens
     guard = guard or NonFiniteGuard.from_config(cfg)
@@ -227,7 +232,8 @@ def train_step(model, optimizer, rows: list[KTORow], cfg: DPOConfig, pad_id: int
 @torch.no_grad()
 def evaluate(model, rows: list[KTORow], cfg: DPOConfig, pad_id: int) -> dict:
     """Held-out loss, kl, rewards and log-probs as in training, with one z_ref over all held-out rows."""
-    z_ref, _ = reference_point(model, rows, cfg.micro_batch_size, pad_id)
-    total = held_out_sums(rows, cfg.micro_batch_size, lambda micro: forward_rows(model, micro, pad_id),
+    fast = fast_paths(cfg)
+    z_ref, _ = reference_point(model, rows, cfg.micro_batch_size, pad_id, fast)
+    total = held_out_sums(rows, cfg.micro_batch_size, lambda micro: forward_rows(model, micro, pad_id, fast),
                           lambda b: row_losses(b, z_ref, cfg), lambda b, losses: row_sums(b, losses, cfg))
     return {f"eval_{k}": v for k, v in {**means(total), "kl": float(z_ref)}.items()}
