@@ -5,7 +5,9 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
                                                                     [--members 4] [--conservative min] [--out runs/ens]
 
 1. Per seed, the demo's stages up to the comparison queue (world, tokenizer, pretraining, SFT, collect: demo settings,
-   `tether demo`'s building blocks), shared by the bias settings.
+   `tether demo`'s building blocks), shared by the bias settings; with `--base-seed b`, world, pretraining and SFT are
+   seed b's for every seed (pretraining is the costliest stage), and the queue, labels, reward models and PPO each
+   seed's own.
 2. Per rater-bias setting (`BIASES`: the demo's rater pool with one bias much stronger): the raters label the queue,
    `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples), then the demo's
    PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
@@ -39,18 +41,26 @@ BIASES = {"length": {"length_bias": 1.2}, "agreement": {"agreement_bias": 2.4}, 
 the demo's mean bias."""
 
 
-def shared_stages(seed: int, out: Path) -> dict:
-    """World, tokenizer, pretraining, SFT and the comparison queue of one seed (skipped when on disk)."""
-    stages = _stage_configs(DemoConfig(name=f"seed{seed}", runs=str(out), seed=seed, resume=True))
-    root = out / f"seed{seed}"
+def shared_stages(seed: int, out: Path, base: int | None) -> dict:
+    """World, tokenizer, pretraining, SFT and the comparison queue of one seed (skipped when on disk). With `base`,
+    world, tokenizer, pretraining and SFT are seed `base`'s (trained once), the queue and later stages seed `seed`'s."""
+    base = seed if base is None else base
+    stages = _stage_configs(DemoConfig(name=f"seed{base}", runs=str(out), seed=base, resume=True))
+    root = out / f"seed{base}"
     for name, fn, done in (("world", build_world, "world/eval.jsonl"),
                            ("tokenizer", train_tokenizer_stage, "tokenizer/tokenizer.json"),
                            ("pretrain", pretrain.run, "pretrain/model/model.safetensors"),
-                           ("sft", sft.run, "sft/model/model.safetensors"),
-                           ("collect", collect.run, "collect/queue.jsonl")):
+                           ("sft", sft.run, "sft/model/model.safetensors")):
         if not (root / done).exists():
-            print(f"== seed {seed}: {name}", flush=True)
+            print(f"== seed {base}: {name}", flush=True)
             fn(stages[name])
+    stages = _stage_configs(DemoConfig(name=f"seed{base}", runs=str(out), seed=seed, resume=True))
+    queue = root / "collect" if seed == base else out / f"seed{seed}-collect"
+    stages["collect"] = replace(stages["collect"], out=str(queue))
+    stages["label"] = replace(stages["label"], queue=str(queue / "queue.jsonl"))
+    if not (queue / "queue.jsonl").exists():
+        print(f"== seed {seed}: collect", flush=True)
+        collect.run(stages["collect"])
     return stages
 
 
@@ -154,11 +164,13 @@ def main() -> None:
     ap.add_argument("--conservative", default="min", choices=("min", "uwo", "mean"))
     ap.add_argument("--out", default="runs/ensemble_seeds")
     ap.add_argument("--tag", default="ensemble_seeds", help="results: benchmarks/results/<tag>.{json,md}")
+    ap.add_argument("--base-seed", type=int, default=None,
+                    help="world, pretraining and SFT of this seed for every seed (the rest: each seed's own)")
     ap.add_argument("--plain-only", action="store_true", help="skip the conservative PPO runs")
     args = ap.parse_args()
     out, started, results = Path(args.out), time.time(), []
     for seed in map(int, args.seeds.split(",")):
-        stages = shared_stages(seed, out)
+        stages = shared_stages(seed, out, args.base_seed)
         for bias in args.biases.split(","):
             root = out / f"seed{seed}-{bias}"
             model = bias_stages(stages, seed, bias, args.members, root)

@@ -219,3 +219,59 @@ def test_detector_is_silent_without_an_ensemble():
         h.append(step, {"monitor/ensemble_disagreement": None, "monitor/kl": 1.0})
     assert ensemble_disagreement(h, MonitorConfig()) is None
     assert math.isclose(MonitorConfig().ensemble_rise, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Online RL with an ensemble: the conservative reward trains, the disagreement is logged and monitored
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(model_dir, tmp_path_factory):
+    """Three untrained reward models on the test-preset backbone (heads of seeds 0, 1, 2) as an ensemble folder."""
+    from tether.ensemble import member_model_dir, write_members
+    from tether.reward import RewardModel
+
+    out = tmp_path_factory.mktemp("ensemble")
+    for i in range(3):
+        torch.manual_seed(i)
+        RewardModel.from_backbone(str(model_dir)).save_pretrained(member_model_dir(out, i))
+    write_members(out / "model", 3)
+    return out / "model"
+
+
+def test_ppo_trains_on_the_worst_case_and_monitors_the_disagreement(tiny_ensemble, world_dir, model_dir, tmp_path,
+                                                                    monkeypatch):
+    from tether.stages import online
+    from tether.stages.ppo import PPOConfig, run
+
+    trained = []
+    real = online.make_experience
+
+    def recording(policy, ref, critic, rollout, scores, cfg):
+        trained.append(scores.clone())
+        return real(policy, ref, critic, rollout, scores, cfg)
+
+    monkeypatch.setattr(online, "make_experience", recording)
+    members = []
+    real_call = EnsembleSource.__call__
+
+    def spy(self, prompts, responses):
+        out = real_call(self, prompts, responses)
+        members.append(self.last_scores.clone())
+        return out
+
+    monkeypatch.setattr(EnsembleSource, "__call__", spy)
+    cfg = PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="rm",
+                    reward_model=str(tiny_ensemble), reward_ensemble="min", world=str(world_dir), max_new_tokens=6,
+                    rollout_batch=4, minibatch_size=4, micro_batch_size=2, ppo_epochs=1, max_steps=2, lr=3e-3,
+                    eval_every=0, eval_prompts=2, sample_every=0, save_every=0, out=str(tmp_path))
+    run(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["eval/ensemble_std"] > 0  # the held-out evaluation's disagreement
+    steps = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2]
+    # calls: evaluation at 0, step 1, step 2, evaluation at 2 (the last step)
+    for row, scores, member in zip(steps, trained, (members[1], members[2])):
+        torch.testing.assert_close(scores, member.min(0).values)  # the worst case is what trains
+        assert row["ensemble/std"] == pytest.approx(float(member.var(0, correction=0).sqrt().mean()), abs=1e-6)
+        assert row["monitor/ensemble_disagreement"] == pytest.approx(row["ensemble/std"])

@@ -26,12 +26,12 @@ def member_std(scores: torch.Tensor) -> torch.Tensor:
 
 
 def worst_case(scores: torch.Tensor) -> torch.Tensor:
-    """Worst-case optimisation (WCO, Coste et al. eq. 2): R_WCO = min_i R_i. (k, N) -> (N,)."""
+    """Worst-case optimisation (WCO, Coste et al. sec. 3): R_WCO = min_i R_i. (k, N) -> (N,)."""
     return scores.min(0).values
 
 
 def uncertainty_weighted(scores: torch.Tensor, lam: float) -> torch.Tensor:
-    """Uncertainty-weighted optimisation (UWO, Coste et al. eq. 3): R_UWO = R̄ - λ (1/k) Σ_i (R_i - R̄)², the mean
+    """Uncertainty-weighted optimisation (UWO, Coste et al. sec. 3): R_UWO = R̄ - λ (1/k) Σ_i (R_i - R̄)², the mean
     penalised by the intra-ensemble variance. (k, N) -> (N,)."""
     return member_mean(scores) - lam * member_variance(scores)
 

@@ -114,7 +114,7 @@ class RMConfig(TrainConfig):
     resample of the training prompts. Member 0 is the model `ensemble=1` trains (all comparisons, `seed`); the others
     go to model/members/member-<i>/ (logs in members/member-<i>/), listed in model/reward_config.json, and the online
     stages score with all of them (`tether.ensemble`: the disagreement, and reward_ensemble). Cost: k trainings and
-    k forward passes per scored response (no shared backbone: members that share it disagree too little)."""
+    k forward passes per scored response (whole models, as Coste et al. train them, rather than heads on one body)."""
     ensemble_bootstrap: bool = True
     """Train each member after the first on a bootstrap resample (with replacement) of the training prompt groups:
     members from one backbone differ by more than their heads' seeds."""
