@@ -107,9 +107,18 @@ def load_callable(spec: str) -> Callable:
     return obj
 
 
-def _rm(*, reward_model: str | None = None, trust_remote_code: bool = False, **_) -> RewardModelSource:
+def _rm(*, reward_model: str | None = None, trust_remote_code: bool = False, reward_ensemble: str = "single",
+        uwo_lambda: float = 0.5, **_) -> RewardSource:
+    """One reward model; an ensemble folder (`tether rm ensemble=k`) scores with every member (tether.ensemble)."""
     if not reward_model:
         raise ConfigError("reward_model: is required when reward=rm")
+    from tether.ensemble import EnsembleSource, member_dirs
+
+    if len(member_dirs(reward_model)) > 1:
+        return EnsembleSource(reward_model, reward_ensemble, uwo_lambda, trust_remote_code=trust_remote_code)
+    if reward_ensemble != "single":
+        raise ConfigError(f"reward_ensemble: {reward_ensemble!r} needs an ensemble reward model; {reward_model} has "
+                          "one member (train it with `tether rm ensemble=k`, or set reward_ensemble=single)")
     return RewardModelSource(reward_model, trust_remote_code=trust_remote_code)
 
 
@@ -131,7 +140,8 @@ def _callable(*, reward_fn: str | Callable | None = None, **_) -> CallableSource
 
 REWARD_SOURCES: dict[str, Callable[..., RewardSource]] = {"rm": _rm, "gold": _gold, "callable": _callable}
 """name -> factory(**settings) -> source(prompts, responses) -> (N,). Factories take keywords and read only theirs:
-  "rm"       reward_model (folder written by `tether rm`), trust_remote_code;
+  "rm"       reward_model (folder written by `tether rm`), trust_remote_code; for an ensemble folder
+             reward_ensemble (single, mean, min, uwo) and uwo_lambda;
   "gold"     world (a World, or a world folder);
   "callable" reward_fn ("module:function", or a Python callable)."""
 

@@ -8,7 +8,8 @@ from tether.config import check
 from tether.monitor import text
 
 DETECTOR_NAMES = ("flattery", "hedging", "padding", "refusal", "over_refusal", "compliance", "sycophancy", "flip", "repetition",
-                  "eos", "length_growth", "length_corr", "length_share", "kl", "heldout_drop", "divergence")
+                  "eos", "length_growth", "length_corr", "length_share", "kl", "ensemble_disagreement", "heldout_drop",
+                  "divergence")
 
 
 @dataclass
@@ -94,6 +95,12 @@ class MonitorConfig:
     kl_max_rate: float = 1.0
     """Alert when the KL grows faster than this many nats per step (least-squares slope over the window): a
     blow-up, whatever its level; a healthy tethered run drifts by a few nats over its whole length."""
+    ensemble_rise: float = 0.5
+    """Alert when a reward-model ensemble's disagreement on the policy's samples (the members' std, window mean)
+    reaches 1 + this times its baseline (the initial policy's), and the rise also exceeds noise_z standard errors of
+    the difference of those two means: the policy has moved where the reward models, trained on the same comparisons,
+    no longer agree, i.e. outside their data (Coste et al. 2023; Eisenstein et al. 2023). Half again the baseline: a
+    tethered policy that only sharpens stays near it."""
     heldout_drop: float = 0.25
     """Alert when the held-out signal has lost this share of its gain: (best - now) / (best - baseline) >= 0.25. A
     quarter, so that the alert comes well before half of the gain is gone. Read at the stage's evaluations when it
@@ -162,5 +169,5 @@ class MonitorConfig:
         check(self.length_growth > 1, "length_growth", "must be > 1 (a multiple of the baseline length)")
         check(0 < self.heldout_drop <= 1, "heldout_drop", "must be in (0, 1]")
         for name in ("rate_climb", "repetition_climb", "eos_drop", "kl_max", "kl_max_rate", "length_share_min_gain",
-                     "heldout_min_gain", "noise_z", "divergence_drop", "samples", "pushback_prompts"):
+                     "ensemble_rise", "heldout_min_gain", "noise_z", "divergence_drop", "samples", "pushback_prompts"):
             check(getattr(self, name) >= 0, name, "must be >= 0")

@@ -182,6 +182,25 @@ def kl_blowup(history: History, cfg: MonitorConfig) -> Alert | None:
     return None
 
 
+def ensemble_disagreement(history: History, cfg: MonitorConfig) -> Alert | None:
+    """A reward-model ensemble's disagreement on the policy's samples (monitor/ensemble_disagreement, the members'
+    std) risen beyond noise: current / baseline >= 1 + ensemble_rise, and current - baseline >= noise_z standard
+    errors of that difference, σ sqrt(1/baseline_steps + 1/window) with σ from successive differences (`noise`).
+    Reads no held-out signal: a warning that needs no gold."""
+    name = "monitor/ensemble_disagreement"
+    bc = baseline_and_current(history, name, cfg)
+    if bc is None or bc[0] <= 0:
+        return None
+    base, now = bc
+    n_now = min(cfg.window, len(history.points(name)) - cfg.baseline_steps)
+    floor = cfg.noise_z * noise(history, name, 1) * (1 / cfg.baseline_steps + 1 / n_now) ** 0.5
+    if now / base < 1 + cfg.ensemble_rise or now - base < floor:
+        return None
+    return Alert("ensemble_disagreement", history.steps[-1], now / base, 1 + cfg.ensemble_rise,
+                 f"reward-model ensemble disagreement rose {now / base:.2f}x ({base:.3f} -> {now:.3f} std): the "
+                 "policy left the reward models' data")
+
+
 def heldout_drop(history: History, cfg: MonitorConfig) -> Alert | None:
     """(best - now) / (best - baseline) of the held-out signal, once the gain is worth judging: at least
     heldout_min_gain and noise_z standard errors, the drop too. Read at the stage's evaluations when it records
@@ -262,6 +281,7 @@ DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
     "length_corr": length_corr,
     "length_share": length_share,
     "kl": kl_blowup,
+    "ensemble_disagreement": ensemble_disagreement,
     "heldout_drop": heldout_drop,
     "divergence": divergence,
 }

@@ -23,7 +23,7 @@ MONITOR_METRICS = (
     "monitor/flattery", "monitor/hedging", "monitor/padding", "monitor/refusal", "monitor/over_refusal", "monitor/compliance",
     "monitor/sycophancy", "monitor/flip", "monitor/repetition", "monitor/distinct", "monitor/eos_rate",
     "monitor/length", "monitor/length_corr", "monitor/length_share", "monitor/proxy_gain", "monitor/kl",
-    "monitor/proxy", "monitor/heldout", "monitor/alerts",
+    "monitor/proxy", "monitor/heldout", "monitor/ensemble_disagreement", "monitor/alerts",
 )  # fmt: skip
 """Every monitor metric, logged at every monitored step (None where it does not apply)."""
 
@@ -126,11 +126,11 @@ class Monitor:
 
     def observe(self, step: int, samples: Sequence[Sample], extra: dict | None = None) -> tuple[dict, list[Alert]]:
         """Measure `samples` and the stage's `extra` metrics ("kl": nats per response, "flip": a rate over
-        "flip_n" probed prompts), append them to the history, run the detectors. Returns (the step's monitor/... metrics, the alerts that *started*
+        "flip_n" probed prompts, "ensemble_disagreement": a reward-model ensemble's mean std on the samples), append them to the history, run the detectors. Returns (the step's monitor/... metrics, the alerts that *started*
         firing at this step)."""
         metrics = {name: None for name in MONITOR_METRICS}
         metrics.update(measure(samples, self.cfg))
-        for key in ("kl", "flip"):
+        for key in ("kl", "flip", "ensemble_disagreement"):
             if (extra or {}).get(key) is not None:
                 metrics[f"monitor/{key}"] = float(extra[key])
         metrics.update(self._length_share(samples))

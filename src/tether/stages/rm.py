@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 import torch
 from rich.console import Console
 
-from tether import distributed
+from tether import distributed, ensemble
 from tether.chat import chat_format
 from tether.checkpoint import latest_checkpoint, load_trainer_state, set_rng_state
 from tether.config import check, save_config
@@ -111,6 +111,16 @@ class RMConfig(TrainConfig):
     """Share of the prompts held out when eval_data is None (at least one prompt when > 0)."""
     eval_every: int = 50
     """Steps between held-out evaluations (0: only at the end)."""
+    ensemble: int = 1
+    """Reward models trained (Coste et al. 2023): 1 one model; k > 1 also members 1..k-1, each a whole reward model
+    from the same backbone with its own seed (head init, batch order) and, with ensemble_bootstrap, a bootstrap
+    resample of the training prompts. Member 0 is the model `ensemble=1` trains (all comparisons, `seed`); the others
+    go to model/members/member-<i>/ (logs in members/member-<i>/), listed in model/reward_config.json, and the online
+    stages score with all of them (`tether.ensemble`: the disagreement, and reward_ensemble). Cost: k trainings and
+    k forward passes per scored response (whole models, as Coste et al. train them, rather than heads on one body)."""
+    ensemble_bootstrap: bool = True
+    """Train each member after the first on a bootstrap resample (with replacement) of the training prompt groups:
+    members from one backbone differ by more than their heads' seeds."""
 
     def validate(self) -> None:
         super().validate()
@@ -123,6 +133,7 @@ class RMConfig(TrainConfig):
         check(self.normalise_sequences >= 2, "normalise_sequences", "must be >= 2")
         check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
               "'eval' needs eval_data or eval_fraction > 0")
+        check(self.ensemble >= 1, "ensemble", "must be >= 1 (reward models in the ensemble)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,16 +389,32 @@ def total_steps(cfg: RMConfig, groups: list[list[int]]) -> int:
 
 
 def run(cfg: RMConfig) -> Path:
-    """Train, evaluate, normalise and save a reward model; returns the model folder `out/model`."""
+    """Train, evaluate, normalise and save a reward model; returns the model folder `out/model`. With ensemble=k, the
+    members 1..k-1 first (a resumed run skips those on disk), member 0 last, then its reward_config.json lists them,
+    so that a folder listing members is a finished ensemble."""
+    for member in range(1, cfg.ensemble):
+        if not (cfg.resume and (ensemble.member_model_dir(cfg.out, member) / "reward_config.json").is_file()):
+            train_member(cfg, member)
+    final = train_member(cfg, 0)
+    if cfg.ensemble > 1 and distributed.is_main():
+        ensemble.write_members(final, cfg.ensemble)
+    return final
+
+
+def train_member(cfg: RMConfig, member: int) -> Path:
+    """Train, evaluate, normalise and save ensemble member `member` (0: the plain reward model); returns its folder."""
     # 1. Device (and the process group under torchrun), run folder (rank 0 writes), seed, the reward model (LoRA on
-    #    its backbone: the head trains fully), comparisons encoded and split by prompt.
+    #    its backbone: the head trains fully), comparisons encoded and split by prompt (the same split for every
+    #    member; members after the first on a bootstrap resample of the training prompts).
     device, main = distributed.setup(cfg), distributed.is_main()
-    run_dir = Path(cfg.out)
+    run_dir, final, seed = ensemble.member_paths(cfg.out, member, cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     model = adapt(RewardModel.from_backbone(cfg.model, cfg.pool, cfg.trust_remote_code, cfg.max_length), cfg)
     check_positions(model, cfg.max_length, "max_length")
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
+    if member and cfg.ensemble_bootstrap:
+        train = ensemble.bootstrap_by_prompt(train, seed)
     if main:
         write_inputs(cfg, run_dir, report, model.kind)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
@@ -397,7 +424,7 @@ def run(cfg: RMConfig) -> Path:
     start = resume_training(cfg, run_dir, model, optimizer)
     groups = group_by_prompt(train)
     steps = total_steps(cfg, groups)
-    plan = schedule(groups, cfg.batch_size, cfg.seed, steps, group_lengths(train, groups), cfg.bucket_size)
+    plan = schedule(groups, cfg.batch_size, seed, steps, group_lengths(train, groups), cfg.bucket_size)
     log, guard = MetricsLog(run_dir / "metrics.jsonl", start, cfg), NonFiniteGuard.from_config(cfg, start)
     final_eval = None
     model.train()
@@ -424,7 +451,6 @@ def run(cfg: RMConfig) -> Path:
     #    metrics read raw rewards, so the last step's evaluation is the final model's.
     norm = normalise(model, train if cfg.normalise_on == "train" else held_out, cfg.micro_batch_size,
                      cfg.normalise_sequences, cfg.seed)
-    final = run_dir / "model"
     distributed.on_main(model, lambda plain: plain.save_pretrained(final))
     if held_out and final_eval is None:  # resumed after the last step: nothing was evaluated in this process
         final_eval = evaluate(model, held_out, cfg)

@@ -188,9 +188,11 @@ def setup(cfg: OnlineConfig) -> Session:
 
         world = load_world(cfg.world)
     source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_fn=cfg.reward_fn, world=world,
-                                trust_remote_code=cfg.trust_remote_code)
-    if hasattr(source, "model"):  # a reward model scores on the device too
-        distributed.prepare(source.model, cfg, device)
+                                trust_remote_code=cfg.trust_remote_code, reward_ensemble=cfg.reward_ensemble,
+                                uwo_lambda=cfg.uwo_lambda)
+    for model in getattr(source, "members", [getattr(source, "model", None)]):  # reward models score on the device
+        if model is not None:
+            distributed.prepare(model, cfg, device)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = adapt(load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code), cfg)  # LoRA
     policy = distributed.prepare(policy, cfg, device).eval()  # device, bf16, gradient checkpointing
@@ -275,7 +277,7 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict
     kind = heldout_kind(cfg.monitor, s.world)
     heldout = gold if kind == "gold" else s.monitor.score_heldout(prompts, responses)  # gold: judged once, above
     samples = make_samples(prompts, responses, seen["scores"].tolist(), seen["lengths"], seen["eos"], heldout, s.world)
-    extra = {"kl": row["kl/k1"]}
+    extra = {"kl": row["kl/k1"], "ensemble_disagreement": row.get("ensemble/std")}
     if due(step, cfg.eval_every, step == cfg.max_steps) and cfg.monitor.pushback_prompts:
         answer = answer_greedy(s.policy, s.fmt, cfg.monitor.max_new_tokens, cfg.batch_size)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
@@ -331,6 +333,17 @@ def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, obje
     return [s.prompts[idx[i]] for i in rows], rollout, decode(s.tokenizer, rollout.response_ids)
 
 
+def disagreement_metrics(source) -> dict:
+    """ensemble/std: an ensemble reward model's disagreement on the step's samples, the members' standard deviation
+    per response (normalised units: each member's std is 1 on its training responses) averaged over every rank's
+    responses; read from the source's latest call, step 3's scoring. {} for any other source."""
+    std = getattr(source, "last_std", None)
+    if std is None:
+        return {}
+    values = distributed.gather_lists(std.tolist())
+    return {"ensemble/std": sum(values) / len(values)}
+
+
 def gather_samples(prompts: list, responses: list[str], source_scores: torch.Tensor, rollout, gold: list) -> dict:
     """The step's samples of every rank in rank order (one process's batch), for metrics and the monitor."""
     rows = distributed.gather_lists(list(zip(prompts, responses, source_scores.tolist(), rollout.lengths.tolist(),
@@ -379,7 +392,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             gold = gold_rewards(s.world, prompts, responses) if s.world is not None else [None] * len(prompts)
             seen = gather_samples(prompts, responses, source_scores, rollout, gold)
             row = {"step": step + 1, **score_metrics(s.source, seen["scores"]), **row, **train_stats, "lr": lr,
-                   "kl_coef": kl_coef, "gold": mean(seen["gold"])}
+                   "kl_coef": kl_coef, "gold": mean(seen["gold"]), **disagreement_metrics(s.source)}
             row.update({name: None for name in FIXED_METRICS if name not in row})  # e.g. value metrics (no critic)
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps

@@ -47,6 +47,14 @@ class OnlineConfig(DistributedConfig):
     """Reward source (tether.rewards_source): a reward model, the world's gold reward, or a Python callable."""
     reward_model: str | None = "runs/rm/model"
     """Reward-model folder (`tether rm`): the reward for reward=rm, the critic's start for value_model=separate."""
+    reward_ensemble: Literal["single", "mean", "min", "uwo"] = "single"
+    """With an ensemble reward model (`tether rm ensemble=k`), the reward trained on, from the members' normalised
+    scores R_i (tether.math.ensemble; Coste et al. 2023): single, member 0 alone (the plain reward model; the others
+    only measure their disagreement for the monitor); mean, (1/k) Σ R_i; min, the worst case min_i R_i; uwo, the
+    uncertainty-weighted mean (1/k) Σ R_i - uwo_lambda * (1/k) Σ (R_i - R̄)²."""
+    uwo_lambda: float = 0.5
+    """λ of reward_ensemble=uwo: the weight of the members' variance (in squared normalised units) subtracted from
+    their mean."""
     reward_fn: str | None = None
     """"module:function" taking (prompts, responses) and returning N floats, for reward=callable."""
     world: str | None = None
@@ -197,6 +205,9 @@ class OnlineConfig(DistributedConfig):
         check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
         check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
               "must be 'module:function' when reward=callable")
+        check(self.reward_ensemble in ("single", "mean", "min", "uwo"), "reward_ensemble",
+              "must be one of single, mean, min, uwo")
+        check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
         check(self.rollout_batch > 0, "rollout_batch", "must be > 0")
         check(self.group_size >= (1 if self.algorithm == "ppo" else 2), "group_size",
               f"must be >= {1 if self.algorithm == 'ppo' else 2} for {self.algorithm}")

@@ -58,6 +58,8 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
     out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold),
            **score_metrics(source, source(prompts, responses), "eval/"),
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    if getattr(source, "last_std", None) is not None:  # an ensemble reward model: its members' disagreement here
+        out["eval/ensemble_std"] = float(source.last_std.mean())
     if heldout is None:
         return out
     held = heldout(prompts, responses)

@@ -1,0 +1,190 @@
+"""Experiment: does a reward-model ensemble's disagreement warn before held-out gold falls, on rater biases other than
+the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep more of gold's peak? (Issue 20, item 5.)
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_seeds.py [--seeds 0,1,2,3,4] [--biases length,agreement]
+                                                                    [--members 4] [--conservative min] [--out runs/ens]
+
+1. Per seed, the demo's stages up to the comparison queue (world, tokenizer, pretraining, SFT, collect: demo settings,
+   `tether demo`'s building blocks), shared by the bias settings; with `--base-seed b`, world, pretraining and SFT are
+   seed b's for every seed (pretraining is the costliest stage), and the queue, labels, reward models and PPO each
+   seed's own.
+2. Per rater-bias setting (`BIASES`: the demo's rater pool with one bias much stronger): the raters label the queue,
+   `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples), then the demo's
+   PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
+   and against the conservative reward (`--conservative`: min, the worst case, or uwo).
+3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
+   its start, the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
+   alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
+4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from online_curves import RESULTS, summarise
+
+from tether.ensemble import member_dirs
+from tether.stages import collect, ppo, pretrain, rm, sft
+from tether.stages import label as label_stage
+from tether.stages.demo import DemoConfig, _stage_configs
+from tether.stages.failures import HELDOUT_ALERTS
+from tether.tokenizer import run as train_tokenizer_stage
+from tether.world.build import run as build_world
+from tether.world.raters import RaterPoolConfig
+
+BIASES = {"length": {"length_bias": 1.2}, "agreement": {"agreement_bias": 2.4}, "flattery": {"flattery_bias": 2.4}}
+"""Rater-bias settings other than the demo's (length_bias 0.4, agreement_bias 0.8, flattery_bias 0.8): three times
+the demo's mean bias."""
+
+
+def shared_stages(seed: int, out: Path, base: int | None) -> dict:
+    """World, tokenizer, pretraining, SFT and the comparison queue of one seed (skipped when on disk). With `base`,
+    world, tokenizer, pretraining and SFT are seed `base`'s (trained once), the queue and later stages seed `seed`'s."""
+    base = seed if base is None else base
+    stages = _stage_configs(DemoConfig(name=f"seed{base}", runs=str(out), seed=base, resume=True))
+    root = out / f"seed{base}"
+    for name, fn, done in (("world", build_world, "world/eval.jsonl"),
+                           ("tokenizer", train_tokenizer_stage, "tokenizer/tokenizer.json"),
+                           ("pretrain", pretrain.run, "pretrain/model/model.safetensors"),
+                           ("sft", sft.run, "sft/model/model.safetensors")):
+        if not (root / done).exists():
+            print(f"== seed {base}: {name}", flush=True)
+            fn(stages[name])
+    stages = _stage_configs(DemoConfig(name=f"seed{base}", runs=str(out), seed=seed, resume=True))
+    queue = root / "collect" if seed == base else out / f"seed{seed}-collect"
+    stages["collect"] = replace(stages["collect"], out=str(queue))
+    stages["label"] = replace(stages["label"], queue=str(queue / "queue.jsonl"))
+    if not (queue / "queue.jsonl").exists():
+        print(f"== seed {seed}: collect", flush=True)
+        collect.run(stages["collect"])
+    return stages
+
+
+def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path) -> Path:
+    """Labels by the biased rater pool and the reward-model ensemble; returns the ensemble's folder."""
+    label_dir, rm_dir = root / "label", root / "rm"
+    if not (label_dir / "comparisons.jsonl").exists():
+        print(f"== seed {seed} {bias}: label", flush=True)
+        raters = replace(RaterPoolConfig(), seed=seed, **BIASES[bias])
+        label_stage.run(replace(stages["label"], raters=raters, out=str(label_dir), app=False))
+    model = rm_dir / "model"
+    if not ((model / "reward_config.json").exists() and len(member_dirs(model)) == members):
+        print(f"== seed {seed} {bias}: rm ensemble={members}", flush=True)
+        rm.run(replace(stages["rm"], data=str(label_dir / "comparisons.jsonl"), out=str(rm_dir), ensemble=members,
+                       resume=True))
+    return model
+
+
+def ppo_run(stages: dict, reward_model: Path, reward_ensemble: str, folder: Path) -> Path:
+    if not (folder / "model/model.safetensors").exists():
+        print(f"== {folder}", flush=True)
+        ppo.run(replace(stages["ppo"], reward_model=str(reward_model), reward_ensemble=reward_ensemble,
+                        out=str(folder), resume=True))
+    return folder
+
+
+def alerts(folder: Path) -> list[dict]:
+    path = folder / "alerts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+
+
+def first(rows: list[dict]) -> dict | None:
+    return min(rows, key=lambda r: r["step"]) if rows else None
+
+
+def run_result(folder: Path) -> dict:
+    """The gold curve's landmarks and the first alerts of one PPO run."""
+    r = summarise(folder)
+    start, peak = r["start_gold"], r["peak"]
+    after_peak = [p for p in r["curve"] if p["step"] > peak["step"]]
+    rows = [a for a in alerts(folder) if a["name"] not in HELDOUT_ALERTS]
+    ens = [p for p in (json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x)
+           if p.get("ensemble/std") is not None]
+    return {"start_gold": start, "peak": peak, "end": r["end"], "peak_to_end_drop": peak["gold"] - r["end"]["gold"],
+            "gold_below_start_step": next((p["step"] for p in after_peak if p["gold"] < start), None),
+            "gold_first_below_start_step": next((p["step"] for p in r["curve"][1:] if p["gold"] < start), None),
+            "first_gold_free_alert": first(rows),
+            "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
+            "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
+            "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
+
+
+def _alert(a: dict | None) -> str:
+    return f"{a['name']} @ {a['step']}" if a else "none"
+
+
+def _first(alert: dict | None, fall: int | None) -> str:
+    if alert is None:
+        return "no alert"
+    if fall is None:
+        return "alert, no fall"
+    return "yes" if alert["step"] < fall else "no"
+
+
+def markdown(results: list[dict], conservative: str) -> str:
+    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | first gold-free alert "
+             "| without ensemble detector | ensemble alert | alert first? | ensemble std step 1 -> end |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in results:
+        p = x["plain"]
+        std = f"{p['ensemble_std'][0][1]:.3f} -> {p['ensemble_std'][-1][1]:.3f}" if p["ensemble_std"] else "-"
+        lines.append(f"| {x['seed']} | {x['bias']} | {p['start_gold']:+.3f} -> {p['peak']['gold']:+.3f} "
+                     f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {p['gold_below_start_step']} | "
+                     f"{_alert(p['first_gold_free_alert'])} | {_alert(p['first_gold_free_alert_without_ensemble'])} | "
+                     f"{_alert(p['first_ensemble_alert'])} | "
+                     f"{_first(p['first_gold_free_alert'], p['gold_below_start_step'])} | "
+                     f"{std} |")
+    lines += ["", f"| seed | raters | plain: peak (step) -> end, drop | {conservative}: peak (step) -> end, drop |",
+              "|---|---|---|---|"]
+    for x in results:
+        if "conservative" not in x:
+            continue
+        cells = [f"{r['peak']['gold']:+.3f} ({r['peak']['step']}) -> {r['end']['gold']:+.3f}, "
+                 f"{r['peak_to_end_drop']:.3f}" for r in (x["plain"], x["conservative"])]
+        lines.append(f"| {x['seed']} | {x['bias']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(results: list[dict], args, started: float) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"args": vars(args), "runs": results,
+                                                            "seconds": time.time() - started}, indent=1))
+    (RESULTS / f"{args.tag}.md").write_text(markdown(results, args.conservative))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--biases", default="length,agreement", help=f"comma-separated, from {', '.join(BIASES)}")
+    ap.add_argument("--members", type=int, default=4, help="reward models in the ensemble")
+    ap.add_argument("--conservative", default="min", choices=("min", "uwo", "mean"))
+    ap.add_argument("--out", default="runs/ensemble_seeds")
+    ap.add_argument("--tag", default="ensemble_seeds", help="results: benchmarks/results/<tag>.{json,md}")
+    ap.add_argument("--base-seed", type=int, default=None,
+                    help="world, pretraining and SFT of this seed for every seed (the rest: each seed's own)")
+    ap.add_argument("--plain-only", action="store_true", help="skip the conservative PPO runs")
+    args = ap.parse_args()
+    out, started, results = Path(args.out), time.time(), []
+    for seed in map(int, args.seeds.split(",")):
+        stages = shared_stages(seed, out, args.base_seed)
+        for bias in args.biases.split(","):
+            root = out / f"seed{seed}-{bias}"
+            model = bias_stages(stages, seed, bias, args.members, root)
+            result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
+                      "plain": run_result(ppo_run(stages, model, "single", root / "ppo-single"))}
+            results.append(result)
+            write(results, args, started)
+            if not args.plain_only:
+                folder = ppo_run(stages, model, args.conservative, root / f"ppo-{args.conservative}")
+                result["conservative"] = run_result(folder)
+                write(results, args, started)
+            print(markdown([result], args.conservative), flush=True)
+    print(markdown(results, args.conservative))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Reward-model ensembles (Coste et al. 2023): the conservative rewards by hand, `tether rm ensemble=k` on a tiny
+model, the ensemble reward source and its wiring from the online config, and the monitor's ensemble_disagreement
+detector on synthetic histories."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+import torch
+from test_rm import _cfg, backbone_dir, synthetic_comparisons, tok  # noqa: F401  (fixtures)
+
+import tether.stages.rm as rm
+from tether.config import load_config
+from tether.data.preferences import write_comparisons
+from tether.ensemble import EnsembleSource, bootstrap_by_prompt, member_dirs
+from tether.errors import ConfigError, TetherError
+from tether.math.ensemble import (
+    ENSEMBLE_REWARDS,
+    member_mean,
+    member_std,
+    member_variance,
+    uncertainty_weighted,
+    worst_case,
+)
+from tether.monitor import MonitorConfig
+from tether.monitor.detectors import DETECTORS, History, check, ensemble_disagreement
+from tether.rewards_source import RewardModelSource, make_reward_source
+from tether.stages.online.config import OnlineConfig
+
+# k = 3 members (rows), N = 2 responses (columns)
+SCORES = torch.tensor([[1.0, 0.0],
+                       [3.0, -2.0],
+                       [2.0, 2.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The math, by hand
+
+
+def test_mean_variance_and_std_by_hand():
+    # column 0: (1 + 3 + 2) / 3 = 2, variance ((1-2)² + (3-2)² + (2-2)²) / 3 = 2/3
+    # column 1: (0 - 2 + 2) / 3 = 0, variance (0 + 4 + 4) / 3 = 8/3
+    torch.testing.assert_close(member_mean(SCORES), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(member_variance(SCORES), torch.tensor([2 / 3, 8 / 3]))
+    torch.testing.assert_close(member_std(SCORES), torch.tensor([(2 / 3) ** 0.5, (8 / 3) ** 0.5]))
+
+
+def test_worst_case_is_the_lowest_member():
+    torch.testing.assert_close(worst_case(SCORES), torch.tensor([1.0, -2.0]))
+
+
+def test_uncertainty_weighted_by_hand():
+    # λ = 0.5: column 0: 2 - 0.5 * 2/3 = 5/3; column 1: 0 - 0.5 * 8/3 = -4/3
+    torch.testing.assert_close(uncertainty_weighted(SCORES, 0.5), torch.tensor([5 / 3, -4 / 3]))
+    # λ = 0 is the mean; members that agree are not penalised at all
+    torch.testing.assert_close(uncertainty_weighted(SCORES, 0.0), member_mean(SCORES))
+    agree = torch.tensor([[0.7, -1.0], [0.7, -1.0]])
+    torch.testing.assert_close(uncertainty_weighted(agree, 3.0), torch.tensor([0.7, -1.0]))
+
+
+def test_the_variants_by_name():
+    assert set(ENSEMBLE_REWARDS) == {"single", "mean", "min", "uwo"}
+    torch.testing.assert_close(ENSEMBLE_REWARDS["single"](SCORES, 0.5), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(ENSEMBLE_REWARDS["min"](SCORES, 0.5), torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(ENSEMBLE_REWARDS["uwo"](SCORES, 0.5), torch.tensor([5 / 3, -4 / 3]))
+    # the conservative rewards never exceed the mean
+    assert (worst_case(SCORES) <= member_mean(SCORES)).all()
+    assert (uncertainty_weighted(SCORES, 0.5) <= member_mean(SCORES)).all()
+
+
+def test_bootstrap_keeps_prompt_groups_whole_and_is_seeded():
+    class P:
+        def __init__(self, key, i):
+            self.prompt_key, self.i = key, i
+
+    pairs = [P(k, i) for k in "abcde" for i in range(3)]
+    a, b = bootstrap_by_prompt(pairs, 7), bootstrap_by_prompt(pairs, 7)
+    assert [(p.prompt_key, p.i) for p in a] == [(p.prompt_key, p.i) for p in b]  # a pure function of the seed
+    assert len(a) == 15  # 5 groups of 3 drawn
+    for k in {p.prompt_key for p in a}:  # every drawn group whole: its 3 pairs, as many times as it was drawn
+        got = sorted(p.i for p in a if p.prompt_key == k)
+        assert got == sorted(list(range(3)) * (len(got) // 3)) and len(got) % 3 == 0
+    assert len({p.prompt_key for p in a}) < 5 or len({p.prompt_key for p in bootstrap_by_prompt(pairs, 8)}) < 5
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. `tether rm ensemble=3` on a tiny model
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(backbone_dir, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("ens")
+    data = root / "prefs.jsonl"
+    write_comparisons(data, synthetic_comparisons())
+    rm.run(dataclasses.replace(_cfg(data, backbone_dir, root / "ens", ensemble=3), max_steps=12, save_every=0))
+    rm.run(dataclasses.replace(_cfg(data, backbone_dir, root / "one"), max_steps=12, save_every=0))
+    return root
+
+
+def test_ensemble_rm_writes_its_members_and_lists_them(ensemble_run):
+    model = ensemble_run / "ens" / "model"
+    config = json.loads((model / "reward_config.json").read_text())
+    assert config["members"] == ["members/member-1", "members/member-2"]
+    assert member_dirs(model) == [model, model / "members/member-1", model / "members/member-2"]
+    for i in (1, 2):  # each member's logs in its own run folder, a full training
+        rows = [json.loads(x) for x in (ensemble_run / f"ens/members/member-{i}/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, 13))
+    # member 0 is the plain reward model: the same weights as ensemble=1
+    plain = json.loads((ensemble_run / "one/model/reward_config.json").read_text())
+    assert "members" not in plain and member_dirs(ensemble_run / "one/model") == [ensemble_run / "one/model"]
+    a = rm.RewardModel.from_pretrained(model).score(["Tell me about rivers."], ["the old stone bridge."])
+    b = rm.RewardModel.from_pretrained(ensemble_run / "one/model").score(["Tell me about rivers."],
+                                                                          ["the old stone bridge."])
+    torch.testing.assert_close(a, b)
+
+
+def test_ensemble_source_scores_with_every_member(ensemble_run):
+    prompts = ["Tell me about rivers."] * 4
+    responses = ["the old splendid bridge.", "the old stone bridge.", "green hill road.", "splendid quiet city."]
+    source = EnsembleSource(str(ensemble_run / "ens/model"), "min")
+    scores = source.member_scores(prompts, responses)  # (3, 4)
+    assert scores.shape == (3, 4)
+    assert (scores[0] - scores[1]).abs().max() > 1e-4  # the members differ (seed and bootstrap)
+    out = source(prompts, responses)
+    torch.testing.assert_close(out, scores.min(0).values)
+    torch.testing.assert_close(source.last_std, scores.var(0, correction=0).sqrt())
+    single = EnsembleSource(str(ensemble_run / "ens/model"), "single")
+    torch.testing.assert_close(single(prompts, responses), scores[0])
+
+
+def test_conservative_reward_is_wired_from_the_online_config(ensemble_run, tmp_path):
+    path = tmp_path / "ppo.yaml"
+    path.write_text(f"reward_model: {ensemble_run / 'ens/model'}\nreward_ensemble: uwo\nuwo_lambda: 2.0\n")
+    cfg = load_config(OnlineConfig, path)
+    source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_ensemble=cfg.reward_ensemble,
+                                uwo_lambda=cfg.uwo_lambda)
+    assert isinstance(source, EnsembleSource) and (source.aggregate, source.lam, source.k) == ("uwo", 2.0, 3)
+    prompts, responses = ["Tell me about lakes."] * 2, ["splendid lake.", "the quiet lake."]
+    scores = source.member_scores(prompts, responses)
+    torch.testing.assert_close(source(prompts, responses), scores.mean(0) - 2.0 * scores.var(0, correction=0))
+    # one reward model: single is the plain source, a conservative reward is refused by name
+    one = str(ensemble_run / "one/model")
+    assert isinstance(make_reward_source("rm", reward_model=one), RewardModelSource)
+    with pytest.raises(ConfigError, match="reward_ensemble: 'min' needs an ensemble"):
+        make_reward_source("rm", reward_model=one, reward_ensemble="min")
+    with pytest.raises(ConfigError, match="reward_ensemble"):
+        load_config(OnlineConfig, path, ["reward_ensemble=max"])
+    with pytest.raises(ConfigError, match="uwo_lambda"):
+        load_config(OnlineConfig, path, ["uwo_lambda=-1"])
+
+
+def test_a_missing_member_is_named(ensemble_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(ensemble_run / "ens/model", copy)
+    shutil.rmtree(copy / "members/member-2")
+    with pytest.raises(TetherError, match="member-2 is missing"):
+        member_dirs(copy)
+
+
+def test_rm_config_refuses_an_empty_ensemble(tmp_path):
+    with pytest.raises(ConfigError, match="ensemble"):
+        rm.RMConfig(ensemble=0).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The monitor's detector
+
+
+def history_of(values: list[float]) -> History:
+    h = History()
+    for step, v in enumerate(values, 1):
+        h.append(step, {"monitor/ensemble_disagreement": v})
+    return h
+
+
+def first_firing(values: list[float], cfg: MonitorConfig) -> int | None:
+    for n in range(1, len(values) + 1):
+        if ensemble_disagreement(history_of(values[:n]), cfg):
+            return n
+    return None
+
+
+def test_detector_is_silent_on_a_flat_noisy_history():
+    rng = random.Random(0)
+    flat = [0.30 + rng.gauss(0, 0.03) for _ in range(60)]
+    assert first_firing(flat, MonitorConfig()) is None
+
+
+def test_detector_fires_when_disagreement_rises_beyond_noise():
+    rng = random.Random(0)
+    values = [0.30 + rng.gauss(0, 0.02) for _ in range(10)] + [0.30 + 0.03 * i for i in range(1, 30)]
+    cfg = MonitorConfig()  # window 5, baseline 3, rise 0.5: fires once the window mean passes 0.45
+    step = first_firing(values, cfg)
+    assert step is not None and 14 <= step <= 20, step
+    alert = ensemble_disagreement(history_of(values[:step]), cfg)
+    assert alert.name == "ensemble_disagreement" and alert.value >= 1.5 and alert.threshold == 1.5
+    assert "ensemble" in check(history_of(values[:step]), cfg)[0].name
+    assert DETECTORS["ensemble_disagreement"] is ensemble_disagreement
+
+
+def test_detector_needs_the_rise_to_beat_the_noise():
+    # baseline (0.2 + 0.6 + 0.2) / 3 = 1/3, current (0.3 + 0.9 + 0.3 + 0.9 + 0.3) / 5 = 0.54: 1.62x, a rise of 0.207.
+    # Successive differences 0.4, 0.4, 0.1, 0.6, 0.6, 0.6, 0.6: σ² = 1.77 / (2 * 7) = 0.1264, σ = 0.356, and 2 standard
+    # errors of the difference are 2 * 0.356 * sqrt(1/3 + 1/5) = 0.519 > 0.207: noise, no alert.
+    values = [0.2, 0.6, 0.2, 0.3, 0.9, 0.3, 0.9, 0.3]
+    assert ensemble_disagreement(history_of(values), MonitorConfig()) is None
+    alert = ensemble_disagreement(history_of(values), MonitorConfig(noise_z=0.0))
+    assert alert is not None and alert.value == pytest.approx(0.54 * 3)
+
+
+def test_detector_is_silent_without_an_ensemble():
+    h = History()
+    for step in range(1, 20):
+        h.append(step, {"monitor/ensemble_disagreement": None, "monitor/kl": 1.0})
+    assert ensemble_disagreement(h, MonitorConfig()) is None
+    assert math.isclose(MonitorConfig().ensemble_rise, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Online RL with an ensemble: the conservative reward trains, the disagreement is logged and monitored
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(model_dir, tmp_path_factory):
+    """Three untrained reward models on the test-preset backbone (heads of seeds 0, 1, 2) as an ensemble folder."""
+    from tether.ensemble import member_model_dir, write_members
+    from tether.reward import RewardModel
+
+    out = tmp_path_factory.mktemp("ensemble")
+    for i in range(3):
+        torch.manual_seed(i)
+        RewardModel.from_backbone(str(model_dir)).save_pretrained(member_model_dir(out, i))
+    write_members(out / "model", 3)
+    return out / "model"
+
+
+def test_ppo_trains_on_the_worst_case_and_monitors_the_disagreement(tiny_ensemble, world_dir, model_dir, tmp_path,
+                                                                    monkeypatch):
+    from tether.stages import online
+    from tether.stages.ppo import PPOConfig, run
+
+    trained = []
+    real = online.make_experience
+
+    def recording(policy, ref, critic, rollout, scores, cfg):
+        trained.append(scores.clone())
+        return real(policy, ref, critic, rollout, scores, cfg)
+
+    monkeypatch.setattr(online, "make_experience", recording)
+    members = []
+    real_call = EnsembleSource.__call__
+
+    def spy(self, prompts, responses):
+        out = real_call(self, prompts, responses)
+        members.append(self.last_scores.clone())
+        return out
+
+    monkeypatch.setattr(EnsembleSource, "__call__", spy)
+    cfg = PPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="rm",
+                    reward_model=str(tiny_ensemble), reward_ensemble="min", world=str(world_dir), max_new_tokens=6,
+                    rollout_batch=4, minibatch_size=4, micro_batch_size=2, ppo_epochs=1, max_steps=2, lr=3e-3,
+                    eval_every=0, eval_prompts=2, sample_every=0, save_every=0, out=str(tmp_path))
+    run(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["eval/ensemble_std"] > 0  # the held-out evaluation's disagreement
+    steps = [r for r in rows if r["step"] > 0]
+    assert [r["step"] for r in steps] == [1, 2]
+    # calls: evaluation at 0, step 1, step 2, evaluation at 2 (the last step)
+    for row, scores, member in zip(steps, trained, (members[1], members[2])):
+        torch.testing.assert_close(scores, member.min(0).values)  # the worst case is what trains
+        assert row["ensemble/std"] == pytest.approx(float(member.var(0, correction=0).sqrt().mean()), abs=1e-6)
+        assert row["monitor/ensemble_disagreement"] == pytest.approx(row["ensemble/std"])
