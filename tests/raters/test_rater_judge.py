@@ -50,4 +50,4 @@ def test_the_dashboard_scores_the_judge_beside_the_raters(live, tmp_path):
     pre = re.search(r'name="pre_token" value="([^"]+)"', page.get("/login").text).group(1)
     assert page.post("/login", data={"username": "boss", "password": PASSWORD, "pre_token": pre}).status_code == 303
     html = page.get("/admin").text
-    assert '<td>judge:sim <span class="tag">AI judge</span></td><td>2</td>' in html and "<td>100%</td></tr>" in html
+    assert '<td>judge:sim <span class="tag">AI judge</span></td><td>2</td>' in html and "<td>100% (n = 2)</td><td></td></tr>" in html
