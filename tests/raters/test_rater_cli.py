@@ -53,6 +53,7 @@ def test_init_import_export_and_errors(capsys, tmp_path):
                           (["import", str(tmp_path / "nope"), str(queue)], "not a rater project"),
                           (["init", str(project)], "already holds project"),
                           (["serve"], "required"),
+                          (["serve", str(project), "--host", "0.0.0.0"], "--public-url is required with --host '0.0.0.0'"),
                           (["bogus", str(project)], "invalid choice")):
         code, out, err = run(capsys, "raters", *argv)
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)

@@ -122,6 +122,16 @@ def test_the_disagreement_queue_adjudicates_and_promotes_to_gold(live):
     with p.db.read() as s:
         pair = s.get(Pair, d["pair_id"])
         assert (pair.adjudication, pair.is_gold, pair.gold_choice) == ("A", True, "A")
+    # The votes cast before the promotion stay preference labels: exported, never scored as gold answers (bob's
+    # "B" would otherwise count as a wrong gold answer after the fact).
+    assert sorted(c.choice for c in p.service.labelled() if c.meta.get("adjudication") == "A") == choices
+    assert dashboard(p.db).gold_seen == 0
+    with p.db.write() as s:  # a vote after the promotion is a gold check: scored, not exported
+        last = max(s.scalars(select(Rating.id)))  # carol's "A"
+        s.execute(update(Rating).where(Rating.id == last).values(submitted_at=pair_time(s, d["pair_id"])))
+    stats = {r.username: r for r in dashboard(p.db).raters}
+    assert (stats["carol"].gold_seen, stats["carol"].gold_correct) == (1, 1) and dashboard(p.db).gold_seen == 1
+    assert sorted(c.choice for c in p.service.labelled() if c.meta.get("adjudication") == "A") == ["A", "B"]
     assert boss.get("/api/admin/disagreements").json() == []
     assert len(boss.get("/api/admin/disagreements", params={"settled": "true"}).json()) == 1
     assert boss.post("/api/admin/pairs/999/adjudicate", json={"choice": "B"}).status_code == 404
@@ -129,6 +139,13 @@ def test_the_disagreement_queue_adjudicates_and_promotes_to_gold(live):
     with p.db.write() as s:  # back to a regular pair: its export carries the verdict
         s.execute(update(Pair).values(is_gold=False))
     assert {c.meta.get("adjudication") for c in p.service.labelled()} == {"tie"}
+
+
+def pair_time(s, pair_id: int):
+    """Just after the pair's promotion to gold."""
+    from tether.raters.db import promoted_at
+
+    return promoted_at(s.get(Pair, pair_id).meta) + timedelta(seconds=1)
 
 
 def test_exports_download_and_queues_upload_from_the_browser(live, tmp_path):

@@ -186,7 +186,11 @@ def _serve(args: argparse.Namespace) -> None:
 
     if not (Path(args.project) / SECRET_FILE).exists():
         raise CliError(f"{args.project}: not a rater project (no {SECRET_FILE}); run 'tether raters init' first")
-    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    if not args.public_url and args.host in ("0.0.0.0", "::", ""):
+        raise CliError(f"--public-url is required with --host {args.host!r}: invite links must name an address "
+                       "people can reach (e.g. --public-url https://rate.example.org)")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    public_url = args.public_url or f"http://{host}:{args.port}"
     app = create_app(args.project, args.db, public_url=public_url)
     print(f"serving {args.project} on http://{args.host}:{args.port}/ (invite links under {public_url}; Ctrl-C stops)")
     uvicorn.Server(uvicorn_config(app, args.host, args.port, args.forwarded_allow_ips)).run()

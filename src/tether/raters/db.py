@@ -52,6 +52,16 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for the lock before failing (writers queue one after another)."""
 
 
+PROMOTED_AT = "promoted_to_gold_at"
+"""Pair meta key: when an admin promoted the pair to gold (naive UTC ISO time); earlier votes are labels, not answers."""
+
+
+def promoted_at(meta: dict | None) -> datetime | None:
+    """When the pair was promoted to gold (PROMOTED_AT in its meta), or None for a pair imported as gold or regular."""
+    value = (meta or {}).get(PROMOTED_AT)
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

@@ -82,7 +82,7 @@ def invite_url(request: Request, token: str) -> str:
     base = ctx_of(request).public_url
     if base is None:
         host, port = request.scope.get("server") or ("127.0.0.1", 8000)
-        base = f"{request.url.scheme}://{host}:{port}"
+        base = f"{request.url.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     return f"{base.rstrip('/')}/invite/{token}"
 
 

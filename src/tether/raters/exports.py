@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tether.data.preferences import Comparison, write_comparisons, write_trl
-from tether.raters.db import Assignment, Database, Pair, Rating, User
+from tether.raters.db import Assignment, Database, Pair, Rating, User, promoted_at
 from tether.raters.errors import Conflict, Invalid
 
 EXPORT_FORMATS = ("tether", "trl")
@@ -23,8 +23,15 @@ def iso(t) -> str:
     return t.isoformat(timespec="seconds") + "+00:00"
 
 
+def _before_promotion(pair: Pair, rating: Rating) -> bool:
+    """A vote on a pair cast before an admin promoted it to gold: a preference label like any other."""
+    when = promoted_at(pair.meta)
+    return when is not None and rating.submitted_at < when
+
+
 def labelled(db: Database) -> list[Comparison]:
-    """Every rating of a regular pair as a labelled comparison (skips and gold pairs left out).
+    """Every rating of a regular pair as a labelled comparison (skips and gold checks left out; votes on a pair cast
+    before it was promoted to gold are kept).
 
     `rater` is the username, `timestamp` the submit time; `meta` adds shown_at, which side was shown
     on the left, the rationale (if any), the per-criterion verdicts (`criteria`, if asked) and an
@@ -32,10 +39,12 @@ def labelled(db: Database) -> list[Comparison]:
     """
     q = (select(Rating, Assignment, Pair, User.username).join(Assignment, Rating.assignment_id == Assignment.id)
          .join(Pair, Assignment.pair_id == Pair.id).join(User, Assignment.rater_id == User.id)
-         .where(Pair.is_gold.is_(False), Rating.choice != "skip").order_by(Rating.id))
+         .where(Rating.choice != "skip").order_by(Rating.id))
     out = []
     with db.read() as s:
         for r, a, p, username in s.execute(q):
+            if p.is_gold and not _before_promotion(p, r):  # gold checks are not preference labels
+                continue
             meta = {**p.meta, "shown_at": iso(a.shown_at), "left_shown": "A" if a.left_is_a else "B"}
             if r.rationale:
                 meta["rationale"] = r.rationale

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import String, cast, func, or_, select, update
 
-from tether.raters.db import Assignment, Database, Pair, Rating, User
+from tether.raters.db import PROMOTED_AT, Assignment, Database, Pair, Rating, User, utcnow
 from tether.raters.errors import Invalid, NotFound
 
 PAGE_SIZE = 50
@@ -107,7 +107,8 @@ def disagreements(db: Database, include_settled: bool = False, limit: int = 200)
 
 def adjudicate(db: Database, pair_id: int, choice: str, gold: bool = False) -> None:
     """Record an admin's verdict on a pair (A, B or tie); `gold` also makes it a gold pair with that answer,
-    so later raters are checked against it (pairs already rated keep their votes)."""
+    so later raters are checked against it. Votes cast before the promotion stay preference labels (exported,
+    never scored as gold answers): the promotion time is kept in the pair's meta as PROMOTED_AT."""
     if choice not in ("A", "B", "tie"):
         raise Invalid("choice: expected A, B or tie")
     with db.write() as s:
@@ -117,6 +118,8 @@ def adjudicate(db: Database, pair_id: int, choice: str, gold: bool = False) -> N
         values: dict[str, Any] = {"adjudication": choice}
         if gold:
             values.update(is_gold=True, gold_choice=choice)
+            if not pair.is_gold:
+                values["meta"] = {**(pair.meta or {}), PROMOTED_AT: utcnow().isoformat()}
         s.execute(update(Pair).where(Pair.id == pair_id).values(**values))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tether.math.agreement import agreement_report, majority_agreement
-from tether.raters.db import Assignment, Database, Pair, Project, Rating, User
+from tether.raters.db import Assignment, Database, Pair, Project, Rating, User, promoted_at
 
 
 LOW_GOLD_ACCURACY = 0.7
@@ -116,6 +116,8 @@ def dashboard(db: Database) -> Dashboard:
         n_gold = s.scalar(select(func.count()).select_from(Pair).where(Pair.is_gold.is_(True)))
         raters = s.execute(select(User.username, User.active).where(User.role == "rater").order_by(User.username)).all()
         metas = s.execute(select(Pair.key, Pair.meta).where(Pair.is_gold.is_(False))).all()
+        promoted = {key: promoted_at(meta) for key, meta in s.execute(select(Pair.key, Pair.meta)
+                                                                       .where(Pair.is_gold.is_(True)))}
     per = {name: RaterStats(name, active=active) for name, active in raters}
     seconds: dict[str, list[float]] = defaultdict(list)
     left_picks: dict[str, list[bool]] = defaultdict(list)
@@ -129,6 +131,8 @@ def dashboard(db: Database) -> Dashboard:
         seconds[username].append((submitted_at - shown_at).total_seconds())
         if choice in ("A", "B"):
             left_picks[username].append((choice == "A") == left_is_a)
+        if is_gold and promoted.get(key) is not None and submitted_at < promoted[key]:
+            is_gold = False  # cast before an admin promoted the pair: a label, not a gold answer
         if is_gold:
             r.gold_seen += 1
             r.gold_correct += choice == gold_choice
