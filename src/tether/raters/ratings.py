@@ -101,7 +101,7 @@ def check_vote(choice: Any, strength: Any = None, rationale: Any = None, submiss
     return Vote(choice, strength, rationale, dict(criteria) if criteria else None, skip_reason)
 
 
-_PRIOR = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
+PRIOR_SUBMISSION = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
 _TO_RATE = (select(Assignment.rater_id, Assignment.state, Assignment.left_is_a, Assignment.slot, Assignment.pair_id,
                    Guideline.version).join(Guideline, Guideline.id == Assignment.guideline_id)
             .where(Assignment.id == bindparam("assignment_id")))
@@ -120,7 +120,7 @@ def add_held(c: Connection, pair_id: int, delta: int) -> None:
 
 def store(c: Connection, user_id: int, assignment_id: int, vote: Vote, submission_id: str) -> Submitted:
     """Store a checked vote in one transaction; a retry of `submission_id` returns the row it made."""
-    prior = c.execute(_PRIOR, {"submission_id": submission_id}).first()
+    prior = c.execute(PRIOR_SUBMISSION, {"submission_id": submission_id}).first()
     if prior is not None:
         return replay(c, prior, user_id, assignment_id)
     a = c.execute(_TO_RATE, {"assignment_id": assignment_id}).first()

@@ -53,6 +53,7 @@ from tether.raters import exports
 from tether.raters.errors import Conflict, Invalid, NeedsAcknowledgement, NotFound
 from tether.raters.intake import check_row_text, first_bad_text, queue_problem, renderable, storable
 from tether.raters.ratings import (
+    PRIOR_SUBMISSION,
     VOTES,
     Progress,
     Submitted,
@@ -309,7 +310,7 @@ class RaterService:
                 return store(s.connection(), user_id, assignment_id, vote, submission_id)
         except IntegrityError:  # the same submission raced itself; the winner's row is the answer
             with self.db.read() as s:
-                prior = s.connection().execute(_PRIOR, {"submission_id": submission_id}).first()
+                prior = s.connection().execute(PRIOR_SUBMISSION, {"submission_id": submission_id}).first()
                 if prior is None:
                     raise
                 return replay(s.connection(), prior, user_id, assignment_id)
@@ -402,7 +403,6 @@ _GUIDELINE_ACK = (select(Guideline.id, Guideline.version, Acknowledgement.id.lab
                   .outerjoin(Acknowledgement, and_(Acknowledgement.guideline_id == Guideline.id,
                                                    Acknowledgement.user_id == bindparam("user_id")))
                   .order_by(Guideline.id.desc()).limit(1))
-_PRIOR = select(Rating.id, Rating.assignment_id).where(Rating.submission_id == bindparam("submission_id"))
 _PROJECT = select(Project.overlap, Project.gold_rate, Project.created_at, Project.criteria).where(Project.id == 1)
 
 
