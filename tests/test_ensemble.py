@@ -129,6 +129,10 @@ def test_ensemble_source_scores_with_every_member(ensemble_run):
     torch.testing.assert_close(source.last_std, scores.var(0, correction=0).sqrt())
     single = EnsembleSource(str(ensemble_run / "ens/model"), "single")
     torch.testing.assert_close(single(prompts, responses), scores[0])
+    # A caller that reads no disagreement (tether bon) loads member 0 alone, with the same scores.
+    alone = make_reward_source("rm", reward_model=str(ensemble_run / "ens/model"), members=False)
+    assert isinstance(alone, RewardModelSource)
+    torch.testing.assert_close(alone(prompts, responses), scores[0], rtol=1e-5, atol=1e-5)
 
 
 def test_conservative_reward_is_wired_from_the_online_config(ensemble_run, tmp_path):

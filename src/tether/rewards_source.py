@@ -108,13 +108,14 @@ def load_callable(spec: str) -> Callable:
 
 
 def _rm(*, reward_model: str | None = None, trust_remote_code: bool = False, reward_ensemble: str = "single",
-        uwo_lambda: float = 0.5, **_) -> RewardSource:
-    """One reward model; an ensemble folder (`tether rm ensemble=k`) scores with every member (tether.ensemble)."""
+        uwo_lambda: float = 0.5, members: bool = True, **_) -> RewardSource:
+    """One reward model; an ensemble folder (`tether rm ensemble=k`) scores with every member (tether.ensemble)
+    unless `members=False` (a caller that reads neither the conservative reward nor the disagreement: member 0)."""
     if not reward_model:
         raise ConfigError("reward_model: is required when reward=rm")
     from tether.ensemble import EnsembleSource, member_dirs
 
-    if len(member_dirs(reward_model)) > 1:
+    if (members or reward_ensemble != "single") and len(member_dirs(reward_model)) > 1:
         return EnsembleSource(reward_model, reward_ensemble, uwo_lambda, trust_remote_code=trust_remote_code)
     if reward_ensemble != "single":
         raise ConfigError(f"reward_ensemble: {reward_ensemble!r} needs an ensemble reward model; {reward_model} has "

@@ -211,7 +211,7 @@ def _load(cfg: BoNConfig):
     if not prompts:
         raise ConfigError(f"prompts: no prompts in {cfg.prompts or cfg.world}")
     source = make_reward_source(cfg.reward, reward_model=cfg.reward_model, reward_fn=cfg.reward_fn, world=world,
-                                trust_remote_code=cfg.trust_remote_code)
+                                trust_remote_code=cfg.trust_remote_code, members=False)
     return world, prompts, source
 
 
