@@ -99,6 +99,9 @@ def test_ratings_browser_searches_and_filters(live):
     assert r["total"] == 1 and r["ratings"][0]["choice"] == "tie" and r["ratings"][0]["rater"] == "bob"
     assert boss.get("/api/admin/ratings", params={"q": "100%_"}).json()["total"] == 0  # LIKE wildcards are text
     assert boss.get("/api/admin/ratings", params={"choice": "X"}).status_code == 422
+    for bad in ({"q": "a\x00b"}, {"rater": "bo\x00b"}):  # a NUL was a 500 on PostgreSQL (schemathesis found it)
+        r = boss.get("/api/admin/ratings", params=bad)
+        assert r.status_code == 422 and next(iter(bad)) in r.text, r.text
     assert api_login(live.url, "alice").get("/api/admin/ratings").status_code == 403
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import String, cast, func, or_, select, update
 
 from tether.raters.db import PROMOTED_AT, Assignment, Database, Pair, Rating, User, utcnow
 from tether.raters.errors import Invalid, NotFound
+from tether.raters.intake import text_problem
 
 PAGE_SIZE = 50
 CHOICES = ("A", "B", "tie", "skip")
@@ -67,6 +68,9 @@ def browse(db: Database, q: str = "", rater: str = "", choice: str = "", page: i
         raise Invalid(f"choice: expected one of {', '.join(CHOICES)}")
     if not isinstance(page, int) or page < 1 or page > 100_000:
         raise Invalid("page: expected a number from 1")
+    for name, text in (("q", q), ("rater", rater)):
+        if problem := text_problem(text):  # a NUL is an error on PostgreSQL, a lone surrogate in any driver
+            raise Invalid(f"{name}: {problem}")
     where = []
     if q:
         like = f"%{q.replace(chr(92), chr(92) * 2).replace('%', chr(92) + '%').replace('_', chr(92) + '_')}%"
