@@ -220,6 +220,9 @@ def autocast_forward(model: nn.Module) -> None:
 
     model.register_forward_pre_hook(enter)
     model.register_forward_hook(leave, always_call=True)
+    # torch.compile cannot trace a context entered in one hook and left in another: tether.rollout's compiled
+    # decoding step reads this and runs `forward` under `with torch.autocast(...)` instead of the hooks.
+    model._tether_autocast = torch.bfloat16
 
 
 def _ddp(model: nn.Module) -> nn.Module:

@@ -13,6 +13,17 @@ kernel and HF's per-layer Python. `cache="static"` (HF's StaticCache: in-place w
 measured no faster than the default DynamicCache on CPU, because attention then runs over the full
 prompt + max_new_tokens length every step; see benchmarks/bench_rollout.py.
 
+Fixed shapes, CUDA graphs. With `cache="static"` every decoding step has the same shapes: (B, 1) input ids and
+position ids, the full (B, L) attention mask with the columns not yet written at 0, and the StaticCache, whose own
+in-place length tensor says where to write and what the causal mask allows (transformers 5 passes no
+`cache_position`). `compile=True` then runs the decoding steps through `torch.compile(mode="reduce-overhead",
+fullgraph=True)`, which captures them in a CUDA graph on a GPU, as `generate` does with a static cache
+(`GenerationMixin._valid_auto_compile_criteria`, `PreTrainedModel.get_compiled_call`, HF's `CompileConfig`
+defaults): the prefill stays eager, and the cache is sized to the longest L any earlier call on the model needed
+(`_prepare_static_cache`), so that later calls reuse the captured shapes. On a CPU it compiles with Inductor but
+there are no CUDA graphs. Sampling and the stop test stay outside the graph: the draws come from the same
+generator or noise, so an uncompiled static rollout has the tokens of a dynamic one.
+
 Log-probs. `Rollout.logprobs` are the log-probs of the sampled tokens under softmax(logits / temperature),
 the full tempered distribution, never renormalised after top-k/top-p truncation. PPO's old log-probs must be
 what a plain forward pass recomputes (`logprobs_of`), and both references recompute them that way:
@@ -131,6 +142,51 @@ def _new_cache(model, length: int, kind: str) -> dict:
     return {cache_kwarg(model): kv, "use_cache": True}
 
 
+COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
+"""`torch.compile` options of the decoding step with compile=True: HF's `CompileConfig(fullgraph=True)` (its
+default mode, reduce-overhead, is CUDA graphs on a GPU). fullgraph: a graph break would silently split the step."""
+
+
+def cache_length(model, needed: int, compile: bool) -> int:
+    """Slots of the static cache: `needed` (prompt + max_new_tokens), or when compiling the most that any call on
+    `model` has needed so far, so that a shorter later call reuses the compiled shapes instead of recompiling
+    (transformers' `_prepare_static_cache` keeps `_previous_max_cache_length` for the same reason)."""
+    if not compile:
+        return needed
+    length = max(needed, getattr(model, "_tether_cache_length", 0))
+    model._tether_cache_length = length
+    return length
+
+
+def decode_call(model, compile: bool) -> Callable:
+    """The callable that runs the decoding steps: `model` itself, or its `__call__` compiled with COMPILE_OPTIONS,
+    made once per model (as `PreTrainedModel.get_compiled_call`). Compiling the object given, not the HF model under
+    it, keeps a LoRA wrapper in the graph. The owner's id is kept with it: a deepcopy (the frozen reference) copies
+    the attribute, and must not run the original's weights."""
+    if not compile:
+        return model
+    owner, call = getattr(model, "_tether_compiled_call", (None, None))
+    if owner != id(model):
+        call = torch.compile(_autocast_call(model), **COMPILE_OPTIONS)
+        model._tether_compiled_call = (id(model), call)
+    return call
+
+
+def _autocast_call(model) -> Callable:
+    """`model.__call__`, or for a model under bf16 autocast hooks (`tether.distributed.autocast_forward`, which
+    dynamo cannot trace: a context entered in one hook and left in another) its `forward` inside one
+    `torch.autocast` block, the same computation in a form torch.compile captures whole."""
+    dtype = getattr(model, "_tether_autocast", None)
+    if dtype is None:
+        return model.__call__
+
+    def call(**kwargs):
+        with torch.autocast("cuda", dtype=dtype):
+            return model.forward(**kwargs)
+
+    return call
+
+
 def sample(
     model,
     prompt_ids: list[list[int]],
@@ -143,6 +199,7 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     cache: str = "dynamic",
+    compile: bool = False,
     noise: torch.Tensor | None = None,
     on_step: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> Rollout:
@@ -151,7 +208,9 @@ def sample(
     `eos_token_id` is the stop token or tokens (a chat format's end-of-turn token and eos: `ChatFormat.stop_ids`).
     Rows that have produced one keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
     max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
-    `cache` picks HF's DynamicCache (default) or StaticCache; call `model.eval()` first (dropout). `noise`
+    `cache` picks HF's DynamicCache (default) or StaticCache (fixed-shape steps); `compile=True` (static cache only)
+    runs its steps through `torch.compile`, CUDA graphs on a GPU (the module docstring). Call `model.eval()` first
+    (dropout). `noise`
     (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`. `on_step(t, tokens)`,
     when given, sees each step's (B,) tokens as they are drawn (a server streams them) and stops decoding by
     returning True (its rows are all finished, e.g. on stop strings).
@@ -162,25 +221,37 @@ def sample(
         raise ValueError("prompt_ids: need at least one prompt, and no empty prompt")
     if top_k < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_k: {top_k} must be >= 0 and top_p: {top_p} in (0, 1]")
+    if compile and cache != "static":
+        raise ValueError(f"compile: needs cache='static' (fixed shapes), not {cache!r}")
     with torch.inference_mode():
         rollout = _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id,
-                          generator, cache, noise, on_step)
+                          generator, cache, noise, on_step, compile)
     # Inference tensors cannot be saved for backward: PPO gathers with response_ids under autograd. Cloning
     # outside inference mode gives ordinary tensors, for the cost of copying a few (B, R) tensors.
     return Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(Rollout)})
 
 
+def _decoding_state(model, mask: torch.Tensor, R: int, cache: str, compile: bool) -> tuple[dict, torch.Tensor]:
+    """The cache kwargs and the (B, L) attention mask, the prompt's (B, P) `mask` then zeros, one column of ones
+    added per decoding step; L = P + R, or more for a compiled static cache (`cache_length`)."""
+    B, P = mask.shape
+    L = cache_length(model, P + R, compile) if cache == "static" else P + R
+    attn = torch.zeros(B, L, dtype=torch.long, device=mask.device)  # (B, L)
+    attn[:, :P] = mask
+    return _new_cache(model, L, cache), attn
+
+
 def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
-            cache, noise, on_step=None) -> Rollout:
+            cache, noise, on_step=None, compile=False) -> Rollout:
     """`sample`'s loop, run under inference mode."""
     device = next(model.parameters()).device
     stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
     B, P = ids.shape
     R = max_new_tokens
-    kv = _new_cache(model, P + R, cache)
-    attn = torch.zeros(B, P + R, dtype=torch.long, device=device)  # (B, P + R): grows by one column a step
-    attn[:, :P] = mask
+    kv, attn = _decoding_state(model, mask, R, cache, compile)  # attn: (B, L), L >= P + R
+    decode = decode_call(model, compile)
+    fixed = cache == "static"  # every step passes the whole mask: one shape, capturable in a CUDA graph
     response = torch.full((B, R), pad_token_id, dtype=torch.long, device=device)  # (B, R)
     logprobs = torch.zeros(B, R, dtype=torch.float32, device=device)  # (B, R)
     alive = torch.ones(B, R, dtype=torch.bool, device=device)  # (B, R): row still decoding at step t
@@ -209,9 +280,13 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         if t == R - 1 or bool(done.all()) or finished:
             steps = t + 1
             break
-        # 4. Feed it back: one new cache column per step, the prompt is never recomputed.
+        # 4. Feed it back: one new cache column per step, the prompt is never recomputed. A compiled step's outputs
+        #    live in its CUDA graph's memory until the next replay: this step's logits were read above.
         attn[:, P + t] = 1
-        out = model(input_ids=token[:, None], attention_mask=attn[:, : P + t + 1], position_ids=position, **kv)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = decode(input_ids=token[:, None], attention_mask=attn if fixed else attn[:, : P + t + 1],
+                   position_ids=position, **kv)
         position += 1
     response_mask = alive[:, :steps].long()  # (B, R)
     lengths = response_mask.sum(1)  # (B,)

@@ -43,7 +43,7 @@ from tether.stages.monitoring import (
     make_samples,
     pushback_flips,
 )
-from tether.stages.online.config import OnlineConfig
+from tether.stages.online.config import ROLLOUT_CACHES, OnlineConfig
 from tether.stages.online.evaluation import (
     decode,
     encode_prompts,
@@ -327,9 +327,10 @@ def sample_prompts(s: Session, cfg: OnlineConfig, step: int) -> tuple[list, obje
     s.cursor += cfg.rollout_batch
     rows = distributed.block(len(idx))
     noise = row_noise([sample_seed(cfg.seed, step, i) for i in rows], cfg.max_new_tokens, s.policy.device)
+    cache, compile = ROLLOUT_CACHES[cfg.rollout_cache]
     rollout = sample(s.policy, [s.encoded[idx[i]] for i in rows], max_new_tokens=cfg.max_new_tokens,
                      temperature=cfg.temperature, eos_token_id=s.fmt.stop_ids, pad_token_id=s.fmt.pad_id,
-                     noise=noise)
+                     noise=noise, cache=cache, compile=compile)
     return [s.prompts[idx[i]] for i in rows], rollout, decode(s.tokenizer, rollout.response_ids)
 
 

@@ -17,6 +17,8 @@ from tether.value import VALUE_MODELS
 
 RATIOS = ("sequence", "token")
 """Importance ratios of rloo (`OnlineConfig.ratio`)."""
+ROLLOUT_CACHES = {"dynamic": ("dynamic", False), "static": ("static", False), "compiled": ("static", True)}
+"""`OnlineConfig.rollout_cache` -> `sample`'s (cache, compile)."""
 ALGORITHM_NAMES = ("ppo", "grpo", "rloo")
 """The keys of `algorithms.ALGORITHMS` (a test checks they agree), named here so that the settings need not import
 the algorithms, which read them."""
@@ -70,6 +72,12 @@ class OnlineConfig(DistributedConfig):
     """Longest response in tokens; a response cut here has no EOS (see missing_eos_penalty)."""
     temperature: float = 1.0
     """Sampling temperature; log-probs are those of softmax(logits / temperature) everywhere."""
+    rollout_cache: Literal["dynamic", "static", "compiled"] = "dynamic"
+    """KV cache of the training rollouts (tether.rollout.sample): dynamic, HF's DynamicCache; static, HF's
+    StaticCache with fixed-shape decoding steps (the same tokens); compiled, static with the steps compiled by
+    torch.compile(mode="reduce-overhead", fullgraph=True), CUDA graphs on a GPU (benchmarks/gpu_rollout.py). On a
+    CPU compiled works but has no CUDA graphs: a minute or more of compiling, no faster at tiny sizes. Evaluation
+    samples keep the dynamic cache."""
     missing_eos_penalty: float | None = None
     """Score given to a response without EOS instead of its reward (e.g. -1; Huang et al. 2024); null: off."""
     kl_coef: float = 0.05
@@ -218,6 +226,7 @@ class OnlineConfig(DistributedConfig):
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check_prompt_limit(self.max_prompt_length)
         check(self.temperature > 0, "temperature", "must be > 0 (RL samples)")
+        check(self.rollout_cache in ROLLOUT_CACHES, "rollout_cache", f"must be one of {', '.join(ROLLOUT_CACHES)}")
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
         check(self.kl_controller in KL_CONTROLLERS, "kl_controller", f"must be one of {', '.join(KL_CONTROLLERS)}")
