@@ -1,15 +1,17 @@
 """Benchmark: rollout speed of `tether.rollout.sample` against Hugging Face `generate`, ratio printed.
 
     .venv/bin/python benchmarks/bench_rollout.py [--sizes 5m,30m] [--batch 64] [--new-tokens 48] [--rounds 7]
-                                                 [--results-dir DIR] [--out FILE]
+                                                 [--compile] [--results-dir DIR] [--out FILE]
 
 1. Build the shared inputs once: a BPE tokenizer trained on the tiny world's pretraining corpus (saved to a
    temp folder) and `--batch` chat prompts from the world's train queries (`encode_prompt`, 9 to 17 tokens).
 2. Speed, one process per size: the same untrained model (seed 0, fp32) and prompts for every side:
    `generate` (do_sample, temperature 1, top_k 0, top_p 1, HF's DynamicCache) and `sample` with a dynamic
-   and with a static cache. One warm-up rollout per side, then `--rounds` rounds of one rollout per side,
-   the order rotating. Sides alternate within seconds because the load from other processes on a shared
-   machine drifts by 1.5x over minutes: separate processes per side measured the drift, not the code.
+   and with a static cache (`--compile`: and the static cache compiled, Inductor on a CPU, no CUDA graphs; GPU:
+   benchmarks/gpu_rollout.py). One warm-up rollout per side (its time is printed: the compiling), then
+   `--rounds` rounds of one rollout per side, the order rotating. Sides alternate within seconds because the
+   load from other processes on a shared machine drifts by 1.5x over minutes: separate processes per side
+   measured the drift, not the code.
 3. Tokens are generated non-pad tokens, EOS included: an untrained model rarely emits EOS, so both sides run
    close to the full length. A side's tokens/s is the median over rounds; its ratio to `generate`, the median
    of same-round ratios. MFU: nominal forward FLOPs of the real (prompt and generated) tokens per second over
@@ -39,6 +41,7 @@ from common import add_results_arg, matmul_peak, register_presets, rss_mb, write
 
 SIZES = {"demo": "demo", **common.SIZES}  # --sizes name -> tether preset
 SIDES = ("generate", "sample-dynamic", "sample-static")
+COMPILED = "sample-compiled"  # --compile: the static cache with compile=True (Inductor on a CPU: no CUDA graphs)
 SEED = 0
 # aten op -> kind of work in the --profile breakdown; any other aten op is "other ops".
 CATEGORIES = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "attention",
@@ -96,8 +99,9 @@ def load(folder: Path, preset: str, new_tokens: int):
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
                                      temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad)
             return int((out[:, ids.size(1):] != pad).sum())
+        cache = "static" if side == COMPILED else side.removeprefix("sample-")
         r = sample(model, prompts, max_new_tokens=new_tokens, temperature=1.0, eos_token_id=eos, pad_token_id=pad,
-                   generator=torch.Generator().manual_seed(seed), cache=side.removeprefix("sample-"))
+                   generator=torch.Generator().manual_seed(seed), cache=cache, compile=side == COMPILED)
         return int(r.lengths.sum())
 
     return model, prompts, rollout
@@ -162,17 +166,20 @@ def speed_worker(folder: Path, preset: str, args) -> dict:
     model, prompts, rollout = load(folder, preset, args.new_tokens)
     batch = len(prompts)
     peak = matmul_peak()
-    for side in SIDES:
-        rollout(side, SEED)  # warm-up: allocator, thread pool, lazy HF init
-    result = {side: {"rates": [], "tokens": []} for side in SIDES}
+    sides, warmup = all_sides(args), {}
+    for side in sides:
+        t = time.perf_counter()
+        rollout(side, SEED)  # warm-up: allocator, thread pool, lazy HF init; compiling, for the compiled side
+        warmup[side] = time.perf_counter() - t
+    result = {side: {"rates": [], "tokens": [], "warmup_s": warmup[side]} for side in sides}
     for r in range(args.rounds):
-        for side in SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]:
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:
             t = time.perf_counter()
             n = rollout(side, SEED + 1 + r)
             result[side]["rates"].append(n / (time.perf_counter() - t))
             result[side]["tokens"].append(n)
     if args.profile:
-        for side in SIDES:
+        for side in sides:
             result[side]["breakdown"] = breakdown(lambda: rollout(side, SEED))  # noqa: B023 (called at once)
     return {"sides": result, "parameters": count_parameters(model), "threads": torch.get_num_threads(),
             "gemm_floor_tokens_per_s": batch / gemm_floor(model, batch), "load": os.getloadavg()[0],
@@ -180,6 +187,10 @@ def speed_worker(folder: Path, preset: str, args) -> dict:
             "prompt_tokens": sum(map(len, prompts)),
             "forward_flops_per_token": forward_flops_per_token(model, prompts, args.new_tokens),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+def all_sides(args) -> tuple[str, ...]:
+    return SIDES + (COMPILED,) * args.compile
 
 
 def rss_worker(folder: Path, preset: str, side: str, args) -> dict:
@@ -196,7 +207,8 @@ def run_worker(folder: Path, size: str, args, side: str | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TETHER_QUIET": "1",
            "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, __file__, "--worker", str(folder), SIZES[size], side or "speed", str(out),
-           "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *(["--profile"] * args.profile)]
+           "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *(["--profile"] * args.profile),
+           *(["--compile"] * args.compile)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.stderr.write((proc.stdout + proc.stderr)[-4000:])
@@ -220,16 +232,17 @@ def report(size: str, speed: dict, rss: dict, args) -> dict:
     sides, base = speed["sides"], speed["sides"]["generate"]["rates"]
     rows = {side: {"tokens_per_s": statistics.median(s["rates"]),
                    "vs_generate": statistics.median(r / g for r, g in zip(s["rates"], base)),
-                   "tokens": statistics.mean(s["tokens"]), "mfu": mfu(s, speed), **rss[side]}
+                   "tokens": statistics.mean(s["tokens"]), "mfu": mfu(s, speed), "warmup_s": s["warmup_s"],
+                   **rss[side]}
             for side, s in sides.items()}
     floor = speed["gemm_floor_tokens_per_s"]
     print(f"\n{size} preset ({speed['parameters'] / 1e6:.2f}M parameters), batch {args.batch}, {args.new_tokens} "
           f"new tokens, {speed['threads']} thread(s), {args.rounds} rounds")
     print(f"{'side':<16}{'tokens/s':>10}{'vs generate':>13}{'tokens/rollout':>16}{'RSS setup MB':>14}"
-          f"{'peak RSS MB':>13}{'MFU':>8}")
+          f"{'peak RSS MB':>13}{'MFU':>8}{'warm-up s':>11}")
     for side, r in rows.items():
         print(f"{side:<16}{r['tokens_per_s']:>10.0f}{r['vs_generate']:>12.2f}x{r['tokens']:>16.0f}"
-              f"{r['rss_setup_mb']:>14.0f}{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%")
+              f"{r['rss_setup_mb']:>14.0f}{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%{r['warmup_s']:>11.1f}")
     print(f"{'GEMM floor':<16}{floor:>10.0f}{floor / rows['generate']['tokens_per_s']:>12.2f}x   "
           "(the linear layers alone, one token per step)")
     print("tokens/s, MFU: medians over rounds; vs generate: median of same-round ratios; MFU: forward FLOPs of "
@@ -265,6 +278,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7, help="timed rollouts per side, interleaved")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the workers")
     p.add_argument("--profile", action="store_true", help="also print where one rollout's time goes")
+    p.add_argument("--compile", action="store_true",
+                   help=f"add {COMPILED}: cache=static, compile=True (Inductor; a minute or more of compiling)")
     p.add_argument("--out", help="also write the results of all sizes as one JSON list to this path")
     add_results_arg(p)
     p.add_argument("--worker", nargs=4, metavar=("FOLDER", "PRESET", "KIND", "OUT"), help=argparse.SUPPRESS)
@@ -285,7 +300,7 @@ def main() -> None:
         prepare(folder, args.batch)
         for size in sizes:
             speed = run_worker(folder, size, args)
-            rss = {side: run_worker(folder, size, args, side) for side in SIDES}
+            rss = {side: run_worker(folder, size, args, side) for side in all_sides(args)}
             results.append(report(size, speed, rss, args))
             write_result(args.results_dir / f"rollout-{size}.json", results[-1])
     if args.out:

@@ -7,6 +7,12 @@
 #     bash benchmarks/gpu_check.sh [OUT]           # from the repository root; OUT defaults to /tmp/tether-gpu-check
 #     PYTHON=/path/to/python bash benchmarks/gpu_check.sh
 #     GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh   # a dry run of the script itself on the CPU (gloo, no bf16)
+#     GPU_CHECK_ROLLOUT=0 bash benchmarks/gpu_check.sh    # without the last step, benchmarks/gpu_rollout.py
+#
+# The last step, benchmarks/gpu_rollout.py (issue 20), times rollouts at batch 64 on a Qwen2-0.5B-architecture model:
+# tether's compiled static cache (CUDA graphs) against HF `generate`, with peak memory, and a GRPO step against TRL
+# when trl and datasets are importable (carry their wheels); about 5 minutes on an H100, its JSON in OUT. On the CPU
+# it runs its --tiny check. Alone: python benchmarks/gpu_rollout.py --out DIR.
 #
 # Needs a Python with a CUDA build of torch, transformers, safetensors, tokenizers, pyyaml and rich; tether is
 # taken from ./src (no install needed), the tiny world and model are built here, nothing is downloaded.
@@ -115,4 +121,13 @@ for name in ("sft_lora", "dpo_lora", "grpo"):  # one-process runs: finite losses
     failed += [] if ok else [name]
 sys.exit(f"gpu_check: FAILED: {', '.join(failed)}" if failed else None)
 EOF
+
+if [ "${GPU_CHECK_ROLLOUT:-1}" != 0 ]; then
+    step "rollouts: tether's compiled static cache vs generate, GRPO step vs TRL (benchmarks/gpu_rollout.py)"
+    if [ "$DEVICE" = cuda ]; then
+        "$PY" benchmarks/gpu_rollout.py --out "$OUT"
+    else
+        "$PY" benchmarks/gpu_rollout.py --device cpu --tiny --out "$OUT"
+    fi
+fi
 echo "gpu_check: OK"

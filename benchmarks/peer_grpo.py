@@ -4,7 +4,7 @@ of `bench_online.py --algo grpo` and `--algo rloo`.
 Runs in the peer venv (`.peer`, TRL + transformers, no tether), so it takes everything as paths:
 
     .peer/bin/python benchmarks/peer_grpo.py --algorithm grpo|rloo --model DIR --prompts prompts.json --steps 10 \
-        --out trl.json --workdir DIR
+        --out trl.json --workdir DIR [--device cpu|cuda]
 
 `--prompts` is a JSON list of {"text", "ids"} rows: TRL gets the texts as conversational prompts and applies the
 model folder's chat template (tether's) itself; `ids` (tether's encoding) are only used to check that TRL fed the
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--beta", type=float, required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: bf16 autocast over fp32 weights (TRL's bf16=True), as tether's bf16=true")
     args = p.parse_args()
 
     rows = json.loads(Path(args.prompts).read_text())
@@ -59,7 +61,8 @@ def main() -> None:
         "num_generations": args.generations, "max_completion_length": args.new_tokens, "max_steps": args.steps,
         "beta": args.beta, "temperature": 1.0, "top_p": 1.0, "learning_rate": 1e-5, "seed": 0, "num_iterations": 1,
         "gradient_checkpointing": False,  # TRL's default is True; tether does not recompute activations
-        "bf16": False, "fp16": False, "use_cpu": True, "save_strategy": "no", "report_to": [], "disable_tqdm": True,
+        "bf16": args.device == "cuda", "fp16": False, "use_cpu": args.device == "cpu", "save_strategy": "no",
+        "report_to": [], "disable_tqdm": True,
         "logging_steps": 1000,
     }
     if args.algorithm == "grpo":

@@ -96,10 +96,14 @@ def test_compiled_step_is_one_graph_and_gives_the_dynamic_tokens(arch, tok, prom
     # layer), so dynamo retraces while its window fills: one graph per state, not per step.
     graphs = counters["stats"]["unique_graphs"]
     assert graphs == 1 if arch != "gemma2" else 1 < graphs <= 3
-    # A later call with shorter prompts reuses the cache length, so the same graph: no recompilation.
-    again = run(model, [p[:4] for p in prompts], tok, 1.0, stops, cache="static", compile=True)
-    assert counters["stats"]["unique_graphs"] == graphs
+    # A later call with shorter prompts reuses the cache length, so the same graph: no recompilation; and the same
+    # cache, emptied (stale keys from the first call would change the tokens).
+    kv = model._tether_static_cache[2]
+    short = [p[:4] for p in prompts]
+    again = run(model, short, tok, 1.0, stops, cache="static", compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs and model._tether_static_cache[2] is kv
     assert again.prompt_ids.shape == (4, 4)
+    assert_same(run(model, short, tok, 1.0, stops), again)
 
 
 def test_cache_length_keeps_the_longest_when_compiling(tok):
@@ -168,8 +172,8 @@ def test_online_rollout_cache_static_and_compiled_train_as_dynamic(tmp_path, wor
                              micro_batch_size=2, max_steps=2, lr=3e-3, eval_every=0, eval_prompts=0, save_every=0,
                              rollout_cache=cache, out=str(out)))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return [(r["score"], r["response_length"], r["eos_rate"]) for r in rows if r["step"] > 0], load_file(str(out / "model" /
-                                                                                          "model.safetensors"))
+        logged = [(r["score"], r["response_length"], r["eos_rate"]) for r in rows if r["step"] > 0]
+        return logged, load_file(str(out / "model" / "model.safetensors"))
 
     dynamic_rows, dynamic_weights = train("dynamic")
     for cache in ("static", "compiled"):

@@ -20,7 +20,7 @@ in-place length tensor says where to write and what the causal mask allows (tran
 fullgraph=True)`, which captures them in a CUDA graph on a GPU, as `generate` does with a static cache
 (`GenerationMixin._valid_auto_compile_criteria`, `PreTrainedModel.get_compiled_call`, HF's `CompileConfig`
 defaults): the prefill stays eager, and the cache is sized to the longest L any earlier call on the model needed
-(`_prepare_static_cache`), so that later calls reuse the captured shapes. On a CPU it compiles with Inductor but
+(`_prepare_static_cache`) and kept for the next call, so that later calls replay the captured graphs. On a CPU it compiles with Inductor but
 there are no CUDA graphs. Sampling and the stop test stay outside the graph: the draws come from the same
 generator or noise, so an uncompiled static rollout has the tokens of a dynamic one.
 
@@ -238,7 +238,23 @@ def _decoding_state(model, mask: torch.Tensor, R: int, cache: str, compile: bool
     L = cache_length(model, P + R, compile) if cache == "static" else P + R
     attn = torch.zeros(B, L, dtype=torch.long, device=mask.device)  # (B, L)
     attn[:, :P] = mask
+    if compile:
+        return {cache_kwarg(model): _reused_cache(model, B, L), "use_cache": True}, attn
     return _new_cache(model, L, cache), attn
+
+
+def _reused_cache(model, batch: int, length: int) -> StaticCache:
+    """The StaticCache of the model's last compiled call, emptied in place (`reset`), when its batch and length
+    fit; else a new one, kept for the next call. CUDA graphs read the cache at the addresses they were recorded with:
+    a new cache each call would make cudagraph trees re-record every call, and past their re-record limit run
+    without graphs. The price: the cache's memory stays allocated between rollouts, as the graphs' own pool does."""
+    owner, shape, kv = getattr(model, "_tether_static_cache", (None, None, None))
+    if owner == id(model) and shape == (batch, length):
+        kv.reset()
+        return kv
+    kv = StaticCache(config=model.config, max_cache_len=length)
+    model._tether_static_cache = (id(model), (batch, length), kv)
+    return kv
 
 
 def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
