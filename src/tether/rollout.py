@@ -20,9 +20,9 @@ in-place length tensor says where to write and what the causal mask allows (tran
 fullgraph=True)`, which captures them in a CUDA graph on a GPU, as `generate` does with a static cache
 (`GenerationMixin._valid_auto_compile_criteria`, `PreTrainedModel.get_compiled_call`, HF's `CompileConfig`
 defaults): the prefill stays eager, and the cache is sized to the longest L any earlier call on the model needed
-(`_prepare_static_cache`) and kept for the next call, so that later calls replay the captured graphs. On a CPU it compiles with Inductor but
-there are no CUDA graphs. Sampling and the stop test stay outside the graph: the draws come from the same
-generator or noise, so an uncompiled static rollout has the tokens of a dynamic one.
+(`_prepare_static_cache`) and kept for the next call, so that later calls replay the captured graphs. On a CPU it
+compiles with Inductor but there are no CUDA graphs. Sampling and the stop test stay outside the graph: the draws
+come from the same generator or noise, so a static rollout has the tokens of a dynamic one.
 
 Log-probs. `Rollout.logprobs` are the log-probs of the sampled tokens under softmax(logits / temperature),
 the full tempered distribution, never renormalised after top-k/top-p truncation. PPO's old log-probs must be
