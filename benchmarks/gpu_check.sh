@@ -11,8 +11,8 @@
 #
 # The last step, benchmarks/gpu_rollout.py (issue 20), times rollouts at batch 64 on a Qwen2-0.5B-architecture model:
 # tether's compiled static cache (CUDA graphs) against HF `generate`, with peak memory, and a GRPO step against TRL
-# when trl and datasets are importable (carry their wheels); about 5 minutes on an H100, its JSON in OUT. On the CPU
-# it runs its --tiny check. Alone: python benchmarks/gpu_rollout.py --out DIR.
+# when trl and datasets are importable (carry their wheels); an estimated 4 to 6 minutes on an H100 (not yet run on
+# one), its JSON in OUT. On the CPU it runs its --tiny check. Alone: python benchmarks/gpu_rollout.py --out DIR.
 #
 # Needs a Python with a CUDA build of torch, transformers, safetensors, tokenizers, pyyaml and rich; tether is
 # taken from ./src (no install needed), the tiny world and model are built here, nothing is downloaded.

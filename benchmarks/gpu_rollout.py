@@ -128,39 +128,50 @@ def timed(run, side: str, seed: int, cuda: bool) -> dict:
 
 
 def measure_rollouts(args) -> dict:
-    """Warm-up then interleaved rounds for every side; the summary per side."""
+    """Warm-up then interleaved rounds for every side; the summary per side. A side that fails is recorded with its
+    error and left out of the rounds: one GPU run should bring back every figure it can."""
     import torch
 
     cuda = args.device == "cuda"
     model = build_model(args.tiny, args.device)
     prompts = random_prompts(args.batch, args.prompt_len, model.config.vocab_size)
     run = rollout_fn(model, prompts, args.new_tokens, args.device)
-    warm = {side: timed(run, side, 0, cuda) for side in SIDES}
-    rounds: dict[str, list[dict]] = {side: [] for side in SIDES}
+    warm, errors = {}, {}
+    for side in args.sides:
+        try:
+            warm[side] = timed(run, side, 0, cuda)
+        except Exception as e:  # noqa: BLE001 (recorded, the other sides still run)
+            errors[side] = f"{type(e).__name__}: {e}"[:3000]
+            print(json.dumps({"side": side, "error": errors[side]}), flush=True)
+    sides = [side for side in args.sides if side in warm]
+    rounds: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        for side in SIDES[r % len(SIDES):] + SIDES[:r % len(SIDES)]:
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:
             rounds[side].append(timed(run, side, 1 + r, cuda))
-    rate = {side: [x["tokens"] / x["seconds"] for x in rows] for side, rows in rounds.items()}
-    summary = {}
-    for side in SIDES:
-        peaks = [x["peak_gib"] for x in rounds[side]]
-        summary[side] = {
-            "tokens_per_s": statistics.median(rate[side]),
-            "vs_generate": statistics.median(a / b for a, b in zip(rate[side], rate["generate"])),
-            "vs_generate_static_compiled": statistics.median(
-                a / b for a, b in zip(rate[side], rate["generate-static-compiled"])),
-            "tokens_per_rollout": statistics.mean(x["tokens"] for x in rounds[side]),
-            "warmup_s": warm[side]["seconds"], "warmup_peak_gib": warm[side]["peak_gib"],
-            "peak_gib": max(peaks) if cuda else None, "allocated_before_gib": rounds[side][-1]["allocated_before_gib"],
-            "compiled_by_hf": side == "generate-static-compiled" and hasattr(model, "_compiled_call"),
-        }
-        print(json.dumps({"side": side, **summary[side]}), flush=True)
+    summary = {side: summarise(side, rounds, warm[side], cuda) for side in sides}
+    if "generate-static-compiled" in summary:
+        summary["generate-static-compiled"]["compiled_by_hf"] = hasattr(model, "_compiled_call")
+    for side, row in summary.items():
+        print(json.dumps({"side": side, **row}), flush=True)
     info = {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(model.dtype),
             "prompt_tokens": sum(map(len, prompts)), "batch": args.batch, "new_tokens": args.new_tokens}
     del model, run
     if cuda:
         torch.cuda.empty_cache()
-    return {"model": info, "sides": summary}
+    return {"model": info, "sides": summary, "errors": errors}
+
+
+def summarise(side: str, rounds: dict[str, list[dict]], warm: dict, cuda: bool) -> dict:
+    """tokens/s (median over rounds), same-round ratios to each generate side that ran, memory, warm-up."""
+    rate = {name: [x["tokens"] / x["seconds"] for x in rows] for name, rows in rounds.items()}
+    row = {"tokens_per_s": statistics.median(rate[side])}
+    for base in ("generate", "generate-static-compiled"):
+        if base in rate:
+            row[f"vs_{base.replace('-', '_')}"] = statistics.median(a / b for a, b in zip(rate[side], rate[base]))
+    return {**row, "tokens_per_rollout": statistics.mean(x["tokens"] for x in rounds[side]),
+            "warmup_s": warm["seconds"], "warmup_peak_gib": warm["peak_gib"],
+            "peak_gib": max(x["peak_gib"] for x in rounds[side]) if cuda else None,
+            "allocated_before_gib": rounds[side][-1]["allocated_before_gib"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +245,10 @@ def measure_grpo(args) -> dict:
         grpo_inputs(folder, args.tiny)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        tether = tether_grpo(folder, args.grpo_steps, args.device, grpo)
+        try:
+            tether = tether_grpo(folder, args.grpo_steps, args.device, grpo)
+        except Exception as e:  # noqa: BLE001 (recorded; TRL's side still runs)
+            tether = {"error": f"{type(e).__name__}: {e}"[:3000]}
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
         trl = trl_grpo(folder, args.grpo_steps, args.device, grpo, args.peer_python)
     steady = {name: statistics.median(side["step_seconds"][1:]) if len(side.get("step_seconds", [])) > 1 else None
@@ -260,12 +274,16 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="max_new_tokens (default 256, 16 with --tiny)")
     p.add_argument("--rounds", type=int, default=2, help="timed rollouts per side, after one warm-up")
     p.add_argument("--grpo-steps", type=int, default=3, help="GRPO steps per side; the first is left out")
+    p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
     p.add_argument("--no-grpo", action="store_true", help="rollouts only")
     p.add_argument("--peer-python", help="a Python with trl and datasets for TRL's side (default: this one)")
     p.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"), help="folder of gpu_rollout.json")
     args = p.parse_args()
     args.batch, args.prompt_len = args.batch or (8 if args.tiny else 64), args.prompt_len or (32 if args.tiny else 128)
     args.new_tokens = args.new_tokens or (16 if args.tiny else 256)
+    args.sides = args.sides.split(",")
+    if not set(args.sides) <= set(SIDES):
+        sys.exit(f"--sides: choose from {', '.join(SIDES)}")
     os.environ.update(TETHER_QUIET="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     import torch
     import transformers
@@ -277,11 +295,12 @@ def main() -> None:
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
               "rollout": measure_rollouts(args)}
     result["rollout_s"] = time.perf_counter() - started
+    out = Path(args.out) / "gpu_rollout.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))  # the rollouts' figures, should the GRPO part not finish
     if not args.no_grpo:
         result["grpo"] = measure_grpo(args)
     result["total_s"] = time.perf_counter() - started
-    out = Path(args.out) / "gpu_rollout.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out} ({result['total_s']:.0f} s)")
 

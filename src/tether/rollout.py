@@ -210,10 +210,9 @@ def sample(
     max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
     `cache` picks HF's DynamicCache (default) or StaticCache (fixed-shape steps); `compile=True` (static cache only)
     runs its steps through `torch.compile`, CUDA graphs on a GPU (the module docstring). Call `model.eval()` first
-    (dropout). `noise`
-    (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`. `on_step(t, tokens)`,
-    when given, sees each step's (B,) tokens as they are drawn (a server streams them) and stops decoding by
-    returning True (its rows are all finished, e.g. on stop strings).
+    (dropout). `noise` (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
+    `on_step(t, tokens)`, when given, sees each step's (B,) tokens as they are drawn (a server streams them) and
+    stops decoding by returning True (its rows are all finished, e.g. on stop strings).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
@@ -302,7 +301,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
         out = decode(input_ids=token[:, None], attention_mask=attn if fixed else attn[:, : P + t + 1],
-                   position_ids=position, **kv)
+                     position_ids=position, **kv)
         position += 1
     response_mask = alive[:, :steps].long()  # (B, R)
     lengths = response_mask.sum(1)  # (B,)
