@@ -23,8 +23,10 @@
    autocast over fp32 weights on both sides. tether: `tether grpo` through `tether.cli.main` with
    rollout_cache=compiled, seconds per step from its metrics (batch / samples_per_s); TRL: benchmarks/peer_grpo.py
    --device cuda in a subprocess, seconds per step from its step clock. The first step of each (compiling, CUDA
-   init) is left out. TRL is not in the GPU image: carry its wheels (trl, datasets, dill, multiprocess; the
-   device README says how), or the TRL side is recorded as skipped.
+   init) is left out. TRL is not in the GPU image: carry its wheels, or the TRL side is recorded as skipped. The
+   versions the CPU peers use (.peer): `pip download --no-deps --only-binary=:all: --python-version 3.12
+   --platform manylinux2014_x86_64 -d .whl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19`, then
+   on the GPU machine `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site.
 3. Print one JSON line per side and write `gpu_rollout.json` under --out (default: $OUT, else
    benchmarks/results).
 
