@@ -13,8 +13,9 @@
 4. Run tether's SFT stage in a subprocess and TRL's SFTTrainer in the peer venv (benchmarks/peer_sft.py),
    `--rounds` times each, alternating which goes first, on the same model folder, tokenizer and
    conversations: batch 16, max length 256, loss on assistant tokens only, fp32, no eval, no checkpoints.
-5. Throughput over the steps after `--warmup` (medians of per-step rates, see `summarise`) of each side's
-   fastest round; print a table and the ratio, and write benchmarks/results/sft-<size>.json (--results-dir).
+5. Throughput over the steps after `--warmup` (medians of per-step rates, see `summarise`, and tokens per second of
+   each side's own CPU time) of each side's fastest round; print a table and the ratio, and write
+   benchmarks/results/sft-<size>.json (--results-dir).
 
 Tokens are non-pad tokens (prompt and response); "padded" counts the (B, T) tensor the model ran on (packed: the
 (rows, width) tensor of `tether.packing`, with --tether-padding-free).
@@ -218,8 +219,7 @@ def print_table(rows: list[dict], peak: float, cpu_peak: float) -> None:
               f"{r['peak_rss_mb']:>13.0f}{100 * r['mfu']:>7.2f}%{r['cpu_tokens_per_s']:>11.0f}"
               f"{100 * r['cpu_mfu']:>8.1f}%")
     t, p = rows
-    print(f"\nratio tether/TRL per CPU-second: tokens/s {t['cpu_tokens_per_s'] / p['cpu_tokens_per_s']:.2f}x")
-    print(f"ratio tether/TRL: tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
+    print(f"\nratio tether/TRL: tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
           f"steps/s {t['steps_per_s'] / p['steps_per_s']:.2f}x, "
           f"padded tokens/s {t['padded_tokens_per_s'] / p['padded_tokens_per_s']:.2f}x, "
           f"wall tokens/s {t['wall_tokens_per_s'] / p['wall_tokens_per_s']:.2f}x")
@@ -258,11 +258,15 @@ def report(args, runs: dict[str, list[dict]], model, peak: float, cpu_peak: floa
     tether, trl = runs["tether"][best["tether"]], runs["trl"][best["trl"]]
     rows = [summaries["tether"][best["tether"]], summaries["trl"][best["trl"]]]
     best_cpu = {side: max(x["cpu_tokens_per_s"] for x in ss) for side, ss in summaries.items()}
-    print(f"\nSFT on {'HH-RLHF' if args.data == 'hh' else 'the world'}'s conversations, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), batch {BATCH}, "
+    data = "HH-RLHF" if args.data == "hh" else "the world"
+    print(f"\nSFT on {data}'s conversations, {args.size} model ({count_parameters(model) / 1e6:.2f}M parameters), "
+          f"batch {BATCH}, "
           f"max length {MAX_LENGTH}, {args.steps} steps, timed over the last {args.steps - args.warmup}, "
           f"best of {args.rounds} round(s) per side, torch threads {rows[0]['threads']} (tether) / "
           f"{rows[1]['threads']} (TRL); TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}")
     print_table(rows, peak, cpu_peak)
+    print(f"ratio tether/TRL per CPU-second (each side's best round): {best_cpu['tether'] / best_cpu['trl']:.2f}x "
+          f"({best_cpu['tether']:.0f} vs {best_cpu['trl']:.0f} tokens per CPU-second)")
     notes = differences(tether, trl, *rows)
     busy = busy_note([r["load"] for rs in runs.values() for r in rs])
     if busy:
