@@ -6,9 +6,9 @@ Runs in the peer venv (`.peer`, TRL + transformers, no tether), so it takes ever
 
 `--model` holds the Llama and its tokenizer (whose chat template marks assistant turns with
 `{% generation %}`); `--data` is JSONL rows `{"messages": [...]}`. The JSON written to `--out` holds one
-record per optimizer step (wall time at the step's end, non-pad tokens, padded tokens, sequences, loss
-tokens), the totals of the tokenised dataset (to check both sides train on the same ids), versions, and
-this process's peak RSS.
+record per optimizer step (wall time and this process's CPU time at the step's end, non-pad tokens, padded
+tokens, sequences, loss tokens), the totals of the tokenised dataset (to check both sides train on the same ids),
+versions, and this process's peak RSS.
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def main() -> None:
 
     trainer.train()
 
-    steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
+    steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, "cpu": clock.cpu_ends[i] - clock.cpu_start, **b}
+             for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
         "sampler": args.sampler + (", padding-free" if args.padding_free else ""),

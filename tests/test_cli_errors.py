@@ -97,7 +97,7 @@ def test_unknown_key_names_the_field_and_suggests(capsys):
     err = _last_error(capsys)
     assert err.startswith("error: SFTConfig: unknown field 'lrr' (did you mean 'lr'?); known fields: strategy, device, "
                           "bf16, gradient_checkpointing, report_to, run_name, out, seed,")
-    assert err.endswith(", data, format, split, model, trust_remote_code")
+    assert err.endswith(", data, format, split, model, trust_remote_code, padding_free, pack_tokens")
 
 
 @pytest.mark.parametrize("stage,config,old", [("ppo", "PPOConfig", "policy"), ("grpo", "GRPOConfig", "policy"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +34,10 @@ from tether.training import (
 )
 
 
+Collate = Callable[[list[Example], int], dict[str, torch.Tensor]]
+"""(examples, pad_id) -> a micro-batch's tensors: `collate` (padded) or `tether.packing.packed_collate` (packed)."""
+
+
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """A seeded (train, eval) split."""
     order = list(range(len(examples)))
@@ -42,7 +47,8 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
 
 
 def batch_loss(model, batch: dict[str, torch.Tensor], response_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed NLL, counted tokens) of one micro-batch, moved to the model's device.
+    """(summed NLL, counted tokens) of one micro-batch, moved to the model's device: padded (`collate`: an attention
+    mask) or packed (`tether.packing.collate_packed`: position ids restarting per conversation, no mask).
 
     With response_only (and an architecture `tether.logprobs.head_parts` knows), the LM head and the softmax run
     only at the counted positions, in chunks (`forward_token_logps`). Otherwise:
@@ -53,13 +59,16 @@ def batch_loss(model, batch: dict[str, torch.Tensor], response_only: bool = True
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"]  # (B, T)
+    attention = batch.get("attention_mask")  # None in a packed batch (tether.packing)
+    # Packed: no mask and no cache, else transformers would not read the conversations' bounds from the positions.
+    packed = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else {}
     if response_only and head_parts(model) is not None:
-        token = forward_token_logps(model, batch["input_ids"], batch["attention_mask"], labels)  # (B, T)
+        token = forward_token_logps(model, batch["input_ids"], attention, labels, **packed)  # (B, T)
         return -token.sum(), (labels != IGNORE_INDEX).sum()
     counted = (labels != IGNORE_INDEX).any(0).nonzero()
     keep = labels.size(1) - int(counted[0]) if len(counted) else 1
     extra = {"logits_to_keep": keep} if keep < labels.size(1) and accepts(model, "logits_to_keep") else {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, K, V)
+    logits = model(input_ids=batch["input_ids"], attention_mask=attention, **packed, **extra).logits  # (B, K, V)
     return token_nll_sum(logits, labels[:, labels.size(1) - logits.size(1):])
 
 
@@ -69,25 +78,26 @@ def counted_tokens(examples: list[Example]) -> int:
 
 
 def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_id: int, lr: float,
-               guard: NonFiniteGuard | None = None) -> dict:
+               guard: NonFiniteGuard | None = None, batches: Collate = collate) -> dict:
     """One optimizer step over `examples`, split into micro-batches with gradient accumulation.
 
     Every micro-batch's summed loss is divided by the token count of the *whole* step, so the
     gradient equals that of one big batch whatever the split. Under torchrun each rank runs its share of the
     micro-batches (`distributed.shard`) and the count is divided by the ranks, whose gradients DDP averages.
     `guard` (the run's, else a fresh one from cfg) skips or halts the update on a non-finite loss or gradient.
+    `batches` turns a micro-batch's examples into tensors (`collate`, padded; or packed, tether.packing).
     """
     micro = [examples[i:i + cfg.micro_batch_size] for i in range(0, len(examples), cfg.micro_batch_size)]
     n_tokens = max(counted_tokens(examples), 1)
     share = distributed.shard(micro)
     total, seq_tokens = 0.0, 0
     for i, (examples_i, real) in enumerate(share):
-        batch = collate(examples_i, pad_id)
+        batch = batches(examples_i, pad_id)
         with distributed.accumulating(model, last=i == len(share) - 1):
             nll, _ = batch_loss(model, batch, cfg.response_only_head)
             distributed.normalised(nll, n_tokens, real).backward()
         total += float(nll.detach()) if real else 0.0
-        seq_tokens += int(batch["attention_mask"].sum()) if real else 0
+        seq_tokens += sum(len(e.input_ids) for e in examples_i) if real else 0
     total, seq_tokens = distributed.all_reduce_sum({"nll": total, "tokens": seq_tokens}).values()
     guard = guard or NonFiniteGuard.from_config(cfg)
     grad_norm, skipped = guard.apply(optimizer, model.parameters(), cfg.grad_clip, lr, total / n_tokens)
@@ -96,20 +106,23 @@ def train_step(model, optimizer, examples: list[Example], cfg: TrainConfig, pad_
 
 
 @torch.no_grad()
-def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32, response_only: bool = True) -> float:
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32, response_only: bool = True,
+              batches: Collate = collate) -> float:
     """Mean NLL per counted token of `examples` (every rank computes the same: it runs on all of them)."""
     model.eval()
     nll, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        s, n = batch_loss(model, collate(examples[i:i + batch_size], pad_id), response_only)
+        s, n = batch_loss(model, batches(examples[i:i + batch_size], pad_id), response_only)
         nll, count = nll + float(s), count + int(n)
     model.train()
     return nll / max(count, 1)
 
 
-def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str) -> Path:
+def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage: str,
+             batches: Collate = collate) -> Path:
     """Train `model` on `examples`; returns the folder of the final model (`out/model`). With cfg.lora, peft
-    adapts `model` in place (its linear layers gain adapters)."""
+    adapts `model` in place (its linear layers gain adapters). `batches` collates each micro-batch (padded, or
+    packed: tether.packing)."""
     # 1. Device (and the process group under torchrun), run folder, seeds, held-out split, data order.
     device = distributed.setup(cfg)
     run_dir = Path(cfg.out)
@@ -140,13 +153,14 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
             # 4. Forward, backward (accumulated), clip, step at the scheduled learning rate.
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
             row = {"step": step + 1, "epoch": step / per_epoch,
-                   **train_step(net, optimizer, batch, cfg, pad_id, lr, guard)}
+                   **train_step(net, optimizer, batch, cfg, pad_id, lr, guard, batches)}
             tokens_seen += row["tokens"]
             row["tokens_per_s"] = tokens_seen / (time.perf_counter() - started)
             # 5. Eval loss, metrics, checkpoints.
             last = step + 1 == steps
             if held_out and due(step + 1, cfg.eval_every, last):
-                row["eval_loss"] = eval_loss(model, held_out, pad_id, cfg.micro_batch_size, cfg.response_only_head)
+                row["eval_loss"] = eval_loss(model, held_out, pad_id, cfg.micro_batch_size, cfg.response_only_head,
+                                             batches)
             if due(step + 1, cfg.log_every, last) or "eval_loss" in row:
                 log.write(row)
             if due(step + 1, cfg.save_every) and not last:

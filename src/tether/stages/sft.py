@@ -13,8 +13,9 @@ from tether.config import check
 from tether.data.formats import check_format, load_conversations
 from tether.errors import naming
 from tether.models import check_positions, load_policy, load_tokenizer
+from tether.packing import check_packable, packed_collate
 from tether.stages.lm import train_lm
-from tether.training import Example, TrainConfig
+from tether.training import Example, TrainConfig, collate
 
 console = Console(stderr=True)
 
@@ -42,12 +43,24 @@ class SFTConfig(TrainConfig):
     """Passes over the training data (fractions allowed); ignored when max_steps is set."""
     lr: float = 5e-4
     """Peak learning rate of AdamW."""
+    padding_free: bool = False
+    """Pack each micro-batch's conversations end to end, no padding (TRL's `padding_free`): position ids restart at
+    0 per conversation and transformers keeps each conversation's attention inside it (a block-diagonal causal mask;
+    tether.packing). Same loss and gradients as padded batches (per-token mean over the step's assistant tokens).
+    Refused on architectures whose mask ignores position ids (OPT) and attention other than sdpa/eager."""
+    pack_tokens: int = 0
+    """With padding_free, the most tokens per packed row: conversations go longest first into the first row with
+    room (a conversation longer than this gets a row of its own). 0: one row per micro-batch, as TRL. On the CPU a
+    row pays attention over its whole length squared, so a few rows of about max_length can beat one long row."""
 
     def validate(self) -> None:
         super().validate()
         check(bool(self.data), "data", "is required")
         check(bool(self.model), "model", "is required")
         check_format(self.format, "conversations")
+        check(self.pack_tokens >= 0, "pack_tokens", "must be >= 0 (0: one packed row per micro-batch)")
+        check(self.padding_free or self.pack_tokens == 0, "pack_tokens",
+              "only applies with padding_free=true; set padding_free=true or pack_tokens=0")
 
 
 def encode_conversations(fmt: ChatFormat, conversations: list, max_length: int) -> tuple[list[Example], dict]:
@@ -72,6 +85,8 @@ def run(cfg: SFTConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_positions(model, cfg.max_length, "max_length")
+    if cfg.padding_free:
+        check_packable(model)
     with naming(cfg.data):
         examples, report = encode_conversations(chat_format(tokenizer, cfg.chat_template, cfg.model), conversations,
                                                 cfg.max_length)
@@ -82,4 +97,5 @@ def run(cfg: SFTConfig) -> Path:
                       f"{report['assistant_tokens']} assistant tokens; to fit max_length={cfg.max_length}, "
                       f"{report['earlier_turns_dropped']} lost earlier turns, {report['prompt_cut']} a prompt's start, "
                       f"{report['final_reply_cut']} the end of their final reply (too long alone)")
-    return train_lm(cfg, model, tokenizer, examples, "sft")
+    return train_lm(cfg, model, tokenizer, examples, "sft", packed_collate(cfg.pack_tokens) if cfg.padding_free
+                    else collate)
