@@ -8,7 +8,7 @@ Layout read (each relative to the run folder, and again under `round*/` for late
 - summary.json: timings_s, base_temperature_1 / sft_greedy behaviour, reward_model (written by `tether demo`)
 - eval/<policy>_summary.json: per-category behaviour of a policy, judged by gold (`tether.stages.evaluate`)
 - label/agreement.json, rm/eval.json, collect/report.json, pretrain|sft/metrics.jsonl
-- ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml
+- ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml, eval_gold.jsonl
 - redteam*/**/summary.json (+ results.jsonl, found.jsonl beside it) from `tether redteam`
 - bon/bon.json: the best-of-n curve over n (`tether bon`)
 """
@@ -66,6 +66,9 @@ class Optimiser:
     """best/best.json: the checkpoint kept by the held-out signal (step, value, signal)."""
     config: dict = field(default_factory=dict)
     """config.yaml of the stage."""
+    per_prompt_gold: dict[int, list] = field(default_factory=dict)
+    """eval_gold.jsonl: step -> each held-out prompt's mean gold at that evaluation (same prompts every time), for
+    standard errors of differences paired by prompt; {} for runs older than the file."""
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """(step, value) of every row where metric `name` is a finite number."""
@@ -195,7 +198,13 @@ def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
     return Optimiser(label=folder.relative_to(root).as_posix(), kind=folder.name, metrics=rows, curve=curve_of(rows),
                      gold_label=_gold_label(rows, config), curve_source="eval" if evals else "monitor", alerts=read_jsonl(folder / "alerts.jsonl"),
                      samples=read_jsonl(folder / "samples.jsonl"), best=read_json(folder / "best/best.json"),
-                     config=config)
+                     config=config, per_prompt_gold=per_prompt_gold(folder / "eval_gold.jsonl"))
+
+
+def per_prompt_gold(path: Path) -> dict[int, list]:
+    """eval_gold.jsonl (tether.stages.online.evaluation.EVAL_GOLD_FILE): step -> per-prompt gold, numbers or None."""
+    return {r["step"]: [_num(x) for x in r["gold"]] for r in read_jsonl(path)
+            if isinstance(r.get("step"), int) and isinstance(r.get("gold"), list)}
 
 
 def read_redteams(root: Path, base: Path) -> list[Redteam]:

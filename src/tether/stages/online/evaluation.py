@@ -1,6 +1,8 @@
 """Held-out evaluation of an online RL run (tether.stages.online): responses to the world's held-out prompts,
-their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate.
-Also the prompt encoding and the decoding the loop shares with it."""
+their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate,
+and each prompt's mean gold (eval_gold.jsonl: the differences between two evaluations, paired by prompt, have a
+standard error of their own, `tether.monitor.stats.paired_difference`). Also the prompt encoding and the decoding the
+loop shares with it."""
 from __future__ import annotations
 
 import json
@@ -38,11 +40,23 @@ def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
             f"{prefix}score_normalised": float(scores.mean()) if raw else None}
 
 
+EVAL_GOLD_FILE = "eval_gold.jsonl"
+"""One line per evaluation in an online run's folder: {"step", "samples" (eval_samples), "gold": [mean gold of
+each held-out prompt over its samples, in eval_prompt_texts order, null where the world does not know it]}."""
+
+
+def prompt_means(values: list[float | None], k: int) -> list[float | None]:
+    """Means of consecutive blocks of k values (one prompt's k samples), None where a block has no value.
+    [1, 3, None, 2] with k = 2 -> [2.0, 2.0]."""
+    return [mean(values[i:i + k]) for i in range(0, len(values), k)]
+
+
 @torch.no_grad()
-def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
+def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None
+             ) -> tuple[dict, list[float | None]]:
     """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
     score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
-    model) its mean as eval/heldout."""
+    model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE)."""
     prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
@@ -60,10 +74,11 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
     if getattr(source, "last_std", None) is not None:  # an ensemble reward model: its members' disagreement here
         out["eval/ensemble_std"] = float(source.last_std.mean())
+    per_prompt = prompt_means(gold, cfg.eval_samples)
     if heldout is None:
-        return out
+        return out, per_prompt
     held = heldout(prompts, responses)
-    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}
+    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt
 
 
 def eval_prompt_texts(world, n: int) -> list[str]:
