@@ -349,6 +349,9 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     assert torch.equal(torch.rand(1), after_first)  # the global RNG stream did not move
     metrics, per_prompt = first  # one mean over the 3 samples of each of the 4 prompts, averaging to eval/gold
     assert len(per_prompt) == 4 and sum(per_prompt) / 4 == pytest.approx(metrics["eval/gold"], abs=1e-12)
+    # each response row has its own noise: 2 rows a batch instead of 4 draws the same responses, so a row's draw
+    # does not hang on how long the batches before it ran (one shared generator would shift it)
+    assert online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, rollout_batch=2)) == first
     greedy = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_temperature=0.0,
                                                                                        eval_samples=1))
     assert greedy != first

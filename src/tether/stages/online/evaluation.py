@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tether.monitor.stats import mean, standard_error
-from tether.rollout import sample
+from tether.rollout import row_noise, sample, sample_seed
 from tether.stages.monitoring import gold_rewards
 from tether.stages.online.config import OnlineConfig
 
@@ -59,12 +59,17 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
     model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE)."""
     prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
-    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
     responses, lengths, eos = [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
-        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id,
-                   generator=generator)
+        rows = range(i, min(i + cfg.batch_size, len(prompts)))
+        # Common random numbers: row j's uniforms are the same at every evaluation (step -1: none of the rollouts'),
+        # whatever rows share its batch and however long the batch before it ran, so a token changes only where the
+        # policy moved; one generator for all batches would shift every later batch's draws whenever an earlier
+        # batch stopped at a different length.
+        noise = row_noise([sample_seed(cfg.seed, -1, j) for j in rows], cfg.max_new_tokens, policy.device) \
+            if cfg.eval_temperature > 0 else None
+        r = sample(policy, [encoded[j] for j in rows], max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id, noise=noise)
         responses += decode(fmt.tokenizer, r.response_ids)
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
