@@ -25,8 +25,9 @@ demo can afford, then its figures:
 - The peak, the max of noisy evaluations, is biased upward (the max of 13 noisy means exceeds the true peak's mean
   even with a flat curve); so also the rise at a step fixed beforehand (`--fixed-step`: where the demo's seed-0
   PPO, evaluated on its 60 prompts, peaked) and the peak of a 3-evaluation moving average (paired as well).
-- The Gao RL fit's rmse against the gain, with d = sqrt of the rollouts' KL at the evaluation's step (as the report)
-  and of its mean over the steps since the previous evaluation (one step's KL over 32 rollouts is noisy).
+- The Gao RL fit's rmse against the gain, with d = sqrt of the rollouts' KL at the evaluation's step, of its mean
+  over the steps since the previous evaluation (one step's KL over 32 rollouts is noisy), and of eval/kl (the KL
+  on the evaluation's own samples).
 Written to <root>/ppo-precision.json.
 """
 from __future__ import annotations
@@ -144,6 +145,8 @@ def paired_figures(folder: Path, fixed_step: int) -> dict:
     d_step = [max(0.0, kl.get(t, 0.0)) ** 0.5 for t in steps]
     d_mean = [0.0] + [max(0.0, mean([kl.get(u) for u in range(a + 1, b + 1)]) or 0.0) ** 0.5
                       for a, b in zip(steps, steps[1:])]
+    eval_kl = {r["step"]: r["eval/kl"] for r in rows if r.get("eval/kl") is not None}
+    d_eval = [max(0.0, eval_kl[t]) ** 0.5 for t in steps] if all(t in eval_kl for t in steps) else None
     gain = [mean(per[t]) - shape["start"] for t in steps]
     return {"prompts": shape["prompts"], "evals": len(steps), "start": shape["start"], "peak_step": shape["peak_step"],
             "peak": shape["peak"], "end_step": end, "end": shape["end"],
@@ -154,8 +157,10 @@ def paired_figures(folder: Path, fixed_step: int) -> dict:
             "smoothed_peak_step": smooth_peak, "smoothed_rise": diff(smooth[smooth_peak], per[start]),
             "smoothed_fall": diff(smooth[smooth_peak], per[end]),
             "fit_rmse_step_kl": _fit_rmse(d_step, gain), "fit_rmse_mean_kl": _fit_rmse(d_mean, gain),
-            "curve": [{"step": t, "gold": mean(per[t]), "sqrt_kl_step": a, "sqrt_kl_mean": b}
-                      for t, a, b in zip(steps, d_step, d_mean)]}
+            "fit_rmse_eval_kl": _fit_rmse(d_eval, gain) if d_eval else None,
+            "curve": [{"step": t, "gold": mean(per[t]), "sqrt_kl_step": a, "sqrt_kl_mean": b,
+                       "sqrt_kl_eval": d_eval[i] if d_eval else None}
+                      for i, (t, a, b) in enumerate(zip(steps, d_step, d_mean))]}
 
 
 def _d(x: dict | None) -> str:
@@ -164,9 +169,10 @@ def _d(x: dict | None) -> str:
 
 def precision_table(out: dict) -> str:
     lines = ["| seed | start | peak (step) | end | rise ± 2se | fall ± 2se | rise at fixed step | smoothed peak "
-             "(step): rise, fall | Gao rmse (step KL / mean KL) vs gain/3 |", "|---|---|---|---|---|---|---|---|---|"]
+             "(step): rise, fall | Gao rmse (step KL / mean KL / eval KL) vs gain/3 |", "|---|---|---|---|---|---|---|---|---|"]
     for seed, f in out.items():
-        rmse = " / ".join("n/a" if x is None else f"{x:.3f}" for x in (f["fit_rmse_step_kl"], f["fit_rmse_mean_kl"]))
+        rmse = " / ".join("n/a" if x is None else f"{x:.3f}" for x in (f["fit_rmse_step_kl"], f["fit_rmse_mean_kl"],
+                                                                 f.get("fit_rmse_eval_kl")))
         lines.append(f"| {seed} | {f['start']:+.3f} | {f['peak']:+.3f} ({f['peak_step']}) | {f['end']:+.3f} | "
                      f"{_d(f['rise'])} | {_d(f['fall'])} | {_d(f['fixed_rise'])} | ({f['smoothed_peak_step']}) "
                      f"{_d(f['smoothed_rise'])}, {_d(f['smoothed_fall'])} | {rmse} vs {f['rise']['value'] / 3:.3f} |")

@@ -352,6 +352,16 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     # each response row has its own noise: 2 rows a batch instead of 4 draws the same responses, so a row's draw
     # does not hang on how long the batches before it ran (one shared generator would shift it)
     assert online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, rollout_batch=2)) == first
+    # eval/kl on the evaluation's samples: 0 against the policy itself (the sampler's log-probs are a forward
+    # pass's), above 0 against a reference with other weights; none without a reference
+    assert "eval/kl" not in first[0]
+    assert online.evaluate(policy, tok, source, world, prompts, cfg, ref=policy)[0]["eval/kl"] == pytest.approx(
+        0.0, abs=1e-5)
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    assert online.evaluate(policy, tok, source, world, prompts, cfg, ref=other)[0]["eval/kl"] > 0.1
     greedy = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_temperature=0.0,
                                                                                        eval_samples=1))
     assert greedy != first

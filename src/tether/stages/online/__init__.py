@@ -80,7 +80,8 @@ reference); entropy, approxkl, clipfrac (and its two ends, clipfrac/low: A < 0 a
 A > 0 and ρ > 1 + epsilon_high), policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's
 optimizer steps); explained_variance (old values vs returns, PPO); response_length, eos_rate, lr, kl_coef (the β
 used), gold (mean gold reward of the step's samples, with a world). Also nonfinite_skips (tether.guard), eval/... at
-evaluations and monitor/... metrics (tether.monitor.MONITOR_METRICS)."""
+evaluations (eval/kl: KL to π_ref on the held-out samples, when they are drawn at the rollouts' temperature) and
+monitor/... metrics (tether.monitor.MONITOR_METRICS)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
 def run_evaluation(s: Session, cfg: OnlineConfig, step: int, per_prompt_log: MetricsLog) -> dict:
     """The held-out evaluation at `step` (rank 0): its eval/... metrics; each prompt's mean gold goes to
     EVAL_GOLD_FILE, so that two evaluations' difference has a paired standard error."""
-    row, per_prompt = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout)
+    row, per_prompt = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout, s.ref)
     per_prompt_log.write({"step": step, "samples": cfg.eval_samples, "gold": per_prompt})
     return row
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tether.monitor.stats import mean, standard_error
-from tether.rollout import row_noise, sample, sample_seed
+from tether.rollout import logprobs_of, row_noise, sample, sample_seed
 from tether.stages.monitoring import gold_rewards
 from tether.stages.online.config import OnlineConfig
 
@@ -52,14 +52,18 @@ def prompt_means(values: list[float | None], k: int) -> list[float | None]:
 
 
 @torch.no_grad()
-def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None
+def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None, ref=None
              ) -> tuple[dict, list[float | None]]:
     """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
     score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
-    model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE)."""
+    model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE).
+    With the reference policy `ref`, sampling at the rollouts' temperature: eval/kl (and eval/kl_se), the k1
+    estimate of KL(π || π_ref) per response, Σ_t log π - log π_ref on these samples: Gao et al.'s d² measured on
+    a fixed set of many prompts, where the rollouts' kl/k1 comes from one step's 32 responses."""
     prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
-    responses, lengths, eos = [], [], []
+    measure_kl = ref is not None and cfg.eval_temperature > 0 and cfg.eval_temperature == cfg.temperature
+    responses, lengths, eos, kl = [], [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
         rows = range(i, min(i + cfg.batch_size, len(prompts)))
         # Common random numbers: row j's uniforms are the same at every evaluation (step -1: none of the rollouts'),
@@ -71,12 +75,18 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
         r = sample(policy, [encoded[j] for j in rows], max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id, noise=noise)
         responses += decode(fmt.tokenizer, r.response_ids)
+        if measure_kl:  # the sampler's log-probs are the policy's at this temperature
+            ref_logprobs = logprobs_of(ref, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
+                                       cfg.temperature)  # (B, R)
+            kl += ((r.logprobs - ref_logprobs) * r.response_mask).sum(dim=1).tolist()
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
     gold = gold_rewards(world, prompts, responses)
     out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold),
            **score_metrics(source, source(prompts, responses), "eval/"),
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    if measure_kl:
+        out |= {"eval/kl": mean(kl), "eval/kl_se": standard_error(kl)}
     if getattr(source, "last_std", None) is not None:  # an ensemble reward model: its members' disagreement here
         out["eval/ensemble_std"] = float(source.last_std.mean())
     per_prompt = prompt_means(gold, cfg.eval_samples)
