@@ -120,6 +120,7 @@ def test_old_layout_with_most_inputs_missing(tmp_path):
 def test_per_prompt_gold_gives_the_verdict_paired_bands(tmp_path):
     rows = [{"step": t, "eval/gold": g, "eval/score": p, "eval/response_length": 15.0, "kl/k1": 0.1 * t}
             for t, g, p in ((0, 0.5, 1.0), (3, 1.5, 2.0), (6, 1.0, 3.0))]
+    rows[2]["eval/kl"] = 0.25
     per = [{"step": 0, "samples": 4, "gold": [0.0, 1.0]}, {"step": 3, "samples": 4, "gold": [1.0, 2.0]},
            {"step": 6, "samples": 4, "gold": [0.0, 2.0]}]
     (tmp_path / "ppo").mkdir()
@@ -127,9 +128,23 @@ def test_per_prompt_gold_gives_the_verdict_paired_bands(tmp_path):
     (tmp_path / "ppo/eval_gold.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per) + '{"step": 9, "go')
     (opt,) = load_run(tmp_path).optimisers
     assert opt.per_prompt_gold == {0: [0.0, 1.0], 3: [1.0, 2.0], 6: [0.0, 2.0]}  # the half-written line skipped
+    # d = sqrt(KL): the step's rollouts' kl/k1 (0.3 at step 3), or eval/kl where the evaluation measured it (0.25)
+    assert [p.sqrt_kl for p in opt.curve] == pytest.approx([0.0, math.sqrt(0.3), 0.5])
     # rise d = 1 1: mean 1, se 0 (beyond noise); fall d = 1 0: mean 0.5, s² = 0.5, se 0.5 (within noise)
     assert ("rise +1.000 ± 0.000 (beyond noise), fall +0.500 ± 1.000 (within noise); ± 2 standard errors paired "
             "over 2 held-out prompts") in write_report(tmp_path).read_text()
+
+
+def test_demo_curve_reads_the_evaluations_kl_where_measured(tmp_path):
+    from tether.stages.demo import proxy_gold_curve
+
+    rows = [{"step": 0, "eval/gold": 0.5, "eval/score": 1.0, "eval/response_length": 9.0},
+            {"step": 3, "kl/k1": 0.36, "eval/gold": 0.6, "eval/score": 1.5, "eval/response_length": 9.0},
+            {"step": 6, "kl/k1": 0.81, "eval/kl": 0.49, "eval/gold": 0.4, "eval/score": 2.0,
+             "eval/response_length": 9.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # step 3: sqrt(0.36) of the rollouts; step 6: sqrt(0.49) of the evaluation's samples, not sqrt(0.81)
+    assert [p["sqrt_kl"] for p in proxy_gold_curve(tmp_path / "metrics.jsonl")] == pytest.approx([0.0, 0.6, 0.7])
 
 
 def test_empty_folder_still_renders(tmp_path):

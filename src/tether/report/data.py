@@ -161,14 +161,20 @@ def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def _eval_kl(row: dict, rollout_kl: dict) -> float:
+    """An evaluation's KL to the reference: eval/kl (its own samples, many prompts), else the step's rollouts'."""
+    measured = _num(row.get("eval/kl"))
+    return measured if measured is not None else rollout_kl.get(row["step"]) or 0.0
+
+
 def curve_of(rows: list[dict]) -> list[CurvePoint]:
-    """Held-out evaluations of an RL run (eval/score, eval/gold at KL kl/k1 of the same step, as
-    `tether.stages.demo.proxy_gold_curve`), or, for a run without them (DPO), the monitor's measurements
-    (monitor/proxy, monitor/heldout at monitor/kl)."""
+    """Held-out evaluations of an RL run (eval/score, eval/gold at the KL of the evaluation's own samples, eval/kl,
+    else at kl/k1 of the same step's rollouts, as `tether.stages.demo.proxy_gold_curve`), or, for a run without them
+    (DPO), the monitor's measurements (monitor/proxy, monitor/heldout at monitor/kl)."""
     evals = [r for r in rows if _num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None]
     if evals:
         kl = {r["step"]: _num(r.get("kl/k1")) for r in rows if "step" in r and _num(r.get("kl/k1")) is not None}
-        return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, kl.get(r["step"]) or 0.0)), _num(r.get("eval/score")),
+        return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, _eval_kl(r, kl))), _num(r.get("eval/score")),
                            _num(r.get("eval/gold")), _num(r.get("eval/response_length"))) for r in evals]
     monitored = [r for r in rows if _num(r.get("monitor/kl")) is not None
                  and (_num(r.get("monitor/proxy")) is not None or _num(r.get("monitor/heldout")) is not None)]
