@@ -12,7 +12,9 @@ against the world's gold reward, with gold and proxy evaluated on held-out promp
    The monitor runs on the reward-model runs (its alerts are recorded); gold is only evaluated there.
 2. Per run: the curve (step, sqrt of the rollouts' KL, held-out proxy score and gold), the gold peak (step,
    value), the gold at the end, the first monitor alert, the behaviour rates at the end (padding, flattery,
-   sycophancy, harmful compliance) against the start, and the Gao et al. RL-form fit of gold against sqrt(KL).
+   sycophancy, harmful compliance) against the start, and the Gao et al. RL-form fit of gold against sqrt(KL);
+   with eval_gold.jsonl (each held-out prompt's gold per evaluation), the rise to the peak and the fall from it with
+   2 standard errors paired by prompt (`tether.report.findings.paired_shape`).
 3. Written to benchmarks/results/online_curves.{json,md,png}.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 
 from tether.config import load_config
 from tether.monitor.gao import fit_gao
+from tether.report.data import per_prompt_gold
+from tether.report.findings import paired_shape
 from tether.stages import ppo
 from tether.stages.demo import proxy_gold_curve
 from tether.stages.failures import HELDOUT_ALERTS
@@ -68,7 +72,7 @@ def summarise(folder: Path) -> dict:
             "sqrt_kl": peak["sqrt_kl"]}, "end": {"step": end["step"], "gold": end["gold"], "proxy": end["proxy"],
             "sqrt_kl": end["sqrt_kl"]}, "gain": gain, "half_gain_lost_step": half, "first_alert": first_alert(folder),
             "first_gold_free_alert": first_alert(folder, gold_free=True),
-            "gao_fit_gold": fit}
+            "gao_fit_gold": fit, "paired": paired_shape(per_prompt_gold(folder / "eval_gold.jsonl"))}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -97,13 +101,21 @@ def _alert(a: dict | None) -> str:
     return f"{a['name']} @ {a['step']}" if a else "-"
 
 
+def _paired(p: dict | None) -> str:
+    """Rise and fall with 2 paired standard errors; "-" for runs without eval_gold.jsonl."""
+    if p is None:
+        return "-"
+    return f"{p['rise']:+.3f} ± {2 * p['rise_se']:.3f} / {p['drop']:+.3f} ± {2 * p['drop_se']:.3f}"
+
+
 def markdown(results: dict) -> str:
-    lines = ["| run | gold start | gold peak (step) | half gain lost at | gold end | proxy end | sqrt KL end | "
-             "first alert | first gold-free alert |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | gold start | gold peak (step) | half gain lost at | gold end | rise / fall ± 2 paired se | "
+             "proxy end | sqrt KL end | first alert | first gold-free alert |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         alert, free = r["first_alert"], r["first_gold_free_alert"]
         lines.append(f"| {name} | {r['start_gold']:+.3f} | {r['peak']['gold']:+.3f} ({r['peak']['step']}) | "
-                     f"{r['half_gain_lost_step']} | {r['end']['gold']:+.3f} | {r['end']['proxy']:+.3f} | "
+                     f"{r['half_gain_lost_step']} | {r['end']['gold']:+.3f} | {_paired(r.get('paired'))} | "
+                     f"{r['end']['proxy']:+.3f} | "
                      f"{r['end']['sqrt_kl']:.2f} | {_alert(alert)} | {_alert(free)} |")
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,25 @@ Reads the runs of `benchmarks/sycophancy_seeds.py` (or any demo folders), prints
   last, the peak's margin over each against 2 standard errors of the difference (sqrt(se_a² + se_b²): separate
   samples), and the rmse of the Gao RL fit d(α - β log d) against the gain.
 Written to <root>/overoptimisation-<bon>.json as well.
+
+With --train-ppo (issue 20's PPO acceptance), the demo's PPO per seed with a larger held-out evaluation than the
+demo can afford, then its figures:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overoptimisation_seeds.py --train-ppo --root runs/ppoprec \
+        --seeds 0,1,2 --eval-prompts 264 --eval-samples 4 --eval-every 5 [--fixed-step 15]
+
+- Per seed the demo's stages (world to reward model, `tether demo`'s settings and building blocks, skipped when on
+  disk), then its PPO with eval_prompts/eval_samples/eval_every replaced (temperature 1, the demo's; the evaluation
+  has its own generator, so the trajectory is the demo's: compare kl/k1 step by step).
+- Rise and fall are paired by prompt (eval_gold.jsonl: each prompt's mean gold, the same draw every evaluation), so
+  their standard errors are those of the differences (`paired_difference`), not sqrt(se_a² + se_b²).
+- The peak, the max of noisy evaluations, is biased upward (the max of 13 noisy means exceeds the true peak's mean
+  even with a flat curve); so also the rise at a step fixed beforehand (`--fixed-step`: where the demo's seed-0
+  PPO, evaluated on its 60 prompts, peaked) and the peak of a 3-evaluation moving average (paired as well).
+- The Gao RL fit's rmse against the gain, with d = sqrt of the rollouts' KL at the evaluation's step, of its mean
+  over the steps since the previous evaluation (one step's KL over 32 rollouts is noisy), and of eval/kl (the KL
+  on the evaluation's own samples).
+Written to <root>/ppo-precision.json.
 """
 from __future__ import annotations
 
@@ -17,12 +36,18 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from ensemble_seeds import shared_stages
 
 from tether.monitor.gao import fit_gao
-from tether.report.findings import bon_fit, bon_shape
+from tether.monitor.stats import mean, paired_difference
+from tether.stages import label as label_stage
+from tether.stages import ppo, rm
+from tether.stages.online import EVAL_GOLD_FILE
+from tether.report.findings import bon_fit, bon_shape, paired_shape
 from tether.stages.bon import bon_curve
 
 Z = 2.0
@@ -68,6 +93,102 @@ def ppo_figures(path: Path) -> dict:
             "fit_under_third": bool(fit and rise > 0 and fit.rmse < rise / 3)}
 
 
+def train_ppo(seed: int, root: Path, args) -> Path:
+    """The demo's stages of one seed up to the reward model (skipped when on disk), then the demo's PPO with the
+    larger evaluation of `args`; returns its folder."""
+    stages = shared_stages(seed, root, None)
+    base = root / f"seed{seed}"
+    if not (base / "label/comparisons.jsonl").exists():
+        print(f"== seed {seed}: label", flush=True)
+        label_stage.run(stages["label"])
+    if not (base / "rm/model/reward_config.json").exists():
+        print(f"== seed {seed}: rm", flush=True)
+        rm.run(stages["rm"])
+    folder = base / f"ppo-eval{args.eval_prompts}x{args.eval_samples}-every{args.eval_every}"
+    if not (folder / "model/model.safetensors").exists():
+        print(f"== seed {seed}: ppo -> {folder}", flush=True)
+        ppo.run(replace(stages["ppo"], eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
+                        eval_every=args.eval_every, out=str(folder), resume=True))
+    return folder
+
+
+def _smoothed(per: dict[int, list], steps: list[int], i: int) -> list:
+    """Each prompt's mean gold over evaluations i - 1, i, i + 1 (those that exist)."""
+    window = [per[steps[j]] for j in range(max(0, i - 1), min(len(steps), i + 2))]
+    return [mean(xs) for xs in zip(*window)]
+
+
+def _fit_rmse(d: list[float], gain: list[float]) -> float | None:
+    try:
+        return fit_gao(d, gain, "rl").rmse
+    except ValueError:
+        return None
+
+
+def paired_figures(folder: Path, fixed_step: int) -> dict:
+    """Gold start, peak, end, rise and fall with paired standard errors (eval_gold.jsonl, `paired_shape`), the rise
+    at `fixed_step` and at the peak of the 3-evaluation moving average, and the Gao fit's rmse with d from the
+    step's KL and from the KL averaged since the previous evaluation."""
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x]
+    per = {r["step"]: r["gold"] for r in map(json.loads, (folder / EVAL_GOLD_FILE).read_text().splitlines())}
+    shape, steps = paired_shape(per, Z), sorted(per)
+    start, end = steps[0], steps[-1]
+    kl = {r["step"]: r["kl/k1"] for r in rows if r.get("kl/k1") is not None}
+    se = {r["step"]: r["eval/gold_se"] for r in rows if r.get("eval/gold_se") is not None}
+
+    def diff(a: list, b: list) -> dict:
+        d, d_se = paired_difference(a, b)
+        return {"value": d, "se": d_se, "beyond_2se": d > Z * d_se}
+
+    smooth = {t: _smoothed(per, steps, i) for i, t in enumerate(steps)}
+    smooth_peak = max(steps[1:], key=lambda t: mean(smooth[t]))
+    d_step = [max(0.0, kl.get(t, 0.0)) ** 0.5 for t in steps]
+    d_mean = [0.0] + [max(0.0, mean([kl.get(u) for u in range(a + 1, b + 1)]) or 0.0) ** 0.5
+                      for a, b in zip(steps, steps[1:])]
+    eval_kl = {r["step"]: r["eval/kl"] for r in rows if r.get("eval/kl") is not None}
+    d_eval = [max(0.0, eval_kl[t]) ** 0.5 for t in steps] if all(t in eval_kl for t in steps) else None
+    gain = [mean(per[t]) - shape["start"] for t in steps]
+    return {"prompts": shape["prompts"], "evals": len(steps), "start": shape["start"], "peak_step": shape["peak_step"],
+            "peak": shape["peak"], "end_step": end, "end": shape["end"],
+            "rise": {"value": shape["rise"], "se": shape["rise_se"], "beyond_2se": shape["rose"]},
+            "fall": {"value": shape["drop"], "se": shape["drop_se"], "beyond_2se": shape["fell"]},
+            "rise_unpaired_se": math.hypot(se[shape["peak_step"]], se[start]),
+            "fixed_step": fixed_step, "fixed_rise": diff(per[fixed_step], per[start]) if fixed_step in per else None,
+            "smoothed_peak_step": smooth_peak, "smoothed_rise": diff(smooth[smooth_peak], per[start]),
+            "smoothed_fall": diff(smooth[smooth_peak], per[end]),
+            "fit_rmse_step_kl": _fit_rmse(d_step, gain), "fit_rmse_mean_kl": _fit_rmse(d_mean, gain),
+            "fit_rmse_eval_kl": _fit_rmse(d_eval, gain) if d_eval else None,
+            "curve": [{"step": t, "gold": mean(per[t]), "sqrt_kl_step": a, "sqrt_kl_mean": b,
+                       "sqrt_kl_eval": d_eval[i] if d_eval else None}
+                      for i, (t, a, b) in enumerate(zip(steps, d_step, d_mean))]}
+
+
+def _d(x: dict | None) -> str:
+    return "n/a" if x is None else f"{x['value']:+.3f} ± {Z * x['se']:.3f}{' yes' if x['beyond_2se'] else ' no'}"
+
+
+def precision_table(out: dict) -> str:
+    lines = ["| seed | start | peak (step) | end | rise ± 2se | fall ± 2se | rise at fixed step | smoothed peak "
+             "(step): rise, fall | Gao rmse (step KL / mean KL / eval KL) vs gain/3 |", "|---|---|---|---|---|---|---|---|---|"]
+    for seed, f in out.items():
+        rmse = " / ".join("n/a" if x is None else f"{x:.3f}" for x in (f["fit_rmse_step_kl"], f["fit_rmse_mean_kl"],
+                                                                 f.get("fit_rmse_eval_kl")))
+        lines.append(f"| {seed} | {f['start']:+.3f} | {f['peak']:+.3f} ({f['peak_step']}) | {f['end']:+.3f} | "
+                     f"{_d(f['rise'])} | {_d(f['fall'])} | {_d(f['fixed_rise'])} | ({f['smoothed_peak_step']}) "
+                     f"{_d(f['smoothed_rise'])}, {_d(f['smoothed_fall'])} | {rmse} vs {f['rise']['value'] / 3:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def precision_main(args) -> int:
+    root, out = Path(args.root), {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        out[f"s{seed}"] = paired_figures(train_ppo(seed, root, args), args.fixed_step)
+        (root / "ppo-precision.json").write_text(json.dumps({"args": vars(args), "seeds": out}, indent=1))
+        print(precision_table({f"s{seed}": out[f"s{seed}"]}), flush=True)
+    print(precision_table(out))
+    return 0
+
+
 def _line(name: str, f: dict, level: str, first: str, last: str) -> str:
     rmse = "n/a" if f["fit_rmse"] is None else f"{f['fit_rmse']:.3f}"
     return (f"  {name}: gold {f[first]:+.3f} -> peak {f['peak']:+.3f} ({level}) -> {f[last]:+.3f}; rise "
@@ -82,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tags", default="before,after")
     p.add_argument("--bon", default="bon", help="the best-of-n folder in each run (e.g. bon64: `tether bon n=64`)")
+    p.add_argument("--train-ppo", action="store_true", help="run the demo's PPO per seed with a larger evaluation")
+    p.add_argument("--eval-prompts", type=int, default=264, help="held-out prompts per evaluation (the world has 264)")
+    p.add_argument("--eval-samples", type=int, default=4, help="responses per prompt, temperature 1 (the demo: 4)")
+    p.add_argument("--eval-every", type=int, default=5, help="steps between evaluations (the demo: 3)")
+    p.add_argument("--fixed-step", type=int, default=15, help="the rise reported at this step as well (pre-registered)")
     args = p.parse_args(argv)
+    if args.train_ppo:
+        return precision_main(args)
     root, out = Path(args.root), {}
     for tag in args.tags.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -29,7 +29,7 @@ from tether.monitor import (
     text,
 )
 from tether.monitor.detectors import noise
-from tether.monitor.stats import standard_error
+from tether.monitor.stats import paired_difference, standard_error
 from tether.world import styles
 
 PLAIN = "The capital of Veldor is Osk."
@@ -315,6 +315,19 @@ def test_standard_error_hand_worked():
     # 1, 2, 3, None: mean 2, s² = (1 + 0 + 1) / 2 = 1, SE = 1 / sqrt(3)
     assert standard_error([1.0, 2.0, 3.0, None]) == pytest.approx(1 / math.sqrt(3))
     assert standard_error([5.0]) == 0.0 and standard_error([None]) is None
+
+
+def test_paired_difference_hand_worked():
+    # a = 1 2 3 4, b = 0 1 2 4: d = 1 1 1 0, mean 0.75; deviations .25 .25 .25 -.75, s² = (3 x .0625 + .5625) / 3
+    # = 0.25, SE = 0.5 / sqrt(4) = 0.25. Unpaired: var(a) = 5/3, var(b) = 8.75/3, sqrt(5/12 + 8.75/12) = 1.070
+    assert paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 4.0]) == pytest.approx((0.75, 0.25))
+    assert math.hypot(standard_error([1.0, 2.0, 3.0, 4.0]), standard_error([0.0, 1.0, 2.0, 4.0])) == pytest.approx(
+        math.sqrt(13.75 / 12))
+    # a pair with a None drops out: d = 2 - 1, 5 - 3 = 1, 2: mean 1.5, s² = 0.5, SE = sqrt(0.5 / 2) = 0.5
+    assert paired_difference([2.0, None, 5.0], [1.0, 7.0, 3.0]) == pytest.approx((1.5, 0.5))
+    assert paired_difference([None], [1.0]) is None and paired_difference([1.0], [3.0]) == (-2.0, 0.0)
+    with pytest.raises(ValueError, match="3 values against 2"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
 def test_heldout_drop_reads_the_evaluations_when_the_stage_records_them():

@@ -105,6 +105,11 @@ def test_each_algorithm_trains_and_logs_every_fixed_metric(algorithm, reward, tm
     if reward == "gold":  # gold trains: the score is the gold reward of the same samples
         assert [r["score"] for r in steps] == pytest.approx([r["gold"] for r in steps])
         assert rows[0]["step"] == 0 and "eval/gold" in rows[0] and "eval/gold" in rows[-1]
+        # each evaluation's per-prompt gold (eval_samples 1: the responses' own), whose mean is eval/gold
+        per_prompt = read_jsonl(tmp_path / online.EVAL_GOLD_FILE)
+        assert [(r["step"], r["samples"], len(r["gold"])) for r in per_prompt] == [(0, 1, 5), (2, 1, 5)]
+        for r, row in zip(per_prompt, (rows[0], rows[-1])):
+            assert sum(r["gold"]) / 5 == pytest.approx(row["eval/gold"], abs=1e-12)
     assert weights_changed(model_dir, tmp_path) and (final / "config.json").exists()
     assert (tmp_path / online.VALUE_FILE).exists() == (algorithm == "ppo")
     samples = read_jsonl(tmp_path / "samples.jsonl")
@@ -214,7 +219,8 @@ def test_micro_batches_give_the_same_update(algorithm, world_dir, model_dir, tok
 
 # -- resume -----------------------------------------------------------------------------------------------------
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, world_dir, model_dir, monkeypatch):
-    kw = dict(max_steps=3, save_every=1, kl_controller="adaptive", kl_target=0.01, kl_horizon=8)
+    kw = dict(max_steps=3, save_every=1, kl_controller="adaptive", kl_target=0.01, kl_horizon=8, eval_every=1,
+              eval_prompts=2)
     run(make_cfg("ppo", tmp_path / "a", world_dir, model_dir, **kw))
 
     real_save = online.save_checkpoint
@@ -234,9 +240,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, world_dir, model_dir,
         return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_jsonl(folder / name)]
 
     a, b = lines(tmp_path / "a", "metrics.jsonl"), lines(tmp_path / "b", "metrics.jsonl")
-    assert a == b and [r["step"] for r in b] == [1, 2, 3]
-    assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved β every step
+    assert a == b and [r["step"] for r in b] == [0, 1, 2, 3]  # 0: the baseline evaluation
+    assert len({r["kl_coef"] for r in a if r["step"]}) == 3  # the adaptive controller moved β every step
     assert lines(tmp_path / "a", "samples.jsonl") == lines(tmp_path / "b", "samples.jsonl")
+    # the per-prompt evaluations past the checkpoint are dropped and rewritten, as metrics.jsonl's are
+    per_prompt = lines(tmp_path / "b", online.EVAL_GOLD_FILE)
+    assert per_prompt == lines(tmp_path / "a", online.EVAL_GOLD_FILE) and [r["step"] for r in per_prompt] == [0, 1, 2, 3]
     wa, wb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -312,6 +321,14 @@ def test_reward_sources():
         make_reward_source("callable", reward_fn=lambda p, r: [1.0])(["a", "b"], ["c", "d"])
 
 
+def test_prompt_means_average_each_prompts_samples():
+    from tether.stages.online.evaluation import prompt_means
+
+    # k = 2: (1 + 3) / 2 = 2; (None, 2): the one known value, 2; (None, None): no value
+    assert prompt_means([1.0, 3.0, None, 2.0, None, None], 2) == [2.0, 2.0, None]
+    assert prompt_means([0.5, -1.0], 1) == [0.5, -1.0]
+
+
 # -- evaluation at temperature: common random numbers, training RNG untouched ------------------------------
 def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(tmp_path, world_dir, model_dir):
     from tether.chat import chat_format
@@ -330,6 +347,21 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     second = online.evaluate(policy, tok, source, world, prompts, cfg)
     assert first == second  # the same draw at every evaluation: steps differ by the policy only
     assert torch.equal(torch.rand(1), after_first)  # the global RNG stream did not move
+    metrics, per_prompt = first  # one mean over the 3 samples of each of the 4 prompts, averaging to eval/gold
+    assert len(per_prompt) == 4 and sum(per_prompt) / 4 == pytest.approx(metrics["eval/gold"], abs=1e-12)
+    # each response row has its own noise: 2 rows a batch instead of 4 draws the same responses, so a row's draw
+    # does not hang on how long the batches before it ran (one shared generator would shift it)
+    assert online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, rollout_batch=2)) == first
+    # eval/kl on the evaluation's samples: 0 against the policy itself (the sampler's log-probs are a forward
+    # pass's), above 0 against a reference with other weights; none without a reference
+    assert "eval/kl" not in first[0]
+    assert online.evaluate(policy, tok, source, world, prompts, cfg, ref=policy)[0]["eval/kl"] == pytest.approx(
+        0.0, abs=1e-5)
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    assert online.evaluate(policy, tok, source, world, prompts, cfg, ref=other)[0]["eval/kl"] > 0.1
     greedy = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_temperature=0.0,
                                                                                        eval_samples=1))
     assert greedy != first

@@ -117,6 +117,36 @@ def test_old_layout_with_most_inputs_missing(tmp_path):
     assert "PPO: too few held-out evaluations to judge" in html
 
 
+def test_per_prompt_gold_gives_the_verdict_paired_bands(tmp_path):
+    rows = [{"step": t, "eval/gold": g, "eval/score": p, "eval/response_length": 15.0, "kl/k1": 0.1 * t}
+            for t, g, p in ((0, 0.5, 1.0), (3, 1.5, 2.0), (6, 1.0, 3.0))]
+    rows[2]["eval/kl"] = 0.25
+    per = [{"step": 0, "samples": 4, "gold": [0.0, 1.0]}, {"step": 3, "samples": 4, "gold": [1.0, 2.0]},
+           {"step": 6, "samples": 4, "gold": [0.0, 2.0]}]
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ppo/eval_gold.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per) + '{"step": 9, "go')
+    (opt,) = load_run(tmp_path).optimisers
+    assert opt.per_prompt_gold == {0: [0.0, 1.0], 3: [1.0, 2.0], 6: [0.0, 2.0]}  # the half-written line skipped
+    # d = sqrt(KL): the step's rollouts' kl/k1 (0.3 at step 3), or eval/kl where the evaluation measured it (0.25)
+    assert [p.sqrt_kl for p in opt.curve] == pytest.approx([0.0, math.sqrt(0.3), 0.5])
+    # rise d = 1 1: mean 1, se 0 (beyond noise); fall d = 1 0: mean 0.5, s² = 0.5, se 0.5 (within noise)
+    assert ("rise +1.000 ± 0.000 (beyond noise), fall +0.500 ± 1.000 (within noise); ± 2 standard errors paired "
+            "over 2 held-out prompts") in write_report(tmp_path).read_text()
+
+
+def test_demo_curve_reads_the_evaluations_kl_where_measured(tmp_path):
+    from tether.stages.demo import proxy_gold_curve
+
+    rows = [{"step": 0, "eval/gold": 0.5, "eval/score": 1.0, "eval/response_length": 9.0},
+            {"step": 3, "kl/k1": 0.36, "eval/gold": 0.6, "eval/score": 1.5, "eval/response_length": 9.0},
+            {"step": 6, "kl/k1": 0.81, "eval/kl": 0.49, "eval/gold": 0.4, "eval/score": 2.0,
+             "eval/response_length": 9.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # step 3: sqrt(0.36) of the rollouts; step 6: sqrt(0.49) of the evaluation's samples, not sqrt(0.81)
+    assert [p["sqrt_kl"] for p in proxy_gold_curve(tmp_path / "metrics.jsonl")] == pytest.approx([0.0, 0.6, 0.7])
+
+
 def test_empty_folder_still_renders(tmp_path):
     (tmp_path / "summary.json").write_text("{ half written")
     html = write_report(tmp_path, tmp_path / "out/r.html").read_text()
@@ -160,6 +190,25 @@ def test_verdicts_on_hand_built_curves():
     assert findings.verdict(_opt([0.5, 0.48, 0.47], [0, 1, 2])).status == "ok"  # a fall of 0.03 is noise
     # 0.92 -> peak 0.95 -> 0.89: 0.06 is 2x the gain but under MIN_DROP (0.15), a mean's noise over 60 prompts
     assert findings.verdict(_opt([0.92, 0.95, 0.89], [0, 1, 2])).status == "ok"
+
+
+def test_paired_shape_reads_rise_and_fall_against_paired_noise():
+    # levels: step 0 (0+1+2+4)/4 = 1.75, step 3 10/4 = 2.5 (peak), step 6 8/4 = 2.0
+    per = {0: [0.0, 1.0, 2.0, 4.0], 3: [1.0, 2.0, 3.0, 4.0], 6: [-1.0, 2.0, 3.0, 4.0]}
+    shape = findings.paired_shape(per)
+    # rise: d = 1 1 1 0, mean 0.75, s² = 0.25, se 0.25: 0.75 > 2 x 0.25. Unpaired it would not count:
+    # sqrt(8.75/12 + 5/12) = 1.07, 2 se = 2.14 > 0.75
+    assert shape["peak_step"] == 3 and shape["rise"] == pytest.approx(0.75) and shape["rise_se"] == pytest.approx(0.25)
+    assert shape["rose"] and shape["prompts"] == 4 and shape["start"] == 1.75 and shape["end"] == 2.0
+    # fall: d = 2 0 0 0, mean 0.5, deviations 1.5 -.5 -.5 -.5, s² = 3 / 3 = 1, se 0.5: 0.5 < 2 x 0.5
+    assert shape["drop"] == pytest.approx(0.5) and shape["drop_se"] == pytest.approx(0.5) and not shape["fell"]
+    assert findings.paired_shape({0: [1.0]}) is None  # one evaluation
+    assert findings.paired_shape({0: [1.0, 2.0], 3: [1.0]}) is None  # different prompt sets
+    opt = _opt([1.75, 2.5, 2.0], [0, 1, 2])
+    opt.per_prompt_gold = per
+    assert ("gold start +1.750, peak +2.500 at step 3, end +2.000: rise +0.750 ± 0.500 (beyond noise), fall +0.500 "
+            "± 1.000 (within noise); ± 2 standard errors paired over 4 held-out prompts") in " ".join(
+        findings.verdict(opt).details)
 
 
 def test_best_and_worst_samples_prefer_late_steps_and_rewarded_failures():

@@ -24,6 +24,18 @@ def standard_error(xs: Sequence[float | None]) -> float | None:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
 
 
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[float, float] | None:
+    """Mean of the paired differences d_i = a_i - b_i and its standard error s_d / sqrt(n) (s_d: the differences'
+    sample standard deviation, n - 1 in its denominator), over the pairs where neither is None; None for no pair.
+
+    Two evaluations of the same prompts (the same draw: common random numbers) share each prompt's difficulty, so
+    Var(d) = Var(a) + Var(b) - 2 Cov(a, b) is below the unpaired sqrt(se_a² + se_b²)² whenever they correlate."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} values against {len(b)}")
+    d = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    return (sum(d) / len(d), standard_error(d)) if d else None
+
+
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Least-squares slope of y on x, Σ (x - x̄)(y - ȳ) / Σ (x - x̄)²; None with fewer than 2 distinct x."""
     if len(xs) < 2:

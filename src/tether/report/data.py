@@ -8,7 +8,7 @@ Layout read (each relative to the run folder, and again under `round*/` for late
 - summary.json: timings_s, base_temperature_1 / sft_greedy behaviour, reward_model (written by `tether demo`)
 - eval/<policy>_summary.json: per-category behaviour of a policy, judged by gold (`tether.stages.evaluate`)
 - label/agreement.json, rm/eval.json, collect/report.json, pretrain|sft/metrics.jsonl
-- ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml
+- ppo|grpo|rloo|dpo/: metrics.jsonl, samples.jsonl, alerts.jsonl, best/best.json, config.yaml, eval_gold.jsonl
 - redteam*/**/summary.json (+ results.jsonl, found.jsonl beside it) from `tether redteam`
 - bon/bon.json: the best-of-n curve over n (`tether bon`)
 """
@@ -66,6 +66,9 @@ class Optimiser:
     """best/best.json: the checkpoint kept by the held-out signal (step, value, signal)."""
     config: dict = field(default_factory=dict)
     """config.yaml of the stage."""
+    per_prompt_gold: dict[int, list] = field(default_factory=dict)
+    """eval_gold.jsonl: step -> each held-out prompt's mean gold at that evaluation (same prompts every time), for
+    standard errors of differences paired by prompt; {} for runs older than the file."""
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """(step, value) of every row where metric `name` is a finite number."""
@@ -158,14 +161,20 @@ def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def _eval_kl(row: dict, rollout_kl: dict) -> float:
+    """An evaluation's KL to the reference: eval/kl (its own samples, many prompts), else the step's rollouts'."""
+    measured = _num(row.get("eval/kl"))
+    return measured if measured is not None else rollout_kl.get(row["step"]) or 0.0
+
+
 def curve_of(rows: list[dict]) -> list[CurvePoint]:
-    """Held-out evaluations of an RL run (eval/score, eval/gold at KL kl/k1 of the same step, as
-    `tether.stages.demo.proxy_gold_curve`), or, for a run without them (DPO), the monitor's measurements
-    (monitor/proxy, monitor/heldout at monitor/kl)."""
+    """Held-out evaluations of an RL run (eval/score, eval/gold at the KL of the evaluation's own samples, eval/kl,
+    else at kl/k1 of the same step's rollouts, as `tether.stages.demo.proxy_gold_curve`), or, for a run without them
+    (DPO), the monitor's measurements (monitor/proxy, monitor/heldout at monitor/kl)."""
     evals = [r for r in rows if _num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None]
     if evals:
         kl = {r["step"]: _num(r.get("kl/k1")) for r in rows if "step" in r and _num(r.get("kl/k1")) is not None}
-        return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, kl.get(r["step"]) or 0.0)), _num(r.get("eval/score")),
+        return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, _eval_kl(r, kl))), _num(r.get("eval/score")),
                            _num(r.get("eval/gold")), _num(r.get("eval/response_length"))) for r in evals]
     monitored = [r for r in rows if _num(r.get("monitor/kl")) is not None
                  and (_num(r.get("monitor/proxy")) is not None or _num(r.get("monitor/heldout")) is not None)]
@@ -195,7 +204,13 @@ def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
     return Optimiser(label=folder.relative_to(root).as_posix(), kind=folder.name, metrics=rows, curve=curve_of(rows),
                      gold_label=_gold_label(rows, config), curve_source="eval" if evals else "monitor", alerts=read_jsonl(folder / "alerts.jsonl"),
                      samples=read_jsonl(folder / "samples.jsonl"), best=read_json(folder / "best/best.json"),
-                     config=config)
+                     config=config, per_prompt_gold=per_prompt_gold(folder / "eval_gold.jsonl"))
+
+
+def per_prompt_gold(path: Path) -> dict[int, list]:
+    """eval_gold.jsonl (tether.stages.online.evaluation.EVAL_GOLD_FILE): step -> per-prompt gold, numbers or None."""
+    return {r["step"]: [_num(x) for x in r["gold"]] for r in read_jsonl(path)
+            if isinstance(r.get("step"), int) and isinstance(r.get("gold"), list)}
 
 
 def read_redteams(root: Path, base: Path) -> list[Redteam]:

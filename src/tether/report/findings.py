@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from tether.monitor.gao import GaoFit, fit_gao
+from tether.monitor.stats import mean, paired_difference
 from tether.report.data import RATES, CurvePoint, Optimiser
 
 MIN_FIT_POINTS = 4
@@ -86,6 +87,36 @@ def bon_shape(curve: list[dict], z: float = 2.0) -> dict | None:
             "rose": rise > noise("gain_se", first), "fell": drop > noise("drop_se", last)}
 
 
+def paired_shape(per_prompt: dict[int, list], z: float = 2.0) -> dict | None:
+    """Gold's rise from the first evaluation to its peak and fall from the peak to the last, each against z standard
+    errors of the difference paired by prompt (`paired_difference` over eval_gold.jsonl: step -> each held-out
+    prompt's mean gold, the same prompts and draw every evaluation): the prompts' own spread, common to both
+    evaluations, leaves the difference's noise, which sqrt(se_a² + se_b²) keeps. The peak is the best of noisy means, so its rise is biased upward. None with
+    fewer than two evaluations or prompt lists of different lengths (evaluations of different settings)."""
+    steps = sorted(per_prompt)
+    if len(steps) < 2 or len({len(per_prompt[t]) for t in steps}) != 1:
+        return None
+    level = {t: mean(per_prompt[t]) for t in steps}
+    if any(v is None for v in level.values()):
+        return None
+    first, last = steps[0], steps[-1]
+    peak = max(steps, key=lambda t: level[t])
+    (rise, rise_se), (drop, drop_se) = (paired_difference(per_prompt[peak], per_prompt[t]) for t in (first, last))
+    return {"prompts": len(per_prompt[first]), "start_step": first, "start": level[first], "peak_step": peak,
+            "peak": level[peak], "end_step": last, "end": level[last], "rise": rise, "rise_se": rise_se, "drop": drop,
+            "drop_se": drop_se, "rose": rise > z * rise_se, "fell": drop > z * drop_se}
+
+
+def paired_text(p: dict, z: float = 2.0) -> str:
+    """One line of `paired_shape`: the rise and the fall, each with its z paired standard errors."""
+    def part(name: str, x: float, se: float, beyond: bool) -> str:
+        return f"{name} {x:+.3f} ± {z * se:.3f} ({'beyond' if beyond else 'within'} noise)"
+    return (f"gold start {p['start']:+.3f}, peak {p['peak']:+.3f} at step {p['peak_step']}, end {p['end']:+.3f}: "
+            f"{part('rise', p['rise'], p['rise_se'], p['rose'])}, {part('fall', p['drop'], p['drop_se'], p['fell'])}; "
+            f"± {z:g} standard errors paired over {p['prompts']} held-out prompts (the peak, the best of noisy "
+            f"evaluations, reads high)")
+
+
 def half_gain_step(curve: list[CurvePoint]) -> int | None:
     """The first evaluation after the held-out peak where half of the gain (peak - start) is gone; None if never."""
     pts = [p for p in curve if p.gold is not None]
@@ -123,6 +154,9 @@ def verdict(opt: Optimiser) -> Verdict:
     details = [(f"{g} {_fmt(start.gold)} at step {start.step}, peak {_fmt(peak.gold)} at step {peak.step}, "
                 f"final {_fmt(end.gold)} at step {end.step}"),
                f"proxy {_fmt(start.proxy)} → {_fmt(end.proxy)}; √KL {end.sqrt_kl:.2f} at the end"]
+    paired = paired_shape(opt.per_prompt_gold) if g == "gold" else None
+    if paired is not None:
+        details.append(paired_text(paired))
     half = half_gain_step(opt.curve)
     if first_alert and gain > 0:
         when = ("before" if half is None or first_alert.get("step", math.inf) < half else "after")

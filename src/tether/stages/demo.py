@@ -262,9 +262,11 @@ def _preference_phase(cfg: DemoConfig, stages: dict, timed: StageTimer) -> dict:
 
 
 def proxy_gold_curve(metrics_path: Path) -> list[dict]:
-    """The held-out evaluations of an RL run: step, sqrt(KL), proxy score and gold (Gao et al. 2022 plot)."""
+    """The held-out evaluations of an RL run: step, sqrt(KL), proxy score and gold (Gao et al. 2022 plot); the KL of
+    the evaluation's own samples (eval/kl) where the run measured it, else the step's rollouts' (kl/k1)."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     kl = {r["step"]: r.get("kl/k1") for r in rows if r.get("kl/k1") is not None}
+    kl |= {r["step"]: r["eval/kl"] for r in rows if r.get("eval/kl") is not None}
     return [{"step": r["step"], "sqrt_kl": max(0.0, kl.get(r["step"], 0.0)) ** 0.5, "proxy": r["eval/score"],
              "gold": r["eval/gold"], "length": r["eval/response_length"]}
             for r in rows if r.get("eval/gold") is not None]

@@ -45,6 +45,7 @@ from tether.stages.monitoring import (
 )
 from tether.stages.online.config import ROLLOUT_CACHES, OnlineConfig
 from tether.stages.online.evaluation import (
+    EVAL_GOLD_FILE,
     decode,
     encode_prompts,
     eval_prompt_texts,
@@ -64,7 +65,7 @@ from tether.stages.online.algorithms import (
 from tether.training import MetricsLog, due, resume_training
 from tether.value import VALUE_MODELS
 
-__all__ = ["ALGORITHMS", "FIXED_METRICS", "OnlineConfig", "train_online"]
+__all__ = ["ALGORITHMS", "EVAL_GOLD_FILE", "FIXED_METRICS", "OnlineConfig", "train_online"]
 VALUE_FILE = "value_model.safetensors"
 FIXED_METRICS = (
     "step", "score", "score_normalised", "non_score_reward", "rlhf_reward", "kl/k1", "kl/k3", "entropy",
@@ -79,7 +80,8 @@ reference); entropy, approxkl, clipfrac (and its two ends, clipfrac/low: A < 0 a
 A > 0 and ρ > 1 + epsilon_high), policy_loss, value_loss, vf_clipfrac, loss, grad_norm (means over the step's
 optimizer steps); explained_variance (old values vs returns, PPO); response_length, eos_rate, lr, kl_coef (the β
 used), gold (mean gold reward of the step's samples, with a world). Also nonfinite_skips (tether.guard), eval/... at
-evaluations and monitor/... metrics (tether.monitor.MONITOR_METRICS)."""
+evaluations (eval/kl: KL to π_ref on the held-out samples, when they are drawn at the rollouts' temperature) and
+monitor/... metrics (tether.monitor.MONITOR_METRICS)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,9 +307,17 @@ def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
     return s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" else None
 
 
-def baseline_evaluation(s: Session, cfg: OnlineConfig) -> dict:
+def run_evaluation(s: Session, cfg: OnlineConfig, step: int, per_prompt_log: MetricsLog) -> dict:
+    """The held-out evaluation at `step` (rank 0): its eval/... metrics; each prompt's mean gold goes to
+    EVAL_GOLD_FILE, so that two evaluations' difference has a paired standard error."""
+    row, per_prompt = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout, s.ref)
+    per_prompt_log.write({"step": step, "samples": cfg.eval_samples, "gold": per_prompt})
+    return row
+
+
+def baseline_evaluation(s: Session, cfg: OnlineConfig, per_prompt_log: MetricsLog) -> dict:
     """Step 0: the initial policy on the held-out prompts; with a monitor, the first candidate for out/best."""
-    row = {"step": 0, **evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout)}
+    row = {"step": 0, **run_evaluation(s, cfg, 0, per_prompt_log)}
     if s.monitor is not None:
         s.monitor.offer_best(0, record_evaluation(s, cfg, 0, row), saver(s))
     return row
@@ -363,8 +373,9 @@ def train_online(cfg: OnlineConfig) -> Path:
     s = setup(cfg)
     metrics = MetricsLog(run_dir / "metrics.jsonl", s.start, cfg)  # also to cfg.report_to's trackers
     samples = MetricsLog(run_dir / "samples.jsonl", s.start)
+    per_prompt = MetricsLog(run_dir / EVAL_GOLD_FILE, s.start)
     if main and s.evaluating and s.start == 0:  # the baseline: the initial policy, the first candidate for out/best
-        metrics.write(baseline_evaluation(s, cfg))
+        metrics.write(baseline_evaluation(s, cfg, per_prompt))
     guard = NonFiniteGuard.from_config(cfg, s.start, cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size))
     with progress_bar(cfg.algorithm, total=cfg.max_steps, completed=s.start) as bar:
         for step in range(s.start, cfg.max_steps):
@@ -398,7 +409,7 @@ def train_online(cfg: OnlineConfig) -> Path:
             row["samples_per_s"] = cfg.batch_size / (time.perf_counter() - started)  # training only, not eval
             last = step + 1 == cfg.max_steps
             if main and s.evaluating and due(step + 1, cfg.eval_every, last):
-                row.update(evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout))
+                row.update(run_evaluation(s, cfg, step + 1, per_prompt))
             # 9. The monitor (rank 0): detectors on the step's samples, alerts, the best policy by the held-out signal.
             stop = distributed.broadcast_flag(monitor_step(s, cfg, step + 1, seen, row))
             metrics.write(row)

@@ -162,8 +162,9 @@ class OnlineConfig(DistributedConfig):
     """Temperature of the evaluations: 0 is greedy (the policy's mode); 1 is the distribution RL optimises, where
     a policy that first grows sharper and then games the proxy shows the rise and fall of Gao et al. 2022."""
     eval_samples: int = 1
-    """Responses per held-out prompt at each evaluation (with eval_temperature > 0). The same seed every time, so
-    successive evaluations differ by the policy, not by the draw (common random numbers)."""
+    """Responses per held-out prompt at each evaluation (with eval_temperature > 0). Each response row has the same
+    sampling noise every time (`tether.rollout.row_noise`), so successive evaluations differ by the policy, not by
+    the draw (common random numbers), and their difference has a paired standard error (eval_gold.jsonl)."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
     keep_checkpoints: int = 2

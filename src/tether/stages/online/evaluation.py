@@ -1,6 +1,8 @@
 """Held-out evaluation of an online RL run (tether.stages.online): responses to the world's held-out prompts,
-their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate.
-Also the prompt encoding and the decoding the loop shares with it."""
+their gold reward (an audit, never trained on) with its standard error, the proxy's score, length and EOS rate,
+and each prompt's mean gold (eval_gold.jsonl: the differences between two evaluations, paired by prompt, have a
+standard error of their own, `tether.monitor.stats.paired_difference`). Also the prompt encoding and the decoding the
+loop shares with it."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tether.monitor.stats import mean, standard_error
-from tether.rollout import sample
+from tether.rollout import logprobs_of, row_noise, sample, sample_seed
 from tether.stages.monitoring import gold_rewards
 from tether.stages.online.config import OnlineConfig
 
@@ -38,32 +40,60 @@ def score_metrics(source, scores: torch.Tensor, prefix: str = "") -> dict:
             f"{prefix}score_normalised": float(scores.mean()) if raw else None}
 
 
+EVAL_GOLD_FILE = "eval_gold.jsonl"
+"""One line per evaluation in an online run's folder: {"step", "samples" (eval_samples), "gold": [mean gold of
+each held-out prompt over its samples, in eval_prompt_texts order, null where the world does not know it]}."""
+
+
+def prompt_means(values: list[float | None], k: int) -> list[float | None]:
+    """Means of consecutive blocks of k values (one prompt's k samples), None where a block has no value.
+    [1, 3, None, 2] with k = 2 -> [2.0, 2.0]."""
+    return [mean(values[i:i + k]) for i in range(0, len(values), k)]
+
+
 @torch.no_grad()
-def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None) -> dict:
+def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None, ref=None
+             ) -> tuple[dict, list[float | None]]:
     """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
     score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
-    model) its mean as eval/heldout."""
+    model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE).
+    With the reference policy `ref`, sampling at the rollouts' temperature: eval/kl (and eval/kl_se), the k1
+    estimate of KL(π || π_ref) per response, Σ_t log π - log π_ref on these samples: Gao et al.'s d² measured on
+    a fixed set of many prompts, where the rollouts' kl/k1 comes from one step's 32 responses."""
     prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
-    generator = torch.Generator(device=policy.device).manual_seed(cfg.seed + 7919)  # fixed: common random numbers
-    responses, lengths, eos = [], [], []
+    measure_kl = ref is not None and cfg.eval_temperature > 0 and cfg.eval_temperature == cfg.temperature
+    responses, lengths, eos, kl = [], [], [], []
     for i in range(0, len(prompts), cfg.batch_size):
-        r = sample(policy, encoded[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id,
-                   generator=generator)
+        rows = range(i, min(i + cfg.batch_size, len(prompts)))
+        # Common random numbers: row j's uniforms are the same at every evaluation (step -1: none of the rollouts'),
+        # whatever rows share its batch and however long the batch before it ran, so a token changes only where the
+        # policy moved; one generator for all batches would shift every later batch's draws whenever an earlier
+        # batch stopped at a different length.
+        noise = row_noise([sample_seed(cfg.seed, -1, j) for j in rows], cfg.max_new_tokens, policy.device) \
+            if cfg.eval_temperature > 0 else None
+        r = sample(policy, [encoded[j] for j in rows], max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id, noise=noise)
         responses += decode(fmt.tokenizer, r.response_ids)
+        if measure_kl:  # the sampler's log-probs are the policy's at this temperature
+            ref_logprobs = logprobs_of(ref, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
+                                       cfg.temperature)  # (B, R)
+            kl += ((r.logprobs - ref_logprobs) * r.response_mask).sum(dim=1).tolist()
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
     gold = gold_rewards(world, prompts, responses)
     out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold),
            **score_metrics(source, source(prompts, responses), "eval/"),
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
+    if measure_kl:
+        out |= {"eval/kl": mean(kl), "eval/kl_se": standard_error(kl)}
     if getattr(source, "last_std", None) is not None:  # an ensemble reward model: its members' disagreement here
         out["eval/ensemble_std"] = float(source.last_std.mean())
+    per_prompt = prompt_means(gold, cfg.eval_samples)
     if heldout is None:
-        return out
+        return out, per_prompt
     held = heldout(prompts, responses)
-    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}
+    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt
 
 
 def eval_prompt_texts(world, n: int) -> list[str]:
