@@ -3,13 +3,15 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_seeds.py [--seeds 0,1,2,3,4] [--biases length,agreement]
                                                                     [--members 4] [--conservative min] [--out runs/ens]
+                                                                    [--ensemble-unit prompt|rater] [--base-seed b]
 
 1. Per seed, the demo's stages up to the comparison queue (world, tokenizer, pretraining, SFT, collect: demo settings,
    `tether demo`'s building blocks), shared by the bias settings; with `--base-seed b`, world, pretraining and SFT are
    seed b's for every seed (pretraining is the costliest stage), and the queue, labels, reward models and PPO each
    seed's own.
 2. Per rater-bias setting (`BIASES`: the demo's rater pool with one bias much stronger): the raters label the queue,
-   `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples), then the demo's
+   `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples of the prompts, or
+   with `--ensemble-unit rater` of the raters, `RMConfig.ensemble_unit`), then the demo's
    PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
    and against the conservative reward (`--conservative`: min, the worst case, or uwo).
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
@@ -64,8 +66,9 @@ def shared_stages(seed: int, out: Path, base: int | None) -> dict:
     return stages
 
 
-def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path) -> Path:
-    """Labels by the biased rater pool and the reward-model ensemble; returns the ensemble's folder."""
+def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path, unit: str = "prompt") -> Path:
+    """Labels by the biased rater pool and the reward-model ensemble (members after the first on bootstrap resamples
+    of `unit`: prompt or rater, RMConfig.ensemble_unit); returns the ensemble's folder."""
     label_dir, rm_dir = root / "label", root / "rm"
     if not (label_dir / "comparisons.jsonl").exists():
         print(f"== seed {seed} {bias}: label", flush=True)
@@ -73,9 +76,9 @@ def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path) ->
         label_stage.run(replace(stages["label"], raters=raters, out=str(label_dir), app=False))
     model = rm_dir / "model"
     if not ((model / "reward_config.json").exists() and len(member_dirs(model)) == members):
-        print(f"== seed {seed} {bias}: rm ensemble={members}", flush=True)
+        print(f"== seed {seed} {bias}: rm ensemble={members} ensemble_unit={unit}", flush=True)
         rm.run(replace(stages["rm"], data=str(label_dir / "comparisons.jsonl"), out=str(rm_dir), ensemble=members,
-                       resume=True))
+                       ensemble_unit=unit, resume=True))
     return model
 
 
@@ -161,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--biases", default="length,agreement", help=f"comma-separated, from {', '.join(BIASES)}")
     ap.add_argument("--members", type=int, default=4, help="reward models in the ensemble")
+    ap.add_argument("--ensemble-unit", default="prompt", choices=("prompt", "rater"),
+                    help="what the members' bootstrap resamples (RMConfig.ensemble_unit); use its own --out")
     ap.add_argument("--conservative", default="min", choices=("min", "uwo", "mean"))
     ap.add_argument("--out", default="runs/ensemble_seeds")
     ap.add_argument("--tag", default="ensemble_seeds", help="results: benchmarks/results/<tag>.{json,md}")
@@ -173,7 +178,7 @@ def main() -> None:
         stages = shared_stages(seed, out, args.base_seed)
         for bias in args.biases.split(","):
             root = out / f"seed{seed}-{bias}"
-            model = bias_stages(stages, seed, bias, args.members, root)
+            model = bias_stages(stages, seed, bias, args.members, root, args.ensemble_unit)
             result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
                       "plain": run_result(ppo_run(stages, model, "single", root / "ppo-single"))}
             results.append(result)
