@@ -127,8 +127,9 @@ class RMConfig(TrainConfig):
     correlated. Members from prompt resamples of the same labels inherit the same rater biases and agree on them, so
     their disagreement cannot rise where the policy exploits one; members from rater resamples differ by how much
     their raters lean (one pays more for length, another for agreement), so they disagree where the policy moves
-    along a dimension the raters themselves disagree about. Needs each labelled comparison's `rater` and 2 or more
-    raters."""
+    along a dimension the raters themselves disagree about, by as much as their leanings differ: where they all lean
+    alike (the demo world's raters, each trait within ±30% of the pool's mean) that is too little to see
+    (benchmarks/ensemble_rater_pilot.py). Needs each labelled comparison's `rater` and 2 or more raters."""
 
     def validate(self) -> None:
         super().validate()
