@@ -15,9 +15,11 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
    PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
    and against the conservative reward (`--conservative`: min, the worst case, or uwo).
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
-   its start, the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
-   alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
-4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped).
+   its start, the first where it is below in two evaluations in a row (one evaluation's noise is ~0.055 gold), the
+   first gold-free alert with and without the ensemble detector, the first ensemble_disagreement alert; per pair of
+   runs the drop from gold's peak to its end, plain against conservative.
+4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
+   `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
 from __future__ import annotations
 
@@ -110,10 +112,18 @@ def run_result(folder: Path) -> dict:
     return {"start_gold": start, "peak": peak, "end": r["end"], "peak_to_end_drop": peak["gold"] - r["end"]["gold"],
             "gold_below_start_step": next((p["step"] for p in after_peak if p["gold"] < start), None),
             "gold_first_below_start_step": next((p["step"] for p in r["curve"][1:] if p["gold"] < start), None),
+            "gold_below_start_twice_step": below_twice(r["curve"], start),
             "first_gold_free_alert": first(rows),
             "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
             "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
             "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
+
+
+def below_twice(curve: list[dict], start: float) -> int | None:
+    """The first evaluation (after step 0) where gold is below its start in it and the next one: one evaluation's
+    gold has a standard error near 0.055 (240 samples), so a single one below the start may be noise."""
+    evals = curve[1:]
+    return next((a["step"] for a, b in zip(evals, evals[1:]) if a["gold"] < start and b["gold"] < start), None)
 
 
 def _alert(a: dict | None) -> str:
@@ -129,17 +139,20 @@ def _first(alert: dict | None, fall: int | None) -> str:
 
 
 def markdown(results: list[dict], conservative: str) -> str:
-    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | first gold-free alert "
-             "| without ensemble detector | ensemble alert | alert first? | ensemble std step 1 -> end |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | below start in 2 "
+             "evaluations in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
+             "| alert before 2 evaluations below? | ensemble std step 1 -> end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in results:
         p = x["plain"]
         std = f"{p['ensemble_std'][0][1]:.3f} -> {p['ensemble_std'][-1][1]:.3f}" if p["ensemble_std"] else "-"
         lines.append(f"| {x['seed']} | {x['bias']} | {p['start_gold']:+.3f} -> {p['peak']['gold']:+.3f} "
                      f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {p['gold_below_start_step']} | "
+                     f"{p.get('gold_below_start_twice_step')} | "
                      f"{_alert(p['first_gold_free_alert'])} | {_alert(p['first_gold_free_alert_without_ensemble'])} | "
                      f"{_alert(p['first_ensemble_alert'])} | "
                      f"{_first(p['first_gold_free_alert'], p['gold_below_start_step'])} | "
+                     f"{_first(p['first_gold_free_alert'], p.get('gold_below_start_twice_step'))} | "
                      f"{std} |")
     lines += ["", f"| seed | raters | plain: peak (step) -> end, drop | {conservative}: peak (step) -> end, drop |",
               "|---|---|---|---|"]
@@ -159,6 +172,24 @@ def write(results: list[dict], args, started: float) -> None:
     (RESULTS / f"{args.tag}.md").write_text(markdown(results, args.conservative))
 
 
+def report_only(args, out: Path, started: float) -> None:
+    """The results of the finished PPO runs of --seeds x --biases under --out; trains nothing."""
+    results = []
+    for seed in map(int, args.seeds.split(",")):
+        for bias in args.biases.split(","):
+            root = out / f"seed{seed}-{bias}"
+            done = {name: (root / name / "model/model.safetensors").exists()
+                    for name in ("ppo-single", f"ppo-{args.conservative}")}
+            if done["ppo-single"]:
+                result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
+                          "plain": run_result(root / "ppo-single")}
+                if done[f"ppo-{args.conservative}"]:
+                    result["conservative"] = run_result(root / f"ppo-{args.conservative}")
+                results.append(result)
+    write(results, args, started)
+    print(markdown(results, args.conservative))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2,3,4")
@@ -172,8 +203,11 @@ def main() -> None:
     ap.add_argument("--base-seed", type=int, default=None,
                     help="world, pretraining and SFT of this seed for every seed (the rest: each seed's own)")
     ap.add_argument("--plain-only", action="store_true", help="skip the conservative PPO runs")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the results from the finished runs on disk")
     args = ap.parse_args()
     out, started, results = Path(args.out), time.time(), []
+    if args.report_only:
+        return report_only(args, out, started)
     for seed in map(int, args.seeds.split(",")):
         stages = shared_stages(seed, out, args.base_seed)
         for bias in args.biases.split(","):
