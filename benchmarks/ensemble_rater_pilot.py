@@ -90,12 +90,13 @@ def main() -> None:
         done[run] = pilot(Path(run), Path(out), args.members)
         RESULTS.mkdir(exist_ok=True)
         path.write_text(json.dumps(done, indent=1))
-    print("| run | step | gold | length | std, prompt bootstrap (logged) | std, rater bootstrap |\n|---|---|---|---|---|---|")
+    print("| run | step | gold | length | std, prompt bootstrap (logged) | std, rater bootstrap |")
+    print("|---|---|---|---|---|---|")
     for r in done.values():
         for x in r["rows"]:
-            print(f"| {Path(r['run']).name} | {x['step']} | {x['gold']:+.3f} | {x['length']:.1f} | {x['prompt_std']:.3f} "
-                  f"({x['logged_std'] if x['logged_std'] is None else round(x['logged_std'], 3)}) | {x['rater_std']:.3f} |")
-
+            logged = "-" if x["logged_std"] is None else f"{x['logged_std']:.3f}"
+            print(f"| {Path(r['run']).name} | {x['step']} | {x['gold']:+.3f} | {x['length']:.1f} | "
+                  f"{x['prompt_std']:.3f} ({logged}) | {x['rater_std']:.3f} |")
 
 if __name__ == "__main__":
     main()
