@@ -15,9 +15,9 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
    PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
    and against the conservative reward (`--conservative`: min, the worst case, or uwo).
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
-   its start, the first where it is below in two evaluations in a row (one evaluation's noise is ~0.055 gold), the
-   first gold-free alert with and without the ensemble detector, the first ensemble_disagreement alert; per pair of
-   runs the drop from gold's peak to its end, plain against conservative.
+   its start, the first after the peak where it is below in two evaluations in a row (one evaluation's noise is
+   ~0.055 gold), the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
+   alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
 4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
    `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
@@ -112,17 +112,16 @@ def run_result(folder: Path) -> dict:
     return {"start_gold": start, "peak": peak, "end": r["end"], "peak_to_end_drop": peak["gold"] - r["end"]["gold"],
             "gold_below_start_step": next((p["step"] for p in after_peak if p["gold"] < start), None),
             "gold_first_below_start_step": next((p["step"] for p in r["curve"][1:] if p["gold"] < start), None),
-            "gold_below_start_twice_step": below_twice(r["curve"], start),
+            "gold_below_start_twice_step": below_twice(after_peak, start),
             "first_gold_free_alert": first(rows),
             "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
             "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
             "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
 
 
-def below_twice(curve: list[dict], start: float) -> int | None:
-    """The first evaluation (after step 0) where gold is below its start in it and the next one: one evaluation's
-    gold has a standard error near 0.055 (240 samples), so a single one below the start may be noise."""
-    evals = curve[1:]
+def below_twice(evals: list[dict], start: float) -> int | None:
+    """The first of `evals` (those after gold's peak) where gold is below its start in it and the next one: one
+    evaluation's gold has a standard error near 0.055 (240 samples), so a single one below the start may be noise."""
     return next((a["step"] for a, b in zip(evals, evals[1:]) if a["gold"] < start and b["gold"] < start), None)
 
 
@@ -139,8 +138,8 @@ def _first(alert: dict | None, fall: int | None) -> str:
 
 
 def markdown(results: list[dict], conservative: str) -> str:
-    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | below start in 2 "
-             "evaluations in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
+    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | ... in 2 evaluations "
+             "in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
              "| alert before 2 evaluations below? | ensemble std step 1 -> end |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in results:
