@@ -3,19 +3,23 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_seeds.py [--seeds 0,1,2,3,4] [--biases length,agreement]
                                                                     [--members 4] [--conservative min] [--out runs/ens]
+                                                                    [--ensemble-unit prompt|rater] [--base-seed b]
 
 1. Per seed, the demo's stages up to the comparison queue (world, tokenizer, pretraining, SFT, collect: demo settings,
    `tether demo`'s building blocks), shared by the bias settings; with `--base-seed b`, world, pretraining and SFT are
    seed b's for every seed (pretraining is the costliest stage), and the queue, labels, reward models and PPO each
    seed's own.
 2. Per rater-bias setting (`BIASES`: the demo's rater pool with one bias much stronger): the raters label the queue,
-   `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples), then the demo's
+   `tether rm ensemble=<members>` (member 0 the plain reward model, the others bootstrap resamples of the prompts, or
+   with `--ensemble-unit rater` of the raters, `RMConfig.ensemble_unit`), then the demo's
    PPO twice: against the plain reward model (reward_ensemble=single; the others only measure their disagreement),
    and against the conservative reward (`--conservative`: min, the worst case, or uwo).
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
-   its start, the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
+   its start, the first after the peak where it is below in two evaluations in a row (one evaluation's noise is
+   ~0.055 gold), the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
    alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
-4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped).
+4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
+   `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
 from __future__ import annotations
 
@@ -64,8 +68,9 @@ def shared_stages(seed: int, out: Path, base: int | None) -> dict:
     return stages
 
 
-def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path) -> Path:
-    """Labels by the biased rater pool and the reward-model ensemble; returns the ensemble's folder."""
+def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path, unit: str = "prompt") -> Path:
+    """Labels by the biased rater pool and the reward-model ensemble (members after the first on bootstrap resamples
+    of `unit`: prompt or rater, RMConfig.ensemble_unit); returns the ensemble's folder."""
     label_dir, rm_dir = root / "label", root / "rm"
     if not (label_dir / "comparisons.jsonl").exists():
         print(f"== seed {seed} {bias}: label", flush=True)
@@ -73,9 +78,9 @@ def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path) ->
         label_stage.run(replace(stages["label"], raters=raters, out=str(label_dir), app=False))
     model = rm_dir / "model"
     if not ((model / "reward_config.json").exists() and len(member_dirs(model)) == members):
-        print(f"== seed {seed} {bias}: rm ensemble={members}", flush=True)
+        print(f"== seed {seed} {bias}: rm ensemble={members} ensemble_unit={unit}", flush=True)
         rm.run(replace(stages["rm"], data=str(label_dir / "comparisons.jsonl"), out=str(rm_dir), ensemble=members,
-                       resume=True))
+                       ensemble_unit=unit, resume=True))
     return model
 
 
@@ -107,10 +112,17 @@ def run_result(folder: Path) -> dict:
     return {"start_gold": start, "peak": peak, "end": r["end"], "peak_to_end_drop": peak["gold"] - r["end"]["gold"],
             "gold_below_start_step": next((p["step"] for p in after_peak if p["gold"] < start), None),
             "gold_first_below_start_step": next((p["step"] for p in r["curve"][1:] if p["gold"] < start), None),
+            "gold_below_start_twice_step": below_twice(after_peak, start),
             "first_gold_free_alert": first(rows),
             "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
             "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
             "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
+
+
+def below_twice(evals: list[dict], start: float) -> int | None:
+    """The first of `evals` (those after gold's peak) where gold is below its start in it and the next one: one
+    evaluation's gold has a standard error near 0.055 (240 samples), so a single one below the start may be noise."""
+    return next((a["step"] for a, b in zip(evals, evals[1:]) if a["gold"] < start and b["gold"] < start), None)
 
 
 def _alert(a: dict | None) -> str:
@@ -126,17 +138,20 @@ def _first(alert: dict | None, fall: int | None) -> str:
 
 
 def markdown(results: list[dict], conservative: str) -> str:
-    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | first gold-free alert "
-             "| without ensemble detector | ensemble alert | alert first? | ensemble std step 1 -> end |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | ... in 2 evaluations "
+             "in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
+             "| alert before 2 evaluations below? | ensemble std step 1 -> end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in results:
         p = x["plain"]
         std = f"{p['ensemble_std'][0][1]:.3f} -> {p['ensemble_std'][-1][1]:.3f}" if p["ensemble_std"] else "-"
         lines.append(f"| {x['seed']} | {x['bias']} | {p['start_gold']:+.3f} -> {p['peak']['gold']:+.3f} "
                      f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {p['gold_below_start_step']} | "
+                     f"{p.get('gold_below_start_twice_step')} | "
                      f"{_alert(p['first_gold_free_alert'])} | {_alert(p['first_gold_free_alert_without_ensemble'])} | "
                      f"{_alert(p['first_ensemble_alert'])} | "
                      f"{_first(p['first_gold_free_alert'], p['gold_below_start_step'])} | "
+                     f"{_first(p['first_gold_free_alert'], p.get('gold_below_start_twice_step'))} | "
                      f"{std} |")
     lines += ["", f"| seed | raters | plain: peak (step) -> end, drop | {conservative}: peak (step) -> end, drop |",
               "|---|---|---|---|"]
@@ -156,24 +171,47 @@ def write(results: list[dict], args, started: float) -> None:
     (RESULTS / f"{args.tag}.md").write_text(markdown(results, args.conservative))
 
 
+def report_only(args, out: Path, started: float) -> None:
+    """The results of the finished PPO runs of --seeds x --biases under --out; trains nothing."""
+    results = []
+    for seed in map(int, args.seeds.split(",")):
+        for bias in args.biases.split(","):
+            root = out / f"seed{seed}-{bias}"
+            done = {name: (root / name / "model/model.safetensors").exists()
+                    for name in ("ppo-single", f"ppo-{args.conservative}")}
+            if done["ppo-single"]:
+                result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
+                          "plain": run_result(root / "ppo-single")}
+                if done[f"ppo-{args.conservative}"]:
+                    result["conservative"] = run_result(root / f"ppo-{args.conservative}")
+                results.append(result)
+    write(results, args, started)
+    print(markdown(results, args.conservative))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--biases", default="length,agreement", help=f"comma-separated, from {', '.join(BIASES)}")
     ap.add_argument("--members", type=int, default=4, help="reward models in the ensemble")
+    ap.add_argument("--ensemble-unit", default="prompt", choices=("prompt", "rater"),
+                    help="what the members' bootstrap resamples (RMConfig.ensemble_unit); use its own --out")
     ap.add_argument("--conservative", default="min", choices=("min", "uwo", "mean"))
     ap.add_argument("--out", default="runs/ensemble_seeds")
     ap.add_argument("--tag", default="ensemble_seeds", help="results: benchmarks/results/<tag>.{json,md}")
     ap.add_argument("--base-seed", type=int, default=None,
                     help="world, pretraining and SFT of this seed for every seed (the rest: each seed's own)")
     ap.add_argument("--plain-only", action="store_true", help="skip the conservative PPO runs")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the results from the finished runs on disk")
     args = ap.parse_args()
     out, started, results = Path(args.out), time.time(), []
+    if args.report_only:
+        return report_only(args, out, started)
     for seed in map(int, args.seeds.split(",")):
         stages = shared_stages(seed, out, args.base_seed)
         for bias in args.biases.split(","):
             root = out / f"seed{seed}-{bias}"
-            model = bias_stages(stages, seed, bias, args.members, root)
+            model = bias_stages(stages, seed, bias, args.members, root, args.ensemble_unit)
             result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
                       "plain": run_result(ppo_run(stages, model, "single", root / "ppo-single"))}
             results.append(result)

@@ -15,8 +15,8 @@ from test_rm import _cfg, backbone_dir, synthetic_comparisons, tok  # noqa: F401
 import tether.stages.rm as rm
 from tether.config import load_config
 from tether.data.preferences import write_comparisons
-from tether.ensemble import EnsembleSource, bootstrap_by_prompt, member_dirs
-from tether.errors import ConfigError, TetherError
+from tether.ensemble import BOOTSTRAPS, EnsembleSource, bootstrap_by_prompt, bootstrap_by_rater, member_dirs
+from tether.errors import ConfigError, DataError, TetherError
 from tether.math.ensemble import (
     ENSEMBLE_REWARDS,
     member_mean,
@@ -84,6 +84,36 @@ def test_bootstrap_keeps_prompt_groups_whole_and_is_seeded():
         got = sorted(p.i for p in a if p.prompt_key == k)
         assert got == sorted(list(range(3)) * (len(got) // 3)) and len(got) % 3 == 0
     assert len({p.prompt_key for p in a}) < 5 or len({p.prompt_key for p in bootstrap_by_prompt(pairs, 8)}) < 5
+
+
+class _Rated:
+    def __init__(self, rater, i, key="p"):
+        self.rater, self.i, self.prompt_key = rater, i, key
+
+
+def test_rater_bootstrap_draws_whole_raters_and_is_seeded():
+    # raters a, b, c labelled 1, 2 and 3 pairs: each draw brings all of its rater's pairs
+    pairs = [_Rated(r, i) for r, n in (("a", 1), ("b", 2), ("c", 3)) for i in range(n)]
+    sizes = {"a": 1, "b": 2, "c": 3}
+    seen = set()
+    for seed in range(20):
+        out = bootstrap_by_rater(pairs, seed)
+        assert [(p.rater, p.i) for p in out] == [(p.rater, p.i) for p in bootstrap_by_rater(pairs, seed)]
+        counts = {r: sum(p.rater == r for p in out) for r in sizes}
+        assert all(counts[r] % sizes[r] == 0 for r in sizes)  # whole raters, each as many times as drawn
+        assert sum(counts[r] // sizes[r] for r in sizes) == 3  # as many draws as raters
+        seen.add(tuple(counts[r] // sizes[r] for r in sizes))
+    assert len(seen) > 3 and (1, 1, 1) in seen and any(0 in x for x in seen)  # resamples differ; some drop a rater
+
+
+def test_rater_bootstrap_refuses_unknown_or_single_raters():
+    with pytest.raises(DataError, match="ensemble_unit=rater: 1 of 3 training comparisons have no `rater`"):
+        bootstrap_by_rater([_Rated("a", 0), _Rated(None, 1), _Rated("b", 2)], 0)
+    with pytest.raises(DataError, match=r"one rater \(a\).*ensemble_unit=prompt"):
+        bootstrap_by_rater([_Rated("a", 0), _Rated("a", 1)], 0)
+    assert set(BOOTSTRAPS) == {"prompt", "rater"}
+    with pytest.raises(ConfigError, match="ensemble_unit"):
+        rm.RMConfig(ensemble_unit="annotator").validate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +194,34 @@ def test_a_missing_member_is_named(ensemble_run, tmp_path):
     shutil.rmtree(copy / "members/member-2")
     with pytest.raises(TetherError, match="member-2 is missing"):
         member_dirs(copy)
+
+
+def test_rater_ensemble_trains_members_on_rater_resamples(backbone_dir, tmp_path, monkeypatch):  # noqa: F811
+    rated = [dataclasses.replace(c, rater=f"r{i % 3}") for i, c in enumerate(synthetic_comparisons())]
+    data = tmp_path / "prefs.jsonl"
+    write_comparisons(data, rated)
+    calls = []
+
+    def spy(pairs, seed):
+        out = bootstrap_by_rater(pairs, seed)
+        calls.append(([p.rater for p in pairs], seed, out))
+        return out
+
+    monkeypatch.setitem(BOOTSTRAPS, "rater", spy)
+    cfg = dataclasses.replace(_cfg(data, backbone_dir, tmp_path / "ens", ensemble=2, ensemble_unit="rater"),
+                              max_steps=2, save_every=0, eval_fraction=0.0)
+    rm.run(cfg)
+    assert len(calls) == 1  # member 1 only; member 0 trains on every comparison
+    raters, seed, out = calls[0]
+    assert sorted(raters) == sorted(c.rater for c in rated if c.choice is not None)  # each pair carries its rater
+    assert seed == rm.ensemble.member_paths(cfg.out, 1, cfg.seed)[2]
+    assert member_dirs(tmp_path / "ens/model")[1] == tmp_path / "ens/model/members/member-1"
+    # comparisons without rater ids: one line naming the data file and the setting
+    plain = tmp_path / "plain.jsonl"
+    write_comparisons(plain, synthetic_comparisons())
+    monkeypatch.setitem(BOOTSTRAPS, "rater", bootstrap_by_rater)
+    with pytest.raises(DataError, match=f"{plain}: ensemble_unit=rater: 56 of 56 training"):
+        rm.run(dataclasses.replace(cfg, data=str(plain), out=str(tmp_path / "plain"), eval_fraction=0.0))
 
 
 def test_rm_config_refuses_an_empty_ensemble(tmp_path):

@@ -4,7 +4,8 @@
 On disk: member 0 is the plain reward-model folder `out/model` (what `ensemble=1` writes, read by everything that
 reads one reward model), and its reward_config.json lists the others under "members", as paths relative to it
 (`members/member-<i>`, inside the folder, so that it moves as one). Each member's training logs are in
-`out/members/member-<i>/`.
+`out/members/member-<i>/`. Members after the first train on a bootstrap resample of the comparisons: of the prompt
+groups (`bootstrap_by_prompt`) or of the raters (`bootstrap_by_rater`), RMConfig.ensemble_unit.
 
 The source scores N responses with each member, (k, N), trains on `ENSEMBLE_REWARDS[reward_ensemble]` of them
 (tether.math.ensemble: member 0 alone, the mean, the worst case, or the uncertainty-weighted mean), and keeps the
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tether.errors import TetherError
+from tether.errors import DataError, TetherError
 from tether.math.ensemble import ENSEMBLE_REWARDS, member_std
 
 MEMBERS_KEY = "members"
@@ -49,6 +50,29 @@ def bootstrap_by_prompt(pairs: list, seed: int) -> list:
     keys = list(groups)
     rng = random.Random(seed)
     return [p for _ in keys for p in groups[rng.choice(keys)]]
+
+
+def bootstrap_by_rater(pairs: list, seed: int) -> list:
+    """A cluster bootstrap of `pairs` by rater: as many raters as there are, drawn with replacement, each bringing
+    every pair it labelled (a rater drawn twice counts twice). `pairs` need a `rater`; DataError when one has none
+    or when there is a single rater (every resample would be the same labels)."""
+    unknown = sum(p.rater is None for p in pairs)
+    if unknown:
+        raise DataError(f"ensemble_unit=rater: {unknown} of {len(pairs)} training comparisons have no `rater` "
+                        "(label them with rater ids, or set ensemble_unit=prompt)")
+    by_rater: dict[str, list] = {}
+    for p in pairs:
+        by_rater.setdefault(p.rater, []).append(p)
+    if len(by_rater) < 2:
+        raise DataError(f"ensemble_unit=rater: the training comparisons have one rater ({next(iter(by_rater), '')}): "
+                        "every resample would be the same labels (set ensemble_unit=prompt)")
+    raters = sorted(by_rater)
+    rng = random.Random(seed)
+    return [p for _ in raters for p in by_rater[rng.choice(raters)]]
+
+
+BOOTSTRAPS = {"prompt": bootstrap_by_prompt, "rater": bootstrap_by_rater}
+"""RMConfig.ensemble_unit -> the resample (pairs, seed) -> pairs of each ensemble member after the first."""
 
 
 def write_members(model_dir: Path, k: int) -> None:

@@ -37,6 +37,8 @@ class Pair:
     """Tokens of response A alone (for the reward-length correlation)."""
     length_b: int
     """Tokens of response B alone."""
+    rater: str | None = None
+    """Who labelled it (the comparison's `rater`; None when unknown): the unit of ensemble_unit=rater."""
 
 
 CHUNK_OVERHEAD_TOKENS = 32

@@ -121,6 +121,15 @@ class RMConfig(TrainConfig):
     ensemble_bootstrap: bool = True
     """Train each member after the first on a bootstrap resample (with replacement) of the training prompt groups:
     members from one backbone differ by more than their heads' seeds."""
+    ensemble_unit: Literal["prompt", "rater"] = "prompt"
+    """What ensemble_bootstrap resamples: "prompt", whole prompt groups; "rater", whole raters (every comparison a
+    drawn rater labelled; a rater drawn twice counts twice), a cluster bootstrap over the unit whose label errors are
+    correlated. Members from prompt resamples of the same labels inherit the same rater biases and agree on them, so
+    their disagreement cannot rise where the policy exploits one; members from rater resamples differ by how much
+    their raters lean (one pays more for length, another for agreement), so they disagree where the policy moves
+    along a dimension the raters themselves disagree about, by as much as their leanings differ: where they all lean
+    alike (the demo world's raters, each trait within ±30% of the pool's mean) that is too little to see
+    (benchmarks/ensemble_rater_pilot.py). Needs each labelled comparison's `rater` and 2 or more raters."""
 
     def validate(self) -> None:
         super().validate()
@@ -134,6 +143,8 @@ class RMConfig(TrainConfig):
         check(self.normalise_on == "train" or self.eval_data or self.eval_fraction > 0, "normalise_on",
               "'eval' needs eval_data or eval_fraction > 0")
         check(self.ensemble >= 1, "ensemble", "must be >= 1 (reward models in the ensemble)")
+        check(self.ensemble_unit in ensemble.BOOTSTRAPS, "ensemble_unit",
+              f"{self.ensemble_unit!r} is not one of {', '.join(ensemble.BOOTSTRAPS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +173,7 @@ def encode_comparisons(tokenizer, comparisons: list[Comparison], cfg: RMConfig, 
         m = c.strength if cfg.margin and c.strength is not None and c.choice != "tie" else 0.0
         target = soft_target(c) if cfg.soft_labels else TARGETS[c.choice]
         pairs.append(Pair(prompt_key(c.prompt), ids_a, ids_b, target, float(m),
-                          lengths[c.response_a], lengths[c.response_b]))
+                          lengths[c.response_a], lengths[c.response_b], c.rater))
     report = {"comparisons": len(comparisons), "unlabelled_skipped": len(comparisons) - len(labelled),
               "ties": sum(c.choice == "tie" for c in labelled), "truncated_sequences": truncated,
               "max_length": cfg.max_length}
@@ -414,7 +425,8 @@ def train_member(cfg: RMConfig, member: int) -> Path:
     check_positions(model, cfg.max_length, "max_length")
     train, held_out, report = load_pairs(cfg, model.tokenizer, reads_pairs(model.kind, model.tokenizer))
     if member and cfg.ensemble_bootstrap:
-        train = ensemble.bootstrap_by_prompt(train, seed)
+        with naming(cfg.data):
+            train = ensemble.BOOTSTRAPS[cfg.ensemble_unit](train, seed)
     if main:
         write_inputs(cfg, run_dir, report, model.kind)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
