@@ -65,6 +65,22 @@ def model_dir(tokenizer, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def rm_dir(model_dir, tmp_path_factory):
+    """An untrained causal reward model on the test-preset backbone (the policy's tokenizer), normalised by gain 2
+    and bias 0.5 (test_online, test_bon)."""
+    import torch
+
+    from tether.reward import RewardModel
+
+    out = tmp_path_factory.mktemp("rm")
+    torch.manual_seed(0)
+    rm = RewardModel.from_backbone(str(model_dir))
+    rm.set_normalisation(2.0, 0.5)
+    rm.save_pretrained(out)
+    return out
+
+
 HH_ROWS = 48
 """Rows of the real HH-RLHF file the real-model tests train on (test_real_models, test_hh_cli)."""
 

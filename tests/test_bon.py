@@ -13,19 +13,6 @@ from tether.data.sft_data import read_conversations
 from tether.stages.bon import bon_curve, curve_fits
 
 
-@pytest.fixture(scope="module")
-def rm_dir(model_dir, tmp_path_factory):
-    """An untrained reward model on the test-preset backbone, normalised by gain 2 and bias 0.5."""
-    from tether.reward import RewardModel
-
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    rm = RewardModel.from_backbone(str(model_dir))
-    rm.set_normalisation(2.0, 0.5)
-    rm.save_pretrained(out)
-    return out
-
-
 def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

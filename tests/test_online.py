@@ -43,19 +43,6 @@ def reward_module(monkeypatch):
     monkeypatch.setitem(sys.modules, REWARDS, module)
 
 
-@pytest.fixture(scope="module")
-def rm_dir(model_dir, tmp_path_factory):
-    """An untrained causal reward model on the test-preset backbone (same tokenizer as the policy)."""
-    from tether.reward import RewardModel
-
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    rm = RewardModel.from_backbone(str(model_dir))
-    rm.set_normalisation(2.0, 0.5)
-    rm.save_pretrained(out)
-    return out
-
-
 def make_cfg(algorithm, out, world_dir, model_dir, **kw):
     cls = CONFIGS[algorithm]
     settings = dict(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
