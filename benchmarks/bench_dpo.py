@@ -48,6 +48,7 @@ from common import (
     alternate,
     busy_note,
     ensure_peer,
+    hh_pairs,
     matmul_peak,
     rss_mb,
     timed_steps,
@@ -56,9 +57,6 @@ from common import (
 )
 
 BATCH, MAX_LENGTH, BETA, LR, SEED = 16, 256, 0.1, 1e-4, 0
-HH_DATA = common.ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-if not HH_DATA.is_file():  # a git worktree (/work/wt/<name>) sits one level further from /work/shared
-    HH_DATA = common.ROOT.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 LABELS = {"tether": "tether", "trl": "TRL", "trl-precompute": "TRL pre"}
 
 
@@ -86,28 +84,15 @@ def preference_pairs(world, per_prompt: int, seed: int = SEED) -> list:
     return out
 
 
-def hh_pairs(folder: Path, n: int) -> list:
-    """The first `n` HH-RLHF comparisons (common.HH_DATA: long multi-turn prompts, shared by chosen and rejected)
-    whose chosen and rejected both fit MAX_LENGTH whole under the benchmark tokenizer, so neither side cuts them."""
-    from tether.chat import chat_format
-    from tether.data.formats import load_comparisons
-    from tether.models import load_tokenizer
-
-    fmt = chat_format(load_tokenizer(str(folder / "model")))
-    comparisons = load_comparisons(HH_DATA, "hh", labelled=True)
-    fits = [not (a.truncated or b.truncated or a.response_cut or b.response_cut) for a, b in
-            fmt.encode_pairs([(c.prompt, c.chosen, c.rejected) for c in comparisons], MAX_LENGTH)]
-    return [c for c, ok in zip(comparisons, fits) if ok][:n]
-
-
 def prepare(folder: Path, per_prompt: int, size: str, data: str = "world", hh_n: int = 400):
     """Write prefs.jsonl (tether), trl.jsonl (TRL conversational) and model/ under `folder`; return the model.
-    data="hh": HH-RLHF comparisons (`hh_pairs`) instead of the world's."""
+    data="hh": HH-RLHF comparisons (`common.hh_pairs`) instead of the world's."""
     from tether.data.preferences import write_comparisons, write_trl
     from tether.world.world import World, WorldConfig
 
     model = world_model(folder / "model", SIZES[size], SEED)
-    comparisons = preference_pairs(World(WorldConfig()), per_prompt) if data == "world" else hh_pairs(folder, hh_n)
+    comparisons = (preference_pairs(World(WorldConfig()), per_prompt) if data == "world"
+                   else hh_pairs(folder / "model", hh_n, MAX_LENGTH))
     write_comparisons(folder / "prefs.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
     return model

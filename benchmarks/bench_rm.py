@@ -1,6 +1,6 @@
 """Benchmark: tether's reward-model training speed against TRL's RewardTrainer, in one run, ratio printed.
 
-    .venv/bin/python benchmarks/bench_rm.py [--data rated|unique] [--size 5m|30m] [--steps 40] [--warmup 10]
+    .venv/bin/python benchmarks/bench_rm.py [--data rated|unique|hh] [--size 5m|30m] [--steps 40] [--warmup 10]
                                             [--rounds 2] [--threads 1] [--profile 0] [--results-dir DIR]
 
 1. Make sure the peer venv `.peer` (torch CPU, trl, transformers, datasets, accelerate) exists.
@@ -11,7 +11,9 @@
    each decorated (flattery, hedging, padding) at the world's pretraining rate, in random order.
    `--data rated` (default): each pair labelled by 3 simulated raters (`raters.label`, one row per
    rating, what `tether label` writes); ties are dropped, since TRL cannot train on them. `--data unique`:
-   one row per pair, chosen = the good content. Written as tether JSONL and as TRL conversational JSONL
+   one row per pair, chosen = the good content. `--data hh`: the first `--hh-pairs` HH-RLHF comparisons
+   (../shared/data/hh-rlhf) whose chosen and rejected fit 256 tokens whole, one row per pair: long multi-turn
+   prompts, where running each prompt once matters most. Written as tether JSONL and as TRL conversational JSONL
    (`write_trl`), so that TRL tokenises with the same chat template: both sides train on the same ids.
 3. Measure the fp32 matmul peak (2048x2048, best of a few, before and after the runs) for model FLOP
    utilisation (MFU). Run tether's rm stage in a subprocess (this file as a worker; each step timed by wrapping
@@ -53,6 +55,7 @@ from common import (
     alternate,
     busy_note,
     ensure_peer,
+    hh_pairs,
     matmul_peak,
     rss_mb,
     sh,
@@ -102,12 +105,17 @@ def world_comparisons(kind: str, seed: int = SEED) -> tuple[list, dict]:
                   "rows": len(kept), "good_chosen": sum(r.chosen in goods for r in kept) / len(kept)}
 
 
-def prepare(folder: Path, kind: str, size: str) -> tuple[object, dict]:
-    """Write model/, rm.jsonl (tether) and trl.jsonl (TRL conversational) under `folder`."""
+def prepare(folder: Path, kind: str, size: str, hh_n: int = 400) -> tuple[object, dict]:
+    """Write model/, rm.jsonl (tether) and trl.jsonl (TRL conversational) under `folder`. kind="hh": the first
+    `hh_n` HH-RLHF comparisons that fit MAX_LENGTH whole (`common.hh_pairs`: long prompts, one row per pair)."""
     from tether.data.preferences import write_comparisons, write_trl
 
     model = world_model(folder / "model", SIZES[size], SEED)
-    comparisons, counts = world_comparisons(kind)
+    if kind == "hh":
+        comparisons = hh_pairs(folder / "model", hh_n, MAX_LENGTH)
+        counts = {"pairs": len(comparisons), "rows": len(comparisons)}
+    else:
+        comparisons, counts = world_comparisons(kind)
     write_comparisons(folder / "rm.jsonl", comparisons)
     write_trl(folder / "trl.jsonl", comparisons, conversational=True)
     return model, counts
@@ -360,8 +368,10 @@ def profile(folder: Path, steps: int, warmup: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="tether rm vs TRL RewardTrainer throughput (CPU, fp32)")
-    p.add_argument("--data", choices=["rated", "unique"], default="rated",
-                   help="rated: 3 simulated ratings per pair (ties dropped); unique: one row per pair")
+    p.add_argument("--data", choices=["rated", "unique", "hh"], default="rated",
+                   help="rated: 3 simulated ratings per pair (ties dropped); unique: one row per pair; hh: HH-RLHF "
+                        "comparisons that fit 256 tokens whole (long multi-turn prompts shared by both responses)")
+    p.add_argument("--hh-pairs", type=int, default=400, help="HH-RLHF comparisons used with --data hh")
     p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; group_by_length its fastest here)")
@@ -392,7 +402,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-rm-"))
     try:
         print(f"inputs in {folder}", flush=True)
-        model, counts = prepare(folder, args.data, args.size)
+        model, counts = prepare(folder, args.data, args.size, args.hh_pairs)
         peak = matmul_peak()
         runs = alternate(args.rounds, ("tether", "trl"), lambda side: run_side(side, folder, args))
         peak = max(peak, matmul_peak())  # other processes only ever lower it: keep the best

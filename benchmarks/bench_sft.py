@@ -49,9 +49,6 @@ from common import (
 )
 
 BATCH, MAX_LENGTH, SEED = 16, 256, 0
-HH_DATA = common.ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-if not HH_DATA.is_file():  # a git worktree (/work/wt/<name>) sits one level further from /work/shared
-    HH_DATA = common.ROOT.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 # --size -> tether preset: common.SIZES (5m, 30m; "bench-30m" is added to PRESETS in this process only) and demo.
 SFT_SIZES = {"demo": "demo", **SIZES}
 
@@ -61,14 +58,14 @@ SFT_SIZES = {"demo": "demo", **SIZES}
 
 
 def hh_conversations(folder: Path, n: int) -> list:
-    """The first `n` chosen HH-RLHF dialogues (HH_DATA: multi-turn, long) that fit MAX_LENGTH whole under the
+    """The first `n` chosen HH-RLHF dialogues (common.HH_DATA: multi-turn, long) that fit MAX_LENGTH whole under the
     benchmark tokenizer: tether would cut longer ones and TRL's padding-free run takes no max_length."""
     from tether.chat import chat_format
     from tether.data.formats import load_conversations
     from tether.models import load_tokenizer
 
     fmt = chat_format(load_tokenizer(str(folder / "model")))
-    conversations = load_conversations(HH_DATA, "hh")
+    conversations = load_conversations(common.HH_DATA, "hh")
     encoded = fmt.encode_many([(c, None) for c in conversations], MAX_LENGTH)
     return [c for c, e in zip(conversations, encoded) if not e.truncated][:n]
 

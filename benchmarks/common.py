@@ -32,6 +32,10 @@ EXTRA_PRESETS = {
     "bench-30m": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
                   "intermediate_size": 2048, "max_position_embeddings": 512, "tie_word_embeddings": True},
 }
+# Anthropic HH-RLHF (harmless-base test file, ../shared/data): the benchmarks' real data (--data hh).
+HH_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+if not HH_DATA.is_file():  # a git worktree (/work/wt/<name>) sits one level further from /work/shared
+    HH_DATA = ROOT.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 THREADS_HELP = ("torch threads on both sides (0: torch's default, one per core). 1 by default: with one thread "
                 "per core, any other busy process stalls every op (steps 5-10x slower at random), while "
                 "single-threaded runs repeat within a few percent")
@@ -208,3 +212,17 @@ def run_side(side: str, folder: Path, threads: int, tether_cmd: list, peer_scrip
     else:
         sh([peer_python, ROOT / "benchmarks" / peer_script, "--out", out, *peer_args], env=side_env(threads))
     return {**json.loads(out.read_text()), "load": [before, os.getloadavg()[0]]}
+
+
+def hh_pairs(model_folder: Path, n: int, max_length: int) -> list:
+    """The first `n` HH-RLHF comparisons (HH_DATA: long multi-turn prompts, shared by chosen and rejected) whose
+    chosen and rejected both fit `max_length` whole under the tokenizer in `model_folder`, so neither side cuts them."""
+    from tether.chat import chat_format
+    from tether.data.formats import load_comparisons
+    from tether.models import load_tokenizer
+
+    fmt = chat_format(load_tokenizer(str(model_folder)))
+    comparisons = load_comparisons(HH_DATA, "hh", labelled=True)
+    fits = [not (a.truncated or b.truncated or a.response_cut or b.response_cut) for a, b in
+            fmt.encode_pairs([(c.prompt, c.chosen, c.rejected) for c in comparisons], max_length)]
+    return [c for c, ok in zip(comparisons, fits) if ok][:n]
