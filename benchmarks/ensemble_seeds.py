@@ -17,7 +17,8 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
    its start, the first after the peak where it is below in two evaluations in a row (one evaluation's noise is
    ~0.055 gold), the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
-   alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
+   alert, the first alert of the rate detectors on the evaluations' samples (eval_<rate>) and the first without them;
+   per pair of runs the drop from gold's peak to its end, plain against conservative.
 4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
    `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
@@ -116,6 +117,8 @@ def run_result(folder: Path) -> dict:
             "first_gold_free_alert": first(rows),
             "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
             "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
+            "first_eval_alert": first([a for a in rows if a["name"].startswith("eval_")]),
+            "first_gold_free_alert_without_eval": first([a for a in rows if not a["name"].startswith("eval_")]),
             "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
 
 
@@ -139,9 +142,10 @@ def _first(alert: dict | None, fall: int | None) -> str:
 
 def markdown(results: list[dict], conservative: str) -> str:
     lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | ... in 2 evaluations "
-             "in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
-             "| alert before 2 evaluations below? | ensemble std step 1 -> end |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "in a row | first gold-free alert | without ensemble detector | ensemble alert | eval-sample alert | "
+             "without eval-sample detectors | alert first? | alert before 2 evaluations below? "
+             "| ensemble std step 1 -> end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in results:
         p = x["plain"]
         std = f"{p['ensemble_std'][0][1]:.3f} -> {p['ensemble_std'][-1][1]:.3f}" if p["ensemble_std"] else "-"
@@ -149,7 +153,8 @@ def markdown(results: list[dict], conservative: str) -> str:
                      f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {p['gold_below_start_step']} | "
                      f"{p.get('gold_below_start_twice_step')} | "
                      f"{_alert(p['first_gold_free_alert'])} | {_alert(p['first_gold_free_alert_without_ensemble'])} | "
-                     f"{_alert(p['first_ensemble_alert'])} | "
+                     f"{_alert(p['first_ensemble_alert'])} | {_alert(p.get('first_eval_alert'))} | "
+                     f"{_alert(p.get('first_gold_free_alert_without_eval'))} | "
                      f"{_first(p['first_gold_free_alert'], p['gold_below_start_step'])} | "
                      f"{_first(p['first_gold_free_alert'], p.get('gold_below_start_twice_step'))} | "
                      f"{std} |")
