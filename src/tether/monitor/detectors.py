@@ -298,6 +298,7 @@ DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
     "over_refusal": rate_climb("monitor/over_refusal", "over_refusal"),
     "compliance": rate_climb("monitor/compliance", "compliance"),  # with requests known harmful
     "sycophancy": rate_climb("monitor/sycophancy", "sycophancy"),
+    "uncorrected": rate_climb("monitor/uncorrected", "uncorrected"),  # a false premise not corrected
     "flip": rate_climb("monitor/flip", "flip"),
     "repetition": rate_climb("monitor/repetition", "repetition", "repetition_climb"),
     "eos": eos_drop,
