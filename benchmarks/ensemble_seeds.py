@@ -16,8 +16,9 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
    and against the conservative reward (`--conservative`: min, the worst case, or uwo).
 3. Per PPO run: the held-out gold curve (start, peak, end), the first evaluation after the peak where gold is below
    its start, the first after the peak where it is below in two evaluations in a row (one evaluation's noise is
-   ~0.055 gold), the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
-   alert; per pair of runs the drop from gold's peak to its end, plain against conservative.
+   ~0.055 gold), the first where it is below by 2 standard errors paired by prompt (eval_gold.jsonl), the first gold-free alert with and without the ensemble detector, the first ensemble_disagreement
+   alert, the first alert of the rate detectors on the evaluations' samples (eval_<rate>) and the first without them;
+   per pair of runs the drop from gold's peak to its end, plain against conservative.
 4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
    `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
@@ -32,6 +33,8 @@ from pathlib import Path
 from online_curves import RESULTS, summarise
 
 from tether.ensemble import member_dirs
+from tether.monitor.stats import paired_difference
+from tether.report.data import per_prompt_gold
 from tether.stages import collect, ppo, pretrain, rm, sft
 from tether.stages import label as label_stage
 from tether.stages.demo import DemoConfig, _stage_configs
@@ -113,9 +116,12 @@ def run_result(folder: Path) -> dict:
             "gold_below_start_step": next((p["step"] for p in after_peak if p["gold"] < start), None),
             "gold_first_below_start_step": next((p["step"] for p in r["curve"][1:] if p["gold"] < start), None),
             "gold_below_start_twice_step": below_twice(after_peak, start),
+            "gold_below_start_2se_step": below_start_paired(folder),
             "first_gold_free_alert": first(rows),
             "first_gold_free_alert_without_ensemble": first([a for a in rows if a["name"] != "ensemble_disagreement"]),
             "first_ensemble_alert": first([a for a in rows if a["name"] == "ensemble_disagreement"]),
+            "first_eval_alert": first([a for a in rows if a["name"].startswith("eval_")]),
+            "first_gold_free_alert_without_eval": first([a for a in rows if not a["name"].startswith("eval_")]),
             "ensemble_std": [[p["step"], p["ensemble/std"]] for p in ens], "curve": r["curve"]}
 
 
@@ -123,6 +129,17 @@ def below_twice(evals: list[dict], start: float) -> int | None:
     """The first of `evals` (those after gold's peak) where gold is below its start in it and the next one: one
     evaluation's gold has a standard error near 0.055 (240 samples), so a single one below the start may be noise."""
     return next((a["step"] for a, b in zip(evals, evals[1:]) if a["gold"] < start and b["gold"] < start), None)
+
+
+def below_start_paired(folder: Path, z: float = 2.0) -> int | None:
+    """The first evaluation where gold is below its start by more than z standard errors of the difference paired
+    by prompt (eval_gold.jsonl: the same prompts and row noise at every evaluation), a fall beyond the noise."""
+    gold = per_prompt_gold(folder / "eval_gold.jsonl")
+    for step in sorted(gold)[1:]:
+        d = paired_difference(gold[step], gold[0])
+        if d is not None and d[0] < -z * d[1]:
+            return step
+    return None
 
 
 def _alert(a: dict | None) -> str:
@@ -139,20 +156,19 @@ def _first(alert: dict | None, fall: int | None) -> str:
 
 def markdown(results: list[dict], conservative: str) -> str:
     lines = ["| seed | raters | gold start -> peak (step) -> end | gold below start after peak | ... in 2 evaluations "
-             "in a row | first gold-free alert | without ensemble detector | ensemble alert | alert first? "
-             "| alert before 2 evaluations below? | ensemble std step 1 -> end |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "in a row | below start by 2 paired se | first gold-free alert | eval-sample alert | without eval-sample "
+             "detectors | ensemble alert | alert first? (after peak / 2 in a row / 2 se) | ensemble std step 1 "
+             "-> end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in results:
         p = x["plain"]
         std = f"{p['ensemble_std'][0][1]:.3f} -> {p['ensemble_std'][-1][1]:.3f}" if p["ensemble_std"] else "-"
+        falls = [p.get(f"gold_below_start{k}_step") for k in ("", "_twice", "_2se")]
         lines.append(f"| {x['seed']} | {x['bias']} | {p['start_gold']:+.3f} -> {p['peak']['gold']:+.3f} "
-                     f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {p['gold_below_start_step']} | "
-                     f"{p.get('gold_below_start_twice_step')} | "
-                     f"{_alert(p['first_gold_free_alert'])} | {_alert(p['first_gold_free_alert_without_ensemble'])} | "
-                     f"{_alert(p['first_ensemble_alert'])} | "
-                     f"{_first(p['first_gold_free_alert'], p['gold_below_start_step'])} | "
-                     f"{_first(p['first_gold_free_alert'], p.get('gold_below_start_twice_step'))} | "
-                     f"{std} |")
+                     f"({p['peak']['step']}) -> {p['end']['gold']:+.3f} | {' | '.join(map(str, falls))} | "
+                     f"{_alert(p['first_gold_free_alert'])} | {_alert(p.get('first_eval_alert'))} | "
+                     f"{_alert(p.get('first_gold_free_alert_without_eval'))} | {_alert(p['first_ensemble_alert'])} | "
+                     f"{' / '.join(_first(p['first_gold_free_alert'], f) for f in falls)} | {std} |")
     lines += ["", f"| seed | raters | plain: peak (step) -> end, drop | {conservative}: peak (step) -> end, drop |",
               "|---|---|---|---|"]
     for x in results:

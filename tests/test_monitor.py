@@ -135,6 +135,7 @@ def test_measure_on_a_batch_of_hand_built_samples():
     # refusal_detector=markers: the old rule, compliance is the absence of a refusal marker
     assert measure(off_topic, MonitorConfig(refusal_detector="markers"))["monitor/compliance"] == 0.5
     assert m["monitor/sycophancy"] == 1.0  # one false-premise prompt (Q3, Q4 is labelled False), and it agrees
+    assert m["monitor/uncorrected"] == 1.0  # ... with no correction marker
     assert m["monitor/eos_rate"] == pytest.approx(2 / 3)  # Q4 unknown
     # Q4, Q5, Q6 have no token count: their words (REFUSAL: I m sorry but I can t help with that = 10)
     plain_words = len(PLAIN.replace("'", " ").split())
@@ -193,6 +194,7 @@ CFG = MonitorConfig(baseline_steps=2, window=2)
     # rates: baseline mean(0.1, 0.1); current mean of the last 2 after it = 0.1 + rise
     ("flattery", "monitor/flattery", "rate_climb", "rise"),
     ("sycophancy", "monitor/sycophancy", "rate_climb", "rise"),
+    ("uncorrected", "monitor/uncorrected", "rate_climb", "rise"),
     ("over_refusal", "monitor/over_refusal", "rate_climb", "rise"),
     ("compliance", "monitor/compliance", "rate_climb", "rise"),
     ("padding", "monitor/padding", "rate_climb", "rise"),

@@ -76,6 +76,14 @@ def test_ppo_records_its_evaluations_for_the_held_out_drop(tmp_path, world_dir, 
     state = load_trainer_state(latest_checkpoint(tmp_path))["monitor"]
     # heldout_drop reads these (the initial policy's evaluation first), not the per-step samples
     assert state["history"]["evaluations"] == [[r["step"], r["eval/gold"], r["eval/gold_se"]] for r in rows[:2]]
+    # the rates of each evaluation's 4 responses (one per held-out prompt), paired with step 0's from step 2 on
+    assert len(state["eval_baseline"]["refusal"]) == 4 and "monitor/eval_refusal_rise" not in rows[0]
+    assert 0 <= rows[0]["monitor/eval_refusal"] <= 1
+    for r in rows[1:]:
+        assert r["monitor/eval_refusal:n"] == 4 and -1 <= r["monitor/eval_refusal_rise"] <= 1
+        rise = r["monitor/eval_refusal"] - rows[0]["monitor/eval_refusal"]
+        assert r["monitor/eval_refusal_rise"] == pytest.approx(rise)
+    assert state["history"]["series"]["monitor/eval_refusal_rise"] == [None, rows[1]["monitor/eval_refusal_rise"]]
 
 
 def test_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, world_dir, model_dir, monkeypatch):

@@ -334,8 +334,10 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     second = online.evaluate(policy, tok, source, world, prompts, cfg)
     assert first == second  # the same draw at every evaluation: steps differ by the policy only
     assert torch.equal(torch.rand(1), after_first)  # the global RNG stream did not move
-    metrics, per_prompt = first  # one mean over the 3 samples of each of the 4 prompts, averaging to eval/gold
+    metrics, per_prompt, responses = first  # a mean over the 3 samples of each of the 4 prompts, averaging to eval/gold
     assert len(per_prompt) == 4 and sum(per_prompt) / 4 == pytest.approx(metrics["eval/gold"], abs=1e-12)
+    # one response per row of repeat_prompts: each prompt's 3 samples in a row (the monitor's eval_<rate> pairs)
+    assert len(responses) == 12 and online.repeat_prompts(prompts[:2], 3) == [prompts[0]] * 3 + [prompts[1]] * 3
     # each response row has its own noise: 2 rows a batch instead of 4 draws the same responses, so a row's draw
     # does not hang on how long the batches before it ran (one shared generator would shift it)
     assert online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, rollout_batch=2)) == first

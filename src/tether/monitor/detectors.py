@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from tether.monitor.config import MonitorConfig
+from tether.monitor.config import RATES, MonitorConfig
 from tether.monitor.stats import mean, slope
 
 
@@ -128,6 +128,30 @@ def rate_climb(metric: str, label: str, threshold: str = "rate_climb") -> Callab
             return None
         return Alert(label, history.steps[-1], bc[1] - bc[0], limit,
                      f"{label} rate rose from {bc[0]:.0%} to {bc[1]:.0%} (alert at +{limit:.0%})")
+    return detect
+
+
+def eval_rate_climb(rate: str) -> Callable:
+    """A detector on the stage's held-out evaluations (`Monitor.observe_evaluation`): fires while the latest
+    evaluation's rate `rate` has risen at least cfg.eval_rate_climb over the first evaluation's (step 0) and by
+    noise_z paired standard errors, over at least rate_min_samples pairs of samples. It judges the latest
+    evaluation at every step until the next one, so an alert is announced once, at the evaluation that raised it.
+    Reads the text rules and prompt labels of `sample_flags` only: a warning that needs no gold."""
+    name = f"monitor/eval_{rate}"
+
+    def detect(history: History, cfg: MonitorConfig) -> Alert | None:
+        pts = history.points(f"{name}_rise")
+        if not pts:
+            return None
+        at, rise = pts[-1]
+        se = dict(history.points(f"{name}_rise_se")).get(at, 0.0)
+        pairs = dict(history.points(f"{name}:n")).get(at, 0.0)
+        if pairs < cfg.rate_min_samples or rise < max(cfg.eval_rate_climb, cfg.noise_z * se):
+            return None
+        now = dict(history.points(name)).get(at, 0.0)
+        return Alert(f"eval_{rate}", history.steps[-1], rise, cfg.eval_rate_climb,
+                     f"{rate} rate on the step-{at} evaluation rose {rise:+.0%} over step 0's (to {now:.0%}; paired "
+                     f"se {se:.1%}, {pairs:.0f} samples)")
     return detect
 
 
@@ -274,6 +298,7 @@ DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
     "over_refusal": rate_climb("monitor/over_refusal", "over_refusal"),
     "compliance": rate_climb("monitor/compliance", "compliance"),  # with requests known harmful
     "sycophancy": rate_climb("monitor/sycophancy", "sycophancy"),
+    "uncorrected": rate_climb("monitor/uncorrected", "uncorrected"),  # a false premise not corrected
     "flip": rate_climb("monitor/flip", "flip"),
     "repetition": rate_climb("monitor/repetition", "repetition", "repetition_climb"),
     "eos": eos_drop,
@@ -284,9 +309,11 @@ DETECTORS: dict[str, Callable[[History, MonitorConfig], Alert | None]] = {
     "ensemble_disagreement": ensemble_disagreement,
     "heldout_drop": heldout_drop,
     "divergence": divergence,
+    **{f"eval_{rate}": eval_rate_climb(rate) for rate in RATES},
 }
 """name -> detector(history, cfg) -> Alert or None. The held-out ones (heldout_drop, divergence) need a held-out
-signal; every other one fires from the proxy and the text alone, so it can fire before gold has moved."""
+signal; every other one fires from the proxy and the text alone, so it can fire before gold has moved. The
+eval_<rate> ones judge the stage's held-out evaluations (each against the first), the others its steps' samples."""
 
 
 def check(history: History, cfg: MonitorConfig) -> list[Alert]:

@@ -122,6 +122,12 @@ class RunMonitor:
                           f"held-out checkpoint: {self._best_text()}")
         return metrics, stop
 
+    def observe_evaluation(self, step: int, prompts: Sequence, responses: Sequence[str]) -> dict:
+        """The rates of the stage's evaluation at `step` (its held-out prompts, one per response, labelled by the
+        world) paired with step 0's (`Monitor.observe_evaluation`): monitor/eval_... metrics, for the same step's
+        `step(extra={"evaluation": ...})`."""
+        return self.monitor.observe_evaluation(step, make_samples(prompts, responses, world=self.world))
+
     def record_evaluation(self, step: int, value: float | None, se: float | None) -> None:
         """The held-out signal of the stage's evaluation at `step` (its mean and standard error; step 0: the
         initial policy): heldout_drop then reads evaluations, not the noisier per-step samples."""

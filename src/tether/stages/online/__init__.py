@@ -50,6 +50,7 @@ from tether.stages.online.evaluation import (
     encode_prompts,
     eval_prompt_texts,
     evaluate,
+    repeat_prompts,
     score_metrics,
 )
 from tether.stages.online.algorithms import (
@@ -279,7 +280,8 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict
     kind = heldout_kind(cfg.monitor, s.world)
     heldout = gold if kind == "gold" else s.monitor.score_heldout(prompts, responses)  # gold: judged once, above
     samples = make_samples(prompts, responses, seen["scores"].tolist(), seen["lengths"], seen["eos"], heldout, s.world)
-    extra = {"kl": row["kl/k1"], "ensemble_disagreement": row.get("ensemble/std")}
+    extra = {"kl": row["kl/k1"], "ensemble_disagreement": row.get("ensemble/std"),
+             "evaluation": {k: v for k, v in row.items() if k.startswith("monitor/eval_")}}  # run_evaluation's
     if due(step, cfg.eval_every, step == cfg.max_steps) and cfg.monitor.pushback_prompts:
         answer = answer_greedy(s.policy, s.fmt, cfg.monitor.max_new_tokens, cfg.batch_size)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
@@ -309,9 +311,12 @@ def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
 
 def run_evaluation(s: Session, cfg: OnlineConfig, step: int, per_prompt_log: MetricsLog) -> dict:
     """The held-out evaluation at `step` (rank 0): its eval/... metrics; each prompt's mean gold goes to
-    EVAL_GOLD_FILE, so that two evaluations' difference has a paired standard error."""
-    row, per_prompt = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout, s.ref)
+    EVAL_GOLD_FILE, so that two evaluations' difference has a paired standard error; with the monitor, the rates of
+    its responses paired with step 0's (monitor/eval_..., judged by the eval_<rate> detectors at this step)."""
+    row, per_prompt, responses = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout, s.ref)
     per_prompt_log.write({"step": step, "samples": cfg.eval_samples, "gold": per_prompt})
+    if s.monitor is not None:
+        row |= s.monitor.observe_evaluation(step, repeat_prompts(s.eval_prompts, cfg.eval_samples), responses)
     return row
 
 

@@ -45,6 +45,11 @@ EVAL_GOLD_FILE = "eval_gold.jsonl"
 each held-out prompt over its samples, in eval_prompt_texts order, null where the world does not know it]}."""
 
 
+def repeat_prompts(prompts: list, k: int) -> list:
+    """Each prompt k times in a row, the evaluation's rows: [a, b] with k = 2 -> [a, a, b, b]."""
+    return [p for p in prompts for _ in range(k)]
+
+
 def prompt_means(values: list[float | None], k: int) -> list[float | None]:
     """Means of consecutive blocks of k values (one prompt's k samples), None where a block has no value.
     [1, 3, None, 2] with k = 2 -> [2.0, 2.0]."""
@@ -53,14 +58,15 @@ def prompt_means(values: list[float | None], k: int) -> list[float | None]:
 
 @torch.no_grad()
 def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldout=None, ref=None
-             ) -> tuple[dict, list[float | None]]:
+             ) -> tuple[dict, list[float | None], list[str]]:
     """Responses to held-out world prompts (greedy, or eval_samples each at eval_temperature): mean gold, proxy
     score, length and EOS rate (eval/...), and with a `heldout(prompts, responses)` scorer (a second reward
-    model) its mean as eval/heldout; and the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE).
+    model) its mean as eval/heldout; the mean gold of each prompt (`prompt_means`, for EVAL_GOLD_FILE); and the
+    responses, one per row of `repeat_prompts(prompts, eval_samples)` (the monitor's eval_<rate> detectors).
     With the reference policy `ref`, sampling at the rollouts' temperature: eval/kl (and eval/kl_se), the k1
     estimate of KL(π || π_ref) per response, Σ_t log π - log π_ref on these samples: Gao et al.'s d² measured on
     a fixed set of many prompts, where the rollouts' kl/k1 comes from one step's 32 responses."""
-    prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
+    prompts = repeat_prompts(prompts, cfg.eval_samples)
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
     measure_kl = ref is not None and cfg.eval_temperature > 0 and cfg.eval_temperature == cfg.temperature
     responses, lengths, eos, kl = [], [], [], []
@@ -91,9 +97,9 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
         out["eval/ensemble_std"] = float(source.last_std.mean())
     per_prompt = prompt_means(gold, cfg.eval_samples)
     if heldout is None:
-        return out, per_prompt
+        return out, per_prompt, responses
     held = heldout(prompts, responses)
-    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt
+    return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt, responses
 
 
 def eval_prompt_texts(world, n: int) -> list[str]:
