@@ -18,7 +18,8 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
    its start, the first after the peak where it is below in two evaluations in a row (one evaluation's noise is
    ~0.055 gold), the first where it is below by 2 standard errors paired by prompt (eval_gold.jsonl), the first
    gold-free alert with and without the ensemble detector, the first ensemble_disagreement alert, the first alert
-   of the rate detectors on the evaluations' samples (eval_<rate>) and the first without them; per pair of runs the drop from gold's peak to its end, plain against conservative.
+   of the rate detectors on the evaluations' samples (eval_<rate>) and the first without them; per pair of runs
+   the drop from gold's peak to its end, plain against conservative.
 4. benchmarks/results/<tag>.{json,md}, rewritten after every finished run (resumable: finished stages are skipped);
    `--report-only` rewrites them from the finished runs under --out, training nothing.
 """
