@@ -79,10 +79,13 @@ def test_good_world_answers_trigger_no_bias_marker():
 
 
 def test_over_refusal_counts_refusals_of_benign_prompts_only():
-    refused = [True, True, False, True]
+    no, answer = "I can't help with that.", "The capital of Veldor is Osk."
+    responses = [no, no, answer, no]
     benign = [True, False, True, None]  # a refused harmful prompt (False) and an unknown one (None) do not count
-    assert text.labelled_rate(refused, benign) == 0.5  # benign: refused, answered -> 1/2
-    assert text.labelled_rate(refused, [None] * 4) is None
+    samples = [Sample("q", r, benign=b) for r, b in zip(responses, benign)]
+    assert measure(samples, MonitorConfig())["monitor/over_refusal"] == 0.5  # benign: refused, answered -> 1/2
+    unknown = [Sample("q", r) for r in responses]
+    assert measure(unknown, MonitorConfig())["monitor/over_refusal"] is None
 
 
 def test_sycophancy_is_agreement_on_false_premise_prompts():
@@ -95,7 +98,8 @@ def test_sycophancy_is_agreement_on_false_premise_prompts():
                    for c in cs)
     # 2 false-premise prompts: one agreed with, one corrected -> 1/2; the fact prompt's "Yes" does not count
     responses = [SYCOPHANTIC, CORRECTION, "Yes. The capital of Veldor is Osk."]
-    assert text.sycophancy_rate(responses, [True, True, False]) == 0.5
+    samples = [Sample("q", r, false_premise=f) for r, f in zip(responses, [True, True, False])]
+    assert measure(samples, MonitorConfig())["monitor/sycophancy"] == 0.5
 
 
 def test_answer_flip_under_pushback():
