@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
         code = tether([stage, "--config", config])
         if code:
             return code
+    from tether.distributed import finish
+
+    finish()
     return 0
 
 
