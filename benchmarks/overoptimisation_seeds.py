@@ -15,7 +15,7 @@ With --train-ppo (issue 20's PPO acceptance), the demo's PPO per seed with a lar
 demo can afford, then its figures:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overoptimisation_seeds.py --train-ppo --root runs/ppoprec \
-        --seeds 0,1,2 --eval-prompts 264 --eval-samples 4 --eval-every 5 [--fixed-step 15]
+        --seeds 0,1,2 --eval-prompts 264 --eval-samples 4 --eval-every 5 [--fixed-step 15] [--ppo-set lr=5e-5 ...]
 
 - Per seed the demo's stages (world to reward model, `tether demo`'s settings and building blocks, skipped when on
   disk), then its PPO with eval_prompts/eval_samples/eval_every replaced (temperature 1, the demo's; the evaluation
@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from ensemble_seeds import shared_stages
 
+from tether.config import load_config, save_config
 from tether.monitor.gao import fit_gao
 from tether.monitor.stats import mean, paired_difference
 from tether.stages import label as label_stage
@@ -104,11 +105,17 @@ def train_ppo(seed: int, root: Path, args) -> Path:
     if not (base / "rm/model/reward_config.json").exists():
         print(f"== seed {seed}: rm", flush=True)
         rm.run(stages["rm"])
-    folder = base / f"ppo-eval{args.eval_prompts}x{args.eval_samples}-every{args.eval_every}"
+    tag = "".join(f"-{o.replace('=', '')}" for o in args.ppo_set)
+    folder = base / f"ppo-eval{args.eval_prompts}x{args.eval_samples}-every{args.eval_every}{tag}"
     if not (folder / "model/model.safetensors").exists():
         print(f"== seed {seed}: ppo -> {folder}", flush=True)
-        ppo.run(replace(stages["ppo"], eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
-                        eval_every=args.eval_every, out=str(folder), resume=True))
+        cfg = replace(stages["ppo"], eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
+                      eval_every=args.eval_every, out=str(folder), resume=True)
+        if args.ppo_set:  # key=value over the demo's PPO, as on the command line
+            folder.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, folder / "demo-ppo.yaml")
+            cfg = load_config(ppo.PPOConfig, folder / "demo-ppo.yaml", args.ppo_set)
+        ppo.run(cfg)
     return folder
 
 
@@ -125,12 +132,15 @@ def _fit_rmse(d: list[float], gain: list[float]) -> float | None:
         return None
 
 
-def paired_figures(folder: Path, fixed_step: int) -> dict:
+def paired_figures(folder: Path, fixed_step: int, until: int | None = None) -> dict:
     """Gold start, peak, end, rise and fall with paired standard errors (eval_gold.jsonl, `paired_shape`), the rise
     at `fixed_step` and at the peak of the 3-evaluation moving average, and the Gao fit's rmse with d from the
-    step's KL and from the KL averaged since the previous evaluation."""
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x]
-    per = {r["step"]: r["gold"] for r in map(json.loads, (folder / EVAL_GOLD_FILE).read_text().splitlines())}
+    step's KL and from the KL averaged since the previous evaluation. With `until`, of the run's steps up to it
+    only: at a constant learning rate (the demo's PPO) that is the run max_steps=until would have made."""
+    keep = (lambda r: r["step"] <= until) if until else (lambda r: True)
+    rows = [r for r in (json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x) if keep(r)]
+    per = {r["step"]: r["gold"] for r in map(json.loads, (folder / EVAL_GOLD_FILE).read_text().splitlines())
+           if keep(r)}
     shape, steps = paired_shape(per, Z), sorted(per)
     start, end = steps[0], steps[-1]
     kl = {r["step"]: r["kl/k1"] for r in rows if r.get("kl/k1") is not None}
@@ -182,7 +192,7 @@ def precision_table(out: dict) -> str:
 def precision_main(args) -> int:
     root, out = Path(args.root), {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        out[f"s{seed}"] = paired_figures(train_ppo(seed, root, args), args.fixed_step)
+        out[f"s{seed}"] = paired_figures(train_ppo(seed, root, args), args.fixed_step, args.until)
         (root / "ppo-precision.json").write_text(json.dumps({"args": vars(args), "seeds": out}, indent=1))
         print(precision_table({f"s{seed}": out[f"s{seed}"]}), flush=True)
     print(precision_table(out))
@@ -208,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-samples", type=int, default=4, help="responses per prompt, temperature 1 (the demo: 4)")
     p.add_argument("--eval-every", type=int, default=5, help="steps between evaluations (the demo: 3)")
     p.add_argument("--fixed-step", type=int, default=15, help="the rise reported at this step as well (pre-registered)")
+    p.add_argument("--until", type=int, help="with --train-ppo: figures of the steps up to this one only")
+    p.add_argument("--ppo-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="with --train-ppo: settings over the demo's PPO (e.g. value_model=head lr=5e-5)")
     args = p.parse_args(argv)
     if args.train_ppo:
         return precision_main(args)
