@@ -330,11 +330,14 @@ class RewardModel(nn.Module):
         if after is not None:
             past, positions, attention_mask = self._after_prefix(*after, input_ids, attention_mask)
             extra = {cache_kwarg(self.backbone): past, "position_ids": positions}
+        # (B,) copies, not views of the (B, 1) outputs: FSDP2 hooks a sharded module's output for its backward, and
+        # warns on every pass that a view's hook would be lost to an in-place op (none is made here).
         if self.reads_classifier:  # Hugging Face's own pooling: the last token that is not pad_token_id
-            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+            logits = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+            return logits[:, 0].float().clone()
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         pooled = POOLS[self.pool](hidden, attention_mask)  # (B, H)
-        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()  # (B,)
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float().clone()  # (B,)
 
     @staticmethod
     def _after_prefix(layers: list, prefix_mask: torch.Tensor, rows: torch.Tensor, input_ids: torch.Tensor,
