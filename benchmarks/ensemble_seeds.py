@@ -33,6 +33,7 @@ from pathlib import Path
 
 from online_curves import RESULTS, summarise
 
+from tether.config import load_config, save_config
 from tether.ensemble import member_dirs
 from tether.monitor.stats import paired_difference
 from tether.report.data import per_prompt_gold
@@ -88,11 +89,21 @@ def bias_stages(stages: dict, seed: int, bias: str, members: int, root: Path, un
     return model
 
 
-def ppo_run(stages: dict, reward_model: Path, reward_ensemble: str, folder: Path) -> Path:
+def with_settings(cfg, settings: list[str], folder: Path):
+    """`cfg` with `key=value` settings over it, as on the command line (saved to folder/base.yaml, then loaded with
+    them: the same checks and conversions); `cfg` itself without any."""
+    if not settings:
+        return cfg
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "base.yaml")
+    return load_config(type(cfg), folder / "base.yaml", settings)
+
+
+def ppo_run(stages: dict, reward_model: Path, reward_ensemble: str, folder: Path, settings: list[str] = ()) -> Path:
     if not (folder / "model/model.safetensors").exists():
         print(f"== {folder}", flush=True)
-        ppo.run(replace(stages["ppo"], reward_model=str(reward_model), reward_ensemble=reward_ensemble,
-                        out=str(folder), resume=True))
+        ppo.run(with_settings(replace(stages["ppo"], reward_model=str(reward_model), reward_ensemble=reward_ensemble,
+                                      out=str(folder), resume=True), list(settings), folder))
     return folder
 
 
@@ -220,6 +231,8 @@ def main() -> None:
                     help="world, pretraining and SFT of this seed for every seed (the rest: each seed's own)")
     ap.add_argument("--plain-only", action="store_true", help="skip the conservative PPO runs")
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from the finished runs on disk")
+    ap.add_argument("--ppo-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="settings over the demo's PPO (e.g. value_model=separate lr=1e-4); use its own --out")
     args = ap.parse_args()
     out, started, results = Path(args.out), time.time(), []
     if args.report_only:
@@ -230,11 +243,11 @@ def main() -> None:
             root = out / f"seed{seed}-{bias}"
             model = bias_stages(stages, seed, bias, args.members, root, args.ensemble_unit)
             result = {"seed": seed, "bias": bias, "raters": BIASES[bias],
-                      "plain": run_result(ppo_run(stages, model, "single", root / "ppo-single"))}
+                      "plain": run_result(ppo_run(stages, model, "single", root / "ppo-single", args.ppo_set))}
             results.append(result)
             write(results, args, started)
             if not args.plain_only:
-                folder = ppo_run(stages, model, args.conservative, root / f"ppo-{args.conservative}")
+                folder = ppo_run(stages, model, args.conservative, root / f"ppo-{args.conservative}", args.ppo_set)
                 result["conservative"] = run_result(folder)
                 write(results, args, started)
             print(markdown([result], args.conservative), flush=True)

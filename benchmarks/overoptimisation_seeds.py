@@ -40,9 +40,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from ensemble_seeds import shared_stages
+from ensemble_seeds import shared_stages, with_settings
 
-from tether.config import load_config, save_config
 from tether.monitor.gao import fit_gao
 from tether.monitor.stats import mean, paired_difference
 from tether.stages import label as label_stage
@@ -109,13 +108,8 @@ def train_ppo(seed: int, root: Path, args) -> Path:
     folder = base / f"ppo-eval{args.eval_prompts}x{args.eval_samples}-every{args.eval_every}{tag}"
     if not (folder / "model/model.safetensors").exists():
         print(f"== seed {seed}: ppo -> {folder}", flush=True)
-        cfg = replace(stages["ppo"], eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
-                      eval_every=args.eval_every, out=str(folder), resume=True)
-        if args.ppo_set:  # key=value over the demo's PPO, as on the command line
-            folder.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, folder / "demo-ppo.yaml")
-            cfg = load_config(ppo.PPOConfig, folder / "demo-ppo.yaml", args.ppo_set)
-        ppo.run(cfg)
+        ppo.run(with_settings(replace(stages["ppo"], eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
+                                      eval_every=args.eval_every, out=str(folder), resume=True), args.ppo_set, folder))
     return folder
 
 
