@@ -4,6 +4,7 @@ the demo's, and does a conservative ensemble reward (Coste et al. 2023) keep mor
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_seeds.py [--seeds 0,1,2,3,4] [--biases length,agreement]
                                                                     [--members 4] [--conservative min] [--out runs/ens]
                                                                     [--ensemble-unit prompt|rater] [--base-seed b]
+                                                                    [--ppo-set KEY=VALUE ...]
 
 1. Per seed, the demo's stages up to the comparison queue (world, tokenizer, pretraining, SFT, collect: demo settings,
    `tether demo`'s building blocks), shared by the bias settings; with `--base-seed b`, world, pretraining and SFT are
