@@ -116,9 +116,8 @@ def teardown() -> None:
 
 def finish() -> None:
     """Leave the process group together, after the last stage of a script that ran them all cleanly: a barrier first,
-    so that no rank tears its connections down while another still writes its last checkpoint (once in CI a rank
-    that exited early aborted with "terminate called without an active exception" under gloo; not reproduced in 23
-    runs here). Not for `setup`'s exit handler: after a failure the other ranks may never reach the barrier."""
+    so that no rank tears its connections down while another still writes its last checkpoint. Not for `setup`'s
+    exit handler: after a failure the other ranks may never reach the barrier."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
