@@ -15,7 +15,8 @@ With --train-ppo (issue 20's PPO acceptance), the demo's PPO per seed with a lar
 demo can afford, then its figures:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/overoptimisation_seeds.py --train-ppo --root runs/ppoprec \
-        --seeds 0,1,2 --eval-prompts 264 --eval-samples 4 --eval-every 5 [--fixed-step 15] [--ppo-set lr=5e-5 ...]
+        --seeds 0,1,2 --eval-prompts 264 --eval-samples 4 --eval-every 5 [--fixed-step 15] [--ppo-set lr=5e-5 ...] \
+        [--label-set raters.obscure_knowledge=0.3 ...]
 
 - Per seed the demo's stages (world to reward model, `tether demo`'s settings and building blocks, skipped when on
   disk), then its PPO with eval_prompts/eval_samples/eval_every replaced (temperature 1, the demo's; the evaluation
@@ -28,6 +29,8 @@ demo can afford, then its figures:
 - The Gao RL fit's rmse against the gain, with d = sqrt of the rollouts' KL at the evaluation's step, of its mean
   over the steps since the previous evaluation (one step's KL over 32 rollouts is noisy), and of eval/kl (the KL
   on the evaluation's own samples).
+- The same rise and fall per held-out prompt category (fact, false_premise, harmful, ...): the policy can gain on one
+  while it loses on another from the first steps, and the overall curve is their sum.
 Written to <root>/ppo-precision.json.
 """
 from __future__ import annotations
@@ -100,7 +103,7 @@ def train_ppo(seed: int, root: Path, args) -> Path:
     base = root / f"seed{seed}"
     if not (base / "label/comparisons.jsonl").exists():
         print(f"== seed {seed}: label", flush=True)
-        label_stage.run(stages["label"])
+        label_stage.run(with_settings(stages["label"], args.label_set, base / "label-settings"))
     if not (base / "rm/model/reward_config.json").exists():
         print(f"== seed {seed}: rm", flush=True)
         rm.run(stages["rm"])
@@ -183,13 +186,40 @@ def precision_table(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def category_figures(folder: Path, world: Path, until: int | None = None) -> dict:
+    """paired_shape of each held-out prompt category (world/eval.jsonl's, in eval_gold.jsonl's order: the run
+    evaluated all of them): where gold rises and falls, which the overall mean sums."""
+    cats = [json.loads(x)["category"] for x in (world / "eval.jsonl").read_text().splitlines() if x]
+    per = {r["step"]: r["gold"] for r in map(json.loads, (folder / EVAL_GOLD_FILE).read_text().splitlines())
+           if not until or r["step"] <= until}
+    if any(len(g) != len(cats) for g in per.values()):
+        return {}
+    return {c: paired_shape({t: [x for x, k in zip(g, cats) if k == c] for t, g in per.items()}, Z)
+            for c in sorted(set(cats))}
+
+
+def category_table(seeds: dict) -> str:
+    def cell(f: dict) -> str:
+        return (f"{f['start']:+.2f} -> {f['peak']:+.2f} ({f['peak_step']}) -> {f['end']:+.2f}; rise {f['rise']:+.2f} ± "
+                f"{Z * f['rise_se']:.2f}{' yes' if f['rose'] else ''}, fall {f['drop']:+.2f} ± {Z * f['drop_se']:.2f}"
+                f"{' yes' if f['fell'] else ''}")
+    cats = sorted({c for f in seeds.values() for c in f.get("categories", {})})
+    lines = ["| category | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(seeds)]
+    lines += [f"| {c} | " + " | ".join(cell(f["categories"][c]) if c in f.get("categories", {}) else "n/a"
+                                      for f in seeds.values()) + " |" for c in cats]
+    return "\n".join(lines) + "\n"
+
+
 def precision_main(args) -> int:
     root, out = Path(args.root), {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        out[f"s{seed}"] = paired_figures(train_ppo(seed, root, args), args.fixed_step, args.until)
+        folder = train_ppo(seed, root, args)
+        out[f"s{seed}"] = paired_figures(folder, args.fixed_step, args.until)
+        out[f"s{seed}"]["categories"] = category_figures(folder, root / f"seed{seed}/world", args.until)
         (root / "ppo-precision.json").write_text(json.dumps({"args": vars(args), "seeds": out}, indent=1))
         print(precision_table({f"s{seed}": out[f"s{seed}"]}), flush=True)
     print(precision_table(out))
+    print(category_table(out))
     return 0
 
 
@@ -215,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", type=int, help="with --train-ppo: figures of the steps up to this one only")
     p.add_argument("--ppo-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="with --train-ppo: settings over the demo's PPO (e.g. value_model=head lr=5e-5)")
+    p.add_argument("--label-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="with --train-ppo: settings over the demo's labelling, e.g. raters.obscure_knowledge=0.3 "
+                        "(give the run its own --root: stages on disk are kept)")
     args = p.parse_args(argv)
     if args.train_ppo:
         return precision_main(args)

@@ -41,7 +41,8 @@ def gao_gold(d: float) -> float:
 
 
 def ppo_rows(rng: random.Random, steps: int = 60, eval_every: int = 5) -> list[dict]:
-    rows = [{"step": 0, "eval/gold": GOLD0, "eval/score": 0.2, "eval/response_length": 15.0, "eval/eos_rate": 1.0}]
+    rows = [{"step": 0, "eval/gold": GOLD0, "eval/score": 0.2, "eval/response_length": 15.0, "eval/eos_rate": 1.0,
+             "eval/gold/fact": GOLD0, "eval/gold/false_premise": GOLD0}]
     for step in range(1, steps + 1):
         kl = 0.3 * step
         hacked = max(0.0, (step - 25) / 35)
@@ -54,7 +55,9 @@ def ppo_rows(rng: random.Random, steps: int = 60, eval_every: int = 5) -> list[d
                "monitor/alerts": int(step >= 28) + int(step >= 40)}
         if step % eval_every == 0:
             row.update({"eval/gold": gao_gold(math.sqrt(kl)), "eval/score": 0.2 + 0.6 * math.log1p(step / 5),
-                        "eval/response_length": 15 + 15 * hacked})
+                        "eval/response_length": 15 + 15 * hacked,
+                        # facts gain until step 30 while agreeing with false premises loses from the start
+                        "eval/gold/fact": GOLD0 + 0.01 * min(step, 30), "eval/gold/false_premise": GOLD0 - 0.02 * step})
         rows.append(row)
     return rows
 

@@ -336,6 +336,14 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     assert torch.equal(torch.rand(1), after_first)  # the global RNG stream did not move
     metrics, per_prompt, responses = first  # a mean over the 3 samples of each of the 4 prompts, averaging to eval/gold
     assert len(per_prompt) == 4 and sum(per_prompt) / 4 == pytest.approx(metrics["eval/gold"], abs=1e-12)
+    # eval/gold/<category>: the mean over that category's prompts (each has its 3 samples), the world's categories
+    by_category = {}
+    for prompt, gold in zip(prompts, per_prompt):
+        by_category.setdefault(world.parse(prompt).category, []).append(gold)
+    assert len(by_category) >= 2 and {k for k in metrics if k.startswith("eval/gold/")} == {
+        f"eval/gold/{c}" for c in by_category}
+    for c, golds in by_category.items():
+        assert metrics[f"eval/gold/{c}"] == pytest.approx(sum(golds) / len(golds), abs=1e-12)
     # one response per row of repeat_prompts: each prompt's 3 samples in a row (the monitor's eval_<rate> pairs)
     assert len(responses) == 12 and online.repeat_prompts(prompts[:2], 3) == [prompts[0]] * 3 + [prompts[1]] * 3
     # each response row has its own noise: 2 rows a batch instead of 4 draws the same responses, so a row's draw

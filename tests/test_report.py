@@ -285,3 +285,17 @@ def test_proxy_and_gold_are_points_not_a_line_in_step_order(full):
     fig = plots.proxy_gold_figure(ppo, findings.gao_fit(ppo.curve))
     marks = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() in ("gold", "proxy (trained on)")]
     assert len(marks) == 2 and all(line.get_linestyle() == "None" for line in marks)
+
+
+def test_gold_by_category_is_drawn_with_each_categorys_start_best_and_end(full):
+    root, html = full
+    ppo = next(o for o in load_run(root).optimisers if o.label == "ppo")
+    # reportkit: facts gain 0.01 a step until step 30, false premises lose 0.02 a step from the start
+    assert findings.category_moves(ppo) == ["fact +0.40 → +0.70 (step 30) → +0.70",
+                                            "false premise +0.40 → +0.40 (step 0) → -0.80"]
+    assert 'alt="held-out gold by prompt category over training" src="data:image/png;base64,' in html
+    assert "Gold per category, start → best → end: fact +0.40 → +0.70 (step 30) → +0.70; false premise" in html
+    # a run without per-category evaluations (a dataset's prompts, no world) draws nothing
+    plain = Optimiser(label="ppo", kind="ppo", curve=ppo.curve,
+                      metrics=[{k: v for k, v in r.items() if not k.startswith("eval/gold/")} for r in ppo.metrics])
+    assert plots.gold_by_category(plain) is None and findings.category_moves(plain) == []

@@ -223,6 +223,7 @@ def optimiser_block(o: Optimiser) -> dict:
     settings = {k: o.config[k] for k in ("kl_coef", "beta", "loss", "max_steps", "lr", "reward") if k in o.config}
     return {"label": o.label, "name": findings.display_name(o.label), "verdict": v, "fit": fit_text, "settings": settings,
             "curve_plot": plots.proxy_gold(o, fit), "length_plot": plots.length(o), "rates_plot": plots.rates(o),
+            "category_plot": plots.gold_by_category(o), "category_moves": findings.category_moves(o),
             "before_after": before_after, "alerts": _alert_rows(o), "best": _sample_rows(best),
             "worst": _sample_rows(worst), "kept": o.best, "n_points": len(o.curve)}
 

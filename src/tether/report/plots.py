@@ -23,6 +23,8 @@ from tether.report.data import Optimiser  # noqa: E402
 PROXY, GOLD, FIT, ALERT, INK, MUTED = "#2563eb", "#c2410c", "#9a3412", "#dc2626", "#1f2937", "#6b7280"
 RATE_COLOURS = {"sycophancy": "#7c3aed", "flip": "#a855f7", "refusal": "#0891b2", "over_refusal": "#0e7490",
                 "flattery": "#db2777", "hedging": "#65a30d", "padding": "#ca8a04"}
+CATEGORY_COLOURS = {"fact": "#0f766e", "false_premise": "#7c3aed", "harmful": "#be185d", "benign": "#65a30d",
+                    "unanswerable": "#0891b2"}
 STYLE = {
     "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold",
     "axes.titlelocation": "left", "axes.edgecolor": "#9ca3af", "axes.labelcolor": INK, "axes.linewidth": 0.8,
@@ -215,6 +217,30 @@ def rates(opt: Optimiser) -> str | None:
     ax.set_xlabel("step")
     fig.legend(loc="outside lower center", ncol=4)
     ax.set_title("Monitor rates over training")
+    return to_data_uri(fig)
+
+
+@_draw
+def gold_by_category(opt: Optimiser) -> str | None:
+    """Held-out gold of each prompt category over training (eval/gold/<category>) beside the overall mean: where the
+    policy gains and where it loses at the same time, which the overall mean sums away."""
+    names = sorted({k.removeprefix("eval/gold/") for r in opt.metrics for k in r if k.startswith("eval/gold/")})
+    series = {c: s for c in names if len(s := opt.series(f"eval/gold/{c}")) >= 2}
+    if len(series) < 2:
+        return None
+    fig = _figure(5.6, 3.7)
+    ax = fig.add_subplot()
+    for c, s in series.items():
+        ax.plot(*zip(*s), ".-", color=CATEGORY_COLOURS.get(c, MUTED), markersize=4, linewidth=1.1,
+                label=c.replace("_", " "))
+    overall = opt.series("eval/gold")
+    if overall:
+        ax.plot(*zip(*overall), "-", color=GOLD, linewidth=2.6, alpha=0.85, label="all prompts")
+    _alert_lines(ax, opt)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out gold, mean")
+    fig.legend(loc="outside lower center", ncol=3)
+    ax.set_title("Held-out gold by prompt category")
     return to_data_uri(fig)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tether.monitor.stats import mean, standard_error
+from tether.rewards_source import prompt_text
 from tether.rollout import logprobs_of, row_noise, sample, sample_seed
 from tether.stages.monitoring import gold_rewards
 from tether.stages.online.config import OnlineConfig
@@ -88,7 +89,7 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
     gold = gold_rewards(world, prompts, responses)
-    out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold),
+    out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold), **category_gold(world, prompts, gold),
            **score_metrics(source, source(prompts, responses), "eval/"),
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
     if measure_kl:
@@ -100,6 +101,17 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
         return out, per_prompt, responses
     held = heldout(prompts, responses)
     return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt, responses
+
+
+def category_gold(world, prompts: list, gold: list[float | None]) -> dict[str, float]:
+    """eval/gold/<category>: mean gold per world prompt category (fact, false_premise, harmful, ...). Over-optimisation
+    is rarely uniform: the policy can gain on facts while it learns to agree with false premises, and the overall
+    mean shows only their sum."""
+    by: dict[str, list[float]] = {}
+    for p, g in zip(prompts, gold):
+        if g is not None:
+            by.setdefault(world.parse(prompt_text(p)).category, []).append(g)
+    return {f"eval/gold/{c}": mean(v) for c, v in sorted(by.items())}
 
 
 def eval_prompt_texts(world, n: int) -> list[str]:
