@@ -258,6 +258,22 @@ def test_per_row_noise_samples_the_same_tokens_however_the_rows_are_split(model_
 # Configs, device and the command line
 
 
+def test_the_console_script_leaves_the_process_group_after_a_command_that_succeeded(tmp_path):
+    from tether.cli import entry
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    for argv, left in ((["--version"], True), (["no-such-stage"], False)):
+        torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+        try:
+            assert entry(argv) == (0 if left else 2)
+            # left together (barrier, destroy) after success; after a failure the other ranks may never reach the
+            # barrier, so the group stays for setup's exit handler
+            assert torch.distributed.is_initialized() is not left
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
 def test_bf16_is_refused_on_the_cpu():
     with pytest.raises(ConfigError, match="bf16"):
         SFTConfig(bf16=True, device="cpu").validate()

@@ -91,6 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The `tether` console script and `python -m tether`: `main`, then, after a command that succeeded under
+    torchrun, every rank leaves the process group together (`tether.distributed.finish`: a barrier, so no rank tears
+    its connections down while another still writes, then destroy) instead of at interpreter exit. Scripts that run
+    several stages in the same processes call `main` for each, and `finish` after the last."""
+    code = main(argv)
+    if code == 0 and "torch.distributed" in sys.modules:  # never import torch for a command that did not
+        from tether.distributed import finish
+        finish()
+    return code
+
+
 def _dispatch(args: list[str]) -> int:
     if not args:
         print(top_help(), file=sys.stderr)
