@@ -102,7 +102,7 @@ def prepare(folder: Path, per_prompt: int, size: str, data: str = "world", hh_n:
 # 4. The tether side (this file re-run as a worker, so its RSS is its own)
 
 
-def tether_worker(folder: Path, steps: int, out: Path) -> None:
+def tether_worker(folder: Path, steps: int, out: Path, settings: list[str] = ()) -> None:
     """Run `tether.stages.dpo.run` with thin timers around the functions it calls by module name (the pair losses' in
     `tether.stages.dpo.pairs`).
 
@@ -156,7 +156,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     overrides = [f"data={folder / 'prefs.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
                  f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
                  "loss=sigmoid", f"beta={BETA}", f"lr={LR}", "save_every=0", "eval_fraction=0", "log_every=10",
-                 f"seed={SEED}"]
+                 f"seed={SEED}", *settings]
     cfg = load_config(dpo.DPOConfig, None, overrides)
     dpo.run(cfg)
     rss = rss_mb()
@@ -177,7 +177,8 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 def run_side(side: str, folder: Path, args) -> dict:
     """One timed run of `side` in its own process (a fresh run: tether must not find its reference cache)."""
     precompute = ["--precompute"] if side == "trl-precompute" else []
-    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
+    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-set",
+                                                        *args.tether_set, "--tether-worker", folder],
                            "peer_dpo.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
                                            folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
                                            "--max-length", MAX_LENGTH, "--beta", BETA, "--sampler",
@@ -342,10 +343,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--keep", action="store_true", help="keep the temp folder of inputs and runs")
     add_results_arg(p)
+    p.add_argument("--tether-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings over tether's DPO config (e.g. share_prompts=false)")
     p.add_argument("--tether-worker", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:
-        return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]))
+        return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]), args.tether_set)
     if not 0 <= args.warmup < args.steps or args.rounds < 1 or args.pairs_per_prompt < 1:
         sys.exit("need 0 <= --warmup < --steps, --rounds >= 1 and --pairs-per-prompt >= 1")
 

@@ -268,14 +268,18 @@ def test_gold_is_only_logged_never_trained_on(reward, tmp_path, world_dir, model
 
 
 # -- the EOS penalty ------------------------------------------------------------------------------------------------
-def test_missing_eos_penalty_replaces_the_score_of_rows_without_eos(tmp_path, world_dir, model_dir):
-    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, max_new_tokens=3, missing_eos_penalty=-3.0,
-                   max_steps=1, n_samples=4)
+@pytest.mark.parametrize("setting, trained", [
+    ({"missing_eos_penalty": 1.5}, lambda score: score - 1.5),  # TRL's meaning: subtracted
+    ({"missing_eos_score": -3.0}, lambda score: -3.0),  # Huang et al.: given instead
+])
+def test_a_response_without_eos_loses_the_penalty_or_gets_the_fixed_score(tmp_path, world_dir, model_dir, setting,
+                                                                          trained):
+    cfg = make_cfg("ppo", tmp_path, world_dir, model_dir, max_new_tokens=3, max_steps=1, n_samples=4, **setting)
     run(cfg)
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert any(not s["eos"] for s in samples)  # an untrained model rarely ends within 3 tokens
     for s in samples:
-        assert s["reward"] == (s["score"] if s["eos"] else -3.0)
+        assert s["reward"] == pytest.approx(s["score"] if s["eos"] else trained(s["score"]))
         assert s["score"] == pytest.approx(letters(None, [s["response"]])[0])
 
 
@@ -292,10 +296,12 @@ def test_prompt_stream_is_a_seeded_shuffle_that_wraps_epochs():
     (PPOConfig, "minibatch_size=5", "PPOConfig.minibatch_size: must divide rollout_batch x group_size (32)"),
     (PPOConfig, "reward=callable", "PPOConfig.reward_fn: must be 'module:function' when reward=callable"),
     (RLOOConfig, "reward=gold", "RLOOConfig.world: is required when reward=gold"),
+    (GRPOConfig, "missing_eos_penalty=-1", "GRPOConfig.missing_eos_penalty: is subtracted from the score"),
+    (PPOConfig, ["missing_eos_penalty=1", "missing_eos_score=-1"], "PPOConfig.missing_eos_score: set either"),
 ])
 def test_config_errors_name_the_field(cls, override, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(cls, overrides=[override])
+        load_config(cls, overrides=override if isinstance(override, list) else [override])
 
 
 def test_reward_sources():

@@ -12,6 +12,7 @@ from tether.math.policy_losses import (
     LOSS_AGGREGATIONS,
     entropy_from_logits,
     eos_penalty,
+    eos_replacement,
     grpo_loss,
     ppo_policy_loss,
     ppo_value_loss,
@@ -151,9 +152,15 @@ def test_entropy_hand():
     assert torch.isfinite(z.grad).all()  # -inf logits give 0 gradient, not nan
 
 
-def test_eos_penalty_replaces_scores_without_eos():
-    # Huang et al. 2024: no EOS -> score becomes the penalty value (-1), whatever the reward model said.
-    out = eos_penalty(t([0.5, 2.0, -3.0]), torch.tensor([True, False, False]), penalty=-1.0)
+def test_eos_penalty_subtracts_from_scores_without_eos():
+    # TRL's missing_eos_penalty: no EOS -> score - 1.0; with EOS the score stays
+    out = eos_penalty(t([0.5, 2.0, -3.0]), torch.tensor([True, False, False]), penalty=1.0)
+    close(out, [0.5, 1.0, -4.0])
+
+
+def test_eos_replacement_replaces_scores_without_eos():
+    # Huang et al. 2024: no EOS -> score becomes the fixed value (-1), whatever the reward model said.
+    out = eos_replacement(t([0.5, 2.0, -3.0]), torch.tensor([True, False, False]), value=-1.0)
     close(out, [0.5, -1.0, -1.0])
 
 

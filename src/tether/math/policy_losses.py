@@ -265,12 +265,19 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 def eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Scores of responses that never emitted EOS replaced by the fixed value `penalty` (e.g. -1.0).
-
-    Huang et al. 2024 ("The N+ implementation details of RLHF with PPO", TL;DR summarisation): a response
-    truncated at the length budget gets score `penalty_reward_value` = -1 whatever the reward model says,
-    so the policy cannot profit from rambling and learns to finish. Note `penalty` is the score given, not
-    an amount subtracted (TRL's `missing_eos_penalty` subtracts instead). Shapes: scores, has_eos (B,) -> (B,).
-    """
+    """score - penalty for responses that never emitted EOS, the score itself for the others (TRL's
+    `missing_eos_penalty`: a positive amount subtracted, so the policy cannot profit from rambling to the length
+    budget). Shapes: scores, has_eos (B,) -> (B,)."""
     ended = has_eos.to(scores.device).bool()  # the rollout's device; scores may come back from the CPU
-    return torch.where(ended, scores, torch.as_tensor(penalty, dtype=scores.dtype, device=scores.device))
+    return torch.where(ended, scores, scores - penalty)
+
+
+def eos_replacement(scores: torch.Tensor, has_eos: torch.Tensor, value: float) -> torch.Tensor:
+    """Scores of responses that never emitted EOS replaced by the fixed `value` (e.g. -1.0).
+
+    Huang et al. 2024 ("The N+ implementation details of RLHF with PPO", TL;DR summarisation; TRL's former
+    `penalty_reward_value`): a response truncated at the length budget gets score -1 whatever the reward model
+    says, so it learns to finish. Shapes: scores, has_eos (B,) -> (B,).
+    """
+    ended = has_eos.to(scores.device).bool()
+    return torch.where(ended, scores, torch.as_tensor(value, dtype=scores.dtype, device=scores.device))

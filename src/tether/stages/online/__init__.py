@@ -28,7 +28,7 @@ from tether.errors import naming
 from tether.guard import NonFiniteGuard, check_finite
 from tether.lora import adapt, frozen_reference
 from tether.math.kl import KL_CONTROLLERS, kl_k1
-from tether.math.policy_losses import eos_penalty
+from tether.math.policy_losses import eos_penalty, eos_replacement
 from tether.models import check_sampling_positions, load_policy, load_tokenizer, save_pretrained
 from tether.monitor.stats import mean
 from tether.optim import adamw, lr_at
@@ -304,6 +304,15 @@ def saver(s: Session) -> Callable[[Path], None]:
     return lambda path: save_pretrained(s.policy, s.tokenizer, str(path))
 
 
+def eos_scores(scores: torch.Tensor, has_eos: torch.Tensor, cfg: OnlineConfig) -> torch.Tensor:
+    """The scores trained on: less missing_eos_penalty, or missing_eos_score instead, where a response has no EOS."""
+    if cfg.missing_eos_penalty is not None:
+        return eos_penalty(scores, has_eos, cfg.missing_eos_penalty)
+    if cfg.missing_eos_score is not None:
+        return eos_replacement(scores, has_eos, cfg.missing_eos_score)
+    return scores
+
+
 def heldout_model(s: Session, cfg: OnlineConfig) -> Callable | None:
     """The monitor's second reward model, also scored at evaluations (eval/heldout); None for gold or no signal."""
     return s.monitor.heldout if s.monitor is not None and heldout_kind(cfg.monitor, s.world) == "heldout_rm" else None
@@ -388,10 +397,9 @@ def train_online(cfg: OnlineConfig) -> Path:
             # 1. The next rollout_batch prompts of the shuffled stream, each repeated group_size times (this rank's
             #    block of them); 2. their samples from the current policy.
             prompts, rollout, responses = sample_prompts(s, cfg, step)
-            # 3. Score with the reward source; responses without EOS get missing_eos_penalty instead.
+            # 3. Score with the reward source; responses without EOS lose missing_eos_penalty (or get missing_eos_score).
             source_scores = s.source(prompts, responses)  # (n,)
-            scores = source_scores if cfg.missing_eos_penalty is None else eos_penalty(
-                source_scores, rollout.has_eos, cfg.missing_eos_penalty)  # (n,)
+            scores = eos_scores(source_scores, rollout.has_eos, cfg)  # (n,)
             # 4. Old log-probs (the sampler's, or the value head's policy pass), values, reference log-probs.
             exp = make_experience(s.policy, s.ref, s.critic, rollout, scores, cfg)
             # 5. Rewards with the KL tether, and advantages, per algorithm (whitened over all ranks' samples).

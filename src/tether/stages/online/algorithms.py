@@ -59,7 +59,8 @@ class Experience:
     has_eos: torch.Tensor
     """(N,) bool, the response ended with EOS within max_new_tokens."""
     scores: torch.Tensor
-    """(N,) float, the score trained on: the source's score, or missing_eos_penalty for rows without EOS."""
+    """(N,) float, the score trained on: the source's score, less missing_eos_penalty (or missing_eos_score instead)
+    for rows without EOS."""
     logprobs: torch.Tensor | None = None
     """(N, R) log π_old of the sampled tokens (temperature-scaled), 0 where masked."""
     ref_logprobs: torch.Tensor | None = None

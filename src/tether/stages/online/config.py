@@ -79,7 +79,10 @@ class OnlineConfig(DistributedConfig):
     CPU compiled works but has no CUDA graphs: a minute or more of compiling, no faster at tiny sizes. Evaluation
     samples keep the dynamic cache."""
     missing_eos_penalty: float | None = None
-    """Score given to a response without EOS instead of its reward (e.g. -1; Huang et al. 2024); null: off."""
+    """Subtracted from the score of a response without EOS (TRL's name and meaning; >= 0, e.g. 1.0); null: off."""
+    missing_eos_score: float | None = None
+    """The score given to a response without EOS instead of its reward (e.g. -1; Huang et al. 2024, TRL's former
+    penalty_reward_value); null: off. Not with missing_eos_penalty."""
     kl_coef: float = 0.05
     """β, the initial weight of the KL to π_ref (in the reward for ppo and rloo, in the loss for grpo). 0 (with the
     fixed controller) drops π_ref altogether: no reference copy is made or run, and the kl/... metrics are null."""
@@ -212,6 +215,10 @@ class OnlineConfig(DistributedConfig):
         check_format(self.format, "prompts")
         check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
         check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
+        check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
+              "is subtracted from the score (TRL's meaning): must be >= 0; for a fixed score use missing_eos_score")
+        check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
+              "set either missing_eos_penalty (subtracted) or missing_eos_score (given instead), not both")
         check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
               "must be 'module:function' when reward=callable")
         check(self.reward_ensemble in ("single", "mean", "min", "uwo"), "reward_ensemble",
