@@ -194,6 +194,12 @@ def test_a_missing_member_is_named(ensemble_run, tmp_path):
     shutil.rmtree(copy / "members/member-2")
     with pytest.raises(TetherError, match="member-2 is missing"):
         member_dirs(copy)
+    # the folder itself: missing, or not a reward model (a policy folder), named as such
+    with pytest.raises(TetherError, match=r"reward model: \S*nowhere does not exist \(train one"):
+        member_dirs(tmp_path / "nowhere")
+    (tmp_path / "policy").mkdir()
+    with pytest.raises(TetherError, match=r"policy has no reward_config.json; is it a reward model\?"):
+        member_dirs(tmp_path / "policy")
 
 
 def test_rater_ensemble_trains_members_on_rater_resamples(backbone_dir, tmp_path, monkeypatch):  # noqa: F811

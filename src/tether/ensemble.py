@@ -87,7 +87,10 @@ def member_dirs(model_dir: str | Path) -> list[Path]:
     """The model folders of an ensemble, member 0 (`model_dir`) first; [model_dir] for a single reward model."""
     model_dir = Path(model_dir)
     config_file = model_dir / "reward_config.json"
-    listed = json.loads(config_file.read_text()).get(MEMBERS_KEY, []) if config_file.is_file() else []
+    if not config_file.is_file():  # the folder itself: a typo, or a policy where a reward model was meant
+        what = "does not exist" if not model_dir.exists() else "has no reward_config.json; is it a reward model?"
+        raise TetherError(f"reward model: {model_dir} {what} (train one with `tether rm`)")
+    listed = json.loads(config_file.read_text()).get(MEMBERS_KEY, [])
     dirs = [model_dir, *(model_dir / m for m in listed)]
     missing = [str(d) for d in dirs if not (d / "reward_config.json").is_file()]
     if missing:
