@@ -75,8 +75,8 @@ def test_bon_is_seeded(tmp_path, world_dir, model_dir):
 
 
 def test_bon_settings_errors(tmp_path, world_dir, model_dir, capsys):
-    assert main(["bon", f"model={model_dir}", "world=", f"out={tmp_path}"]) == 2
-    assert "prompts" in capsys.readouterr().err
+    assert main(["bon", f"model={model_dir}", f"out={tmp_path}"]) == 2  # no world by default: prompts are needed
+    assert "prompts: give prompts=FILE, or world=FOLDER" in capsys.readouterr().err
     assert main(["bon", f"model={model_dir}", f"world={world_dir}", "reward=callable", f"out={tmp_path}"]) == 2
     assert "reward_fn" in capsys.readouterr().err
     assert main(["bon", f"model={model_dir}", f"world={world_dir}", "temperature=0", f"out={tmp_path}"]) == 2
@@ -128,7 +128,7 @@ def test_rejection_sampling_round(tmp_path, world_dir, model_dir):
 
 def test_bon_without_a_world_has_no_gold(tmp_path, world_dir, model_dir, rm_dir):
     out = tmp_path / "bon"
-    assert main(["bon", f"model={model_dir}", "world=", f"prompts={world_dir}/prompts.jsonl", "n_prompts=3", "n=2",
+    assert main(["bon", f"model={model_dir}", f"prompts={world_dir}/prompts.jsonl", "n_prompts=3", "n=2",
                  f"reward_model={rm_dir}", "max_new_tokens=5", f"out={out}"]) == 0
     result = json.loads((out / "bon.json").read_text())
     assert result["prompts"] == 3 and all("gold" not in p for p in result["curve"])

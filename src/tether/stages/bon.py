@@ -53,9 +53,9 @@ class BoNConfig:
 
     model: str = "runs/sft/model"
     """Hugging Face model folder of the policy sampled from (tokenizer in the same folder)."""
-    world: str = "runs/world"
-    """World folder: its gold reward is read off every sample (it picks only with reward=gold), and without `prompts`
-    its held-out prompts are the ones sampled; "" for none (no gold)."""
+    world: str = ""
+    """World folder (e.g. runs/world): its gold reward is read off every sample (it picks only with reward=gold), and
+    without `prompts` its held-out prompts are the ones sampled; "" for none (your own prompts, no gold)."""
     prompts: str = ""
     """Prompts file ({"prompt": str or messages} rows, or the prompts of TRL, HH-RLHF or UltraFeedback data);
     "" for the world's held-out prompts."""
@@ -93,8 +93,8 @@ class BoNConfig:
     def validate(self) -> None:
         check_template_setting(self.chat_template)
         check(bool(self.model), "model", "a policy model folder is required")
-        check(bool(self.world) or bool(self.prompts), "prompts", "give prompts=FILE, or world= for its held-out "
-              "prompts")
+        check(bool(self.world) or bool(self.prompts), "prompts", "give prompts=FILE, or world=FOLDER for its "
+              "held-out prompts")
         check_format(self.format, "prompts")
         check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
         check(self.n >= 1, "n", "must be >= 1")
