@@ -126,7 +126,10 @@ def test_every_stage_that_loads_a_model_calls_it_model():
     ("lr=abc", "SFTConfig.lr: expected a float, got 'abc'"),
     ("max_steps=1.5", "SFTConfig.max_steps: expected an integer or null, got '1.5'"),
     ("resume=maybe", "SFTConfig.resume: expected a boolean (true/false, yes/no, 1/0), got 'maybe'"),
-    ("micro_batch_size=3", "SFTConfig.micro_batch_size: must divide batch_size (32)"),
+    ("micro_batch_size=3", "SFTConfig.micro_batch_size: 3 must divide batch_size (32): set micro_batch_size=32 or a "
+                           "divisor of it (the micro-batch is what one forward pass holds)"),
+    ("batch_size=8", "SFTConfig.micro_batch_size: 32 must divide batch_size (8): set micro_batch_size=8 or a divisor "
+                     "of it (the micro-batch is what one forward pass holds)"),
 ])
 def test_bad_value_names_the_field(override, message, capsys):
     assert main(["sft", override]) == 2

@@ -106,7 +106,8 @@ class TrainConfig(DistributedConfig):
         super().validate()
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(0 < self.micro_batch_size <= self.batch_size and self.batch_size % self.micro_batch_size == 0,
-              "micro_batch_size", f"must divide batch_size ({self.batch_size})")
+              "micro_batch_size", f"{self.micro_batch_size} must divide batch_size ({self.batch_size}): set "
+              f"micro_batch_size={self.batch_size} or a divisor of it (the micro-batch is what one forward pass holds)")
         check(self.lr > 0, "lr", "must be > 0")
         check(self.epochs > 0, "epochs", "must be > 0")
         check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0 or null")
