@@ -263,3 +263,16 @@ def test_config_errors_name_the_field():
         DPOConfig(label_smoothing=0.5).validate()
     with pytest.raises(ConfigError, match="kl_eval_prompts"):
         DPOConfig(kl_eval_prompts=2, eval_fraction=0.0).validate()
+
+
+def test_sampling_cuts_long_prompts_to_the_length_it_trains_on(tmp_path, model_dir):
+    # prompts far longer than the model's 256 positions: training cuts them to max_length, and so must the sampled
+    # KL's (and the monitor's) generation, leaving room for its new tokens
+    rows = [{**r, "prompt": "Tell me all about the long history of this land and its people. " * 40 + r["prompt"]}
+            for r in _rows(8)]
+    data = _write(tmp_path / "long.jsonl", rows)
+    cfg = _cfg(tmp_path, data, model_dir, max_steps=1, eval_every=1, kl_eval_prompts=2, kl_eval_max_new_tokens=6)
+    assert dpo.sampling_prompt_limit(cfg, 6) == 58 and dpo.sampling_prompt_limit(
+        DPOConfig(max_length=64, max_prompt_length=20), 6) == 20
+    dpo.run(cfg)
+    assert _metrics(tmp_path / "run")[-1]["eval_kl/tokens"] > 0

@@ -56,18 +56,19 @@ def cut_at_stop(row: list[int], stop_ids: Sequence[int]) -> tuple[list[int], int
 @torch.no_grad()
 def generate_records(model, fmt: ChatFormat, prompts: Sequence[str | list], max_new_tokens: int, temperature: float,
                      batch_size: int, seed: int, label: str = "generate", top_p: float = 1.0,
-                     max_prompt_length: int | None = None) -> list[Generated]:
+                     max_prompt_length: int | None = None, field: str = "max_new_tokens") -> list[Generated]:
     """One response per prompt, in the order given, with its token count and whether it ended; a prompt is a string
     (a user message, or plain text without a template) or a list of messages, cut to max_prompt_length tokens
     (keeping the end, tether.chat).
 
-    temperature 0 is greedy decoding; otherwise sampling at `temperature` with nucleus `top_p`.
+    temperature 0 is greedy decoding; otherwise sampling at `temperature` with nucleus `top_p`. `field` is the
+    caller's name for max_new_tokens, for the error when prompt + response do not fit the model's positions.
     """
     model.eval()
     torch.manual_seed(seed)
     tokenizer = fmt.tokenizer
     encoded = fmt.prompts_ids(list(prompts), max_prompt_length)
-    check_positions(model, max_new_tokens, "max_new_tokens", prompt=max(map(len, encoded), default=0))
+    check_positions(model, max_new_tokens, field, prompt=max(map(len, encoded), default=0))
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generated | None] = [None] * len(prompts)
     with progress_bar(label, total=len(prompts)) as bar:
@@ -87,7 +88,7 @@ def generate_records(model, fmt: ChatFormat, prompts: Sequence[str | list], max_
 
 def generate(model, fmt: ChatFormat, prompts: Sequence[str | list], max_new_tokens: int, temperature: float,
              batch_size: int, seed: int, label: str = "generate", top_p: float = 1.0,
-             max_prompt_length: int | None = None) -> list[str]:
+             max_prompt_length: int | None = None, field: str = "max_new_tokens") -> list[str]:
     """The texts of `generate_records`: one response per prompt, in the order given."""
     return [g.text for g in generate_records(model, fmt, prompts, max_new_tokens, temperature, batch_size, seed,
-                                             label, top_p, max_prompt_length)]
+                                             label, top_p, max_prompt_length, field)]

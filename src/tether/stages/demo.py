@@ -296,7 +296,7 @@ def _policy_footing(cfg: DemoConfig, model_dir: Path, name: str) -> dict:
     policy, ref = load_policy(str(model_dir)), load_policy(str(root / "sft/model"))
     fmt = chat_format(load_tokenizer(str(model_dir)))
     _, k1, k3, _ = dpo.sample_logratios(policy, ref, fmt, prompts, cfg.eval.max_new_tokens,
-                                        replace(cfg.dpo, micro_batch_size=32), cfg.seed)
+                                        replace(cfg.dpo, micro_batch_size=32), cfg.seed, "eval.max_new_tokens")
     return {"summary": summary, "decoding": decoding(replace(cfg.eval, seed=cfg.seed)), "kl_k1": sum(k1) / len(k1),
             "kl_k3": sum(k3) / len(k3)}
 

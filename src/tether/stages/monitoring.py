@@ -160,13 +160,16 @@ def alert_rows(run_dir: Path) -> list[Alert]:
 
 
 @torch.no_grad()
-def answer_greedy(model, fmt, max_new_tokens: int, batch_size: int) -> Callable[[list], list[str]]:
-    """answer(conversations) -> greedy responses, leaving the global RNG untouched (resume equality)."""
+def answer_greedy(model, fmt, max_new_tokens: int, batch_size: int, max_prompt_length: int | None = None
+                  ) -> Callable[[list], list[str]]:
+    """answer(conversations) -> greedy responses (conversations cut to max_prompt_length tokens), leaving the global
+    RNG untouched (resume equality)."""
     from tether.generation import generate
 
     def answer(chats: list) -> list[str]:
         with torch.random.fork_rng(devices=[]):
-            return generate(model, fmt, chats, max_new_tokens, 0.0, batch_size, 0, label="monitor pushback")
+            return generate(model, fmt, chats, max_new_tokens, 0.0, batch_size, 0, label="monitor pushback",
+                            max_prompt_length=max_prompt_length, field="monitor.max_new_tokens")
     return answer
 
 

@@ -179,16 +179,25 @@ def evaluate_step(cfg: DPOConfig, variant: Variant, model, kl_ref, fmt: ChatForm
 
 
 @torch.no_grad()
-def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int
-                     ) -> tuple[list[str], list[float], list[float], list[int]]:
-    """Responses sampled from π at temperature 1, and per response Σ_t k1, Σ_t k3 of log π - log π_ref over its
-    tokens (its end-of-turn token included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is
-    DPO's implicit reward of the sample. The samples are decoded and re-encoded, so the scored tokens can differ
-    slightly from the sampled ones, and the closing end-of-turn token is scored even when a sample was cut."""
+def sampling_prompt_limit(cfg: DPOConfig, max_new_tokens: int) -> int:
+    """Longest prompt sampled from: max_prompt_length, and at most max_length - max_new_tokens, so that a prompt and
+    its sample fit the length the stage trains on (as its pairs do), whatever the data's longest prompt."""
+    room = max(1, cfg.max_length - max_new_tokens)
+    return room if cfg.max_prompt_length is None else min(cfg.max_prompt_length, room)
+
+
+def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_tokens: int, cfg: DPOConfig, seed: int,
+                     field: str) -> tuple[list[str], list[float], list[float], list[int]]:
+    """Responses sampled from π at temperature 1 (prompts cut to `sampling_prompt_limit`; `field` names
+    max_new_tokens' setting), and per response Σ_t k1, Σ_t k3 of log π - log π_ref over its tokens (its end-of-turn
+    token included) and the token count. Σ_t k1 is log π(y|x)/π_ref(y|x), so β Σ_t k1 is DPO's implicit reward of
+    the sample. The samples are decoded and re-encoded, so the scored tokens can differ slightly from the sampled
+    ones, and the closing end-of-turn token is scored even when a sample was cut."""
+    limit = sampling_prompt_limit(cfg, max_new_tokens)
     with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (resume equality)
         texts = generate(model, fmt, prompts, max_new_tokens, 1.0, cfg.micro_batch_size, seed, label="dpo kl",
-                         max_prompt_length=cfg.max_prompt_length)
-    samples = [example(e) for e in encode_responses(fmt, prompts, texts, cfg.max_length, cfg.max_prompt_length)]
+                         max_prompt_length=limit, field=field)
+    samples = [example(e) for e in encode_responses(fmt, prompts, texts, cfg.max_length, limit)]
     k1, k3, n = [], [], []
     for i in range(0, len(samples), cfg.micro_batch_size):
         batch = {k: v.to(model.device) for k, v in collate(samples[i:i + cfg.micro_batch_size],
@@ -206,7 +215,8 @@ def sample_logratios(model, ref_model, fmt: ChatFormat, prompts: list, max_new_t
 def sampled_kl(model, ref_model, fmt: ChatFormat, prompts: list, cfg: DPOConfig, seed: int) -> dict:
     """Per-token k1 and k3 estimates of KL(π || π_ref) (Schulman's, `tether.math.kl`) on responses sampled from π
     at temperature 1: on-policy, unlike eval_logratio/chosen; k1 is noisy and can be negative on few tokens."""
-    _, k1, k3, n = sample_logratios(model, ref_model, fmt, prompts, cfg.kl_eval_max_new_tokens, cfg, seed)
+    _, k1, k3, n = sample_logratios(model, ref_model, fmt, prompts, cfg.kl_eval_max_new_tokens, cfg, seed,
+                                    "kl_eval_max_new_tokens")
     return {"eval_kl/k1": sum(k1) / sum(n), "eval_kl/k3": sum(k3) / sum(n), "eval_kl/tokens": sum(n)}
 
 
@@ -215,14 +225,16 @@ def monitor_step(monitor: RunMonitor, model, ref_model, fmt: ChatFormat, prompts
     """The monitor at an evaluation: sampled held-out responses with their implicit rewards, tokens, KL and
     held-out scores; the flip probe; out/best at a new best of the samples' mean held-out score."""
     m = cfg.monitor
-    texts, k1, _, n = sample_logratios(model, ref_model, fmt, prompts, m.max_new_tokens, cfg, cfg.seed + step)
+    texts, k1, _, n = sample_logratios(model, ref_model, fmt, prompts, m.max_new_tokens, cfg, cfg.seed + step,
+                                       "monitor.max_new_tokens")
     scores = None if cfg.loss in REFERENCE_FREE else [cfg.beta * x for x in k1]
     heldout = monitor.score_heldout(prompts, texts)
     samples = make_samples(prompts, texts, scores, [t - 1 for t in n], [t - 1 < m.max_new_tokens for t in n],
                            heldout, monitor.world)  # t - 1: the end-of-turn token is scored even after a cut sample
     extra = {"kl": sum(k1) / len(k1)}
     if m.pushback_prompts:
-        answer = answer_greedy(model, fmt, m.max_new_tokens, cfg.micro_batch_size)
+        answer = answer_greedy(model, fmt, m.max_new_tokens, cfg.micro_batch_size,
+                               sampling_prompt_limit(cfg, m.max_new_tokens))
         extra.update(flip=pushback_flips(answer, prompts[:m.pushback_prompts], m.pushback),
                      flip_n=len(prompts[:m.pushback_prompts]))
     known = [h for h in heldout if h is not None]

@@ -283,7 +283,7 @@ def monitor_step(s: Session, cfg: OnlineConfig, step: int, seen: dict, row: dict
     extra = {"kl": row["kl/k1"], "ensemble_disagreement": row.get("ensemble/std"),
              "evaluation": {k: v for k, v in row.items() if k.startswith("monitor/eval_")}}  # run_evaluation's
     if due(step, cfg.eval_every, step == cfg.max_steps) and cfg.monitor.pushback_prompts:
-        answer = answer_greedy(s.policy, s.fmt, cfg.monitor.max_new_tokens, cfg.batch_size)
+        answer = answer_greedy(s.policy, s.fmt, cfg.monitor.max_new_tokens, cfg.batch_size, cfg.max_prompt_length)
         probed = (s.eval_prompts or s.prompts)[:cfg.monitor.pushback_prompts]
         extra.update(flip=pushback_flips(answer, probed, cfg.monitor.pushback), flip_n=len(probed))
     best = record_evaluation(s, cfg, step, row)  # None between evaluations
