@@ -92,7 +92,7 @@ def _dpo_defaults() -> dpo.DPOConfig:
 def _bon_defaults() -> bon.BoNConfig:
     # PPO's evaluation prompts (the same 60 held-out prompts at the same stride, temperature 1), so n = 1 is PPO's
     # step 0 and both curves share their axes; 32 samples each reach √KL 1.58 (KL 2.5 nats) in about 20 s of CPU.
-    return bon.BoNConfig(n=32, n_prompts=60)
+    return bon.BoNConfig(n=32, n_prompts=60, world="runs/world")  # the world: the demo's own, set per run
 
 
 def _audit_defaults() -> AuditConfig:
