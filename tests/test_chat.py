@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archkit
-from tether.chat import ChatFormat, chat_format, cut_to_fit, Encoded
+from tether.chat import ChatFormat, chat_format, cut_to_fit, Encoded, merged_turns
 from tether.chat_templates import TEMPLATES, resolve_template
 from tether.errors import ConfigError, DataError
 from tether.tokenizer import train_tokenizer
@@ -336,3 +336,17 @@ def test_both_responses_of_a_pair_follow_the_same_prompt_tokens(shapes):
         ea, eb = fmt.encode_pairs([(MULTI[:-1], long_a, long_b)], max_length)[0]
         assert ea.input_ids[:ea.prompt_length] == eb.input_ids[:eb.prompt_length] and not ea.response_cut
         assert len(ea.input_ids) == max_length
+
+
+def test_turns_of_one_role_in_a_row_are_joined_only_for_a_template_that_refuses_them(shapes):
+    # 4 of the 2,312 real HH-RLHF rows have two user turns in a row; Gemma's own template raises on them
+    twice = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Are you there?"}]
+    joined = [{"role": "user", "content": "Hi.\n\nAre you there?"}]
+    gemma = chat_format(shapes("gemma"))
+    assert gemma.encode(twice, "Yes.") == gemma.encode(joined, "Yes.")
+    assert gemma.prompt_ids(twice) == gemma.prompt_ids(joined)
+    assert merged_turns(joined) is None and merged_turns("text") is None
+    chatml = chat_format(shapes("chatml"))  # accepts them: each turn stays its own
+    assert chatml.render(twice, "Yes.").count("<|im_start|>user") == 2
+    with pytest.raises(DataError, match="chat template .*alternate"):  # an assistant reply cannot be merged away
+        gemma.encode([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "c")

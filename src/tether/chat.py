@@ -79,6 +79,20 @@ class Encoded:
         return bool(self.turns_dropped or self.prompt_cut or self.response_cut)
 
 
+def merged_turns(prompt: Prompt) -> list[dict] | None:
+    """The messages with each run of consecutive turns of one role joined into one (texts separated by a blank
+    line); None when the prompt is text or its roles already alternate."""
+    if not _is_messages(prompt) or all(a["role"] != b["role"] for a, b in zip(prompt, prompt[1:])):
+        return None
+    out: list[dict] = []
+    for m in prompt:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n\n{m['content']}"}
+        else:
+            out.append(dict(m))
+    return out
+
+
 def _is_messages(prompt) -> bool:
     return isinstance(prompt, (list, tuple))
 
@@ -202,9 +216,21 @@ class ChatFormat:
         return (text[0], indices[0]) if spans else text[0]
 
     def _pieces(self, prompt: Prompt, response: str | None, generation: bool) -> tuple[list[str], list[bool]]:
-        """The row's text cut into segments, each trained or not; nothing follows the final trained segment."""
+        """The row's text cut into segments, each trained or not; nothing follows the final trained segment. A
+        template that refuses roles that do not alternate (Gemma's; a few HH-RLHF prompts have two user turns in a
+        row) gets the prompt's consecutive turns of one role as one message, their texts joined by a blank line."""
         if self.template is None:
             return self._plain_pieces(prompt, response, generation)
+        try:
+            return self._template_pieces(prompt, response, generation)
+        except DataError:
+            merged = merged_turns(prompt)
+            if merged is None:
+                raise
+            return self._template_pieces(merged, response, generation)
+
+    def _template_pieces(self, prompt: Prompt, response: str | None, generation: bool
+                         ) -> tuple[list[str], list[bool]]:
         messages = _mark(self._messages(prompt, response), self._control)
         if generation:
             return [self._render(messages, True)], [False]
