@@ -350,3 +350,11 @@ def test_turns_of_one_role_in_a_row_are_joined_only_for_a_template_that_refuses_
     assert chatml.render(twice, "Yes.").count("<|im_start|>user") == 2
     with pytest.raises(DataError, match="chat template .*alternate"):  # an assistant reply cannot be merged away
         gemma.encode([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "c")
+
+
+def test_a_template_without_a_generation_prompt_is_refused(shapes, tmp_path):
+    nogen = tmp_path / "nogen.jinja"  # chatml without its add_generation_prompt block
+    nogen.write_text("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+                     "{% endfor %}")
+    with pytest.raises(ConfigError, match="chat_template: .*writes nothing for add_generation_prompt"):
+        chat_format(shapes("chatml"), str(nogen)).encode(SINGLE)

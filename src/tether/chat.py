@@ -292,6 +292,11 @@ class ChatFormat:
             return self.tokenizer.eos_token
         probe = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine thanks"}]
         before = self._render(probe[:1], True)
+        if before == self._render(probe[:1], False):
+            raise ConfigError(f"chat_template: {self.name} of {self.source} writes nothing for add_generation_prompt, "
+                              "so a prompt would not end with the assistant's header: sampling would start the reply "
+                              "without it and SFT would train the header as part of the reply; use a template with an "
+                              "`{% if add_generation_prompt %}` block")
         if self.markers:
             text, spans = self._render(probe, False, spans=True)
             if not spans or spans[-1][0] != len(before):
