@@ -350,6 +350,18 @@ def test_a_missing_model_folder_stops_the_audit_before_any_work(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_a_base_model_without_a_chat_template_stops_before_sampling_conversations(tmp_path, capsys):
+    base = tmp_path / "base"  # a tokenizer without a chat template is all the check reads: no weights needed
+    archkit.tokenizer("base", tmp_path / "tok").save_pretrained(base)
+    assert main(["audit", f"model=[{base}]", "names=[base]", "suites=[sycophancy]", f"out={tmp_path}/out"]) == 2
+    err = capsys.readouterr().err
+    assert "error: chat_template: model base has no chat template (a base model?), and the sycophancy" in err
+    assert not (tmp_path / "out").exists()  # before any work
+    plain = config_from_dict(AuditConfig, {"model": [str(base)], "suites": ["xstest"]})
+    responders = {t.name: stage.responder_for(plain, t) for t in plain.targets()}
+    stage.check_templates(responders, stage.build_items(plain))  # XSTest's prompts are plain text: no error
+
+
 def test_default_names_of_folders_and_endpoints():
     cfg = config_from_dict(AuditConfig, {"model": ["runs/sft/model", "x/ppo"], "endpoint": ["http://h:8000/v1",
                                                                                              "https://api.x/v1"],

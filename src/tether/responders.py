@@ -61,6 +61,14 @@ class LocalResponder:
         self._model = load_policy(self.model_dir).to(device).eval()
         self._fmt = chat_format(load_tokenizer(self.model_dir), self.chat_template, self.model_dir)
 
+    def has_chat_template(self) -> bool:
+        """Whether the model can be given conversations: its chat format has a template (the tokenizer only is read,
+        so a caller can ask before any sampling)."""
+        from tether.chat import chat_format
+        from tether.models import load_tokenizer
+
+        return chat_format(load_tokenizer(self.model_dir), self.chat_template, self.model_dir).template is not None
+
     def replies(self, prompts: Sequence[str | list], *, max_new_tokens: int, temperature: float, seed: int,
                 top_p: float = 1.0, cache: Path | None = None, label: str = "") -> list[Reply]:
         """One reply per prompt, in order; replies in `cache` are reused, new ones appended to it batch by batch."""

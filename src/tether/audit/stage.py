@@ -180,6 +180,19 @@ def write_samples(path: Path, rows: Sequence[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def check_templates(responders: dict, items: dict[str, list[Item]]) -> None:
+    """Before any sampling: a model folder without a chat template (a base model) cannot answer conversations, which
+    the pushback turns of the sycophancy suite and prompts given as messages are."""
+    talks = [s for s, its in items.items()
+             if any(isinstance(it.prompt, list) or it.meta.get("protocol") == "neutral" for it in its)]
+    for name, responder in responders.items():
+        if talks and not getattr(responder, "has_chat_template", lambda: True)():  # endpoints always chat
+            raise ConfigError(f"chat_template: model {name} has no chat template (a base model?), and the "
+                              f"{', '.join(talks)} suite(s) hold conversations (multi-turn prompts, pushback turns); "
+                              "set chat_template= to a built-in name (chatml, llama3, gemma, zephyr, hh, tether) or a "
+                              f".jinja file, or leave them out (suites=[...] without {', '.join(talks)})")
+
+
 def run(cfg: AuditConfig) -> dict:
     # 1. the suites: bad data and settings fail here, before any model is loaded or request sent
     items = build_items(cfg)
@@ -187,6 +200,8 @@ def run(cfg: AuditConfig) -> dict:
     for t in targets:
         if t.kind == "model" and not Path(t.source).is_dir():
             raise ConfigError(f"model: no such model folder: {t.source}")
+    responders = {t.name: responder_for(cfg, t) for t in targets}
+    check_templates(responders, items)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -195,7 +210,7 @@ def run(cfg: AuditConfig) -> dict:
     # 2. answers, cached per target
     rows = []
     for target in targets:
-        rows += answer(responder_for(cfg, target), items, cfg, cache_file(out, target.name), target.name)
+        rows += answer(responders[target.name], items, cfg, cache_file(out, target.name), target.name)
 
     # 3. the rules' flags, then the judge's labels
     rows = [scoring.flag_row(r) for r in rows]
