@@ -2,6 +2,7 @@
 
     *.parquet                 a Parquet file                       rows "data.parquet: row 17"
     *.arrow                   an Arrow file (as `save_to_disk` writes them)
+    *.csv                     a CSV file with a header row            rows "data.csv:18" (the line; XSTest ships one)
     a folder                  a `datasets` `save_to_disk` folder: one Dataset, or a DatasetDict (needs `split`)
     anything else             JSONL, possibly gzip-compressed      rows "data.jsonl:18" (the line)
 
@@ -12,6 +13,8 @@ not exist is an error. Arrow fills a column a row lacks with null, so null colum
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,10 @@ def read_source(path: str | Path, split: str | None = None) -> list[Row]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{path}: file not found")
+    if p.suffix == ".csv" and p.is_file():
+        if split is not None:
+            raise DataError(f"{path}: split={split} given, but a CSV file has no splits")
+        return read_csv(p)
     if not p.is_dir() and p.suffix not in ARROW_SUFFIXES:
         if split is not None:
             raise DataError(f"{path}: split={split} given, but a JSONL file has no splits "
@@ -54,6 +61,28 @@ def read_source(path: str | Path, split: str | None = None) -> list[Row]:
         raise DataError(f"{name}: no rows")
     return [Row(f"{name}: row {i}", {"row": i}, {k: v for k, v in row.items() if v is not None})
             for i, row in enumerate(dataset)]
+
+
+def read_csv(p: Path) -> list[Row]:
+    """Rows of a CSV file, its first line the column names; empty cells are left out (as null columns are)."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the first name
+    except UnicodeDecodeError as err:
+        raise DataError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows, line = [], 1
+    try:
+        for record in reader:
+            if None in record:  # more cells than names
+                raise DataError(f"{p}:{line + 1}: {len(reader.fieldnames) + len(record[None])} cells for "
+                                f"{len(reader.fieldnames)} columns")
+            rows.append(Row(f"{p}:{line + 1}", {"line": line + 1}, {k: v for k, v in record.items() if v}))
+            line = reader.line_num
+    except csv.Error as err:
+        raise DataError(f"{p}:{reader.line_num}: not valid CSV ({err})") from None
+    if not rows:
+        raise DataError(f"{p}: no rows under its header line")
+    return rows
 
 
 def _dataset(p: Path, split: str | None):
