@@ -199,3 +199,12 @@ def test_python_dash_m_runs_the_cli():
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown stage 'nope'")
+
+
+def test_help_into_a_closed_pipe_leaves_without_a_traceback():
+    # `tether sft --help | head -1`: the reader is gone before the help is written
+    proc = subprocess.Popen([sys.executable, "-m", "tether", "sft", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in err and "BrokenPipe" not in err

@@ -96,7 +96,11 @@ def entry(argv: Sequence[str] | None = None) -> int:
     torchrun, every rank leaves the process group together (`tether.distributed.finish`: a barrier, so no rank tears
     its connections down while another still writes, then destroy) instead of at interpreter exit. Scripts that run
     several stages in the same processes call `main` for each, and `finish` after the last."""
-    code = main(argv)
+    try:
+        code = main(argv)
+    except BrokenPipeError:  # `tether sft --help | head`: the reader left; no traceback (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 1
     if code == 0 and "torch.distributed" in sys.modules:  # never import torch for a command that did not
         from tether.distributed import finish
         finish()

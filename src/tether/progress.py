@@ -31,13 +31,43 @@ class _Bar:
         self.progress.update(self.task, advance=advance, info=info)
 
 
+LOG_EVERY_S = 15.0
+"""Seconds between progress lines when stderr is not a terminal (a log file, a pipe, a job scheduler)."""
+
+
+class _LogLines:
+    """The bar's figures as a plain line at most every LOG_EVERY_S seconds and at the end: a redirected stderr gets
+    no live bar (rich draws one only on a terminal, and prints it once, at the end)."""
+
+    def __init__(self, description: str, total: int, completed: int):
+        self.description, self.total, self.done = description, total, completed
+        self.start = self.last = time.perf_counter()
+        self.info = ""
+
+    def update(self, advance: int = 1, **figures: float) -> None:
+        self.done += advance
+        self.info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        if time.perf_counter() - self.last >= LOG_EVERY_S:
+            self.line()
+
+    def line(self) -> None:
+        self.last = time.perf_counter()
+        console.print(f"{self.description} {self.done}/{self.total} {self.last - self.start:.0f}s {self.info}".rstrip(),
+                      markup=False, highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[_Bar]:
-    """A bar on stderr; silent when TETHER_QUIET is set (tests) so logs stay readable, and on every torchrun rank
-    but 0 (one bar per run, not one per process)."""
+    """A bar on stderr (plain lines every LOG_EVERY_S seconds when it is not a terminal); silent when TETHER_QUIET
+    is set (tests) so logs stay readable, and on every torchrun rank but 0 (one bar per run, not one per process)."""
     quiet_transformers()
     if os.environ.get("TETHER_QUIET") or os.environ.get("RANK", "0") != "0":
         yield _Bar(None, None)
+        return
+    if not console.is_terminal:
+        lines = _LogLines(description, total, completed)
+        yield lines
+        lines.line()
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))

@@ -490,8 +490,9 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     if summary["eval"]:
         e = summary["eval"]
-        console.print(f"rm: held-out accuracy {e['accuracy']}, loss {e['loss']:.4f}, ece {e['ece']:.3f}, "
-                      f"length corr {e['length_corr']}")
+        corr = "n/a" if e["length_corr"] is None else f"{e['length_corr']:+.3f}"
+        console.print(f"rm: held-out accuracy {e['accuracy']:.3f} on {e['pairs']} pairs, loss {e['loss']:.4f}, "
+                      f"ece {e['ece']:.3f}, length corr {corr}", soft_wrap=True)
 
 
 def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
