@@ -282,6 +282,17 @@ def test_yaml_type_errors(tmp_path, text, message):
         assert _error(load_config, TrainCfg, path) == message
 
 
+def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path):
+    path = _yaml(tmp_path, "steps: 2\noptim:\n  lrr: 1\n")
+    assert _error(load_config, TrainCfg, path) == (
+        f"config file {path}: TrainCfg.optim: unknown field 'lrr' (did you mean 'lr'?); known fields: lr, betas")
+    assert _error(load_config, TrainCfg, _yaml(tmp_path, "stpes: 2\n")).startswith(
+        f"config file {tmp_path}")
+    # an override's own unknown key is the override's, not the file's
+    assert _error(load_config, TrainCfg, _yaml(tmp_path, "steps: 2\n"), ["zzz=1"]).startswith(
+        "TrainCfg: unknown field 'zzz'")
+
+
 def test_yaml_file_errors_name_the_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     assert _error(load_config, TrainCfg, str(missing)) == f"config file {missing}: file not found"
@@ -304,7 +315,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 def test_unknown_yaml_key_suggests_a_field(tmp_path):
     path = _yaml(tmp_path, "optim:\n  bettas: 1\n")
     assert _error(load_config, TrainCfg, path) == (
-        "TrainCfg.optim: unknown field 'bettas' (did you mean 'betas'?); known fields: lr, betas"
+        f"config file {path}: TrainCfg.optim: unknown field 'bettas' (did you mean 'betas'?); known fields: lr, betas"
     )
 
 

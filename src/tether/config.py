@@ -86,6 +86,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     source = f"config file {path}" if path is not None else "config"
     data = _read_yaml(path) if path is not None else {}
     _require_mapping(data, source)
+    if path is not None:
+        _check_file_keys(cls, data, cls.__name__, path)
     for text in overrides:
         _apply_override(cls, data, text)
     return config_from_dict(cls, data, source=source)
@@ -365,6 +367,17 @@ def _dataclass_in(tp: Any) -> type | None:
     if typing.get_origin(tp) in (Union, types.UnionType):
         tp = _optional_inner(tp)
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _check_file_keys(cls: type, mapping: Mapping, where: str, path: str | Path) -> None:
+    """Every key of a config file's mapping (nested ones too) is a field of `cls`, or the error names the file."""
+    known = _settable(cls)
+    for key, value in mapping.items():
+        if str(key) not in known:
+            raise ConfigError(f"config file {path}: {_unknown_field(where, str(key), known, cls)}")
+        inner = _dataclass_in(_hints(cls)[str(key)])
+        if inner is not None and isinstance(value, Mapping):
+            _check_file_keys(inner, value, f"{where}.{key}", path)
 
 
 def _unknown_field(where: str, name: str, known: Mapping[str, Any], cls: type | None = None) -> ConfigError:
