@@ -321,3 +321,14 @@ def test_checkpoint_is_a_plain_hf_folder(resumed, tokenizer):
     final = resumed["a"] / "model"
     assert not [p for p in final.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == len(tokenizer)
+
+
+def test_resume_says_from_which_checkpoint_or_that_there_is_none(resumed, tmp_path, capsys):
+    from tether.training import checkpoint_to_resume
+
+    b = resumed["b"]
+    assert checkpoint_to_resume(_cfg(b, resume=True), b) == b / "checkpoints" / "step-000003"  # step 5: incomplete
+    assert f"resume: from {b / 'checkpoints' / 'step-000003'} (step 3)" in capsys.readouterr().err
+    assert checkpoint_to_resume(_cfg(tmp_path, resume=True), tmp_path) is None
+    assert f"resume: no complete checkpoint in {tmp_path / 'checkpoints'}; starting at step 0" in capsys.readouterr().err
+    assert checkpoint_to_resume(_cfg(tmp_path), tmp_path) is None and capsys.readouterr().err == ""  # not asked

@@ -215,10 +215,25 @@ class MetricsLog:
         self.trackers.finish()
 
 
+def checkpoint_to_resume(cfg, run_dir: Path) -> Path | None:
+    """With cfg.resume, the newest complete checkpoint of the run, said aloud (which step, or that none was found and
+    the run starts at step 0)."""
+    if not cfg.resume:
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if distributed.is_main():
+        from tether.progress import console
+
+        console.print(f"resume: from {ckpt} (step {load_trainer_state(ckpt)['step']})" if ckpt is not None else
+                      f"resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting at step 0",
+                      markup=False, highlight=False, soft_wrap=True)
+    return ckpt
+
+
 def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
     """Load the newest complete checkpoint into model and optimizer (on every rank); return the step to continue
     from."""
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    ckpt = checkpoint_to_resume(cfg, run_dir)
     if ckpt is None:
         return 0
     state = load_trainer_state(ckpt)

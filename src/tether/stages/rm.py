@@ -20,7 +20,7 @@ from rich.console import Console
 
 from tether import distributed, ensemble
 from tether.chat import chat_format
-from tether.checkpoint import latest_checkpoint, load_trainer_state, set_rng_state
+from tether.checkpoint import load_trainer_state, set_rng_state
 from tether.config import check, save_config
 from tether.data.formats import check_format, load_comparisons
 from tether.data.preferences import (
@@ -43,7 +43,7 @@ from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
-from tether.training import MetricsLog, TrainConfig, due, save_training_state
+from tether.training import MetricsLog, TrainConfig, checkpoint_to_resume, due, save_training_state
 
 console = Console(stderr=True)
 TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
@@ -498,7 +498,7 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def resume_training(cfg: RMConfig, run_dir: Path, model: RewardModel, optimizer) -> int:
     """Load the newest complete checkpoint into model and optimizer (on every rank); return the step to continue
     from."""
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    ckpt = checkpoint_to_resume(cfg, run_dir)
     if ckpt is None:
         return 0
     if has_adapters(model):  # LoRA: the checkpoint holds the adapter and the head; the base is cfg.model
