@@ -172,3 +172,29 @@ def test_dpo_logs_monitor_metrics_keeps_the_best_policy_and_stops_on_alert(tmp_p
     assert [a.step for a in alert_rows(tmp_path)] == [2]
     best = json.loads((tmp_path / "best" / "best.json").read_text())
     assert best["signal"] == "heldout_rm" and best["value"] == max(r["monitor/heldout"] for r in rows)
+
+
+def test_grpo_on_your_own_prompts_evaluates_with_a_held_out_reward_model(tmp_path, world_dir, model_dir, heldout_rm):
+    # no world: the held-out prompts are eval_data's, and the held-out signal a second reward model's score
+    from tether.errors import ConfigError
+    from tether.report import load_run
+    from tether.stages.ppo import GRPOConfig
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"What is the capital of land {i}?"}) + "\n" for i in range(5)))
+    out = tmp_path / "grpo"
+    cfg = GRPOConfig(model=str(model_dir), prompts=str(world_dir / "prompts.jsonl"), reward="callable",
+                     reward_fn="distkit:letters", eval_data=str(held), eval_prompts=3, eval_every=2, max_steps=2,
+                     rollout_batch=2, group_size=2, max_new_tokens=6, minibatch_size=4, micro_batch_size=2,
+                     sample_every=0, save_every=0, out=str(out),
+                     monitor=MonitorConfig(heldout_rm=str(heldout_rm), baseline_steps=1, window=2))
+    cfg.validate()
+    run(cfg)
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/score" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(math.isfinite(r["eval/heldout"]) and "eval/gold" not in r for r in evals)
+    assert (out / "eval_gold.jsonl").read_text() == ""  # no gold to pair
+    grpo = next(o for o in load_run(tmp_path).optimisers if o.label == "grpo")
+    assert grpo.gold_label == "held-out RM" and [p.gold for p in grpo.curve] == [r["eval/heldout"] for r in evals]
+    with pytest.raises(ConfigError, match="eval_data: the world's held-out prompts"):
+        GRPOConfig(world=str(world_dir), eval_data=str(held)).validate()

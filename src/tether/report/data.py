@@ -171,15 +171,22 @@ def curve_of(rows: list[dict]) -> list[CurvePoint]:
     """Held-out evaluations of an RL run (eval/score, eval/gold at the KL of the evaluation's own samples, eval/kl,
     else at kl/k1 of the same step's rollouts, as `tether.stages.demo.proxy_gold_curve`), or, for a run without them
     (DPO), the monitor's measurements (monitor/proxy, monitor/heldout at monitor/kl)."""
-    evals = [r for r in rows if _num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None]
+    evals = [r for r in rows if _held_out(r) is not None or _num(r.get("eval/score")) is not None]
     if evals:
         kl = {r["step"]: _num(r.get("kl/k1")) for r in rows if "step" in r and _num(r.get("kl/k1")) is not None}
         return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, _eval_kl(r, kl))), _num(r.get("eval/score")),
-                           _num(r.get("eval/gold")), _num(r.get("eval/response_length"))) for r in evals]
+                           _held_out(r), _num(r.get("eval/response_length"))) for r in evals]
     monitored = [r for r in rows if _num(r.get("monitor/kl")) is not None
                  and (_num(r.get("monitor/proxy")) is not None or _num(r.get("monitor/heldout")) is not None)]
     return [CurvePoint(int(r["step"]), math.sqrt(max(0.0, r["monitor/kl"])), _num(r.get("monitor/proxy")),
                        _num(r.get("monitor/heldout")), _num(r.get("monitor/length"))) for r in monitored]
+
+
+def _held_out(row: dict) -> float | None:
+    """An evaluation's held-out signal: the world's gold, else a second reward model's score (eval/heldout: your own
+    prompts, eval_data, with monitor.heldout_rm)."""
+    gold = _num(row.get("eval/gold"))
+    return gold if gold is not None else _num(row.get("eval/heldout"))
 
 
 def _gold_label(rows: list[dict], config: dict) -> str:

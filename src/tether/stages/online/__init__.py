@@ -170,7 +170,7 @@ class Session:
     monitor: RunMonitor | None = None
     """The reward-hacking monitor (None when cfg.monitor.enabled is false); its state is checkpointed."""
     evaluating: bool = False
-    """Whether the run evaluates on held-out prompts (a world and eval_prompts > 0)."""
+    """Whether the run evaluates on held-out prompts (a world or eval_data, and eval_prompts > 0)."""
     heldout: Callable | None = None
     """The monitor's second reward model, also scored at evaluations (eval/heldout); None for gold or no signal."""
 
@@ -179,6 +179,7 @@ def setup(cfg: OnlineConfig) -> Session:
     """Read prompts, load world, reward source, policy, reference and critic (on the device); build the optimizer;
     resume (every rank reads the checkpoint). Rank 0 writes config.yaml and data_report.json (the prompts' cuts)."""
     prompts = load_prompts(cfg.prompts, cfg.format, cfg.split)  # bad data fails before any model work
+    own_eval = load_prompts(cfg.eval_data, cfg.format)[:cfg.eval_prompts] if cfg.eval_data else []
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         save_config(cfg, Path(cfg.out) / "config.yaml")
@@ -214,11 +215,14 @@ def setup(cfg: OnlineConfig) -> Session:
     with naming(cfg.prompts):
         encoded = encode_prompts(fmt, prompts, cfg.max_prompt_length, Path(cfg.out) if distributed.is_main() else None)
     s = Session(policy, ref, critic, tokenizer, fmt, optimizer, controller, source, world, prompts, encoded,
-                eval_prompt_texts(world, cfg.eval_prompts) if world else [],
+                eval_prompt_texts(world, cfg.eval_prompts) if world else own_eval,
                 generator, distributed.wrap(trained, cfg.strategy))
-    check_sampling_positions((policy, critic, getattr(source, "model", None)), s.encoded, cfg.max_new_tokens)
+    with naming(cfg.eval_data or cfg.prompts):
+        evaluated = fmt.prompts_ids(s.eval_prompts, cfg.max_prompt_length)
+    check_sampling_positions((policy, critic, getattr(source, "model", None)), s.encoded + evaluated,
+                             cfg.max_new_tokens)
     resume(s, cfg)
-    s.evaluating = world is not None and cfg.eval_prompts > 0
+    s.evaluating = bool(s.eval_prompts) and cfg.eval_prompts > 0
     s.heldout = heldout_model(s, cfg)
     return s
 
@@ -323,7 +327,8 @@ def run_evaluation(s: Session, cfg: OnlineConfig, step: int, per_prompt_log: Met
     EVAL_GOLD_FILE, so that two evaluations' difference has a paired standard error; with the monitor, the rates of
     its responses paired with step 0's (monitor/eval_..., judged by the eval_<rate> detectors at this step)."""
     row, per_prompt, responses = evaluate(s.policy, s.fmt, s.source, s.world, s.eval_prompts, cfg, s.heldout, s.ref)
-    per_prompt_log.write({"step": step, "samples": cfg.eval_samples, "gold": per_prompt})
+    if s.world is not None:  # your own prompts (eval_data) have no gold to pair
+        per_prompt_log.write({"step": step, "samples": cfg.eval_samples, "gold": per_prompt})
     if s.monitor is not None:
         row |= s.monitor.observe_evaluation(step, repeat_prompts(s.eval_prompts, cfg.eval_samples), responses)
     return row

@@ -158,9 +158,14 @@ class OnlineConfig(DistributedConfig):
     n_samples: int = 4
     """Samples written each time (one per prompt)."""
     eval_every: int = 50
-    """Steps between greedy evaluations on the world's held-out prompts (needs world; 0: start and end only)."""
+    """Steps between evaluations on held-out prompts (the world's, or eval_data's; 0: start and end only)."""
     eval_prompts: int = 60
-    """Held-out world prompts in each evaluation, spread over the categories (0: no evaluation)."""
+    """Held-out prompts in each evaluation: the world's, spread over its categories, or the first of eval_data
+    (0: no evaluation)."""
+    eval_data: str | None = None
+    """Your own held-out prompts file (read as `prompts` is, with `format`), evaluated without a world: the proxy's
+    score, KL, length and EOS rate, and with monitor.heldout_rm a second reward model's score (eval/heldout), the
+    held-out signal of the monitor and the report. Not with world (its held-out prompts are used)."""
     eval_temperature: float = 0.0
     """Temperature of the evaluations: 0 is greedy (the policy's mode); 1 is the distribution RL optimises, where
     a policy that first grows sharper and then games the proxy shows the rise and fall of Gao et al. 2022."""
@@ -265,6 +270,8 @@ class OnlineConfig(DistributedConfig):
                      "warmup_steps"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
+        check(not (self.eval_data and self.world), "eval_data", "the world's held-out prompts are evaluated when "
+              "world is set; give one or the other")
         check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
         check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")

@@ -88,8 +88,9 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
             kl += ((r.logprobs - ref_logprobs) * r.response_mask).sum(dim=1).tolist()
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
-    gold = gold_rewards(world, prompts, responses)
-    out = {"eval/gold": mean(gold), "eval/gold_se": standard_error(gold), **category_gold(world, prompts, gold),
+    gold = gold_rewards(world, prompts, responses) if world is not None else [None] * len(prompts)
+    out = {**({"eval/gold": mean(gold), "eval/gold_se": standard_error(gold), **category_gold(world, prompts, gold)}
+              if world is not None else {}),  # your own prompts (eval_data): no gold to read
            **score_metrics(source, source(prompts, responses), "eval/"),
            "eval/response_length": sum(lengths) / len(lengths), "eval/eos_rate": sum(eos) / len(eos)}
     if measure_kl:
