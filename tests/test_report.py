@@ -299,3 +299,27 @@ def test_gold_by_category_is_drawn_with_each_categorys_start_best_and_end(full):
     plain = Optimiser(label="ppo", kind="ppo", curve=ppo.curve,
                       metrics=[{k: v for k, v in r.items() if not k.startswith("eval/gold/")} for r in ppo.metrics])
     assert plots.gold_by_category(plain) is None and findings.category_moves(plain) == []
+
+
+def test_your_own_folders_are_found_by_their_configs_and_a_stage_folder_reports_itself(tmp_path):
+    import random
+
+    import yaml
+    from reportkit import ppo_rows
+
+    root = tmp_path / "runs"
+    for name, config in (("g-grpo", {"algorithm": "grpo", "kl_coef": 0.05}), ("my-dpo", {"beta": 0.1, "loss": "ipo"}),
+                         ("g-sft", {"lr": 1e-4})):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.yaml").write_text(yaml.safe_dump(config))
+        (root / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ppo_rows(random.Random(0))))
+    (root / "g-rm").mkdir()
+    (root / "g-rm" / "eval.json").write_text(json.dumps({"eval": {"accuracy": 0.7, "loss": 0.6, "ece": 0.02,
+                                                                 "length_corr": 0.1, "pairs": 40, "ties": 0}}))
+    run = load_run(root)
+    assert [(o.label, o.kind) for o in run.optimisers] == [("g-grpo", "grpo"), ("my-dpo", "dpo")]  # not g-sft
+    assert run.rm_eval["accuracy"] == 0.7
+    alone = load_run(root / "g-grpo")  # `tether report run=runs/g-grpo`
+    assert [(o.label, o.kind) for o in alone.optimisers] == [("g-grpo", "grpo")]
+    assert load_run(root / "g-rm").rm_eval["pairs"] == 40
+    assert "No optimiser run found" not in write_report(root / "g-grpo").read_text()

@@ -201,14 +201,37 @@ def _gold_label(rows: list[dict], config: dict) -> str:
     return "sampled gold"  # the monitor's temperature-1 samples, not the greedy evaluations of the other curves
 
 
+def optimiser_kind(folder: Path) -> str | None:
+    """ppo, grpo, rloo or dpo for a stage folder of that kind, by its name or its config.yaml (any name: your own
+    runs' folders); None otherwise."""
+    if folder.name in OPTIMISERS:
+        return folder.name
+    config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    if config.get("algorithm") in OPTIMISERS:
+        return config["algorithm"]
+    return "dpo" if "beta" in config and "loss" in config else None
+
+
+def optimiser_folders(base: Path, itself: bool) -> list[Path]:
+    """The optimiser runs of a folder: its ppo/grpo/rloo/dpo folders in that order, then any other folder directly
+    under it that is one (by its config), and with `itself` the folder itself when it is one (`report run=runs/x/grpo`)."""
+    named = [base / kind for kind in OPTIMISERS]
+    others = sorted(p for p in base.iterdir() if p.is_dir() and p.name not in OPTIMISERS
+                    and not p.name.startswith("round")) if base.is_dir() else []
+    found = [p for p in named + others if optimiser_kind(p) is not None]
+    return ([base] if itself and optimiser_kind(base) is not None else []) + found
+
+
 def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
     """An optimiser folder, or None when it has no metrics yet."""
     rows = read_jsonl(folder / "metrics.jsonl")
-    if not rows:
+    kind = optimiser_kind(folder)
+    if not rows or kind is None:
         return None
     config = read_yaml(folder / "config.yaml")
     evals = any(_num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None for r in rows)
-    return Optimiser(label=folder.relative_to(root).as_posix(), kind=folder.name, metrics=rows, curve=curve_of(rows),
+    label = folder.relative_to(root).as_posix() if folder != root else folder.resolve().name
+    return Optimiser(label=label, kind=kind, metrics=rows, curve=curve_of(rows),
                      gold_label=_gold_label(rows, config), curve_source="eval" if evals else "monitor", alerts=read_jsonl(folder / "alerts.jsonl"),
                      samples=read_jsonl(folder / "samples.jsonl"), best=read_json(folder / "best/best.json"),
                      config=config, per_prompt_gold=per_prompt_gold(folder / "eval_gold.jsonl"))
@@ -257,6 +280,15 @@ def _last(rows: list[dict], key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+def rm_folder(root: Path) -> Path:
+    """The reward-model run: root/rm, else root itself when it is one (`report run=runs/x/rm`), else the one folder
+    directly under root that is (by its eval.json)."""
+    if (root / "rm/eval.json").is_file() or (root / "eval.json").is_file():
+        return root / "rm" if (root / "rm/eval.json").is_file() else root
+    found = sorted(p for p in root.glob("*/eval.json") if isinstance((read_json(p) or {}).get("eval"), dict))
+    return found[0].parent if len(found) == 1 else root / "rm"
+
+
 def read_stage_files(root: Path) -> dict[str, dict]:
     """The few facts of the earlier stages that the pipeline table shows."""
     facts: dict[str, dict] = {}
@@ -267,7 +299,7 @@ def read_stage_files(root: Path) -> dict[str, dict]:
                             "eval_loss": _last(rows, "eval_loss")}
     if isinstance(collect := read_json(root / "collect/report.json"), dict):
         facts["collect"] = collect
-    if isinstance(rm := read_json(root / "rm/eval.json"), dict):
+    if isinstance(rm := read_json(rm_folder(root) / "eval.json"), dict):
         facts["rm"] = rm
     return facts
 
@@ -296,7 +328,7 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = summary if isinstance(summary, dict) else {}
     data = RunData(root=root, name=root.resolve().name, timings=dict(summary.get("timings_s") or {}),
                    reward_model=summary.get("reward_model") if isinstance(summary.get("reward_model"), dict) else None,
-                   rm_eval=(read_json(root / "rm/eval.json") or {}).get("eval"),
+                   rm_eval=(read_json(rm_folder(root) / "eval.json") or {}).get("eval"),
                    agreement=read_json(root / "label/agreement.json"), stage_files=read_stage_files(root))
     policies = summary.get("policies") if isinstance(summary.get("policies"), dict) else {}
     data.policy_kl = {k: float(v["kl_k1"]) for k, v in policies.items()
@@ -306,7 +338,7 @@ def load_run(run_dir: str | Path) -> RunData:
             data.behaviour[prefix + policy] = table
             if isinstance(settings := read_json(base / "eval" / f"{policy}_settings.json"), dict):
                 data.decoding[prefix + policy] = settings
-        data.optimisers += [o for kind in OPTIMISERS if (o := read_optimiser(root, base / kind)) is not None]
+        data.optimisers += [o for f in optimiser_folders(base, itself=not prefix) if (o := read_optimiser(root, f))]
         data.redteams += read_redteams(root, base)
         record = read_json(base / "round.json") if prefix else None
         if isinstance(record, dict) and isinstance(record.get("hacks"), dict):
