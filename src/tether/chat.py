@@ -38,6 +38,7 @@ its end cut (`Encoded.response_cut`; dpo drops such pairs). `Encoded` counts eac
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -77,6 +78,29 @@ class Encoded:
     @property
     def truncated(self) -> bool:
         return bool(self.turns_dropped or self.prompt_cut or self.response_cut)
+
+
+ENCODE_PROGRESS_EVERY = 500
+"""Rows between updates of the encoding bar, drawn for datasets of at least this many rows (rendering a chat template
+costs ~2-6 ms a row: 100k rows are minutes)."""
+
+
+@contextmanager
+def _encoding_progress(n: int):
+    """A progress bar for encoding n rows, or a silent stand-in below ENCODE_PROGRESS_EVERY rows."""
+    if n < ENCODE_PROGRESS_EVERY:
+        yield _NoBar()
+        return
+    from tether.progress import progress_bar
+
+    with progress_bar("encode", total=n) as bar:
+        yield bar
+        bar.update(n % ENCODE_PROGRESS_EVERY)
+
+
+class _NoBar:
+    def update(self, advance: int = 1) -> None:
+        pass
 
 
 def merged_turns(prompt: Prompt) -> list[dict] | None:
@@ -166,19 +190,22 @@ class ChatFormat:
                      max_prompt_length: int | None = None) -> list[tuple[Encoded, Encoded]]:
         """Both responses of each (prompt, a, b) row after the same prompt tokens: the longer response sets how much
         of the prompt fits, so a comparison never sees two different cuts of its prompt."""
-        flat = self.encode_many([(p, r) for p, a, b in rows for r in (a, b)])
+        flat = self._encode_rows([(p, r, False) for p, a, b in rows for r in (a, b)], None, None, progress=False)
         out = []
-        for (prompt, a, b), pair in zip(rows, zip(flat[::2], flat[1::2])):
-            longest = max(len(e.input_ids) - e.prompt_length for e in pair)
-            limits = [max_prompt_length, None if max_length is None else max_length - longest]
-            budget = min([pair[0].prompt_length] + [x for x in limits if x is not None])
-            bos = self.tokenizer.bos_token_id
-            floor = 1 + (pair[0].prompt_length > 1 and bos is not None and pair[0].input_ids[0] == bos)
-            if budget < floor:  # a response alone fills max_length: each keeps what prompt it can on its own
-                pair = tuple(self.encode(prompt, r, max_length, max_prompt_length) for r in (a, b))
-            elif budget < pair[0].prompt_length:
-                pair = tuple(self.encode(prompt, r, max_length, budget) for r in (a, b))
-            out.append(pair)
+        with _encoding_progress(len(rows)) as bar:  # a pair cut to fit is encoded again, one turn dropped at a time
+            for i, ((prompt, a, b), pair) in enumerate(zip(rows, zip(flat[::2], flat[1::2]))):
+                longest = max(len(e.input_ids) - e.prompt_length for e in pair)
+                limits = [max_prompt_length, None if max_length is None else max_length - longest]
+                budget = min([pair[0].prompt_length] + [x for x in limits if x is not None])
+                bos = self.tokenizer.bos_token_id
+                floor = 1 + (pair[0].prompt_length > 1 and bos is not None and pair[0].input_ids[0] == bos)
+                if budget < floor:  # a response alone fills max_length: each keeps what prompt it can on its own
+                    pair = tuple(self.encode(prompt, r, max_length, max_prompt_length) for r in (a, b))
+                elif budget < pair[0].prompt_length:
+                    pair = tuple(self.encode(prompt, r, max_length, budget) for r in (a, b))
+                out.append(pair)
+                if (i + 1) % ENCODE_PROGRESS_EVERY == 0:
+                    bar.update(ENCODE_PROGRESS_EVERY)
         return out
 
     def prompt_ids(self, prompt: Prompt, max_prompt_length: int | None = None) -> list[int]:
@@ -327,9 +354,11 @@ class ChatFormat:
 
     # -- tokens -------------------------------------------------------------------------------------------
 
-    def _encode_rows(self, rows: list[tuple], max_length: int | None, max_prompt_length: int | None) -> list[Encoded]:
+    def _encode_rows(self, rows: list[tuple], max_length: int | None, max_prompt_length: int | None,
+                     progress: bool = True) -> list[Encoded]:
         """Rows (prompt, response, generation-prompt-only) as Encoded: 1. render and cut into segments; 2. tokenise
-        every segment of every row in one batched call; 3. join; 4. fit rows that are too long."""
+        every segment of every row in one batched call; 3. join; 4. fit rows that are too long (a bar over a large
+        dataset, unless `progress` is off: a caller with its own)."""
         pieces = []
         for i, (p, r, g) in enumerate(rows):
             try:
@@ -339,10 +368,13 @@ class ChatFormat:
         texts = [t for ts, _ in pieces for t in ts]
         firsts = [j == 0 for ts, _ in pieces for j in range(len(ts))]
         flat, out, at = self._encode_texts(texts, firsts), [], 0
-        for (prompt, response, generation), (ts, trained) in zip(rows, pieces):
-            enc = self._join(flat[at:at + len(ts)], trained, plain_reply=self.template is None and not generation)
-            at += len(ts)
-            out.append(self._fit(enc, prompt, response, generation, max_length, max_prompt_length))
+        with _encoding_progress(len(rows) if progress else 0) as bar:  # fitting re-renders a row per turn it drops
+            for i, ((prompt, response, generation), (ts, trained)) in enumerate(zip(rows, pieces)):
+                enc = self._join(flat[at:at + len(ts)], trained, plain_reply=self.template is None and not generation)
+                at += len(ts)
+                out.append(self._fit(enc, prompt, response, generation, max_length, max_prompt_length))
+                if (i + 1) % ENCODE_PROGRESS_EVERY == 0:
+                    bar.update(ENCODE_PROGRESS_EVERY)
         return out
 
     def _encode_texts(self, texts: list[str], firsts: list[bool]) -> list[list[int]]:
