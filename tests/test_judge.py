@@ -342,6 +342,18 @@ def test_judge_report_by_hand():
     assert ref["judge_as_rater"] == 0.0 and ref["raters_majority_agreement"] == 0.0
 
 
+def test_the_judges_doubtful_figures_are_said_on_the_console():
+    from tether.stages.judge import judge_warnings
+
+    voted = judge_warnings({"no_answer": 3, "unparsed_votes": 18, "votes": 18})
+    assert voted == ["3 judge call(s) gave no parsable answer (18 of 18 votes unparsed); their pairs are written as "
+                     "ties (p_a 0.5): check the judge model and its prompt"]
+    local = judge_warnings({"answer_mass_mean": 0.006, "truncated_prompts": 68, "no_answer": 0})
+    assert local[0].startswith("the judge put 0.6% of its next-token probability on the answer tokens")
+    assert local[1].startswith("68 judge prompt(s) were cut to fit the model")
+    assert judge_warnings({"answer_mass_mean": 0.9, "truncated_prompts": 0, "no_answer": 0}) == []
+
+
 def test_config_errors_name_the_setting(tmp_path):
     assert main(["judge", "simulated=true", "world=", f"out={tmp_path}"]) == 2
     assert main(["judge", "simulated=true", "model=x", "world=w", f"out={tmp_path}"]) == 2

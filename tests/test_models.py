@@ -1,4 +1,5 @@
 """tether.models: presets, safetensors-only save/load that plain transformers reads, and the FLOPs formula."""
+import json
 import os
 
 import pytest
@@ -144,3 +145,18 @@ def test_flops_hand_worked():
     assert model_flops_per_token(untied, seq_len=128) == 241_344.0
     # The attention term grows with context: doubling T adds 98,304 more.
     assert model_flops_per_token(model, seq_len=256) == 241_344.0 + 98_304
+
+
+def test_a_reward_model_folder_is_refused_where_a_policy_is_meant(rm_dir, tmp_path):
+    # tether rm's folder: a LlamaForSequenceClassification with reward_config.json; as a causal LM it would get a
+    # random LM head and generate noise (serve, audit, collect took it so)
+    with pytest.raises(ConfigError, match=rf"^model: {rm_dir} is a reward model \(LlamaForSequenceClassification\), "
+                                          "not a policy"):
+        load_policy(str(rm_dir))
+    other = tmp_path / "classifier"  # any sequence classifier, without tether's file
+    other.mkdir()
+    config = json.loads((rm_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "model.safetensors").write_bytes((rm_dir / "model.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="is a reward model"):
+        load_policy(str(other))

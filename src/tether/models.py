@@ -7,8 +7,10 @@ arbitrary code when unpickled.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -77,6 +79,18 @@ def _check_local_folder(path: str, what: str) -> None:
         raise TetherError(f"{what}: no safetensors weights in {path}{hint}")
 
 
+def _refuse_reward_model(path: str) -> None:
+    """A reward model's folder (`tether rm`'s, or any sequence classifier) given where a policy is meant: loaded as a
+    causal LM it would get a fresh random LM head and generate noise, with only transformers' load report to say so."""
+    config = Path(path) / "config.json"
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    if (Path(path) / "reward_config.json").is_file() or (
+            architectures and all(a.endswith("ForSequenceClassification") for a in architectures)):
+        what = ", ".join(architectures) or "reward_config.json"
+        raise ConfigError(f"model: {path} is a reward model ({what}), not a policy that generates text; give a causal "
+                          "LM folder (e.g. runs/sft/model), or pass this one as reward_model=")
+
+
 def _looks_like_hub_id(name: str) -> bool:
     """True for "name" or "org/name" not written as a path; "runs/sft" is a path when ./runs exists.
 
@@ -98,6 +112,7 @@ def load_policy(path_or_name: str, trust_remote_code: bool = False) -> PreTraine
     # Check local folders ourselves: a clearer message than HF's, and a mistyped path never reaches the hub.
     if os.path.exists(path_or_name) or not _looks_like_hub_id(path_or_name):
         _check_local_folder(path_or_name, "model")
+        _refuse_reward_model(path_or_name)
     try:
         return AutoModelForCausalLM.from_pretrained(
             path_or_name, use_safetensors=True, trust_remote_code=trust_remote_code

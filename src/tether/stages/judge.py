@@ -222,3 +222,23 @@ def _summary(report: dict) -> None:
     if "reference" in report:
         line += f", with the raters' majority {pct(report['reference']['majority_agreement'])}"
     console.print(line)
+    for warning in judge_warnings(report.get("backend") or {}):
+        console.print(f"[yellow]judge: {warning}[/yellow]")
+
+
+def judge_warnings(backend: dict) -> list[str]:
+    """What in the judge's own figures (judge_report.json's backend) makes its labels doubtful, one line each: calls
+    it did not answer (written as p_a 1/2, ties), little probability on the answer tokens, prompts cut to fit."""
+    out = []
+    if backend.get("no_answer"):
+        out.append(f"{backend['no_answer']} judge call(s) gave no parsable answer"
+                   + (f" ({backend['unparsed_votes']} of {backend['votes']} votes unparsed)" if backend.get("votes")
+                      else "") + "; their pairs are written as ties (p_a 0.5): check the judge model and its prompt")
+    mass = backend.get("answer_mass_mean")
+    if mass is not None and mass < 0.5:
+        out.append(f"the judge put {mass:.1%} of its next-token probability on the answer tokens on average: its "
+                   "choices are mostly noise (a model that does not follow the judging prompt)")
+    if backend.get("truncated_prompts"):
+        out.append(f"{backend['truncated_prompts']} judge prompt(s) were cut to fit the model (max_prompt_length or "
+                   "its positions): the judge did not see the whole pair")
+    return out
