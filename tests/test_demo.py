@@ -66,3 +66,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert main(["demo", f"runs={tmp_path}", "name=smoke", "--resume", *TINY]) == 0
     again = json.loads((root / "summary.json").read_text())
     assert not {"pretrain", "rm", "ppo", "dpo", "bon", "redteam ppo", "audit (served)", "round 2"} & set(again["timings_s"])
+    # the whole demo again without --resume redoes every stage, round 2 included (iterate alone would refuse it)
+    (root / "round2/marker").write_text("from the first run")
+    assert main(["demo", f"runs={tmp_path}", "name=smoke", *TINY]) == 0
+    assert "round 2" in json.loads((root / "summary.json").read_text())["timings_s"]
+    assert not (root / "round2/marker").exists() and (root / "round2/round.json").is_file()

@@ -233,6 +233,9 @@ def _comparisons_have_round_provenance(path, rounds, policies):
 def test_iterate_rounds_record_their_provenance(demo_root):
     root = demo_root
     assert main(["iterate", "--help"]) == 0
+    # the demo wrote round 2 already: iterate refuses to overwrite it, and redoes it once it is moved away
+    assert main(["iterate", f"previous={root}"]) == 2
+    (root / "round2").rename(root / "round2-demo")
     assert main(["iterate", f"previous={root}"]) == 0
     out = root / "round2"
     record = json.loads((out / "round.json").read_text())
@@ -292,3 +295,7 @@ def test_iterate_rounds_record_their_provenance(demo_root):
                                        {str(root / "ppo/model"), str(root / "sft/model"), str(out / "ppo/model")})
     dpo_prov = json.loads((root / "round3/dpo/model/provenance.json").read_text())
     assert dpo_prov["round"] == 3 and dpo_prov["data"] == str(root / "round3/all_comparisons.jsonl")
+
+    # a finished round is never overwritten in silence: the same command again names the round and the ways on
+    assert main(["iterate", f"previous={out}"]) == 2
+    assert (root / "round3/dpo").is_dir() and not (root / "round3/ppo").exists()  # round 3 as it was

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -348,6 +349,8 @@ def _iterate_phase(cfg: DemoConfig, timed: StageTimer) -> dict:
                                  rm=cfg.rm, ppo=cfg.ppo, dpo=cfg.dpo, redteam=cfg.redteam,
                                  eval=replace(cfg.eval, seed=cfg.seed),  # round 1's footing: same draw
                                  resume=cfg.resume)
+    if not cfg.resume and (cfg.root / "round2").is_dir():  # an earlier demo's round 2, made from what this run redid
+        shutil.rmtree(cfg.root / "round2")
     # 11. Collect from the PPO policy plus the caught failures, label, retrain the RM, PPO again, audit.
     record = timed("round 2", iterate.run_round, icfg, cfg.root, done=cfg.root / "round2/round.json")
     if record is None:  # --resume of a finished round

@@ -450,6 +450,9 @@ def run_round(cfg: IterateConfig, previous: str | Path) -> dict:
     parent = read_parent(previous, cfg.optimiser)
     n, name = parent.number + 1, cfg.optimiser
     out = parent.root / f"round{n}"
+    if (out / "round.json").is_file() and not cfg.resume:  # a finished round: never overwritten in silence
+        raise ConfigError(f"previous: {out} already holds round {n} (round.json); give previous={out} for round "
+                          f"{n + 1}, resume=true to finish or reuse it, or move it away to redo it")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "iterate.yaml")
     stages, timed = stage_configs(cfg, parent, out), StageTimer(cfg.resume, console)

@@ -218,17 +218,7 @@ class OnlineConfig(DistributedConfig):
         check(self.strategy == "ddp", "strategy", "online RL samples from whole weights on every rank: use ddp")
         check(self.algorithm in ALGORITHM_NAMES, "algorithm", f"must be one of {', '.join(ALGORITHM_NAMES)}")
         check_format(self.format, "prompts")
-        check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
-        check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
-        check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
-              "is subtracted from the score (TRL's meaning): must be >= 0; for a fixed score use missing_eos_score")
-        check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
-              "set either missing_eos_penalty (subtracted) or missing_eos_score (given instead), not both")
-        check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
-              "must be 'module:function' when reward=callable")
-        check(self.reward_ensemble in ("single", "mean", "min", "uwo"), "reward_ensemble",
-              "must be one of single, mean, min, uwo")
-        check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
+        self.validate_reward()
         check(self.rollout_batch > 0, "rollout_batch", "must be > 0")
         check(self.group_size >= (1 if self.algorithm == "ppo" else 2), "group_size",
               f"must be >= {1 if self.algorithm == 'ppo' else 2} for {self.algorithm}")
@@ -275,3 +265,17 @@ class OnlineConfig(DistributedConfig):
         check(self.eval_samples >= 1, "eval_samples", "must be >= 1")
         check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
+
+    def validate_reward(self) -> None:
+        """The reward source's settings and what is done to its scores."""
+        check(self.reward != "rm" or bool(self.reward_model), "reward_model", "is required when reward=rm")
+        check(self.reward != "gold" or bool(self.world), "world", "is required when reward=gold")
+        check(self.reward != "callable" or ":" in (self.reward_fn or ""), "reward_fn",
+              "must be 'module:function' when reward=callable")
+        check(self.reward_ensemble in ("single", "mean", "min", "uwo"), "reward_ensemble",
+              "must be one of single, mean, min, uwo")
+        check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
+        check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
+              "is subtracted from the score (TRL's meaning): must be >= 0; for a fixed score use missing_eos_score")
+        check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
+              "set either missing_eos_penalty (subtracted) or missing_eos_score (given instead), not both")
