@@ -163,3 +163,13 @@ def test_the_stage_routes_then_merges_simulated_people(world_dir, tmp_path):
     assert gold["judge"]["pairs"] + gold["people"]["pairs"] == gold["all"]["pairs"]
     assert gold["judge_on_people_pairs"]["pairs"] == gold["people"]["pairs"]  # the same pairs, gold ties skipped
 
+
+
+def test_a_budget_the_inconsistent_pairs_alone_exceed_is_said(tmp_path, capsys):
+    labels = [judged(f"q{i}", 0.9, inconsistent=i < 3) for i in range(5)]  # 3 of 5 disagree; budget 0.4 allows 2
+    write_comparisons(tmp_path / "judged.jsonl", labels)
+    assert main(["hybrid", f"judged={tmp_path / 'judged.jsonl'}", "budget=0.4", f"out={tmp_path / 'out'}"]) == 0
+    said = capsys.readouterr().err.replace("\n", "")
+    assert "hybrid: 3 of 5 pairs to people" in said and "over budget=0.4: the 3 pairs whose orders disagree" in said
+    report = json.loads((tmp_path / "out/hybrid_report.json").read_text())
+    assert report["routing"]["routed"] == 3 and report["routing"]["over_budget"] is True

@@ -56,7 +56,8 @@ class HybridConfig:
     given, it overrides `budget`; None: set from `budget`."""
     budget: float | None = 0.4
     """With threshold=null: route at most this share of the pairs (inconsistent first, then the least
-    confident); the threshold used is in the report."""
+    confident); the threshold used is in the report. Pairs whose two orders disagree are always routed, so when they
+    alone are more than the budget, more is routed (said on the console and in the report)."""
     audit: float = 0.0
     """Share of the confident pairs also sent to people, to score the judge on pairs it was sure of."""
     people: str = ""
@@ -161,6 +162,10 @@ def run(cfg: HybridConfig) -> Path:
     line = (f"hybrid: {report['routing']['routed']} of {len(labels)} pairs to people (confidence under "
             f"{threshold:.3f}: {routing.low_confidence}, orders disagree: {routing.inconsistent}, audit: "
             f"{len(routing.audit)})")
+    if cfg.threshold is None and routing.inconsistent > cfg.budget * len(labels):
+        report["routing"]["over_budget"] = True
+        line += (f"; over budget={cfg.budget:g}: the {routing.inconsistent} pairs whose orders disagree are always "
+                 "routed")
     # 2. With people's ratings: one comparisons file, people's rows where they rated, the judge's elsewhere.
     if cfg.people:
         people = load_comparisons(cfg.people)
