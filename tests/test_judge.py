@@ -227,6 +227,14 @@ def test_the_local_judge_reads_a_plain_forward_pass_and_batches_exactly(arch, sh
             {"chatml": "<|im_start|>assistant\n", "gemma": "<start_of_turn>model\n"}[shape])
 
 
+def test_a_judge_prompt_longer_than_the_model_is_cut_to_its_positions_and_counted(short, real_root):
+    tok = archkit.tokenizer("chatml", real_root)
+    judge = LocalJudge(archkit.build_model("qwen2", tok), tok, "m")  # 256 positions, max_prompt_length unset
+    long = [Comparison("Tell me everything. " * 120, "Sure.", "No.")]  # a judge prompt of well over 256 tokens
+    (verdict,) = judge_pairs(judge, long, load_constitution(short))
+    assert 0 <= verdict.p_a <= 1 and judge.stats()["truncated_prompts"] == 2  # both orders, each cut
+
+
 def test_the_stage_with_a_model_folder(short, real_root, tmp_path):
     folder = archkit.save_model("qwen2", "chatml", real_root)
     queue = tmp_path / "queue.jsonl"

@@ -30,7 +30,7 @@ import torch
 from tether.chat import ChatFormat, chat_format
 from tether.errors import TetherError
 from tether.judge.pairwise import PairwiseItem
-from tether.models import check_positions
+from tether.models import check_positions, position_limit
 
 __all__ = ["ANSWER_SPELLINGS", "LocalJudge", "answer_token_ids", "first_wins_from_logits"]
 
@@ -86,7 +86,10 @@ class LocalJudge:
         self._truncated = 0
 
     def first_wins(self, items: Sequence[PairwiseItem]) -> list[float]:
-        encoded = self.fmt.prompts_encoded([item.text for item in items], self.max_prompt_length)
+        # unset max_prompt_length: the model's positions (the answer is the next token), cut prompts counted
+        positions = position_limit(self.model)
+        limit = self.max_prompt_length if self.max_prompt_length is not None or positions is None else positions[0]
+        encoded = self.fmt.prompts_encoded([item.text for item in items], limit)
         self._truncated += sum(e.truncated for e in encoded)
         rows = [e.input_ids for e in encoded]
         if rows:

@@ -81,7 +81,8 @@ class JudgeConfig(EndpointFields):
     batch_size: int = 8
     """Model judge: prompts per forward pass."""
     max_prompt_length: int | None = None
-    """Model judge: longest judge prompt in tokens; longer ones lose tokens from their start (None: no limit)."""
+    """Model judge: longest judge prompt in tokens; longer ones lose tokens from their start (None: the model's
+    positions; cut prompts are counted in judge_report.json and said on the console)."""
     chat_template: str = ""
     """Model judge: how the judge prompt is formatted (tether.chat): "" the tokenizer's own template, a built-in
     name (chatml, llama3, gemma, zephyr, hh, tether), a .jinja file, or "none" (plain text)."""
