@@ -222,3 +222,17 @@ def test_tether_judge_simulated_on_a_world_queue(world_dir, tmp_path):
 
 def test_sim_config_is_a_plain_dataclass():
     assert dataclasses.is_dataclass(SimJudgeConfig) and SimJudgeConfig().position_bias == 0.6
+
+
+def test_a_prompt_the_world_does_not_know_is_named_in_one_line(world_dir, tmp_path, capsys):
+    from tether.cli import main
+    from tether.data.preferences import Comparison, write_comparisons
+
+    queue = tmp_path / "queue.jsonl"
+    write_comparisons(queue, [Comparison("okay some of these do not belong to any world", "a", "b")])
+    assert main(["judge", "simulated=true", f"world={world_dir}", f"queue={queue}", f"out={tmp_path / 'j'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {queue}: pair 1 (in the order read): prompt 'okay some of these") and \
+        "simulated=true judges the world's prompts only" in err[-1]
+    assert main(["label", f"world={world_dir}", f"queue={queue}", f"out={tmp_path / 'l'}", "app=false"]) == 2
+    assert "the simulated raters rate the world's prompts only" in capsys.readouterr().err

@@ -188,6 +188,9 @@ def run(cfg: JudgeConfig) -> Path:
         from tether.world.build import load_world
 
         world = load_world(cfg.world)
+        if cfg.simulated:
+            world.check_prompts([c.prompt_text for c in pairs], cfg.queue, "simulated=true judges the world's prompts "
+                                "only; for other data give model= or endpoint=")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

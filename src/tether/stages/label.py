@@ -69,6 +69,8 @@ def check_same_pool(project: Path, pool: RaterPoolConfig) -> None:
 def run(cfg: LabelConfig) -> Path:
     queue = read_comparisons(cfg.queue)
     world = load_world(cfg.world)
+    world.check_prompts([c.prompt_text for c in queue], cfg.queue, "the simulated raters rate the world's prompts "
+                        "only; people rate any data in the rater app: tether raters import")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from tether.config import check
+from tether.errors import DataError
 from tether.world.critique import critique_dialogues
 from tether.world.gold import Judgement, judge
 from tether.world.knowledge import ATTRIBUTES, Country, Knowledge, build_knowledge
@@ -137,6 +138,14 @@ class World:
 
     def parse(self, prompt: str) -> Query | None:
         return parse_prompt(prompt, self.knowledge)
+
+    def check_prompts(self, prompts: list[str], where: str, why: str) -> None:
+        """DataError naming the first of `prompts` (a file's, `where`) that is not one of the world's, and `why` it
+        must be (a simulated rater or judge knows the world's prompts only)."""
+        for i, prompt in enumerate(prompts):
+            if self.parse(prompt) is None:
+                raise DataError(f"{where}: pair {i + 1} (in the order read): prompt {prompt[:60]!r} is not one of the "
+                                f"world's ({why})")
 
     def judge(self, prompt: str, response: str) -> Judgement:
         """Gold judgement of a response to one of this world's prompts (evaluation only)."""
