@@ -135,6 +135,8 @@ class ConvertConfig:
         check(self.to in TARGETS, "to", f"must be one of {', '.join(TARGETS)}, got {self.to!r}")
         check_format(self.format, TARGETS[self.to].kind)
         check(Path(self.out).resolve() != Path(self.input).resolve(), "out", "is the input file; write elsewhere")
+        check(Path(self.out).suffix.lower() not in (".csv", ".tsv", ".json", ".arrow", ".txt"), "out",
+              f"{Path(self.out).suffix} is not written (nested rows do not fit it): use .jsonl, .jsonl.gz or .parquet")
 
 
 def convert(cfg: ConvertConfig) -> dict:
