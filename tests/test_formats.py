@@ -459,3 +459,12 @@ def test_convert_refuses_an_output_it_would_not_write_as_named(tmp_path, capsys)
     assert "out: .csv is not written (nested rows do not fit it): use .jsonl, .jsonl.gz or .parquet" in \
         capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_an_ultrafeedback_row_left_with_one_scored_completion_says_why(tmp_path):
+    row = {"instruction": "2+2?", "completions": [{"model": "m0", "response": "4", "overall_score": 8.0},
+                                                  {"model": "m1", "text": "5", "overall_score": 2.0},
+                                                  {"model": "m2", "response": "6", "overall_score": None}]}
+    loaded = load(_jsonl(tmp_path / "uf.jsonl", [row, UF[0]]), "comparisons")
+    assert loaded.report["skipped"] == {"completions: no completion scored below the best (2 of 3 left out: no "
+                                        "response or no overall_score)": 1}

@@ -235,7 +235,9 @@ def _uf_pairs(row: dict, at: dict) -> list[Comparison]:
                         meta={"source": "ultrafeedback", **at, "score_a": top, "score_b": score})
              for score, response, other in scored if score < top and response.strip() != best.strip()]
     if not pairs:
-        raise SkipRow("completions", "no completion scored below the best")
+        left = len(completions) - len(scored)
+        raise SkipRow("completions", "no completion scored below the best" + (
+            f" ({left} of {len(completions)} left out: no response or no overall_score)" if left else ""))
     return pairs
 
 
