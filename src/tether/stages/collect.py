@@ -95,7 +95,8 @@ def _sample(cfg: CollectConfig, prompts: list) -> list[list[tuple[str, str]]]:
         if k == 0:
             continue
         repeated = [i for i in range(len(prompts)) for _ in range(k)]
-        label = f"collect {Path(policy).parent.name or policy}"
+        folder = Path(policy)
+        label = f"collect {(folder.parent.name if folder.name == 'model' else folder.name) or policy}"  # runs/sft/model: sft
         if client:  # replies cached in <out>/endpoint_cache.jsonl: an interrupted collect resumes
             texts = [r.text for r in client.replies([prompts[i] for i in repeated], max_new_tokens=cfg.max_new_tokens,
                                                     temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + p,
