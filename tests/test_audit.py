@@ -503,6 +503,21 @@ def test_a_tiny_local_model_as_judge_runs_end_to_end(qwen_dir, tmp_path):
     assert (out / "judge_cache.jsonl").is_file()
 
 
+def test_prompts_an_endpoint_refuses_as_too_long_are_left_out_and_counted(qwen_dir, tmp_path, capsys):
+    work = tmp_path / "work.jsonl"  # one prompt far beyond the served model's 256 positions, two that fit
+    work.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                            ["Hello there.", "Tell me a story. " * 200, "What is two plus two?"]))
+    with live_server(qwen_dir, name="qwen") as live:
+        assert main(["audit", f"endpoint=[{live.url}]", "names=[qwen]", "suites=[]", f"prompts={work}",
+                     "max_new_tokens=6", f"out={tmp_path}/audit"]) == 0
+    summary = read_json(tmp_path / "audit/audit.json")
+    assert summary["refused_too_long"] == {"qwen": 1} and summary["results"]["qwen"]["style"]["workload"]["refusal"]["n"] == 2
+    assert "prompts the endpoint refused as longer than its context, left out: {'qwen': 1}" in \
+        capsys.readouterr().err.replace("\n", "")
+    client = EndpointClient("http://127.0.0.1:9")  # not asked to skip: the refusal stays an error
+    assert client.skip_too_long is False
+
+
 def test_a_killed_audit_resumes_against_tether_serve_without_repeating_a_request(qwen_dir, tmp_path, monkeypatch):
     """XSTest 4 + 4 facts x 2 protocols + 4 pushback turns = 16 requests. The first run dies before its 6th request
     is sent; the rerun sends the other 11; a third run sends none. The server counts 16 requests in all."""

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,8 @@ from tether.progress import progress_bar
 
 CACHE_FILE = "endpoint_cache.jsonl"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+TOO_LONG = re.compile(r"context.length|context window|maximum context|too long|leave no room|exceeds? the max", re.I)
+"""How servers say a prompt does not fit (OpenAI's context_length_exceeded, vLLM's, tether serve's)."""
 """Statuses worth another try (OpenAI's own client retries these too)."""
 
 
@@ -85,6 +88,16 @@ class Reply:
     """Completion tokens the endpoint counted (usage.completion_tokens)."""
     ended: bool
     """finish_reason was "stop" (the reply ended), not "length"."""
+    refused: str | None = None
+    """The endpoint's reason when it refused the prompt as too long (`EndpointClient.skip_too_long`); text is ""."""
+
+
+class Refused(TetherError):
+    """An endpoint's final 4xx answer to a request, with its status and its own message."""
+
+    def __init__(self, message: str, status: int, detail: str):
+        super().__init__(message)
+        self.status, self.detail = status, detail
 
 
 class EndpointClient:
@@ -98,6 +111,9 @@ class EndpointClient:
         self.http = httpx.Client(headers=headers, timeout=timeout,
                                  limits=httpx.Limits(max_connections=concurrency))
         self._model = model
+        self.skip_too_long = False
+        """A prompt the endpoint refuses as too long gets an empty Reply with `refused` set instead of an error (the
+        audit leaves such prompts out and counts them)."""
 
     @property
     def model(self) -> str:
@@ -133,7 +149,13 @@ class EndpointClient:
         return [store[key] for key in keys]
 
     def _fetch(self, body: dict, key: str, store: ReplyCache) -> None:
-        data = self.call("POST", "/chat/completions", {k: v for k, v in body.items() if k != "sample"})
+        try:
+            data = self.call("POST", "/chat/completions", {k: v for k, v in body.items() if k != "sample"})
+        except Refused as err:
+            if not (self.skip_too_long and err.status in (400, 413, 422) and TOO_LONG.search(err.detail)):
+                raise
+            store.add(key, Reply("", 0, False, refused=err.detail[:300]))
+            return
         try:
             choice = data["choices"][0]
             text = choice["message"]["content"] or ""
@@ -166,8 +188,9 @@ class EndpointClient:
             if response.status_code not in RETRY_STATUS or last:
                 tries = f" after {attempt + 1} tries" if attempt else ""
                 hint = " (check api_key_env)" if response.status_code == 401 else ""
-                raise TetherError(f"endpoint: {method} {url} answered {response.status_code}{tries}{hint}: "
-                                  f"{error_message(response)}")
+                detail = error_message(response)
+                raise Refused(f"endpoint: {method} {url} answered {response.status_code}{tries}{hint}: {detail}",
+                              response.status_code, detail)
             self._sleep(attempt, response.headers.get("retry-after"))
         raise AssertionError("unreachable")
 

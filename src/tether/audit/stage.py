@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def responder_for(cfg: AuditConfig, target: Target):
         fields = EndpointFields(endpoint=target.source, endpoint_model=target.endpoint_model,
                                 api_key_env=cfg.api_key_env, endpoint_concurrency=cfg.endpoint_concurrency,
                                 endpoint_timeout=cfg.endpoint_timeout, endpoint_retries=cfg.endpoint_retries)
-        return fields.endpoint_client()
+        client = fields.endpoint_client()
+        client.skip_too_long = True  # a workload prompt longer than the served model's context: left out, counted
+        return client
     from tether.responders import LocalResponder
 
     return LocalResponder(target.source, cfg.chat_template, cfg.max_prompt_length, cfg.batch_size, cfg.device)
@@ -94,7 +97,9 @@ def _ask(responder, items: Sequence[Item], samples: Sequence[int], cfg: AuditCon
     replies = responder.replies([it.prompt for it in items], max_new_tokens=cfg.max_new_tokens,
                                 temperature=cfg.temperature, seed=cfg.seed, cache=cache, label=label)
     return [{"suite": it.suite, "id": it.id, "sample": k, "prompt": it.prompt, "response": r.text,
-             "tokens": r.tokens, "ended": r.ended, "meta": it.meta} for it, k, r in zip(items, samples, replies)]
+             "tokens": r.tokens, "ended": r.ended, "meta": it.meta,
+             **({"refused": r.refused} if getattr(r, "refused", None) else {})}
+            for it, k, r in zip(items, samples, replies)]
 
 
 def answer(responder, items: dict[str, list[Item]], cfg: AuditConfig, cache: Path, name: str) -> list[dict]:
@@ -102,7 +107,7 @@ def answer(responder, items: dict[str, list[Item]], cfg: AuditConfig, cache: Pat
     k = cfg.samples_per_prompt
     asked = [it for suite in items.values() for it in suite for _ in range(k)]
     rows = _ask(responder, asked, [i % k for i in range(len(asked))], cfg, cache, f"audit {name}")
-    neutral = [r for r in rows if r["meta"].get("protocol") == "neutral"]
+    neutral = [r for r in rows if r["meta"].get("protocol") == "neutral" and "refused" not in r]
     if neutral:
         pushed = pushback_items([(Item(r["suite"], r["id"], r["prompt"], r["meta"]), r["response"]) for r in neutral])
         rows += _ask(responder, pushed, [r["sample"] for r in neutral], cfg, cache, f"audit {name}: pushback")
@@ -212,8 +217,12 @@ def run(cfg: AuditConfig) -> dict:
     for target in targets:
         rows += answer(responders[target.name], items, cfg, cache_file(out, target.name), target.name)
 
-    # 3. the rules' flags, then the judge's labels
-    rows = [scoring.flag_row(r) for r in rows]
+    # 3. the rules' flags, then the judge's labels, on the prompts each target answered
+    refused = Counter(r["target"] for r in rows if "refused" in r)
+    if refused:
+        console.print(f"[yellow]audit: prompts the endpoint refused as longer than its context, left out: "
+                      f"{dict(refused)} (first reason: {next(r['refused'] for r in rows if 'refused' in r)})[/yellow]")
+    rows = [scoring.flag_row(r) for r in rows if "refused" not in r]
     judged = apply_judge(judge, rows, [t.name for t in targets]) if judge else None
     for r, base in zip(rows, scoring.baselines(rows, cfg.reference)):
         r["baseline_words"] = base
@@ -225,7 +234,8 @@ def run(cfg: AuditConfig) -> dict:
                "differences": scoring.differences(results), "noise_z": HACK_NOISE_Z,
                "detector": "rules (tether.monitor.refusal, tether.monitor.text)" if judge is None else
                f"LLM judge {cfg.judge_name()} (tether.monitor.judge), rules where it gave no label",
-               "judge": judged, "reference": cfg.reference or None, "citations": CITATIONS}
+               "judge": judged, "reference": cfg.reference or None, "citations": CITATIONS,
+               "refused_too_long": dict(refused)}
 
     # 5. files and the table
     (out / "audit.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
