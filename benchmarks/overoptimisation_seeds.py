@@ -186,23 +186,33 @@ def precision_table(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def category_figures(folder: Path, world: Path, until: int | None = None) -> dict:
+def category_figures(folder: Path, world: Path, curve: list[dict], until: int | None = None) -> dict:
     """paired_shape of each held-out prompt category (world/eval.jsonl's, in eval_gold.jsonl's order: the run
-    evaluated all of them): where gold rises and falls, which the overall mean sums."""
+    evaluated all of them): where gold rises and falls, which the overall mean sums; and the Gao RL fit of each
+    category's gain against the policy's √KL on the evaluation's samples (`curve`'s sqrt_kl_eval, all categories')."""
     cats = [json.loads(x)["category"] for x in (world / "eval.jsonl").read_text().splitlines() if x]
     per = {r["step"]: r["gold"] for r in map(json.loads, (folder / EVAL_GOLD_FILE).read_text().splitlines())
            if not until or r["step"] <= until}
     if any(len(g) != len(cats) for g in per.values()):
         return {}
-    return {c: paired_shape({t: [x for x, k in zip(g, cats) if k == c] for t, g in per.items()}, Z)
-            for c in sorted(set(cats))}
+    d = {p["step"]: p["sqrt_kl_eval"] for p in curve}
+    out = {}
+    for c in sorted(set(cats)):
+        own = {t: [x for x, k in zip(g, cats) if k == c] for t, g in per.items()}
+        shape, steps = paired_shape(own, Z), sorted(own)
+        gain = [mean(own[t]) - shape["start"] for t in steps]
+        rmse = _fit_rmse([d[t] for t in steps], gain) if all(d.get(t) is not None for t in steps) else None
+        out[c] = {**shape, "fit_rmse_eval_kl": rmse}
+    return out
 
 
 def category_table(seeds: dict) -> str:
     def cell(f: dict) -> str:
         return (f"{f['start']:+.2f} -> {f['peak']:+.2f} ({f['peak_step']}) -> {f['end']:+.2f}; rise {f['rise']:+.2f} ± "
                 f"{Z * f['rise_se']:.2f}{' yes' if f['rose'] else ''}, fall {f['drop']:+.2f} ± {Z * f['drop_se']:.2f}"
-                f"{' yes' if f['fell'] else ''}")
+                f"{' yes' if f['fell'] else ''}; Gao rmse "
+                + ("n/a" if f.get("fit_rmse_eval_kl") is None else f"{f['fit_rmse_eval_kl']:.3f}")
+                + f" vs gain/3 {f['rise'] / 3:.3f}")
     cats = sorted({c for f in seeds.values() for c in f.get("categories", {})})
     lines = ["| category | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(seeds)]
     lines += [f"| {c} | " + " | ".join(cell(f["categories"][c]) if c in f.get("categories", {}) else "n/a"
@@ -215,7 +225,8 @@ def precision_main(args) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         folder = train_ppo(seed, root, args)
         out[f"s{seed}"] = paired_figures(folder, args.fixed_step, args.until)
-        out[f"s{seed}"]["categories"] = category_figures(folder, root / f"seed{seed}/world", args.until)
+        out[f"s{seed}"]["categories"] = category_figures(folder, root / f"seed{seed}/world", out[f"s{seed}"]["curve"],
+                                                         args.until)
         (root / "ppo-precision.json").write_text(json.dumps({"args": vars(args), "seeds": out}, indent=1))
         print(precision_table({f"s{seed}": out[f"s{seed}"]}), flush=True)
     print(precision_table(out))
