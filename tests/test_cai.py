@@ -146,7 +146,7 @@ def test_gold_before_and_after_revision_by_hand(world_dir, tmp_path, monkeypatch
     responder = Scripted(world, silent)
     monkeypatch.setattr(cai, "build_responder", lambda cfg: (responder, "scripted", tmp_path / "unused.jsonl"))
     out = tmp_path / "cai"
-    assert main(["cai", "model=scripted", f"world={world_dir}", "n=20", "rounds=2", f"out={out}"]) == 0
+    assert main(["cai", "model=scripted", f"world={world_dir}", "n_prompts=20", "rounds=2", f"out={out}"]) == 0
     assert responder.asked == [("cai: responses", 1.0, 20), ("cai round 1/2: critiques", 0.0, 20),
                                ("cai round 1/2: revisions", 0.0, 20), ("cai round 2/2: critiques", 0.0, 20),
                                ("cai round 2/2: revisions", 0.0, 20)]
@@ -198,3 +198,14 @@ def test_help_lists_the_stage_and_its_settings(capsys):
     text = capsys.readouterr().out
     for setting in ("rounds", "constitution", "revision_temperature", "endpoint", "api_key_env", "world"):
         assert f"{setting}" in text
+
+
+def test_the_prompt_count_has_collect_and_bons_name(tmp_path):
+    from tether.config import load_config
+    from tether.errors import ConfigError
+    from tether.stages.cai import CaiConfig
+
+    base = ["model=m", f"prompts={tmp_path / 'p.jsonl'}"]
+    assert load_config(CaiConfig, overrides=[*base, "n_prompts=8"]).n_prompts == 8
+    with pytest.raises(ConfigError, match="CaiConfig.n: renamed to 'n_prompts'"):
+        load_config(CaiConfig, overrides=[*base, "n=8"])

@@ -27,6 +27,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from rich.console import Console
@@ -49,6 +50,8 @@ FLAGS = ("correct", "refused", "over_refused", "sycophantic", "hallucinated", "h
 class CaiConfig(EndpointFields):
     """Critique and revise a model's own responses under a constitution, and write the revisions as SFT data."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"n": "n_prompts"}
+
     prompts: str = ""
     """Prompts: JSONL {"prompt": str or messages}, or any data `tether data` reads (HH-RLHF, TRL, UltraFeedback, SFT
     rows; JSONL, Parquet, ...: each distinct prompt once); "" with world=: the world's train-split prompts
@@ -57,8 +60,8 @@ class CaiConfig(EndpointFields):
     """Format of prompts: auto (told from the first row's keys) or a name from `tether data --help`."""
     split: str | None = None
     """Split of prompts when it is a `datasets` save_to_disk DatasetDict folder; None for a file."""
-    n: int | None = None
-    """Use only the first n prompts (None: all)."""
+    n_prompts: int | None = None
+    """Use only the first n prompts (None: all); the name collect and bon use."""
     model: str = ""
     """Model folder that responds, critiques and revises (its tokenizer in the same folder); "" with endpoint=."""
     world: str = ""
@@ -96,7 +99,7 @@ class CaiConfig(EndpointFields):
         check(not self.endpoint or (not self.chat_template and self.max_prompt_length is None), "endpoint",
               "the server formats and cuts prompts itself: leave chat_template and max_prompt_length unset")
         check_format(self.format, "prompts")
-        check(self.n is None or self.n >= 1, "n", "must be >= 1 or null")
+        check(self.n_prompts is None or self.n_prompts >= 1, "n_prompts", "must be >= 1 or null")
         check(self.rounds >= 1, "rounds", "must be >= 1")
         check(self.temperature >= 0, "temperature", "must be >= 0")
         check(self.revision_temperature >= 0, "revision_temperature", "must be >= 0")
@@ -158,7 +161,7 @@ def load_cai_prompts(cfg: CaiConfig) -> list[list[dict]]:
     """The prompts as conversations ending with a user turn (a plain prompt: one user message), the first n."""
     path = cfg.prompts or str(Path(cfg.world) / "prompts.jsonl")
     prompts = load_prompts(path, cfg.format if cfg.prompts else "prompts", cfg.split)
-    return [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts][:cfg.n]
+    return [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts][:cfg.n_prompts]
 
 
 def run_rounds(responder: Responder, samples: list[Sample], constitution: Constitution, cfg: CaiConfig,
