@@ -33,9 +33,9 @@ from tether.progress import progress_bar
 
 CACHE_FILE = "endpoint_cache.jsonl"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+"""Statuses worth another try (OpenAI's own client retries these too)."""
 TOO_LONG = re.compile(r"context.length|context window|maximum context|too long|leave no room|exceeds? the max", re.I)
 """How servers say a prompt does not fit (OpenAI's context_length_exceeded, vLLM's, tether serve's)."""
-"""Statuses worth another try (OpenAI's own client retries these too)."""
 
 
 @dataclass
