@@ -174,12 +174,23 @@ def test_dpo_logs_monitor_metrics_keeps_the_best_policy_and_stops_on_alert(tmp_p
     assert best["signal"] == "heldout_rm" and best["value"] == max(r["monitor/heldout"] for r in rows)
 
 
-def test_grpo_on_your_own_prompts_evaluates_with_a_held_out_reward_model(tmp_path, world_dir, model_dir, heldout_rm):
-    # no world: the held-out prompts are eval_data's, and the held-out signal a second reward model's score
+@pytest.mark.parametrize("arch, shape", [("llama", "tether"), ("qwen2", "chatml")])
+def test_grpo_on_your_own_prompts_evaluates_with_a_held_out_reward_model(tmp_path, world_dir, model_dir, heldout_rm,
+                                                                        real_root, arch, shape):
+    # no world: the held-out prompts are eval_data's, and the held-out signal a second reward model's score; on the
+    # tiny world's Llama and tokenizer, and on a Qwen2 with its ChatML template (its own held-out reward model)
+    import archkit
+
     from tether.errors import ConfigError
     from tether.report import load_run
+    from tether.reward import RewardModel
     from tether.stages.ppo import GRPOConfig
 
+    if arch != "llama":
+        model_dir = archkit.save_model(arch, shape, real_root)
+        heldout_rm = tmp_path / "heldout_rm"
+        torch.manual_seed(1)
+        RewardModel.from_backbone(str(model_dir)).save_pretrained(heldout_rm)
     held = tmp_path / "held.jsonl"
     held.write_text("".join(json.dumps({"prompt": f"What is the capital of land {i}?"}) + "\n" for i in range(5)))
     out = tmp_path / "grpo"
