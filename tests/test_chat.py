@@ -356,5 +356,15 @@ def test_a_template_without_a_generation_prompt_is_refused(shapes, tmp_path):
     nogen = tmp_path / "nogen.jinja"  # chatml without its add_generation_prompt block
     nogen.write_text("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
                      "{% endfor %}")
-    with pytest.raises(ConfigError, match="chat_template: .*writes nothing for add_generation_prompt"):
+    with pytest.raises(ConfigError, match="chat_template: .*writes nothing for add_generation_prompt, but its replies "
+                                          "start with a header"):
         chat_format(shapes("chatml"), str(nogen)).encode(SINGLE)
+    # Mistral's and Llama-2's templates have no generation block either: the user turn's [/INST] ends the prompt and
+    # the reply follows it directly, so nothing but the reply is trained
+    inst = tmp_path / "inst.jinja"
+    inst.write_text("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                    "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+    fmt = chat_format(shapes("llama3"), str(inst))
+    enc = fmt.encode(SINGLE)
+    reply = fmt.tokenizer.decode([t for t, m in zip(enc.input_ids, enc.loss_mask) if m])
+    assert reply.strip().startswith(SINGLE[-1]["content"][:5]) and "INST" not in reply

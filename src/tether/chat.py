@@ -319,11 +319,14 @@ class ChatFormat:
             return self.tokenizer.eos_token
         probe = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine thanks"}]
         before = self._render(probe[:1], True)
-        if before == self._render(probe[:1], False):
-            raise ConfigError(f"chat_template: {self.name} of {self.source} writes nothing for add_generation_prompt, "
-                              "so a prompt would not end with the assistant's header: sampling would start the reply "
-                              "without it and SFT would train the header as part of the reply; use a template with an "
-                              "`{% if add_generation_prompt %}` block")
+        if before == self._render(probe[:1], False):  # no generation block: fine if the reply needs no header of its
+            through = self._render(probe, False)       # own ([INST] ... [/INST] reply), not if it has one (ChatML's)
+            lead = through[len(before):through.find("Fine thanks", len(before))] if through.startswith(before) else ""
+            if any(t in lead for t in self._specials() if t):
+                raise ConfigError(f"chat_template: {self.name} of {self.source} writes nothing for "
+                                  f"add_generation_prompt, but its replies start with a header ({lead!r}): sampling "
+                                  "would start without it and SFT would train it as part of the reply; use a template "
+                                  "with an `{% if add_generation_prompt %}` block")
         if self.markers:
             text, spans = self._render(probe, False, spans=True)
             if not spans or spans[-1][0] != len(before):

@@ -64,7 +64,7 @@ def progress_bar(description: str, total: int, completed: int = 0) -> Iterator[_
     if os.environ.get("TETHER_QUIET") or os.environ.get("RANK", "0") != "0":
         yield _Bar(None, None)
         return
-    if not console.is_terminal:
+    if not (console.is_terminal or console.is_jupyter):  # a notebook draws rich's bar as a widget
         lines = _LogLines(description, total, completed)
         yield lines
         lines.line()
