@@ -265,9 +265,21 @@ def test_config_errors_name_the_field():
         DPOConfig(kl_eval_prompts=2, eval_fraction=0.0).validate()
 
 
-def test_sampling_cuts_long_prompts_to_the_length_it_trains_on(tmp_path, model_dir):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sampling_cuts_long_prompts_to_the_length_it_trains_on(tmp_path, model_dir, real_root, arch):
     # prompts far longer than the model's 256 positions: training cuts them to max_length, and so must the sampled
-    # KL's (and the monitor's) generation, leaving room for its new tokens
+    # KL's (and the monitor's) generation, leaving room for its new tokens; on the tiny world's Llama, and on a GPT-2
+    # whose base tokenizer has no pad token, formatted with the hh template
+    if arch == "gpt2":
+        import archkit
+
+        from tether.chat import chat_format
+        from tether.models import load_tokenizer, save_pretrained
+
+        base = archkit.save_model("gpt2", "base", real_root)
+        model_dir = tmp_path / "gpt2-hh"  # the template saved with the model, as `tether sft chat_template=hh` does
+        fmt = chat_format(load_tokenizer(str(base)), "hh")
+        save_pretrained(load_policy(str(base)), fmt.tokenizer, str(model_dir))
     rows = [{**r, "prompt": "Tell me all about the long history of this land and its people. " * 40 + r["prompt"]}
             for r in _rows(8)]
     data = _write(tmp_path / "long.jsonl", rows)

@@ -75,6 +75,11 @@ class Optimiser:
         return [(int(r["step"]), float(r[name])) for r in self.metrics
                 if isinstance(r.get(name), (int, float)) and math.isfinite(r[name]) and "step" in r]
 
+    def category_gold(self) -> dict[str, list[tuple[int, float]]]:
+        """Prompt category -> `series` of its held-out gold (eval/gold/<category>), the categories in name order."""
+        names = sorted({k.removeprefix("eval/gold/") for r in self.metrics for k in r if k.startswith("eval/gold/")})
+        return {name: self.series(f"eval/gold/{name}") for name in names}
+
 
 @dataclass
 class Redteam:
@@ -201,12 +206,12 @@ def _gold_label(rows: list[dict], config: dict) -> str:
     return "sampled gold"  # the monitor's temperature-1 samples, not the greedy evaluations of the other curves
 
 
-def optimiser_kind(folder: Path) -> str | None:
-    """ppo, grpo, rloo or dpo for a stage folder of that kind, by its name or its config.yaml (any name: your own
-    runs' folders); None otherwise."""
+def optimiser_kind(folder: Path, config: dict | None = None) -> str | None:
+    """ppo, grpo, rloo or dpo for a stage folder of that kind, by its name or its config.yaml (`config` when already
+    read; any name: your own runs' folders); None otherwise."""
     if folder.name in OPTIMISERS:
         return folder.name
-    config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    config = read_yaml(folder / "config.yaml") if config is None else config
     if config.get("algorithm") in OPTIMISERS:
         return config["algorithm"]
     return "dpo" if "beta" in config and "loss" in config else None
@@ -225,10 +230,10 @@ def optimiser_folders(base: Path, itself: bool) -> list[Path]:
 def read_optimiser(root: Path, folder: Path) -> Optimiser | None:
     """An optimiser folder, or None when it has no metrics yet."""
     rows = read_jsonl(folder / "metrics.jsonl")
-    kind = optimiser_kind(folder)
+    config = read_yaml(folder / "config.yaml")
+    kind = optimiser_kind(folder, config)
     if not rows or kind is None:
         return None
-    config = read_yaml(folder / "config.yaml")
     evals = any(_num(r.get("eval/gold")) is not None or _num(r.get("eval/score")) is not None for r in rows)
     label = folder.relative_to(root).as_posix() if folder != root else folder.resolve().name
     return Optimiser(label=label, kind=kind, metrics=rows, curve=curve_of(rows),

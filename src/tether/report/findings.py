@@ -220,10 +220,8 @@ def category_moves(opt: Optimiser) -> list[str]:
     """Per prompt category of the held-out evaluations (eval/gold/<category>): "fact +0.48 → +0.77 (step 12) →
     +0.49", start, best and last. Categories that move apart (one gains, another loses from the first steps) are
     over-optimisation the overall mean hides."""
-    names = sorted({k.removeprefix("eval/gold/") for r in opt.metrics for k in r if k.startswith("eval/gold/")})
     out = []
-    for name in names:
-        pts = opt.series(f"eval/gold/{name}")
+    for name, pts in opt.category_gold().items():
         if len(pts) >= 2:
             best = max(pts, key=lambda p: p[1])
             out.append(f"{name.replace('_', ' ')} {pts[0][1]:+.2f} → {best[1]:+.2f} (step {best[0]}) → {pts[-1][1]:+.2f}")

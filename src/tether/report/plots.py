@@ -224,8 +224,7 @@ def rates(opt: Optimiser) -> str | None:
 def gold_by_category(opt: Optimiser) -> str | None:
     """Held-out gold of each prompt category over training (eval/gold/<category>) beside the overall mean: where the
     policy gains and where it loses at the same time, which the overall mean sums away."""
-    names = sorted({k.removeprefix("eval/gold/") for r in opt.metrics for k in r if k.startswith("eval/gold/")})
-    series = {c: s for c in names if len(s := opt.series(f"eval/gold/{c}")) >= 2}
+    series = {c: s for c, s in opt.category_gold().items() if len(s) >= 2}
     if len(series) < 2:
         return None
     fig = _figure(5.6, 3.7)
