@@ -140,3 +140,33 @@ def test_sft_loss_with_the_response_only_head_equals_the_plain_loss(arch, real_r
     assert out[True][0] == pytest.approx(out[False][0], abs=1e-5, rel=1e-6)
     for g, ref in zip(out[True][2], out[False][2], strict=True):
         torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-5)
+
+
+def lopsided(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Two prompts of 155 and 20 tokens with two responses each, of about 100 tokens: sequences up to 255 tokens,
+    every tail in one length chunk after prefixes joined at width 154, so the first prompt's tails, padded to the
+    longest tail (106), would count positions up to 259 if padding counted on."""
+    rng = random.Random(2)
+    tok = lambda n: [rng.randrange(3, vocab) for _ in range(n)]  # noqa: E731
+    seqs, masks = [], []
+    for p_len, r_lens in ((155, (100, 98)), (20, (105, 103))):
+        prompt = tok(p_len)
+        for r in r_lens:
+            seqs.append(prompt + tok(r))
+            masks.append([0] * p_len + [1] * r)
+    return seqs, masks
+
+
+def test_padding_after_a_long_prompt_stays_inside_gpt2s_position_table(real_root):
+    """GPT-2 learns one embedding per position (n_positions = 256 here): the shared-prompt pass of sequences that
+    fit it gives the plain pass's log-probs and gradients (it used to index past the table: IndexError)."""
+    model = archkit.build_model("gpt2", archkit.tokenizer("base", real_root)).eval()
+    assert model.config.n_positions == 256
+    seqs, masks = lopsided(model.config.vocab_size)
+    assert prompt_prefixes(seqs, masks) == [154, 154, 19, 19] and max(map(len, seqs)) == 255
+    assert len(logprobs.chunked_cost(sorted(len(s) - k for s, k in zip(seqs, [154, 154, 19, 19])))[0]) == 1
+    plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
+    got, grads = logps_and_grads(model, seqs, masks, FastPaths())
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)

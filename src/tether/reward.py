@@ -239,6 +239,15 @@ def _expected_missing_head():
 # The model
 
 
+def continued_positions(prefix_mask: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) of right-padded tails (mask (B, T)) after right-padded prefixes (mask (B, T_p)): each
+    tail token continues its own prefix, at prefix length + t; padding at 0. Padding must not count on: a short
+    prefix's tail is padded to the width of a longer prefix's, so it would run past the sequence's own length, and
+    a learned position table (GPT-2's, n_positions rows) has no row there. Nothing reads the padding's outputs."""
+    steps = torch.arange(tail_mask.size(1), device=tail_mask.device)  # (T,)
+    return (prefix_mask.sum(1, keepdim=True) + steps) * tail_mask  # (B, T)
+
+
 class RewardModel(nn.Module):
     """r(prompt, response): a Hugging Face model and a scalar head; `forward` gives raw rewards, `score` normalised
     ones. `backbone` is the Hugging Face model (causal, seqcls: the sequence classifier; encoder: the body), under
@@ -347,8 +356,7 @@ class RewardModel(nn.Module):
         (B, T), and the mask over prefix then tail (B, T_p + T)."""
         past = DynamicCache([(keys.index_select(0, rows), values.index_select(0, rows)) for keys, values in layers])
         before = prefix_mask.index_select(0, rows)  # (B, T_p)
-        positions = before.sum(1, keepdim=True) + torch.arange(input_ids.size(1), device=input_ids.device)  # (B, T)
-        return past, positions, torch.cat([before, attention_mask], 1)
+        return past, continued_positions(before, attention_mask), torch.cat([before, attention_mask], 1)
 
     @torch.no_grad()
     def raw_scores(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
