@@ -169,7 +169,8 @@ def tether_worker(folder: Path, steps: int, out: Path, settings: list[str] = ())
     result = {"side": "tether", "steps": steps_out, "data": data, "precompute_s": clock["reference_s"],
               "precompute_key_s": clock["reference_key_s"], "precompute_pairs": len(pairs),
               "reference": "log-probs computed once per dataset (one no-grad pass, cached), no reference model kept",
-              "optimizer": "torch AdamW fused", "sampler": f"length-bucketed (bucket_size={cfg.bucket_size})",
+              "optimizer": "torch AdamW fused", "sampler": f"length-bucketed (bucket_size={cfg.bucket_size})"
+              + (", compiled layers" if cfg.torch_compile else ""),
               "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
 
@@ -182,7 +183,7 @@ def run_side(side: str, folder: Path, args) -> dict:
                            "peer_dpo.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
                                            folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
                                            "--max-length", MAX_LENGTH, "--beta", BETA, "--sampler",
-                                           args.trl_sampler, *precompute])
+                                           args.trl_sampler, *precompute, *(["--compile"] if args.trl_compile else [])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def report(args, runs: dict[str, list[dict]], model, peak: float) -> None:
         print(f"{LABELS[side]} pairs/s per round: " + ", ".join(f"{x['pairs_per_s']:.1f}" for x in ss))
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
     name = ("dpo" if args.trl_sampler == "random" else f"dpo-trl-{args.trl_sampler}") + (
-        "-hh" if args.data == "hh" else "")
+        "-hh" if args.data == "hh" else "") + ("-tether-compile" if "torch_compile=true" in args.tether_set else "") + (
+        "-trl-compile" if args.trl_compile else "")
     write_result(args.results_dir / f"{name}-{args.size}.json", {
         "size": args.size, "data": args.data, "preset": SIZES[args.size], "trl_sampler": args.trl_sampler, "steps": args.steps,
         "warmup": args.warmup, "batch_pairs": BATCH, "max_length": MAX_LENGTH, "beta": BETA,
@@ -332,6 +334,9 @@ def main() -> None:
                    help="pairs per train prompt (600 prompts): 2 gives 1200 pairs, 75 steps per epoch")
     p.add_argument("--trl-precompute", action="store_true",
                    help="also run TRL with precompute_ref_log_probs=True (TRL's default is off)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="TRL with torch_compile=True (transformers documents it for training speed); tether's own: "
+                        "--tether-set torch_compile=true")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; tether always buckets by length)")
     p.add_argument("--data", choices=["world", "hh"], default="world",

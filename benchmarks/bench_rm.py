@@ -125,10 +125,11 @@ def prepare(folder: Path, kind: str, size: str, hh_n: int = 400) -> tuple[object
 # 3. The tether side (this file re-run as a worker, so its RSS is its own)
 
 
-def tether_overrides(folder: Path, steps: int) -> list[str]:
+def tether_overrides(folder: Path, steps: int, compiled: bool = False) -> list[str]:
     return [f"data={folder / 'rm.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
             f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
-            f"lr={LR}", "eval_fraction=0", "save_every=0", "log_every=1", f"seed={SEED}"]
+            f"lr={LR}", "eval_fraction=0", "save_every=0", "log_every=1", f"seed={SEED}",
+            *(["torch_compile=true"] if compiled else [])]
 
 
 def padded_tokens(batch) -> int:
@@ -142,8 +143,9 @@ def run_tokens(batch) -> int:
     return int(sum(mask.sum() for _, mask in batch.chunks + batch.prefixes))
 
 
-def tether_worker(folder: Path, steps: int, out: Path) -> None:
-    """Run `tether.stages.rm.run` with its train_step wrapped to note each step's end time and pairs."""
+def tether_worker(folder: Path, steps: int, out: Path, compiled: bool = False) -> None:
+    """Run `tether.stages.rm.run` with its train_step wrapped to note each step's end time and pairs (`compiled`:
+    torch_compile=true)."""
     os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
     import torch
 
@@ -163,7 +165,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
         return row
 
     rm.train_step = timed_train_step  # `run` looks train_step up in its module at each call
-    cfg = load_config(rm.RMConfig, None, tether_overrides(folder, steps))
+    cfg = load_config(rm.RMConfig, None, tether_overrides(folder, steps, compiled))
     rm.run(cfg)
     rss = rss_mb()
 
@@ -181,7 +183,7 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
     pairs, _ = rm.encode_comparisons(load_tokenizer(cfg.model), read_comparisons(cfg.data), cfg)
     data = {"pairs": len(pairs), "pair_tokens": sum(len(p.ids_a) + len(p.ids_b) for p in pairs), "filtered_out": 0}
     result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW fused",
-              "sampler": "shuffled prompt groups (whole groups per step)",
+              "sampler": "shuffled prompt groups (whole groups per step)" + (", compiled layers" if compiled else ""),
               "model_class": "RewardModel(LlamaForSequenceClassification)",
               "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
@@ -189,10 +191,13 @@ def tether_worker(folder: Path, steps: int, out: Path) -> None:
 
 def run_side(side: str, folder: Path, args) -> dict:
     """One timed run of `side` in its own process."""
-    return common.run_side(side, folder, args.threads, [__file__, "--steps", args.steps, "--tether-worker", folder],
+    compiled = ["--tether-compile"] if args.tether_compile else []
+    return common.run_side(side, folder, args.threads,
+                           [__file__, "--steps", args.steps, *compiled, "--tether-worker", folder],
                            "peer_rm.py", ["--model", folder / "model", "--data", folder / "trl.jsonl", "--workdir",
                                           folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
-                                          "--max-length", MAX_LENGTH, "--lr", LR, "--sampler", args.trl_sampler])
+                                          "--max-length", MAX_LENGTH, "--lr", LR, "--sampler", args.trl_sampler,
+                                          *(["--compile"] if args.trl_compile else [])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +309,8 @@ def report(args, runs: dict[str, list[dict]], counts: dict, model, peak: float) 
     print(f"pairs/s ratio per round: {', '.join(f'{x:.2f}x' for x in round_ratios)} "
           f"(median {statistics.median(round_ratios):.2f}x)")
     print("\ndifferences:\n" + "\n".join(f"- {n}" for n in notes))
-    trl_name = "" if args.trl_sampler == "random" else f"-trl-{args.trl_sampler}"
+    trl_name = ("" if args.trl_sampler == "random" else f"-trl-{args.trl_sampler}") \
+        + ("-tether-compile" if args.tether_compile else "") + ("-trl-compile" if args.trl_compile else "")
     write_result(args.results_dir / f"rm-{args.data}{trl_name}-{args.size}.json", {
         "data": args.data, "size": args.size, "counts": counts, "steps": args.steps, "warmup": args.warmup,
         "batch_size": BATCH, "max_length": MAX_LENGTH, "parameters": parameters, "peak_flops": peak,
@@ -375,6 +381,9 @@ def main() -> None:
     p.add_argument("--size", choices=list(SIZES), default="5m", help="model size")
     p.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                    help="TRL's train_sampling_strategy (random is TRL's default; group_by_length its fastest here)")
+    p.add_argument("--tether-compile", action="store_true", help="tether with torch_compile=true (its layers compiled)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="TRL with torch_compile=True (transformers documents it for training speed)")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per side")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--rounds", type=int, default=2,
@@ -388,7 +397,7 @@ def main() -> None:
     p.add_argument("--profile-worker", metavar="FOLDER", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.tether_worker:
-        return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]))
+        return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]), args.tether_compile)
     if args.profile_worker:
         return profile(Path(args.profile_worker), args.profile, args.warmup)
     if not 1 <= args.warmup < args.steps or args.rounds < 1:

@@ -85,10 +85,10 @@ def prepare(folder: Path, size: str, data: str = "world", hh_n: int = 1000):
 # 4. The tether side (this file re-run as a worker, so its RSS is its own)
 
 
-def tether_worker(folder: Path, steps: int, out: Path, pack: int | None) -> None:
+def tether_worker(folder: Path, steps: int, out: Path, pack: int | None, compiled: bool = False) -> None:
     """Run `tether.stages.sft.run` with a thin timer around `train_step` (this process's CPU time at each step's
     end, as the peer's StepClock), then rebuild each step's batch to count padded and loss tokens. `pack`: None
-    padded batches, else padding_free with pack_tokens=pack."""
+    padded batches, else padding_free with pack_tokens=pack; `compiled`: torch_compile=true."""
     os.environ["TETHER_QUIET"] = "1"  # no progress bar; TRL's tqdm is off too
     import torch
 
@@ -106,7 +106,8 @@ def tether_worker(folder: Path, steps: int, out: Path, pack: int | None) -> None
     overrides = [f"data={folder / 'sft.jsonl'}", f"model={folder / 'model'}", f"out={folder / 'tether-run'}",
                  f"batch_size={BATCH}", f"micro_batch_size={BATCH}", f"max_steps={steps}", f"max_length={MAX_LENGTH}",
                  "save_every=0", "eval_fraction=0", "log_every=1", f"seed={SEED}",
-                 *([] if pack is None else ["padding_free=true", f"pack_tokens={pack}"])]
+                 *([] if pack is None else ["padding_free=true", f"pack_tokens={pack}"]),
+                 *(["torch_compile=true"] if compiled else [])]
     cfg = load_config(sft.SFTConfig, None, overrides)
     cpu: list[float] = []
     original_step, original_resume = lm.train_step, lm.resume_training
@@ -153,7 +154,8 @@ def tether_worker(folder: Path, steps: int, out: Path, pack: int | None) -> None
             "loss_tokens": report["assistant_tokens"]}
     result = {"side": "tether", "steps": records, "data": data, "optimizer": "torch AdamW fused",
               "sampler": f"length-bucketed (bucket_size={cfg.bucket_size})" + (
-                  "" if pack is None else f", padding-free ({'one row' if pack == 0 else f'rows of {pack} tokens'})"),
+                  "" if pack is None else f", padding-free ({'one row' if pack == 0 else f'rows of {pack} tokens'})")
+              + (", compiled layers" if compiled else ""),
               "threads": torch.get_num_threads(), "peak_rss_mb": rss}
     out.write_text(json.dumps(result))
 
@@ -162,13 +164,15 @@ def run_side(side: str, folder: Path, args) -> dict:
     """One timed run of `side` in its own process."""
     packing = ["--tether-padding-free", "--tether-pack-tokens", args.tether_pack_tokens] if args.tether_padding_free \
         else []
+    packing += ["--tether-compile"] if args.tether_compile else []
     return common.run_side(side, folder, args.threads,
                            [__file__, "--steps", args.steps, *packing, "--tether-worker", folder],
                            "peer_sft.py", ["--model", folder / "model", "--data", folder / "sft.jsonl", "--workdir",
                                            folder / "trl-run", "--steps", args.steps, "--batch-size", BATCH,
                                            "--max-length", MAX_LENGTH, "--sampler",
                                            "random" if args.trl_sampler == "padding_free" else args.trl_sampler,
-                                           *(["--padding-free"] if args.trl_sampler == "padding_free" else [])])
+                                           *(["--padding-free"] if args.trl_sampler == "padding_free" else []),
+                                           *(["--compile"] if args.trl_compile else [])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +279,7 @@ def report(args, runs: dict[str, list[dict]], model, peak: float, cpu_peak: floa
     name = "sft" if args.trl_sampler == "random" else f"sft-trl-{args.trl_sampler}"
     name += ("-tether-padding-free" + (f"{args.tether_pack_tokens}" if args.tether_pack_tokens else "")
              if args.tether_padding_free else "") + ("-hh" if args.data == "hh" else "")
+    name += ("-tether-compile" if args.tether_compile else "") + ("-trl-compile" if args.trl_compile else "")
     write_result(args.results_dir / f"{name}-{args.size}.json", {
         "size": args.size, "steps": args.steps, "warmup": args.warmup, "batch_size": BATCH, "max_length": MAX_LENGTH,
         "parameters": count_parameters(model), "peak_flops": peak, "tether": rows[0], "trl": rows[1],
@@ -298,6 +303,9 @@ def main() -> None:
                    help="tether packs each batch without padding (padding_free=true; tether.packing)")
     p.add_argument("--tether-pack-tokens", type=int, default=0,
                    help="with --tether-padding-free, tether's pack_tokens (0: one row per batch, as TRL)")
+    p.add_argument("--tether-compile", action="store_true", help="tether with torch_compile=true (its layers compiled)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="TRL with torch_compile=True (transformers documents it for training speed)")
     p.add_argument("--data", choices=["world", "hh"], default="world",
                    help="world: the tiny world's SFT demos (short); hh: chosen HH-RLHF dialogues that fit whole")
     p.add_argument("--hh-rows", type=int, default=1000, help="HH-RLHF conversations used with --data hh")
@@ -310,7 +318,7 @@ def main() -> None:
     args = p.parse_args()
     if args.tether_worker:
         return tether_worker(Path(args.tether_worker[0]), args.steps, Path(args.tether_worker[1]),
-                             args.tether_pack_tokens if args.tether_padding_free else None)
+                             args.tether_pack_tokens if args.tether_padding_free else None, args.tether_compile)
     if not 0 <= args.warmup < args.steps or args.rounds < 1:
         sys.exit("need 0 <= --warmup < --steps and --rounds >= 1")
 

@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--sampler", default="random", choices=["random", "group_by_length"],
                    help="TRL's train_sampling_strategy; random is its default. group_by_length needs a `length` "
                         "column, added here (prompt + longer response), since DPO rows have no `input_ids`")
+    p.add_argument("--compile", action="store_true",
+                   help="torch_compile=True (transformers' TrainingArguments: the model compiled with inductor)")
     args = p.parse_args()
 
     with open(args.data) as f:
@@ -84,7 +86,7 @@ def main() -> None:
         precompute_ref_log_probs=args.precompute,
         gradient_checkpointing=False,  # on by default in TRL's configs; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True, learning_rate=1e-4, seed=0,
-        train_sampling_strategy=args.sampler,
+        train_sampling_strategy=args.sampler, torch_compile=args.compile,
         save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10,
     )
     built = time.perf_counter()
@@ -112,7 +114,7 @@ def main() -> None:
         "precompute_s": CountingDPOTrainer.precompute_s, "constructor_s": built,
         "reference": ("log-probs precomputed once (precompute_ref_log_probs=True), no reference model kept"
                       if args.precompute else "a second model copy, one no-grad forward per step (TRL default)"),
-        "sampler": args.sampler,
+        "sampler": args.sampler + (", torch_compile" if args.compile else ""),
     }
     write_result(args.out, result, cfg)
 

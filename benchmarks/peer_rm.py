@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--sampler", default="random", choices=["random", "group_by_length"],
                    help="TRL's train_sampling_strategy; random is its default. group_by_length reads a `length` "
                         "column, added here (the longer of chosen and rejected)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch_compile=True (transformers' TrainingArguments: the model compiled with inductor)")
     args = p.parse_args()
 
     with open(args.data) as f:
@@ -68,7 +70,7 @@ def main() -> None:
         gradient_accumulation_steps=1, max_length=args.max_length, learning_rate=args.lr, seed=0,
         gradient_checkpointing=False,  # RewardConfig turns it on by default; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True,  # RewardConfig defaults to bf16; both sides run fp32
-        train_sampling_strategy=args.sampler,
+        train_sampling_strategy=args.sampler, torch_compile=args.compile,
         save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10,
     )
     trainer = CountingRewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
@@ -90,7 +92,8 @@ def main() -> None:
     steps = [{"step": i + 1, "time": clock.ends[i] - clock.start, **b} for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
-        "sampler": "random (TRL's default)" if args.sampler == "random" else args.sampler,
+        "sampler": ("random (TRL's default)" if args.sampler == "random" else args.sampler)
+                   + (", torch_compile" if args.compile else ""),
         "model_class": type(trainer.model).__name__,
     }
     write_result(args.out, result, cfg)

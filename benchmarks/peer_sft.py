@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--padding-free", action="store_true",
                    help="padding_free=True: each batch one row of its sequences with position ids reset per "
                         "sequence (TRL's fastest setting on a model whose attention keeps the sequences apart)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch_compile=True (transformers' TrainingArguments: the model compiled with inductor)")
     args = p.parse_args()
 
     with open(args.data) as f:
@@ -68,7 +70,7 @@ def main() -> None:
         packing=False, padding_free=args.padding_free,
         gradient_checkpointing=False,  # SFTConfig turns it on by default; tether does not recompute activations
         bf16=False, fp16=False, use_cpu=True, learning_rate=5e-4, seed=0,
-        train_sampling_strategy=args.sampler,
+        train_sampling_strategy=args.sampler, torch_compile=args.compile,
         save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10,
     )
     trainer = CountingSFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
@@ -87,7 +89,8 @@ def main() -> None:
              for i, b in enumerate(trainer.batches)]
     result = {
         "side": "trl", "steps": steps, "data": data,
-        "sampler": args.sampler + (", padding-free" if args.padding_free else ""),
+        "sampler": args.sampler + (", padding-free" if args.padding_free else "")
+                   + (", torch_compile" if args.compile else ""),
     }
     write_result(args.out, result, cfg)
 

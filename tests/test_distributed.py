@@ -2,7 +2,8 @@
 
 The acceptance test of issue 8: one torchrun of 2 CPU processes (gloo, `tests/distkit.py`) runs SFT, RM, DPO,
 KTO, PPO, GRPO (also with scale_rewards=batch, loss_type=dapo, epsilon_high and kl_coef=0) and RLOO (its sequence
-ratio) on the "test" preset with DDP, SFT and DPO with LoRA and DDP, and SFT, RM and DPO with FSDP2;
+ratio) on the "test" preset with DDP, SFT and DPO with LoRA and DDP, SFT with compiled layers (torch_compile) and
+DDP, and SFT, RM and DPO with FSDP2;
 each run is compared with the same config run in this process, where a rank's micro-batches become more
 accumulation steps (2 ranks x accumulation A against 1 process x 2A). PPO, LoRA SFT and FSDP2 DPO also
 checkpoint activations on the ranks.
@@ -86,6 +87,7 @@ def _configs(world_dir: Path, model_dir: Path, prefs: str) -> dict[str, tuple[st
         "sft_lora": ("sft", {**sft, **LORA}),
         "dpo_lora": ("dpo", {**dpo, **LORA}),  # the reference: the policy with adapters disabled, on every rank
         "sft_fsdp2": ("sft", {**sft, "strategy": "fsdp2"}),
+        "sft_compile": ("sft", {**sft, "torch_compile": True}),  # each rank's decoder layers compiled, under DDP
         # Under FSDP2 each micro-batch is one pass of whole sequences (no length chunks, no shared prefixes): the
         # one-process run computes the same, since Adam turns float-order differences of near-zero gradients into
         # visible weight changes.
@@ -153,7 +155,7 @@ def _assert_same_run(one: Path, two: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["sft", "rm", "dpo", "kto", "ppo", "grpo", "grpo_options", "rloo", "sft_lora",
-                                  "dpo_lora", "sft_fsdp2", "rm_fsdp2", "dpo_fsdp2"])
+                                  "dpo_lora", "sft_fsdp2", "rm_fsdp2", "dpo_fsdp2", "sft_compile"])
 def test_two_ranks_equal_one_process_with_twice_the_accumulation(runs, name):
     _assert_same_run(runs / "one" / name, runs / "work" / "rank0" / "two" / name)
 

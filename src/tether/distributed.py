@@ -202,6 +202,18 @@ def _without_cache(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, 
     return bound.args[1:], bound.kwargs
 
 
+def _has_cache(layer: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether a call of `layer` passes a KV cache, wherever the caller put it (as `_without_cache`)."""
+    bound = _forward_signature(type(layer)).bind(layer, *args, **kwargs)
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            if any(value.get(k) is not None for k in _CACHE_KWARGS):
+                return True
+        elif name in _CACHE_KWARGS and value is not None:
+            return True
+    return False
+
+
 def _no_cache(name: str, value):
     return None if name in _CACHE_KWARGS else False if name == "use_cache" else value
 
@@ -232,6 +244,44 @@ def autocast_forward(model: nn.Module) -> None:
     # torch.compile cannot trace a context entered in one hook and left in another: tether.rollout's compiled
     # decoding step reads this and runs `forward` under `with torch.autocast(...)` instead of the hooks.
     model._tether_autocast = torch.bfloat16
+
+
+def compile_layers(model: nn.Module) -> int:
+    """Regional compilation: every decoder layer (transformers' GradientCheckpointingLayer) through one
+    torch.compile of its class's forward (inductor, dynamic shapes), as transformers' and PyTorch's
+    regional-compilation recipes do: the layers share one compiled graph, so it compiles once whatever the depth,
+    and inductor fuses what runs between the matmuls (norms, rotary embeddings, activations, residual adds).
+
+    Only calls without a KV cache take the compiled path (`_compiled_forward`): a cache makes the graph read the
+    layer's index (`cache.layers[layer_idx]`), which would compile one graph per layer and per pass kind and reach
+    dynamo's recompile limit within a few layers; the shared-prompt passes of rm and dpo run eagerly. An instance
+    `forward`, as `checkpoint_layers`: names, hooks and peft adapters stay as they are. Returns the number of
+    layers compiled."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and "forward" not in vars(m)]
+    for layer in layers:
+        layer.forward = types.MethodType(_compiled_forward, layer)
+    return len(layers)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_class_forward(cls: type) -> Callable:
+    """One compiled forward per layer class, shared by its layers (and by every model of that class)."""
+    return torch.compile(cls.forward, dynamic=True)
+
+
+def _compiled_forward(layer: nn.Module, *args, **kwargs):
+    """A decoder layer's forward: compiled without a KV cache, as it is with one (see `compile_layers`)."""
+    if _has_cache(layer, args, kwargs):
+        return type(layer).forward(layer, *args, **kwargs)
+    return _compiled_class_forward(type(layer))(layer, *args, **kwargs)
+
+
+def eager():
+    """A context in which compiled layers run as plain modules: evaluations and sampling, whose no-grad, eval-mode
+    and cached passes would each compile graphs of their own (tens of seconds on a CPU) for a few calls."""
+    return torch.compiler.set_stance("force_eager")
 
 
 def _ddp(model: nn.Module) -> nn.Module:

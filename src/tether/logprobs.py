@@ -127,6 +127,8 @@ def forward_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     elsewhere, under one forward of `model`; `extra` goes to the forward (a cache, position ids). With response_only
     (and a model `head_parts` knows), the LM head runs at counted positions only, in chunks."""
     parts = head_parts(model) if response_only else None
+    if cache_kwarg(causal_lm(model)) not in extra:  # no cache to build (and compiled layers need none: compile_layers)
+        extra = {"use_cache": False, **extra}
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, T, V)
         return token_logps(logits, labels)

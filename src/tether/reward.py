@@ -335,7 +335,7 @@ class RewardModel(nn.Module):
         """
         if prefix_cache:
             return output_cache(self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=True))
-        extra = {}
+        extra = {"use_cache": False}  # nothing reads a cache here (and compiled layers run only without one)
         if after is not None:
             past, positions, attention_mask = self._after_prefix(*after, input_ids, attention_mask)
             extra = {cache_kwarg(self.backbone): past, "position_ids": positions}

@@ -84,6 +84,11 @@ class TrainConfig(DistributedConfig):
     DPO), in chunks, never over the whole (B, T, V) logits (tether.logprobs; tested equal to the full head, and
     used only on architectures checked to compute logits as lm_head(hidden), in one process). false: the model's own
     logits."""
+    torch_compile: bool = False
+    """Compile every decoder layer with torch.compile (inductor; `tether.distributed.compile_layers`): the layers
+    share one graph, which fuses the work between the matmuls. The first steps are slower while it compiles
+    (seconds to a minute); evaluations and sampling run uncompiled. Not with strategy=fsdp2 or
+    gradient_checkpointing."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
     nonfinite: Literal["skip", "halt"] = "skip"
@@ -119,11 +124,25 @@ class TrainConfig(DistributedConfig):
         check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0")
         check(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         check(self.max_nonfinite_skips >= 1, "max_nonfinite_skips", "must be >= 1")
+        check(not (self.torch_compile and self.strategy == "fsdp2"), "torch_compile",
+              "not with strategy=fsdp2 (untested: its per-layer hooks around compiled layers); use strategy=ddp or "
+              "torch_compile=false")
+        check(not (self.torch_compile and self.gradient_checkpointing), "torch_compile",
+              "not with gradient_checkpointing=true (tether's checkpointed layers would run uncompiled); choose one")
         # LoRA under FSDP2 trains and saves, but resuming loads the adapter and a reward head with load_state_dict
         # into the sharded weights, which fails (the head) or leans on peft internals (the adapter): refused.
         check(not (self.lora.enabled and self.strategy == "fsdp2"), "strategy",
               "fsdp2 does not combine with LoRA (lora.r > 0): a LoRA checkpoint resumes into whole weights only; use "
               "strategy=ddp (only the adapters' gradients are all-reduced), or lora.r=0 to shard a full fine-tuning")
+
+
+def compile_model(cfg: TrainConfig, model):
+    """`model`, its decoder layers compiled in place when cfg.torch_compile asks (`distributed.compile_layers`)."""
+    if cfg.torch_compile:
+        check(distributed.compile_layers(model) > 0, "torch_compile",
+              f"{type(model).__name__} has no decoder layers that tether knows how to compile (transformers' "
+              f"GradientCheckpointingLayer); set torch_compile=false")
+    return model
 
 
 def due(step: int, every: int, last: bool = False) -> bool:

@@ -27,6 +27,7 @@ from tether.training import (
     MetricsLog,
     TrainConfig,
     collate,
+    compile_model,
     due,
     resume_training,
     save_training_state,
@@ -61,7 +62,9 @@ def batch_loss(model, batch: dict[str, torch.Tensor], response_only: bool = True
     labels = batch["labels"]  # (B, T)
     attention = batch.get("attention_mask")  # None in a packed batch (tether.packing)
     # Packed: no mask and no cache, else transformers would not read the conversations' bounds from the positions.
-    packed = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else {}
+    # Never a cache: nothing reads it, and compiled layers run only without one (distributed.compile_layers).
+    packed = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else \
+        {"use_cache": False}
     if response_only and head_parts(model) is not None:
         token = forward_token_logps(model, batch["input_ids"], attention, labels, **packed)  # (B, T)
         return -token.sum(), (labels != IGNORE_INDEX).sum()
@@ -111,9 +114,10 @@ def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int = 32,
     """Mean NLL per counted token of `examples` (every rank computes the same: it runs on all of them)."""
     model.eval()
     nll, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        s, n = batch_loss(model, batches(examples[i:i + batch_size], pad_id), response_only)
-        nll, count = nll + float(s), count + int(n)
+    with distributed.eager():
+        for i in range(0, len(examples), batch_size):
+            s, n = batch_loss(model, batches(examples[i:i + batch_size], pad_id), response_only)
+            nll, count = nll + float(s), count + int(n)
     model.train()
     return nll / max(count, 1)
 
@@ -138,6 +142,7 @@ def train_lm(cfg: TrainConfig, model, tokenizer, examples: list[Example], stage:
     #    wrapper; FSDP2: the model, sharded); optimizer (trainable weights only); resume restores weights,
     #    optimizer moments and RNG.
     model = distributed.prepare(adapt(model, cfg), cfg, device)
+    compile_model(cfg, model)
     net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)

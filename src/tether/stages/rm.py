@@ -43,7 +43,14 @@ from tether.progress import progress_bar
 from tether.reward import RewardModel, encode_pair, reads_pairs
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
 from tether.math.rm_metrics import expected_calibration_error, normalising_affine, pearson
-from tether.training import MetricsLog, TrainConfig, checkpoint_to_resume, due, save_training_state
+from tether.training import (
+    MetricsLog,
+    TrainConfig,
+    checkpoint_to_resume,
+    compile_model,
+    due,
+    save_training_state,
+)
 
 console = Console(stderr=True)
 TARGETS = {"A": 1.0, "B": 0.0, "tie": 0.5}  # P(A preferred) of each label
@@ -327,7 +334,8 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     ordered, r_a, r_b, by_sequence = [], [], [], {}  # by_sequence: ids -> (reward, response length)
     prefixes = cfg.share_prefixes and model.shares_prefixes
     for micro in micro_batches(pairs, cfg.micro_batch_size):
-        a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device, share_prefixes=prefixes))
+        with distributed.eager():  # compiled layers (torch_compile) are for training steps
+            a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device, share_prefixes=prefixes))
         ordered += micro
         r_a += a.tolist()
         r_b += b.tolist()
@@ -360,7 +368,8 @@ def normalise(model: RewardModel, pairs: list[Pair], batch_size: int, limit: int
     sequences = list({tuple(ids): None for p in pairs for ids in (p.ids_a, p.ids_b)})
     if limit is not None and len(sequences) > limit:
         sequences = random.Random(seed).sample(sequences, limit)
-    raw = model.raw_scores(sequences, batch_size)  # (U,)
+    with distributed.eager():  # as `evaluate`
+        raw = model.raw_scores(sequences, batch_size)  # (U,)
     gain, bias = normalising_affine(raw)
     model.set_normalisation(gain, bias)
     return {"gain": gain, "bias": bias, "raw_mean": float(raw.mean()), "raw_std": float(raw.std(correction=0)),
@@ -431,7 +440,7 @@ def train_member(cfg: RMConfig, member: int) -> Path:
         write_inputs(cfg, run_dir, report, model.kind)
     # 2. Model on the device, wrapped for the ranks; optimizer; resume restores weights, optimizer moments and
     #    RNG. The step plan is a pure function.
-    net = distributed.wrap(distributed.prepare(model, cfg, device), cfg.strategy)
+    net = distributed.wrap(compile_model(cfg, distributed.prepare(model, cfg, device)), cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
     groups = group_by_prompt(train)

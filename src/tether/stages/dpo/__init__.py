@@ -38,6 +38,7 @@ from tether.training import (
     BatchPlan,
     MetricsLog,
     collate,
+    compile_model,
     due,
     resume_training,
     save_training_state,
@@ -120,6 +121,7 @@ def train_preferences(cfg: DPOConfig, variant: Variant, run_dir: Path, model, fm
     pad_id, tokenizer, (bar_metric, bar_label) = fmt.pad_id, fmt.tokenizer, variant.BAR
     # 3. Wrapped for the ranks (DDP: `net` is a wrapper; FSDP2: the model, sharded); optimizer; resume restores
     #    weights, optimizer moments and RNG.
+    compile_model(cfg, model)  # after the reference's copy and its log-probs: those stay uncompiled
     net = distributed.wrap(model, cfg.strategy)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
     start = resume_training(cfg, run_dir, model, optimizer)
@@ -142,8 +144,9 @@ def train_preferences(cfg: DPOConfig, variant: Variant, run_dir: Path, model, fm
             # 6. Held-out metrics (every rank), the sampled KL and the monitor (rank 0); an alert with stop_on_alert
             #    ends the run.
             last = step + 1 == steps
-            stop = due(step + 1, cfg.eval_every, last) and evaluate_step(cfg, variant, model, kl_ref, fmt, monitor,
-                                                                          train, held_out, step, row)
+            with distributed.eager():
+                stop = due(step + 1, cfg.eval_every, last) and evaluate_step(cfg, variant, model, kl_ref, fmt,
+                                                                              monitor, train, held_out, step, row)
             # 7. Metric lines, checkpoints (with the monitor's state).
             if due(step + 1, cfg.log_every, last) or "eval_loss" in row or "monitor/alerts" in row:
                 log.write(row)
