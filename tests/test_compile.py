@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 import archkit
+from tether import logprobs
 from tether.config import load_config
 from tether.errors import ConfigError
+from tether.reward import RewardModel
 from tether.stages import dpo, rm, sft
 
 TOL = 1e-5
@@ -36,9 +38,9 @@ def hh_file(tmp_path_factory) -> str:
     return str(path)
 
 
-def train(stage: str, data: str, model: Path, out: Path, compiled: bool) -> list[dict]:
+def train(stage: str, data: str, model: Path, out: Path, compiled: bool, **more) -> list[dict]:
     config_class, run, extra = STAGES[stage]
-    settings = {**SHARED, **extra, "data": data, "model": str(model), "out": str(out),
+    settings = {**SHARED, **extra, **more, "data": data, "model": str(model), "out": str(out),
                 "torch_compile": str(compiled).lower()}
     run(load_config(config_class, None, [f"{k}={v}" for k, v in settings.items()]))
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -58,14 +60,31 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in files for k, v in load_file(f).items()}
 
 
-@pytest.mark.parametrize("stage, arch", [("sft", "llama"), ("dpo", "llama"), ("dpo", "qwen2"), ("rm", "gpt2")])
-def test_compiled_run_equals_the_eager_run(stage, arch, hh_file, tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("stage, arch, shared", [("sft", "llama", False), ("dpo", "llama", True),
+                                                 ("dpo", "qwen2", False), ("rm", "gpt2", False), ("rm", "llama", True)])
+def test_compiled_run_equals_the_eager_run(stage, arch, shared, hh_file, tmp_path_factory, tmp_path, monkeypatch):
+    """shared: the stage's shared-prompt passes on (HH's long prompts: every micro-batch shares, so the layers run
+    eagerly there and the test checks that compiling keeps them); else off, so every pass is compiled."""
     model = model_folder(arch, tmp_path_factory.mktemp(arch))
-    eager = train(stage, hh_file, model, tmp_path / "eager", compiled=False)
+    settings = {} if stage == "sft" else {"share_prompts" if stage == "dpo" else "share_prefixes": str(shared).lower()}
+    eager = train(stage, hh_file, model, tmp_path / "eager", compiled=False, **settings)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = train(stage, hh_file, model, tmp_path / "compiled", compiled=True)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the layers did compile
+    calls = []
+    counted = lambda f: lambda *a, **k: calls.append(1) or f(*a, **k)  # noqa: E731
+    shared_logps = logprobs.shared_prompt_logps  # DPO: counted on the compiled policy only, not the reference pass
+
+    def compiled_shared_logps(model, *a, **k):
+        calls.extend(1 for m in model.modules() if vars(m).get("_tether_compiled"))
+        return shared_logps(model, *a, **k)
+
+    monkeypatch.setattr(logprobs, "shared_prompt_logps", compiled_shared_logps)
+    monkeypatch.setattr(RewardModel, "_after_prefix", staticmethod(counted(RewardModel._after_prefix)))
+    compiled = train(stage, hh_file, model, tmp_path / "compiled", compiled=True, **settings)
+    if shared:
+        assert calls  # compiled layers are not mistaken for checkpointed ones, which cannot share prompts
+    else:
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the layers did compile
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
     for got, want in zip(compiled, eager):
         # not DPO's accuracies: at step 1 the policy is the reference, so each reward is 0 up to rounding and its

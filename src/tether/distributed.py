@@ -262,6 +262,7 @@ def compile_layers(model: nn.Module) -> int:
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and "forward" not in vars(m)]
     for layer in layers:
         layer.forward = types.MethodType(_compiled_forward, layer)
+        layer._tether_compiled = True  # not checkpointing (models.is_checkpointing): caches and shared prompts stay
     return len(layers)
 
 

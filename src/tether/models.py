@@ -174,13 +174,15 @@ def output_cache(output):
 
 def is_checkpointing(model) -> bool:
     """Whether activation (gradient) checkpointing is on: transformers' own (under its 5.x name when the model has
-    it) or tether's (`distributed.checkpoint_layers`, which replaces a decoder layer's `forward`)."""
+    it) or tether's (`distributed.checkpoint_layers`, which replaces a decoder layer's `forward`; not
+    `distributed.compile_layers`, which does too and marks the layer `_tether_compiled`)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
         else "is_gradient_checkpointing"
     return bool(getattr(model, name, False)) or any(
-        isinstance(m, GradientCheckpointingLayer) and "forward" in vars(m) for m in model.modules())
+        isinstance(m, GradientCheckpointingLayer) and "forward" in vars(m) and not vars(m).get("_tether_compiled")
+        for m in model.modules())
 
 
 # Model types whose learned positions start after the padding index (fairseq's RoBERTa layout): position ids run

@@ -86,9 +86,9 @@ class TrainConfig(DistributedConfig):
     logits."""
     torch_compile: bool = False
     """Compile every decoder layer with torch.compile (inductor; `tether.distributed.compile_layers`): the layers
-    share one graph, which fuses the work between the matmuls. The first steps are slower while it compiles
-    (seconds to a minute); evaluations and sampling run uncompiled. Not with strategy=fsdp2 or
-    gradient_checkpointing."""
+    share one graph, which fuses the work between the matmuls, in passes without a KV cache (the shared-prompt
+    passes of rm and dpo, evaluations and sampling run uncompiled). The first steps are slower while it compiles
+    (seconds to a minute). Not with strategy=fsdp2 or gradient_checkpointing."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
     nonfinite: Literal["skip", "halt"] = "skip"
@@ -139,9 +139,14 @@ class TrainConfig(DistributedConfig):
 def compile_model(cfg: TrainConfig, model):
     """`model`, its decoder layers compiled in place when cfg.torch_compile asks (`distributed.compile_layers`)."""
     if cfg.torch_compile:
-        check(distributed.compile_layers(model) > 0, "torch_compile",
+        from tether.progress import console
+
+        layers = distributed.compile_layers(model)
+        check(layers > 0, "torch_compile",
               f"{type(model).__name__} has no decoder layers that tether knows how to compile (transformers' "
               f"GradientCheckpointingLayer); set torch_compile=false")
+        console.print(f"torch_compile: {layers} decoder layers compile at their first pass (the first steps are "
+                      f"slower)")
     return model
 
 
