@@ -61,17 +61,16 @@ def batch_loss(model, batch: dict[str, torch.Tensor], response_only: bool = True
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch["labels"]  # (B, T)
     attention = batch.get("attention_mask")  # None in a packed batch (tether.packing)
-    # Packed: no mask and no cache, else transformers would not read the conversations' bounds from the positions.
-    # Never a cache: nothing reads it, and compiled layers run only without one (distributed.compile_layers).
-    packed = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else \
-        {"use_cache": False}
+    # Never a cache: nothing reads it, compiled layers run only without one (distributed.compile_layers), and in a
+    # packed batch (no mask) transformers would not read the conversations' bounds from the positions with one.
+    inputs = {"use_cache": False, **({"position_ids": batch["position_ids"]} if "position_ids" in batch else {})}
     if response_only and head_parts(model) is not None:
-        token = forward_token_logps(model, batch["input_ids"], attention, labels, **packed)  # (B, T)
+        token = forward_token_logps(model, batch["input_ids"], attention, labels, **inputs)  # (B, T)
         return -token.sum(), (labels != IGNORE_INDEX).sum()
     counted = (labels != IGNORE_INDEX).any(0).nonzero()
     keep = labels.size(1) - int(counted[0]) if len(counted) else 1
     extra = {"logits_to_keep": keep} if keep < labels.size(1) and accepts(model, "logits_to_keep") else {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=attention, **packed, **extra).logits  # (B, K, V)
+    logits = model(input_ids=batch["input_ids"], attention_mask=attention, **inputs, **extra).logits  # (B, K, V)
     return token_nll_sum(logits, labels[:, labels.size(1) - logits.size(1):])
 
 
