@@ -63,8 +63,8 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage, arch, shared", [("sft", "llama", False), ("dpo", "llama", True),
                                                  ("dpo", "qwen2", False), ("rm", "gpt2", False), ("rm", "llama", True)])
 def test_compiled_run_equals_the_eager_run(stage, arch, shared, hh_file, tmp_path_factory, tmp_path, monkeypatch):
-    """shared: the stage's shared-prompt passes on (HH's long prompts: every micro-batch shares, so the layers run
-    eagerly there and the test checks that compiling keeps them); else off, so every pass is compiled."""
+    """shared: the stage's shared-prompt passes on (HH's long prompts: every micro-batch shares; they run as rows
+    of a prompt and its responses, compiled, and the test checks that compiling keeps them); else off."""
     model = model_folder(arch, tmp_path_factory.mktemp(arch))
     settings = {} if stage == "sft" else {"share_prompts" if stage == "dpo" else "share_prefixes": str(shared).lower()}
     eager = train(stage, hh_file, model, tmp_path / "eager", compiled=False, **settings)
@@ -72,18 +72,18 @@ def test_compiled_run_equals_the_eager_run(stage, arch, shared, hh_file, tmp_pat
     torch._dynamo.utils.counters.clear()
     calls = []
     counted = lambda f: lambda *a, **k: calls.append(1) or f(*a, **k)  # noqa: E731
-    shared_logps = logprobs.shared_prompt_logps  # DPO: counted on the compiled policy only, not the reference pass
+    shared_logps = logprobs.tree_prompt_logps  # DPO: counted on the compiled policy only, not the reference pass
 
     def compiled_shared_logps(model, *a, **k):
         calls.extend(1 for m in model.modules() if vars(m).get("_tether_compiled"))
         return shared_logps(model, *a, **k)
 
-    monkeypatch.setattr(logprobs, "shared_prompt_logps", compiled_shared_logps)
+    monkeypatch.setattr(logprobs, "tree_prompt_logps", compiled_shared_logps)
     monkeypatch.setattr(RewardModel, "_after_prefix", staticmethod(counted(RewardModel._after_prefix)))
     compiled = train(stage, hh_file, model, tmp_path / "compiled", compiled=True, **settings)
     if shared:
         assert calls  # compiled layers are not mistaken for checkpointed ones, which cannot share prompts
-    else:
+    if stage != "rm" or not shared:  # the reward model's shared prefixes run after a cache: eagerly
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the layers did compile
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
     for got, want in zip(compiled, eager):

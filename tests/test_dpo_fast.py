@@ -56,6 +56,20 @@ def loaded(variant, data: str, fmt, **kw):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "kto"])
 def test_fast_step_equals_the_plain_step(arch, loss, hh_data, real_root, tmp_path, monkeypatch):
+    check_fast_step(arch, loss, hh_data, real_root, tmp_path, monkeypatch, "tree_prompt_logps")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("loss", ["sigmoid", "kto"])
+def test_fast_step_with_cached_prompts_equals_the_plain_step(arch, loss, hh_data, real_root, tmp_path, monkeypatch):
+    """The responses after the prompts' cached keys and values: the form attention without custom masks takes."""
+    monkeypatch.setattr(logprobs, "tree_shares", lambda model: False)
+    check_fast_step(arch, loss, hh_data, real_root, tmp_path, monkeypatch, "shared_prompt_logps")
+
+
+def check_fast_step(arch, loss, hh_data, real_root, tmp_path, monkeypatch, shared_pass: str):
+    """A step through the fast paths (`shared_pass` the shared-prompt one) equals the plain step: the outputs within
+    TOL (wider where sums grow), the gradients within TOL."""
     model_dir = archkit.save_model(arch, "chatml", real_root)
     fmt = chat_format(archkit.tokenizer("chatml", real_root))
     variant = unpaired if loss == "kto" else pairs
@@ -69,8 +83,8 @@ def test_fast_step_equals_the_plain_step(arch, loss, hh_data, real_root, tmp_pat
         else:
             x.ref_chosen, x.ref_rejected = x.ref_chosen - 2 - i, x.ref_rejected + 1
     shared = []
-    original = logprobs.shared_prompt_logps
-    monkeypatch.setattr(logprobs, "shared_prompt_logps", lambda *a, **k: shared.append(1) or original(*a, **k))
+    original = getattr(logprobs, shared_pass)
+    monkeypatch.setattr(logprobs, shared_pass, lambda *a, **k: shared.append(1) or original(*a, **k))
     fast_out, fast_grads = step(variant, model_dir, items, cfg, fmt.pad_id)
     assert shared  # the HH prompts are long: the shared-prompt pass ran
     plain_cfg, _ = loaded(variant, hh_data[loss == "kto"], fmt, loss=loss, **PLAIN)

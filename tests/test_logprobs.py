@@ -36,13 +36,14 @@ def logps_and_grads(model, seqs, masks, fast) -> tuple[torch.Tensor, dict]:
 
 
 @pytest.mark.parametrize("arch", sorted(archkit.ARCHITECTURES))
-@pytest.mark.parametrize("fast", [FastPaths(True, False), FastPaths(False, True), FastPaths(True, True)],
-                         ids=["head", "prompts", "both"])
+@pytest.mark.parametrize("fast", [FastPaths(True, False), FastPaths(False, True), FastPaths(True, True),
+                                  FastPaths(False, True, tree=False), FastPaths(True, True, tree=False)],
+                         ids=["head", "prompts", "both", "prompts-cached", "both-cached"])
 def test_fast_paths_equal_the_plain_path(arch, fast, real_root):
     model = archkit.build_model(arch, archkit.tokenizer("base", real_root)).eval()
     seqs, masks = batch(model.config.vocab_size)
     assert logprobs.head_parts(model) is not None  # every archkit architecture is verified
-    assert logprobs.shares_prompts(model) == (arch not in SLIDING)
+    assert logprobs.shares_prompts(model) == logprobs.tree_shares(model) == (arch not in SLIDING)
     assert prompt_prefixes(seqs, masks) is not None  # the plan shares here, so the shared pass is what is tested
     plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
     got, grads = logps_and_grads(model, seqs, masks, fast)
@@ -52,16 +53,33 @@ def test_fast_paths_equal_the_plain_path(arch, fast, real_root):
         torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_shared_prompts_break_without_the_prefix_positions(real_root, monkeypatch):
-    """The test above can fail: tails that restart their positions at 0 give other log-probs."""
+@pytest.mark.parametrize("tree", [True, False], ids=["rows", "cached"])
+def test_shared_prompts_break_without_the_prefix_positions(tree, real_root, monkeypatch):
+    """The test above can fail: tails at the positions of their place in the pass (a cached tail's from 0, a row's
+    from its prefix's end plus the tails before it) give other log-probs."""
     model = archkit.build_model("llama", archkit.tokenizer("base", real_root)).eval()
     seqs, masks = batch(model.config.vocab_size)
     plain, _ = response_logps(model, seqs, masks, 0, PLAIN)
-    original = logprobs.forward_logps
-    monkeypatch.setattr(logprobs, "forward_logps", lambda m, ids, attn, labels, r, position_ids, **kw: original(
-        m, ids, attn, labels, r, position_ids=position_ids - position_ids[:, :1], **kw))
-    got, _ = response_logps(model, seqs, masks, 0, FastPaths(False, True))
+    original = logprobs.forward_token_logps
+    monkeypatch.setattr(logprobs, "forward_token_logps", lambda m, ids, attn, labels, r, position_ids, **kw: original(
+        m, ids, attn, labels, r, position_ids=torch.arange(ids.size(1)).expand_as(ids), **kw))
+    got, _ = response_logps(model, seqs, masks, 0, FastPaths(False, True, tree))
     assert (got - plain).abs().max() > 1e-4  # tens of times the tolerance above (a random tiny model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_rows_under_eager_attention_equal_the_plain_path(arch, real_root):
+    """Eager attention adds the mask to the scores: the rows' mask is additive there (boolean under sdpa)."""
+    tok = archkit.tokenizer("base", real_root)
+    model = archkit.build_model(arch, tok).eval()
+    model.set_attn_implementation("eager")
+    assert logprobs.tree_shares(model)
+    seqs, masks = batch(model.config.vocab_size)
+    plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
+    got, grads = logps_and_grads(model, seqs, masks, FastPaths())
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_prompt_prefixes_cut_before_each_prompts_last_token():
@@ -94,9 +112,11 @@ def test_unverified_architecture_takes_the_plain_path(real_root, monkeypatch):
     assert logprobs.head_parts(model) is None and not logprobs.shares_prompts(model)
 
 
-def test_prompts_and_tails_in_several_length_chunks_equal_the_plain_path(real_root):
+@pytest.mark.parametrize("tree", [True, False], ids=["rows", "cached"])
+def test_prompts_and_tails_in_several_length_chunks_equal_the_plain_path(tree, real_root):
     """Prompts of 8 and 120 tokens, responses of 3 and 90: prefixes and tails each run in two length chunks, the
-    tails attending to the joined caches (the short prefixes padded)."""
+    tails attending to the joined caches (the short prefixes padded); or the rows of prompts and their tails, in
+    two length chunks."""
     model = archkit.build_model("qwen2", archkit.tokenizer("base", real_root)).eval()
     rng = random.Random(1)
     tok = lambda n: [rng.randrange(3, model.config.vocab_size) for _ in range(n)]  # noqa: E731
@@ -110,8 +130,9 @@ def test_prompts_and_tails_in_several_length_chunks_equal_the_plain_path(real_ro
     assert cut == [7, 7, 119, 119, 8, 8]
     assert len(logprobs.chunked_cost(sorted({7, 119, 8}))[0]) == 2
     assert len(logprobs.chunked_cost(sorted(len(s) - k for s, k in zip(seqs, cut)))[0]) == 2
+    assert len(logprobs.chunked_cost(sorted([7 + 4 + 91, 119 + 4 + 91, 8 + 5 + 89]))[0]) == 2
     plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
-    got, grads = logps_and_grads(model, seqs, masks, FastPaths())
+    got, grads = logps_and_grads(model, seqs, masks, FastPaths(tree=tree))
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
@@ -157,16 +178,18 @@ def lopsided(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
     return seqs, masks
 
 
-def test_padding_after_a_long_prompt_stays_inside_gpt2s_position_table(real_root):
+@pytest.mark.parametrize("tree", [True, False], ids=["rows", "cached"])
+def test_padding_after_a_long_prompt_stays_inside_gpt2s_position_table(tree, real_root):
     """GPT-2 learns one embedding per position (n_positions = 256 here): the shared-prompt pass of sequences that
-    fit it gives the plain pass's log-probs and gradients (it used to index past the table: IndexError)."""
+    fit it gives the plain pass's log-probs and gradients (it used to index past the table: IndexError); so does a
+    row of a prompt and its two tails (354 tokens), whose positions are each sequence's own."""
     model = archkit.build_model("gpt2", archkit.tokenizer("base", real_root)).eval()
     assert model.config.n_positions == 256
     seqs, masks = lopsided(model.config.vocab_size)
     assert prompt_prefixes(seqs, masks) == [154, 154, 19, 19] and max(map(len, seqs)) == 255
     assert len(logprobs.chunked_cost(sorted(len(s) - k for s, k in zip(seqs, [154, 154, 19, 19])))[0]) == 1
     plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
-    got, grads = logps_and_grads(model, seqs, masks, FastPaths())
+    got, grads = logps_and_grads(model, seqs, masks, FastPaths(tree=tree))
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)

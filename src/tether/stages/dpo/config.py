@@ -69,9 +69,10 @@ class DPOConfig(TrainConfig):
     kl_eval_max_new_tokens: int = 64
     """Longest sampled response of the KL estimate, in tokens."""
     share_prompts: bool = True
-    """Run each prompt of a forward pass once (a pair's chosen and rejected share it) and the responses after its
-    cached keys and values (tether.logprobs; tested equal, and used only where exact: full-attention models without
-    gradient checkpointing, one process). false: every sequence whole."""
+    """Run each prompt of a forward pass once (a pair's chosen and rejected share it): the prompt and its responses
+    in one row under a mask that keeps each response to the prompt and itself (sdpa or eager attention), else the
+    responses after the prompt's cached keys and values (tether.logprobs; tested equal, and used only where exact:
+    full-attention models without gradient checkpointing, one process). false: every sequence whole."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """The reward-hacking monitor (tether.monitor), run at each evaluation on sampled held-out responses; gold (with
     monitor.world) is an audit signal only, never trained on."""

@@ -1,0 +1,37 @@
+"""prefix_tree: the rows of prefixes and their tails, and the mask that keeps each tail to its prefix and itself."""
+import torch
+
+from tether.prefix_tree import tree_mask, tree_rows
+
+
+def test_rows_place_each_tail_after_its_prefix_at_continued_positions():
+    rows = tree_rows([([7, 8], [[1, 2], [3]]), ([9], [[4, 5, 6]])], pad_id=0)
+    assert rows.input_ids.tolist() == [[7, 8, 1, 2, 3], [9, 4, 5, 6, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 3, 0]]
+    assert rows.segments.tolist() == [[0, 0, 1, 1, 2], [0, 1, 1, 1, -1]]
+    assert rows.spans == [(0, 2, 2), (0, 4, 1), (1, 1, 3)]
+
+
+def test_mask_by_hand():
+    # row [p p a a b]: prefix p, tails a and b; then row [p a a a pad]
+    rows = tree_rows([([7, 8], [[1, 2], [3]]), ([9], [[4, 5, 6]])], pad_id=0)
+    mask = tree_mask(rows.segments)
+    assert mask.shape == (2, 1, 5, 5) and mask.dtype == torch.bool
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                         [1, 1, 0, 0, 0],
+                                         [1, 1, 1, 0, 0],
+                                         [1, 1, 1, 1, 0],
+                                         [1, 1, 0, 0, 1]]  # b sees the prefix and itself, not a
+    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                         [1, 1, 0, 0, 0],
+                                         [1, 1, 1, 0, 0],
+                                         [1, 1, 1, 1, 0],
+                                         [0, 0, 0, 0, 1]]  # padding sees itself only
+
+
+def test_eager_mask_is_additive():
+    rows = tree_rows([([7], [[1], [2]])], pad_id=0)
+    mask = tree_mask(rows.segments, "eager", torch.float32)
+    low = torch.finfo(torch.float32).min
+    assert mask.dtype == torch.float32
+    assert mask[0, 0].tolist() == [[0, low, low], [0, 0, low], [0, low, 0]]
