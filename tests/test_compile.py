@@ -79,12 +79,11 @@ def test_compiled_run_equals_the_eager_run(stage, arch, shared, hh_file, tmp_pat
         return shared_logps(model, *a, **k)
 
     monkeypatch.setattr(logprobs, "tree_prompt_logps", compiled_shared_logps)
-    monkeypatch.setattr(RewardModel, "_after_prefix", staticmethod(counted(RewardModel._after_prefix)))
+    monkeypatch.setattr(RewardModel, "_rows_rewards", counted(RewardModel._rows_rewards))
     compiled = train(stage, hh_file, model, tmp_path / "compiled", compiled=True, **settings)
     if shared:
         assert calls  # compiled layers are not mistaken for checkpointed ones, which cannot share prompts
-    if stage != "rm" or not shared:  # the reward model's shared prefixes run after a cache: eagerly
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the layers did compile
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the layers did compile
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
     for got, want in zip(compiled, eager):
         # not DPO's accuracies: at step 1 the policy is the reference, so each reward is 0 up to rounding and its

@@ -244,10 +244,15 @@ def test_rm(chain):
     batch = tok.pad({"input_ids": sequences}, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = hf(**batch).logits[:, 0]  # (6,)
-        r_a, r_b, _ = pair_rewards(ours, collate_pairs(pairs, ours.pad_id, share_prefixes=ours.shares_prefixes))
-    trained = torch.stack([r_a, r_b], 1).reshape(-1)  # (6,) in the order of `sequences`
+        trained = {}
+        for rows in (True, False):  # a prefix and its tails in one row; the tails after its cache
+            batch_of_pairs = collate_pairs(pairs, ours.pad_id, share_prefixes=ours.shares_prefixes,
+                                           rows=rows and ours.tree_shares)
+            r_a, r_b, _ = pair_rewards(ours, batch_of_pairs)
+            trained[rows] = torch.stack([r_a, r_b], 1).reshape(-1)  # (6,) in the order of `sequences`
     torch.testing.assert_close(ours.raw_scores(sequences), logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(trained, logits, atol=1e-5, rtol=0)
+    for rows, rewards in trained.items():
+        torch.testing.assert_close(rewards, logits, atol=1e-5, rtol=0, msg=f"rows={rows}")
 
 
 # ---------------------------------------------------------------------------------------------

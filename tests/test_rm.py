@@ -260,6 +260,15 @@ def test_shared_prefixes_score_and_train_as_whole_sequences(tok):
         tails, tail_grads = rewards_and_grads(batch)
         for a, b in zip(plain + plain_grads, tails + tail_grads):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    # each prompt and its sequences' tails in one row, under sdpa's boolean mask and eager's additive one
+    rows = collate_pairs(pairs, tok.pad_token_id, share_prefixes=True, rows=True)
+    assert model.tree_shares and len(rows.rows) >= 1 and not rows.chunks
+    assert sum(ids.size(0) for ids, *_ in rows.rows) == len(TOPICS)  # one row per prompt
+    for attention in ("sdpa", "eager"):
+        model.classifier.set_attn_implementation(attention)
+        tails, tail_grads = rewards_and_grads(rows)
+        for a, b in zip(plain + plain_grads, tails + tail_grads):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def test_split_by_prompt_and_schedule_keep_prompt_groups_whole(tok):

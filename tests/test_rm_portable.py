@@ -125,16 +125,17 @@ def test_plain_transformers_reads_tethers_reward(arch, shape, root, prefs):
         pairs = [Pair("p" if i < n else "q", ids[i], ids[i + 1], 1.0, 0.0, 1, 1) for i in range(len(ids) - 1) if
                  i != n - 1]
         batch_of_pairs = collate_pairs(pairs, ours.pad_id, share_prefixes=ours.shares_prefixes)
-        r_a, r_b, _ = pair_rewards(ours, batch_of_pairs)
-        trained = {tuple(s): r for p, a, b in zip(pairs, r_a, r_b) for s, r in ((p.ids_a, a), (p.ids_b, b))}
-        trained = torch.stack([trained[tuple(s)] for s in ids])  # (N,)
+        in_rows = collate_pairs(pairs, ours.pad_id, share_prefixes=ours.shares_prefixes, rows=ours.tree_shares)
+        trained, rowed = (pair_order(pairs, *pair_rewards(ours, b)[:2], ids) for b in (batch_of_pairs, in_rows))
     if shape == "base":  # replies end in eos (= pad): every eos-ended form of the first is read before its eos
         assert ids[0][-1] == tok.eos_token_id
         assert [read_position(s, tok.pad_token_id) for s in (ids[0], *ids[-2:])] == [len(ids[0]) - 2] * 3
         torch.testing.assert_close(logits[-2:], logits[:1].expand(2), atol=TOL, rtol=0)
         assert shared_prefixes(pairs, ours.pad_id)[tuple(ids[-1])] == tuple(ids[0][:-2])
     assert bool(batch_of_pairs.prefixes) == ours.shares_prefixes == (arch not in SLIDING_WINDOW)
-    for name, value in (("tether raw", ours.raw_scores(ids)), ("by hand", by_hand), ("training path", trained)):
+    assert bool(in_rows.rows) == ours.tree_shares == (arch not in SLIDING_WINDOW)
+    for name, value in (("tether raw", ours.raw_scores(ids)), ("by hand", by_hand), ("training path", trained),
+                        ("training path in rows", rowed)):
         assert float((logits - value).abs().max()) < TOL, name
     # 3. The normalisation: in config.json, as the run fit it, and tether's score is gain * logits + bias.
     norm = config["reward_normalisation"]
@@ -239,7 +240,14 @@ def test_the_real_minilm_encoder(root, prefs):
     _encoder_run(Path(minilm.get_model_path()), prefs, root / "rm-minilm", pool="mean")
 
 
-def test_shared_prefixes_stay_inside_gpt2s_position_table(root):
+def pair_order(pairs: list, r_a: torch.Tensor, r_b: torch.Tensor, sequences: list) -> torch.Tensor:
+    """The pairs' rewards of `sequences`, in that order."""
+    by_ids = {tuple(s): r for p, a, b in zip(pairs, r_a, r_b) for s, r in ((p.ids_a, a), (p.ids_b, b))}
+    return torch.stack([by_ids[tuple(s)] for s in sequences])
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "cached"])
+def test_shared_prefixes_stay_inside_gpt2s_position_table(rows, root):
     """Two prompts of 155 and 20 tokens, responses of about 100: sequences up to 255 of GPT-2's 256 positions. The
     tails after the long prompt are padded to the longest tail, and their padding must not count positions on past
     the table (it used to: IndexError); rewards and gradients equal the whole-sequence pass."""
@@ -261,8 +269,8 @@ def test_shared_prefixes_stay_inside_gpt2s_position_table(root):
         (r_a - 2 * r_b).sum().backward()
         return [r_a, r_b], [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    shared = collate_pairs(pairs, model.pad_id, share_prefixes=True)
-    assert shared.prefixes and max(len(p.ids_a) for p in pairs) == 255
+    shared = collate_pairs(pairs, model.pad_id, share_prefixes=True, rows=rows)
+    assert bool(shared.rows) == rows != bool(shared.prefixes) and max(len(p.ids_a) for p in pairs) == 255
     plain = rewards_and_grads(collate_pairs(pairs, model.pad_id))
     for want, got in zip(plain[0] + plain[1], (t := rewards_and_grads(shared))[0] + t[1], strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

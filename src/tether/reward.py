@@ -73,6 +73,7 @@ from tether.models import (
     output_cache,
     save_pretrained,
 )
+from tether.prefix_tree import MASKS, tree_mask
 from tether.progress import quiet_transformers
 
 HEAD_FILE = "reward_head.safetensors"
@@ -321,8 +322,14 @@ class RewardModel(nn.Module):
                 and set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
                 and not is_checkpointing(self.classifier))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, after: tuple | None = None,
-                prefix_cache: bool = False):
+    @property
+    def tree_shares(self) -> bool:
+        """Whether shared prefixes can run in rows of a prefix and its tails under a custom mask (`forward`'s
+        `rows`): `shares_prefixes`, and an attention that takes the mask (`prefix_tree.MASKS`)."""
+        return self.shares_prefixes and getattr(self.classifier.config, "_attn_implementation", None) in MASKS
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, after: tuple | None = None,
+                prefix_cache: bool = False, rows: tuple | None = None):
         """Raw rewards (the Bradley-Terry scale). Shapes: (B, T), (B, T) -> (B,), float32.
 
         Shared prefixes (`shares_prefixes`), both through `forward` so that DDP sees every pass:
@@ -332,7 +339,12 @@ class RewardModel(nn.Module):
           that prefix's keys (its padding masked) at positions continuing from the prefix's length, so each reward
           equals `forward` of the whole sequence (the tail holds the sequence's last non-pad token:
           `rm_batch.shared_prefixes`).
+        - rows=(position_ids (R, W), segments (R, W), read (U, 2)): input_ids (R, W) hold prefixes and their tails
+          (`prefix_tree.tree_rows`; attention_mask None): one reward per read (row, column), the classifier's
+          score of the hidden state there, as the whole sequence's (`rm_batch.collate_rows`).
         """
+        if rows is not None:
+            return self._rows_rewards(input_ids, *rows)
         if prefix_cache:
             return output_cache(self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=True))
         extra = {"use_cache": False}  # nothing reads a cache here (and compiled layers run only without one)
@@ -347,6 +359,16 @@ class RewardModel(nn.Module):
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         pooled = POOLS[self.pool](hidden, attention_mask)  # (B, H)
         return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float().clone()  # (B,)
+
+    def _rows_rewards(self, input_ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                      read: torch.Tensor) -> torch.Tensor:
+        """(U,) rewards of the sequences laid in rows: the body under `prefix_tree.tree_mask`, the score head at
+        each read position (what Hugging Face's classifier does at a whole sequence's last non-pad token)."""
+        mask = tree_mask(segments, self.classifier.config._attn_implementation, self.classifier.dtype)
+        hidden = self.body(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                           use_cache=False).last_hidden_state  # (R, W, H)
+        picked = hidden[read[:, 0], read[:, 1]]  # (U, H)
+        return self.head(picked).squeeze(-1).float().clone()  # (U,)
 
     @staticmethod
     def _after_prefix(layers: list, prefix_mask: torch.Tensor, rows: torch.Tensor, input_ids: torch.Tensor,

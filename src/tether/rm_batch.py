@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tether.prefix_tree import tree_rows
 from tether.reward import RewardModel, collate
 
 
@@ -72,6 +73,10 @@ class PairBatch:
     length; empty: the chunks hold whole sequences."""
     prefix_rows: list[torch.Tensor] = field(default_factory=list)
     """Per chunk, (U_c,) the prefix row each of its tails continues."""
+    rows: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+    """With prefixes laid out in rows (`prefix_rows`), per length chunk of rows: (input_ids (R_c, W_c), position_ids
+    (R_c, W_c), segments (R_c, W_c), read (U_c, 2)), `prefix_tree.tree_rows`'s, read the (row, column) each
+    sequence's reward is read at; `chunks` and `prefixes` are then empty."""
 
 
 def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[int]:
@@ -123,14 +128,17 @@ def prefix_saving(prefix_of: dict[tuple, tuple], overhead: int = CHUNK_OVERHEAD_
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = True,
-                  share_prefixes: bool = False) -> PairBatch:
+                  share_prefixes: bool = False, rows: bool = False) -> PairBatch:
     """Deduplicate the pairs' sequences (the K-choose-2 trick), sort them by length and pad them in chunks (one
     chunk with chunked=False: FSDP2 gathers the weights at every forward, a collective every rank must make
     equally often, while each rank's micro-batches cut into their own number of chunks). With share_prefixes
-    (a model whose `shares_prefixes`), each prompt group's common prefix is run once when that saves tokens."""
+    (a model whose `shares_prefixes`), each prompt group's common prefix is run once when that saves tokens: in
+    rows of a prefix and its tails with `rows` (a model whose `tree_shares`), else its tails after its cache."""
     prefix_of = shared_prefixes(pairs, pad_id) if share_prefixes and chunked else {}
     if prefix_of and prefix_saving(prefix_of) <= 0:
         prefix_of = {}
+    if prefix_of and rows:
+        return collate_rows(pairs, prefix_of, pad_id, device)
     tail = (lambda s: s[len(prefix_of[s]):]) if prefix_of else (lambda s: s)  # noqa: E731
     distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(tail(s)), s))
     rows = {ids: i for i, ids in enumerate(distinct)}
@@ -155,11 +163,40 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
                      as_tensor([p.margin for p in pairs], torch.float32), prefix_chunks, prefix_rows)
 
 
+def collate_rows(pairs: list[Pair], prefix_of: dict[tuple, tuple], pad_id: int, device=None) -> PairBatch:
+    """`collate_pairs` with each prefix and the tails of its distinct sequences in one row (`prefix_tree`), rows
+    sorted by width and cut into length chunks; the sequences numbered in the order the rows hold them."""
+    members: dict[tuple, list[tuple]] = {}
+    for sequence, prefix in sorted(prefix_of.items()):
+        members.setdefault(prefix, []).append(sequence)
+    width = lambda group: len(group[0]) + sum(len(s) - len(group[0]) for s in group[1])  # noqa: E731
+    groups = sorted(members.items(), key=lambda g: (width(g), g[0]))
+    chunks, order, begin = [], [], 0
+    for end in length_chunks([width(g) for g in groups]):
+        part = groups[begin:end]
+        laid = tree_rows([(p, [s[len(p):] for s in group]) for p, group in part], pad_id, device)
+        sequences = [s for _, group in part for s in group]
+        read = [(row, at + max(i for i, t in enumerate(s) if t != pad_id) - (len(s) - n))
+                for s, (row, at, n) in zip(sequences, laid.spans)]  # the last non-pad token, as the classifier
+        chunks.append((laid.input_ids, laid.position_ids, laid.segments, torch.tensor(read, device=device)))
+        order += sequences
+        begin = end
+    rows = {ids: i for i, ids in enumerate(order)}
+    as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
+    return PairBatch([], as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
+                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
+                     as_tensor([p.target for p in pairs], torch.float32),
+                     as_tensor([p.margin for p in pairs], torch.float32), rows=chunks)
+
+
 def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
     sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value; a tail
     after its prefix's cached keys and values gets the reward of the whole sequence (`RewardModel.forward`)."""
-    if not batch.prefixes:
+    if batch.rows:  # each prefix and its tails in one row
+        r = torch.cat([model(ids, None, rows=(positions, segments, read))
+                       for ids, positions, segments, read in batch.rows])  # (U,)
+    elif not batch.prefixes:
         r = torch.cat([model(ids, mask) for ids, mask in batch.chunks])  # (U,)
     else:  # the prefixes' keys and values, once for every chunk of tails
         kv, prefix_mask = joined_caches([model(ids, mask, prefix_cache=True) for ids, mask in batch.prefixes],

@@ -93,7 +93,9 @@ class RMConfig(TrainConfig):
     error. Held-out accuracy still counts a pair for the side its target favours."""
     share_prefixes: bool = True
     """Run the prompt tokens a prompt group's sequences start with once per step, each sequence only its own tail
-    (causal backbones read at the last token; the rewards are unchanged, `tether.rm_batch`)."""
+    (causal backbones read at the last token; the rewards are unchanged, `tether.rm_batch`): the prefix and its
+    tails in one row under a mask that keeps each tail to the prefix and itself (sdpa or eager attention), else the
+    tails after the prefix's cached keys and values."""
     max_length: int = 256
     """Longest (prompt + response) in tokens; longer ones lose the start of the prompt (the response and
     its end, where the score is read, are kept), counted in data_report.json."""
@@ -281,7 +283,7 @@ def train_step(model: RewardModel, optimizer, pairs: list[Pair], cfg: RMConfig, 
     prefixes = cfg.share_prefixes and raw.shares_prefixes
     for i, (micro, real) in enumerate(share):
         batch = collate_pairs(micro, raw.pad_id, raw.device, chunked=not distributed.is_sharded(model),
-                              share_prefixes=prefixes)
+                              share_prefixes=prefixes, rows=raw.tree_shares)
         with distributed.accumulating(model, last=i == len(share) - 1):
             r_a, r_b, r = pair_rewards(model, batch)
             losses = pair_losses(r_a, r_b, batch.target, batch.margin, cfg)  # (P,)
@@ -335,7 +337,8 @@ def evaluate(model: RewardModel, pairs: list[Pair], cfg: RMConfig) -> dict:
     prefixes = cfg.share_prefixes and model.shares_prefixes
     for micro in micro_batches(pairs, cfg.micro_batch_size):
         with distributed.eager():  # compiled layers (torch_compile) are for training steps
-            a, b, _ = pair_rewards(model, collate_pairs(micro, model.pad_id, model.device, share_prefixes=prefixes))
+            batch = collate_pairs(micro, model.pad_id, model.device, share_prefixes=prefixes, rows=model.tree_shares)
+            a, b, _ = pair_rewards(model, batch)
         ordered += micro
         r_a += a.tolist()
         r_b += b.tolist()
