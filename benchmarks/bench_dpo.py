@@ -265,7 +265,7 @@ def differences(raw: dict[str, dict], rows: dict[str, dict]) -> list[str]:
                                              f"{100 * r['padding_fraction']:.0f}%)" for s, r in rows.items()))
     notes.append("optimizer: " + ", ".join(f"{LABELS[s]} {r['optimizer']}" for s, r in raw.items()))
     notes.append("log-probs: tether the LM head at response positions only, in chunks, and each prompt run once "
-                 "with chosen and rejected after its cached keys and values (tether.logprobs; settings "
+                 "with chosen and rejected after it in one row under a custom mask (tether.logprobs; settings "
                  "response_only_head, share_prompts); TRL a chunked fused LM head over response positions only, "
                  "that also computes entropy, mean logits and top-1 for its logs, every sequence whole")
     notes.append("TRL's DPOConfig defaults to gradient_checkpointing=True and bf16=True; both are off here, "

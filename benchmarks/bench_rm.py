@@ -271,10 +271,12 @@ def differences(tether: dict, trl: dict, counts: dict) -> list[str]:
         notes = [f"same tokenised dataset on both sides ({tether['data']['pairs']} pairs, "
                  f"{tether['data']['pair_tokens']} tokens over both sequences of every pair; data: {counts})"]
     notes.append(f"model: tether RewardModel over LlamaForSequenceClassification; TRL {trl['model_class']}; "
-                 f"both: score head on every position, last non-pad kept")
+                 f"TRL: score head on every position, last non-pad kept; tether: the same where sequences run whole, "
+                 f"the score head at each sequence's last non-pad token only where prompts are shared in rows")
     notes.append("work: TRL runs both sequences of every pair (chosen and rejected concatenated, 2B rows); tether "
                  "runs each distinct sequence of a step once (repeated ratings of a pair share their two rows), and "
-                 "the prompt tokens a prompt group's sequences start with once, then each sequence's tail")
+                 "the prompt tokens a prompt group's sequences start with once, then each sequence's tail (the "
+                 "prefix and its tails in one row under a custom mask, tether.prefix_tree)")
     notes.append(f"batch: TRL {BATCH} pairs per step; tether {BATCH} rounded up to whole prompt groups")
     notes.append(f"data order: tether {tether['sampler']}, TRL {trl['sampler']}")
     notes.append(f"optimizer: tether {tether['optimizer']}, TRL {trl['optimizer']}; the lr schedules differ (no effect on speed)")

@@ -13,7 +13,7 @@ logits. Two shortcuts give the same log-probs (and gradients) with less work:
    make one row, each tail attending to the prompt and itself at positions continuing the prompt's
    (`tree_prompt_logps`, `tether.prefix_tree`): one pass, which compiled layers run, and on the world's pairs 1.17x
    the steps per second of the cached form (1.14x on HH-RLHF's, eager, 5M). Elsewhere (flash attention) each tail
-   runs after the prompt's cached keys and values (`shared_prompt_logps`, the reward model's first trick). Gradients
+   runs after the prompt's cached keys and values (`shared_prompt_logps`, as the reward model's tails). Gradients
    flow into the prompt's single pass either way.
 
 Both apply only where they are known to be exact (`head_parts`, `shares_prompts`) and fall back to the plain path
@@ -55,7 +55,7 @@ class FastPaths:
     response_only: bool = True
     """The LM head and log-softmax at counted positions only, in chunks."""
     share_prompts: bool = True
-    """Each distinct prompt of a forward run once, its sequences' tails after its cached keys and values."""
+    """Each distinct prompt of a forward run once, its sequences' tails after it (in its row, or after its cache)."""
     tree: bool = True
     """With share_prompts, the prompt and its tails in one row under a custom mask (`prefix_tree`) where the
     attention takes one (`tree_shares`), rather than tails after a cache: one pass, which compiled layers run."""

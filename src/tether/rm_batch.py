@@ -6,9 +6,10 @@ A step's pairs come in whole prompt groups. Three savings, each leaving every re
 2. length chunks: sorted by length and cut where padding would cost more than one more forward pass
    (`length_chunks`);
 3. shared prompt prefixes (causal backbones): the tokens every sequence of a prompt group starts with are run once,
-   and each sequence runs only its own tail (holding the token the reward is read at), attending to the prefix's
-   cached keys and values. A pair's two
-   sequences repeat the prompt; on the world's comparisons the prompt is about a fifth of the tokens.
+   and each sequence runs only its own tail (holding the token the reward is read at): the prefix and its tails in
+   one row, each tail attending to the prefix and itself (`collate_rows`, `tether.prefix_tree`; sdpa and eager
+   attention), else the tails after the prefix's cached keys and values. A pair's two sequences repeat the prompt;
+   on the world's comparisons the prompt is about a fifth of the tokens.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ def collate_rows(pairs: list[Pair], prefix_of: dict[tuple, tuple], pad_id: int, 
 def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(r_a (P,), r_b (P,), r (U,)): raw rewards of each pair's responses and of the distinct sequences. A
     sequence's reward does not depend on the other rows of its forward pass, so the chunks change no value; a tail
-    after its prefix's cached keys and values gets the reward of the whole sequence (`RewardModel.forward`)."""
+    after its prefix (in its row, or after its cache) gets the reward of the whole sequence (`RewardModel.forward`)."""
     if batch.rows:  # each prefix and its tails in one row
         r = torch.cat([model(ids, None, rows=(positions, segments, read))
                        for ids, positions, segments, read in batch.rows])  # (U,)
