@@ -1,5 +1,7 @@
 """Experiment (issue 21): how much of its bound does DPO's prompt sharing reach? tether's DPO with share_prompts on
-and off, alternating, on the same inputs as bench_dpo.py (one thread, steady state):
+(each prompt and its responses in one row, `tether.prefix_tree`), on in its cached form (the responses after the
+prompt's keys and values, what attention without custom masks gets) and off, alternating, on the same inputs as
+bench_dpo.py (one thread, steady state):
 
     .venv/bin/python benchmarks/dpo_share_prompts.py [--size 5m|30m] [--steps 30] [--warmup 6] [--rounds 2] [--data world|hh]
 
@@ -20,6 +22,12 @@ import tempfile
 from pathlib import Path
 
 import bench_dpo
+
+
+# the worker with the rows form switched off: `logprobs.tree_shares` answers False, so sharing takes the cached form
+CACHED = ("import runpy, sys, tether.logprobs as lp; lp.tree_shares = lambda model: False; sys.argv = sys.argv[1:]; "
+          "runpy.run_path(sys.argv[0], run_name='__main__')")
+VARIANTS = {"rows": ("true", []), "cached": ("true", ["-c", CACHED]), "off": ("false", [])}
 
 
 def rates(result: dict, warmup: int) -> dict:
@@ -56,25 +64,28 @@ def main() -> None:
     args = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tether-dpo-share-"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out: dict[str, list] = {"true": [], "false": []}
+    out: dict[str, list] = {name: [] for name in VARIANTS}
     try:
         bench_dpo.prepare(folder, 2, args.size, args.data, 200)
         for _ in range(args.rounds):
-            for share in out:
+            for name, (share, wrapper) in VARIANTS.items():
                 shutil.rmtree(folder / "tether-run", ignore_errors=True)  # no reference cache carried over
-                subprocess.run([sys.executable, bench_dpo.__file__, "--steps", str(args.steps), "--tether-set",
-                                f"share_prompts={share}", "--tether-worker", str(folder), str(folder / "out.json")],
-                               env=env, check=True)
-                out[share].append(rates(json.loads((folder / "out.json").read_text()), args.warmup))
-                print(f"share_prompts={share}: " + ", ".join(f"{k} {v:.2f}" for k, v in out[share][-1].items())
-                      + " pairs/s", flush=True)
+                subprocess.run([sys.executable, *wrapper, bench_dpo.__file__, "--steps", str(args.steps),
+                                "--tether-set", f"share_prompts={share}", "--tether-worker", str(folder),
+                                str(folder / "out.json")], env={**env, "PYTHONPATH": os.pathsep.join(
+                                    filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))},
+                               check=True)
+                out[name].append(rates(json.loads((folder / "out.json").read_text()), args.warmup))
+                print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in out[name][-1].items()) + " pairs/s",
+                      flush=True)
         skipped = skipped_share(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     best = {s: {k: max(r[k] for r in rs) for k in ("median", "total", "cpu")} for s, rs in out.items()}
-    print(f"\n{args.size} {args.data}: sharing skips {skipped:.1%} of the tokens, bound {1 / (1 - skipped):.2f}x; "
-          "sharing on / off (best round of each): " + ", ".join(f"{k} {best['true'][k] / best['false'][k]:.2f}x"
-                                                                 for k in ("median", "total", "cpu")))
+    print(f"\n{args.size} {args.data}: sharing skips {skipped:.1%} of the tokens, bound {1 / (1 - skipped):.2f}x")
+    for name in ("rows", "cached"):
+        print(f"sharing ({name}) / off, best round of each: " + ", ".join(
+            f"{k} {best[name][k] / best['off'][k]:.2f}x" for k in ("median", "total", "cpu")))
 
 
 if __name__ == "__main__":
