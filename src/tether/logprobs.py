@@ -11,8 +11,8 @@ logits. Two shortcuts give the same log-probs (and gradients) with less work:
    rejected, KTO rows of one prompt) run that prompt once (Wang et al. 2024, "Accelerating Direct Preference
    Optimization with Prefix Sharing"). Where the attention takes a custom mask (sdpa, eager), a prompt and its tails
    make one row, each tail attending to the prompt and itself at positions continuing the prompt's
-   (`tree_prompt_logps`, `tether.prefix_tree`): one pass, which compiled layers run, and on the world's pairs 1.17x
-   the steps per second of the cached form (1.14x on HH-RLHF's, eager, 5M). Elsewhere (flash attention) each tail
+   (`tree_prompt_logps`, `tether.prefix_tree`): one pass, which compiled layers run (eager, about as fast as the
+   cached form: benchmarks/dpo_share_prompts.py). Elsewhere (flash attention) each tail
    runs after the prompt's cached keys and values (`shared_prompt_logps`, as the reward model's tails). Gradients
    flow into the prompt's single pass either way.
 

@@ -10,7 +10,9 @@ of Wang et al. 2024, "Accelerating Direct Preference Optimization with Prefix Sh
 Running tails after the prefix's cached keys and values (`logprobs.shared_prompt_logps`, `RewardModel.forward`'s
 `after`) saves the same tokens, but a pass with a cache cannot run compiled decoder layers (`distributed.
 compile_layers`); this layout is one plain forward. It costs more attention (each row is T x T, against the prefix's
-P x P and each tail's t x (P + t)), which at these sizes is a small part of a layer.
+P x P and each tail's t x (P + t)), which at these sizes is a small part of a layer, and a larger mask: R x W x W for
+R rows of W tokens, where a row is about two sequences long, so about twice the mask transformers builds for the
+same sequences padded (2R sequences of about W/2 tokens: R x W x W / 2).
 
 The mask is transformers' custom 4D mask (R, 1, W, W), which its mask builders return as they are: boolean for sdpa
 (True: attend), additive for eager attention (0, or the dtype's minimum). Padding attends to itself only, so no

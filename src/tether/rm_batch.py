@@ -75,7 +75,7 @@ class PairBatch:
     prefix_rows: list[torch.Tensor] = field(default_factory=list)
     """Per chunk, (U_c,) the prefix row each of its tails continues."""
     rows: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
-    """With prefixes laid out in rows (`prefix_rows`), per length chunk of rows: (input_ids (R_c, W_c), position_ids
+    """With prefixes laid out in rows (`collate_rows`), per length chunk of rows: (input_ids (R_c, W_c), position_ids
     (R_c, W_c), segments (R_c, W_c), read (U_c, 2)), `prefix_tree.tree_rows`'s, read the (row, column) each
     sequence's reward is read at; `chunks` and `prefixes` are then empty."""
 
@@ -142,7 +142,7 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
         return collate_rows(pairs, prefix_of, pad_id, device)
     tail = (lambda s: s[len(prefix_of[s]):]) if prefix_of else (lambda s: s)  # noqa: E731
     distinct = sorted({tuple(ids) for p in pairs for ids in (p.ids_a, p.ids_b)}, key=lambda s: (len(tail(s)), s))
-    rows = {ids: i for i, ids in enumerate(distinct)}
+    row_of = {ids: i for i, ids in enumerate(distinct)}
     prefixes = sorted(set(prefix_of.values()), key=lambda s: (len(s), s))
     prefix_row = {ids: i for i, ids in enumerate(prefixes)}
     chunks, prefix_rows, begin = [], [], 0
@@ -158,8 +158,8 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
         prefix_chunks.append((padded["input_ids"], padded["attention_mask"]))
         begin = end
     as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
-    return PairBatch(chunks, as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
-                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
+    return PairBatch(chunks, as_tensor([row_of[tuple(p.ids_a)] for p in pairs], torch.long),
+                     as_tensor([row_of[tuple(p.ids_b)] for p in pairs], torch.long),
                      as_tensor([p.target for p in pairs], torch.float32),
                      as_tensor([p.margin for p in pairs], torch.float32), prefix_chunks, prefix_rows)
 
@@ -182,10 +182,10 @@ def collate_rows(pairs: list[Pair], prefix_of: dict[tuple, tuple], pad_id: int, 
         chunks.append((laid.input_ids, laid.position_ids, laid.segments, torch.tensor(read, device=device)))
         order += sequences
         begin = end
-    rows = {ids: i for i, ids in enumerate(order)}
+    row_of = {ids: i for i, ids in enumerate(order)}
     as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
-    return PairBatch([], as_tensor([rows[tuple(p.ids_a)] for p in pairs], torch.long),
-                     as_tensor([rows[tuple(p.ids_b)] for p in pairs], torch.long),
+    return PairBatch([], as_tensor([row_of[tuple(p.ids_a)] for p in pairs], torch.long),
+                     as_tensor([row_of[tuple(p.ids_b)] for p in pairs], torch.long),
                      as_tensor([p.target for p in pairs], torch.float32),
                      as_tensor([p.margin for p in pairs], torch.float32), rows=chunks)
 
