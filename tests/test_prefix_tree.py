@@ -35,3 +35,22 @@ def test_eager_mask_is_additive():
     low = torch.finfo(torch.float32).min
     assert mask.dtype == torch.float32
     assert mask[0, 0].tolist() == [[0, low, low], [0, 0, low], [0, low, 0]]
+
+
+def test_rows_by_prefix_groups_sorts_and_chunks():
+    from tether.prefix_tree import rows_by_prefix
+
+    sequences = [[7, 8, 1], [9, 4, 5, 6], [7, 8, 2, 3], [5, 1]]
+    prefixes = [[7, 8], [9], [7, 8], [5]]
+    widths = []
+
+    def cut_after_first(w):  # records the widths it is asked to cut: ascending
+        widths.append(w)
+        return [1, len(w)]
+
+    chunks = rows_by_prefix(sequences, prefixes, 0, cut_after_first)
+    assert widths == [[2, 4, 5]]  # [5]+[1]; [9]+[4 5 6]; [7 8]+[1]+[2 3]
+    assert [idx for idx, _ in chunks] == [[3], [1, 0, 2]]
+    assert chunks[0][1].input_ids.tolist() == [[5, 1]]
+    assert chunks[1][1].input_ids.tolist() == [[9, 4, 5, 6, 0], [7, 8, 1, 2, 3]]
+    assert chunks[1][1].spans == [(0, 1, 3), (1, 2, 1), (1, 3, 2)]

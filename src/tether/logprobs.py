@@ -33,7 +33,7 @@ from tether import distributed
 from tether.math.dpo_losses import token_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
-from tether.prefix_tree import MASKS, tree_mask, tree_rows
+from tether.prefix_tree import MASKS, rows_by_prefix, tree_mask
 from tether.reward import continued_positions
 from tether.rm_batch import joined_caches, length_chunks
 
@@ -249,17 +249,10 @@ def tree_prompt_logps(model, sequences: list[list[int]], masks: list[list[int]],
     under `prefix_tree.tree_mask` (rows in length chunks), so one plain forward (which compiled layers run) per
     chunk. Equal to the plain pass: each tail attends to its prefix and itself, at positions cut + t."""
     device, lm = distributed.device_of(model), causal_lm(model)
-    members: dict[tuple, list[int]] = {}
-    for i, (s, k) in enumerate(zip(sequences, cut)):
-        members.setdefault(tuple(s[:k]), []).append(i)
-    groups = sorted(members.items(), key=lambda g: len(g[0]) + sum(len(sequences[i]) - cut[i] for i in g[1]))
-    width = [len(p) + sum(len(sequences[i]) - cut[i] for i in idx) for p, idx in groups]
-    logps, counts, begin = [None] * len(sequences), [None] * len(sequences), 0
-    for end in chunked_cost(width)[0]:
-        chunk = groups[begin:end]
-        rows = tree_rows([(p, [sequences[i][cut[i]:] for i in idx]) for p, idx in chunk], pad_id, device)
+    logps, counts = [None] * len(sequences), [None] * len(sequences)
+    prefixes = [s[:k] for s, k in zip(sequences, cut)]
+    for tails, rows in rows_by_prefix(sequences, prefixes, pad_id, lambda w: chunked_cost(w)[0], device):
         labels = torch.full_like(rows.input_ids, IGNORE_INDEX)  # (R, W): each tail's own next tokens
-        tails = [i for _, idx in chunk for i in idx]
         for i, (row, at, n) in zip(tails, rows.spans):
             tail = torch.tensor([sequences[i][cut[i]:]], device=device)  # (1, n)
             labels[row, at:at + n] = shift_labels(tail, torch.tensor([masks[i][cut[i]:]], device=device))[0]
@@ -268,7 +261,6 @@ def tree_prompt_logps(model, sequences: list[list[int]], masks: list[list[int]],
                                     position_ids=rows.position_ids)  # (R, W)
         for i, (row, at, n) in zip(tails, rows.spans):
             logps[i], counts[i] = token[row, at:at + n].sum(), (labels[row, at:at + n] != IGNORE_INDEX).sum()
-        begin = end
     return torch.stack(logps), torch.stack(counts)
 
 

@@ -20,7 +20,7 @@ softmax row is empty (an all-masked row is NaN under sdpa).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,25 @@ def tree_rows(groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], p
             spans.append((row, at, n))
             at += n
     return TreeRows(ids.to(device), positions.to(device), segments.to(device), spans)
+
+
+def rows_by_prefix(sequences: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]], pad_id: int,
+                    chunk_ends: Callable[[list[int]], list[int]], device=None) -> list[tuple[list[int], TreeRows]]:
+    """The sequences grouped by their prefix (prefixes[i] starts sequences[i]), one row per distinct prefix holding
+    the tails of its sequences, rows sorted by width and cut where `chunk_ends` (ascending widths -> chunk ends)
+    says; per chunk, the indices of its sequences in the order of its rows' spans, and the rows."""
+    members: dict[tuple, list[int]] = {}
+    for i, prefix in enumerate(prefixes):
+        members.setdefault(tuple(prefix), []).append(i)
+    width = {p: len(p) + sum(len(sequences[i]) - len(p) for i in idx) for p, idx in members.items()}
+    groups = sorted(members.items(), key=lambda g: (width[g[0]], g[0]))
+    chunks, begin = [], 0
+    for end in chunk_ends([width[p] for p, _ in groups]):
+        part = groups[begin:end]
+        rows = tree_rows([(p, [sequences[i][len(p):] for i in idx]) for p, idx in part], pad_id, device)
+        chunks.append(([i for _, idx in part for i in idx], rows))
+        begin = end
+    return chunks
 
 
 def tree_mask(segments: torch.Tensor, attention: str = "sdpa", dtype: torch.dtype = torch.float32) -> torch.Tensor:

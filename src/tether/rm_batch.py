@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tether.prefix_tree import tree_rows
+from tether.prefix_tree import rows_by_prefix
 from tether.reward import RewardModel, collate
 
 
@@ -167,21 +167,14 @@ def collate_pairs(pairs: list[Pair], pad_id: int, device=None, chunked: bool = T
 def collate_rows(pairs: list[Pair], prefix_of: dict[tuple, tuple], pad_id: int, device=None) -> PairBatch:
     """`collate_pairs` with each prefix and the tails of its distinct sequences in one row (`prefix_tree`), rows
     sorted by width and cut into length chunks; the sequences numbered in the order the rows hold them."""
-    members: dict[tuple, list[tuple]] = {}
-    for sequence, prefix in sorted(prefix_of.items()):
-        members.setdefault(prefix, []).append(sequence)
-    width = lambda group: len(group[0]) + sum(len(s) - len(group[0]) for s in group[1])  # noqa: E731
-    groups = sorted(members.items(), key=lambda g: (width(g), g[0]))
-    chunks, order, begin = [], [], 0
-    for end in length_chunks([width(g) for g in groups]):
-        part = groups[begin:end]
-        laid = tree_rows([(p, [s[len(p):] for s in group]) for p, group in part], pad_id, device)
-        sequences = [s for _, group in part for s in group]
+    distinct = sorted(prefix_of)
+    chunks, order = [], []
+    for idx, laid in rows_by_prefix(distinct, [prefix_of[s] for s in distinct], pad_id, length_chunks, device):
+        sequences = [distinct[i] for i in idx]
         read = [(row, at + max(i for i, t in enumerate(s) if t != pad_id) - (len(s) - n))
                 for s, (row, at, n) in zip(sequences, laid.spans)]  # the last non-pad token, as the classifier
         chunks.append((laid.input_ids, laid.position_ids, laid.segments, torch.tensor(read, device=device)))
         order += sequences
-        begin = end
     row_of = {ids: i for i, ids in enumerate(order)}
     as_tensor = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)  # noqa: E731
     return PairBatch([], as_tensor([row_of[tuple(p.ids_a)] for p in pairs], torch.long),
