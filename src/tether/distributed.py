@@ -254,7 +254,8 @@ def compile_layers(model: nn.Module) -> int:
 
     Only calls without a KV cache take the compiled path (`_compiled_forward`): a cache makes the graph read the
     layer's index (`cache.layers[layer_idx]`), which would compile one graph per layer and per pass kind and reach
-    dynamo's recompile limit within a few layers; the shared-prompt passes of rm and dpo run eagerly. An instance
+    dynamo's recompile limit within a few layers (rm's and dpo's shared prompts run without one where the attention
+    takes a custom mask, `tether.prefix_tree`; after a cache, eagerly, elsewhere). An instance
     `forward`, as `checkpoint_layers`: names, hooks and peft adapters stay as they are. Returns the number of
     layers compiled."""
     from transformers.modeling_layers import GradientCheckpointingLayer

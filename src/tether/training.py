@@ -86,8 +86,9 @@ class TrainConfig(DistributedConfig):
     logits."""
     torch_compile: bool = False
     """Compile every decoder layer with torch.compile (inductor; `tether.distributed.compile_layers`): the layers
-    share one graph, which fuses the work between the matmuls, in passes without a KV cache (the shared-prompt
-    passes of rm and dpo, evaluations and sampling run uncompiled). The first steps are slower while it compiles
+    share one graph, which fuses the work between the matmuls, in passes without a KV cache (rm's and dpo's shared
+    prompts too, laid in rows under sdpa or eager attention; evaluations and sampling run uncompiled). The first
+    steps are slower while it compiles
     (seconds to a minute). Not with strategy=fsdp2 or gradient_checkpointing."""
     resume: bool = False
     """Continue from the newest complete checkpoint in `out`."""
