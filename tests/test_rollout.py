@@ -111,19 +111,27 @@ def test_logprobs_of_keeps_gradients(new_model, prompts, ids):
 class Scripted(torch.nn.Module):
     """Wraps a causal LM; forces row b to emit `eos_id` at decoding step `eos_at[b]` (None: never).
 
-    Step t is the t-th forward call (the prefill is step 0). Off its EOS step, a row's EOS logit is -inf.
+    Step t is the t-th forward call (the prefill is step 0). Off its EOS step, a row's EOS logit is -inf. Finished
+    rows leave the forward pass, so each row of a call is told by its left padding (the prompts' lengths differ);
+    `batch_sizes` records the rows of each call.
     """
 
     def __init__(self, model, eos_id: int, eos_at: list[int | None]):
         super().__init__()
         self.model, self.config, self.eos_id, self.eos_at, self.calls = model, model.config, eos_id, eos_at, 0
+        self.pads, self.batch_sizes = [], []
 
     def forward(self, **kwargs):
         out = self.model(**kwargs)
-        logits = out.logits.clone()  # (B, T, V)
-        for b, step in enumerate(self.eos_at):
-            logits[b, -1, self.eos_id] = 1e4 if step == self.calls else float("-inf")
+        logits = out.logits.clone()  # (b, T, V)
+        mask = kwargs["attention_mask"]
+        if self.calls == 0:
+            self.P, self.pads = mask.size(1), (mask == 0).sum(1).tolist()
+        rows = [self.pads.index(int(pads)) for pads in (mask[:, :self.P] == 0).sum(1)]
+        for i, b in enumerate(rows):
+            logits[i, -1, self.eos_id] = 1e4 if self.eos_at[b] == self.calls else float("-inf")
         self.calls += 1
+        self.batch_sizes.append(len(rows))
         out.logits = logits
         return out
 
@@ -152,6 +160,40 @@ def test_stops_when_every_row_is_done(new_model, prompts, ids):
     assert r.response_ids.shape == (4, 4)  # the last EOS comes at step 3
     assert model.calls == 4  # prefill + 3 decoding steps: nothing is run after the last EOS
     assert r.has_eos.all() and r.lengths.tolist() == [1, 3, 4, 2]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_finished_rows_leave_the_pass_with_the_same_tokens(new_model, prompts, ids, temperature, monkeypatch):
+    # Row 0 ends with the prefill's token (1 of 4 rows: a quarter, it leaves), row 3 at step 2 (1 of 3), row 2 at
+    # step 6 (1 of 2). Every token and log-prob is what the full batch gives (pruning off: a fraction above 1).
+    import tether.rollout as rollout
+
+    def run(prune: float):
+        monkeypatch.setattr(rollout, "PRUNE_FRACTION", prune)
+        scripted = Scripted(new_model(), ids["eos_token_id"], eos_at=[0, None, 6, 2])
+        r = sample(scripted, prompts, max_new_tokens=12, temperature=temperature,
+                   generator=torch.Generator().manual_seed(3), **ids)
+        check_invariants(r, ids["pad_token_id"], ids["eos_token_id"])
+        return r, scripted.batch_sizes
+
+    (pruned, sizes), (full, full_sizes) = run(0.25), run(2.0)
+    assert full_sizes == [4] * 12 and sizes == [4, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    assert torch.equal(pruned.response_ids, full.response_ids) and torch.equal(pruned.has_eos, full.has_eos)
+    torch.testing.assert_close(pruned.logprobs, full.logprobs, atol=1e-5, rtol=0)
+    assert pruned.lengths.tolist() == [1, 12, 7, 3]
+
+
+def test_on_step_ends_flagged_rows_without_eos(new_model, prompts, ids):
+    # A server ends row 1 at step 2 (a stop string, say) and all rows at step 5: no EOS is recorded for them.
+    def on_step(t, tokens):
+        assert tokens.shape == (4,)
+        return True if t == 5 else [b == 1 and t >= 2 for b in range(4)]
+
+    scripted = Scripted(new_model(), ids["eos_token_id"], eos_at=[1, None, None, None])
+    r = sample(scripted, prompts, max_new_tokens=12, on_step=on_step, **ids)
+    check_invariants(r, ids["pad_token_id"], ids["eos_token_id"])
+    assert r.lengths.tolist() == [2, 3, 6, 6] and r.has_eos.tolist() == [True, False, False, False]
+    assert scripted.batch_sizes == [4, 4, 3, 2, 2, 2]  # row 0 left after its EOS at step 1, row 1 after step 2
 
 
 # ---------------------------------------------------------------------------------------------

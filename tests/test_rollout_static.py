@@ -45,7 +45,7 @@ def eager_compile(monkeypatch):
 
 def stops_for(model, prompts, tok, temperature) -> list[int]:
     """Two stop tokens that end rows 0 and 2 early (the tokens a first rollout drew there), so that rows finish at
-    different steps and finished rows keep decoding pads."""
+    different steps (pads after a row's stop token; the dynamic cache drops the row)."""
     probe = sample(model, prompts, max_new_tokens=NEW, temperature=temperature, eos_token_id=-1,
                    pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(1))
     return [int(probe.response_ids[0, 5]), int(probe.response_ids[2, 20])]
@@ -67,9 +67,14 @@ def assert_same(a: Rollout, b: Rollout) -> None:
 def test_static_fixed_shape_steps_give_the_dynamic_tokens(arch, temperature, tok, prompts):
     model = archkit.build_model(arch, tok).eval()
     stops = stops_for(model, prompts, tok, temperature)
+    rows = []  # the rows of each forward: the dynamic cache drops finished ones, the static keeps all four
+    hook = model.register_forward_pre_hook(lambda _, args, kw: rows.append(kw["input_ids"].size(0)), with_kwargs=True)
     dynamic = run(model, prompts, tok, temperature, stops)
+    dynamic_rows, rows[:] = rows[:], []
     static = run(model, prompts, tok, temperature, stops, cache="static")
+    hook.remove()
     assert_same(dynamic, static)
+    assert set(rows) == {4} and dynamic_rows[0] == 4 and dynamic_rows[-1] <= 2  # rows 0 and 2 (at least) left
     # Rows 0 and 2 ended early and the rollout outlived them (the pads-after-EOS path ran), past the sliding window:
     # the longest prompt + the steps run > 64.
     R = dynamic.response_ids.size(1)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from tether.generation import left_pad
 from tether.models import cache_kwarg
@@ -206,13 +207,14 @@ def sample(
     """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
 
     `eos_token_id` is the stop token or tokens (a chat format's end-of-turn token and eos: `ChatFormat.stop_ids`).
-    Rows that have produced one keep decoding pad tokens (mask 0, log-prob 0) until every row is done or
-    max_new_tokens is reached. Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
+    A row that has produced one gets pad tokens (mask 0, log-prob 0) until every row is done or max_new_tokens is
+    reached; with the dynamic cache, finished rows leave the forward pass (`PRUNE_FRACTION`). Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
     `cache` picks HF's DynamicCache (default) or StaticCache (fixed-shape steps); `compile=True` (static cache only)
     runs its steps through `torch.compile`, CUDA graphs on a GPU (the module docstring). Call `model.eval()` first
     (dropout). `noise` (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
     `on_step(t, tokens)`, when given, sees each step's (B,) tokens as they are drawn (a server streams them) and
-    stops decoding by returning True (its rows are all finished, e.g. on stop strings).
+    may end rows as a stop token does, without counting as EOS: True ends them all, a sequence of B flags the
+    flagged ones (a client's stop string, its max_tokens, its cancelled request).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: {max_new_tokens} must be >= 1")
@@ -256,9 +258,18 @@ def _reused_cache(model, batch: int, length: int) -> StaticCache:
     return kv
 
 
+PRUNE_FRACTION = 0.25
+"""A dynamic-cache batch drops its finished rows (their cache, mask and positions) once they are at least this
+fraction of the rows still in its forward: a finished row would otherwise cost a full row of every later step
+(half the decoding work of the demo's evaluations and audits, whose responses are mostly far shorter than the
+longest). A quarter bounds that waste at 25% with a handful of cache copies per batch (each prune keeps at most 3/4
+of the rows). Fixed-shape (static, compiled) decoding keeps every row."""
+
+
 def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
             cache, noise, on_step=None, compile=False) -> Rollout:
-    """`sample`'s loop, run under inference mode."""
+    """`sample`'s loop, run under inference mode. `rows` are the batch rows still in the forward pass (all of them
+    with a static cache); every output stays (B, R), written at those rows."""
     device = next(model.parameters()).device
     stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
@@ -270,37 +281,44 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
     response = torch.full((B, R), pad_token_id, dtype=torch.long, device=device)  # (B, R)
     logprobs = torch.zeros(B, R, dtype=torch.float32, device=device)  # (B, R)
     alive = torch.ones(B, R, dtype=torch.bool, device=device)  # (B, R): row still decoding at step t
-    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,): produced a stop token
+    ended = torch.zeros(B, dtype=torch.bool, device=device)  # (B,): done, or stopped by `on_step`
+    rows = torch.arange(B, device=device)  # (b,): the rows in the forward pass
 
     # 1. Prefill the prompt once. Positions count real tokens only, so left padding does not shift them
     #    (as `generate` does: cumsum of the mask - 1, pads at 0).
     position = (mask.cumsum(-1) - 1).clamp_min_(0)  # (B, P)
     out = model(input_ids=ids, attention_mask=attn[:, :P], position_ids=position, logits_to_keep=1, **kv)
-    position = position[:, -1:] + 1  # (B, 1)
+    position = position[:, -1:] + 1  # (b, 1)
     steps = R
     for t in range(R):
-        # 2. Pick the next token from the last logits.
-        scaled = scale_logits(out.logits[:, -1, :], temperature)  # (B, V)
-        if temperature <= 0:
-            token = scaled.argmax(-1)  # (B,)
-        else:
-            token = _draw(filter_logits(scaled, top_k, top_p), generator, None if noise is None else noise[:, t:t + 1])
-        # 3. Record it; finished rows get pad, mask 0 and log-prob 0.
-        alive[:, t] = ~done
-        token.masked_fill_(done, pad_token_id)
+        # 2. Pick the next token of each row in the pass from its last logits (ended rows: pad, log-prob 0).
+        scaled = scale_logits(out.logits[:, -1, :], temperature)  # (b, V)
+        picked = scaled.argmax(-1) if temperature <= 0 else \
+            _draw(filter_logits(scaled, top_k, top_p), None, _uniforms(B, generator, noise, t, device)[rows])  # (b,)
+        token = torch.full((B,), pad_token_id, dtype=torch.long, device=device).index_copy_(0, rows, picked)
+        alive[:, t] = ~ended
+        token.masked_fill_(ended, pad_token_id)
         response[:, t] = token
-        logprobs[:, t] = token_logprobs(scaled, token).masked_fill_(done, 0.0)
-        done |= torch.isin(token, stops)
-        finished = on_step is not None and on_step(t, token)
-        if t == R - 1 or bool(done.all()) or finished:
+        logprobs[rows, t] = token_logprobs(scaled, picked)
+        logprobs[:, t].masked_fill_(ended, 0.0)
+        # 3. A row ends at a stop token or where `on_step` says; decoding ends when no row in the pass is left.
+        done |= torch.isin(token, stops) & ~ended
+        ended |= done | _stopped_by(on_step, t, token)
+        left = int((~ended[rows]).sum())
+        if t == R - 1 or left == 0:
             steps = t + 1
             break
+        if not fixed and rows.numel() - left >= max(1, PRUNE_FRACTION * rows.numel()) and _prunable(kv):
+            keep = (~ended[rows]).nonzero().squeeze(1)  # (b',) positions in the pass
+            _cache(kv).batch_select_indices(keep)
+            rows, attn, position = rows[keep], attn[keep], position[keep]
         # 4. Feed it back: one new cache column per step, the prompt is never recomputed. A compiled step's outputs
         #    live in its CUDA graph's memory until the next replay: this step's logits were read above.
         attn[:, P + t] = 1
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
-        out = decode(input_ids=token[:, None], attention_mask=attn if fixed else attn[:, : P + t + 1],
+        out = decode(input_ids=token[rows, None], attention_mask=attn if fixed else attn[:, : P + t + 1],
                      position_ids=position, **kv)
         position += 1
     response_mask = alive[:, :steps].long()  # (B, R)
@@ -308,6 +326,36 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
     return Rollout(prompt_ids=ids, prompt_mask=mask, response_ids=response[:, :steps],
                    response_mask=response_mask, logprobs=logprobs[:, :steps], has_eos=done,
                    lengths=lengths)
+
+
+def _uniforms(B: int, generator: torch.Generator | None, noise: torch.Tensor | None, t: int, device) -> torch.Tensor:
+    """(B, 1) step-t uniforms of every row, in or out of the forward pass: from `noise`, or B draws from
+    `generator` (always B, so a row's draws do not depend on which rows have finished)."""
+    if noise is not None:
+        return noise[:, t:t + 1]
+    return torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device)
+
+
+def _stopped_by(on_step, t: int, token: torch.Tensor) -> torch.Tensor | bool:
+    """The rows `on_step(t, token)` stops: all of them on True, those flagged in a sequence of B flags."""
+    if on_step is None:
+        return False
+    stopped = on_step(t, token)
+    if isinstance(stopped, bool):
+        return stopped
+    return torch.as_tensor(stopped, dtype=torch.bool, device=token.device)
+
+
+def _cache(kv: dict):
+    return next(v for k, v in kv.items() if k != "use_cache")
+
+
+def _prunable(kv: dict) -> bool:
+    """Whether the rows of the pass's cache can be dropped: a DynamicCache of plain key/value layers (full or
+    sliding-window attention). Layers with other state (linear-attention or quantised caches) keep every row."""
+    cache = _cache(kv)
+    return isinstance(cache, DynamicCache) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer)
+                                                   for layer in cache.layers)
 
 
 def logprobs_of(

@@ -122,10 +122,10 @@ class Engine:
             device = next(self.model.parameters()).device
             s = batch[0].sampling
 
-            def on_step(t: int, tokens: torch.Tensor) -> bool:
+            def on_step(t: int, tokens: torch.Tensor) -> list[bool]:
                 for choice, token in zip(choices, tokens.tolist()):
                     choice.push(token)
-                return all(c.done for c in choices)
+                return [c.done for c in choices]  # finished rows leave the batch's forward pass
 
             sample(self.model, [c.prompt for c in choices], max_new_tokens=steps, temperature=s.temperature,
                    top_p=s.top_p, eos_token_id=self.stop_ids, pad_token_id=self.chat.pad_id,

@@ -81,8 +81,9 @@ def _ppo_defaults() -> ppo.PPOConfig:
     # clearly in all three seeds, then the proxy is gamed (harmful compliance, length) and gold falls; at 0.02 or
     # 0.05 the proxy is gamed before gold has risen beyond the evaluations' noise in two seeds of three, and at
     # 1e-4 the rise and fall fit in 10-15 steps, too few evaluations to see the peak.
+    # All 240 evaluation rows sample as one batch (finished rows leave it): 21 evaluations per run.
     return ppo.PPOConfig(max_steps=60, lr=5e-5, kl_coef=0.1, eval_every=3, save_every=20, eval_prompts=60,
-                         eval_temperature=1.0, eval_samples=4)
+                         eval_temperature=1.0, eval_samples=4, eval_batch_size=240)
 
 
 def _dpo_defaults() -> dpo.DPOConfig:

@@ -173,6 +173,11 @@ class OnlineConfig(DistributedConfig):
     """Responses per held-out prompt at each evaluation (with eval_temperature > 0). Each response row has the same
     sampling noise every time (`tether.rollout.row_noise`), so successive evaluations differ by the policy, not by
     the draw (common random numbers), and their difference has a paired standard error (eval_gold.jsonl)."""
+    eval_batch_size: int = 0
+    """Rows sampled together in an evaluation (0: as the rollouts, rollout_batch x group_size). Finished rows leave
+    the batch, so a batch of every row (eval_prompts x eval_samples) runs as many decoding steps as its longest
+    response, and far faster on a CPU or GPU with room for it; the reference log-probs still go by the rollouts'
+    rows."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
     keep_checkpoints: int = 2
@@ -256,8 +261,8 @@ class OnlineConfig(DistributedConfig):
         check(self.lr > 0, "lr", "must be > 0")
         check(self.max_steps >= 1, "max_steps", "must be >= 1")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "save_every", "keep_checkpoints",
-                     "warmup_steps"):
+        for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "eval_batch_size", "save_every",
+                     "keep_checkpoints", "warmup_steps"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.eval_temperature >= 0, "eval_temperature", "must be >= 0")
         check(not (self.eval_data and self.world), "eval_data", "the world's held-out prompts are evaluated when "

@@ -71,8 +71,9 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
     encoded = fmt.prompts_ids(prompts, cfg.max_prompt_length)
     measure_kl = ref is not None and cfg.eval_temperature > 0 and cfg.eval_temperature == cfg.temperature
     responses, lengths, eos, kl = [], [], [], []
-    for i in range(0, len(prompts), cfg.batch_size):
-        rows = range(i, min(i + cfg.batch_size, len(prompts)))
+    batch = cfg.eval_batch_size or cfg.batch_size
+    for i in range(0, len(prompts), batch):
+        rows = range(i, min(i + batch, len(prompts)))
         # Common random numbers: row j's uniforms are the same at every evaluation (step -1: none of the rollouts'),
         # whatever rows share its batch and however long the batch before it ran, so a token changes only where the
         # policy moved; one generator for all batches would shift every later batch's draws whenever an earlier
@@ -83,9 +84,7 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
                    temperature=cfg.eval_temperature, eos_token_id=fmt.stop_ids, pad_token_id=fmt.pad_id, noise=noise)
         responses += decode(fmt.tokenizer, r.response_ids)
         if measure_kl:  # the sampler's log-probs are the policy's at this temperature
-            ref_logprobs = logprobs_of(ref, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
-                                       cfg.temperature)  # (B, R)
-            kl += ((r.logprobs - ref_logprobs) * r.response_mask).sum(dim=1).tolist()
+            kl += sampled_kl(ref, r, cfg.temperature, cfg.batch_size)
         lengths += r.lengths.tolist()
         eos += r.has_eos.tolist()
     gold = gold_rewards(world, prompts, responses) if world is not None else [None] * len(prompts)
@@ -102,6 +101,18 @@ def evaluate(policy, fmt, source, world, prompts: list, cfg: OnlineConfig, heldo
         return out, per_prompt, responses
     held = heldout(prompts, responses)
     return out | {"eval/heldout": mean(held), "eval/heldout_se": standard_error(held)}, per_prompt, responses
+
+
+def sampled_kl(ref, r, temperature: float, batch: int) -> list[float]:
+    """Σ_t log π - log π_ref per row of the rollout `r` (its log-probs are π's at `temperature`), π_ref's log-probs
+    by forward passes of `batch` rows (each materialises its rows' logits)."""
+    kl = []
+    for i in range(0, r.response_ids.size(0), batch):
+        part = slice(i, i + batch)
+        ref_logprobs = logprobs_of(ref, r.prompt_ids[part], r.prompt_mask[part], r.response_ids[part],
+                                   r.response_mask[part], temperature)  # (b, R)
+        kl += ((r.logprobs[part] - ref_logprobs) * r.response_mask[part]).sum(dim=1).tolist()
+    return kl
 
 
 def category_gold(world, prompts: list, gold: list[float | None]) -> dict[str, float]:
