@@ -364,9 +364,18 @@ def test_sampled_evaluation_repeats_its_draw_and_leaves_the_training_rng_alone(t
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
-    assert online.evaluate(policy, tok, source, world, prompts, cfg, ref=other)[0]["eval/kl"] > 0.1
+    kl = online.evaluate(policy, tok, source, world, prompts, cfg, ref=other)[0]
+    assert kl["eval/kl"] > 0.1
+    # all 12 rows in one batch (eval_batch_size; finished rows leave it), the reference's log-probs still by the
+    # rollouts' rows: the same responses and KL
+    one_batch = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_batch_size=12),
+                                ref=other)[0]
+    assert one_batch.keys() == kl.keys() and one_batch["eval/gold"] == kl["eval/gold"]
+    assert one_batch["eval/kl"] == pytest.approx(kl["eval/kl"], abs=1e-5)
     greedy = online.evaluate(policy, tok, source, world, prompts, dataclasses.replace(cfg, eval_temperature=0.0,
                                                                                        eval_samples=1))
     assert greedy != first
     with pytest.raises(ConfigError, match="eval_samples"):
         dataclasses.replace(cfg, eval_samples=0).validate()
+    with pytest.raises(ConfigError, match="eval_batch_size"):
+        dataclasses.replace(cfg, eval_batch_size=-1).validate()

@@ -6,7 +6,10 @@
 - sampling by inverse CDF, one uniform draw per row, where `torch.multinomial` draws one exponential per
   vocabulary entry (a fifth of `generate`'s step on the "demo" model at batch 64, CPU);
 - no logits processors, stopping criteria or per-step Python over the batch; outputs and the attention mask
-  are preallocated and written one column per step.
+  are preallocated and written one column per step;
+- finished rows leave the batch (their rows of the DynamicCache, `PRUNE_FRACTION`), where `generate` keeps
+  decoding them until the longest row ends: the demo's evaluations, 240 rows of about 17 tokens with a longest of
+  48, sample twice as fast in one batch.
 
 What is left is the model's forward: on CPU with tether's tiny models, the fp32 matmuls, SDPA's attention
 kernel and HF's per-layer Python. `cache="static"` (HF's StaticCache: in-place writes, no per-step `cat`)
