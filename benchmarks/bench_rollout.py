@@ -1,7 +1,7 @@
 """Benchmark: rollout speed of `tether.rollout.sample` against Hugging Face `generate`, ratio printed.
 
     .venv/bin/python benchmarks/bench_rollout.py [--sizes 5m,30m] [--batch 64] [--new-tokens 48] [--rounds 7]
-                                                 [--compile] [--results-dir DIR] [--out FILE]
+                                                 [--stop-tokens N] [--compile] [--results-dir DIR] [--out FILE]
 
 1. Build the shared inputs once: a BPE tokenizer trained on the tiny world's pretraining corpus (saved to a
    temp folder) and `--batch` chat prompts from the world's train queries (`encode_prompt`, 9 to 17 tokens).
@@ -13,7 +13,9 @@
    load from other processes on a shared machine drifts by 1.5x over minutes: separate processes per side
    measured the drift, not the code.
 3. Tokens are generated non-pad tokens, EOS included: an untrained model rarely emits EOS, so both sides run
-   close to the full length. A side's tokens/s is the median over rounds; its ratio to `generate`, the median
+   close to the full length; `--stop-tokens N` also stops every side at the N tokens a probe rollout drew most
+   often, so that rows end at varied lengths as chat responses do (where `sample` drops finished rows from its
+   batch and `generate` keeps decoding them). A side's tokens/s is the median over rounds; its ratio to `generate`, the median
    of same-round ratios. MFU: nominal forward FLOPs of the real (prompt and generated) tokens per second over
    the fp32 matmul peak (2048x2048) measured in the speed worker, before and after its rollouts (the best).
 4. Peak RSS, one process per side (RSS does not drift with load): after setup and after two rollouts.
@@ -77,7 +79,7 @@ def prepare(folder: Path, batch: int) -> None:
 # 2-5. Workers
 
 
-def load(folder: Path, preset: str, new_tokens: int):
+def load(folder: Path, preset: str, new_tokens: int, stop_tokens: int = 0):
     """The model, the prompts (token ids), and `rollout(side, seed) -> generated non-pad tokens`."""
     import torch
 
@@ -89,7 +91,8 @@ def load(folder: Path, preset: str, new_tokens: int):
     prompts = json.loads((folder / "prompts.json").read_text())
     register_presets()  # bench-30m
     model = build_model(preset, tokenizer, seed=SEED).eval()
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    eos = stop_ids(model, prompts, tokenizer, new_tokens, stop_tokens)
     ids, mask = left_pad(prompts, pad)
 
     def rollout(side: str, seed: int) -> int:
@@ -105,6 +108,26 @@ def load(folder: Path, preset: str, new_tokens: int):
         return int(r.lengths.sum())
 
     return model, prompts, rollout
+
+
+def stop_ids(model, prompts: list[list[int]], tokenizer, new_tokens: int, extra: int) -> list[int]:
+    """EOS and, with `extra` > 0, the `extra` tokens an untrained model draws most often (a probe rollout, seed -1)
+    as stop tokens for every side: an untrained model rarely emits EOS, so without them every row runs the full
+    length, where a chat model's responses end at lengths of their own (the finished rows `sample` drops)."""
+    import collections
+
+    import torch
+
+    from tether.rollout import sample
+
+    eos = tokenizer.eos_token_id
+    if not extra:
+        return [eos]
+    probe = sample(model, prompts, max_new_tokens=new_tokens, temperature=1.0, eos_token_id=eos,
+                   pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(SEED - 1))
+    counts = collections.Counter(probe.response_ids[probe.response_mask.bool()].tolist())
+    counts.pop(eos, None)
+    return [eos] + [token for token, _ in counts.most_common(extra)]
 
 
 def gemm_floor(model, batch: int, repeats: int = 50) -> float:
@@ -163,7 +186,7 @@ def speed_worker(folder: Path, preset: str, args) -> dict:
 
     from tether.models import count_parameters
 
-    model, prompts, rollout = load(folder, preset, args.new_tokens)
+    model, prompts, rollout = load(folder, preset, args.new_tokens, args.stop_tokens)
     batch = len(prompts)
     peak = matmul_peak()
     sides, warmup = all_sides(args), {}
@@ -194,7 +217,7 @@ def all_sides(args) -> tuple[str, ...]:
 
 
 def rss_worker(folder: Path, preset: str, side: str, args) -> dict:
-    _, _, rollout = load(folder, preset, args.new_tokens)
+    _, _, rollout = load(folder, preset, args.new_tokens, args.stop_tokens)
     setup = rss_mb()
     rollout(side, SEED)
     rollout(side, SEED + 1)
@@ -207,7 +230,8 @@ def run_worker(folder: Path, size: str, args, side: str | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TETHER_QUIET": "1",
            "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, __file__, "--worker", str(folder), SIZES[size], side or "speed", str(out),
-           "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *(["--profile"] * args.profile),
+           "--new-tokens", str(args.new_tokens), "--stop-tokens", str(args.stop_tokens), "--rounds", str(args.rounds),
+           *(["--profile"] * args.profile),
            *(["--compile"] * args.compile)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -237,7 +261,8 @@ def report(size: str, speed: dict, rss: dict, args) -> dict:
             for side, s in sides.items()}
     floor = speed["gemm_floor_tokens_per_s"]
     print(f"\n{size} preset ({speed['parameters'] / 1e6:.2f}M parameters), batch {args.batch}, {args.new_tokens} "
-          f"new tokens, {speed['threads']} thread(s), {args.rounds} rounds")
+          f"new tokens, {speed['threads']} thread(s), {args.rounds} rounds"
+          + (f", EOS and {args.stop_tokens} more stop tokens" if args.stop_tokens else ""))
     print(f"{'side':<16}{'tokens/s':>10}{'vs generate':>13}{'tokens/rollout':>16}{'RSS setup MB':>14}"
           f"{'peak RSS MB':>13}{'MFU':>8}{'warm-up s':>11}")
     for side, r in rows.items():
@@ -255,6 +280,7 @@ def report(size: str, speed: dict, rss: dict, args) -> dict:
                      "noisy")
         print(notes[-1])
     return {"size": size, "parameters": speed["parameters"], "batch": args.batch, "new_tokens": args.new_tokens,
+            "stop_tokens": args.stop_tokens,
             "rounds": args.rounds, "peak_flops": speed["peak_flops"], "versions": speed["versions"], "sides": rows,
             "gemm_floor_tokens_per_s": floor, "differences": notes, "raw": speed}
 
@@ -275,6 +301,9 @@ def main() -> None:
     p.add_argument("--sizes", default="5m,30m", help=f"comma-separated, from {', '.join(SIZES)}")
     p.add_argument("--batch", type=int, default=64, help="prompts per rollout")
     p.add_argument("--new-tokens", type=int, default=48, help="max_new_tokens on every side")
+    p.add_argument("--stop-tokens", type=int, default=0,
+                   help="also stop at the N tokens an untrained model draws most often, so rows end at varied "
+                        "lengths as chat responses do (0: EOS only, every row runs about the full length)")
     p.add_argument("--rounds", type=int, default=7, help="timed rollouts per side, interleaved")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the workers")
     p.add_argument("--profile", action="store_true", help="also print where one rollout's time goes")
