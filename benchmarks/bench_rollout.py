@@ -127,6 +127,7 @@ def stop_ids(model, prompts: list[list[int]], tokenizer, new_tokens: int, extra:
                    pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(SEED - 1))
     counts = collections.Counter(probe.response_ids[probe.response_mask.bool()].tolist())
     counts.pop(eos, None)
+    counts.pop(tokenizer.pad_token_id, None)  # both sides count a row's tokens as its non-pad ones
     return [eos] + [token for token, _ in counts.most_common(extra)]
 
 

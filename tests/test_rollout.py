@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tether.generation import left_pad
-from tether.rollout import Rollout, _draw, filter_logits, logprobs_of, sample
+from tether.rollout import Rollout, _draw, filter_logits, logprobs_of, row_noise, sample
 from tether.chat import chat_format
 
 USER_MESSAGES = ["Hi", "What is the capital of the first country?", "Name a currency.",
@@ -162,17 +162,19 @@ def test_stops_when_every_row_is_done(new_model, prompts, ids):
     assert r.has_eos.all() and r.lengths.tolist() == [1, 3, 4, 2]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_finished_rows_leave_the_pass_with_the_same_tokens(new_model, prompts, ids, temperature, monkeypatch):
+@pytest.mark.parametrize("temperature, draws", [(0.0, "generator"), (1.0, "generator"), (1.0, "noise")])
+def test_finished_rows_leave_the_pass_with_the_same_tokens(new_model, prompts, ids, temperature, draws, monkeypatch):
     # Row 0 ends with the prefill's token (1 of 4 rows: a quarter, it leaves), row 3 at step 2 (1 of 3), row 2 at
-    # step 6 (1 of 2). Every token and log-prob is what the full batch gives (pruning off: a fraction above 1).
+    # step 6 (1 of 2). Every token and log-prob is what the full batch gives (pruning off: a fraction above 1), with
+    # the draws from a generator or from each row's own noise.
     import tether.rollout as rollout
 
     def run(prune: float):
         monkeypatch.setattr(rollout, "PRUNE_FRACTION", prune)
         scripted = Scripted(new_model(), ids["eos_token_id"], eos_at=[0, None, 6, 2])
-        r = sample(scripted, prompts, max_new_tokens=12, temperature=temperature,
-                   generator=torch.Generator().manual_seed(3), **ids)
+        draw = {"generator": torch.Generator().manual_seed(3)} if draws == "generator" else \
+            {"noise": row_noise([11, 12, 13, 14], 12)}
+        r = sample(scripted, prompts, max_new_tokens=12, temperature=temperature, **draw, **ids)
         check_invariants(r, ids["pad_token_id"], ids["eos_token_id"])
         return r, scripted.batch_sizes
 
@@ -194,6 +196,17 @@ def test_on_step_ends_flagged_rows_without_eos(new_model, prompts, ids):
     check_invariants(r, ids["pad_token_id"], ids["eos_token_id"])
     assert r.lengths.tolist() == [2, 3, 6, 6] and r.has_eos.tolist() == [True, False, False, False]
     assert scripted.batch_sizes == [4, 4, 3, 2, 2, 2]  # row 0 left after its EOS at step 1, row 1 after step 2
+    # pad = eos (GPT-2's tokenizer, say): the pads after row 1's end are not an EOS of its own
+    same = {"eos_token_id": ids["eos_token_id"], "pad_token_id": ids["eos_token_id"]}
+    r = sample(Scripted(new_model(), same["eos_token_id"], eos_at=[1, None, None, None]), prompts, max_new_tokens=12,
+               on_step=on_step, **same)
+    assert r.lengths.tolist() == [2, 3, 6, 6] and r.has_eos.tolist() == [True, False, False, False]
+    # None: a callback that only streams ends nothing; flags for the wrong number of rows are refused
+    greedy = {"max_new_tokens": 6, "temperature": 0.0, **ids}
+    quiet = sample(new_model(), prompts, on_step=lambda t, tokens: None, **greedy)
+    assert torch.equal(quiet.response_ids, sample(new_model(), prompts, **greedy).response_ids)
+    with pytest.raises(ValueError, match="on_step: returned"):
+        sample(new_model(), prompts, max_new_tokens=6, on_step=lambda t, tokens: [False], **ids)
 
 
 # ---------------------------------------------------------------------------------------------

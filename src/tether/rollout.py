@@ -57,7 +57,8 @@ from tether.models import cache_kwarg
 class Rollout:
     """A batch of B sampled responses; R is the number of decoding steps run (<= max_new_tokens).
 
-    Decoding stops as soon as every row has produced EOS, so R can be shorter than max_new_tokens.
+    Decoding stops as soon as every row has ended (produced EOS, or was ended by `sample`'s `on_step`), so R can be
+    shorter than max_new_tokens.
     """
 
     prompt_ids: torch.Tensor
@@ -65,9 +66,9 @@ class Rollout:
     prompt_mask: torch.Tensor
     """(B, P) long: 1 on prompt tokens, 0 on left padding."""
     response_ids: torch.Tensor
-    """(B, R) long: sampled tokens, then pad_token_id after the row's EOS."""
+    """(B, R) long: sampled tokens, then pad_token_id after the row's end (its EOS, or `on_step`'s)."""
     response_mask: torch.Tensor
-    """(B, R) long: 1 on sampled tokens up to and including the EOS, 0 after it."""
+    """(B, R) long: 1 on sampled tokens up to and including the row's last (its EOS, or `on_step`'s), 0 after."""
     logprobs: torch.Tensor
     """(B, R) float32: log-prob of each sampled token under softmax(logits / temperature); 0 where masked."""
     has_eos: torch.Tensor
@@ -205,13 +206,15 @@ def sample(
     cache: str = "dynamic",
     compile: bool = False,
     noise: torch.Tensor | None = None,
-    on_step: Callable[[int, torch.Tensor], bool] | None = None,
+    on_step: Callable[[int, torch.Tensor], bool | Sequence[bool] | None] | None = None,
 ) -> Rollout:
     """Sample one response per prompt with the model's KV cache; greedy when temperature == 0.
 
     `eos_token_id` is the stop token or tokens (a chat format's end-of-turn token and eos: `ChatFormat.stop_ids`).
     A row that has produced one gets pad tokens (mask 0, log-prob 0) until every row is done or max_new_tokens is
-    reached; with the dynamic cache, finished rows leave the forward pass (`PRUNE_FRACTION`). Under greedy decoding the tokens equal `model.generate(do_sample=False)`.
+    reached; with the dynamic cache, finished rows leave the forward pass (`PRUNE_FRACTION`). Under greedy decoding
+    the tokens equal `model.generate(do_sample=False)` (up to the float rounding of different batch shapes: a
+    near-tie between two tokens could break the other way).
     `cache` picks HF's DynamicCache (default) or StaticCache (fixed-shape steps); `compile=True` (static cache only)
     runs its steps through `torch.compile`, CUDA graphs on a GPU (the module docstring). Call `model.eval()` first
     (dropout). `noise` (B, max_new_tokens) uniforms (`row_noise`), when given, replace the draws from `generator`.
@@ -278,6 +281,7 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
     B, P = ids.shape
     R = max_new_tokens
+    noise = None if noise is None else noise.to(device)  # indexed by `rows`, which live on the model's device
     kv, attn = _decoding_state(model, mask, R, cache, compile)  # attn: (B, L), L >= P + R
     decode = decode_call(model, compile)
     fixed = cache == "static"  # every step passes the whole mask: one shape, capturable in a CUDA graph
@@ -340,13 +344,15 @@ def _uniforms(B: int, generator: torch.Generator | None, noise: torch.Tensor | N
 
 
 def _stopped_by(on_step, t: int, token: torch.Tensor) -> torch.Tensor | bool:
-    """The rows `on_step(t, token)` stops: all of them on True, those flagged in a sequence of B flags."""
-    if on_step is None:
-        return False
-    stopped = on_step(t, token)
-    if isinstance(stopped, bool):
-        return stopped
-    return torch.as_tensor(stopped, dtype=torch.bool, device=token.device)
+    """The rows `on_step(t, token)` stops: all of them on True, none on False or None, those flagged in a sequence
+    of B flags."""
+    stopped = None if on_step is None else on_step(t, token)
+    if stopped is None or isinstance(stopped, bool):
+        return bool(stopped)
+    flags = torch.as_tensor(stopped, dtype=torch.bool, device=token.device)
+    if flags.shape != token.shape:
+        raise ValueError(f"on_step: returned {tuple(flags.shape)} flags for a batch of {token.size(0)} rows")
+    return flags
 
 
 def _cache(kv: dict):

@@ -174,10 +174,10 @@ class OnlineConfig(DistributedConfig):
     sampling noise every time (`tether.rollout.row_noise`), so successive evaluations differ by the policy, not by
     the draw (common random numbers), and their difference has a paired standard error (eval_gold.jsonl)."""
     eval_batch_size: int = 0
-    """Rows sampled together in an evaluation (0: as the rollouts, rollout_batch x group_size). Finished rows leave
-    the batch, so a batch of every row (eval_prompts x eval_samples) runs as many decoding steps as its longest
-    response, and far faster on a CPU or GPU with room for it; the reference log-probs still go by the rollouts'
-    rows."""
+    """Rows sampled together in an evaluation (0: rollout_batch x group_size). Finished rows leave the batch, so a
+    batch of every row (eval_prompts x eval_samples) runs as many decoding steps as its longest response, and far
+    faster on a CPU or GPU with room for it; the reference log-probs of eval/kl still go by rollout_batch x
+    group_size rows."""
     save_every: int = 50
     """Steps between checkpoints (0: only the final model)."""
     keep_checkpoints: int = 2
