@@ -281,7 +281,6 @@ def _sample(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_to
     ids, mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # (B, P), (B, P)
     B, P = ids.shape
     R = max_new_tokens
-    noise = None if noise is None else noise.to(device)  # indexed by `rows`, which live on the model's device
     kv, attn = _decoding_state(model, mask, R, cache, compile)  # attn: (B, L), L >= P + R
     decode = decode_call(model, compile)
     fixed = cache == "static"  # every step passes the whole mask: one shape, capturable in a CUDA graph
@@ -339,7 +338,7 @@ def _uniforms(B: int, generator: torch.Generator | None, noise: torch.Tensor | N
     """(B, 1) step-t uniforms of every row, in or out of the forward pass: from `noise`, or B draws from
     `generator` (always B, so a row's draws do not depend on which rows have finished)."""
     if noise is not None:
-        return noise[:, t:t + 1]
+        return noise[:, t:t + 1].to(device)  # indexed by the rows in the pass, which live on the model's device
     return torch.rand(B, 1, generator=generator, dtype=torch.float64, device=device)
 
 
