@@ -15,9 +15,10 @@
 3. Tokens are generated non-pad tokens, EOS included: an untrained model rarely emits EOS, so both sides run
    close to the full length; `--stop-tokens N` also stops every side at the N tokens a probe rollout drew most
    often, so that rows end at varied lengths as chat responses do (where `sample` drops finished rows from its
-   batch and `generate` keeps decoding them). A side's tokens/s is the median over rounds; its ratio to `generate`, the median
-   of same-round ratios. MFU: nominal forward FLOPs of the real (prompt and generated) tokens per second over
-   the fp32 matmul peak (2048x2048) measured in the speed worker, before and after its rollouts (the best).
+   batch and `generate` keeps decoding them; the probe runs in every worker before its warm-up and RSS figures).
+   A side's tokens/s is the median over rounds; its ratio to `generate`, the median of same-round ratios. MFU:
+   nominal forward FLOPs of the real (prompt and generated) tokens per second over the fp32 matmul peak
+   (2048x2048) measured in the speed worker, before and after its rollouts (the best).
 4. Peak RSS, one process per side (RSS does not drift with load): after setup and after two rollouts.
 5. The "GEMM floor": the model's linear layers alone (lm_head included) at batch B and one token per step,
    the best a decoder running these fp32 matmuls one token at a time could do. `--profile` adds where one
