@@ -82,6 +82,26 @@ def test_static_fixed_shape_steps_give_the_dynamic_tokens(arch, temperature, tok
     assert dynamic.lengths.max() > 21 and max(LENGTHS) + R > 64
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2"])
+def test_dropped_rows_with_a_base_tokenizer_whose_pad_is_eos(arch, prompts):
+    # No pad token: the chat format pads with eos, so the pads after a row's end are stop tokens too.
+    from tether.chat import chat_format
+
+    base = archkit.build_tokenizer("base")
+    assert base.pad_token_id is None
+    pad = chat_format(base).pad_id
+    assert pad == base.eos_token_id
+    model = archkit.build_model(arch, base).eval()
+    probe = sample(model, prompts, max_new_tokens=NEW, temperature=1.0, eos_token_id=-1, pad_token_id=pad,
+                   generator=torch.Generator().manual_seed(1))
+    stops = [pad, int(probe.response_ids[0, 5]), int(probe.response_ids[2, 20])]
+    dynamic, static = (sample(model, prompts, max_new_tokens=NEW, temperature=1.0, eos_token_id=stops,
+                              pad_token_id=pad, generator=torch.Generator().manual_seed(1), cache=cache)
+                       for cache in ("dynamic", "static"))
+    assert_same(dynamic, static)
+    assert dynamic.lengths[0] <= 6 and dynamic.lengths[2] <= 21 and dynamic.lengths.max() > 21
+
+
 def test_static_with_row_noise_as_online_rl_samples(tok, prompts):
     model = archkit.build_model("qwen2", tok).eval()
     noise = row_noise([11, 12, 13, 14], NEW)
