@@ -6,7 +6,8 @@ logits. Two shortcuts give the same log-probs (and gradients) with less work:
 1. response-only LM head (`FastPaths.response_only`): the model's own forward runs with `logits_to_keep=1`, its
    body's last hidden states (B, T, H) are caught by a forward hook, and the LM head and log-softmax run only at the
    N counted positions, `HEAD_CHUNK` rows at a time, so (B, T, V) is never built (TRL's chunked LM head does the
-   same, as SFT's `logits_to_keep` does for the prompt block);
+   same, as SFT's `logits_to_keep` does for the prompt block), and the last decoder layer's feed-forward block
+   runs at those positions only too (`tether.last_layer`: nothing else reads its output elsewhere);
 2. shared prompts (`FastPaths.share_prompts`): sequences that start with the same prompt (a pair's chosen and
    rejected, KTO rows of one prompt) run that prompt once (Wang et al. 2024, "Accelerating Direct Preference
    Optimization with Prefix Sharing"). Where the attention takes a custom mask (sdpa, eager), a prompt and its tails
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tether import distributed
+from tether.last_layer import read_rows_only
 from tether.math.dpo_losses import token_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
@@ -148,9 +150,9 @@ def forward_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
         return token_logps(logits, labels)
     body, head, softcap = parts
     keep = {"logits_to_keep": 1} if accepts(causal_lm(model), "logits_to_keep") else {}
-    with caught_hidden(body) as box:
-        model(input_ids=input_ids, attention_mask=attention_mask, **extra, **keep)
     rows, cols = (labels != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,) each
+    with caught_hidden(body) as box, read_rows_only(causal_lm(model), body, rows * labels.size(1) + cols):
+        model(input_ids=input_ids, attention_mask=attention_mask, **extra, **keep)
     token = chunked_token_logps(box["hidden"][rows, cols], labels[rows, cols], head, softcap)  # (N,)
     return token.new_zeros(labels.shape).index_put((rows, cols), token)  # (B, T)
 

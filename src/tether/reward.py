@@ -73,6 +73,7 @@ from tether.models import (
     output_cache,
     save_pretrained,
 )
+from tether.last_layer import read_rows_only
 from tether.prefix_tree import MASKS, tree_mask
 from tether.progress import quiet_transformers
 
@@ -363,10 +364,12 @@ class RewardModel(nn.Module):
     def _rows_rewards(self, input_ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
                       read: torch.Tensor) -> torch.Tensor:
         """(U,) rewards of the sequences laid in rows: the body under `prefix_tree.tree_mask`, the score head at
-        each read position (what Hugging Face's classifier does at a whole sequence's last non-pad token)."""
+        each read position (what Hugging Face's classifier does at a whole sequence's last non-pad token); the last
+        layer's feed-forward block at the read positions only (`tether.last_layer`)."""
         mask = tree_mask(segments, self.classifier.config._attn_implementation, self.classifier.dtype)
-        hidden = self.body(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                           use_cache=False).last_hidden_state  # (R, W, H)
+        with read_rows_only(self.classifier, self.body, read[:, 0] * input_ids.size(1) + read[:, 1]):
+            hidden = self.body(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                               use_cache=False).last_hidden_state  # (R, W, H)
         picked = hidden[read[:, 0], read[:, 1]]  # (U, H)
         return self.head(picked).squeeze(-1).float().clone()  # (U,)
 

@@ -81,9 +81,9 @@ class TrainConfig(DistributedConfig):
     """Batches sorted together by length, so each batch holds sequences of similar length (less padding)."""
     response_only_head: bool = True
     """Run the LM head and log-softmax only at the positions whose next token is trained (the responses in SFT and
-    DPO), in chunks, never over the whole (B, T, V) logits (tether.logprobs; tested equal to the full head, and
-    used only on architectures checked to compute logits as lm_head(hidden), in one process). false: the model's own
-    logits."""
+    DPO), in chunks, never over the whole (B, T, V) logits, and the last decoder layer's feed-forward block only
+    there too (tether.logprobs, tether.last_layer; tested equal to the full pass, and used only on architectures
+    checked to compute logits as lm_head(hidden), in one process). false: the model's own logits."""
     torch_compile: bool = False
     """Compile every decoder layer with torch.compile (inductor; `tether.distributed.compile_layers`): the layers
     share one graph, which fuses the work between the matmuls, in passes without a KV cache (rm's and dpo's shared

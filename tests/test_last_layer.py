@@ -1,0 +1,103 @@
+"""tether.last_layer: the last decoder layer's feed-forward block runs at the read positions only, and what is read
+(log-probs, rewards) and every gradient equal the full pass's, on tiny random-init models of the real architectures
+(tests/archkit.py); where it cannot be exact it does nothing."""
+import pytest
+import torch
+
+import archkit
+from tether import last_layer, logprobs
+from tether.last_layer import last_decoder_layer, read_rows_only
+from tether.logprobs import PLAIN, FastPaths, response_logps
+from tether.reward import RewardModel
+from tether.rm_batch import Pair, collate_pairs, pair_rewards
+from test_logprobs import batch, logps_and_grads
+
+PRUNED = [a for a in sorted(archkit.ARCHITECTURES) if a != "opt"]  # OPT's layer has no `mlp` child
+
+
+def mlp_rows(model, body=None) -> list[int]:
+    """Records the rows each call of the last layer's first feed-forward matmul sees."""
+    mlp = last_decoder_layer(body if body is not None else logprobs.head_parts(model)[0]).mlp
+    first = next(m for m in mlp.modules() if hasattr(m, "weight") and m.weight.dim() == 2)
+    seen: list[int] = []
+    first.register_forward_hook(lambda module, args, out: seen.append(args[0].reshape(-1, args[0].size(-1)).size(0)))
+    return seen
+
+
+@pytest.mark.parametrize("arch", PRUNED)
+@pytest.mark.parametrize("fast", [FastPaths(True, False), FastPaths(True, True)], ids=["head", "shared-prompts"])
+def test_the_last_mlp_sees_only_the_counted_rows_and_the_result_is_the_full_pass(arch, fast, real_root):
+    model = archkit.build_model(arch, archkit.tokenizer("base", real_root)).eval()
+    seqs, masks = batch(model.config.vocab_size)
+    plain, plain_grads = logps_and_grads(model, seqs, masks, PLAIN)
+    seen = mlp_rows(model)
+    got, grads = logps_and_grads(model, seqs, masks, fast)
+    counted = sum(sum(m) for m in masks)
+    assert seen and sum(seen) == counted  # the block ran on the counted positions alone
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_other_rows_give_other_log_probs(real_root, monkeypatch):
+    """The test above can fail: the block run at the positions one to the left of the counted ones (the hidden
+    state that predicts the previous token) changes the log-probs."""
+    model = archkit.build_model("llama", archkit.tokenizer("base", real_root)).eval()
+    seqs, masks = batch(model.config.vocab_size)
+    plain, _ = logps_and_grads(model, seqs, masks, PLAIN)
+    real = last_layer._rows_forward
+
+    def shifted(mlp, hidden):
+        mlp._tether_read_rows = mlp._tether_read_rows - 1
+        return real(mlp, hidden)
+
+    monkeypatch.setattr(last_layer, "_rows_forward", shifted)
+    got, _ = logps_and_grads(model, seqs, masks, FastPaths(True, False))
+    assert (got - plain).abs().max() > 1e-3
+
+
+def test_opt_and_checkpointing_run_the_whole_layer(real_root):
+    """No `mlp` child (OPT), or activation checkpointing (the backward reruns the layer after the block), and the
+    block changes nothing: the whole layer runs, and the backward works."""
+    opt = archkit.build_model("opt", archkit.tokenizer("base", real_root))
+    with read_rows_only(opt, opt.model.decoder, torch.tensor([0, 1])) as pruned:
+        assert not pruned
+    model = archkit.build_model("llama", archkit.tokenizer("base", real_root)).eval()
+    if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # transformers checkpoints in training mode only
+    with read_rows_only(model, model.model, torch.tensor([0, 1])) as pruned:
+        assert not pruned
+    seqs, masks = batch(model.config.vocab_size)
+    seen = mlp_rows(model)
+    logps_and_grads(model, seqs, masks, FastPaths(True, False))
+    assert sum(seen) >= sum(len(s) for s in seqs)  # every position, forward and its rerun
+    assert "forward" not in vars(model.model.layers[-1].mlp)  # the block left the module as it was
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_reward_rows_score_as_the_whole_sequences(arch, real_root):
+    """The reward model's rows (each prompt and its responses, `rm_batch.collate_pairs(rows=True)`): every reward
+    and gradient equal to the whole sequences' through the classifier, with the last block run on one position
+    per distinct sequence."""
+    tok = archkit.tokenizer("base", real_root)
+    reward = RewardModel(archkit.build_model(arch, tok), tok, kind="causal").eval()
+    seqs, masks = batch(len(tok))  # three prompts of 24-30 tokens, two responses each
+    pairs = [Pair(str(i), seqs[i], seqs[i + 1], 1.0, 0.0, sum(masks[i]), sum(masks[i + 1])) for i in (0, 2, 4)]
+    seen = mlp_rows(reward.classifier, reward.body)
+    out = {}
+    for rows in (False, True):
+        reward.zero_grad()
+        seen.clear()
+        r_a, r_b, _ = pair_rewards(reward, collate_pairs(pairs, reward.pad_id, share_prefixes=rows, rows=rows))
+        (r_a - 2 * r_b).sum().backward()
+        out[rows] = (torch.cat([r_a, r_b]).detach(), {n: p.grad.clone() for n, p in reward.named_parameters()})
+        if rows:  # one position per distinct sequence (padded whole sequences otherwise, every position)
+            assert sum(seen) == len(seqs)
+        else:
+            assert sum(seen) >= sum(len(s) for s in seqs)
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=0)
+    for name, g in out[True][1].items():
+        torch.testing.assert_close(g, out[False][1][name], atol=1e-5, rtol=1e-5, msg=name)
