@@ -1,15 +1,20 @@
 """tether.last_layer: the last decoder layer's feed-forward block runs at the read positions only, and what is read
 (log-probs, rewards) and every gradient equal the full pass's, on tiny random-init models of the real architectures
 (tests/archkit.py); where it cannot be exact it does nothing."""
+import contextlib
+
 import pytest
 import torch
 
 import archkit
 from tether import last_layer, logprobs
 from tether.last_layer import last_decoder_layer, read_rows_only
-from tether.logprobs import PLAIN, FastPaths, response_logps
+from tether.logprobs import PLAIN, FastPaths
 from tether.reward import RewardModel
 from tether.rm_batch import Pair, collate_pairs, pair_rewards
+from tether.rollout import logprobs_of
+from tether.stages.online.algorithms import Experience, policy_forward
+from tether.value import ValueHead
 from test_logprobs import batch, logps_and_grads
 
 PRUNED = [a for a in sorted(archkit.ARCHITECTURES) if a != "opt"]  # OPT's layer has no `mlp` child
@@ -101,3 +106,44 @@ def test_reward_rows_score_as_the_whole_sequences(arch, real_root):
     torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=0)
     for name, g in out[True][1].items():
         torch.testing.assert_close(g, out[False][1][name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def rollout_rows(vocab: int) -> Experience:
+    """Three left-padded prompts (P = 9) and responses (R = 6) ending at different steps."""
+    gen = torch.Generator().manual_seed(3)
+    prompt_ids = torch.randint(3, vocab, (3, 9), generator=gen)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[0, :4], prompt_mask[2, :2] = 0, 0
+    response_ids = torch.randint(3, vocab, (3, 6), generator=gen)
+    response_mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0]])
+    return Experience(prompt_ids.masked_fill(prompt_mask == 0, 0), prompt_mask, response_ids * response_mask,
+                      response_mask, torch.tensor([False, True, True]), torch.zeros(3))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_online_passes_read_the_last_columns_only(arch, real_root, monkeypatch):
+    """PPO's policy pass (log-probs and the value head on its hidden states) and the old/reference log-probs
+    (`rollout.logprobs_of`): the last block on the response columns (and the one before) only, and the log-probs,
+    values and gradients of the whole layer."""
+    model = archkit.build_model(arch, archkit.tokenizer("base", real_root)).eval()
+    critic = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(critic.linear.weight)  # zero-initialised, it would read nothing
+    rows = rollout_rows(model.config.vocab_size)
+    seen = mlp_rows(model)
+    out = {}
+    for pruned in (True, False):
+        if not pruned:
+            monkeypatch.setattr(logprobs, "read_rows_only", lambda *a: contextlib.nullcontext(False))
+        model.zero_grad()
+        seen.clear()
+        got = policy_forward(model, critic, rows, temperature=0.7)
+        (got.logprobs.sum() + got.values.sum()).backward()
+        with torch.no_grad():
+            old = logprobs_of(model, rows.prompt_ids, rows.prompt_mask, rows.response_ids, rows.response_mask, 0.7)
+        assert sum(seen) == (2 * 3 * (6 + 1) if pruned else 2 * 3 * (9 + 6))
+        out[pruned] = (got.logprobs.detach(), got.values.detach(), old,
+                       {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for got, want in zip(out[True][:3], out[False][:3]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    for name, g in out[True][3].items():
+        torch.testing.assert_close(g, out[False][3][name], atol=1e-5, rtol=1e-5, msg=name)

@@ -61,3 +61,10 @@ def read_rows_only(model: nn.Module, body: nn.Module, rows: torch.Tensor):
         yield True
     finally:
         del mlp.forward, mlp._tether_read_rows
+
+
+def last_columns(batch: int, width: int, keep: int, device=None) -> torch.Tensor:
+    """Flat indices b * width + t of the last `keep` columns of every row of a (batch, width) input: (batch * keep,)
+    (the positions a forward with `logits_to_keep=keep` reads)."""
+    columns = torch.arange(width - keep, width, device=device)  # (keep,)
+    return (torch.arange(batch, device=device)[:, None] * width + columns).reshape(-1)

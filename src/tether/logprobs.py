@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tether import distributed
-from tether.last_layer import read_rows_only
+from tether.last_layer import last_columns, read_rows_only
 from tether.math.dpo_losses import token_logps
 from tether.math.losses import IGNORE_INDEX, shift_labels
 from tether.models import accepts, cache_kwarg, is_checkpointing, output_cache
@@ -135,6 +135,20 @@ def caught_hidden(body: torch.nn.Module):
         yield box
     finally:
         handle.remove()
+
+
+@contextmanager
+def read_last_columns(model, input_ids: torch.Tensor, keep: int):
+    """Inside the block, the last decoder layer's feed-forward block runs only at the last `keep` columns of the
+    (B, W) `input_ids` (what a forward with `logits_to_keep=keep` reads; `tether.last_layer`), where `head_parts`
+    knows the model; yields whether it does."""
+    parts = head_parts(model)
+    if parts is None:
+        yield False
+        return
+    rows = last_columns(*input_ids.shape, keep, input_ids.device)
+    with read_rows_only(causal_lm(model), parts[0], rows) as pruned:
+        yield pruned
 
 
 def forward_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,

@@ -50,6 +50,7 @@ from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from tether.generation import left_pad
+from tether.logprobs import read_last_columns
 from tether.models import cache_kwarg
 
 
@@ -384,7 +385,9 @@ def logprobs_of(
     ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P + R)
     mask = torch.cat([prompt_mask, response_mask], dim=1).long()  # (B, P + R)
     position = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P + R)
-    # Only the last R + 1 positions feed the lm_head; the last one predicts past the response.
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1).logits
+    # Only the last R + 1 positions feed the lm_head (the last one predicts past the response), and the last
+    # decoder layer's feed-forward block runs there only (tether.last_layer).
+    with read_last_columns(model, ids, R + 1):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1).logits
     scaled = scale_logits(logits[:, :-1, :], temperature)  # (B, R, V)
     return token_logprobs(scaled, response_ids) * response_mask  # (B, R)

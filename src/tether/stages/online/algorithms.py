@@ -33,6 +33,7 @@ from tether.math.policy_losses import (
     sequence_ratio_loss,
     token_entropy,
 )
+from tether.logprobs import read_last_columns
 from tether.rollout import scale_logits, token_logprobs
 from tether.stages.online.config import OnlineConfig
 
@@ -131,8 +132,9 @@ def policy_forward(policy, critic: nn.Module | None, rows: Experience, temperatu
     P, R = rows.prompt_ids.size(1), rows.response_ids.size(1)
     ids, mask, position = joined_inputs(rows)
     wants_hidden = critic is not None and critic.reads_policy
-    out = policy(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1,
-                 output_hidden_states=wants_hidden)
+    with read_last_columns(policy, ids, R + 1):  # all a critic and the head read (tether.last_layer)
+        out = policy(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=R + 1,
+                     output_hidden_states=wants_hidden)
     scaled = scale_logits(out.logits[:, :-1, :], temperature)  # (B, R, V): position P - 1 + t predicts token t
     logprobs = token_logprobs(scaled, rows.response_ids) * rows.response_mask  # (B, R)
     values = None
