@@ -40,6 +40,7 @@ def test_the_last_mlp_sees_only_the_counted_rows_and_the_result_is_the_full_pass
     counted = sum(sum(m) for m in masks)
     assert seen and sum(seen) == counted  # the block ran on the counted positions alone
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    assert grads.keys() == plain_grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(g, plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
@@ -80,6 +81,38 @@ def test_opt_and_checkpointing_run_the_whole_layer(real_root):
     logps_and_grads(model, seqs, masks, FastPaths(True, False))
     assert sum(seen) >= sum(len(s) for s in seqs)  # every position, forward and its rerun
     assert "forward" not in vars(model.model.layers[-1].mlp)  # the block left the module as it was
+
+
+def test_the_block_keeps_the_mlps_dtype_under_autocast(real_root):
+    """Under bf16 autocast the block's input stays float32 and its output is bfloat16: the pruned output is
+    bfloat16 too (CUDA's index_copy refuses a float32 tensor filled from a bfloat16 one), equal to the full
+    block's at the read rows."""
+    model = archkit.build_model("llama", archkit.tokenizer("base", real_root)).eval()
+    mlp = model.model.layers[-1].mlp
+    hidden, rows = torch.randn(2, 5, model.config.hidden_size), torch.tensor([1, 4, 7])
+    with torch.autocast("cpu", torch.bfloat16):
+        full = mlp(hidden)
+        with read_rows_only(model, model.model, rows) as pruned:
+            got = mlp(hidden)
+    assert pruned and full.dtype == got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.reshape(10, -1)[rows], full.reshape(10, -1)[rows], atol=1e-2, rtol=1e-2)
+    assert not got.reshape(10, -1)[[0, 2, 3, 5, 6, 8, 9]].any()
+
+
+def test_unlisted_types_and_nesting(real_root, monkeypatch):
+    """Only the model types of `PRUNABLE` (all of tests/archkit.py but OPT) are pruned; entering the block inside
+    itself is an error, not the outer rows silently applied to the inner pass."""
+    assert {archkit.build_model(a, archkit.tokenizer("base", real_root)).config.model_type
+            for a in PRUNED} <= last_layer.PRUNABLE
+    model = archkit.build_model("llama", archkit.tokenizer("base", real_root)).eval()
+    with read_rows_only(model, model.model, torch.tensor([0])) as pruned:
+        assert pruned
+        with pytest.raises(RuntimeError, match="inside itself"):
+            with read_rows_only(model, model.model, torch.tensor([1])):
+                pass
+    monkeypatch.setattr(last_layer, "PRUNABLE", frozenset())
+    with read_rows_only(model, model.model, torch.tensor([0])) as pruned:
+        assert not pruned
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
@@ -145,5 +178,6 @@ def test_online_passes_read_the_last_columns_only(arch, real_root, monkeypatch):
                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     for got, want in zip(out[True][:3], out[False][:3]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert out[True][3].keys() == out[False][3].keys()
     for name, g in out[True][3].items():
         torch.testing.assert_close(g, out[False][3][name], atol=1e-5, rtol=1e-5, msg=name)

@@ -10,9 +10,10 @@ alone and gives zeros at the others. The read positions' outputs and every gradi
 may read them. In SFT on short conversations about half the positions are prompt or padding: at 4 layers that is
 about 9% of the model's matmuls skipped; in a reward model all but one position per sequence.
 
-Nothing is skipped (the block yields False) where that is not known to be exact: no `mlp` child on the last decoder
-layer (OPT keeps fc1/fc2 on the layer), activation checkpointing (the backward reruns the layer after the block has
-ended), an `mlp` whose forward something else already replaced, torch.distributed. With dropout in the block (GPT-2
+Nothing is skipped (the block yields False) where that is not known to be exact: a model type outside `PRUNABLE`
+(an MLP taking more than the hidden states, a mixture of experts returning its router's logits, a multimodal body),
+activation checkpointing (the backward reruns the layer after the block has ended), an `mlp` whose forward
+something else already replaced, torch.distributed. With dropout in the block (GPT-2
 trains with 0.1) its random mask is drawn for the read rows only: a different draw, not a different distribution.
 """
 from __future__ import annotations
@@ -25,6 +26,11 @@ import torch.distributed as dist
 from torch import nn
 
 from tether.models import is_checkpointing
+
+PRUNABLE = frozenset({"llama", "gpt2", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox",
+                      "mistral"})
+"""Model types whose last decoder layer has a position-wise `mlp` child called on the hidden states alone and runs
+last in the body (tests/test_last_layer.py checks those in tests/archkit.py; OPT keeps fc1/fc2 on the layer)."""
 
 
 def last_decoder_layer(body: nn.Module) -> nn.Module | None:
@@ -41,20 +47,27 @@ def _rows_forward(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     names, hooks and adapters stay (as `distributed.compile_layers`)."""
     flat = hidden.reshape(-1, hidden.size(-1))  # (B*T, H)
     read = type(mlp).forward(mlp, flat[mlp._tether_read_rows].unsqueeze(0))[0]  # (N, H)
-    out = flat.new_zeros(flat.size(0), read.size(-1)).index_copy(0, mlp._tether_read_rows, read)
+    # the block's own dtype (bf16 under autocast, where the input stays fp32); index_copy would refuse a mix on CUDA
+    out = flat.new_zeros(flat.size(0), read.size(-1), dtype=read.dtype).index_copy(0, mlp._tether_read_rows, read)
     return out.view(*hidden.shape[:-1], read.size(-1))
 
 
 @contextmanager
 def read_rows_only(model: nn.Module, body: nn.Module, rows: torch.Tensor):
-    """Inside the block, `body`'s last decoder layer runs its feed-forward block only at `rows` (N,), flat indices
-    b * T + t into the (B, T) positions of `body`'s input; yields whether it does (see the module docstring).
-    `model`: the model whose checkpointing decides (the causal LM or classifier around `body`)."""
+    """Inside the block, `body`'s last decoder layer runs its feed-forward block only at `rows` (N,), distinct flat
+    indices b * T + t into the (B, T) positions of `body`'s input (a repeated one would count its gradient twice);
+    yields whether it does (see the module docstring). `model`: the causal LM or classifier around `body`, whose
+    type and checkpointing decide."""
     layer = last_decoder_layer(body)
     mlp = getattr(layer, "mlp", None)
-    if mlp is None or "forward" in vars(mlp) or is_checkpointing(model) or dist.is_initialized():
+    config = getattr(model, "config", None)
+    if mlp is not None and "_tether_read_rows" in vars(mlp):
+        raise RuntimeError("read_rows_only entered again inside itself: the outer rows would apply to the inner pass")
+    if (mlp is None or getattr(config, "model_type", None) not in PRUNABLE or "forward" in vars(mlp)
+            or is_checkpointing(model) or dist.is_initialized()):
         yield False
         return
+    torch._dynamo.maybe_mark_dynamic(rows, 0)  # compiled layers: one graph whatever the count of read rows
     mlp._tether_read_rows = rows
     mlp.forward = types.MethodType(_rows_forward, mlp)
     try:
