@@ -99,6 +99,24 @@ def test_the_block_keeps_the_mlps_dtype_under_autocast(real_root):
     assert not got.reshape(10, -1)[[0, 2, 3, 5, 6, 8, 9]].any()
 
 
+def test_active_dropout_in_the_block_runs_the_whole_block(real_root):
+    """GPT-2 in training mode draws a dropout mask in its MLP: drawn for the read rows only it would be another
+    draw than the full pass's (and than a checkpointed run's), so nothing is skipped; in eval mode, or with dropout
+    0, the block is pruned."""
+    model = archkit.build_model("gpt2", archkit.tokenizer("base", real_root))
+    assert model.config.resid_pdrop > 0
+    for training, pruned in ((True, False), (False, True)):
+        model.train(training)
+        with read_rows_only(model, model.transformer, torch.tensor([0])) as got:
+            assert got == pruned
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with read_rows_only(model, model.transformer, torch.tensor([0])) as got:
+        assert got
+
+
 def test_unlisted_types_and_nesting(real_root, monkeypatch):
     """Only the model types of `PRUNABLE` (all of tests/archkit.py but OPT) are pruned; entering the block inside
     itself is an error, not the outer rows silently applied to the inner pass."""

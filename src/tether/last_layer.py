@@ -12,9 +12,10 @@ about 9% of the model's matmuls skipped; in a reward model all but one position 
 
 Nothing is skipped (the block yields False) where that is not known to be exact: a model type outside `PRUNABLE`
 (an MLP taking more than the hidden states, a mixture of experts returning its router's logits, a multimodal body),
-activation checkpointing (the backward reruns the layer after the block has ended), an `mlp` whose forward
-something else already replaced, torch.distributed. With dropout in the block (GPT-2
-trains with 0.1) its random mask is drawn for the read rows only: a different draw, not a different distribution.
+activation checkpointing (the backward reruns the layer after the block has ended), dropout active inside the block
+(GPT-2 trains with 0.1: its mask drawn for the read rows only would be another draw than the full pass's, so runs
+would no longer repeat across settings such as checkpointing), an `mlp` whose forward something else already
+replaced, torch.distributed.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def last_decoder_layer(body: nn.Module) -> nn.Module | None:
     return layers[-1] if layers else None
 
 
+def _draws_dropout(mlp: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in mlp.modules())
+
+
 def _rows_forward(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """The block's own forward on the read rows of (..., H) `hidden`, zeros at the others; an instance forward, so
     names, hooks and adapters stay (as `distributed.compile_layers`)."""
@@ -64,7 +69,7 @@ def read_rows_only(model: nn.Module, body: nn.Module, rows: torch.Tensor):
     if mlp is not None and "_tether_read_rows" in vars(mlp):
         raise RuntimeError("read_rows_only entered again inside itself: the outer rows would apply to the inner pass")
     if (mlp is None or getattr(config, "model_type", None) not in PRUNABLE or "forward" in vars(mlp)
-            or is_checkpointing(model) or dist.is_initialized()):
+            or _draws_dropout(mlp) or is_checkpointing(model) or dist.is_initialized()):
         yield False
         return
     torch._dynamo.maybe_mark_dynamic(rows, 0)  # compiled layers: one graph whatever the count of read rows
