@@ -63,6 +63,7 @@ from transformers.utils import logging as hf_logging
 from tether.chat import chat_format
 from tether.errors import ConfigError, TetherError
 from tether.guard import check_finite
+from tether.last_layer import read_rows_only
 from tether.models import (
     _check_local_folder,
     _looks_like_hub_id,
@@ -73,7 +74,6 @@ from tether.models import (
     output_cache,
     save_pretrained,
 )
-from tether.last_layer import read_rows_only
 from tether.prefix_tree import MASKS, tree_mask
 from tether.progress import quiet_transformers
 

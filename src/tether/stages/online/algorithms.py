@@ -23,6 +23,7 @@ from tether.math.advantages import (
     rloo_advantages,
 )
 from tether.guard import NonFiniteGuard
+from tether.logprobs import read_last_columns
 from tether.math.kl import KL_ESTIMATORS, kl_k1, kl_k3
 from tether.math.policy_losses import (
     GRPO_LOSS_TYPES,
@@ -33,7 +34,6 @@ from tether.math.policy_losses import (
     sequence_ratio_loss,
     token_entropy,
 )
-from tether.logprobs import read_last_columns
 from tether.rollout import scale_logits, token_logprobs
 from tether.stages.online.config import OnlineConfig
 
