@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from tether.errors import NonFiniteError
+from tether.optim import lr_with_scale
 
 NONFINITE_POLICIES = ("skip", "halt")
 
@@ -93,8 +94,7 @@ class NonFiniteGuard:
             self._maybe_halt(bad)
             return grad_norm, 1
         self.consecutive = 0
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr_with_scale(optimizer, lr)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return grad_norm, 0

@@ -276,7 +276,15 @@ def resume_training(cfg: TrainConfig, run_dir: Path, model, optimizer) -> int:
         if unexpected or set(missing) - tied:  # tied embeddings are stored once; anything else is a mismatch
             raise TetherError(f"{ckpt}: checkpoint does not match the model (missing {missing}, "
                               f"unexpected {unexpected})")
+    saved = len(state["optimizer"].get("param_groups", optimizer.param_groups))
+    if saved != len(optimizer.param_groups):
+        raise TetherError(f"{ckpt}: the checkpoint's optimizer has {saved} parameter groups and this run's "
+                          f"{len(optimizer.param_groups)}: a setting that splits them (PPO's value_lr) changed since "
+                          f"the run started; resume with the settings of {run_dir / 'config.yaml'}")
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+    for group, scale in zip(optimizer.param_groups, scales):  # the run's settings (value_lr), not the checkpoint's
+        group["lr_scale"] = scale
     set_rng_state(state["rng"])
     return int(state["step"])
 

@@ -207,7 +207,8 @@ def setup(cfg: OnlineConfig) -> Session:
         distributed.prepare(critic, cfg, device).eval()
     torch.manual_seed(cfg.seed)
     trained = Actor(policy, critic)  # parameters in the order of the former ModuleDict: old checkpoints still load
-    optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2))
+    optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (0.9, cfg.adam_beta2),
+                      scaled=(critic, cfg.value_lr / cfg.lr) if critic is not None and cfg.value_lr else None)
     controller = KL_CONTROLLERS[cfg.kl_controller](value=cfg.kl_coef, **(
         {"target": cfg.kl_target, "horizon": cfg.kl_horizon} if cfg.kl_controller == "adaptive" else {}))
     generator = torch.Generator(device=policy.device).manual_seed(cfg.seed)

@@ -138,7 +138,11 @@ class OnlineConfig(DistributedConfig):
     micro_batch_size: int = 8
     """Samples per forward pass; divides minibatch_size (exact gradient accumulation)."""
     lr: float = 1e-5
-    """Peak learning rate of AdamW (policy and critic)."""
+    """Peak learning rate of AdamW (the policy, and the critic unless value_lr is set)."""
+    value_lr: float | None = None
+    """Peak learning rate of the critic's own parameters (ppo: the value head, or the whole separate value model),
+    on the same schedule as lr; None: lr. As OpenRLHF's critic_learning_rate; the policy trunk under a value head
+    stays at lr."""
     warmup_steps: int = 0
     """Linear warmup steps."""
     min_lr_ratio: float = 1.0
@@ -259,6 +263,8 @@ class OnlineConfig(DistributedConfig):
               "is required when value_model=separate")
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
+        check(self.value_lr is None or self.value_lr > 0, "value_lr", "must be > 0 (or null: lr)")
+        check(self.value_lr is None or self.algorithm == "ppo", "value_lr", "applies to algorithm=ppo only (the critic)")
         check(self.max_steps >= 1, "max_steps", "must be >= 1")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "eval_batch_size", "save_every",
