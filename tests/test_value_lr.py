@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tether.checkpoint import load_trainer_state
 from tether.config import load_config
 from tether.errors import ConfigError, TetherError
 from tether.optim import adamw, lr_with_scale
@@ -85,7 +86,11 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_takes_value_lr_from_its_s
     assert a == b and [r["step"] for r in b] == [1, 2]
     wa, wb, wc = (load_file(str(tmp_path / d / online.VALUE_FILE))["linear.weight"] for d in "abc")
     assert torch.equal(wa, wb)
-    assert not torch.equal(wa, wc)  # step 2 at the resumed run's value_lr, not the one saved in its checkpoint
+    # Step 2 at the resumed run's value_lr, not the one saved in its checkpoint: the same gradients and Adam moments
+    # (same step-1 weights, same rollouts), so the step is exactly half b's.
+    w1 = load_trainer_state(tmp_path / "a" / "checkpoints" / "step-000001")["value"]["linear.weight"]
+    torch.testing.assert_close(wc - w1, 0.5 * (wb - w1), rtol=1e-4, atol=1e-9)
+    assert float((wb - w1).abs().max()) > 1e-4
 
 
 def test_resuming_with_value_lr_switched_on_names_the_setting(tmp_path, world_dir, model_dir, monkeypatch):
@@ -101,3 +106,12 @@ def test_resuming_with_value_lr_switched_on_names_the_setting(tmp_path, world_di
 def test_value_lr_errors_name_the_field(cls, override, message):
     with pytest.raises(ConfigError, match="^" + message):
         load_config(cls, overrides=[override])
+
+
+def test_a_separate_critic_learns_whole_at_value_lr(tmp_path, world_dir, model_dir, rm_dir):
+    s = online.setup(ppo_cfg(tmp_path, world_dir, model_dir, reward="rm", reward_model=str(rm_dir),
+                             value_model="separate", value_lr=1e-2))
+    scaled = {id(p) for g in s.optimizer.param_groups if g["lr_scale"] == 100.0 for p in g["params"]}
+    plain = {id(p) for g in s.optimizer.param_groups if g["lr_scale"] == 1.0 for p in g["params"]}
+    assert scaled == {id(p) for p in s.critic.parameters()} and len(scaled) > 2  # the backbone too, not only a head
+    assert plain == {id(p) for p in s.policy.parameters() if p.requires_grad}

@@ -82,7 +82,7 @@ class NonFiniteGuard:
     def apply(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], clip: float, lr: float,
               loss: float) -> tuple[float, int]:
         """Clip the global gradient norm of `params` to `clip` (0: no clipping), then take the optimizer step at
-        `lr` and zero the gradients. When `loss` or the norm is NaN or inf, zero the gradients without a step
+        `lr` (times each parameter group's "lr_scale": `optim.lr_with_scale`) and zero the gradients. When `loss` or the norm is NaN or inf, zero the gradients without a step
         (AdamW's moments and step count stay as they were) and return skipped = 1, or raise NonFiniteError under
         policy "halt" or after `max_skips` consecutive skips. Returns (gradient norm before clipping, skipped)."""
         self.updates += 1

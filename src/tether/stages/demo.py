@@ -81,7 +81,7 @@ def _ppo_defaults() -> ppo.PPOConfig:
     # length) and gold falls beyond noise on seeds 0-2, after a rise that 264 x 4 evaluations put within noise on
     # two of them (benchmarks/overoptimisation_seeds.py; README); at KL 0.02 or 0.05 the proxy is gamed sooner, at
     # lr 1e-4 the rise and fall fit in 10-15 steps, and a critic learning faster (value_lr 1e-3) raises gold
-    # without a fall in 60 steps on seeds 0 and 2, so no hacking for the monitor to catch.
+    # without an overall fall in 60 steps on seeds 0 and 2: no fall of gold for the monitor to catch.
     # All 240 evaluation rows sample as one batch (finished rows leave it): 21 evaluations per run.
     return ppo.PPOConfig(max_steps=60, lr=5e-5, kl_coef=0.1, eval_every=3, save_every=20, eval_prompts=60,
                          eval_temperature=1.0, eval_samples=4, eval_batch_size=240)
