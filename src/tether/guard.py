@@ -82,9 +82,10 @@ class NonFiniteGuard:
     def apply(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], clip: float, lr: float,
               loss: float) -> tuple[float, int]:
         """Clip the global gradient norm of `params` to `clip` (0: no clipping), then take the optimizer step at
-        `lr` (times each parameter group's "lr_scale": `optim.lr_with_scale`) and zero the gradients. When `loss` or the norm is NaN or inf, zero the gradients without a step
-        (AdamW's moments and step count stay as they were) and return skipped = 1, or raise NonFiniteError under
-        policy "halt" or after `max_skips` consecutive skips. Returns (gradient norm before clipping, skipped)."""
+        `lr` (times each parameter group's "lr_scale": `optim.lr_with_scale`) and zero the gradients. When `loss`
+        or the norm is NaN or inf, zero the gradients without a step (AdamW's moments and step count stay as they
+        were) and return skipped = 1, or raise NonFiniteError under policy "halt" or after `max_skips` consecutive
+        skips. Returns (gradient norm before clipping, skipped)."""
         self.updates += 1
         grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params), clip or math.inf))
         bad = nonfinite_parts(loss, grad_norm)

@@ -264,7 +264,8 @@ class OnlineConfig(DistributedConfig):
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
         check(self.value_lr is None or self.value_lr > 0, "value_lr", "must be > 0 (or null: lr)")
-        check(self.value_lr is None or self.algorithm == "ppo", "value_lr", "applies to algorithm=ppo only (the critic)")
+        check(self.value_lr is None or self.algorithm == "ppo", "value_lr",
+              "applies to algorithm=ppo only (the critic)")
         check(self.max_steps >= 1, "max_steps", "must be >= 1")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         for name in ("sample_every", "n_samples", "eval_every", "eval_prompts", "eval_batch_size", "save_every",
